@@ -1,0 +1,61 @@
+# The single entry point. Every target bootstraps .venv on first use, so a
+# fresh clone needs nothing but Python >= 3.11 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+PYTEST_ARGS ?=
+
+.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick clean
+
+help:
+	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
+	@echo "make test              run the whole test suite (unit + integration, embedded Postgres)"
+	@echo "make test-unit         tests without a database"
+	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
+	@echo "make lint              ruff + mypy --strict on sync_worker/"
+	@echo "make bench             full benchmark run, results in bench/README.md"
+	@echo "make bench-quick       a short benchmark run for development"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+venv: $(STAMP)
+
+run demo: $(STAMP)
+	$(BIN)/sync-worker demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check sync_worker tests bench
+	$(BIN)/ruff format --check sync_worker tests bench
+	$(BIN)/mypy sync_worker
+
+fmt: $(STAMP)
+	$(BIN)/ruff format sync_worker tests bench
+	$(BIN)/ruff check --fix sync_worker tests bench
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""The one exception hierarchy of the project.
+
+Split by what the caller should do:
+
+* ``TransientError``: try again later (maybe after ``retry_after`` seconds).
+* ``PermanentError``: retrying will not help; a person or a code change must act.
+
+Library errors (requests, psycopg, tomllib...) are wrapped at the boundary with
+``raise ... from exc`` so callers only ever catch ``SyncWorkerError``. No message
+built here may contain a credential: errors carry status codes and the vendor's
+error codes, never headers or request bodies.
+"""
+
+from __future__ import annotations
+
+
+class SyncWorkerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class TransientError(SyncWorkerError):
+    """A failure that may go away by itself; safe to retry later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SyncWorkerError):
+    """A failure that retrying will not fix."""
+
+
+# --- configuration -------------------------------------------------------
+
+
+class ConfigError(PermanentError):
+    """Invalid or missing settings; the message names the variable."""
+
+
+class ValidationError(PermanentError):
+    """A request failed local validation; nothing was sent."""
+
+
+# --- the ThingSpace API --------------------------------------------------
+
+
+class ApiError(SyncWorkerError):
+    """Common data of every error that came from (or on the way to) ThingSpace.
+
+    ``status`` is None when no HTTP response arrived (connection error, timeout).
+    ``error_code`` is the M2M ``errorCode`` without its service prefix
+    (``SessionToken.Expired``), the gateway ``fault`` code, or the OAuth ``error``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        operation: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        # TransientError.__init__ takes retry_after; PermanentError ignores it.
+        Exception.__init__(self, message)
+        self.status = status
+        self.error_code = error_code
+        self.error_message = error_message
+        self.operation = operation
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [str(self.args[0]) if self.args else type(self).__name__]
+        if self.operation:
+            parts.append(f"operation={self.operation}")
+        if self.status is not None:
+            parts.append(f"status={self.status}")
+        if self.error_code:
+            parts.append(f"error_code={self.error_code}")
+        if self.error_message:
+            parts.append(f"error_message={self.error_message!r}")
+        if self.retry_after is not None:
+            parts.append(f"retry_after={self.retry_after:g}s")
+        return " ".join(parts)
+
+
+class ApiTransientError(ApiError, TransientError):
+    """5xx, 408, a timeout or a dropped connection: retry with backoff."""
+
+
+class RateLimitedError(ApiTransientError):
+    """HTTP 429; ``retry_after`` holds the server's ``Retry-After`` when sent."""
+
+
+class ApiPermanentError(ApiError, PermanentError):
+    """A 4xx (other than 408/429) the caller must not blindly retry."""
+
+
+class InvalidCursorError(ApiPermanentError):
+    """The API rejected a stored ``next`` token (stale, expired or unknown)."""
+
+
+class ResponseFormatError(ApiPermanentError):
+    """The response does not have the documented shape (body or headers)."""
+
+
+class UnsafeLocationError(ResponseFormatError):
+    """A ``Location`` header pointed elsewhere or carried a malformed token."""
+
+
+class AuthError(ApiPermanentError):
+    """Credentials were refused; an operator must act."""
+
+
+class LoginFailedError(AuthError):
+    """The session login was refused. Never retried automatically: five failed
+    logins in a row lock the ThingSpace user until vendor support unlocks it."""
+
+
+class LoginGuardTrippedError(AuthError):
+    """Too many consecutive failed logins were recorded; the worker stopped
+    logging in until the credentials change or ``sync-worker auth reset`` runs."""
+
+
+# --- the database --------------------------------------------------------
+
+
+class StoreError(SyncWorkerError):
+    """Base for database errors."""
+
+
+class DatabaseUnavailableError(StoreError, TransientError):
+    """The database could not be reached or the connection dropped."""
+
+
+class SchemaError(StoreError, PermanentError):
+    """The schema is older than this code needs: run ``sync-worker migrate``."""
+
+
+class MigrationError(StoreError, PermanentError):
+    """A migration cannot be applied (e.g. an applied migration was edited)."""

@@ -1,0 +1,252 @@
+"""Typed models of the ThingSpace SMS API.
+
+camelCase on the wire, snake_case in Python. Parsing a *message* never raises:
+the API types every ``SMSMessage`` field as optional, and the store must keep
+whatever arrived, so a message that does not fit carries its problems in
+``problems`` and the original object in ``raw``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+from sync_worker import errors
+
+DATA_ENCODINGS: Final = ("7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA")
+DataEncoding = Literal["7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA"]
+# 160 characters in the 7-bit alphabet, 140 octets otherwise (shared API doc).
+MAX_LENGTH: Final[Mapping[str, int]] = {
+    "7-bit": 160,
+    "8-bit-ASCII": 140,
+    "8-bit-UTF-8": 140,
+    "8-bit-DATA": 140,
+}
+DEVICE_KINDS: Final = frozenset({"esn", "eid", "iccid", "imei", "mdn", "meid", "msisdn"})
+ACCOUNT_NAME_RE: Final = re.compile(r"^[A-Za-z0-9-]{3,32}$")
+_DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceId:
+    id: str
+    kind: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind}
+
+    def validate(self) -> None:
+        if not isinstance(self.id, str) or not _DEVICE_ID_RE.match(self.id):
+            raise errors.ValidationError(
+                f"device id {self.id!r} is not 1-32 letters or digits (leading zeros are kept)"
+            )
+        if not isinstance(self.kind, str) or self.kind.lower() not in DEVICE_KINDS:
+            raise errors.ValidationError(
+                f"device kind {self.kind!r} is not one of {', '.join(sorted(DEVICE_KINDS))}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CustomField:
+    key: str
+    value: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"key": self.key, "value": self.value}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SMSSendRequest:
+    account_name: str
+    sms_message: str
+    device_ids: tuple[DeviceId, ...] = ()
+    group_name: str | None = None
+    service_plan: str | None = None
+    data_encoding: DataEncoding = "7-bit"
+    custom_fields: tuple[CustomField, ...] = ()
+
+    def validate(self) -> None:
+        """Raise ``errors.ValidationError`` when the request must not be sent."""
+        if not self.account_name or not isinstance(self.account_name, str):
+            raise errors.ValidationError("accountName is required")
+        if not ACCOUNT_NAME_RE.match(self.account_name):
+            raise errors.ValidationError(
+                f"accountName {self.account_name!r} must be 3-32 letters, digits or '-'"
+            )
+        if not self.sms_message or not isinstance(self.sms_message, str):
+            raise errors.ValidationError("smsMessage is required")
+        if self.data_encoding not in MAX_LENGTH:
+            raise errors.ValidationError(
+                f"dataEncoding {self.data_encoding!r} is not one of {', '.join(DATA_ENCODINGS)}"
+            )
+        limit = MAX_LENGTH[self.data_encoding]
+        length = (
+            len(self.sms_message.encode("utf-8"))
+            if self.data_encoding == "8-bit-UTF-8"
+            else len(self.sms_message)
+        )
+        if length > limit:
+            raise errors.ValidationError(
+                f"smsMessage is {length} long; {self.data_encoding} allows at most {limit}"
+            )
+        if not self.device_ids and not self.group_name:
+            raise errors.ValidationError("give deviceIds or groupName")
+        for device in self.device_ids:
+            device.validate()
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "accountName": self.account_name,
+            "smsMessage": self.sms_message,
+            "dataEncoding": self.data_encoding,
+        }
+        if self.device_ids:
+            body["deviceIds"] = [d.to_wire() for d in self.device_ids]
+        if self.group_name is not None:
+            body["groupName"] = self.group_name
+        if self.service_plan is not None:
+            body["servicePlan"] = self.service_plan
+        if self.custom_fields:
+            body["customFields"] = [f.to_wire() for f in self.custom_fields]
+        return body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SMSMessage:
+    """One mobile-originated message as the history endpoint returned it.
+
+    ``raw`` is the JSON value exactly as decoded from the response (usually a
+    dict, but anything when the API misbehaves). ``problems`` lists what did not
+    fit the documented model; an empty tuple means a well-formed message.
+    """
+
+    device_ids: tuple[DeviceId, ...]
+    message: str | None
+    timestamp: str | None
+    raw: Any
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> SMSMessage:
+        problems: list[str] = []
+        if not isinstance(obj, dict):
+            return cls((), None, None, obj, (f"message is a JSON {_json_type(obj)}, not an object",))
+        devices: list[DeviceId] = []
+        raw_devices = obj.get("deviceIds")
+        if raw_devices is None:
+            problems.append("deviceIds missing")
+        elif not isinstance(raw_devices, list):
+            problems.append(f"deviceIds is a JSON {_json_type(raw_devices)}, not a list")
+        else:
+            for i, item in enumerate(raw_devices):
+                if (
+                    isinstance(item, dict)
+                    and isinstance(item.get("id"), str)
+                    and isinstance(item.get("kind"), str)
+                ):
+                    devices.append(DeviceId(id=item["id"], kind=item["kind"].lower()))
+                else:
+                    problems.append(f"deviceIds[{i}] is not an object with string id and kind")
+            if not raw_devices:
+                problems.append("deviceIds is empty")
+        message = obj.get("message")
+        if message is None:
+            problems.append("message missing")
+        elif not isinstance(message, str):
+            problems.append(f"message is a JSON {_json_type(message)}, not a string")
+            message = None
+        timestamp = obj.get("timestamp")
+        if timestamp is None:
+            problems.append("timestamp missing")
+        elif not isinstance(timestamp, str):
+            problems.append(f"timestamp is a JSON {_json_type(timestamp)}, not a string")
+            timestamp = None
+        return cls(tuple(devices), message, timestamp, obj, tuple(problems))
+
+    def to_wire(self) -> Any:
+        return self.raw
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SMSMessagesQueryResult:
+    messages: tuple[SMSMessage, ...]
+    has_more_data: bool
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> SMSMessagesQueryResult:
+        """Parse a history body. A body whose *envelope* is wrong raises
+        ``errors.ResponseFormatError``; individual bad messages do not."""
+        if not isinstance(obj, dict):
+            raise errors.ResponseFormatError(
+                f"history body is a JSON {_json_type(obj)}, not an object"
+            )
+        raw_messages = obj.get("messages", [])
+        if not isinstance(raw_messages, list):
+            raise errors.ResponseFormatError(
+                f"history body 'messages' is a JSON {_json_type(raw_messages)}, not a list"
+            )
+        has_more = obj.get("hasMoreData", False)
+        if not isinstance(has_more, bool):
+            raise errors.ResponseFormatError("history body 'hasMoreData' is not a boolean")
+        return cls(tuple(SMSMessage.from_wire(m) for m in raw_messages), has_more)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceManagementResult:
+    request_id: str
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> DeviceManagementResult:
+        if not isinstance(obj, dict) or not isinstance(obj.get("requestId"), str):
+            raise errors.ResponseFormatError("send response has no string 'requestId'")
+        return cls(obj["requestId"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectivityManagementSuccessResult:
+    success: bool
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ConnectivityManagementSuccessResult:
+        if not isinstance(obj, dict) or not isinstance(obj.get("success"), bool):
+            raise errors.ResponseFormatError("startCallbacks response has no boolean 'success'")
+        return cls(obj["success"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One block of the history queue, plus what paging needs.
+
+    ``next`` is the token parsed out of ``Location`` (None on the final block);
+    sending it acknowledges *this* block. ``request_next`` is the token that was
+    sent to obtain this block (None at the head of the queue).
+    """
+
+    account_name: str
+    messages: tuple[SMSMessage, ...]
+    has_more_data: bool
+    status: int
+    next: str | None
+    request_next: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.next is None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Sequence):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
