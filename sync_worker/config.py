@@ -1,0 +1,609 @@
+"""Settings: read once from the environment (and an optional TOML file), then frozen.
+
+Every problem is reported up front as ``errors.ConfigError`` naming the variable,
+so a misconfigured worker dies at start-up instead of half-way through a sync.
+``VARIABLES`` is the single description of every variable: ``--help`` and the
+README table are generated from it so they cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from sync_worker import errors, models, secret
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from sync_worker import auth, client
+
+LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS: Final = ("auto", "json", "console")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
+# The vendor locks the user out at five failed logins in a row.
+VENDOR_LOCKOUT_AT: Final = 5
+_FINGERPRINT_SALT: Final = b"thingspace-sms-sync/login-guard/v1"
+# Slow on purpose: the fingerprint is stored in the database, and a cheap hash of
+# a password is a cheap dictionary attack away from the password.
+_FINGERPRINT_ITERATIONS: Final = 200_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Variable:
+    """One documented environment variable and the Settings fields it feeds."""
+
+    name: str
+    default: str
+    description: str
+    fields: tuple[str, ...]
+
+
+VARIABLES: Final[tuple[Variable, ...]] = (
+    Variable(
+        "SYNC_DATABASE_URL",
+        "(libpq PG* variables)",
+        "Postgres connection string (URL or key=value). Empty: libpq's PGHOST, PGUSER, PGPASSWORD, "
+        "PGDATABASE... are used.",
+        ("database_url",),
+    ),
+    Variable(
+        "THINGSPACE_BASE_URL",
+        DEFAULT_BASE_URL,
+        "ThingSpace API base URL. Must be https:// (http:// only with THINGSPACE_ALLOW_INSECURE_LOOPBACK).",
+        ("base_url",),
+    ),
+    Variable("THINGSPACE_CLIENT_ID", "(required)", "OAuth client id (the API key).", ("client_id",)),
+    Variable(
+        "THINGSPACE_CLIENT_SECRET",
+        "(required)",
+        "OAuth client secret. Or THINGSPACE_CLIENT_SECRET_FILE: a file holding it.",
+        ("client_secret",),
+    ),
+    Variable(
+        "THINGSPACE_CLIENT_SECRET_FILE",
+        "",
+        "Path of a file holding the client secret (one trailing newline is stripped).",
+        ("client_secret",),
+    ),
+    Variable(
+        "THINGSPACE_USERNAME", "(required)", "ThingSpace user for the M2M session login.", ("username",)
+    ),
+    Variable(
+        "THINGSPACE_PASSWORD",
+        "(required)",
+        "ThingSpace user password. Or THINGSPACE_PASSWORD_FILE: a file holding it.",
+        ("password",),
+    ),
+    Variable(
+        "THINGSPACE_PASSWORD_FILE",
+        "",
+        "Path of a file holding the password (one trailing newline is stripped).",
+        ("password",),
+    ),
+    Variable(
+        "SYNC_ACCOUNTS",
+        "(required for run/once)",
+        "Comma-separated ThingSpace account names to sync (3-32 of A-Z a-z 0-9 -). Unset: the "
+        '[accounts."NAME"] tables of the --config file.',
+        ("accounts",),
+    ),
+    Variable(
+        "SYNC_INTERVAL_SECONDS",
+        "300",
+        'Seconds between syncs of an account (daemon). Per account: interval_seconds in [accounts."NAME"].',
+        ("interval_seconds",),
+    ),
+    Variable(
+        "SYNC_JITTER_SECONDS",
+        "30",
+        "Random delay of up to this many seconds added to each scheduled sync (spreads accounts out).",
+        ("jitter_seconds",),
+    ),
+    Variable("SYNC_CONCURRENCY", "4", "Accounts synced at the same time (1-64).", ("concurrency",)),
+    Variable(
+        "SYNC_RUN_BUDGET_SECONDS",
+        "(the interval)",
+        "Time budget of one account run; a retry wait beyond it ends the run cleanly.",
+        ("run_budget_seconds",),
+    ),
+    Variable(
+        "SYNC_SHUTDOWN_TIMEOUT_SECONDS",
+        "30",
+        "On SIGTERM/SIGINT, how long in-flight blocks may take to commit before the process exits.",
+        ("shutdown_timeout_seconds",),
+    ),
+    Variable(
+        "SYNC_LOGIN_GUARD_THRESHOLD",
+        "3",
+        "Consecutive failed logins (counted in Postgres) after which the worker stops logging in "
+        "until the credentials change or `auth reset` runs (1-4; the vendor locks the user at 5).",
+        ("login_guard_threshold",),
+    ),
+    Variable(
+        "SYNC_METRICS_PORT",
+        "(unset: off)",
+        "Port of the Prometheus /metrics, /healthz and /readyz server (daemon).",
+        ("metrics_port",),
+    ),
+    Variable(
+        "SYNC_LOG_FORMAT",
+        "auto",
+        "auto (JSON unless stdout is a terminal), json or console.",
+        ("log_format",),
+    ),
+    Variable("SYNC_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", ("log_level",)),
+    Variable("THINGSPACE_CONNECT_TIMEOUT", "5", "HTTP connect timeout, seconds.", ("http_connect_timeout",)),
+    Variable("THINGSPACE_READ_TIMEOUT", "60", "HTTP read timeout, seconds.", ("http_read_timeout",)),
+    Variable(
+        "THINGSPACE_RETRY_MAX_ATTEMPTS",
+        "5",
+        "Attempts per API call for transient errors (GET/PUT only; a send is never retried).",
+        ("retry_max_attempts",),
+    ),
+    Variable(
+        "THINGSPACE_RETRY_MAX_WAIT",
+        "30",
+        "Longest backoff between two attempts, seconds.",
+        ("retry_max_wait_seconds",),
+    ),
+    Variable(
+        "THINGSPACE_RETRY_MAX_RETRY_AFTER",
+        "120",
+        "Longest Retry-After the worker sleeps through; a longer one ends the run.",
+        ("retry_max_retry_after_seconds",),
+    ),
+    Variable(
+        "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
+        "0",
+        "1: allow plain http:// to a loopback host (the simulator). Refused for any other host.",
+        ("allow_insecure_loopback",),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountSettings:
+    name: str
+    interval_seconds: float
+    jitter_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the worker is configured with. Build it with ``load()``."""
+
+    # repr=False: a URL may embed the database password.
+    database_url: str = dataclasses.field(repr=False)
+    base_url: str
+    client_id: str
+    client_secret: secret.Secret
+    username: str
+    password: secret.Secret
+    accounts: tuple[AccountSettings, ...]
+    interval_seconds: float = 300.0
+    jitter_seconds: float = 30.0
+    concurrency: int = 4
+    run_budget_seconds: float = 300.0
+    shutdown_timeout_seconds: float = 30.0
+    login_guard_threshold: int = 3
+    metrics_port: int | None = None
+    log_format: LogFormat = "auto"
+    log_level: str = "INFO"
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 60.0
+    retry_max_attempts: int = 5
+    retry_max_wait_seconds: float = 30.0
+    retry_max_retry_after_seconds: float = 120.0
+    allow_insecure_loopback: bool = False
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.accounts)
+
+    def account(self, name: str) -> AccountSettings:
+        """The settings of ``name``; the global defaults for an account not configured."""
+        for acct in self.accounts:
+            if acct.name == name:
+                return acct
+        return AccountSettings(name, self.interval_seconds, self.jitter_seconds)
+
+    def redacted_database_url(self) -> str:
+        return redact_conninfo(self.database_url)
+
+    def client_config(
+        self, *, login_guard: auth.LoginGuard | None = None, observer: Any = None
+    ) -> client.ClientConfig:
+        # Imported here: config is loaded by every command, the HTTP stack only by some.
+        from sync_worker import client, retry  # noqa: PLC0415
+
+        return client.ClientConfig(
+            base_url=self.base_url,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            username=self.username,
+            password=self.password,
+            timeout=(self.http_connect_timeout, self.http_read_timeout),
+            retry=retry.RetryPolicy(
+                max_attempts=self.retry_max_attempts,
+                max_wait=self.retry_max_wait_seconds,
+                max_retry_after=self.retry_max_retry_after_seconds,
+            ),
+            login_guard=login_guard,
+            allow_insecure_loopback=self.allow_insecure_loopback,
+            observer=observer,
+        )
+
+    def credential_fingerprint(self) -> str:
+        """A slow salted hash of the login material: equal only for equal credentials."""
+        return _fingerprint(
+            self.base_url,
+            self.client_id,
+            self.username,
+            self.password.reveal(),
+            self.client_secret.reveal(),
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(*parts: str) -> str:
+    # JSON keeps the parts unambiguous ("ab"+"c" differs from "a"+"bc").
+    material = json.dumps(list(parts), ensure_ascii=False).encode("utf-8")
+    digest = hashlib.pbkdf2_hmac("sha256", material, _FINGERPRINT_SALT, _FINGERPRINT_ITERATIONS)
+    return digest.hex()
+
+
+# --- loading ---------------------------------------------------------------
+
+
+def load(
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    *,
+    require_credentials: bool = True,
+    require_accounts: bool = True,
+) -> Settings:
+    """Read and validate the settings; raise ``errors.ConfigError`` naming the variable.
+
+    ``require_credentials``/``require_accounts`` let commands that never call the
+    API (``migrate``, ``status``, ``cursor``) run without ThingSpace credentials.
+    """
+    env = os.environ if env is None else env
+    file_accounts = _read_config_file(config_file) if config_file is not None else {}
+
+    interval = _float(env, "SYNC_INTERVAL_SECONDS", 300.0, minimum=1.0)
+    jitter = _float(env, "SYNC_JITTER_SECONDS", 30.0, minimum=0.0)
+    concurrency = _int(env, "SYNC_CONCURRENCY", 4, 1, 64)
+    budget = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
+    shutdown = _float(env, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.0)
+    guard = _int(env, "SYNC_LOGIN_GUARD_THRESHOLD", 3, 1, VENDOR_LOCKOUT_AT - 1)
+    metrics_port = _optional_int(env, "SYNC_METRICS_PORT", 0, 65535)
+    log_format = _choice(env, "SYNC_LOG_FORMAT", "auto", LOG_FORMATS, upper=False)
+    log_level = _choice(env, "SYNC_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
+    connect_timeout = _float(env, "THINGSPACE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+    read_timeout = _float(env, "THINGSPACE_READ_TIMEOUT", 60.0, minimum=0.1)
+    attempts = _int(env, "THINGSPACE_RETRY_MAX_ATTEMPTS", 5, 1, 20)
+    max_wait = _float(env, "THINGSPACE_RETRY_MAX_WAIT", 30.0, minimum=0.0)
+    max_retry_after = _float(env, "THINGSPACE_RETRY_MAX_RETRY_AFTER", 120.0, minimum=0.0)
+    insecure = _bool(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK")
+    base_url = _base_url(_get(env, "THINGSPACE_BASE_URL") or DEFAULT_BASE_URL, insecure)
+    database_url = _database_url(_get(env, "SYNC_DATABASE_URL"))
+
+    client_id = _get(env, "THINGSPACE_CLIENT_ID")
+    username = _get(env, "THINGSPACE_USERNAME")
+    client_secret = _secret(env, "THINGSPACE_CLIENT_SECRET")
+    password = _secret(env, "THINGSPACE_PASSWORD")
+    if require_credentials:
+        for name, value in (
+            ("THINGSPACE_CLIENT_ID", client_id),
+            ("THINGSPACE_CLIENT_SECRET", client_secret),
+            ("THINGSPACE_USERNAME", username),
+            ("THINGSPACE_PASSWORD", password),
+        ):
+            if not value:
+                hint = f" (or {name}_FILE)" if name.endswith(("SECRET", "PASSWORD")) else ""
+                raise errors.ConfigError(f"{name}{hint} is required but not set")
+
+    accounts = _accounts(env, file_accounts, interval, jitter)
+    if require_accounts and not accounts:
+        raise errors.ConfigError(
+            'SYNC_ACCOUNTS is required: a comma-separated list of account names (or [accounts."NAME"] '
+            "tables in the --config file)"
+        )
+
+    return Settings(
+        database_url=database_url,
+        base_url=base_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        username=username,
+        password=password,
+        accounts=accounts,
+        interval_seconds=interval,
+        jitter_seconds=jitter,
+        concurrency=concurrency,
+        run_budget_seconds=budget,
+        shutdown_timeout_seconds=shutdown,
+        login_guard_threshold=guard,
+        metrics_port=metrics_port,
+        log_format=log_format,  # type: ignore[arg-type]  # checked by _choice
+        log_level=log_level,
+        http_connect_timeout=connect_timeout,
+        http_read_timeout=read_timeout,
+        retry_max_attempts=attempts,
+        retry_max_wait_seconds=max_wait,
+        retry_max_retry_after_seconds=max_retry_after,
+        allow_insecure_loopback=insecure,
+    )
+
+
+def _get(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, "").strip()
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value < minimum:
+        raise errors.ConfigError(f"{name}={raw!r} must be a finite number >= {minimum:g}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = _optional_int(env, name, low, high)
+    return default if value is None else value
+
+
+def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = _get(env, name)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise errors.ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: Sequence[str], *, upper: bool) -> str:
+    raw = _get(env, name)
+    if not raw:
+        return default
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise errors.ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return value
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name).lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise errors.ConfigError(f"{name}={raw!r} must be 1 or 0")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _base_url(raw: str, insecure: bool) -> str:
+    name = "THINGSPACE_BASE_URL"
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        host = parts.hostname or ""
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise errors.ConfigError(f"{name}={raw!r} is not a valid URL") from None
+    if parts.username is not None or parts.password is not None:
+        # Never echo it: the userinfo may be a credential.
+        raise errors.ConfigError(f"{name} must not contain a user name or password")
+    if parts.scheme not in ("https", "http") or not host:
+        raise errors.ConfigError(f"{name}={raw!r} must be an https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise errors.ConfigError(f"{name}={raw!r} must not have a query string or fragment")
+    if insecure and not is_loopback_host(host):
+        raise errors.ConfigError(
+            f"THINGSPACE_ALLOW_INSECURE_LOOPBACK=1 is only allowed with a loopback {name} "
+            f"(localhost, 127.0.0.0/8, ::1), not host {host!r}"
+        )
+    if parts.scheme == "http" and not insecure:
+        raise errors.ConfigError(
+            f"{name}={raw!r} is plain http://; use https://, or set THINGSPACE_ALLOW_INSECURE_LOOPBACK=1 "
+            "for a simulator on a loopback host"
+        )
+    return raw.rstrip("/")
+
+
+def _secret(env: Mapping[str, str], name: str) -> secret.Secret:
+    file_name = f"{name}_FILE"
+    # Not stripped: a secret may legitimately start or end with spaces.
+    value = env.get(name, "")
+    path = env.get(file_name, "").strip()
+    if value and path:
+        raise errors.ConfigError(f"set {name} or {file_name}, not both")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # The path is not secret; the error text of a read failure never holds file content.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise errors.ConfigError(f"{file_name}={path!r} cannot be read: {reason}") from None
+        if value.endswith("\r\n"):
+            value = value[:-2]
+        elif value.endswith("\n"):
+            value = value[:-1]
+        if not value:
+            raise errors.ConfigError(f"{file_name}={path!r} is empty")
+    return secret.Secret(value)
+
+
+def _account_name(name: str, where: str) -> str:
+    if not models.ACCOUNT_NAME_RE.match(name):
+        # ascii(): a non-ASCII or control character must be visible in the message.
+        raise errors.ConfigError(f"{where}: account name {name!a} must be 3-32 of A-Z a-z 0-9 -")
+    return name
+
+
+def _accounts(
+    env: Mapping[str, str],
+    file_accounts: Mapping[str, Mapping[str, float]],
+    interval: float,
+    jitter: float,
+) -> tuple[AccountSettings, ...]:
+    raw = env.get("SYNC_ACCOUNTS", "")
+    names: list[str] = []
+    if raw.strip():
+        for item in raw.split(","):
+            name = _account_name(item.strip(), "SYNC_ACCOUNTS")
+            if name in names:
+                raise errors.ConfigError(f"SYNC_ACCOUNTS lists {name!r} twice")
+            names.append(name)
+        unknown = sorted(set(file_accounts) - set(names))
+        if unknown:
+            # A table for an account that is not synced is almost always a typo.
+            raise errors.ConfigError(
+                f"--config: [accounts.{unknown[0]!r}] is not in SYNC_ACCOUNTS ({', '.join(names)})"
+            )
+    else:
+        names = list(file_accounts)
+    result = []
+    for name in names:
+        overrides = file_accounts.get(name, {})
+        result.append(
+            AccountSettings(
+                name=name,
+                interval_seconds=overrides.get("interval_seconds", interval),
+                jitter_seconds=overrides.get("jitter_seconds", jitter),
+            )
+        )
+    return tuple(result)
+
+
+_ACCOUNT_KEYS: Final[Mapping[str, float]] = {"interval_seconds": 1.0, "jitter_seconds": 0.0}
+
+
+def _read_config_file(path: Path) -> dict[str, dict[str, float]]:
+    """The per-account tables of the TOML file: ``[accounts."NAME"]`` with
+    ``interval_seconds`` and/or ``jitter_seconds``."""
+    where = f"--config {str(path)!r}"
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise errors.ConfigError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.ConfigError(f"{where} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"accounts"})
+    if unknown:
+        raise errors.ConfigError(f"{where}: unknown top-level key {unknown[0]!r} (only [accounts.NAME])")
+    tables = data.get("accounts", {})
+    if not isinstance(tables, dict):
+        raise errors.ConfigError(f"{where}: 'accounts' must be a table of tables")
+    result: dict[str, dict[str, float]] = {}
+    for name, table in tables.items():
+        _account_name(name, where)
+        if not isinstance(table, dict):
+            raise errors.ConfigError(f"{where}: [accounts.{name!r}] must be a table")
+        values: dict[str, float] = {}
+        for key, value in table.items():
+            key_where = f"{where}: accounts.{name}.{key}"
+            if key not in _ACCOUNT_KEYS:
+                raise errors.ConfigError(f"{key_where} is not a known setting ({', '.join(_ACCOUNT_KEYS)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise errors.ConfigError(f"{key_where} must be a number")
+            if not math.isfinite(value) or value < _ACCOUNT_KEYS[key]:
+                raise errors.ConfigError(f"{key_where} must be a finite number >= {_ACCOUNT_KEYS[key]:g}")
+            values[key] = float(value)
+        result[name] = values
+    return result
+
+
+# --- the database ----------------------------------------------------------
+
+
+def _database_url(raw: str) -> str:
+    if not raw:
+        return ""
+    import psycopg.conninfo  # noqa: PLC0415  # keeps `--help` from loading libpq
+
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(raw)
+    except psycopg.Error:
+        # The libpq message may quote the string, password included.
+        raise errors.ConfigError("SYNC_DATABASE_URL is not a valid libpq connection string or URL") from None
+    password = params.get("password")
+    if isinstance(password, str):
+        secret.register(password)
+    return raw
+
+
+def redact_conninfo(conninfo: str) -> str:
+    """``conninfo`` with its password replaced, for messages and status output."""
+    if not conninfo:
+        return "(libpq PG* variables)"
+    import psycopg.conninfo  # noqa: PLC0415
+
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "(unparseable connection string)"
+    shown = [f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user") and v]
+    return " ".join(shown) or "(libpq defaults)"
+
+
+def connect(
+    settings: Settings, *, autocommit: bool = True, connect_timeout: int = 10
+) -> psycopg.Connection[Any]:
+    """A psycopg connection; connection failures become ``errors.DatabaseUnavailableError``."""
+    import psycopg  # noqa: PLC0415
+
+    try:
+        return psycopg.connect(settings.database_url, autocommit=autocommit, connect_timeout=connect_timeout)
+    except psycopg.Error as exc:
+        raise errors.DatabaseUnavailableError(
+            f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}: "
+            f"{secret.scrub(str(exc).strip())}"
+        ) from exc
+
+
+def check_database(settings: Settings) -> None:
+    """Fail fast when the database cannot be reached (before any API call)."""
+    import psycopg  # noqa: PLC0415
+
+    with connect(settings, connect_timeout=5) as conn:
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise errors.DatabaseUnavailableError(
+                f"SYNC_DATABASE_URL: {settings.redacted_database_url()} does not answer: "
+                f"{secret.scrub(str(exc).strip())}"
+            ) from exc
