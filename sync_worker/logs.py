@@ -1,0 +1,127 @@
+"""Logging: structlog, JSON lines off a terminal, a readable console on one.
+
+Nothing is configured at import time; the CLI calls ``configure()`` once it
+knows the settings. Every event passes through ``scrub_secrets`` last, so a
+credential that slipped into a message or a field is still redacted.
+Standard-library loggers (APScheduler, urllib3, psycopg) are routed through
+the same pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, Final, TextIO
+
+import structlog
+
+from sync_worker import secret
+
+LEVELS: Final[Mapping[str, int]] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+_lock = threading.Lock()
+_handler: logging.Handler | None = None
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return secret.scrub(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {_scrub_value(k): _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, bytes):
+        return secret.scrub(value.decode("utf-8", "replace"))
+    # Rendering an arbitrary object later could reveal what its __str__ holds.
+    return secret.scrub(str(value))
+
+
+def scrub_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: redact every registered secret value in every field."""
+    for key in list(event_dict):
+        event_dict[key] = _scrub_value(event_dict[key])
+    return event_dict
+
+
+def _resolve_format(fmt: str, stream: TextIO) -> str:
+    if fmt == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return "console" if callable(isatty) and isatty() else "json"
+    if fmt not in ("json", "console"):
+        raise ValueError(f"unknown log format {fmt!r}")
+    return fmt
+
+
+def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again (the last call wins)."""
+    global _handler  # noqa: PLW0603  # one process-wide logging configuration
+    out = sys.stdout if stream is None else stream
+    numeric = LEVELS.get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    rendered = _resolve_format(fmt, out)
+    renderer: Any
+    if rendered == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text before scrubbing so their secrets are scrubbed too.
+        structlog.processors.format_exc_info,
+    ]
+    with _lock:
+        structlog.configure(
+            processors=[*shared, scrub_secrets, renderer],
+            wrapper_class=structlog.make_filtering_bound_logger(numeric),
+            logger_factory=structlog.PrintLoggerFactory(file=out),
+            cache_logger_on_first_use=False,
+        )
+        root = logging.getLogger()
+        if _handler is not None:
+            root.removeHandler(_handler)
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    scrub_secrets,
+                    renderer,
+                ],
+            )
+        )
+        root.addHandler(handler)
+        # Library chatter below WARNING is noise unless the operator asked for DEBUG.
+        root.setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
+        _handler = handler
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger; ``name`` becomes the ``logger`` field."""
+    log = structlog.get_logger()
+    return log.bind(logger=name) if name else log
+
+
+@contextlib.contextmanager
+def bound_account(account: str) -> Iterator[None]:
+    """Every event logged inside (in this thread or context) carries ``account``."""
+    with structlog.contextvars.bound_contextvars(account=account):
+        yield
