@@ -1,0 +1,193 @@
+"""The operator-facing HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+``/healthz`` answers "should this process be restarted?" (alive, scheduler
+running); ``/readyz`` answers "is it able to do its job?" (database reachable,
+schema current, login guard not tripped). Kubernetes restarts on the first
+and only stops routing / alerts on the second, so a database outage must
+never make ``/healthz`` fail: restarting would not bring the database back.
+
+The probes are callables supplied by the caller so this module knows nothing
+about the scheduler or the store; ``checks`` builds a readiness callable out
+of named checks that raise ``errors.SyncWorkerError``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from sync_worker import errors, metrics, secret
+
+_log = logging.getLogger(__name__)
+_JSON: Final = "application/json"
+# Probe bodies go to orchestrators and humans; a long reason is a bug somewhere else.
+_MAX_REASON: Final = 300
+
+LiveCheck = Callable[[], bool]
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+def _reason(text: str) -> str:
+    return secret.scrub(text)[:_MAX_REASON]
+
+
+def checks(named: Sequence[tuple[str, Callable[[], None]]]) -> ReadyCheck:
+    """A readiness callable running ``named`` checks in order.
+
+    Each check returns normally when fine and raises when not; the first
+    failure becomes the reason (``"database: ..."``). Errors outside the
+    project hierarchy are reported by type only, since their text was not
+    written with secrets in mind.
+    """
+
+    def ready() -> tuple[bool, str]:
+        for name, check in named:
+            try:
+                check()
+            except errors.SyncWorkerError as exc:
+                return False, _reason(f"{name}: {exc}")
+            except Exception as exc:
+                return False, _reason(f"{name}: {type(exc).__name__}")
+        return True, "ok"
+
+    return ready
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # Restarting the daemon must not fail on a port in TIME_WAIT.
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        metrics: metrics.Metrics,
+        live: LiveCheck,
+        ready: ReadyCheck,
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.metrics = metrics
+        self.live = live
+        self.ready = ready
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "thingspace-sms-sync"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, metrics.CONTENT_TYPE, self.server.metrics.render())
+        elif path == "/healthz":
+            self._probe_live()
+        elif path == "/readyz":
+            self._probe_ready()
+        else:
+            self._json(404, {"status": "not_found"})
+
+    def _probe_live(self) -> None:
+        try:
+            alive = bool(self.server.live())
+        except Exception as exc:
+            self._json(503, {"status": "unavailable", "reason": _reason(type(exc).__name__)})
+            return
+        if alive:
+            self._json(200, {"status": "ok"})
+        else:
+            self._json(503, {"status": "unavailable", "reason": "scheduler not running"})
+
+    def _probe_ready(self) -> None:
+        try:
+            ok, reason = self.server.ready()
+        except errors.SyncWorkerError as exc:
+            ok, reason = False, str(exc)
+        except Exception as exc:
+            ok, reason = False, type(exc).__name__
+        body = {"status": "ready" if ok else "unready", "reason": _reason(reason)}
+        self._json(200 if ok else 503, body)
+
+    def _json(self, status: int, body: dict[str, str]) -> None:
+        self._send(status, _JSON, json.dumps(body).encode() + b"\n")
+
+    def _send(self, status: int, content_type: str, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Probes arrive every few seconds; at INFO they would drown the sync's own events.
+        _log.debug("health request: " + format, *args)
+
+
+class HealthServer:
+    """A threaded HTTP server for metrics and probes; ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        port: int,
+        metrics: metrics.Metrics,
+        *,
+        live: LiveCheck,
+        ready: ReadyCheck,
+        # Probes and scrapes come from outside the container or host namespace.
+        host: str = "0.0.0.0",  # noqa: S104
+    ) -> None:
+        self._address = (host, port)
+        self._metrics = metrics
+        self._live = live
+        self._ready = ready
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._address[1]
+        return int(self._server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return self._address[0]
+
+    def start(self) -> HealthServer:
+        if self._server is not None:
+            return self
+        try:
+            server = _Server(self._address, self._metrics, self._live, self._ready)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"cannot listen on {self._address[0]}:{self._address[1]} for metrics/health "
+                f"(SYNC_METRICS_PORT): {exc.strerror or exc}"
+            ) from exc
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="health-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

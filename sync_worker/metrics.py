@@ -1,0 +1,256 @@
+"""Prometheus metrics of the worker.
+
+Every ``Metrics`` owns its own ``CollectorRegistry`` so tests (and two workers
+in one process) never share counters, and importing this module registers
+nothing. Label values are account names, operation names, HTTP statuses and
+short kinds only; they pass through ``secret.scrub`` and are truncated as a
+second line of defence against a credential or an unbounded string turning
+into a time series.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+from typing import Final
+
+import prometheus_client
+from prometheus_client import core
+from prometheus_client import registry as prom_registry
+
+from sync_worker import secret
+
+PREFIX: Final = "thingspace_sync_"
+CONTENT_TYPE: Final = prometheus_client.CONTENT_TYPE_LATEST
+_MAX_LABEL_LENGTH: Final = 64
+
+# API latency spans a fast simulator (milliseconds) up to the 60 s read timeout.
+_LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _label(value: object) -> str:
+    if value is None:
+        return ""
+    text = secret.scrub(str(value))
+    return text[:_MAX_LABEL_LENGTH]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("thingspace-sms-sync")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ApiObserver:
+    """Receives the client's per-request and per-retry callbacks (``ClientConfig.observer``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_request(self, operation: str, status: int | str | None, seconds: float) -> None:
+        # No response (timeout, connection reset) is status "none", so it still shows in the histogram.
+        status_label = "none" if status is None else _label(status)
+        self._metrics.api_request_seconds.labels(_label(operation), status_label).observe(max(seconds, 0.0))
+
+    def on_retry(self, operation: str, reason: str, wait: float) -> None:
+        self._metrics.api_retries.labels(_label(operation), _label(reason)).inc()
+        self._metrics.api_retry_wait_seconds.labels(_label(operation)).inc(max(wait, 0.0))
+
+
+class _FreshnessCollector(prom_registry.Collector):
+    """Seconds since each account's last success, computed when scraped.
+
+    A stored gauge would freeze at the value of the last run; an operator
+    alerting on staleness needs the age as of now, including when the
+    scheduler itself has stopped calling us.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[core.Metric]:
+        family = core.GaugeMetricFamily(
+            PREFIX + "seconds_since_last_success",
+            "Seconds since the account's last successful sync; for an account that has not "
+            "succeeded since the process started (and has no recorded success), since process start.",
+            labels=["account"],
+        )
+        now = self._metrics.clock()
+        for account, since in self._metrics.freshness_reference().items():
+            family.add_metric([account], max(now - since, 0.0))
+        yield family
+
+    def describe(self) -> Iterable[core.Metric]:
+        # Without describe() the registry would call collect() at registration time.
+        return [
+            core.GaugeMetricFamily(
+                PREFIX + "seconds_since_last_success", "Seconds since last success.", labels=["account"]
+            )
+        ]
+
+
+class Metrics:
+    """All metrics of one worker process, registered in ``self.registry``."""
+
+    def __init__(
+        self,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        self.clock = clock
+        self._started_at = clock()
+        self._lock = threading.Lock()
+        self._last_success: dict[str, float] = {}
+        self._known_accounts: set[str] = set()
+        r = self.registry
+
+        self.messages_received = prometheus_client.Counter(
+            PREFIX + "messages_received",
+            "Messages received from the history endpoint.",
+            ["account"],
+            registry=r,
+        )
+        self.messages_inserted = prometheus_client.Counter(
+            PREFIX + "messages_inserted", "Messages stored for the first time.", ["account"], registry=r
+        )
+        self.messages_replayed = prometheus_client.Counter(
+            PREFIX + "messages_replayed",
+            "Messages received again that were already stored (replayed blocks).",
+            ["account"],
+            registry=r,
+        )
+        self.messages_malformed = prometheus_client.Counter(
+            PREFIX + "messages_malformed",
+            "Messages stored with validation problems.",
+            ["account"],
+            registry=r,
+        )
+        self.blocks = prometheus_client.Counter(
+            PREFIX + "blocks", "History blocks committed to the database.", ["account"], registry=r
+        )
+        self.runs = prometheus_client.Counter(
+            PREFIX + "runs", "Finished account runs by outcome.", ["account", "outcome"], registry=r
+        )
+        self.errors = prometheus_client.Counter(
+            PREFIX + "errors",
+            "Errors by kind (account is empty for errors not tied to one account).",
+            ["account", "kind"],
+            registry=r,
+        )
+        self.api_request_seconds = prometheus_client.Histogram(
+            PREFIX + "api_request_duration_seconds",
+            "ThingSpace API request latency by operation and HTTP status ('none': no response).",
+            ["operation", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_retries = prometheus_client.Counter(
+            PREFIX + "api_retries",
+            "API request retries by operation and reason.",
+            ["operation", "reason"],
+            registry=r,
+        )
+        self.api_retry_wait_seconds = prometheus_client.Counter(
+            PREFIX + "api_retry_wait_seconds",
+            "Seconds spent waiting before API retries.",
+            ["operation"],
+            registry=r,
+        )
+        self.last_success = prometheus_client.Gauge(
+            PREFIX + "last_success_timestamp_seconds",
+            "Unix time of the account's last successful sync.",
+            ["account"],
+            registry=r,
+        )
+        self.last_run = prometheus_client.Gauge(
+            PREFIX + "last_run_timestamp_seconds",
+            "Unix time the account's last run finished, whatever its outcome.",
+            ["account"],
+            registry=r,
+        )
+        self.login_guard_tripped = prometheus_client.Gauge(
+            PREFIX + "login_guard_tripped",
+            "1 while the login guard refuses session logins (operator action needed), else 0.",
+            registry=r,
+        )
+        self.scheduler_events = prometheus_client.Counter(
+            PREFIX + "scheduler_events",
+            "Scheduler events: missed, max_instances (run skipped, previous still running), lock_busy, ...",
+            ["kind", "account"],
+            registry=r,
+        )
+        self.build_info = prometheus_client.Gauge(
+            PREFIX + "build_info",
+            "Always 1; the version label is the installed package version.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(_version()).set(1)
+        self.login_guard_tripped.set(0)
+        r.register(_FreshnessCollector(self))
+
+    # --- called by sync / scheduler ---------------------------------------
+
+    def account_configured(self, account: str, last_success: float | None = None) -> None:
+        """Show an account before its first run; ``last_success`` seeds freshness from the database."""
+        name = _label(account)
+        with self._lock:
+            self._known_accounts.add(name)
+            if last_success is not None and last_success > self._last_success.get(name, float("-inf")):
+                self._last_success[name] = last_success
+                self.last_success.labels(name).set(last_success)
+        for counter in (self.messages_received, self.messages_inserted, self.messages_replayed):
+            counter.labels(name)
+        self.messages_malformed.labels(name)
+        self.blocks.labels(name)
+
+    def block_committed(
+        self, account: str, received: int, inserted: int, replays: int, malformed: int
+    ) -> None:
+        name = _label(account)
+        self.blocks.labels(name).inc()
+        self.messages_received.labels(name).inc(received)
+        self.messages_inserted.labels(name).inc(inserted)
+        self.messages_replayed.labels(name).inc(replays)
+        self.messages_malformed.labels(name).inc(malformed)
+
+    def run_finished(self, account: str, outcome: str, finished_at: float, succeeded: bool) -> None:
+        name = _label(account)
+        self.runs.labels(name, _label(outcome)).inc()
+        self.last_run.labels(name).set(finished_at)
+        with self._lock:
+            self._known_accounts.add(name)
+            if succeeded and finished_at > self._last_success.get(name, float("-inf")):
+                self._last_success[name] = finished_at
+                self.last_success.labels(name).set(finished_at)
+
+    def error(self, account: str | None, kind: str) -> None:
+        self.errors.labels(_label(account), _label(kind)).inc()
+
+    def login_guard(self, tripped: bool) -> None:
+        self.login_guard_tripped.set(1 if tripped else 0)
+
+    def scheduler_event(self, kind: str, account: str | None) -> None:
+        self.scheduler_events.labels(_label(kind), _label(account)).inc()
+
+    def api_observer(self) -> ApiObserver:
+        return ApiObserver(self)
+
+    # --- read side ----------------------------------------------------------
+
+    def freshness_reference(self) -> dict[str, float]:
+        """Per known account, the time freshness is measured from."""
+        with self._lock:
+            return {
+                account: self._last_success.get(account, self._started_at)
+                for account in sorted(self._known_accounts)
+            }
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return prometheus_client.generate_latest(self.registry)

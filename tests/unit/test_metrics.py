@@ -1,0 +1,177 @@
+"""Unit tests of sync_worker.metrics: names, labels, counts and scrape-time freshness."""
+
+from __future__ import annotations
+
+import prometheus_client
+import pytest
+
+from sync_worker import metrics, secret
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def value(m: metrics.Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_block_counts_accumulate_per_account() -> None:
+    """block_committed adds received/inserted/replayed/malformed and one block, per account label."""
+    m = metrics.Metrics()
+    m.block_committed("0252012345-00001", received=100, inserted=97, replays=3, malformed=1)
+    m.block_committed("0252012345-00001", received=20, inserted=20, replays=0, malformed=0)
+    m.block_committed("other", received=5, inserted=0, replays=5, malformed=0)
+
+    acct = "0252012345-00001"
+    assert value(m, "thingspace_sync_messages_received_total", account=acct) == 120
+    assert value(m, "thingspace_sync_messages_inserted_total", account=acct) == 117
+    assert value(m, "thingspace_sync_messages_replayed_total", account=acct) == 3
+    assert value(m, "thingspace_sync_messages_malformed_total", account=acct) == 1
+    assert value(m, "thingspace_sync_blocks_total", account=acct) == 2
+    assert value(m, "thingspace_sync_messages_replayed_total", account="other") == 5
+    assert value(m, "thingspace_sync_blocks_total", account="other") == 1
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    """Two Metrics objects never share counters (no global registry)."""
+    a, b = metrics.Metrics(), metrics.Metrics()
+    a.block_committed("x", 1, 1, 0, 0)
+    assert value(a, "thingspace_sync_blocks_total", account="x") == 1
+    assert value(b, "thingspace_sync_blocks_total", account="x") is None
+    assert a.registry is not prometheus_client.REGISTRY
+
+
+def test_explicit_registry_is_used() -> None:
+    """A registry passed in receives the metrics."""
+    reg = prometheus_client.CollectorRegistry()
+    m = metrics.Metrics(reg)
+    m.error("acct", "api_transient")
+    assert (
+        reg.get_sample_value("thingspace_sync_errors_total", {"account": "acct", "kind": "api_transient"})
+        == 1
+    )
+
+
+def test_freshness_is_computed_at_scrape_time() -> None:
+    """seconds_since_last_success grows with the clock between scrapes without any new call."""
+    clock = FakeClock(10_000.0)
+    m = metrics.Metrics(clock=clock)
+    m.run_finished("a", "succeeded", finished_at=9_990.0, succeeded=True)
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="a") == 10
+    clock.now = 10_500.0
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="a") == 510
+    assert value(m, "thingspace_sync_last_success_timestamp_seconds", account="a") == 9_990
+
+
+def test_failed_run_does_not_refresh_last_success() -> None:
+    """A failed run updates last_run and the runs counter but not last success or freshness."""
+    clock = FakeClock(1_000.0)
+    m = metrics.Metrics(clock=clock)
+    m.run_finished("a", "succeeded", finished_at=1_000.0, succeeded=True)
+    clock.now = 2_000.0
+    m.run_finished("a", "failed", finished_at=2_000.0, succeeded=False)
+    assert value(m, "thingspace_sync_last_success_timestamp_seconds", account="a") == 1_000
+    assert value(m, "thingspace_sync_last_run_timestamp_seconds", account="a") == 2_000
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="a") == 1_000
+    assert value(m, "thingspace_sync_runs_total", account="a", outcome="failed") == 1
+    assert value(m, "thingspace_sync_runs_total", account="a", outcome="succeeded") == 1
+
+
+def test_never_succeeded_account_ages_from_process_start() -> None:
+    """An account that never succeeded reports its age since the Metrics object was created."""
+    clock = FakeClock(500.0)
+    m = metrics.Metrics(clock=clock)
+    m.account_configured("new")
+    clock.now = 800.0
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="new") == 300
+    assert value(m, "thingspace_sync_last_success_timestamp_seconds", account="new") is None
+
+
+def test_seeded_last_success_from_database() -> None:
+    """account_configured(last_success=...) makes freshness survive a restart; an older seed never wins."""
+    clock = FakeClock(5_000.0)
+    m = metrics.Metrics(clock=clock)
+    m.account_configured("a", last_success=4_000.0)
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="a") == 1_000
+    m.run_finished("a", "succeeded", finished_at=4_900.0, succeeded=True)
+    m.account_configured("a", last_success=3_000.0)
+    assert value(m, "thingspace_sync_seconds_since_last_success", account="a") == 100
+
+
+def test_login_guard_gauge_toggles() -> None:
+    """login_guard(True/False) sets the tripped gauge to 1/0; it starts at 0."""
+    m = metrics.Metrics()
+    assert value(m, "thingspace_sync_login_guard_tripped") == 0
+    m.login_guard(True)
+    assert value(m, "thingspace_sync_login_guard_tripped") == 1
+    m.login_guard(False)
+    assert value(m, "thingspace_sync_login_guard_tripped") == 0
+
+
+def test_scheduler_events_and_errors_without_account() -> None:
+    """Scheduler events count by kind and account; an error without an account uses an empty label."""
+    m = metrics.Metrics()
+    m.scheduler_event("missed", "a")
+    m.scheduler_event("missed", "a")
+    m.scheduler_event("max_instances", None)
+    m.error(None, "database_unavailable")
+    assert value(m, "thingspace_sync_scheduler_events_total", kind="missed", account="a") == 2
+    assert value(m, "thingspace_sync_scheduler_events_total", kind="max_instances", account="") == 1
+    assert value(m, "thingspace_sync_errors_total", account="", kind="database_unavailable") == 1
+
+
+def test_api_observer_records_latency_and_retries() -> None:
+    """The observer fills the latency histogram by operation/status (none: no response) and retries."""
+    m = metrics.Metrics()
+    obs = m.api_observer()
+    obs.on_request("list_devices_sms_messages", 202, 0.3)
+    obs.on_request("list_devices_sms_messages", 202, 0.02)
+    obs.on_request("list_devices_sms_messages", None, 5.0)
+    obs.on_retry("list_devices_sms_messages", "status_429", 2.5)
+    obs.on_retry("list_devices_sms_messages", "status_429", 1.5)
+
+    op = "list_devices_sms_messages"
+    hist = "thingspace_sync_api_request_duration_seconds"
+    assert value(m, hist + "_count", operation=op, status="202") == 2
+    assert value(m, hist + "_sum", operation=op, status="202") == pytest.approx(0.32)
+    assert value(m, hist + "_bucket", operation=op, status="202", le="0.025") == 1
+    assert value(m, hist + "_count", operation=op, status="none") == 1
+    assert value(m, "thingspace_sync_api_retries_total", operation=op, reason="status_429") == 2
+    assert value(m, "thingspace_sync_api_retry_wait_seconds_total", operation=op) == 4
+
+
+def test_labels_never_carry_registered_secrets() -> None:
+    """A secret value that leaks into a label is scrubbed before it becomes a time series."""
+    token = "tok-" + "9f8e7d6c5b4a"
+    secret.register(token)
+    m = metrics.Metrics()
+    m.error("acct", f"bad {token}")
+    m.api_observer().on_retry("login", token, 1.0)
+    text = m.render().decode()
+    assert token not in text
+    assert "thingspace_sync_errors_total" in text
+
+
+def test_every_metric_name_is_prefixed() -> None:
+    """All exposed metric families start with thingspace_sync_."""
+    m = metrics.Metrics()
+    m.block_committed("a", 1, 1, 0, 0)
+    names = [family.name for family in m.registry.collect()]
+    assert names
+    assert all(name.startswith("thingspace_sync_") for name in names), names
+
+
+def test_render_is_prometheus_text() -> None:
+    """render() output parses as the Prometheus text format and carries build_info."""
+    from prometheus_client import parser
+
+    m = metrics.Metrics()
+    m.run_finished("a", "succeeded", 1.0, True)
+    families = {f.name: f for f in parser.text_string_to_metric_families(m.render().decode())}
+    assert "thingspace_sync_build_info" in families
+    assert "thingspace_sync_seconds_since_last_success" in families
