@@ -1,0 +1,24 @@
+-- Named queries of sync_worker.migrations.
+
+-- name: lock
+SELECT pg_advisory_lock(%(namespace)s, %(key)s);
+
+-- name: unlock
+SELECT pg_advisory_unlock(%(namespace)s, %(key)s);
+
+-- name: create_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: table_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: applied
+SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version;
+
+-- name: record
+INSERT INTO schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);

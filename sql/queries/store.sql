@@ -1,0 +1,162 @@
+-- Named queries of sync_worker.store. One block per "-- name:" line.
+
+-- name: commit_block
+-- The whole block in one statement (one round trip, one transaction): rows,
+-- device rows, the cursor and the run counters land together or not at all.
+WITH incoming AS (
+    SELECT *
+    FROM unnest(
+        %(message_key)s::text[], %(occurrence)s::integer[], %(device_ids)s::text[],
+        %(device_kind)s::text[], %(device_id)s::text[], %(device_count)s::integer[],
+        %(message)s::text[], %(received_at)s::timestamptz[], %(timestamp_raw)s::text[],
+        %(raw_json)s::text[], %(raw_is_jsonb)s::boolean[], %(problems)s::text[]
+    ) AS t(message_key, occurrence, device_ids, device_kind, device_id, device_count,
+           message, received_at, timestamp_raw, raw_json, raw_is_jsonb, problems)
+),
+inserted AS (
+    INSERT INTO sms_history (
+        account_name, message_key, occurrence, device_ids, device_kind, device_id, device_count,
+        message, received_at, timestamp_raw, raw_json, raw, problems, run_id
+    )
+    SELECT %(account_name)s, message_key, occurrence, device_ids::jsonb, device_kind, device_id,
+           device_count, message, received_at, timestamp_raw, raw_json,
+           CASE WHEN raw_is_jsonb THEN raw_json::jsonb END,
+           -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
+           string_to_array(problems, E'\x1f'),
+           %(run_id)s
+    FROM incoming
+    ON CONFLICT (account_name, message_key) DO NOTHING
+    RETURNING id, message_key, received_at
+),
+devices AS (
+    INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id, received_at)
+    SELECT i.id, d.position, %(account_name)s, d.device_kind, d.device_id, i.received_at
+    FROM unnest(%(dev_message_key)s::text[], %(dev_position)s::integer[],
+                %(dev_kind)s::text[], %(dev_id)s::text[])
+         AS d(message_key, position, device_kind, device_id)
+    JOIN inserted i ON i.message_key = d.message_key
+    RETURNING 1
+),
+counted AS (
+    SELECT (SELECT count(*) FROM inserted) AS inserted,
+           (SELECT count(*) FROM devices) AS devices
+),
+cursor_moved AS (
+    INSERT INTO sync_cursor (account_name, next_token, moved_at)
+    VALUES (%(account_name)s, %(next_token)s, now())
+    ON CONFLICT (account_name) DO UPDATE
+        SET next_token = EXCLUDED.next_token, moved_at = EXCLUDED.moved_at
+    RETURNING 1
+),
+run_counted AS (
+    UPDATE sync_run r
+    SET blocks = r.blocks + 1,
+        messages_received = r.messages_received + %(received)s,
+        rows_inserted = r.rows_inserted + c.inserted,
+        replays = r.replays + (%(received)s - c.inserted),
+        malformed = r.malformed + %(malformed)s
+    FROM counted c
+    WHERE r.id = %(run_id)s
+    RETURNING 1
+)
+SELECT c.inserted,
+       (SELECT count(*) FROM cursor_moved) AS cursor_rows,
+       (SELECT count(*) FROM run_counted) AS run_rows
+FROM counted c;
+
+-- name: get_cursor
+SELECT next_token FROM sync_cursor WHERE account_name = %(account_name)s;
+
+-- name: start_run
+INSERT INTO sync_run (account_name, worker_host, worker_pid)
+VALUES (%(account_name)s, %(worker_host)s, %(worker_pid)s)
+RETURNING id;
+
+-- name: finish_run
+UPDATE sync_run
+SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
+WHERE id = %(run_id)s
+RETURNING account_name;
+
+-- name: cursor_success
+INSERT INTO sync_cursor (account_name, last_success_at)
+VALUES (%(account_name)s, now())
+ON CONFLICT (account_name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at;
+
+-- name: cursor_error
+INSERT INTO sync_cursor (account_name, last_error, last_error_at)
+VALUES (%(account_name)s, %(error)s, now())
+ON CONFLICT (account_name) DO UPDATE
+    SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at;
+
+-- name: clear_cursor
+INSERT INTO sync_cursor (account_name, next_token, moved_at, cleared_at, cleared_reason)
+VALUES (%(account_name)s, NULL, now(), now(), %(reason)s)
+ON CONFLICT (account_name) DO UPDATE
+    SET next_token = NULL, moved_at = now(), cleared_at = now(), cleared_reason = EXCLUDED.cleared_reason;
+
+-- name: try_account_lock
+SELECT pg_try_advisory_lock(%(namespace)s, %(key)s);
+
+-- name: release_account_lock
+SELECT pg_advisory_unlock(%(namespace)s, %(key)s);
+
+-- name: login_guard_state
+SELECT principal, fingerprint, consecutive_failures, last_failure_at, last_error, tripped_at
+FROM login_guard
+WHERE principal = %(principal)s;
+
+-- name: record_login_failure
+-- A different fingerprint means new credentials: the count starts over.
+INSERT INTO login_guard AS g (principal, fingerprint, consecutive_failures, last_failure_at, last_error, tripped_at)
+VALUES (%(principal)s, %(fingerprint)s, 1, now(), %(error)s,
+        CASE WHEN %(threshold)s::integer <= 1 THEN now() END)
+ON CONFLICT (principal) DO UPDATE
+SET consecutive_failures = CASE WHEN g.fingerprint = EXCLUDED.fingerprint
+                                THEN g.consecutive_failures + 1 ELSE 1 END,
+    tripped_at = CASE
+        WHEN g.fingerprint = EXCLUDED.fingerprint AND g.tripped_at IS NOT NULL THEN g.tripped_at
+        WHEN (CASE WHEN g.fingerprint = EXCLUDED.fingerprint
+                   THEN g.consecutive_failures + 1 ELSE 1 END) >= %(threshold)s::integer THEN now()
+        END,
+    fingerprint = EXCLUDED.fingerprint,
+    last_failure_at = EXCLUDED.last_failure_at,
+    last_error = EXCLUDED.last_error
+RETURNING consecutive_failures;
+
+-- name: record_login_success
+INSERT INTO login_guard (principal, fingerprint, consecutive_failures)
+VALUES (%(principal)s, %(fingerprint)s, 0)
+ON CONFLICT (principal) DO UPDATE
+SET fingerprint = EXCLUDED.fingerprint, consecutive_failures = 0, tripped_at = NULL;
+
+-- name: reset_login_guard_one
+DELETE FROM login_guard WHERE principal = %(principal)s;
+
+-- name: reset_login_guard_all
+DELETE FROM login_guard;
+
+-- name: account_status
+WITH accounts AS (
+    SELECT account_name FROM sync_cursor
+    UNION
+    SELECT DISTINCT account_name FROM sync_run
+),
+last_run AS (
+    SELECT DISTINCT ON (account_name) account_name, id, outcome, error, started_at, finished_at
+    FROM sync_run
+    ORDER BY account_name, started_at DESC, id DESC
+)
+SELECT a.account_name,
+       c.account_name IS NOT NULL AND c.next_token IS NOT NULL AS cursor_present,
+       c.moved_at,
+       c.last_success_at,
+       EXTRACT(EPOCH FROM (now() - c.last_success_at))::double precision AS lag_seconds,
+       (SELECT count(*) FROM sms_history h WHERE h.account_name = a.account_name) AS row_count,
+       r.outcome AS last_run_outcome,
+       c.last_error,
+       c.last_error_at
+FROM accounts a
+LEFT JOIN sync_cursor c ON c.account_name = a.account_name
+LEFT JOIN last_run r ON r.account_name = a.account_name
+ORDER BY a.account_name;

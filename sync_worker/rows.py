@@ -1,0 +1,266 @@
+"""Message identity and the rows the store writes.
+
+The API gives messages no id, so ``message_key`` derives one from what the
+message says (see docs/schema.md, "Message identity"). Row building never
+raises on bad data: whatever arrived becomes a row that keeps the exact
+original in ``raw_json`` and says what was wrong in ``problems``.
+
+This is the hot path of the write side (the bar is ~1M rows/min per core), so
+it favours a few C-implemented calls per row over generality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from sync_worker import models
+
+REPLACEMENT: Final = "\ufffd"
+# NUL is refused by Postgres text and jsonb; lone surrogates cannot be encoded as UTF-8.
+_BAD_CHARS_RE: Final = re.compile("[\x00\ud800-\udfff]")
+# json.dumps(ensure_ascii=True) writes NUL and every surrogate as one of these escapes.
+_SUSPECT_ESCAPE_RE: Final = re.compile(r"\\u(0000|d[89a-f])", re.IGNORECASE)
+_UTC: Final = dt.UTC
+_WELL_FORMED_TAG: Final = "sms-v1"
+_RAW_TAG: Final = "sms-raw-v1"
+PROBLEM_SEPARATOR: Final = "\x1f"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    """One ``sms_history`` row plus its ``sms_history_device`` rows."""
+
+    account_name: str
+    message_key: str
+    occurrence: int
+    device_ids_json: str | None
+    device_kind: str | None
+    device_id: str | None
+    devices: tuple[tuple[str, str], ...]
+    message: str | None
+    received_at: dt.datetime | None
+    timestamp_raw: str | None
+    raw_json: str
+    raw_is_jsonb: bool
+    problems: tuple[str, ...]
+
+    @property
+    def malformed(self) -> bool:
+        return bool(self.problems)
+
+
+def clean_text(value: str) -> tuple[str, bool]:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD, and whether it changed."""
+    if value.isascii():
+        if "\x00" not in value:
+            return value, False
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _BAD_CHARS_RE.sub(REPLACEMENT, value), True
+        if "\x00" not in value:
+            return value, False
+    return value.replace("\x00", REPLACEMENT), True
+
+
+def dump_raw(raw: Any) -> str:
+    """The exact original as ASCII JSON text: round-trips NULs, lone surrogates and NaN."""
+    return json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
+
+
+def jsonb_representable(raw_json: str) -> bool:
+    """Whether Postgres ``jsonb`` accepts ``raw_json`` (it refuses NUL, lone surrogates, NaN)."""
+    if _SUSPECT_ESCAPE_RE.search(raw_json) is None:
+        return not _has_non_finite(raw_json)
+    return _value_representable(json.loads(raw_json))
+
+
+def parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None]:
+    """Parse an ISO-8601 timestamp into an aware UTC datetime, plus a problem if any.
+
+    A timestamp without an offset is read as UTC (the API documents offsets; a
+    missing one is reported rather than guessed silently).
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL"
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=_UTC), "timestamp has no UTC offset; read as UTC"
+    try:
+        return parsed.astimezone(_UTC), None
+    except OverflowError:
+        return None, f"timestamp {_short(raw)} is out of range; received_at left NULL"
+
+
+def message_key(account: str, message: models.SMSMessage, occurrence: int) -> str:
+    """The identity of one message: sha256 hex of its canonical JSON and occurrence number."""
+    basis, _ = _key_basis(account, message)
+    return _hash(basis, occurrence)
+
+
+def build_rows(account: str, messages: Iterable[models.SMSMessage]) -> list[Row]:
+    """Rows for one block, numbering identical messages so each becomes its own row."""
+    seen: dict[str, int] = {}
+    out: list[Row] = []
+    for message in messages:
+        basis, parsed_at = _key_basis(account, message)
+        occurrence = seen.get(basis, 0)
+        seen[basis] = occurrence + 1
+        out.append(_row(account, message, _hash(basis, occurrence), occurrence, parsed_at))
+    return out
+
+
+def _key_basis(
+    account: str, message: models.SMSMessage
+) -> tuple[str, tuple[dt.datetime | None, str | None] | None]:
+    """Canonical JSON (without the occurrence) and the parsed timestamp, if any."""
+    parsed_at: tuple[dt.datetime | None, str | None] | None = None
+    if message.problems:
+        canonical = json.dumps(message.raw, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+        basis = json.dumps([_RAW_TAG, account, canonical], ensure_ascii=True, separators=(",", ":"))
+    else:
+        timestamp: str | None = message.timestamp
+        if timestamp is not None:
+            parsed_at = parse_timestamp(timestamp)
+            if parsed_at[0] is not None:
+                timestamp = parsed_at[0].isoformat()
+        devices = sorted([d.kind.lower(), d.id] for d in message.device_ids)
+        basis = json.dumps(
+            [_WELL_FORMED_TAG, account, devices, timestamp, message.message],
+            ensure_ascii=True,
+            separators=(",", ":"),
+        )
+    return basis, parsed_at
+
+
+def _hash(basis: str, occurrence: int) -> str:
+    # Appending the occurrence inside the JSON array keeps the hashed text canonical JSON.
+    return hashlib.sha256(f"{basis[:-1]},{occurrence}]".encode("ascii")).hexdigest()
+
+
+def _row(
+    account: str,
+    message: models.SMSMessage,
+    key: str,
+    occurrence: int,
+    parsed_at: tuple[dt.datetime | None, str | None] | None,
+) -> Row:
+    problems = list(message.problems)
+    raw = message.raw
+    try:
+        raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        finite = True
+    except ValueError:
+        raw_json = dump_raw(raw)
+        finite = False
+    raw_is_jsonb = finite and (
+        _SUSPECT_ESCAPE_RE.search(raw_json) is None or _value_representable(json.loads(raw_json))
+    )
+
+    text = message.message
+    if text is not None:
+        text, changed = clean_text(text)
+        if changed:
+            problems.append("message had NUL or lone surrogate characters; replaced with U+FFFD")
+
+    timestamp_raw = message.timestamp
+    received_at: dt.datetime | None = None
+    if timestamp_raw is not None:
+        if parsed_at is None:
+            parsed_at = parse_timestamp(timestamp_raw)
+        received_at, problem = parsed_at
+        if problem is not None:
+            problems.append(problem)
+        timestamp_raw, changed = clean_text(timestamp_raw)
+        if changed:
+            problems.append("timestamp had NUL or lone surrogate characters; replaced with U+FFFD")
+
+    devices: list[tuple[str, str]] = []
+    for i, device in enumerate(message.device_ids):
+        kind, kind_changed = clean_text(device.kind.lower())
+        ident, id_changed = clean_text(device.id)
+        if kind_changed or id_changed:
+            problems.append(f"deviceIds[{i}] had NUL or lone surrogate characters; replaced with U+FFFD")
+        if kind not in models.DEVICE_KINDS:
+            problems.append(f"deviceIds[{i}].kind {_short(kind)} is not a known kind")
+        devices.append((kind, ident))
+
+    device_ids_json: str | None = None
+    if isinstance(raw, dict) and isinstance(raw.get("deviceIds"), list):
+        device_ids_json = _device_ids_json(raw["deviceIds"])
+
+    first = devices[0] if devices else (None, None)
+    return Row(
+        account_name=account,
+        message_key=key,
+        occurrence=occurrence,
+        device_ids_json=device_ids_json,
+        device_kind=first[0],
+        device_id=first[1],
+        devices=tuple(devices),
+        message=text,
+        received_at=received_at,
+        timestamp_raw=timestamp_raw,
+        raw_json=raw_json,
+        raw_is_jsonb=raw_is_jsonb,
+        problems=tuple(p.replace(PROBLEM_SEPARATOR, " ") for p in problems),
+    )
+
+
+def _device_ids_json(items: Sequence[Any]) -> str | None:
+    """The received device list with kinds lower-cased, made storable as jsonb."""
+    normalised = [
+        {**item, "kind": item["kind"].lower()}
+        if isinstance(item, dict) and isinstance(item.get("kind"), str)
+        else item
+        for item in items
+    ]
+    try:
+        text = json.dumps(_clean_value(normalised), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return None
+    return text
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)[0]
+    if isinstance(value, list):
+        return [_clean_value(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(str(k))[0]: _clean_value(v) for k, v in value.items()}
+    return value
+
+
+def _value_representable(value: Any) -> bool:
+    if isinstance(value, str):
+        return not clean_text(value)[1]
+    if isinstance(value, list):
+        return all(_value_representable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_value_representable(str(k)) and _value_representable(v) for k, v in value.items())
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    return True
+
+
+def _has_non_finite(raw_json: str) -> bool:
+    # Cheap pre-check; only a hit needs the exact (slow) answer.
+    if "NaN" not in raw_json and "Infinity" not in raw_json:
+        return False
+    return not _value_representable(json.loads(raw_json))
+
+
+def _short(value: str, limit: int = 40) -> str:
+    shown = clean_text(value)[0]
+    if len(shown) > limit:
+        shown = shown[:limit] + "..."
+    return repr(shown)
