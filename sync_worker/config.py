@@ -237,7 +237,7 @@ class Settings:
             timeout=(self.http_connect_timeout, self.http_read_timeout),
             retry=retry.RetryPolicy(
                 max_attempts=self.retry_max_attempts,
-                max_wait=self.retry_max_wait_seconds,
+                max_backoff=self.retry_max_wait_seconds,
                 max_retry_after=self.retry_max_retry_after_seconds,
             ),
             login_guard=login_guard,
@@ -466,7 +466,7 @@ def _secret(env: Mapping[str, str], name: str) -> secret.Secret:
     return secret.Secret(value)
 
 
-def _account_name(name: str, where: str) -> str:
+def validate_account_name(name: str, where: str) -> str:
     if not models.ACCOUNT_NAME_RE.match(name):
         # ascii(): a non-ASCII or control character must be visible in the message.
         raise errors.ConfigError(f"{where}: account name {name!a} must be 3-32 of A-Z a-z 0-9 -")
@@ -483,7 +483,7 @@ def _accounts(
     names: list[str] = []
     if raw.strip():
         for item in raw.split(","):
-            name = _account_name(item.strip(), "SYNC_ACCOUNTS")
+            name = validate_account_name(item.strip(), "SYNC_ACCOUNTS")
             if name in names:
                 raise errors.ConfigError(f"SYNC_ACCOUNTS lists {name!r} twice")
             names.append(name)
@@ -530,7 +530,7 @@ def _read_config_file(path: Path) -> dict[str, dict[str, float]]:
         raise errors.ConfigError(f"{where}: 'accounts' must be a table of tables")
     result: dict[str, dict[str, float]] = {}
     for name, table in tables.items():
-        _account_name(name, where)
+        validate_account_name(name, where)
         if not isinstance(table, dict):
             raise errors.ConfigError(f"{where}: [accounts.{name!r}] must be a table")
         values: dict[str, float] = {}

@@ -1,0 +1,564 @@
+"""The ``sync-worker`` command line.
+
+Each command loads the settings once, configures logging, and maps the
+project's errors to the documented exit codes. Modules that pull in the HTTP
+stack, the scheduler or the simulator are imported inside the command that
+needs them, so ``--help`` and configuration errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TextIO
+
+from sync_worker import config, errors, logs, secret
+
+EXIT_OK: Final = 0
+EXIT_ACCOUNT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_DATABASE: Final = 3
+EXIT_AUTH: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
+    (EXIT_OK, "success (every account synced)"),
+    (EXIT_ACCOUNT_FAILED, "some account failed (the others were synced; see the summary and logs)"),
+    (EXIT_CONFIG, "usage or configuration error (the message names the variable)"),
+    (EXIT_DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
+    (EXIT_AUTH, "login guard tripped or credentials refused: fix them, then `sync-worker auth reset`"),
+    (EXIT_INTERRUPTED, "interrupted before any work finished (Ctrl-C)"),
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code of an error that ended a command."""
+    if isinstance(exc, (errors.ConfigError, errors.ValidationError)):
+        return EXIT_CONFIG
+    if isinstance(exc, (errors.DatabaseUnavailableError, errors.SchemaError, errors.MigrationError)):
+        return EXIT_DATABASE
+    if isinstance(exc, errors.AuthError):
+        return EXIT_AUTH
+    return EXIT_ACCOUNT_FAILED
+
+
+def environment_help() -> str:
+    """The ``--help`` epilog: every variable (from ``config.VARIABLES``) and every exit code."""
+    lines = ["environment variables:"]
+    for var in config.VARIABLES:
+        lines.append(f"  {var.name}  [default: {var.default or '-'}]")
+        lines.extend(
+            textwrap.wrap(var.description, width=96, initial_indent="      ", subsequent_indent="      ")
+        )
+    lines.append("")
+    lines.append('--config FILE: a TOML file with per-account tables, e.g. [accounts."0252012345-00001"]')
+    lines.append("  interval_seconds = 600 / jitter_seconds = 60.")
+    lines.append("")
+    lines.append("exit codes:")
+    lines.extend(f"  {code:<3} {text}" for code, text in EXIT_CODES)
+    return "\n".join(lines)
+
+
+# --- plumbing ----------------------------------------------------------------
+
+
+class _Context:
+    """What every command gets: the parsed arguments and where to write."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, str], out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.env = env
+        self.out = out
+        self.err = err
+
+    def settings(self, *, credentials: bool, accounts: bool) -> config.Settings:
+        settings = config.load(
+            self.env, self.args.config, require_credentials=credentials, require_accounts=accounts
+        )
+        logs.configure(settings.log_format, settings.log_level, self.out)
+        return settings
+
+    def print(self, text: str = "") -> None:
+        print(secret.scrub(text), file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def _connection(settings: config.Settings, *, check_schema: bool = True) -> Iterator[Any]:
+    with config.connect(settings) as conn:
+        if check_schema:
+            from sync_worker import migrations  # noqa: PLC0415
+
+            migrations.check_schema(conn)
+        yield conn
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` (finish the block in flight, then exit); a second SIGINT aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        logs.get_logger(__name__).warning("stop_requested", signal=signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        if isinstance(value, datetime.datetime):
+            return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        text = str(value).replace("\n", " ")
+        return text if len(text) <= 48 else text[:45] + "..."
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+    return "\n".join(lines)
+
+
+def status_rows(conn: Any) -> list[dict[str, Any]]:
+    """``store.account_status`` as plain dicts (shared by ``status`` and the demo)."""
+    from sync_worker import store  # noqa: PLC0415
+
+    return [
+        dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else dict(s)
+        for s in store.account_status(conn)
+    ]
+
+
+def format_status(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no accounts synced yet)"
+    return format_table(rows, list(rows[0]))
+
+
+def _progress_metrics(out: TextIO) -> Any:
+    """A Metrics that also prints one line per committed block (for long ``once`` runs on a terminal)."""
+    from sync_worker import metrics  # noqa: PLC0415
+
+    class ProgressMetrics(metrics.Metrics):
+        def __init__(self) -> None:
+            super().__init__()
+            self._totals: dict[str, list[int]] = {}
+            self._print_lock = threading.Lock()
+
+        def block_committed(
+            self, account: str, received: int, inserted: int, replays: int, malformed: int
+        ) -> None:
+            super().block_committed(account, received, inserted, replays, malformed)
+            with self._print_lock:
+                totals = self._totals.setdefault(account, [0, 0, 0])
+                totals[0] += 1
+                totals[1] += received
+                totals[2] += inserted
+                print(
+                    f"  {account}: block {totals[0]}, {totals[1]} messages, {totals[2]} new",
+                    file=out,
+                    flush=True,
+                )
+
+    return ProgressMetrics()
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def cmd_migrate(ctx: _Context) -> int:
+    from sync_worker import migrations  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings, check_schema=False) as conn:
+        applied = migrations.migrate(conn)
+    logs.get_logger(__name__).info("migrated", applied=list(applied))
+    ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return EXIT_OK
+
+
+def cmd_run(ctx: _Context) -> int:
+    from sync_worker import health, metrics, scheduler  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=True, accounts=True)
+    with _connection(settings):
+        pass
+    m = metrics.Metrics()
+    server = None
+    if settings.metrics_port is not None:
+
+        def database_ready() -> None:
+            with _connection(settings):
+                pass
+
+        server = health.HealthServer(
+            settings.metrics_port,
+            m,
+            live=lambda: True,
+            ready=health.checks([("database", database_ready)]),
+        ).start()
+    try:
+        return scheduler.run_daemon(settings, metrics=m)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def cmd_once(ctx: _Context) -> int:
+    from sync_worker import sync  # noqa: PLC0415
+
+    only: list[str] = ctx.args.account or []
+    for name in only:
+        config.validate_account_name(name, "--account")
+    settings = ctx.settings(credentials=True, accounts=not only)
+    with _connection(settings):
+        pass
+    stop = threading.Event()
+    progress = _progress_metrics(sys.stderr) if sys.stderr.isatty() else None
+    with _stop_on_signals(stop):
+        result = sync.sync_once(settings, accounts=only or None, stop_event=stop, metrics=progress)
+    # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
+    ctx.print(json.dumps(_jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
+    return int(result.exit_code)
+
+
+def cmd_status(ctx: _Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings) as conn:
+        rows = status_rows(conn)
+    if ctx.args.json:
+        ctx.print(json.dumps({"accounts": _jsonable(rows)}, sort_keys=True))
+    else:
+        ctx.print(format_status(rows))
+    return EXIT_OK
+
+
+def cmd_cursor_show(ctx: _Context) -> int:
+    from sync_worker import store  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings) as conn:
+        if ctx.args.account:
+            names = list(ctx.args.account)
+        else:
+            names = list(settings.account_names) or [str(r["account"]) for r in status_rows(conn)]
+        cursors = {name: store.get_cursor(conn, name) for name in names}
+    if ctx.args.json:
+        ctx.print(json.dumps(cursors, sort_keys=True))
+    else:
+        for name, token in cursors.items():
+            ctx.print(f"{name}\t{token if token is not None else '(head of queue)'}")
+    return EXIT_OK
+
+
+def cmd_cursor_reset(ctx: _Context) -> int:
+    from sync_worker import store  # noqa: PLC0415
+
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=False, accounts=False)
+    if not ctx.args.yes:
+        if not sys.stdin.isatty():
+            raise errors.ConfigError("cursor reset: pass --yes to confirm when not on a terminal")
+        answer = input(
+            f"Forget the stored cursor of {account}? The next sync restarts at the head of the queue "
+            "(the current block is fetched again; nothing is lost). [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            ctx.print("cancelled")
+            return EXIT_CONFIG
+    with _connection(settings) as conn:
+        store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
+    logs.get_logger(__name__).warning("cursor_reset", account=account)
+    ctx.print(f"{account}: cursor cleared; the next sync starts at the head of the queue")
+    return EXIT_OK
+
+
+def _login_guard(settings: config.Settings) -> Any:
+    from sync_worker import guard  # noqa: PLC0415
+
+    return guard.LoginGuard(
+        lambda: config.connect(settings),
+        principal=settings.username,
+        fingerprint=settings.credential_fingerprint(),
+        threshold=settings.login_guard_threshold,
+    )
+
+
+def cmd_auth_status(ctx: _Context) -> int:
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _connection(settings):
+        pass
+    login_guard = _login_guard(settings)
+    failures = login_guard.failures()
+    tripped = failures >= login_guard.threshold
+    if ctx.args.json:
+        ctx.print(
+            json.dumps(
+                {
+                    "username": settings.username,
+                    "failures": failures,
+                    "threshold": login_guard.threshold,
+                    "tripped": tripped,
+                }
+            )
+        )
+    else:
+        state = "TRIPPED: not logging in (fix the credentials or run `sync-worker auth reset`)"
+        ctx.print(
+            f"user {settings.username}: {failures} consecutive failed logins, threshold "
+            f"{login_guard.threshold}: {state if tripped else 'ok'}"
+        )
+    return EXIT_AUTH if tripped else EXIT_OK
+
+
+def cmd_auth_reset(ctx: _Context) -> int:
+    from sync_worker import store  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=False, accounts=False)
+    if not settings.username:
+        raise errors.ConfigError("THINGSPACE_USERNAME is required: the guard is kept per user")
+    with _connection(settings) as conn:
+        store.reset_login_guard(conn, settings.username)
+    logs.get_logger(__name__).warning("login_guard_reset", principal=settings.username)
+    ctx.print(f"login guard reset for user {settings.username}; the next sync will log in again")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _api_client(settings: config.Settings) -> Iterator[Any]:
+    from sync_worker import client  # noqa: PLC0415
+
+    with _connection(settings):
+        pass
+    api = client.ThingSpaceClient(settings.client_config(login_guard=_login_guard(settings)))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _device(text: str) -> Any:
+    from sync_worker import models  # noqa: PLC0415
+
+    kind, sep, ident = text.partition(":")
+    if not sep or not kind or not ident:
+        raise errors.ValidationError(f"--device {text!r} must be KIND:ID, e.g. imei:990000862471854")
+    device = models.DeviceId(id=ident, kind=kind.lower())
+    device.validate()
+    return device
+
+
+def cmd_send(ctx: _Context) -> int:
+    from sync_worker import models  # noqa: PLC0415
+
+    request = models.SMSSendRequest(
+        account_name=ctx.args.account,
+        sms_message=ctx.args.message,
+        device_ids=tuple(_device(d) for d in ctx.args.device),
+        data_encoding=ctx.args.encoding,
+    )
+    request.validate()
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _api_client(settings) as api:
+        result = api.sms.send_sms_to_device(request)
+    ctx.print(json.dumps({"requestId": result.request_id}))
+    return EXIT_OK
+
+
+def cmd_start_delivery(ctx: _Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _api_client(settings) as api:
+        result = api.sms.start_queued_sms_delivery(account)
+    ctx.print(json.dumps({"account": account, "success": result.success}))
+    return EXIT_OK if result.success else EXIT_ACCOUNT_FAILED
+
+
+def cmd_simulate(ctx: _Context) -> int:
+    from sync_worker import simulator  # noqa: PLC0415
+
+    args = ctx.args
+    accounts = [
+        config.validate_account_name(a.strip(), "--accounts") for a in args.accounts.split(",") if a.strip()
+    ]
+    logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
+    sim = simulator.Simulator(simulator.SimConfig(host=args.host, port=args.port, block_size=args.block_size))
+    sim.start()
+    try:
+        for i, account in enumerate(accounts):
+            sim.seed(account, args.seed_messages, seed=i + 1)
+        cfg = sim.config
+        ctx.print(f"ThingSpace simulator listening on {sim.base_url}")
+        ctx.print(f"seeded {args.seed_messages} messages on each of: {', '.join(accounts)}")
+        ctx.print("point the worker at it with:")
+        ctx.print(f"  export THINGSPACE_BASE_URL={sim.base_url} THINGSPACE_ALLOW_INSECURE_LOOPBACK=1")
+        ctx.print(f"  export THINGSPACE_CLIENT_ID={cfg.client_id} THINGSPACE_USERNAME={cfg.username}")
+        # Simulator credentials are fixed test values, not secrets, so printing them is the point.
+        ctx.print(
+            f"  export THINGSPACE_CLIENT_SECRET={_reveal(cfg.client_secret)} "
+            f"THINGSPACE_PASSWORD={_reveal(cfg.password)}"
+        )
+        ctx.print(f"  export SYNC_ACCOUNTS={','.join(accounts)}")
+        ctx.print("Ctrl-C stops it.")
+        stop = threading.Event()
+        with _stop_on_signals(stop):
+            stop.wait()
+    finally:
+        sim.stop()
+    return EXIT_OK
+
+
+def _reveal(value: Any) -> str:
+    return value.reveal() if isinstance(value, secret.Secret) else str(value)
+
+
+def cmd_demo(ctx: _Context) -> int:
+    from sync_worker import demo  # noqa: PLC0415
+
+    return demo.run(out=ctx.out)
+
+
+# --- the parser ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sync-worker",
+        description="Keeps a Postgres copy of every SMS that IoT devices send through Verizon ThingSpace.",
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help='TOML file with per-account settings ([accounts."NAME"] interval_seconds, jitter_seconds)',
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[_Context], int], help_text: str, parent: Any = sub) -> Any:
+        p = parent.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=environment_help(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    add("migrate", cmd_migrate, "create or upgrade the database schema (safe to run concurrently)")
+    add("run", cmd_run, "run the daemon: sync every account on its interval until SIGTERM/SIGINT")
+    p = add("once", cmd_once, "one pass over the accounts (each drained to its final block), then exit")
+    p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
+    p = add("status", cmd_status, "per account: cursor, last success, lag, rows, last error")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    cursor = sub.add_parser("cursor", help="show or reset the stored history cursors")
+    cursor_sub = cursor.add_subparsers(dest="cursor_command", metavar="ACTION", required=True)
+    p = add("show", cmd_cursor_show, "print the stored cursor of each account", cursor_sub)
+    p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add(
+        "reset", cmd_cursor_reset, "forget an account's cursor: the next sync starts at the head", cursor_sub
+    )
+    p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    auth = sub.add_parser("auth", help="the login lock-out guard")
+    auth_sub = auth.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
+    p = add(
+        "status",
+        cmd_auth_status,
+        "consecutive failed logins for the configured user (exit 4: tripped)",
+        auth_sub,
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("reset", cmd_auth_reset, "clear the failed-login count after fixing the credentials", auth_sub)
+
+    p = add("send", cmd_send, "send an SMS to devices (never retried: a retry could send it twice)")
+    p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--device", required=True, action="append", metavar="KIND:ID", help="repeatable")
+    p.add_argument("--message", required=True, metavar="TEXT")
+    p.add_argument(
+        "--encoding", default="7-bit", choices=["7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA"]
+    )
+    p = add(
+        "start-delivery", cmd_start_delivery, "ask ThingSpace to push the account's queue to its callback URL"
+    )
+    p.add_argument("--account", required=True, metavar="A")
+
+    p = add(
+        "simulate", cmd_simulate, "run the ThingSpace simulator (for trying the worker without an account)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8480)
+    p.add_argument("--seed-messages", type=int, default=1000, metavar="N", help="per account")
+    p.add_argument("--accounts", default="0252012345-00001,0252012345-00002", metavar="A,B,...")
+    p.add_argument("--block-size", type=int, default=100, metavar="N")
+    add("demo", cmd_demo, "what `make run` does: simulator + embedded Postgres, one pass, status, a query")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None) -> int:
+    """Run one command; returns the exit code (see ``EXIT_CODES``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits 2 on usage errors and 0 after --help.
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    ctx = _Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
+    try:
+        return int(args.func(ctx))
+    except errors.SyncWorkerError as exc:
+        code = exit_code_for(exc)
+        if logs.is_configured():
+            logs.get_logger(__name__).error(
+                "command_failed", error=str(exc), kind=type(exc).__name__, exit_code=code
+            )
+        print(f"sync-worker: error: {secret.scrub(str(exc))}", file=ctx.err, flush=True)
+        return code
+    except KeyboardInterrupt:
+        print("sync-worker: interrupted", file=ctx.err, flush=True)
+        return EXIT_INTERRUPTED
