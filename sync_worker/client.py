@@ -1,0 +1,596 @@
+"""HTTP client for the ThingSpace SMS API, with the vendor SDK's operation names.
+
+``ThingSpaceClient(cfg).sms`` offers ``send_sms_to_device``,
+``list_devices_sms_messages``, ``start_queued_sms_delivery`` and
+``iter_history_blocks``. Decisions worth knowing:
+
+* ``error_code`` of an M2M error is its ``errorCode`` without the service prefix:
+  ``UnifiedWebService.REQUEST_FAILED.AccountNotFound`` becomes
+  ``REQUEST_FAILED.AccountNotFound``. The prefix is recognised as a first
+  dot-separated part that is not UPPER_CASE (service names are CamelCase, the
+  categories after them are upper case), so a code sent without a prefix is kept
+  whole. Session expiry is detected with ``endswith("SessionToken.Expired")``, so
+  either form matches. Gateway faults give their numeric ``fault.code`` as a
+  string; OAuth errors give ``error``.
+* Paging: the HTTP status is authoritative. 202 means another block waits and
+  must carry a valid ``next`` token in ``Location``; 200 is the final block
+  (``next`` is None) whatever ``hasMoreData`` says. A disagreement is logged.
+* ``Location`` is never followed: only its ``next`` query value is taken, the path
+  is ignored, and an absolute ``Location`` must name the base URL's scheme, host
+  and port. Redirects are never followed either (``allow_redirects=False``): a 3xx
+  would carry the bearer and session tokens wherever it pointed.
+* A login refused with any 4xx raises ``errors.LoginFailedError`` and is never
+  retried, by this module or by the retry policy (errors from the token and login
+  requests carry their own operation name, and a policy only retries errors of
+  the operation it runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import email.utils
+import ipaddress
+import json
+import math
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final, Protocol, TypeVar
+
+import requests
+import requests.adapters
+import structlog
+
+from sync_worker import auth, errors, models, retry, secret
+
+USER_AGENT: Final = "thingspace-sms-sync/0.1"
+DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
+MAX_TOKEN_LENGTH: Final = 64
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9]+")
+_SESSION_EXPIRED_SUFFIX: Final = "SessionToken.Expired"
+_UPPER_CATEGORY_RE: Final = re.compile(r"^[A-Z0-9_]+$")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+_log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """Metrics hook: one ``on_request`` per HTTP exchange, one ``on_retry`` per planned retry."""
+
+    def on_request(self, operation: str, status: int | None, seconds: float) -> None: ...
+
+    def on_retry(self, operation: str, reason: str, wait: float) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    base_url: str
+    client_id: str
+    client_secret: secret.Secret
+    username: str
+    password: secret.Secret
+    timeout: tuple[float, float] = (5.0, 60.0)  # connect, read
+    retry: retry.RetryPolicy = dataclasses.field(default_factory=retry.RetryPolicy)
+    login_guard: auth.LoginGuard | None = dataclasses.field(default=None, repr=False, compare=False)
+    allow_insecure_loopback: bool = False
+    session: requests.Session | None = dataclasses.field(default=None, repr=False, compare=False)
+    observer: Observer | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Renew the bearer this long before the server says it expires.
+    token_expiry_margin: float = 60.0
+    clock: Callable[[], float] = dataclasses.field(default=time.monotonic, repr=False, compare=False)
+    pool_size: int = 10
+
+
+class ThingSpaceClient:
+    """One pooled HTTP session, the cached credentials, and ``.sms``. Thread-safe."""
+
+    def __init__(self, cfg: ClientConfig) -> None:
+        self._base = _checked_base_url(cfg)
+        _check_credentials(cfg)
+        self._cfg = cfg
+        self._owns_http = cfg.session is None
+        self._http = cfg.session if cfg.session is not None else requests.Session()
+        if self._owns_http:
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=cfg.pool_size)
+            self._http.mount("https://", adapter)
+            self._http.mount("http://", adapter)
+            # Proxy settings from the environment could route the tokens elsewhere.
+            self._http.trust_env = False
+        self._bearer = auth.BearerTokenCache(
+            self._fetch_bearer, margin=cfg.token_expiry_margin, clock=cfg.clock
+        )
+        self._session = auth.SessionTokenCache(self._log_in, guard=cfg.login_guard)
+        self.sms = SmsController(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> ThingSpaceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ThingSpaceClient(base_url={self._base!r}, username={self._cfg.username!r})"
+
+    # --- one HTTP exchange --------------------------------------------------
+
+    def _exchange(
+        self, operation: str, method: str, url: str, headers: dict[str, str], **kwargs: Any
+    ) -> requests.Response:
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
+        started = time.perf_counter()
+        try:
+            response = self._http.request(
+                method,
+                url,
+                headers=all_headers,
+                timeout=self._cfg.timeout,
+                allow_redirects=False,
+                **kwargs,
+            )
+        except requests.Timeout as exc:
+            self._observe(operation, None, started)
+            raise errors.ApiTransientError(
+                f"request timed out ({type(exc).__name__})", operation=operation
+            ) from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            self._observe(operation, None, started)
+            raise errors.ApiTransientError(
+                f"connection failed ({type(exc).__name__})", operation=operation
+            ) from exc
+        except requests.RequestException as exc:
+            self._observe(operation, None, started)
+            raise errors.ApiPermanentError(
+                f"request could not be made ({type(exc).__name__})", operation=operation
+            ) from exc
+        self._observe(operation, response.status_code, started)
+        return response
+
+    def _observe(self, operation: str, status: int | None, started: float) -> None:
+        if self._cfg.observer is not None:
+            self._cfg.observer.on_request(operation, status, time.perf_counter() - started)
+
+    # --- credentials ---------------------------------------------------------
+
+    def _fetch_bearer(self) -> tuple[str, float]:
+        operation = "oauth_token"
+        response = self._exchange(
+            operation,
+            "POST",
+            f"{self._base}/ts/v1/oauth2/token",
+            {},
+            data={"grant_type": "client_credentials"},
+            auth=(self._cfg.client_id, self._cfg.client_secret.reveal()),
+        )
+        if not 200 <= response.status_code < 300:
+            raise error_from_response(response, operation)
+        body = _json_object(response, operation)
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise errors.ResponseFormatError(
+                "token response has no 'access_token'", status=response.status_code, operation=operation
+            )
+        secret.register(token)
+        token_type = body.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise errors.ResponseFormatError(
+                "token response 'token_type' is not Bearer", status=response.status_code, operation=operation
+            )
+        expires_in = body.get("expires_in", 3600)
+        if isinstance(expires_in, str) and expires_in.isdigit():
+            expires_in = int(expires_in)
+        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
+            raise errors.ResponseFormatError(
+                "token response 'expires_in' is not a positive number",
+                status=response.status_code,
+                operation=operation,
+            )
+        return token, float(expires_in)
+
+    def _log_in(self) -> str:
+        operation = "session_login"
+        bearer = self._bearer.get()
+        response = self._exchange(
+            operation,
+            "POST",
+            f"{self._base}/m2m/v1/session/login",
+            {"Authorization": f"Bearer {bearer}"},
+            json={"username": self._cfg.username, "password": self._cfg.password.reveal()},
+        )
+        status = response.status_code
+        if 400 <= status < 500:
+            if status == 401:
+                # Whatever refused it, the next login (with a new client) should not reuse this bearer.
+                self._bearer.invalidate(bearer)
+            found = error_from_response(response, operation)
+            raise errors.LoginFailedError(
+                "session login refused; not retried automatically because five failed logins "
+                "in a row lock the ThingSpace user until vendor support unlocks it",
+                status=status,
+                error_code=found.error_code,
+                error_message=found.error_message,
+                operation=operation,
+            )
+        if not 200 <= status < 300:
+            raise error_from_response(response, operation)
+        token = _json_object(response, operation).get("sessionToken")
+        if not isinstance(token, str) or not token:
+            raise errors.ResponseFormatError(
+                "login response has no 'sessionToken'", status=status, operation=operation
+            )
+        secret.register(token)
+        return token
+
+    # --- an authenticated API call -------------------------------------------
+
+    def call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        retryable: bool,
+        deadline: float | None = None,
+        cursor_sent: bool = False,
+        json_body: Any = None,
+    ) -> requests.Response:
+        """Send one API request (with retries when ``retryable``) and return its 2xx response."""
+        url = f"{self._base}{path}"
+
+        def attempt() -> requests.Response:
+            session_replayed = bearer_replayed = False
+            while True:
+                bearer = self._bearer.get()
+                session_token = self._session.get()
+                kwargs: dict[str, Any] = {} if json_body is None else {"json": json_body}
+                response = self._exchange(
+                    operation,
+                    method,
+                    url,
+                    {"Authorization": f"Bearer {bearer}", "VZ-M2M-Token": session_token},
+                    **kwargs,
+                )
+                if 200 <= response.status_code < 300:
+                    return response
+                error = error_from_response(response, operation, cursor_sent=cursor_sent)
+                if is_session_expired(error) and not session_replayed:
+                    session_replayed = True
+                    _log.info("thingspace_session_expired", operation=operation)
+                    self._session.invalidate(session_token)
+                    continue
+                if response.status_code == 401 and not bearer_replayed:
+                    bearer_replayed = True
+                    _log.info("thingspace_bearer_rejected", operation=operation)
+                    self._bearer.invalidate(bearer)
+                    continue
+                raise error
+
+        def retry_on(exc: BaseException) -> bool:
+            return retryable and isinstance(exc, errors.ApiTransientError) and exc.operation == operation
+
+        return self._cfg.retry.call(
+            attempt,
+            operation=operation,
+            retry_on=retry_on,
+            deadline=deadline,
+            observer=self._cfg.observer,
+        )
+
+
+class SmsController:
+    """The SMS operations, named as in the vendor SDK's ``SmsController``."""
+
+    def __init__(self, client: ThingSpaceClient) -> None:
+        self._client = client
+
+    def send_sms_to_device(self, request: models.SMSSendRequest) -> models.DeviceManagementResult:
+        """POST ``/m2m/v1/sms``. Never retried: a retry could text the devices twice."""
+        request.validate()
+        operation = "send_sms_to_device"
+        response = self._client.call(
+            operation, "POST", "/m2m/v1/sms", retryable=False, json_body=request.to_wire()
+        )
+        return _parse(response, operation, models.DeviceManagementResult.from_wire)
+
+    def start_queued_sms_delivery(self, account_name: str) -> models.ConnectivityManagementSuccessResult:
+        """PUT ``/m2m/v1/sms/{aname}/startCallbacks``."""
+        _check_account(account_name)
+        operation = "start_queued_sms_delivery"
+        response = self._client.call(
+            operation, "PUT", f"/m2m/v1/sms/{_quote(account_name)}/startCallbacks", retryable=True
+        )
+        return _parse(response, operation, models.ConnectivityManagementSuccessResult.from_wire)
+
+    def list_devices_sms_messages(
+        self, account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> models.HistoryPage:
+        """GET one history block. Sending ``next`` acknowledges the block it came with."""
+        _check_account(account_name)
+        path = f"/m2m/v1/sms/{_quote(account_name)}/history"
+        if next is not None:
+            if not valid_token(next):
+                raise errors.ValidationError(
+                    f"next token {_preview(next)} is not 1-{MAX_TOKEN_LENGTH} letters or digits"
+                )
+            path += f"?next={next}"
+        operation = "list_devices_sms_messages"
+        response = self._client.call(
+            operation, "GET", path, retryable=True, deadline=deadline, cursor_sent=next is not None
+        )
+        status = response.status_code
+        if status not in (200, 202):
+            raise errors.ResponseFormatError(
+                "history answered with an unexpected success status", status=status, operation=operation
+            )
+        result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
+        new_next: str | None = None
+        if status == 202:
+            location = response.headers.get("Location")
+            if location is None:
+                raise errors.UnsafeLocationError(
+                    "history answered 202 without a Location header", status=status, operation=operation
+                )
+            try:
+                new_next = next_token_from_location(location, self._client.base_url)
+            except errors.UnsafeLocationError as exc:
+                raise errors.UnsafeLocationError(str(exc), status=status, operation=operation) from None
+        if result.has_more_data != (status == 202):
+            _log.warning(
+                "thingspace_history_status_disagrees",
+                status=status,
+                has_more_data=result.has_more_data,
+                account=account_name,
+            )
+        return models.HistoryPage(
+            account_name=account_name,
+            messages=result.messages,
+            has_more_data=result.has_more_data,
+            status=status,
+            next=new_next,
+            request_next=next,
+        )
+
+    def iter_history_blocks(
+        self, account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> Iterator[models.HistoryPage]:
+        """Yield blocks; block N+1 (whose request acknowledges block N) is fetched only when asked for."""
+        token = next
+        while True:
+            page = self.list_devices_sms_messages(account_name, token, deadline=deadline)
+            yield page
+            if page.next is None:
+                return
+            token = page.next
+
+
+# --- helpers other modules and tests use -------------------------------------
+
+
+def error_from_response(
+    response: requests.Response, operation: str, *, cursor_sent: bool = False
+) -> errors.ApiError:
+    """Map a non-2xx response to the error hierarchy (matching codes, never messages)."""
+    status = response.status_code
+    code, message = _error_fields(response)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    fields: dict[str, Any] = {
+        "status": status,
+        "error_code": code,
+        "error_message": message,
+        "operation": operation,
+    }
+    if status == 429:
+        return errors.RateLimitedError("rate limited", retry_after=retry_after, **fields)
+    if status == 408 or status >= 500:
+        return errors.ApiTransientError("server error", retry_after=retry_after, **fields)
+    if status == 401 or (status == 400 and code is not None and code.endswith(_SESSION_EXPIRED_SUFFIX)):
+        return errors.AuthError("credentials rejected", **fields)
+    if 400 <= status < 500:
+        if cursor_sent and status != 403:
+            return errors.InvalidCursorError("the next token was rejected", **fields)
+        return errors.ApiPermanentError("request rejected", **fields)
+    return errors.ResponseFormatError("unexpected status", **fields)
+
+
+def is_session_expired(error: errors.ApiError) -> bool:
+    return (
+        error.status == 400
+        and error.error_code is not None
+        and error.error_code.endswith(_SESSION_EXPIRED_SUFFIX)
+    )
+
+
+def strip_service_prefix(code: str) -> str:
+    """``UnifiedWebService.REQUEST_FAILED.X`` -> ``REQUEST_FAILED.X``; unprefixed codes unchanged."""
+    head, dot, rest = code.partition(".")
+    if dot and rest and not _UPPER_CATEGORY_RE.match(head):
+        return rest
+    return code
+
+
+def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None) -> float | None:
+    """Seconds from ``Retry-After`` (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            return None
+        return max(seconds, 0.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    current = now if now is not None else datetime.datetime.now(datetime.UTC)
+    return max((when - current).total_seconds(), 0.0)
+
+
+def valid_token(token: str) -> bool:
+    return 0 < len(token) <= MAX_TOKEN_LENGTH and _TOKEN_RE.fullmatch(token) is not None
+
+
+def next_token_from_location(location: str, base_url: str) -> str:
+    """The ``next`` query value of a history ``Location``; the rest of it is never used."""
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in location):
+        raise errors.UnsafeLocationError("Location contains whitespace or control characters")
+    try:
+        target = urllib.parse.urlsplit(location)
+        base = urllib.parse.urlsplit(base_url)
+        foreign = (
+            target.scheme.lower() != base.scheme.lower()
+            or (target.hostname or "") != (base.hostname or "")
+            or _port(target) != _port(base)
+            or target.username is not None
+            or target.password is not None
+        )
+        if (target.scheme or target.netloc) and foreign:
+            raise errors.UnsafeLocationError("Location points at another scheme, host or port")
+    except ValueError as exc:
+        raise errors.UnsafeLocationError("Location is not a valid URL") from exc
+    values = urllib.parse.parse_qs(target.query, keep_blank_values=True).get("next", [])
+    if len(values) != 1:
+        raise errors.UnsafeLocationError(
+            "Location has no next token" if not values else "Location has more than one next token"
+        )
+    token = values[0]
+    if not valid_token(token):
+        raise errors.UnsafeLocationError(
+            f"Location next token {_preview(token)} is not 1-{MAX_TOKEN_LENGTH} letters or digits"
+        )
+    return token
+
+
+# --- private -----------------------------------------------------------------
+
+
+def _checked_base_url(cfg: ClientConfig) -> str:
+    base = cfg.base_url.rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(base)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise errors.ConfigError("base_url is not a valid URL") from exc
+    if not host or parts.query or parts.fragment or parts.username or parts.password:
+        raise errors.ConfigError("base_url must be scheme://host[:port]/path without query or credentials")
+    if parts.scheme == "https":
+        return base
+    if parts.scheme != "http":
+        raise errors.ConfigError(f"base_url scheme {parts.scheme!r} is not https")
+    if not cfg.allow_insecure_loopback:
+        raise errors.ConfigError(
+            "base_url uses http://; only https is allowed (tokens would travel in clear)"
+        )
+    if not _is_loopback(host):
+        raise errors.ConfigError("http:// is allowed only for a loopback host (127.0.0.0/8, ::1, localhost)")
+    _log.warning("thingspace_insecure_loopback", base_url=base)
+    return base
+
+
+def _check_credentials(cfg: ClientConfig) -> None:
+    if not isinstance(cfg.client_secret, secret.Secret) or not isinstance(cfg.password, secret.Secret):
+        raise errors.ConfigError("client_secret and password must be secret.Secret values")
+    if not cfg.client_id or not cfg.username:
+        raise errors.ConfigError("client_id and username are required")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    return parts.port if parts.port is not None else _DEFAULT_PORTS.get(parts.scheme.lower())
+
+
+def _quote(account_name: str) -> str:
+    return urllib.parse.quote(account_name, safe="")
+
+
+def _check_account(account_name: str) -> None:
+    if not isinstance(account_name, str) or not models.ACCOUNT_NAME_RE.match(account_name):
+        raise errors.ValidationError(
+            f"account name {_preview(str(account_name))} must be 3-32 letters, digits or '-'"
+        )
+
+
+def _preview(value: str) -> str:
+    return repr(value if len(value) <= 24 else value[:24] + "...") + f" (length {len(value)})"
+
+
+def _json(response: requests.Response, operation: str) -> Any:
+    try:
+        return response.json()
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise errors.ResponseFormatError(
+            "response body is not JSON", status=response.status_code, operation=operation
+        ) from exc
+
+
+def _json_object(response: requests.Response, operation: str) -> dict[str, Any]:
+    body = _json(response, operation)
+    if not isinstance(body, dict):
+        raise errors.ResponseFormatError(
+            "response body is not a JSON object", status=response.status_code, operation=operation
+        )
+    return body
+
+
+def _parse(response: requests.Response, operation: str, parser: Callable[[Any], T]) -> T:
+    body = _json(response, operation)
+    try:
+        return parser(body)
+    except errors.ResponseFormatError as exc:
+        raise errors.ResponseFormatError(str(exc), status=response.status_code, operation=operation) from None
+
+
+def _error_fields(response: requests.Response) -> tuple[str | None, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None  # an HTML error page: the status says enough
+    if not isinstance(body, dict):
+        return None, None
+    if isinstance(body.get("errorCode"), str):
+        message = body.get("errorMessage")
+        return strip_service_prefix(body["errorCode"]), message if isinstance(message, str) else None
+    fault = body.get("fault")
+    if isinstance(fault, dict):
+        code = fault.get("code")
+        message = fault.get("message")
+        return (
+            str(code) if isinstance(code, (int, str)) and not isinstance(code, bool) else None,
+            message if isinstance(message, str) else None,
+        )
+    if isinstance(body.get("error"), str):
+        description = body.get("error_description")
+        return body["error"], description if isinstance(description, str) else None
+    return None, None
