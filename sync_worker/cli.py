@@ -163,16 +163,27 @@ def status_rows(conn: Any) -> list[dict[str, Any]]:
     """``store.account_status`` as plain dicts (shared by ``status`` and the demo)."""
     from sync_worker import store  # noqa: PLC0415
 
-    return [
-        dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else dict(s)
-        for s in store.account_status(conn)
-    ]
+    return [dataclasses.asdict(s) for s in store.account_status(conn)]
+
+
+_STATUS_COLUMNS: Final = (
+    ("account_name", "account"),
+    ("cursor_present", "cursor"),
+    ("last_success_at", "last success"),
+    ("lag_seconds", "lag s"),
+    ("row_count", "rows"),
+    ("last_run_outcome", "last run"),
+    ("last_error", "last error"),
+)
 
 
 def format_status(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no accounts synced yet)"
-    return format_table(rows, list(rows[0]))
+    renamed = [{title: row.get(key) for key, title in _STATUS_COLUMNS} for row in rows]
+    for row in renamed:
+        row["cursor"] = "stored" if row["cursor"] else "head"
+    return format_table(renamed, [title for _, title in _STATUS_COLUMNS])
 
 
 def _progress_metrics(out: TextIO) -> Any:
@@ -281,7 +292,7 @@ def cmd_cursor_show(ctx: _Context) -> int:
         if ctx.args.account:
             names = list(ctx.args.account)
         else:
-            names = list(settings.account_names) or [str(r["account"]) for r in status_rows(conn)]
+            names = list(settings.account_names) or [str(r["account_name"]) for r in status_rows(conn)]
         cursors = {name: store.get_cursor(conn, name) for name in names}
     if ctx.args.json:
         ctx.print(json.dumps(cursors, sort_keys=True))

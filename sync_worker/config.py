@@ -419,13 +419,16 @@ def _base_url(raw: str, insecure: bool) -> str:
     name = "THINGSPACE_BASE_URL"
     try:
         parts = urllib.parse.urlsplit(raw)
+    except ValueError:
+        raise errors.ConfigError(f"{name} is not a valid URL") from None
+    # Checked before anything echoes the URL: the userinfo may be a credential.
+    if "@" in parts.netloc:
+        raise errors.ConfigError(f"{name} must not contain a user name or password")
+    try:
         host = parts.hostname or ""
         _ = parts.port  # raises ValueError on a bad port
     except ValueError:
-        raise errors.ConfigError(f"{name}={raw!r} is not a valid URL") from None
-    if parts.username is not None or parts.password is not None:
-        # Never echo it: the userinfo may be a credential.
-        raise errors.ConfigError(f"{name} must not contain a user name or password")
+        raise errors.ConfigError(f"{name}={raw!r} is not a valid URL (bad host or port)") from None
     if parts.scheme not in ("https", "http") or not host:
         raise errors.ConfigError(f"{name}={raw!r} must be an https:// URL with a host")
     if parts.query or parts.fragment:
@@ -467,7 +470,8 @@ def _secret(env: Mapping[str, str], name: str) -> secret.Secret:
 
 
 def validate_account_name(name: str, where: str) -> str:
-    if not models.ACCOUNT_NAME_RE.match(name):
+    # fullmatch: the pattern's '$' would also accept a trailing newline.
+    if not models.ACCOUNT_NAME_RE.fullmatch(name):
         # ascii(): a non-ASCII or control character must be visible in the message.
         raise errors.ConfigError(f"{where}: account name {name!a} must be 3-32 of A-Z a-z 0-9 -")
     return name
