@@ -1,0 +1,72 @@
+"""Child-process host for the simulator: ``python -m bench.simhost '<SimConfig kwargs as JSON>'``.
+
+Reads one JSON command per stdin line, answers one JSON object per stdout line.
+The first line it writes is ``{"base_url": ...}`` once the server listens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _answer(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _set_latency(sim: Any, seconds: float) -> None:
+    faults = sim.faults
+    for name in ("latency", "latency_seconds"):
+        if hasattr(faults, name):
+            setattr(faults, name, seconds)
+            return
+    raise AttributeError("simulator faults have no latency setting")
+
+
+def main(argv: list[str]) -> int:
+    from sync_worker import simulator
+
+    kwargs = json.loads(argv[1]) if len(argv) > 1 else {}
+    sim = simulator.Simulator(simulator.SimConfig(**kwargs))
+    sim.start()
+    _answer({"base_url": sim.base_url})
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            op = cmd.pop("op")
+            try:
+                if op == "quit":
+                    _answer({"ok": True})
+                    break
+                if op == "seed":
+                    sim.seed(cmd["account"], int(cmd["n"]), seed=int(cmd.get("seed", 1)))
+                    _answer({"queued": len(sim.queued(cmd["account"]))})
+                elif op == "queued":
+                    _answer({"queued": len(sim.queued(cmd["account"]))})
+                elif op == "acknowledged":
+                    _answer({"acknowledged": len(sim.acknowledged(cmd["account"]))})
+                elif op == "latency":
+                    _set_latency(sim, float(cmd["seconds"]))
+                    _answer({"ok": True})
+                elif op == "stats":
+                    stats = sim.stats
+                    if hasattr(stats, "snapshot"):
+                        stats = stats.snapshot()
+                    elif not isinstance(stats, dict):
+                        stats = dict(vars(stats))
+                    _answer({"stats": stats})
+                else:
+                    _answer({"error": f"unknown op {op!r}"})
+            except Exception as exc:  # the parent must see the failure, not a hang
+                _answer({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
