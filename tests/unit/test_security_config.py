@@ -35,13 +35,6 @@ def test_hostile_account_name_in_env_is_refused(name: str) -> None:
     assert "SYNC_ACCOUNTS" in str(exc_info.value)
 
 
-_TRAILING_NEWLINE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: models.ACCOUNT_NAME_RE ends in '$', which matches before a trailing newline; "
-    "config.validate_account_name accepts 'abc\\n' (use re.fullmatch or \\Z)",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -50,8 +43,8 @@ _TRAILING_NEWLINE_BUG = pytest.mark.xfail(
         "acc one",
         "acc\u00e9nt",
         "x\u0000yz",
-        pytest.param("acc\n", marks=_TRAILING_NEWLINE_BUG),
-        pytest.param("abc\n", marks=_TRAILING_NEWLINE_BUG),
+        "acc\n",
+        "abc\n",
     ],
 )
 def test_hostile_account_name_in_toml_is_refused(tmp_path: Path, name: str) -> None:
@@ -167,19 +160,12 @@ def test_insecure_switch_rejects_ambiguous_values(value: str) -> None:
         config.load(_env(THINGSPACE_ALLOW_INSECURE_LOOPBACK=value))
 
 
-_URL_ECHO_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._base_url puts the raw URL (user:password included) in the 'is not a valid URL' "
-    "error when the port is invalid; check userinfo first or do not echo the URL",
-)
-
-
 @pytest.mark.parametrize(
     "url",
     [
         "https://user:Base-Url-Pw-1@thingspace.example/api",
-        pytest.param("https://user:Base-Url-Pw-1@thingspace.example:99999/api", marks=_URL_ECHO_BUG),
-        pytest.param("https://user:Base-Url-Pw-1@thingspace.example:port/api", marks=_URL_ECHO_BUG),
+        "https://user:Base-Url-Pw-1@thingspace.example:99999/api",
+        "https://user:Base-Url-Pw-1@thingspace.example:port/api",
     ],
 )
 def test_base_url_with_credentials_is_refused_without_echoing_them(url: str) -> None:
