@@ -1,0 +1,242 @@
+"""The long-running daemon: one APScheduler interval job per account.
+
+Shutdown has a single source of truth, a ``threading.Event``. SIGTERM/SIGINT
+handlers only set it (installed only when running in the main thread, the only
+place Python delivers signals); the main thread waits on it; account runs check
+it between blocks, so the block in flight is committed before they return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import signal
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any, Final
+
+import structlog
+from apscheduler import events  # type: ignore[import-untyped,unused-ignore]
+from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped,unused-ignore]
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
+
+from sync_worker import config, sync
+
+EXIT_OK: Final = 0
+# In-flight account runs did not finish within the shutdown timeout.
+EXIT_SHUTDOWN_TIMEOUT: Final = 1
+
+_log = structlog.get_logger(__name__)
+_JOB_PREFIX: Final = "sync:"
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """Counts running account jobs so shutdown can wait for them with a timeout."""
+
+    cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+    running: int = 0
+
+    def enter(self) -> None:
+        with self.cond:
+            self.running += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.running -= 1
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.running == 0, timeout=timeout)
+
+
+def run_daemon(
+    settings: config.Settings,
+    *,
+    stop_event: threading.Event | None = None,
+    metrics: sync.MetricsSink | None = None,
+    api: sync.HistoryApi | None = None,
+    connect: sync.ConnectionFactory | None = None,
+    install_signal_handlers: bool = True,
+) -> int:
+    """Run until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
+
+    Checks the schema first and raises ``errors.SchemaError`` /
+    ``errors.DatabaseUnavailableError`` (CLI exit 3) before scheduling anything.
+    Returns 0 after a clean shutdown, 1 when account runs were still busy after
+    ``settings.shutdown_timeout_seconds``: their worker threads cannot be
+    killed, so the caller should then leave with ``os._exit`` to honour the
+    timeout. ``api``/``connect`` replace the client and connection factory
+    built from ``settings`` (tests inject theirs).
+    """
+    from sync_worker import migrations  # noqa: PLC0415
+
+    stop = stop_event if stop_event is not None else threading.Event()
+    connect = connect or functools.partial(config.connect, settings)
+    with connect() as conn:
+        migrations.check_schema(conn)
+
+    owned = None
+    if api is None:
+        owned = sync.build_client(settings, connect, metrics=metrics)
+        api = owned[0]
+    inflight = _InFlight()
+    scheduler = _build_scheduler(
+        settings, api, connect=connect, stop=stop, metrics=metrics, inflight=inflight
+    )
+    try:
+        with _signals_set(stop, enabled=install_signal_handlers):
+            scheduler.start()
+            _log.info(
+                "daemon_started",
+                accounts=list(settings.account_names),
+                concurrency=settings.concurrency,
+            )
+            # A bounded wait keeps the main thread responsive to signals on
+            # every platform; the event is still the only stop signal.
+            while not stop.wait(1.0):
+                pass
+            _log.info("daemon_stopping", running=inflight.running)
+            # No new runs from here on; running ones see the stop event.
+            scheduler.shutdown(wait=False)
+            clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if owned is not None:
+            owned[0].close()
+            owned[1].close()
+    if not clean:
+        _log.error(
+            "daemon_shutdown_timeout",
+            running=inflight.running,
+            timeout=settings.shutdown_timeout_seconds,
+        )
+        return EXIT_SHUTDOWN_TIMEOUT
+    _log.info("daemon_stopped")
+    return EXIT_OK
+
+
+def _build_scheduler(
+    settings: config.Settings,
+    api: sync.HistoryApi,
+    *,
+    connect: sync.ConnectionFactory,
+    stop: threading.Event,
+    metrics: sync.MetricsSink | None,
+    inflight: _InFlight,
+) -> Any:
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=settings.concurrency)},
+        timezone=datetime.UTC,
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    for acct in settings.accounts:
+        scheduler.add_job(
+            _account_job,
+            trigger=IntervalTrigger(seconds=acct.interval_seconds, jitter=acct.jitter_seconds or None),
+            kwargs={
+                "api": api,
+                "account": acct.name,
+                "connect": connect,
+                "budget_seconds": settings.run_budget_seconds,
+                "stop": stop,
+                "metrics": metrics,
+                "inflight": inflight,
+            },
+            id=_JOB_PREFIX + acct.name,
+            name=f"sync {acct.name}",
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            # Late by up to half an interval still runs; later than that the
+            # next regular run is closer, so skip (and say so via the listener).
+            misfire_grace_time=max(1, int(acct.interval_seconds / 2)),
+        )
+    scheduler.add_listener(
+        functools.partial(_on_event, metrics=metrics),
+        events.EVENT_JOB_MISSED | events.EVENT_JOB_MAX_INSTANCES | events.EVENT_JOB_ERROR,
+    )
+    return scheduler
+
+
+def _account_job(
+    *,
+    api: sync.HistoryApi,
+    account: str,
+    connect: sync.ConnectionFactory,
+    budget_seconds: float,
+    stop: threading.Event,
+    metrics: sync.MetricsSink | None,
+    inflight: _InFlight,
+) -> sync.AccountResult | None:
+    inflight.enter()
+    try:
+        if stop.is_set():
+            return None
+        return sync.sync_account(
+            api,
+            account,
+            connect,
+            deadline=time.monotonic() + budget_seconds,
+            stop_event=stop,
+            metrics=metrics,
+        )
+    finally:
+        inflight.leave()
+
+
+def _on_event(event: Any, *, metrics: sync.MetricsSink | None) -> None:
+    job_id = str(getattr(event, "job_id", ""))
+    account = job_id[len(_JOB_PREFIX) :] if job_id.startswith(_JOB_PREFIX) else None
+    if event.code == events.EVENT_JOB_MISSED:
+        kind = "missed"
+        _log.warning("job_missed", account=account, scheduled=str(event.scheduled_run_time))
+    elif event.code == events.EVENT_JOB_MAX_INSTANCES:
+        kind = "max_instances"
+        _log.warning("job_still_running", account=account, action="this run skipped")
+    else:
+        kind = "job_error"
+        exc = getattr(event, "exception", None)
+        _log.error(
+            "job_error",
+            account=account,
+            error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+            traceback=getattr(event, "traceback", None),
+        )
+        if metrics is not None:
+            metrics.error(account, "job_error")
+    if metrics is not None:
+        metrics.scheduler_event(kind, account)
+
+
+Handler = Callable[[int, types.FrameType | None], Any] | int | None
+
+
+class _signals_set:
+    """Route SIGTERM/SIGINT to ``stop.set()`` while active; restore the old handlers after."""
+
+    def __init__(self, stop: threading.Event, *, enabled: bool) -> None:
+        self._stop = stop
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, Handler] = {}
+
+    def __enter__(self) -> None:
+        if not self._enabled:
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        # Only set the event: the handler runs between bytecodes of the main
+        # thread and must not log, lock or raise.
+        self._stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

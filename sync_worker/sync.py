@@ -1,0 +1,530 @@
+"""Sync one account's SMS history queue into Postgres; one pass over all accounts.
+
+The history endpoint is a queue: the request that carries block N's ``next``
+token acknowledges (dequeues) block N. So a block's rows and its token are
+committed in one transaction *before* the iterator is asked for block N+1. A
+crash between the commit and that request only replays block N, which the
+idempotent upsert absorbs.
+
+Outcomes of an account run (``AccountResult.outcome``):
+
+``succeeded``
+    drained to the final block.
+``failed``
+    the run ended early with ``error`` set; the cursor stays at the last
+    committed block and the next run resumes there. This includes a
+    ``Retry-After`` longer than the run's remaining time budget: the run ends
+    at once instead of sleeping through the next schedule (the log event and
+    the error text say ``deferred``).
+``skipped_locked``
+    another replica (or an overlapping cron run) holds the account's advisory
+    lock and is syncing it right now.
+``interrupted``
+    the stop event was set; the block in flight was committed first.
+``guard_tripped``
+    the login guard refused to log in (too many consecutive failed logins).
+
+``PassResult.exit_code``: 0 every account succeeded or was skipped because
+another replica has it; 4 the login guard tripped or the credentials were
+refused; 1 otherwise when any account failed or was interrupted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+import psycopg
+import structlog
+
+from sync_worker import errors, models, store
+
+if TYPE_CHECKING:
+    from sync_worker import client, config, guard
+
+Outcome = Literal["succeeded", "failed", "skipped_locked", "interrupted", "guard_tripped"]
+ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_AUTH: Final = 4
+
+_log = structlog.get_logger(__name__)
+
+
+class MetricsSink(Protocol):
+    """The part of ``metrics.Metrics`` the sync and the scheduler call."""
+
+    def block_committed(
+        self, account: str, received: int, inserted: int, replays: int, malformed: int
+    ) -> None: ...
+
+    def run_finished(self, account: str, outcome: str, finished_at: float, succeeded: bool) -> None: ...
+
+    def error(self, account: str | None, kind: str) -> None: ...
+
+    def login_guard(self, tripped: bool) -> None: ...
+
+    def scheduler_event(self, kind: str, account: str | None) -> None: ...
+
+    def api_observer(self) -> Any: ...
+
+
+class _Sms(Protocol):
+    def iter_history_blocks(
+        self, account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> Iterator[models.HistoryPage]: ...
+
+
+class HistoryApi(Protocol):
+    """What the sync needs from ``client.ThingSpaceClient``."""
+
+    @property
+    def sms(self) -> _Sms: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountResult:
+    account: str
+    outcome: Outcome
+    blocks: int = 0
+    received: int = 0
+    inserted: int = 0
+    replays: int = 0
+    malformed: int = 0
+    duration_seconds: float = 0.0
+    error: str | None = None
+    # The errors class name, so the CLI can tell refused credentials (exit 4)
+    # from an outage (exit 1) without parsing text.
+    error_kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("succeeded", "skipped_locked")
+
+    @property
+    def auth_refused(self) -> bool:
+        return self.outcome == "guard_tripped" or self.error_kind in _AUTH_KINDS
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_AUTH_KINDS: Final = frozenset(
+    {"AuthError", "LoginFailedError", "LoginGuardTrippedError"},
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PassResult:
+    accounts: list[AccountResult]
+
+    @property
+    def exit_code(self) -> int:
+        if any(r.auth_refused for r in self.accounts):
+            return EXIT_AUTH
+        if all(r.ok for r in self.accounts):
+            return EXIT_OK
+        return EXIT_FAILED
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for one JSON log line or the CLI's final output."""
+        outcomes: dict[str, int] = {}
+        for r in self.accounts:
+            outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+        return {
+            "accounts": len(self.accounts),
+            "outcomes": outcomes,
+            "blocks": sum(r.blocks for r in self.accounts),
+            "received": sum(r.received for r in self.accounts),
+            "inserted": sum(r.inserted for r in self.accounts),
+            "replays": sum(r.replays for r in self.accounts),
+            "malformed": sum(r.malformed for r in self.accounts),
+            "failed": sorted(r.account for r in self.accounts if not r.ok),
+            "exit_code": self.exit_code,
+        }
+
+
+def connection_factory(dsn: str) -> ConnectionFactory:
+    """Connections in autocommit mode, so every ``store`` write is exactly the
+    transaction it opens and advisory locks are session-level."""
+
+    def connect() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(dsn, autocommit=True, application_name="sync-worker")
+        except psycopg.Error as exc:
+            # psycopg's message may name host and user, never the password;
+            # still, the class name is all an operator needs here.
+            raise errors.DatabaseUnavailableError(
+                f"cannot connect to the database ({type(exc).__name__})"
+            ) from exc
+
+    return connect
+
+
+class _Stopped(Exception):
+    """Internal: the stop event was seen between blocks."""
+
+
+def sync_account(
+    api: HistoryApi,
+    account: str,
+    connect: ConnectionFactory,
+    *,
+    deadline: float | None = None,
+    stop_event: threading.Event | None = None,
+    metrics: MetricsSink | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> AccountResult:
+    """Drain ``account``'s history queue into the database, block by block.
+
+    ``deadline`` is a ``clock()`` value (monotonic): the client does not start
+    a retry wait that would end after it. The whole run holds the account's
+    advisory lock on one dedicated connection; the block writes use that same
+    connection, so losing it loses the lock and the writes together and another
+    replica can never write the account while this one still believes it owns it.
+
+    Never raises for an account-level problem: the result carries the outcome.
+    """
+    run = _AccountRun(
+        api, account, connect, deadline=deadline, stop_event=stop_event, metrics=metrics, clock=clock
+    )
+    with structlog.contextvars.bound_contextvars(account=account):
+        return run.run()
+
+
+class _AccountRun:
+    def __init__(
+        self,
+        api: HistoryApi,
+        account: str,
+        connect: ConnectionFactory,
+        *,
+        deadline: float | None,
+        stop_event: threading.Event | None,
+        metrics: MetricsSink | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.api = api
+        self.account = account
+        self.connect = connect
+        self.deadline = deadline
+        self.stop_event = stop_event
+        self.metrics = metrics
+        self.clock = clock
+        self.started = clock()
+        self.blocks = self.received = self.inserted = self.replays = self.malformed = 0
+
+    def run(self) -> AccountResult:
+        try:
+            conn = self.connect()
+        except errors.SyncWorkerError as exc:
+            return self.finish("failed", exc)
+        try:
+            with conn:
+                try:
+                    locked = store.try_account_lock(conn, self.account)
+                except (errors.SyncWorkerError, psycopg.Error) as exc:
+                    return self.finish("failed", _wrap_db(exc))
+                if not locked:
+                    if self.metrics is not None:
+                        self.metrics.scheduler_event("lock_busy", self.account)
+                    return self.finish("skipped_locked")
+                try:
+                    return self.locked(conn)
+                finally:
+                    # Closing the connection releases the lock too; releasing
+                    # first keeps a reused connection honest.
+                    with contextlib.suppress(Exception):
+                        store.release_account_lock(conn, self.account)
+        except psycopg.Error as exc:
+            # Only reached when closing an already broken connection fails.
+            return self.finish("failed", _wrap_db(exc))
+
+    def locked(self, conn: psycopg.Connection[Any]) -> AccountResult:
+        try:
+            run_id = store.start_run(conn, self.account)
+            cursor = store.get_cursor(conn, self.account)
+        except (errors.SyncWorkerError, psycopg.Error) as exc:
+            return self.finish("failed", _wrap_db(exc))
+
+        outcome: Outcome = "succeeded"
+        failure: BaseException | None = None
+        deferred = False
+        try:
+            self.drain(conn, run_id, cursor)
+        except _Stopped:
+            outcome = "interrupted"
+        except errors.LoginGuardTrippedError as exc:
+            outcome, failure = "guard_tripped", exc
+        except errors.RateLimitedError as exc:
+            outcome, failure = "failed", exc
+            deferred = (
+                exc.retry_after is not None
+                and self.deadline is not None
+                and exc.retry_after > self.deadline - self.clock()
+            )
+        except (errors.SyncWorkerError, psycopg.Error) as exc:
+            outcome, failure = "failed", _wrap_db(exc)
+        except Exception as exc:
+            # A bug must end this account's run, not the pass or the daemon.
+            _log.exception("account_run_crashed")
+            outcome, failure = "failed", exc
+
+        error_text = None if failure is None else _describe(failure)
+        if deferred:
+            error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
+        if not isinstance(failure, errors.DatabaseUnavailableError):
+            try:
+                store.finish_run(conn, run_id, outcome, error_text)
+            except (errors.SyncWorkerError, psycopg.Error) as exc:
+                _log.warning("finish_run_failed", error=_describe(_wrap_db(exc)))
+        return self.finish(outcome, failure, error_text, deferred=deferred)
+
+    def drain(self, conn: psycopg.Connection[Any], run_id: int, cursor: str | None) -> None:
+        restarted = False
+        while True:
+            self.check_stop()
+            blocks = self.api.sms.iter_history_blocks(self.account, cursor, deadline=self.deadline)
+            first = True
+            try:
+                # Asking the generator for an item sends the request that
+                # acknowledges the block before it, so that only happens at the
+                # top of this loop, after the previous block was committed.
+                for page in blocks:
+                    first = False
+                    self.commit(conn, run_id, page)
+                    if page.is_final:
+                        return
+                    self.check_stop()
+                return
+            except errors.InvalidCursorError:
+                if not first or cursor is None or restarted:
+                    raise
+                # The stored token is no longer accepted: start again at the
+                # head of the queue; blocks already stored come back as replays.
+                _log.warning("stored_cursor_rejected", action="cleared; restarting at the head of the queue")
+                store.clear_cursor(conn, self.account, "next token rejected by the API")
+                cursor = None
+                restarted = True
+            finally:
+                close = getattr(blocks, "close", None)
+                if close is not None:
+                    close()
+
+    def commit(self, conn: psycopg.Connection[Any], run_id: int, page: models.HistoryPage) -> None:
+        result = store.commit_block(conn, run_id, page)
+        malformed = len(result.malformed)
+        self.blocks += 1
+        self.received += result.received
+        self.inserted += result.inserted
+        self.replays += result.replays
+        self.malformed += malformed
+        _log.info(
+            "block_committed",
+            block=self.blocks,
+            received=result.received,
+            inserted=result.inserted,
+            replays=result.replays,
+            malformed=malformed,
+            final=page.is_final,
+        )
+        if self.metrics is not None:
+            self.metrics.block_committed(
+                self.account, result.received, result.inserted, result.replays, malformed
+            )
+
+    def check_stop(self) -> None:
+        if self.stop_event is not None and self.stop_event.is_set():
+            raise _Stopped
+
+    def finish(
+        self,
+        outcome: Outcome,
+        exc: BaseException | None = None,
+        error: str | None = None,
+        *,
+        deferred: bool = False,
+    ) -> AccountResult:
+        if error is None and exc is not None:
+            error = _describe(exc)
+        result = AccountResult(
+            account=self.account,
+            outcome=outcome,
+            blocks=self.blocks,
+            received=self.received,
+            inserted=self.inserted,
+            replays=self.replays,
+            malformed=self.malformed,
+            duration_seconds=round(self.clock() - self.started, 6),
+            error=error,
+            error_kind=None if exc is None else type(exc).__name__,
+        )
+        _log_run(result, deferred=deferred)
+        if self.metrics is not None:
+            if exc is not None:
+                self.metrics.error(self.account, _error_kind(exc))
+            if outcome == "guard_tripped":
+                self.metrics.login_guard(True)
+            if outcome != "skipped_locked":
+                self.metrics.run_finished(self.account, outcome, time.time(), outcome == "succeeded")
+        return result
+
+
+def _wrap_db(exc: BaseException) -> BaseException:
+    if isinstance(exc, psycopg.Error) and not isinstance(exc, errors.SyncWorkerError):
+        wrapped = errors.DatabaseUnavailableError(f"database error ({type(exc).__name__})")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, errors.DatabaseUnavailableError):
+        return "database"
+    if isinstance(exc, errors.LoginGuardTrippedError):
+        return "login_guard"
+    if isinstance(exc, errors.AuthError):
+        return "auth"
+    if isinstance(exc, errors.RateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, errors.InvalidCursorError):
+        return "invalid_cursor"
+    if isinstance(exc, errors.TransientError):
+        return "transient"
+    if isinstance(exc, errors.PermanentError):
+        return "permanent"
+    return "internal"
+
+
+def _log_run(result: AccountResult, *, deferred: bool) -> None:
+    fields: dict[str, Any] = {
+        "blocks": result.blocks,
+        "messages": result.received,
+        "inserted": result.inserted,
+        "replays": result.replays,
+        "malformed": result.malformed,
+        "duration": result.duration_seconds,
+        "outcome": result.outcome,
+    }
+    if deferred:
+        fields["deferred"] = True
+    if result.error is not None:
+        fields["error"] = result.error
+    if result.outcome in ("succeeded", "skipped_locked", "interrupted"):
+        _log.info("account_run", **fields)
+    else:
+        _log.warning("account_run", **fields)
+
+
+def sync_once(
+    settings: config.Settings,
+    *,
+    accounts: Sequence[str] | None = None,
+    stop_event: threading.Event | None = None,
+    metrics: MetricsSink | None = None,
+    api: HistoryApi | None = None,
+    connect: ConnectionFactory | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> PassResult:
+    """One pass: every account drained to its final block, ``settings.concurrency`` at a time.
+
+    Raises ``errors.SchemaError`` (schema outdated) or
+    ``errors.DatabaseUnavailableError`` before any API call; the CLI maps both
+    to exit code 3. ``api`` and ``connect`` replace the client and the
+    connection factory built from ``settings`` (the daemon shares its own; tests
+    inject theirs).
+    """
+    # Imported here so `sync` stays importable without the database schema code.
+    from sync_worker import config, migrations  # noqa: PLC0415
+
+    connect = connect or functools.partial(config.connect, settings)
+    with connect() as conn:
+        migrations.check_schema(conn)
+    names = list(accounts) if accounts is not None else [a.name for a in settings.accounts]
+    owned = None
+    if api is None:
+        owned = build_client(settings, connect, metrics=metrics)
+        api = owned[0]
+    try:
+        results = run_accounts(
+            api,
+            names,
+            connect,
+            concurrency=settings.concurrency,
+            budget_seconds=settings.run_budget_seconds,
+            stop_event=stop_event,
+            metrics=metrics,
+            clock=clock,
+        )
+    finally:
+        if owned is not None:
+            owned[0].close()
+            owned[1].close()
+    passed = PassResult(results)
+    _log.info("sync_pass", **passed.summary())
+    return passed
+
+
+def build_client(
+    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
+) -> tuple[client.ThingSpaceClient, guard.LoginGuard]:
+    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard.
+
+    Close both when done: the guard may still hold the cross-process login lock
+    of a login that ended without a verdict.
+    """
+    from sync_worker import client, guard  # noqa: PLC0415
+
+    login_guard = guard.LoginGuard(
+        connect,
+        principal=settings.username,
+        fingerprint=settings.credential_fingerprint(),
+        threshold=settings.login_guard_threshold,
+    )
+    observer = metrics.api_observer() if metrics is not None else None
+    api = client.ThingSpaceClient(settings.client_config(login_guard=login_guard, observer=observer))
+    return api, login_guard
+
+
+def run_accounts(
+    api: HistoryApi,
+    names: Sequence[str],
+    connect: ConnectionFactory,
+    *,
+    concurrency: int,
+    budget_seconds: float,
+    stop_event: threading.Event | None = None,
+    metrics: MetricsSink | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[AccountResult]:
+    """Sync ``names`` on a bounded pool; results in the order of ``names``."""
+
+    def one(name: str) -> AccountResult:
+        # The budget starts when the account does, not when the pass did:
+        # accounts waiting for a pool slot must not start with less time.
+        deadline = clock() + budget_seconds
+        try:
+            return sync_account(
+                api, name, connect, deadline=deadline, stop_event=stop_event, metrics=metrics, clock=clock
+            )
+        except Exception as exc:
+            _log.exception("account_run_crashed", account=name)
+            return AccountResult(name, "failed", error=_describe(exc), error_kind=type(exc).__name__)
+
+    if not names:
+        return []
+    workers = max(1, min(concurrency, len(names)))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sync") as pool:
+        return list(pool.map(one, names))
