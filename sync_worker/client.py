@@ -7,9 +7,9 @@
 * ``error_code`` of an M2M error is its ``errorCode`` without the service prefix:
   ``UnifiedWebService.REQUEST_FAILED.AccountNotFound`` becomes
   ``REQUEST_FAILED.AccountNotFound``. The prefix is recognised as a first
-  dot-separated part that is not UPPER_CASE (service names are CamelCase, the
-  categories after them are upper case), so a code sent without a prefix is kept
-  whole. Session expiry is detected with ``endswith("SessionToken.Expired")``, so
+  dot-separated part that is not UPPER_CASE followed by one that is (service
+  names are CamelCase, the categories after them are upper case), so a code sent
+  without a prefix (``SessionToken.Expired``) is kept whole. Session expiry is detected with ``endswith("SessionToken.Expired")``, so
   either form matches. Gateway faults give their numeric ``fault.code`` as a
   string; OAuth errors give ``error``.
 * Paging: the HTTP status is authoritative. 202 means another block waits and
@@ -419,7 +419,8 @@ def is_session_expired(error: errors.ApiError) -> bool:
 def strip_service_prefix(code: str) -> str:
     """``UnifiedWebService.REQUEST_FAILED.X`` -> ``REQUEST_FAILED.X``; unprefixed codes unchanged."""
     head, dot, rest = code.partition(".")
-    if dot and rest and not _UPPER_CATEGORY_RE.match(head):
+    category = rest.partition(".")[0]
+    if dot and not _UPPER_CATEGORY_RE.match(head) and _UPPER_CATEGORY_RE.match(category):
         return rest
     return code
 

@@ -1,0 +1,126 @@
+"""Wire models: send-request validation and tolerant parsing of history bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sync_worker import errors, models
+
+DEVICE = models.DeviceId(id="0123456789", kind="imei")
+
+
+def request(**kw: Any) -> models.SMSSendRequest:
+    base: dict[str, Any] = {"account_name": "0252012345-00001", "sms_message": "hi", "device_ids": (DEVICE,)}
+    base.update(kw)
+    return models.SMSSendRequest(**base)
+
+
+def test_valid_request_serialises_camel_case() -> None:
+    """A valid request passes validation and keeps leading zeros on the wire."""
+    req = request(custom_fields=(models.CustomField("k", "v"),))
+    req.validate()
+    assert req.to_wire() == {
+        "accountName": "0252012345-00001",
+        "smsMessage": "hi",
+        "dataEncoding": "7-bit",
+        "deviceIds": [{"id": "0123456789", "kind": "imei"}],
+        "customFields": [{"key": "k", "value": "v"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"account_name": ""}, "accountName"),
+        ({"account_name": "ab"}, "accountName"),
+        ({"account_name": "acct/../x"}, "accountName"),
+        ({"sms_message": ""}, "smsMessage"),
+        ({"sms_message": "x" * 161}, "161"),
+        ({"sms_message": "x" * 141, "data_encoding": "8-bit-ASCII"}, "141"),
+        ({"sms_message": "é" * 71, "data_encoding": "8-bit-UTF-8"}, "142"),
+        ({"data_encoding": "16-bit"}, "dataEncoding"),
+        ({"device_ids": ()}, "deviceIds"),
+        ({"device_ids": (models.DeviceId("12 34", "imei"),)}, "device id"),
+        ({"device_ids": (models.DeviceId("1234", "phone"),)}, "device kind"),
+    ],
+)
+def test_invalid_request_is_refused(kw: dict[str, Any], fragment: str) -> None:
+    """Each invalid field raises ValidationError naming the problem."""
+    with pytest.raises(errors.ValidationError, match=fragment):
+        request(**kw).validate()
+
+
+def test_length_limits_are_inclusive() -> None:
+    """Exactly 160 (7-bit) and 140 (8-bit) characters are allowed."""
+    request(sms_message="x" * 160).validate()
+    request(sms_message="x" * 140, data_encoding="8-bit-DATA").validate()
+
+
+def test_group_name_replaces_device_ids() -> None:
+    """A group name alone is a valid target."""
+    request(device_ids=(), group_name="fleet").validate()
+
+
+@pytest.mark.parametrize(
+    ("wire", "problem"),
+    [
+        ([1, 2], "JSON array"),
+        ("text", "JSON string"),
+        (None, "JSON null"),
+        ({"message": "x", "timestamp": "t"}, "deviceIds missing"),
+        ({"deviceIds": "x", "message": "x", "timestamp": "t"}, "not a list"),
+        ({"deviceIds": [], "message": "x", "timestamp": "t"}, "deviceIds is empty"),
+        ({"deviceIds": [{"id": 5, "kind": "imei"}], "message": "x", "timestamp": "t"}, "deviceIds[0]"),
+        ({"deviceIds": [{"id": "1", "kind": "imei"}], "message": 7, "timestamp": "t"}, "message is a JSON"),
+        ({"deviceIds": [{"id": "1", "kind": "imei"}], "message": "x"}, "timestamp missing"),
+        ({"deviceIds": [{"id": "1", "kind": "imei"}], "message": "x", "timestamp": True}, "timestamp is a"),
+    ],
+)
+def test_malformed_message_keeps_raw_and_lists_problems(wire: Any, problem: str) -> None:
+    """Parsing a bad message never raises: it keeps the raw value and names what is wrong."""
+    msg = models.SMSMessage.from_wire(wire)
+    assert msg.raw is wire
+    assert any(problem in p for p in msg.problems), msg.problems
+
+
+def test_well_formed_message_has_no_problems() -> None:
+    """A documented message parses fully; device kinds are lower-cased, ids keep leading zeros."""
+    wire = {
+        "deviceIds": [{"id": "00042", "kind": "IMEI"}],
+        "message": "m",
+        "timestamp": "2016-01-01T12:29:49-08:00",
+    }
+    msg = models.SMSMessage.from_wire(wire)
+    assert msg.problems == ()
+    assert msg.device_ids == (models.DeviceId("00042", "imei"),)
+    assert msg.to_wire() is wire
+
+
+@pytest.mark.parametrize("body", [[], "x", {"messages": {}}, {"messages": [], "hasMoreData": "yes"}])
+def test_bad_history_envelope_raises(body: Any) -> None:
+    """A history body whose envelope is wrong raises ResponseFormatError."""
+    with pytest.raises(errors.ResponseFormatError):
+        models.SMSMessagesQueryResult.from_wire(body)
+
+
+def test_history_envelope_tolerates_bad_messages() -> None:
+    """One bad message in a good envelope does not lose the others."""
+    result = models.SMSMessagesQueryResult.from_wire({"messages": [1, {"message": "x"}], "hasMoreData": True})
+    assert len(result.messages) == 2
+    assert result.has_more_data is True
+
+
+@pytest.mark.parametrize("body", [{}, {"requestId": 5}, []])
+def test_send_result_requires_request_id(body: Any) -> None:
+    """A send response without a string requestId is a format error."""
+    with pytest.raises(errors.ResponseFormatError):
+        models.DeviceManagementResult.from_wire(body)
+
+
+def test_history_page_final_when_no_next() -> None:
+    """A page without a next token is the final block."""
+    page = models.HistoryPage("acct", (), False, 200, None)
+    assert page.is_final
+    assert not models.HistoryPage("acct", (), True, 202, "abc").is_final
