@@ -173,6 +173,15 @@ VARIABLES: Final[tuple[Variable, ...]] = (
 )
 
 
+def variables_markdown() -> str:
+    """The README table of every variable (a test keeps the README equal to it)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in VARIABLES:
+        default = f"`{var.default}`" if var.default and not var.default.startswith("(") else var.default
+        lines.append(f"| `{var.name}` | {default or '-'} | {var.description.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AccountSettings:
     name: str

@@ -108,9 +108,12 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = No
                 ],
             )
         )
-        root.addHandler(handler)
         # Library chatter below WARNING is noise unless the operator asked for DEBUG.
-        root.setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
+        handler.setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
+        root.addHandler(handler)
+        # Only ever lowered: other handlers on the root (test capture) keep what they asked for.
+        if root.level == logging.NOTSET or root.level > handler.level:
+            root.setLevel(handler.level)
         _handler = handler
 
 
