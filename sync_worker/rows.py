@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -165,6 +166,12 @@ def _row(
         _SUSPECT_ESCAPE_RE.search(raw_json) is None or _value_representable(json.loads(raw_json))
     )
 
+    if not raw_is_jsonb:
+        problems.append(
+            "raw message holds NUL, a lone surrogate or a non-finite number; "
+            "jsonb copy left NULL, raw_json keeps it"
+        )
+
     text = message.message
     if text is not None:
         text, changed = clean_text(text)
@@ -248,7 +255,7 @@ def _value_representable(value: Any) -> bool:
     if isinstance(value, dict):
         return all(_value_representable(str(k)) and _value_representable(v) for k, v in value.items())
     if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
+        return math.isfinite(value)
     return True
 
 

@@ -1,0 +1,277 @@
+"""The Postgres write path: rows, cursor and run counters, one transaction per block.
+
+Every function takes a psycopg 3 ``Connection`` (autocommit or not, but not
+inside an open transaction: each write function is exactly one transaction of
+its own and refuses to become part of the caller's). SQL lives in
+``sql/queries/store.sql``. psycopg's connection errors surface as
+``errors.DatabaseUnavailableError``, every other database error as
+``errors.StoreError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import psycopg
+import psycopg.rows
+
+from sync_worker import errors, models, queries, rows, secret
+
+# Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
+ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
+SUCCESS_OUTCOMES: Final = frozenset({"succeeded", "success"})
+_MAX_ERROR_TEXT: Final = 4000
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockResult:
+    received: int
+    inserted: int
+    replays: int
+    # (index in the block, problems) of every message that did not fit the model.
+    malformed: tuple[tuple[int, tuple[str, ...]], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoginGuardState:
+    principal: str
+    fingerprint: str
+    failures: int  # consecutive failures recorded for *this* fingerprint (0 for new credentials)
+    last_failure_at: dt.datetime | None
+    last_error: str | None
+    tripped_at: dt.datetime | None
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self.failures
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountStatus:
+    account_name: str
+    cursor_present: bool
+    moved_at: dt.datetime | None
+    last_success_at: dt.datetime | None
+    lag_seconds: float | None  # since the last successful run; None if there never was one
+    row_count: int
+    last_run_outcome: str | None
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+def get_cursor(conn: Connection, account: str) -> str | None:
+    """The stored ``next`` token of ``account`` (None: start at the head of the queue)."""
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("get_cursor"), {"account_name": account}).fetchone()
+    return None if row is None else row[0]
+
+
+def start_run(conn: Connection, account: str) -> int:
+    """Open a ``sync_run`` row and return its id."""
+    with _transaction(conn) as cur:
+        row = cur.execute(
+            queries.get("start_run"),
+            {"account_name": account, "worker_host": socket.gethostname(), "worker_pid": os.getpid()},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> BlockResult:
+    """Store one block, move the cursor to ``page.next`` and count it, atomically.
+
+    One statement, so one round trip and one transaction: either the rows, the
+    cursor and the counters all land, or none of them does. Replayed messages
+    hit ``ON CONFLICT DO NOTHING`` and count as replays.
+    """
+    built = rows.build_rows(page.account_name, page.messages)
+    params = _block_params(built)
+    malformed = tuple((i, r.problems) for i, r in enumerate(built) if r.problems)
+    params.update(
+        account_name=page.account_name,
+        run_id=run_id,
+        next_token=page.next,
+        received=len(built),
+        malformed=len(malformed),
+    )
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
+    assert row is not None
+    inserted = int(row[0])
+    return BlockResult(
+        received=len(built), inserted=inserted, replays=len(built) - inserted, malformed=malformed
+    )
+
+
+def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
+    """Close a run; a successful outcome sets ``last_success_at``, an error ``last_error``."""
+    error_text = _error_text(error)
+    with _transaction(conn) as cur:
+        row = cur.execute(
+            queries.get("finish_run"), {"run_id": run_id, "outcome": outcome, "error": error_text}
+        ).fetchone()
+        if row is None:
+            raise errors.StoreError(f"sync_run {run_id} does not exist")
+        account = row[0]
+        if outcome in SUCCESS_OUTCOMES and error_text is None:
+            cur.execute(queries.get("cursor_success"), {"account_name": account})
+        if error_text is not None:
+            cur.execute(queries.get("cursor_error"), {"account_name": account, "error": error_text})
+
+
+def clear_cursor(conn: Connection, account: str, reason: str) -> None:
+    """Forget the stored token: the next run starts at the head of the queue."""
+    with _transaction(conn) as cur:
+        cur.execute(queries.get("clear_cursor"), {"account_name": account, "reason": _error_text(reason)})
+
+
+def account_lock_key(account: str) -> int:
+    """The signed 32-bit advisory-lock key of ``account``."""
+    return int.from_bytes(hashlib.sha256(account.encode("utf-8")).digest()[:4], "big", signed=True)
+
+
+def try_account_lock(conn: Connection, account: str) -> bool:
+    """Take the session-level lock of ``account`` without waiting; False when another holds it."""
+    with _transaction(conn) as cur:
+        row = cur.execute(
+            queries.get("try_account_lock"),
+            {"namespace": ACCOUNT_LOCK_NAMESPACE, "key": account_lock_key(account)},
+        ).fetchone()
+    return bool(row is not None and row[0])
+
+
+def release_account_lock(conn: Connection, account: str) -> None:
+    with _transaction(conn) as cur:
+        cur.execute(
+            queries.get("release_account_lock"),
+            {"namespace": ACCOUNT_LOCK_NAMESPACE, "key": account_lock_key(account)},
+        )
+
+
+def login_guard_state(conn: Connection, principal: str, fingerprint: str) -> LoginGuardState:
+    """What is recorded for ``principal``; other credentials' failures do not count."""
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("login_guard_state"), {"principal": principal}).fetchone()
+    if row is None or row[1] != fingerprint:
+        return LoginGuardState(principal, fingerprint, 0, None, None, None)
+    return LoginGuardState(row[0], row[1], int(row[2]), row[3], row[4], row[5])
+
+
+def record_login_failure(
+    conn: Connection, principal: str, fingerprint: str, error: str, *, threshold: int | None = None
+) -> int:
+    """Count one more failed login and return the consecutive count (a new fingerprint restarts at 1).
+
+    With ``threshold``, ``tripped_at`` is set once the count reaches it.
+    """
+    with _transaction(conn) as cur:
+        row = cur.execute(
+            queries.get("record_login_failure"),
+            {
+                "principal": principal,
+                "fingerprint": fingerprint,
+                "error": _error_text(error),
+                "threshold": threshold if threshold is not None else 2**31 - 1,
+            },
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def record_login_success(conn: Connection, principal: str, fingerprint: str) -> None:
+    with _transaction(conn) as cur:
+        cur.execute(queries.get("record_login_success"), {"principal": principal, "fingerprint": fingerprint})
+
+
+def reset_login_guard(conn: Connection, principal: str | None = None) -> int:
+    """Forget recorded failures (of one principal, or all); return how many rows went."""
+    with _transaction(conn) as cur:
+        if principal is None:
+            cur.execute(queries.get("reset_login_guard_all"))
+        else:
+            cur.execute(queries.get("reset_login_guard_one"), {"principal": principal})
+        return max(cur.rowcount, 0)
+
+
+def account_status(conn: Connection) -> list[AccountStatus]:
+    """One line per known account, for ``sync-worker status``."""
+    with _transaction(conn) as cur:
+        fetched = cur.execute(queries.get("account_status")).fetchall()
+    return [
+        AccountStatus(
+            account_name=r[0],
+            cursor_present=bool(r[1]),
+            moved_at=r[2],
+            last_success_at=r[3],
+            lag_seconds=None if r[4] is None else float(r[4]),
+            row_count=int(r[5]),
+            last_run_outcome=r[6],
+            last_error=r[7],
+            last_error_at=r[8],
+        )
+        for r in fetched
+    ]
+
+
+def _block_params(built: list[rows.Row]) -> dict[str, Any]:
+    dev_key: list[str] = []
+    dev_position: list[int] = []
+    dev_kind: list[str] = []
+    dev_id: list[str] = []
+    for r in built:
+        for position, (kind, ident) in enumerate(r.devices):
+            dev_key.append(r.message_key)
+            dev_position.append(position)
+            dev_kind.append(kind)
+            dev_id.append(ident)
+    sep = rows.PROBLEM_SEPARATOR
+    return {
+        "message_key": [r.message_key for r in built],
+        "occurrence": [r.occurrence for r in built],
+        "device_ids": [r.device_ids_json for r in built],
+        "device_kind": [r.device_kind for r in built],
+        "device_id": [r.device_id for r in built],
+        "device_count": [len(r.devices) for r in built],
+        "message": [r.message for r in built],
+        "received_at": [r.received_at for r in built],
+        "timestamp_raw": [r.timestamp_raw for r in built],
+        "raw_json": [r.raw_json for r in built],
+        "raw_is_jsonb": [r.raw_is_jsonb for r in built],
+        "problems": [sep.join(r.problems) for r in built],
+        "dev_message_key": dev_key,
+        "dev_position": dev_position,
+        "dev_kind": dev_kind,
+        "dev_id": dev_id,
+    }
+
+
+def _error_text(error: str | None) -> str | None:
+    if error is None:
+        return None
+    # Stored errors are read by operators and dashboards: never a credential, never invalid text.
+    text = rows.clean_text(secret.scrub(error))[0]
+    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "..."
+
+
+@contextmanager
+def _transaction(conn: Connection) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+        raise errors.StoreError(
+            "store functions run their own transaction; the connection is already inside one"
+        )
+    try:
+        with conn.transaction(), conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+            yield cur
+    except psycopg.OperationalError as exc:
+        raise errors.DatabaseUnavailableError(f"database unavailable ({type(exc).__name__}: {exc})") from exc
+    except psycopg.Error as exc:
+        raise errors.StoreError(f"database error ({type(exc).__name__}: {exc})") from exc

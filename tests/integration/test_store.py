@@ -1,0 +1,412 @@
+"""The write path on a real server: one transaction per block, replays, bad data, locks, guard rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker import errors, models, store
+
+
+def _wire(i: int, *, device: str | None = None, text: str | None = None) -> dict[str, Any]:
+    return {
+        "deviceIds": [{"id": device or f"{i:015d}", "kind": "imei"}],
+        "message": text if text is not None else f"reading {i}",
+        "timestamp": f"2024-03-01T12:{i // 60 % 60:02d}:{i % 60:02d}-05:00",
+    }
+
+
+def _page(
+    account: str, wires: list[Any], next_token: str | None = "tok-1", request_next: str | None = None
+) -> models.HistoryPage:
+    return models.HistoryPage(
+        account_name=account,
+        messages=tuple(models.SMSMessage.from_wire(w) for w in wires),
+        has_more_data=next_token is not None,
+        status=202 if next_token is not None else 200,
+        next=next_token,
+        request_next=request_next,
+    )
+
+
+def _count(db: psycopg.Connection[Any], table: str) -> int:
+    row = db.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
+def _run_row(db: psycopg.Connection[Any], run_id: int) -> tuple[Any, ...]:
+    row = db.execute(
+        "SELECT blocks, messages_received, rows_inserted, replays, malformed, outcome, error"
+        " FROM sync_run WHERE id = %s",
+        (run_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_block_rows_cursor_and_counters_land_together(db: psycopg.Connection[Any]) -> None:
+    """A committed block stores every message, moves the cursor to its token and counts the run."""
+    run_id = store.start_run(db, "0252012345-00001")
+    result = store.commit_block(db, run_id, _page("0252012345-00001", [_wire(i) for i in range(100)]))
+    assert (result.received, result.inserted, result.replays, result.malformed) == (100, 100, 0, ())
+    assert store.get_cursor(db, "0252012345-00001") == "tok-1"
+    assert _count(db, "sms_history") == 100
+    assert _count(db, "sms_history_device") == 100
+    assert _run_row(db, run_id)[:5] == (1, 100, 100, 0, 0)
+    row = db.execute(
+        "SELECT device_kind, device_id, message, received_at, timestamp_raw, raw, run_id"
+        " FROM sms_history WHERE message = 'reading 7'"
+    ).fetchone()
+    assert row is not None
+    assert row[0:3] == ("imei", "000000000000007", "reading 7")
+    assert row[3].isoformat() == "2024-03-01T17:00:07+00:00"
+    assert row[4] == "2024-03-01T12:00:07-05:00"
+    assert row[5] == _wire(7)
+    assert row[6] == run_id
+
+
+def test_failure_between_upsert_and_cursor_update_moves_nothing(db: psycopg.Connection[Any]) -> None:
+    """When the cursor update fails after the upsert ran, neither rows nor cursor nor counters move."""
+    account = "acct-atomic"
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="before"))
+    # A trigger on sync_cursor fires after the rows were inserted in the same statement.
+    db.execute(
+        """
+        CREATE FUNCTION fail_cursor() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'injected cursor failure'; END $$;
+        CREATE TRIGGER fail_cursor BEFORE UPDATE ON sync_cursor
+            FOR EACH ROW EXECUTE FUNCTION fail_cursor();
+        """
+    )
+    with pytest.raises(errors.StoreError, match="injected cursor failure"):
+        store.commit_block(db, run_id, _page(account, [_wire(i) for i in range(2, 50)], next_token="after"))
+    assert _count(db, "sms_history") == 1
+    assert _count(db, "sms_history_device") == 1
+    assert store.get_cursor(db, account) == "before"
+    assert _run_row(db, run_id)[:5] == (1, 1, 1, 0, 0)
+
+
+def test_replayed_block_changes_nothing_and_counts_replays(db: psycopg.Connection[Any]) -> None:
+    """Committing a block twice inserts nothing the second time and reports each message as a replay."""
+    account = "acct-replay"
+    page = _page(account, [_wire(i) for i in range(100)])
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, page)
+    before = db.execute("SELECT id, message_key, first_stored_at FROM sms_history ORDER BY id").fetchall()
+    second = store.commit_block(db, run_id, page)
+    assert (second.received, second.inserted, second.replays) == (100, 0, 100)
+    assert (
+        db.execute("SELECT id, message_key, first_stored_at FROM sms_history ORDER BY id").fetchall()
+        == before
+    )
+    assert _count(db, "sms_history_device") == 100
+    assert _run_row(db, run_id)[:4] == (2, 200, 100, 100)
+
+
+def test_same_message_under_another_offset_is_a_replay(db: psycopg.Connection[Any]) -> None:
+    """A replay whose timestamp is written in another offset maps onto the stored row."""
+    account = "acct-offset"
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [_wire(5)]))
+    moved = dict(_wire(5), timestamp="2024-03-01T17:00:05Z")
+    assert store.commit_block(db, run_id, _page(account, [moved])).replays == 1
+
+
+def test_identical_messages_in_one_block_are_separate_rows(db: psycopg.Connection[Any]) -> None:
+    """Two identical messages in one block become two rows, and replaying that block adds none."""
+    account = "acct-twins"
+    page = _page(account, [_wire(3), _wire(3), _wire(4)])
+    run_id = store.start_run(db, account)
+    assert store.commit_block(db, run_id, page).inserted == 3
+    assert db.execute(
+        "SELECT occurrence FROM sms_history WHERE message = 'reading 3' ORDER BY occurrence"
+    ).fetchall() == [(0,), (1,)]
+    assert store.commit_block(db, run_id, page).inserted == 0
+
+
+def test_same_message_in_two_accounts_is_two_rows(db: psycopg.Connection[Any]) -> None:
+    """Message identity is per account: the same message under two accounts is stored twice."""
+    for account in ("acct-a", "acct-b"):
+        run_id = store.start_run(db, account)
+        assert store.commit_block(db, run_id, _page(account, [_wire(1)])).inserted == 1
+
+
+MALFORMED: list[tuple[str, Any]] = [
+    (
+        "nul_in_text",
+        {
+            "deviceIds": [{"id": "1", "kind": "imei"}],
+            "message": "a\x00b",
+            "timestamp": "2024-01-01T00:00:00Z",
+        },
+    ),
+    (
+        "lone_surrogate",
+        {
+            "deviceIds": [{"id": "1", "kind": "imei"}],
+            "message": "x\ud800y\udfff",
+            "timestamp": "2024-01-01T00:00:00Z",
+        },
+    ),
+    (
+        "nul_in_key_and_device",
+        {
+            "deviceIds": [{"id": "1\x00", "kind": "imei"}],
+            "message": "m",
+            "timestamp": "2024-01-01T00:00:00Z",
+            "k\x00": 1,
+        },
+    ),
+    ("missing_fields", {}),
+    ("missing_devices", {"message": "m", "timestamp": "2024-01-01T00:00:00Z"}),
+    ("wrong_types", {"deviceIds": "imei:1", "message": 42, "timestamp": 1700000000}),
+    (
+        "device_item_wrong",
+        {"deviceIds": [{"id": 5, "kind": "imei"}, "x"], "message": "m", "timestamp": "2024-01-01T00:00:00Z"},
+    ),
+    (
+        "unparseable_timestamp",
+        {"deviceIds": [{"id": "1", "kind": "imei"}], "message": "m", "timestamp": "yesterday-ish"},
+    ),
+    (
+        "no_offset",
+        {"deviceIds": [{"id": "1", "kind": "imei"}], "message": "m", "timestamp": "2024-01-01T00:00:00"},
+    ),
+    ("non_object_string", "just a string"),
+    ("non_object_list", [1, 2, {"a": None}]),
+    ("non_object_null", None),
+    ("empty_device_list", {"deviceIds": [], "message": "m", "timestamp": "2024-01-01T00:00:00Z"}),
+    (
+        "unknown_kind",
+        {"deviceIds": [{"id": "1", "kind": "SerialNo"}], "message": "m", "timestamp": "2024-01-01T00:00:00Z"},
+    ),
+    (
+        "nan_value",
+        {
+            "deviceIds": [{"id": "1", "kind": "imei"}],
+            "message": "m",
+            "timestamp": "2024-01-01T00:00:00Z",
+            "x": math.nan,
+        },
+    ),
+]
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    # NaN != NaN, so compare the canonical text instead of the values.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@pytest.mark.parametrize(("case", "wire"), MALFORMED, ids=[c for c, _ in MALFORMED])
+def test_malformed_message_is_stored_with_exact_original(
+    db: psycopg.Connection[Any], case: str, wire: Any
+) -> None:
+    """Every kind of bad message still becomes a row whose raw_json decodes back to exactly what arrived."""
+    account = "acct-bad"
+    run_id = store.start_run(db, account)
+    result = store.commit_block(db, run_id, _page(account, [_wire(1), wire]))
+    assert result.inserted == 2
+    assert [i for i, _ in result.malformed] == [1], case
+    problems = result.malformed[0][1]
+    assert problems
+    row = db.execute(
+        "SELECT raw_json, raw, problems, message FROM sms_history"
+        " WHERE id = (SELECT max(id) FROM sms_history)"
+    ).fetchone()
+    assert row is not None
+    raw_json, raw_jsonb, stored_problems, message = row
+    decoded = json.loads(raw_json)
+    assert _same_json(decoded, wire)
+    assert type(decoded) is type(wire)
+    assert list(stored_problems) == list(problems)
+    if message is not None:
+        assert "\x00" not in message
+        message.encode("utf-8")
+    if raw_jsonb is not None:
+        assert _same_json(raw_jsonb, wire)
+    assert _run_row(db, run_id)[4] == 1
+
+
+def test_replacement_characters_are_reported(db: psycopg.Connection[Any]) -> None:
+    """NUL and lone surrogates become U+FFFD in the message column and the problems say so."""
+    account = "acct-fffd"
+    run_id = store.start_run(db, account)
+    wire = {
+        "deviceIds": [{"id": "1", "kind": "IMEI"}],
+        "message": "a\x00b\ud800",
+        "timestamp": "2024-01-01T00:00:00Z",
+    }
+    store.commit_block(db, run_id, _page(account, [wire]))
+    row = db.execute("SELECT message, problems, raw, device_ids FROM sms_history").fetchone()
+    assert row is not None
+    assert row[0] == "a\ufffdb\ufffd"
+    assert any("U+FFFD" in p for p in row[1])
+    assert row[2] is None  # jsonb cannot hold it; raw_json still does
+    assert row[3] == [{"id": "1", "kind": "imei"}]
+
+
+def test_final_block_clears_the_cursor(db: psycopg.Connection[Any]) -> None:
+    """The final block (no next token) leaves the cursor at the head of the queue."""
+    account = "acct-final"
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="t1"))
+    store.commit_block(db, run_id, _page(account, [_wire(2)], next_token=None, request_next="t1"))
+    assert store.get_cursor(db, account) is None
+    assert _count(db, "sms_history") == 2
+
+
+def test_multi_device_message_has_one_device_row_per_device(db: psycopg.Connection[Any]) -> None:
+    """A message naming several devices is found under each of them in the per-device view."""
+    account = "acct-multi"
+    wire = {
+        "deviceIds": [{"id": "111", "kind": "IMEI"}, {"id": "222", "kind": "msisdn"}],
+        "message": "both",
+        "timestamp": "2024-01-01T00:00:00Z",
+    }
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [wire]))
+    assert db.execute(
+        "SELECT device_kind, device_id, position FROM sms_by_device WHERE message = 'both' ORDER BY position"
+    ).fetchall() == [("imei", "111", 0), ("msisdn", "222", 1)]
+    assert db.execute("SELECT device_kind, device_id, device_count FROM sms_history").fetchone() == (
+        "imei",
+        "111",
+        2,
+    )
+
+
+def test_per_device_lookup_uses_the_index(db: psycopg.Connection[Any]) -> None:
+    """ "The last 50 messages of device X" is answered from the device index, not a table scan."""
+    db.execute(
+        """
+        INSERT INTO sms_history (account_name, message_key, occurrence, device_kind, device_id,
+                                 device_count, message, received_at, raw_json)
+        SELECT 'acct', md5(g::text), 0, 'imei', (g % 500)::text, 1, 'm', now() - g * interval '1 minute', '{}'
+        FROM generate_series(1, 20000) g;
+        INSERT INTO sms_history_device
+            (history_id, position, account_name, device_kind, device_id, received_at)
+        SELECT id, 0, account_name, device_kind, device_id, received_at FROM sms_history;
+        ANALYZE sms_history; ANALYZE sms_history_device;
+        """
+    )
+    plan = "\n".join(
+        r[0]
+        for r in db.execute(
+            "EXPLAIN SELECT h.* FROM sms_history_device d JOIN sms_history h ON h.id = d.history_id"
+            " WHERE d.device_kind = 'imei' AND d.device_id = '42' ORDER BY d.received_at DESC LIMIT 50"
+        ).fetchall()
+    )
+    assert "sms_history_device_lookup_idx" in plan, plan
+    assert "Seq Scan on sms_history_device" not in plan, plan
+
+
+def test_finish_run_records_success_and_errors(db: psycopg.Connection[Any]) -> None:
+    """finish_run closes the run and feeds the cursor's last_success_at / last_error, which status shows."""
+    account = "acct-status"
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [_wire(1), _wire(2)]))
+    store.finish_run(db, run_id, "succeeded", None)
+    failed = store.start_run(db, account)
+    store.finish_run(db, failed, "failed", "boom: status=503")
+    assert _run_row(db, failed)[5:] == ("failed", "boom: status=503")
+    [status] = store.account_status(db)
+    assert status.account_name == account
+    assert status.cursor_present
+    assert status.row_count == 2
+    assert status.last_run_outcome == "failed"
+    assert status.last_error == "boom: status=503"
+    assert status.last_success_at is not None
+    assert status.lag_seconds is not None and status.lag_seconds >= 0
+
+
+def test_finish_run_scrubs_secrets_from_stored_errors(db: psycopg.Connection[Any]) -> None:
+    """A registered secret inside an error text never reaches the database."""
+    from sync_worker import secret
+
+    secret.register("tok-SECRET-123456")
+    run_id = store.start_run(db, "acct-secret")
+    store.finish_run(db, run_id, "failed", "login refused for tok-SECRET-123456")
+    row = db.execute("SELECT error FROM sync_run WHERE id = %s", (run_id,)).fetchone()
+    cursor_row = db.execute("SELECT last_error FROM sync_cursor").fetchone()
+    assert row is not None and cursor_row is not None
+    assert "tok-SECRET-123456" not in row[0]
+    assert "tok-SECRET-123456" not in cursor_row[0]
+
+
+def test_clear_cursor_resets_token_and_keeps_reason(db: psycopg.Connection[Any]) -> None:
+    """clear_cursor sends the next run to the head of the queue and records why."""
+    account = "acct-clear"
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="abc"))
+    store.clear_cursor(db, account, "rejected by the API")
+    assert store.get_cursor(db, account) is None
+    assert db.execute("SELECT cleared_reason FROM sync_cursor").fetchone() == ("rejected by the API",)
+
+
+def test_account_lock_is_exclusive_per_account(db_url: str) -> None:
+    """Only one session holds an account's lock; other accounts and the migration lock are independent."""
+    with psycopg.connect(db_url, autocommit=True) as a, psycopg.connect(db_url, autocommit=True) as b:
+        assert store.try_account_lock(a, "acct-1")
+        assert not store.try_account_lock(b, "acct-1")
+        assert store.try_account_lock(b, "acct-2")
+        from sync_worker import migrations
+
+        # The migration lock lives in another namespace: holding account locks does not block migrate.
+        assert migrations.migrate(b) == []
+        store.release_account_lock(a, "acct-1")
+        assert store.try_account_lock(b, "acct-1")
+
+
+def test_login_guard_counts_per_fingerprint(db: psycopg.Connection[Any]) -> None:
+    """Failures count up per fingerprint, new credentials restart at one, success and reset clear them."""
+    assert store.login_guard_state(db, "user", "fp1").failures == 0
+    assert store.record_login_failure(db, "user", "fp1", "refused") == 1
+    assert store.record_login_failure(db, "user", "fp1", "refused", threshold=2) == 2
+    state = store.login_guard_state(db, "user", "fp1")
+    assert (state.failures, state.last_error) == (2, "refused")
+    assert state.tripped_at is not None
+    assert store.login_guard_state(db, "user", "fp2").failures == 0
+    assert store.record_login_failure(db, "user", "fp2", "refused") == 1
+    store.record_login_success(db, "user", "fp2")
+    assert store.login_guard_state(db, "user", "fp2").failures == 0
+    store.record_login_failure(db, "user", "fp2", "refused")
+    store.record_login_failure(db, "other", "fpx", "refused")
+    assert store.reset_login_guard(db, "user") == 1
+    assert store.login_guard_state(db, "user", "fp2").failures == 0
+    assert store.login_guard_state(db, "other", "fpx").failures == 1
+    assert store.reset_login_guard(db) == 1
+
+
+def test_lost_connection_is_database_unavailable(db_url: str) -> None:
+    """A connection the server dropped surfaces as DatabaseUnavailableError, not a psycopg error."""
+    with (
+        psycopg.connect(db_url, autocommit=True) as victim,
+        psycopg.connect(db_url, autocommit=True) as killer,
+    ):
+        pid = victim.info.backend_pid
+        killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(errors.DatabaseUnavailableError):
+            store.get_cursor(victim, "acct")
+
+
+def test_write_inside_callers_transaction_is_refused(db_url: str) -> None:
+    """A store write refuses to become part of a transaction the caller left open."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(errors.StoreError, match="already inside"):
+            store.start_run(conn, "acct")
+
+
+def test_non_autocommit_connection_commits_each_write(db_url: str) -> None:
+    """With a non-autocommit connection each store call still commits on its own."""
+    with psycopg.connect(db_url) as conn:
+        run_id = store.start_run(conn, "acct-nac")
+        store.commit_block(conn, run_id, _page("acct-nac", [_wire(1)]))
+    with psycopg.connect(db_url) as other:
+        assert other.execute("SELECT count(*) FROM sms_history").fetchone() == (1,)
