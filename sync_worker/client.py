@@ -98,8 +98,9 @@ class ThingSpaceClient:
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=cfg.pool_size)
             self._http.mount("https://", adapter)
             self._http.mount("http://", adapter)
-            # Proxy settings from the environment could route the tokens elsewhere.
-            self._http.trust_env = False
+        # A CA bundle path from a caller's session is honoured; verify=False never is.
+        bundle = self._http.verify
+        self._verify: bool | str = bundle if isinstance(bundle, str) and bundle else True
         self._bearer = auth.BearerTokenCache(
             self._fetch_bearer, margin=cfg.token_expiry_margin, clock=cfg.clock
         )
@@ -142,6 +143,7 @@ class ThingSpaceClient:
                 headers=all_headers,
                 timeout=self._cfg.timeout,
                 allow_redirects=False,
+                verify=self._verify,
                 **kwargs,
             )
         except requests.Timeout as exc:

@@ -1,0 +1,619 @@
+"""ThingSpaceClient against an in-memory transport: auth, replays, retries, errors, paging.
+
+The transport is a requests adapter mounted on the client's session, so every
+request goes through the real client code and only the socket is replaced.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+import requests.adapters
+from requests.structures import CaseInsensitiveDict
+
+from sync_worker import client, errors, models, retry, secret
+
+BASE = "https://ts.example/api"
+ACCOUNT = "0252012345-00001"
+CLIENT_SECRET = "client-secret-XYZ-123"
+PASSWORD = "hunter2-password-ABC"
+
+Reply = tuple[int, Any, dict[str, str]] | BaseException
+
+
+def reply(status: int = 200, body: Any = None, **headers: str) -> Reply:
+    return (status, body, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def history(n: int = 1, more: bool = False) -> dict[str, Any]:
+    msg = {"deviceIds": [{"id": "1", "kind": "imei"}], "message": "m", "timestamp": "2020-01-01T00:00:00Z"}
+    return {"messages": [msg] * n, "hasMoreData": more}
+
+
+class FakeApi(requests.adapters.BaseAdapter):
+    """Answers the token and login endpoints itself; API calls pop scripted replies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.log: list[tuple[requests.PreparedRequest, dict[str, Any]]] = []
+        self.api: collections.deque[Reply] = collections.deque()
+        self.login: collections.deque[Reply] = collections.deque()
+        self.token: collections.deque[Reply] = collections.deque()
+        self.issued = 0
+        self.gate: threading.Event | None = None
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        with self.lock:
+            self.log.append((request, kwargs))
+            path = request.path_url
+            if path.endswith("/oauth2/token"):
+                self.issued += 1
+                step = (
+                    self.token.popleft()
+                    if self.token
+                    else reply(
+                        200,
+                        {
+                            "access_token": f"bearer-{self.issued}-tok",
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                        },
+                    )
+                )
+            elif path.endswith("/session/login"):
+                self.issued += 1
+                step = (
+                    self.login.popleft()
+                    if self.login
+                    else reply(200, {"sessionToken": f"sess-{self.issued}-tok"})
+                )
+            else:
+                step = self.api.popleft() if self.api else reply(200, history())
+        if self.gate is not None:
+            self.gate.wait(5)
+        if isinstance(step, BaseException):
+            raise step
+        status, body, headers = step
+        resp = requests.Response()
+        resp.status_code = status
+        if isinstance(body, (dict, list)):
+            resp._content = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **headers}
+        else:
+            resp._content = (body or "").encode() if isinstance(body, str) or body is None else body
+        resp.headers = CaseInsensitiveDict(headers)
+        resp.url = request.url or ""
+        resp.request = request
+        return resp
+
+    def close(self) -> None:
+        pass
+
+    def paths(self, suffix: str = "") -> list[str]:
+        return [r.path_url for r, _ in self.log if r.path_url.split("?")[0].endswith(suffix)]
+
+
+class Guard:
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.events: list[str] = []
+
+    def before_login(self) -> None:
+        self.events.append("before")
+        if self.refuse:
+            raise errors.LoginGuardTrippedError("tripped")
+
+    def login_succeeded(self) -> None:
+        self.events.append("ok")
+
+    def login_failed(self, error: errors.LoginFailedError) -> None:
+        self.events.append("failed")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+@pytest.fixture
+def fake() -> FakeApi:
+    return FakeApi()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make(fake: FakeApi, clock: Clock) -> Callable[..., client.ThingSpaceClient]:
+    made: list[client.ThingSpaceClient] = []
+
+    def build(**kw: Any) -> client.ThingSpaceClient:
+        session = requests.Session()
+        session.mount("https://", fake)
+        args: dict[str, Any] = {
+            "base_url": BASE,
+            "client_id": "cid",
+            "client_secret": secret.Secret(CLIENT_SECRET),
+            "username": "user",
+            "password": secret.Secret(PASSWORD),
+            "retry": retry.RetryPolicy(
+                sleep=clock.sleep, clock=clock, random=lambda: 0.0, initial_backoff=1.0
+            ),
+            "session": session,
+            "clock": clock,
+        }
+        args.update(kw)
+        c = client.ThingSpaceClient(client.ClientConfig(**args))
+        made.append(c)
+        return c
+
+    yield build  # type: ignore[misc]
+    for c in made:
+        c.close()
+
+
+# --- auth -------------------------------------------------------------------
+
+
+def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, make: Any) -> None:
+    """Token, login and API call carry the documented auth, headers, timeouts and no redirects."""
+    page = make().sms.list_devices_sms_messages(ACCOUNT)
+    assert page.status == 200 and page.next is None and len(page.messages) == 1
+    (tok, tok_kw), (login, _), (api, api_kw) = fake.log
+    assert tok.method == "POST" and tok.path_url == "/api/ts/v1/oauth2/token"
+    assert tok.headers["Authorization"].startswith("Basic ")
+    assert tok.body == "grant_type=client_credentials"
+    assert login.path_url == "/api/m2m/v1/session/login"
+    assert login.headers["Authorization"] == "Bearer bearer-1-tok"
+    assert json.loads(login.body or b"") == {"username": "user", "password": PASSWORD}
+    assert api.method == "GET" and api.path_url == f"/api/m2m/v1/sms/{ACCOUNT}/history"
+    assert api.headers["Authorization"] == "Bearer bearer-1-tok"
+    assert api.headers["VZ-M2M-Token"] == "sess-2-tok"
+    assert api.headers["User-Agent"] == client.USER_AGENT
+    assert api_kw["timeout"] == (5.0, 60.0) and tok_kw["timeout"] == (5.0, 60.0)
+    assert api_kw["verify"] not in (False, None, "")
+
+
+def test_tls_verification_cannot_be_switched_off_by_the_session(fake: FakeApi, make: Any) -> None:
+    """A caller's session with verify=False still gets certificate verification."""
+    session = requests.Session()
+    session.verify = False
+    session.mount("https://", fake)
+    make(session=session).sms.list_devices_sms_messages(ACCOUNT)
+    assert all(kw["verify"] not in (False, None, "") for _, kw in fake.log)
+
+
+def test_tokens_are_cached_between_calls(fake: FakeApi, make: Any) -> None:
+    """A second call reuses the bearer and session: no second token request or login."""
+    c = make()
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    assert len(fake.paths("/oauth2/token")) == 1
+    assert len(fake.paths("/session/login")) == 1
+
+
+def test_bearer_renewed_before_it_expires(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """The bearer is fetched again once expires_in minus the margin has passed."""
+    c = make(token_expiry_margin=60.0)
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    clock.now += 3600 - 61
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    assert len(fake.paths("/oauth2/token")) == 1
+    clock.now += 2
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    assert len(fake.paths("/oauth2/token")) == 2
+    assert len(fake.paths("/session/login")) == 1
+
+
+def test_session_expiry_relogs_in_once_and_replays(fake: FakeApi, make: Any) -> None:
+    """A SessionToken.Expired answer causes one new login and one replay with the new token."""
+    expired = {"errorCode": "UnifiedWebService.REQUEST_FAILED.SessionToken.Expired", "errorMessage": "x"}
+    fake.api.extend([reply(400, expired), reply(200, history(3))])
+    page = make().sms.list_devices_sms_messages(ACCOUNT)
+    assert len(page.messages) == 3
+    assert len(fake.paths("/session/login")) == 2
+    api_calls = [r for r, _ in fake.log if "/history" in r.path_url]
+    assert [r.headers["VZ-M2M-Token"] for r in api_calls] == ["sess-2-tok", "sess-3-tok"]
+
+
+def test_session_expired_twice_is_an_auth_error(fake: FakeApi, make: Any) -> None:
+    """A replay that is also told the session expired raises AuthError after exactly one re-login."""
+    expired = {"errorCode": "UnifiedWebService.REQUEST_FAILED.SessionToken.Expired", "errorMessage": "x"}
+    fake.api.extend([reply(400, expired), reply(400, expired)])
+    with pytest.raises(errors.AuthError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT, "abc")
+    assert info.value.error_code == "REQUEST_FAILED.SessionToken.Expired"
+    assert not isinstance(info.value, errors.InvalidCursorError)
+    assert len(fake.paths("/session/login")) == 2
+
+
+def test_bearer_401_refreshes_once_and_replays(fake: FakeApi, make: Any) -> None:
+    """A gateway 401 fault drops the bearer, fetches a new one and replays once."""
+    fault = {"fault": {"code": 900901, "message": "Invalid Credentials", "description": "d"}}
+    fake.api.extend([reply(401, fault), reply(200, history())])
+    make().sms.list_devices_sms_messages(ACCOUNT)
+    assert len(fake.paths("/oauth2/token")) == 2
+    assert len(fake.paths("/session/login")) == 1
+
+
+def test_second_401_is_an_auth_error(fake: FakeApi, make: Any) -> None:
+    """A 401 on the replay too raises AuthError with the fault code; only one refresh happened."""
+    fault = {"fault": {"code": 900901, "message": "Invalid Credentials"}}
+    fake.api.extend([reply(401, fault), reply(401, fault)])
+    with pytest.raises(errors.AuthError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert info.value.error_code == "900901"
+    assert info.value.error_message == "Invalid Credentials"
+    assert len(fake.paths("/oauth2/token")) == 2
+
+
+def test_refused_login_is_never_retried(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """A refused login raises LoginFailedError explaining the lockout; later calls do not log in again."""
+    bad = {"errorCode": "UnifiedWebService.REQUEST_FAILED.InvalidCredentials", "errorMessage": "bad"}
+    fake.login.append(reply(400, bad))
+    guard = Guard()
+    c = make(login_guard=guard)
+    with pytest.raises(errors.LoginFailedError) as info:
+        c.sms.list_devices_sms_messages(ACCOUNT)
+    assert "five failed logins" in str(info.value)
+    assert info.value.error_code == "REQUEST_FAILED.InvalidCredentials"
+    with pytest.raises(errors.LoginFailedError):
+        c.sms.start_queued_sms_delivery(ACCOUNT)
+    assert len(fake.paths("/session/login")) == 1
+    assert guard.events == ["before", "failed"]
+    assert clock.sleeps == []
+
+
+def test_guard_refusal_prevents_the_login(fake: FakeApi, make: Any) -> None:
+    """A tripped login guard stops the login before any login request is sent."""
+    with pytest.raises(errors.LoginGuardTrippedError):
+        make(login_guard=Guard(refuse=True)).sms.list_devices_sms_messages(ACCOUNT)
+    assert fake.paths("/session/login") == []
+
+
+def test_guard_told_about_success(fake: FakeApi, make: Any) -> None:
+    """A successful login is reported to the guard."""
+    guard = Guard()
+    make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert guard.events == ["before", "ok"]
+
+
+def test_refused_client_credentials_are_an_auth_error(fake: FakeApi, make: Any) -> None:
+    """An OAuth 401 invalid_client is a permanent AuthError carrying the OAuth error code."""
+    fake.token.append(
+        reply(401, {"error": "invalid_client", "error_description": "Client authentication failed"})
+    )
+    with pytest.raises(errors.AuthError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert info.value.error_code == "invalid_client"
+    assert info.value.operation == "oauth_token"
+    assert len(fake.log) == 1
+
+
+def test_concurrent_threads_share_one_token_and_one_login(fake: FakeApi, make: Any) -> None:
+    """Eight threads starting cold cause exactly one token request and one login."""
+    c = make()
+    fake.api.extend([reply(200, history()) for _ in range(8)])
+    barrier = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            c.sms.list_devices_sms_messages(ACCOUNT)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert failures == []
+    assert len(fake.paths("/oauth2/token")) == 1
+    assert len(fake.paths("/session/login")) == 1
+    assert len(fake.paths("/history")) == 8
+
+
+# --- retries ----------------------------------------------------------------
+
+
+def test_get_retried_on_503_html_page(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """A 503 HTML page on a GET is transient: retried after the backoff, then succeeds."""
+    fake.api.extend([reply(503, "<html>down</html>", Content_Type="text/html"), reply(200, history())])
+    make().sms.list_devices_sms_messages(ACCOUNT)
+    assert len(fake.paths("/history")) == 2
+    assert clock.sleeps == [1.0]
+
+
+def test_post_send_not_retried_on_503(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """send_sms_to_device is never retried: one 503 raises ApiTransientError at once."""
+    fake.api.append(reply(503, "<html>down</html>"))
+    req = models.SMSSendRequest(ACCOUNT, "hi", (models.DeviceId("123", "imei"),))
+    with pytest.raises(errors.ApiTransientError) as info:
+        make().sms.send_sms_to_device(req)
+    assert info.value.status == 503 and info.value.error_message is None
+    assert len(fake.paths("/m2m/v1/sms")) == 1
+    assert clock.sleeps == []
+
+
+def test_put_retried_on_timeout(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """startCallbacks (PUT) is retried after a read timeout."""
+    fake.api.extend([requests.ReadTimeout("slow"), reply(200, {"success": True})])
+    result = make().sms.start_queued_sms_delivery(ACCOUNT)
+    assert result.success is True
+    assert len(fake.paths("/startCallbacks")) == 2
+
+
+def test_connection_errors_exhaust_attempts(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """Dropped connections are retried max_attempts times, then raised with status None."""
+    fake.api.extend([requests.ConnectionError("refused") for _ in range(4)])
+    with pytest.raises(errors.ApiTransientError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert info.value.status is None
+    assert len(fake.paths("/history")) == 4
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+
+
+def test_429_retry_after_is_waited(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """A 429 with Retry-After: 7 waits exactly 7 seconds through the injected sleep."""
+    fake.api.extend([reply(429, "slow down", Retry_After="7"), reply(200, history())])
+    make().sms.list_devices_sms_messages(ACCOUNT)
+    assert clock.sleeps == [7.0]
+
+
+def test_retry_after_above_cap_is_raised(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """A Retry-After beyond max_retry_after is not slept through: RateLimitedError is raised."""
+    fake.api.append(reply(429, "", Retry_After="600"))
+    policy = retry.RetryPolicy(sleep=clock.sleep, clock=clock, max_retry_after=60)
+    with pytest.raises(errors.RateLimitedError) as info:
+        make(retry=policy).sms.list_devices_sms_messages(ACCOUNT)
+    assert info.value.retry_after == 600.0
+    assert clock.sleeps == []
+
+
+def test_deadline_stops_retrying(fake: FakeApi, make: Any, clock: Clock) -> None:
+    """With the deadline nearer than the backoff, the 502 is raised without sleeping."""
+    fake.api.append(reply(502, "bad gateway"))
+    with pytest.raises(errors.ApiTransientError):
+        make().sms.list_devices_sms_messages(ACCOUNT, deadline=clock.now + 0.5)
+    assert clock.sleeps == []
+
+
+def test_observer_counts_requests_and_retries(fake: FakeApi, make: Any) -> None:
+    """The observer sees every HTTP exchange and every retry with its reason and wait."""
+    seen: list[tuple[str, Any]] = []
+
+    class Obs:
+        def on_request(self, operation: str, status: int | None, seconds: float) -> None:
+            seen.append(("request", (operation, status)))
+
+        def on_retry(self, operation: str, reason: str, wait: float) -> None:
+            seen.append(("retry", (operation, reason, wait)))
+
+    fake.api.extend([reply(500, {"errorCode": "X.UNEXPECTED.Y"}), reply(200, history())])
+    make(observer=Obs()).sms.list_devices_sms_messages(ACCOUNT)
+    op = "list_devices_sms_messages"
+    assert seen == [
+        ("request", ("oauth_token", 200)),
+        ("request", ("session_login", 200)),
+        ("request", (op, 500)),
+        ("retry", (op, "http_500", 1.0)),
+        ("request", (op, 200)),
+    ]
+
+
+# --- error mapping ----------------------------------------------------------
+
+
+def test_m2m_4xx_is_permanent_with_code(fake: FakeApi, make: Any) -> None:
+    """An M2M 400 raises ApiPermanentError with the prefix-less code and the message."""
+    fake.api.append(
+        reply(400, {"errorCode": "UnifiedWebService.REQUEST_FAILED.AccountNotFound", "errorMessage": "nf"})
+    )
+    with pytest.raises(errors.ApiPermanentError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert type(info.value) is errors.ApiPermanentError
+    assert (info.value.status, info.value.error_code, info.value.error_message) == (
+        400,
+        "REQUEST_FAILED.AccountNotFound",
+        "nf",
+    )
+
+
+def test_rejected_next_token_is_invalid_cursor(fake: FakeApi, make: Any) -> None:
+    """A 4xx on a history GET that sent next raises InvalidCursorError."""
+    fake.api.append(reply(400, {"errorCode": "UnifiedWebService.REQUEST_FAILED.InvalidNextToken"}))
+    with pytest.raises(errors.InvalidCursorError):
+        make().sms.list_devices_sms_messages(ACCOUNT, "abc123")
+
+
+def test_429_on_cursor_is_rate_limit_not_invalid_cursor(fake: FakeApi, make: Any) -> None:
+    """A 429 with next is rate limiting (retried), never InvalidCursorError."""
+    fake.api.extend([reply(429, "<html>busy</html>"), reply(200, history())])
+    page = make().sms.list_devices_sms_messages(ACCOUNT, "abc123")
+    assert page.request_next == "abc123"
+    assert len(fake.paths("/history")) == 2
+
+
+@pytest.mark.parametrize("body", ["not json", "[1,2]", '{"messages": 5}'])
+def test_malformed_2xx_is_a_format_error(fake: FakeApi, make: Any, body: str) -> None:
+    """A 200 whose body is not the documented shape raises ResponseFormatError (not retried)."""
+    fake.api.append(reply(200, body, Content_Type="application/json"))
+    with pytest.raises(errors.ResponseFormatError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert info.value.status == 200
+    assert len(fake.paths("/history")) == 1
+
+
+def test_redirect_is_not_followed(fake: FakeApi, make: Any) -> None:
+    """A 302 is not followed (it would carry both tokens): it is a format error."""
+    fake.api.append(reply(302, "", Location="https://evil.example/steal"))
+    with pytest.raises(errors.ResponseFormatError):
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert all("evil" not in (r.url or "") for r, _ in fake.log)
+
+
+# --- paging -----------------------------------------------------------------
+
+
+def test_202_location_gives_next_and_request_next_is_kept(fake: FakeApi, make: Any) -> None:
+    """A 202 page carries the Location token as next, and remembers the token it was asked with."""
+    fake.api.append(reply(202, history(100, True), Location=f"/sms/{ACCOUNT}/history?next=Tok2"))
+    page = make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
+    assert (page.status, page.next, page.request_next, page.has_more_data) == (202, "Tok2", "Tok1", True)
+    assert fake.paths("/history") == [f"/api/m2m/v1/sms/{ACCOUNT}/history?next=Tok1"]
+
+
+def test_202_without_location_is_unsafe(fake: FakeApi, make: Any) -> None:
+    """A 202 with no Location cannot be paged: UnsafeLocationError."""
+    fake.api.append(reply(202, history(1, True)))
+    with pytest.raises(errors.UnsafeLocationError):
+        make().sms.list_devices_sms_messages(ACCOUNT)
+
+
+def test_status_wins_over_has_more_data(fake: FakeApi, make: Any, caplog: Any) -> None:
+    """202 + valid token pages on even if hasMoreData is false; 200 is final even if it is true."""
+    fake.api.extend(
+        [reply(202, history(1, False), Location="/sms/a/history?next=abc"), reply(200, history(1, True))]
+    )
+    c = make()
+    assert c.sms.list_devices_sms_messages(ACCOUNT).next == "abc"
+    final = c.sms.list_devices_sms_messages(ACCOUNT, "abc")
+    assert final.is_final and final.has_more_data is True
+
+
+def test_iterator_is_lazy_and_stops_after_final(fake: FakeApi, make: Any) -> None:
+    """Block N+1 is requested only when asked for; iteration ends after the 200 block."""
+    fake.api.extend(
+        [
+            reply(202, history(2, True), Location="/sms/a/history?next=t1"),
+            reply(202, history(2, True), Location="/sms/a/history?next=t2"),
+            reply(200, history(1)),
+        ]
+    )
+    blocks = make().sms.iter_history_blocks(ACCOUNT)
+    first = next(blocks)
+    assert first.next == "t1" and len(fake.paths("/history")) == 1
+    rest = list(blocks)
+    assert [p.request_next for p in rest] == ["t1", "t2"]
+    assert rest[-1].is_final
+    assert fake.paths("/history")[1:] == [
+        f"/api/m2m/v1/sms/{ACCOUNT}/history?next=t1",
+        f"/api/m2m/v1/sms/{ACCOUNT}/history?next=t2",
+    ]
+
+
+# --- validation and configuration ------------------------------------------
+
+
+def test_invalid_send_request_sends_nothing(fake: FakeApi, make: Any) -> None:
+    """An SMS over the 7-bit limit raises ValidationError before any HTTP request."""
+    req = models.SMSSendRequest(ACCOUNT, "x" * 161, (models.DeviceId("123", "imei"),))
+    with pytest.raises(errors.ValidationError):
+        make().sms.send_sms_to_device(req)
+    assert fake.log == []
+
+
+@pytest.mark.parametrize("account", ["", "ab", "../../admin", "acct?next=x", "a" * 33, "acct%00"])
+def test_invalid_account_name_sends_nothing(fake: FakeApi, make: Any, account: str) -> None:
+    """A malformed account name raises ValidationError before any HTTP request."""
+    with pytest.raises(errors.ValidationError):
+        make().sms.list_devices_sms_messages(account)
+    assert fake.log == []
+
+
+def test_send_posts_the_wire_body(fake: FakeApi, make: Any) -> None:
+    """send_sms_to_device POSTs the camelCase body and returns the requestId."""
+    fake.api.append(reply(200, {"requestId": "r-1"}))
+    req = models.SMSSendRequest(ACCOUNT, "hi", (models.DeviceId("00123", "imei"),))
+    assert make().sms.send_sms_to_device(req).request_id == "r-1"
+    sent = fake.log[-1][0]
+    assert sent.method == "POST" and sent.path_url == "/api/m2m/v1/sms"
+    assert json.loads(sent.body or b"") == req.to_wire()
+
+
+def _cfg(base_url: str, insecure: bool = False) -> client.ClientConfig:
+    return client.ClientConfig(
+        base_url=base_url,
+        client_id="cid",
+        client_secret=secret.Secret(CLIENT_SECRET),
+        username="user",
+        password=secret.Secret(PASSWORD),
+        allow_insecure_loopback=insecure,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "insecure"),
+    [
+        ("http://127.0.0.1:8080/api", False),
+        ("http://example.com/api", True),
+        ("http://10.0.0.1/api", True),
+        ("ftp://127.0.0.1/api", True),
+        ("https://user:pw@host/api", False),
+        ("https:///api", False),
+    ],
+)
+def test_unsafe_base_urls_are_refused(url: str, insecure: bool) -> None:
+    """http:// is refused unless explicitly allowed for a loopback host; odd URLs are refused."""
+    with pytest.raises(errors.ConfigError):
+        client.ThingSpaceClient(_cfg(url, insecure))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1/api", "http://127.9.9.9/api", "http://[::1]:8/api", "http://localhost/api"]
+)
+def test_loopback_http_allowed_with_flag_and_warns(url: str, capsys: Any, caplog: Any) -> None:
+    """http:// on a loopback host works with the flag, and a warning is logged."""
+    with caplog.at_level(logging.WARNING):
+        client.ThingSpaceClient(_cfg(url, True)).close()
+    out = capsys.readouterr()
+    assert "insecure" in (out.out + out.err + caplog.text)
+
+
+def test_config_and_client_repr_hide_secrets() -> None:
+    """repr of the config and of the client never shows the client secret or password."""
+    cfg = _cfg("https://ts.example/api")
+    c = client.ThingSpaceClient(cfg)
+    for text in (repr(cfg), repr(c), str(cfg)):
+        assert CLIENT_SECRET not in text and PASSWORD not in text
+    c.close()
+
+
+def test_errors_never_contain_tokens_or_passwords(fake: FakeApi, make: Any) -> None:
+    """Error text from every failure path holds no password, client secret or issued token."""
+    fake.api.extend([reply(401, {"fault": {"code": 900901}}), reply(401, {"fault": {"code": 900901}})])
+    c = make()
+    texts: list[str] = []
+    with pytest.raises(errors.AuthError) as info:
+        c.sms.list_devices_sms_messages(ACCOUNT)
+    texts.append(str(info.value))
+    texts.append(repr(info.value))
+    fake.login.append(reply(400, {"errorCode": "A.REQUEST_FAILED.InvalidCredentials"}))
+    c2 = make()
+    with pytest.raises(errors.LoginFailedError) as info2:
+        c2.sms.list_devices_sms_messages(ACCOUNT)
+    texts += [str(info2.value), repr(info2.value), repr(c2), repr(c2._session), repr(c2._bearer)]
+    for text in texts:
+        for value in (PASSWORD, CLIENT_SECRET, "bearer-1-tok", "sess-2-tok", "bearer-3-tok"):
+            assert value not in text
+    assert "bearer-1-tok" in secret.known_values()
