@@ -8,6 +8,7 @@ Everything is torn down on exit.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,10 +33,13 @@ MALFORMED: Final[Sequence[Any]] = (
     {"message": "no device ids", "timestamp": "2026-01-01T00:00:01Z"},
     "a bare string instead of a message object",
 )
+# The seeded traffic is historical, so "the busiest day" stands in for "today".
 TOP_DEVICES_SQL: Final = """
 SELECT account_name, device_kind, device_id, day_utc, messages
 FROM sms_daily_device_counts
-WHERE day_utc = (SELECT max(day_utc) FROM sms_daily_device_counts)
+WHERE day_utc = (
+    SELECT day_utc FROM sms_daily_account_counts GROUP BY day_utc ORDER BY sum(messages) DESC LIMIT 1
+)
 ORDER BY messages DESC, account_name, device_id
 LIMIT 5
 """
@@ -74,24 +78,30 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             f"({time.monotonic() - started:.1f}s in all)"
         )
         with config.connect(settings) as conn:
-            stored = _stored_counts(conn)
-            delivered = {a: len(sim.acknowledged(a)) for a in accounts}
+            stored = {a: _stored(conn, a) for a in accounts}
             say()
             say("sync-worker status:")
             say(cli.format_status(cli.status_rows(conn)))
             say()
-            say("top devices by messages on the latest day (view sms_daily_device_counts):")
+            say("analyst query: top devices on the busiest day (view sms_daily_device_counts):")
             cur = conn.execute(TOP_DEVICES_SQL)
             columns = [c.name for c in cur.description or ()]
             say(cli.format_table([dict(zip(columns, row, strict=True)) for row in cur.fetchall()], columns))
         say()
-        exact = all(stored.get(a, 0) == delivered[a] for a in accounts)
+        exact = True
         for account in accounts:
-            say(f"  {account}: {stored.get(account, 0)} stored, {delivered[account]} delivered by the API")
+            delivered = _canonical(sim.acknowledged(account))
+            same = set(stored[account]) == set(delivered) and not sim.queued(account)
+            exact = exact and same
+            say(
+                f"  {account}: {len(delivered)} delivered by the API ({len(delivered) - len(set(delivered))} "
+                f"exact repeats, indistinguishable without a message id), {len(stored[account])} rows: "
+                f"{'every message stored' if same else 'MISMATCH'}"
+            )
         if result.exit_code != 0 or not exact:
             say("demo FAILED: see the messages above")
             return cli.EXIT_ACCOUNT_FAILED
-        say("demo OK: every delivered message is stored exactly once. Cleaning up.")
+        say("demo OK: every delivered message is in Postgres. Cleaning up.")
     return cli.EXIT_OK
 
 
@@ -115,9 +125,13 @@ def _reveal(value: Any) -> str:
     return str(value.reveal() if hasattr(value, "reveal") else value)
 
 
-def _stored_counts(conn: Any) -> dict[str, int]:
+def _canonical(messages: Sequence[Any]) -> list[str]:
+    return [json.dumps(m, sort_keys=True) for m in messages]
+
+
+def _stored(conn: psycopg.Connection[Any], account: str) -> list[str]:
     try:
-        rows = conn.execute("SELECT account_name, count(*) FROM sms_history GROUP BY 1").fetchall()
+        rows = conn.execute("SELECT raw_json FROM sms_history WHERE account_name = %s", (account,)).fetchall()
     except psycopg.Error as exc:
-        raise errors.StoreError(f"counting stored messages failed: {type(exc).__name__}") from exc
-    return {str(name): int(n) for name, n in rows}
+        raise errors.StoreError(f"reading stored messages failed: {type(exc).__name__}") from exc
+    return _canonical([json.loads(r[0]) for r in rows])
