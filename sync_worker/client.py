@@ -9,9 +9,10 @@
   ``REQUEST_FAILED.AccountNotFound``. The prefix is recognised as a first
   dot-separated part that is not UPPER_CASE followed by one that is (service
   names are CamelCase, the categories after them are upper case), so a code sent
-  without a prefix (``SessionToken.Expired``) is kept whole. Session expiry is detected with ``endswith("SessionToken.Expired")``, so
-  either form matches. Gateway faults give their numeric ``fault.code`` as a
-  string; OAuth errors give ``error``.
+  without a prefix (``SessionToken.Expired``) is kept whole. Session expiry is
+  detected with ``endswith("SessionToken.Expired")``, so either form matches.
+  Gateway faults give their numeric ``fault.code`` as a string; OAuth errors
+  give ``error``.
 * Paging: the HTTP status is authoritative. 202 means another block waits and
   must carry a valid ``next`` token in ``Location``; 200 is the final block
   (``next`` is None) whatever ``hasMoreData`` says. A disagreement is logged.
