@@ -81,12 +81,14 @@ class _Context:
         self.env = env
         self.out = out
         self.err = err
+        self.logging = False
 
     def settings(self, *, credentials: bool, accounts: bool) -> config.Settings:
         settings = config.load(
             self.env, self.args.config, require_credentials=credentials, require_accounts=accounts
         )
         logs.configure(settings.log_format, settings.log_level, self.out)
+        self.logging = True
         return settings
 
     def print(self, text: str = "") -> None:
@@ -564,7 +566,7 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
         return int(args.func(ctx))
     except errors.SyncWorkerError as exc:
         code = exit_code_for(exc)
-        if logs.is_configured():
+        if ctx.logging:
             logs.get_logger(__name__).error(
                 "command_failed", error=str(exc), kind=type(exc).__name__, exit_code=code
             )

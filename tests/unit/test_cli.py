@@ -1,0 +1,187 @@
+"""The CLI without a database: --help, argument and configuration errors, exit-code mapping."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from sync_worker import cli, config, errors
+
+API_ENV = {
+    "SYNC_ACCOUNTS": "0252012345-00001",
+    "THINGSPACE_CLIENT_ID": "client-id",
+    "THINGSPACE_CLIENT_SECRET": "cli-client-secret-1",
+    "THINGSPACE_USERNAME": "operator",
+    "THINGSPACE_PASSWORD": "cli-password-1",
+    "SYNC_LOG_FORMAT": "json",
+}
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def run(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    code = cli.main(argv, env=env)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_documents_every_variable_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help lists every environment variable from config.VARIABLES and every exit code."""
+    code, out, _ = run(capsys, ["--help"], {})
+    assert code == 0
+    for var in config.VARIABLES:
+        assert var.name in out
+    for number, _text in cli.EXIT_CODES:
+        assert f"  {number} " in out
+    for command in (
+        "migrate",
+        "run",
+        "once",
+        "status",
+        "cursor",
+        "auth",
+        "send",
+        "start-delivery",
+        "simulate",
+    ):
+        assert command in out
+
+
+def test_subcommand_help_also_lists_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    """`once --help` documents its options and the variables too."""
+    code, out, _ = run(capsys, ["once", "--help"], {})
+    assert code == 0
+    assert "--account" in out and "SYNC_ACCOUNTS" in out and "exit codes" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["once", "--bogus"], ["cursor"], ["cursor", "reset"], ["send", "--account", "abc"]],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Unknown commands, missing arguments and unknown options exit with code 2."""
+    code, _, err = run(capsys, argv, {})
+    assert code == 2
+    assert "usage:" in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"SYNC_ACCOUNTS": "../etc"}, "SYNC_ACCOUNTS"),
+        ({"SYNC_CONCURRENCY": "many"}, "SYNC_CONCURRENCY"),
+        ({"THINGSPACE_PASSWORD": ""}, "THINGSPACE_PASSWORD"),
+        ({"THINGSPACE_BASE_URL": "http://thingspace.verizon.com/api"}, "THINGSPACE_BASE_URL"),
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_variable(
+    capsys: pytest.CaptureFixture[str], overrides: dict[str, str], variable: str
+) -> None:
+    """`once` with an invalid setting exits 2 before any work, naming the variable, stdout untouched."""
+    code, out, err = run(capsys, ["once"], {**API_ENV, **overrides})
+    assert code == 2
+    assert variable in err
+    assert out == ""
+    assert "cli-client-secret-1" not in err and "cli-password-1" not in err
+
+
+def test_bad_account_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """`once --account` with an invalid name is a usage error (2)."""
+    code, _, err = run(capsys, ["once", "--account", "a/b"], API_ENV)
+    assert code == 2 and "--account" in err
+
+
+def test_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A --config file that does not exist exits 2."""
+    code, _, err = run(capsys, ["--config", "/nonexistent/sync.toml", "status"], API_ENV)
+    assert code == 2 and "--config" in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("argv", [["status"], ["once"], ["migrate"], ["cursor", "show"]])
+def test_unreachable_database_exits_3_without_the_password(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """An unreachable database exits 3, names SYNC_DATABASE_URL, and never prints its password."""
+    url = f"postgresql://sync:cli-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    code, out, err = run(capsys, argv, {**API_ENV, "SYNC_DATABASE_URL": url})
+    assert code == 3
+    assert "SYNC_DATABASE_URL" in err
+    assert "cli-db-secret-5" not in out + err
+
+
+def test_send_validates_before_anything_else(capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid device or an over-long message is refused locally with exit 2 (nothing is sent)."""
+    base = ["send", "--account", "0252012345-00001", "--message", "hi"]
+    code, _, err = run(capsys, [*base, "--device", "imei"], API_ENV)
+    assert code == 2 and "KIND:ID" in err
+    code, _, err = run(capsys, [*base, "--device", "phone:123"], API_ENV)
+    assert code == 2 and "kind" in err
+    long_message = ["send", "--account", "0252012345-00001", "--device", "imei:1", "--message", "x" * 161]
+    code, _, err = run(capsys, long_message, API_ENV)
+    assert code == 2 and "160" in err
+
+
+def test_cursor_reset_needs_yes_off_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --yes and without a terminal to ask on, cursor reset refuses (exit 2) and changes nothing."""
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    code, _, err = run(capsys, ["cursor", "reset", "--account", "0252012345-00001"], API_ENV)
+    assert code == 2 and "--yes" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (errors.ConfigError("x"), 2),
+        (errors.ValidationError("x"), 2),
+        (errors.DatabaseUnavailableError("x"), 3),
+        (errors.SchemaError("x"), 3),
+        (errors.MigrationError("x"), 3),
+        (errors.LoginGuardTrippedError("x"), 4),
+        (errors.LoginFailedError("x", status=400), 4),
+        (errors.AuthError("x", status=401), 4),
+        (errors.ApiTransientError("x", status=503), 1),
+        (errors.InvalidCursorError("x", status=400), 1),
+    ],
+)
+def test_exit_code_mapping(error: errors.SyncWorkerError, expected: int) -> None:
+    """Each error class maps to its documented exit code."""
+    assert cli.exit_code_for(error) == expected
+
+
+def test_help_is_fast_and_light() -> None:
+    """Building the parser imports neither the HTTP stack, the scheduler nor the simulator."""
+    code = (
+        "import sys\n"
+        "from sync_worker import cli\n"
+        "cli.build_parser().format_help()\n"
+        "heavy = ('requests', 'apscheduler', 'sync_worker.simulator', 'psycopg')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_format_table_aligns_columns() -> None:
+    """The status table pads every column to its widest cell and shows None as '-'."""
+    text = cli.format_table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
+    lines = text.splitlines()
+    assert lines[0].startswith("a       b")
+    assert lines[2] == "x       -"
+    assert lines[3] == "longer  2"
