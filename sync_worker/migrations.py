@@ -66,7 +66,9 @@ def available(directory: Path | None = None) -> list[Migration]:
             raise errors.MigrationError(f"{path}: migration files are named NNNN_lower_snake.sql")
         version, name = match.groups()
         if version in found:
-            raise errors.MigrationError(f"{path}: version {version} is also used by {found[version].filename}")
+            raise errors.MigrationError(
+                f"{path}: version {version} is also used by {found[version].filename}"
+            )
         checksum = hashlib.sha256(path.read_bytes()).hexdigest()
         found[version] = Migration(version, name, path, checksum)
     return [found[v] for v in sorted(found)]
@@ -88,7 +90,11 @@ def migrate(conn: psycopg.Connection[Any], directory: Path | None = None) -> lis
                     conn.execute(migration.sql())
                     conn.execute(
                         queries.get("record"),
-                        {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+                        {
+                            "version": migration.version,
+                            "name": migration.name,
+                            "checksum": migration.checksum,
+                        },
                     )
             except psycopg.OperationalError:
                 raise
@@ -106,16 +112,16 @@ def check_schema(conn: psycopg.Connection[Any], directory: Path | None = None) -
         recorded: dict[str, _Row] = {}
         if exists is not None and exists[0]:
             recorded = _applied(conn)
+    try:
+        _refuse_edited(shipped, recorded)
+    except errors.MigrationError as exc:
+        raise errors.SchemaError(str(exc)) from exc
     missing = [m.filename for m in shipped if m.version not in recorded]
     if missing:
         raise errors.SchemaError(
             f"the database schema is older than this code needs (missing {', '.join(missing)}); "
             "run `sync-worker migrate`"
         )
-    try:
-        _refuse_edited(shipped, recorded)
-    except errors.MigrationError as exc:
-        raise errors.SchemaError(str(exc)) from exc
 
 
 def status(conn: psycopg.Connection[Any], directory: Path | None = None) -> list[MigrationStatus]:

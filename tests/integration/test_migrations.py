@@ -1,0 +1,169 @@
+"""Migrations on a real server: versions, checksums, concurrency, and the documented schema."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker import errors, migrations, queries
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
+
+
+def _copy_migrations(tmp_path: Path) -> Path:
+    target = tmp_path / "migrations"
+    shutil.copytree(queries.sql_root() / "migrations", target)
+    return target
+
+
+def test_migrate_applies_everything_once(make_database: Callable[..., str]) -> None:
+    """A fresh database gets every shipped migration; a second migrate applies nothing."""
+    url = make_database(migrated=False)
+    shipped = [m.version for m in migrations.available()]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrations.migrate(conn) == shipped
+        assert migrations.migrate(conn) == []
+        migrations.check_schema(conn)
+        recorded = conn.execute("SELECT version, checksum FROM schema_migrations ORDER BY version").fetchall()
+    assert recorded == [(m.version, m.checksum) for m in migrations.available()]
+
+
+def test_check_schema_refuses_an_old_database(make_database: Callable[..., str]) -> None:
+    """check_schema on an unmigrated database raises SchemaError telling the operator to run migrate."""
+    url = make_database(migrated=False)
+    with psycopg.connect(url, autocommit=True) as conn, pytest.raises(errors.SchemaError) as info:
+        migrations.check_schema(conn)
+    assert "sync-worker migrate" in str(info.value)
+    assert "0001_history_store.sql" in str(info.value)
+
+
+def test_check_schema_refuses_a_missing_newer_migration(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    """Code that ships a migration the database lacks refuses to run on it."""
+    url = make_database()
+    directory = _copy_migrations(tmp_path)
+    (directory / "9999_newer.sql").write_text("CREATE TABLE newer (id int);\n")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.SchemaError, match=r"9999_newer\.sql"):
+            migrations.check_schema(conn, directory)
+        assert migrations.migrate(conn, directory) == ["9999"]
+        migrations.check_schema(conn, directory)
+        statuses = migrations.status(conn, directory)
+    assert [(s.version, s.checksum_matches) for s in statuses] == [("0001", True), ("9999", True)]
+
+
+def test_edited_migration_is_refused(make_database: Callable[..., str], tmp_path: Path) -> None:
+    """Editing an applied migration makes migrate raise MigrationError naming the file, and nothing runs."""
+    url = make_database(migrated=False)
+    directory = _copy_migrations(tmp_path)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn, directory)
+        edited = directory / "0001_history_store.sql"
+        edited.write_text(edited.read_text() + "\n-- a harmless-looking edit\n")
+        (directory / "0002_more.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
+        with pytest.raises(errors.MigrationError, match=r"0001_history_store\.sql"):
+            migrations.migrate(conn, directory)
+        assert conn.execute("SELECT to_regclass('should_not_exist')").fetchone() == (None,)
+        with pytest.raises(errors.SchemaError, match=r"0001_history_store\.sql"):
+            migrations.check_schema(conn, directory)
+
+
+def test_failing_migration_rolls_back_and_is_not_recorded(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    """A migration that fails leaves no half-applied changes and no schema_migrations row."""
+    url = make_database()
+    directory = _copy_migrations(tmp_path)
+    (directory / "0002_broken.sql").write_text("CREATE TABLE half (id int);\nSELECT no_such_function();\n")
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(errors.MigrationError, match=r"0002_broken\.sql"):
+            migrations.migrate(conn, directory)
+        assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations WHERE version = '0002'").fetchone() == (
+            0,
+        )
+
+
+def _migrate_in_child(url: str, directory: str, results: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        results.put(migrations.migrate(conn, Path(directory)))
+
+
+def test_concurrent_migrate_applies_each_migration_once(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    """Two processes migrating the same database at once apply every migration exactly once."""
+    url = make_database(migrated=False)
+    directory = _copy_migrations(tmp_path)
+    (directory / "0002_counter.sql").write_text(
+        "CREATE TABLE applied_count (n int);\nINSERT INTO applied_count VALUES (1);\n"
+    )
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    with psycopg.connect(url, autocommit=True) as holder:
+        # Hold the migration lock so both children queue up behind it, then let them race.
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (migrations.LOCK_NAMESPACE, migrations.LOCK_KEY))
+        children = [
+            ctx.Process(target=_migrate_in_child, args=(url, str(directory), results)) for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        deadline = time.monotonic() + 60
+        while True:
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+                (migrations.LOCK_KEY,),
+            ).fetchone()
+            if waiting == (2,):
+                break
+            assert time.monotonic() < deadline, "children never reached the migration lock"
+            holder.execute("SELECT pg_sleep(0.02)")
+        holder.execute("SELECT pg_advisory_unlock(%s, %s)", (migrations.LOCK_NAMESPACE, migrations.LOCK_KEY))
+        outcomes = sorted([results.get(timeout=60), results.get(timeout=60)])
+        for child in children:
+            child.join(timeout=60)
+            assert child.exitcode == 0
+        assert outcomes == [[], ["0001", "0002"]]
+        assert holder.execute("SELECT count(*) FROM applied_count").fetchone() == (1,)
+        assert holder.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+
+
+def _documented_columns() -> dict[str, list[str]]:
+    relations: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in DOCS.read_text().splitlines():
+        heading = re.match(r"^### `(\w+)`", line)
+        if heading:
+            current = heading.group(1)
+            relations[current] = []
+            continue
+        if line.startswith("## "):
+            current = None
+        column = re.match(r"^\| `(\w+)` \| ([^|]+?) \|", line)
+        if column and current is not None:
+            relations[current].append(f"{column.group(1)} {column.group(2)}")
+    return relations
+
+
+def test_migrations_build_exactly_the_documented_schema(db: psycopg.Connection[Any]) -> None:
+    """Every table, view and column in docs/schema.md exists with its documented type; nothing else does."""
+    built: dict[str, list[str]] = {}
+    for table, column, data_type, udt in db.execute(
+        "SELECT table_name, column_name, data_type, udt_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+    ).fetchall():
+        aliases = {"timestamp with time zone": "timestamptz", "ARRAY": udt.lstrip("_") + "[]"}
+        shown = aliases.get(data_type, data_type)
+        built.setdefault(table, []).append(f"{column} {shown}")
+    documented = _documented_columns()
+    assert len(documented) >= 9
+    assert built == documented
