@@ -38,7 +38,7 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_CONFIG, "usage or configuration error (the message names the variable)"),
     (EXIT_DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
     (EXIT_AUTH, "login guard tripped or credentials refused: fix them, then `sync-worker auth reset`"),
-    (EXIT_INTERRUPTED, "interrupted before any work finished (Ctrl-C)"),
+    (EXIT_INTERRUPTED, "aborted by a second Ctrl-C (the first one stops cleanly after the block in flight)"),
 )
 
 
@@ -239,22 +239,37 @@ def cmd_run(ctx: _Context) -> int:
     m = metrics.Metrics()
     server = None
     if settings.metrics_port is not None:
+        login_guard = _login_guard(settings)
 
         def database_ready() -> None:
             with _connection(settings):
                 pass
 
+        def guard_ready() -> None:
+            failures = login_guard.failures()
+            if failures >= login_guard.threshold:
+                raise errors.LoginGuardTrippedError(
+                    f"{failures} consecutive failed logins; run `sync-worker auth reset` after fixing them"
+                )
+
         server = health.HealthServer(
             settings.metrics_port,
             m,
             live=lambda: True,
-            ready=health.checks([("database", database_ready)]),
+            ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
         ).start()
     try:
-        return scheduler.run_daemon(settings, metrics=m)
+        code = scheduler.run_daemon(settings, metrics=m)
     finally:
         if server is not None:
             server.stop()
+    if code != EXIT_OK:
+        # Account runs still busy after the shutdown timeout sit in threads that cannot be
+        # stopped; leaving without joining them is how the timeout is honoured.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_once(ctx: _Context) -> int:

@@ -185,3 +185,15 @@ def test_format_table_aligns_columns() -> None:
     assert lines[0].startswith("a       b")
     assert lines[2] == "x       -"
     assert lines[3] == "longer  2"
+
+
+def test_readme_documents_every_exit_code() -> None:
+    """The README's exit-code table has exactly the codes and meanings the CLI uses."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for number, text in cli.EXIT_CODES:
+        assert f"| {number} | {text} |" in readme
+    assert readme.startswith("# thingspace-sms-sync")
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    assert first_block[0].startswith("make run ") and first_block[1].startswith("make test ")
