@@ -1,0 +1,209 @@
+"""The CLI as a subprocess against the simulator (real HTTP) and a real Postgres database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker import models, simulator, store
+
+ACCOUNTS = ("0252012345-00001", "0252012345-00002", "0342077777-00001")
+SECRETS = ("sim-client-secret", "sim-password")
+
+
+def worker_env(sim: simulator.Simulator, db_url: str, **extra: str) -> dict[str, str]:
+    # The parent's own settings must not leak into the subprocess.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
+    cfg = sim.config
+    env.update(
+        {
+            "SYNC_DATABASE_URL": db_url,
+            "THINGSPACE_BASE_URL": sim.base_url,
+            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
+            "THINGSPACE_CLIENT_ID": cfg.client_id,
+            "THINGSPACE_CLIENT_SECRET": cfg.client_secret.reveal(),
+            "THINGSPACE_USERNAME": cfg.username,
+            "THINGSPACE_PASSWORD": cfg.password.reveal(),
+            "SYNC_ACCOUNTS": ",".join(ACCOUNTS),
+            "SYNC_CONCURRENCY": "3",
+            "SYNC_LOG_FORMAT": "json",
+            "THINGSPACE_RETRY_MAX_WAIT": "0.2",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sync_worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    for value in SECRETS:
+        assert value not in proc.stdout + proc.stderr, f"secret leaked by {args}"
+    return proc
+
+
+def summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = proc.stdout.strip().splitlines()
+    # Everything before the summary is a JSON log line; the summary is the last line.
+    for line in lines[:-1]:
+        json.loads(line)
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def distinct_backlog(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` distinct messages: exact duplicates in different blocks are one message by design (no id)."""
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for message in simulator.seed_messages(n * 2, seed):
+        key = json.dumps(message, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(message)
+        if len(out) == n:
+            break
+    assert len(out) == n
+    return out
+
+
+def stored(db_url: str, account: str) -> list[str]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT raw_json FROM sms_history WHERE account_name = %s", (account,)).fetchall()
+    return sorted(json.dumps(json.loads(r[0]), sort_keys=True) for r in rows)
+
+
+def canonical(messages: list[Any]) -> list[str]:
+    return sorted(json.dumps(m, sort_keys=True) for m in messages)
+
+
+@pytest.mark.slow
+def test_backlog_of_10000_over_3_accounts_lands_exactly_and_a_second_once_inserts_nothing(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """`once` stores exactly the delivered set of 3 accounts (10,000 messages); a rerun inserts nothing."""
+    sizes = (3334, 3333, 3333)
+    for i, (account, n) in enumerate(zip(ACCOUNTS, sizes, strict=True)):
+        simulator.inject(account, distinct_backlog(n, seed=i + 1))
+    env = worker_env(simulator, db_url)
+
+    first = cli(env, "once")
+    assert first.returncode == 0, first.stderr
+    result = summary(first)
+    assert (result["received"], result["inserted"], result["exit_code"]) == (10_000, 10_000, 0)
+    assert result["outcomes"] == {"succeeded": 3}
+    for account, n in zip(ACCOUNTS, sizes, strict=True):
+        delivered = simulator.acknowledged(account)
+        assert len(delivered) == n
+        assert simulator.queued(account) == []
+        assert stored(db_url, account) == canonical(delivered)
+
+    second = cli(env, "once")
+    assert second.returncode == 0, second.stderr
+    assert summary(second)["inserted"] == 0
+    assert sum(len(stored(db_url, a)) for a in ACCOUNTS) == 10_000
+
+    status = cli(env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {r["account_name"]: r for r in json.loads(status.stdout.strip().splitlines()[-1])["accounts"]}
+    assert set(rows) == set(ACCOUNTS)
+    for account, n in zip(ACCOUNTS, sizes, strict=True):
+        row = rows[account]
+        assert row["row_count"] == n
+        assert row["last_run_outcome"] == "succeeded"
+        assert row["last_error"] is None
+        assert row["cursor_present"] is False
+        assert isinstance(row["last_success_at"], str)
+        assert isinstance(row["lag_seconds"], (int, float))
+
+
+def test_migrate_then_status_on_an_empty_database(
+    simulator: simulator.Simulator, make_database: Callable[..., str]
+) -> None:
+    """`status` refuses an unmigrated database (exit 3, says migrate); `migrate` fixes it, idempotently."""
+    url = make_database(migrated=False)
+    env = worker_env(simulator, url)
+
+    before = cli(env, "status", "--json")
+    assert before.returncode == 3
+    assert "migrate" in before.stderr
+
+    migrated = cli(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied: 0001" in migrated.stdout
+    again = cli(env, "migrate")
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+    after = cli(env, "status", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout.strip().splitlines()[-1]) == {"accounts": []}
+
+
+def test_bad_configuration_exits_2_before_touching_anything(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """A bad account name exits 2 naming SYNC_ACCOUNTS, and no API request is made."""
+    proc = cli(worker_env(simulator, db_url, SYNC_ACCOUNTS="0252012345-00001,../etc"), "once")
+    assert proc.returncode == 2
+    assert "SYNC_ACCOUNTS" in proc.stderr
+    assert simulator.stats.token_requests == 0
+
+
+def test_cursor_show_and_reset(simulator: simulator.Simulator, db_url: str) -> None:
+    """`cursor show` prints the stored token; `cursor reset --yes` clears it and records why."""
+    account = ACCOUNTS[0]
+    page = models.HistoryPage(account, (), has_more_data=True, status=202, next="tok12345")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        run_id = store.start_run(conn, account)
+        store.commit_block(conn, run_id, page)
+    env = worker_env(simulator, db_url)
+
+    shown = cli(env, "cursor", "show", "--account", account, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.strip().splitlines()[-1]) == {account: "tok12345"}
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "cursor", "reset", "--account", account],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+
+    reset = cli(env, "cursor", "reset", "--account", account, "--yes")
+    assert reset.returncode == 0, reset.stderr
+    with psycopg.connect(db_url) as conn:
+        assert store.get_cursor(conn, account) is None
+        (reason,) = conn.execute(
+            "SELECT cleared_reason FROM sync_cursor WHERE account_name = %s", (account,)
+        ).fetchone() or (None,)
+    assert reason is not None and "cursor reset" in reason
+
+    shown = cli(env, "cursor", "show", "--account", account, "--json")
+    assert json.loads(shown.stdout.strip().splitlines()[-1]) == {account: None}
+
+
+def test_refused_password_exits_4(simulator: simulator.Simulator, db_url: str) -> None:
+    """A wrong password makes `once` exit 4 (credentials refused), and `auth status` reports the count."""
+    env = worker_env(simulator, db_url, THINGSPACE_PASSWORD="wrong-password-1", SYNC_ACCOUNTS=ACCOUNTS[0])
+    proc = cli(env, "once")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "wrong-password-1" not in proc.stdout + proc.stderr
+    status = cli(env, "auth", "status", "--json")
+    assert status.returncode == 0
+    assert json.loads(status.stdout.strip().splitlines()[-1])["failures"] == 1
