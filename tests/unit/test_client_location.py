@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import email.utils
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from sync_worker import client, errors
 
@@ -121,3 +123,24 @@ def test_retry_after_unreadable_is_none(value: str | None) -> None:
 def test_service_prefix_is_stripped(raw: str, expected: str) -> None:
     """Only a CamelCase service prefix is removed from an M2M errorCode."""
     assert client.strip_service_prefix(raw) == expected
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(st.text(max_size=200))
+def test_any_location_yields_a_safe_token_or_unsafe_location_error(location: str) -> None:
+    """Whatever the Location text, the result is a 1-64 alphanumeric token or UnsafeLocationError."""
+    try:
+        token = client.next_token_from_location(location, BASE)
+    except errors.UnsafeLocationError:
+        return
+    assert client.valid_token(token)
+    assert token.isascii() and token.isalnum() and len(token) <= 64
+
+
+@hypothesis.settings(max_examples=100, deadline=None)
+@hypothesis.given(
+    st.from_regex(r"[A-Za-z0-9]{1,64}", fullmatch=True), st.sampled_from(["/sms/a/history", "", "x"])
+)
+def test_every_valid_token_round_trips(token: str, path: str) -> None:
+    """Any 1-64 letters/digits token in a relative Location is returned unchanged."""
+    assert client.next_token_from_location(f"{path}?next={token}", BASE) == token
