@@ -140,6 +140,7 @@ class SimConfig:
     block_size: int = 100
     final_ack: FinalAck = "on_delivery"
     token_mode: TokenMode = "reusable"  # noqa: S105 - a mode name, not a password
+    # Read once at construction; add accounts later with ``add_account`` or ``inject``.
     accounts: tuple[str, ...] = ("0252012345-00001",)
     client_id: str = "sim-client-id"
     client_secret: secret.Secret = dataclasses.field(
@@ -180,7 +181,8 @@ class Faults:
     Script steps: an HTTP status (200 = no fault; 429 carries ``retry_after``; 5xx bodies are HTML
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
-    or a ``Raw``.
+    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), or a
+    ``Raw``.
     """
 
     latency: float = 0.0
@@ -683,9 +685,10 @@ class Simulator:
         with self._lock:
             q = self._queues.get(account)
             if q is None:
-                if not create:
-                    raise KeyError(account)
-                q = self._queues[account] = _AccountQueue(account)
+                q = _AccountQueue(account)
+                if create:
+                    self._queues[account] = q
+            # An unknown account reads as an empty, detached queue.
             return q
 
     def add_account(self, account: str) -> None:
@@ -814,6 +817,10 @@ class Simulator:
             elif step == "lost_response":
                 self.stats.fault("lost_response")
                 lose = True
+            elif step in ("expire_session", "expire_bearer"):
+                # Expiry lands exactly on this request; it is then processed (and refused) as usual.
+                self.stats.fault(step)
+                self._expire("session" if step == "expire_session" else "bearer")
             else:
                 return self._fault_reply(h, step)
         status, reply_body, headers, after_write = self._process(h, kind, account, query, body)

@@ -573,3 +573,24 @@ def test_serve_runs_until_stopped_and_prints_base_url() -> None:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_scripted_session_expiry_mid_paging_acks_nothing(api: Api, simulator: sim_mod.Simulator) -> None:
+    """A scripted expire_session refuses exactly that ack request; after one re-login the token acks."""
+    seeded = simulator.seed(ACCOUNT, 250)
+    t1 = next_of(api.history())
+    simulator.faults.script("history", ["expire_session"])
+    refused = api.history(t1)
+    assert refused.json()["errorCode"] == sim_mod.CODE_SESSION_EXPIRED
+    assert simulator.acknowledged(ACCOUNT) == []
+    api.session = api.login().json()["sessionToken"]
+    assert api.history(t1).json()["messages"] == seeded[100:200]
+    assert simulator.token_acks(ACCOUNT)[t1] == 1
+    assert (simulator.stats.logins, simulator.stats.faults["expire_session"]) == (2, 1)
+
+
+def test_unknown_account_views_are_empty(simulator: sim_mod.Simulator) -> None:
+    """Reading an account the simulator does not know gives empty views and does not create it."""
+    assert simulator.queued("nobody") == []
+    assert simulator.acknowledged("nobody") == []
+    assert "nobody" not in simulator.accounts()
