@@ -55,6 +55,27 @@ class HookedSimulator(simulator.Simulator):
     def __init__(self, config: simulator.SimConfig, faults: simulator.Faults | None = None) -> None:
         super().__init__(config, faults)
         self.history_hook: Callable[[str, str], str | None] | None = None
+        # Which worker is running now (set by the harness), and every final block the simulator
+        # dequeued on delivery, tagged with that worker: (generation, account, messages).
+        self.generation = 0
+        self.final_deliveries: list[tuple[int, str, list[Any]]] = []
+        for account in config.accounts:
+            self._watch_final(account)
+
+    def _watch_final(self, account: str) -> None:
+        queue = self._queue(account, create=True)
+        original = queue._final_delivered
+
+        def final_delivered(last: int, stats: Any) -> None:
+            with queue.lock:
+                before = len(queue.acknowledged)
+            original(last, stats)
+            with queue.lock:
+                block = list(queue.acknowledged[before:])
+            if block:
+                self.final_deliveries.append((self.generation, account, block))
+
+        queue._final_delivered = final_delivered  # type: ignore[method-assign]
 
     def _serve(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> int:
         hook = self.history_hook
@@ -155,6 +176,15 @@ class Worker:
             self.killed.set()
             return True
 
+    def output_so_far(self) -> str:
+        """What the worker has written to stdout and stderr up to now (it may still run)."""
+        chunks = []
+        for fh in (self._out, self._err):
+            if fh.closed:
+                continue
+            chunks.append(os.pread(fh.fileno(), 1 << 24, 0).decode("utf-8", "replace"))
+        return "".join(chunks) or self.stdout + self.stderr
+
     def wait(self, timeout: float) -> int:
         try:
             rc = self.proc.wait(timeout=timeout)
@@ -227,13 +257,18 @@ class CrashReport:
     runs: int = 0
     seconds: float = 0.0
     missing_examples: list[str] = dataclasses.field(default_factory=list)
+    final_blocks_delivered_to_killed: int = 0
+    lost_on_delivery: int = 0
+    missing_unexplained: int = 0
 
     def line(self) -> str:
         return (
             f"final_ack={self.final_ack} token_mode={self.token_mode} seed={self.seed}: "
             f"{self.kills} kills {self.kills_by_strategy}, {self.injected} messages on "
             f"{self.accounts} accounts, expected {self.expected}, rows {self.rows}, "
-            f"missing {self.missing}, duplicated {self.duplicated}, "
+            f"missing {self.missing} (lost with a final block dequeued on delivery to a killed worker: "
+            f"{self.lost_on_delivery} in {self.final_blocks_delivered_to_killed} blocks; unexplained: "
+            f"{self.missing_unexplained}), duplicated {self.duplicated}, "
             f"unexpected {self.unexpected}; worker starts {self.worker_starts}, history GETs "
             f"{self.history_requests}, acks {self.acks}, token replays {self.token_replays}, "
             f"InvalidNextToken {self.invalid_token_errors}, logins {self.logins}, rows re-received "
@@ -282,6 +317,7 @@ class CrashHarness:
         self.rng = random.Random(seed)
         self.next_serial = dict.fromkeys(accounts, 0)
         self.report = CrashReport(sim.config.final_ack, sim.config.token_mode, seed, len(accounts))
+        self.killed_generations: set[int] = set()
 
     def inject(self, account: str, n: int) -> None:
         start = self.next_serial[account]
@@ -303,6 +339,7 @@ class CrashHarness:
             if cycles > self.target_kills * 4 + 20:
                 raise AssertionError(f"could not land {self.target_kills} kills: {self.report.line()}")
             self._cycle(cycles)
+        self.sim.generation = -1
         final = Worker(["once"], self.env(), "crash-final")
         self.report.worker_starts += 1
         self.report.final_exit = final.wait(self.cycle_timeout * 2)
@@ -313,6 +350,7 @@ class CrashHarness:
     def _cycle(self, n: int) -> None:
         strategy = self.rng.choice(self.strategies)
         skip = self.rng.randrange(0, 6)
+        self.sim.generation = n
         worker = Worker(["once"], self.env(), f"crash-worker-{n}")
         self.report.worker_starts += 1
         watcher: TxnWatcher | None = None
@@ -335,6 +373,7 @@ class CrashHarness:
                 watcher.stop.set()
                 watcher.join()
         if worker.killed.is_set():
+            self.killed_generations.add(n)
             self.report.kills += 1
             self.report.kills_by_strategy[strategy] = self.report.kills_by_strategy.get(strategy, 0) + 1
         else:
@@ -362,25 +401,22 @@ class CrashHarness:
         return hook
 
     def _verify(self) -> None:
-        expected: collections.Counter[tuple[str, str]] = collections.Counter()
-        for account in self.accounts:
-            for msg in self.sim.acknowledged(account) + self.sim.queued(account):
-                expected[(account, _canon(msg))] += 1
-        found: collections.Counter[tuple[str, str]] = collections.Counter()
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
-            for account, raw_json in conn.execute("SELECT account_name, raw_json FROM sms_history"):
-                found[(account, _canon(json.loads(raw_json)))] += 1
-            replays, runs = conn.execute(
-                "SELECT coalesce(sum(replays), 0), count(*) FROM sync_run"
-            ).fetchone()
+        cmp = compare(self.sim, self.db_url, self.accounts)
         r = self.report
-        r.expected = sum(expected.values())
-        r.rows = sum(found.values())
-        missing = expected - found
-        r.missing = sum(missing.values())
-        r.missing_examples = [m[1][:120] for m in list(missing)[:5]]
-        r.duplicated = sum(c - 1 for c in found.values() if c > 1)
-        r.unexpected = sum((found - expected).values())
+        # on_delivery: a final block written to a worker that then died is gone from the queue and
+        # from the table; no client can prevent that. Count it apart from unexplained losses.
+        at_risk: collections.Counter[tuple[str, str]] = collections.Counter()
+        for generation, account, block in self.sim.final_deliveries:
+            if generation in self.killed_generations:
+                r.final_blocks_delivered_to_killed += 1
+                for msg in block:
+                    at_risk[(account, _canon(msg))] += 1
+        missing = delivered(self.sim, self.accounts) - stored(self.db_url)
+        r.lost_on_delivery = sum((missing & at_risk).values())
+        r.missing_unexplained = sum((missing - at_risk).values())
+        r.expected, r.rows, r.missing = cmp.expected, cmp.rows, cmp.missing
+        r.duplicated, r.unexpected, r.missing_examples = cmp.duplicated, cmp.unexpected, cmp.missing_examples
+        r.db_replays, r.runs = cmp.db_replays, cmp.runs
         stats = self.sim.stats
         r.history_requests = stats.history_requests
         r.acks = stats.acks
@@ -389,5 +425,71 @@ class CrashHarness:
         r.invalid_token_errors = sum(
             1 for rec in list(stats.requests) if rec.kind == "history" and rec.status == 400
         )
-        r.db_replays = int(replays)
-        r.runs = int(runs)
+
+
+@dataclasses.dataclass
+class Comparison:
+    expected: int
+    rows: int
+    missing: int
+    duplicated: int
+    unexpected: int
+    missing_examples: list[str]
+    db_replays: int
+    runs: int
+
+    @property
+    def exact(self) -> bool:
+        return (self.missing, self.duplicated, self.unexpected) == (0, 0, 0) and self.rows == self.expected
+
+
+def delivered(sim: simulator.Simulator, accounts: tuple[str, ...]) -> collections.Counter[tuple[str, str]]:
+    """The delivered set: everything dequeued plus what is still queued (handed out or not)."""
+    expected: collections.Counter[tuple[str, str]] = collections.Counter()
+    for account in accounts:
+        for msg in sim.acknowledged(account) + sim.queued(account):
+            expected[(account, _canon(msg))] += 1
+    return expected
+
+
+def stored(db_url: str) -> collections.Counter[tuple[str, str]]:
+    found: collections.Counter[tuple[str, str]] = collections.Counter()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for account, raw_json in conn.execute("SELECT account_name, raw_json FROM sms_history"):
+            found[(account, _canon(json.loads(raw_json)))] += 1
+    return found
+
+
+def row_count(db_url: str) -> int:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM sms_history").fetchone()
+    return int(row[0]) if row else 0
+
+
+def compare(sim: simulator.Simulator, db_url: str, accounts: tuple[str, ...]) -> Comparison:
+    expected = delivered(sim, accounts)
+    found = stored(db_url)
+    missing = expected - found
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(sum(replays), 0), count(*) FROM sync_run").fetchone()
+    replays, runs = row if row else (0, 0)
+    return Comparison(
+        expected=sum(expected.values()),
+        rows=sum(found.values()),
+        missing=sum(missing.values()),
+        duplicated=sum(c - 1 for c in found.values() if c > 1),
+        unexpected=sum((found - expected).values()),
+        missing_examples=[m[1][:120] for m in list(missing)[:5]],
+        db_replays=int(replays),
+        runs=int(runs),
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    """Poll ``condition`` (a state check, not a timing guess) until true or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        pause.wait(step)
