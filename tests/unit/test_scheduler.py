@@ -1,0 +1,127 @@
+"""Scheduler pieces without a database: job configuration, listeners, signal handling, shutdown wait."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import threading
+from typing import Any
+
+import structlog
+from apscheduler import events
+
+from sync_worker import config, scheduler, secret
+
+ACCOUNTS = ("0252012345-00001", "0252012345-00002")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any) -> None:
+            self.calls.append((name, args))
+
+        return record
+
+
+def settings() -> config.Settings:
+    return config.Settings(
+        database_url="",
+        base_url="https://thingspace.verizon.com/api",
+        client_id="id",
+        client_secret=secret.Secret("client-secret-value"),
+        username="user",
+        password=secret.Secret("password-value"),
+        accounts=(
+            config.AccountSettings(ACCOUNTS[0], 300.0, 30.0),
+            config.AccountSettings(ACCOUNTS[1], 60.0, 0.0),
+        ),
+        concurrency=3,
+    )
+
+
+def test_one_job_per_account_with_safe_defaults() -> None:
+    """One interval job per account: max_instances=1, coalesce, half-interval grace, bounded pool."""
+    sched = scheduler._build_scheduler(
+        settings(),
+        api=None,  # type: ignore[arg-type]
+        connect=None,  # type: ignore[arg-type]
+        stop=threading.Event(),
+        metrics=None,
+        inflight=scheduler._InFlight(),
+    )
+    jobs = {job.id: job for job in sched.get_jobs()}
+    assert set(jobs) == {f"sync:{a}" for a in ACCOUNTS}
+    first, second = jobs[f"sync:{ACCOUNTS[0]}"], jobs[f"sync:{ACCOUNTS[1]}"]
+    assert first.max_instances == 1
+    assert first.coalesce is True
+    assert first.misfire_grace_time == 150
+    assert second.misfire_grace_time == 30
+    assert first.trigger.interval == datetime.timedelta(seconds=300)
+    assert first.trigger.jitter == 30.0
+    assert second.trigger.jitter is None
+    assert sched._executors["default"]._pool._max_workers == 3
+
+
+def test_listener_reports_missed_busy_and_failed_jobs() -> None:
+    """Missed runs, runs skipped while the previous one runs, and job errors become logs and metrics."""
+    metrics = Recorder()
+    when = datetime.datetime.now(datetime.UTC)
+    with structlog.testing.capture_logs() as logs:
+        scheduler._on_event(
+            events.JobExecutionEvent(events.EVENT_JOB_MISSED, "sync:A1", None, when), metrics=metrics
+        )
+        scheduler._on_event(
+            events.JobSubmissionEvent(events.EVENT_JOB_MAX_INSTANCES, "sync:A1", None, [when]),
+            metrics=metrics,
+        )
+        scheduler._on_event(
+            events.JobExecutionEvent(
+                events.EVENT_JOB_ERROR, "sync:A2", None, when, exception=RuntimeError("boom")
+            ),
+            metrics=metrics,
+        )
+    assert ("scheduler_event", ("missed", "A1")) in metrics.calls
+    assert ("scheduler_event", ("max_instances", "A1")) in metrics.calls
+    assert ("scheduler_event", ("job_error", "A2")) in metrics.calls
+    assert ("error", ("A2", "job_error")) in metrics.calls
+    assert [e["event"] for e in logs] == ["job_missed", "job_still_running", "job_error"]
+    assert logs[2]["log_level"] == "error"
+
+
+def test_signal_handlers_only_set_the_event_and_are_restored() -> None:
+    """Inside the guard SIGTERM/SIGINT only set the stop event; the previous handlers come back after."""
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with scheduler._signals_set(stop, enabled=True):
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+    assert stop.is_set()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_no_signal_handlers_off_the_main_thread() -> None:
+    """Run from another thread, the daemon leaves signal handlers alone (Python would refuse anyway)."""
+    seen: list[object] = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def in_thread() -> None:
+        with scheduler._signals_set(threading.Event(), enabled=True):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == [before]
+
+
+def test_inflight_wait_times_out_while_a_run_is_busy() -> None:
+    """Shutdown waits for running account jobs but gives up after the timeout."""
+    inflight = scheduler._InFlight()
+    inflight.enter()
+    assert inflight.wait_idle(0.01) is False
+    inflight.leave()
+    assert inflight.wait_idle(0.01) is True
