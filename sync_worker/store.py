@@ -103,7 +103,7 @@ def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> Blo
         received=len(built),
         malformed=len(malformed),
     )
-    with _transaction(conn) as cur:
+    with _transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
     assert row is not None
     inserted = int(row[0])
@@ -263,12 +263,20 @@ def _error_text(error: str | None) -> str | None:
 
 
 @contextmanager
-def _transaction(conn: Connection) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+def _transaction(
+    conn: Connection, *, single_statement: bool = False
+) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
         raise errors.StoreError(
             "store functions run their own transaction; the connection is already inside one"
         )
     try:
+        if single_statement and conn.autocommit:
+            # One statement in autocommit is already one atomic transaction; an
+            # explicit BEGIN/COMMIT would add two round trips per block.
+            with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+                yield cur
+            return
         with conn.transaction(), conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
             yield cur
     except psycopg.OperationalError as exc:
