@@ -129,7 +129,8 @@ def v_copy_staging(
                 copy.write_row(_tuple(r, run_id)[1:-1])
         cur.execute(
             f"INSERT INTO sms_history ({COLUMNS}) SELECT %s, message_key, occurrence, device_ids,"
-            " device_kind, device_id, device_count, message, received_at, timestamp_raw, raw_json, raw, problems, %s"
+            " device_kind, device_id, device_count, message, received_at, timestamp_raw, raw_json, raw,"
+            " problems, %s"
             " FROM stage ON CONFLICT (account_name, message_key) DO NOTHING RETURNING id",
             (page.account_name, run_id),
         )
