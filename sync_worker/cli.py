@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -461,10 +462,13 @@ def cmd_simulate(ctx: _Context) -> int:
         ctx.print("point the worker at it with:")
         ctx.print(f"  export THINGSPACE_BASE_URL={sim.base_url} THINGSPACE_ALLOW_INSECURE_LOOPBACK=1")
         ctx.print(f"  export THINGSPACE_CLIENT_ID={cfg.client_id} THINGSPACE_USERNAME={cfg.username}")
-        # Simulator credentials are fixed test values, not secrets, so printing them is the point.
-        ctx.print(
-            f"  export THINGSPACE_CLIENT_SECRET={_reveal(cfg.client_secret)} "
-            f"THINGSPACE_PASSWORD={_reveal(cfg.password)}"
+        # The simulator's credentials are fixed, public test values: printing them is the point
+        # (ctx.print would scrub them, since every Secret registers its value).
+        print(
+            f"  export THINGSPACE_CLIENT_SECRET={shlex.quote(_reveal(cfg.client_secret))} "
+            f"THINGSPACE_PASSWORD={shlex.quote(_reveal(cfg.password))}",
+            file=ctx.out,
+            flush=True,
         )
         ctx.print(f"  export SYNC_ACCOUNTS={','.join(accounts)}")
         ctx.print("Ctrl-C stops it.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import models, simulator, store
+from sync_worker import client, models, simulator, store
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002", "0342077777-00001")
 SECRETS = ("sim-client-secret", "sim-password")
@@ -207,3 +208,85 @@ def test_refused_password_exits_4(simulator: simulator.Simulator, db_url: str) -
     status = cli(env, "auth", "status", "--json")
     assert status.returncode == 0
     assert json.loads(status.stdout.strip().splitlines()[-1])["failures"] == 1
+
+    reset = cli(env, "auth", "reset")
+    assert reset.returncode == 0, reset.stderr
+    status = cli(env, "auth", "status", "--json")
+    assert json.loads(status.stdout.strip().splitlines()[-1])["failures"] == 0
+    assert simulator.stats.failed_logins == 1
+
+
+def test_send_and_start_delivery(simulator: simulator.Simulator, db_url: str) -> None:
+    """`send` posts the validated request once and prints the requestId; `start-delivery` reports success."""
+    env = worker_env(simulator, db_url)
+    sent = cli(
+        env,
+        "send",
+        "--account",
+        ACCOUNTS[0],
+        "--device",
+        "IMEI:0990000862471854",
+        "--device",
+        "msisdn:15551234567",
+        "--message",
+        "reboot $(now) & report",
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout.strip().splitlines()[-1])["requestId"]
+    (body,) = simulator.sent
+    assert body["accountName"] == ACCOUNTS[0]
+    assert body["smsMessage"] == "reboot $(now) & report"
+    assert body["deviceIds"] == [
+        {"id": "0990000862471854", "kind": "imei"},
+        {"id": "15551234567", "kind": "msisdn"},
+    ]
+
+    started = cli(env, "start-delivery", "--account", ACCOUNTS[0])
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout.strip().splitlines()[-1]) == {"account": ACCOUNTS[0], "success": True}
+    assert simulator.stats.start_callbacks == 1
+
+
+def test_simulate_serves_seeded_traffic_until_interrupted() -> None:
+    """`simulate` prints a reachable base URL with seeded messages queued, and exits 0 on SIGINT."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "simulate", "--port", "0", "--seed-messages", "150"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        base_url = lines[0].rsplit(" ", 1)[1].strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        cfg = simulator.SimConfig()
+        printed = "".join(lines)
+        assert "THINGSPACE_BASE_URL=" + base_url in printed
+        # Usable as printed: the simulator's public test credentials are not scrubbed.
+        assert f"THINGSPACE_PASSWORD={cfg.password.reveal()}\n" in printed
+        api = client.ThingSpaceClient(
+            client.ClientConfig(
+                base_url=base_url,
+                client_id=cfg.client_id,
+                client_secret=cfg.client_secret,
+                username=cfg.username,
+                password=cfg.password,
+                allow_insecure_loopback=True,
+            )
+        )
+        try:
+            page = api.sms.list_devices_sms_messages("0252012345-00001")
+        finally:
+            api.close()
+        assert len(page.messages) == 100 and page.next is not None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -187,10 +189,21 @@ def test_format_table_aligns_columns() -> None:
     assert lines[3] == "longer  2"
 
 
+def test_progress_lines_per_block() -> None:
+    """On a terminal `once` prints a cumulative progress line per committed block and still counts metrics."""
+    out = io.StringIO()
+    progress = cli._progress_metrics(out)
+    progress.block_committed("abc", 100, 90, 10, 0)
+    progress.block_committed("abc", 50, 50, 0, 1)
+    assert out.getvalue().splitlines() == [
+        "  abc: block 1, 100 messages, 90 new",
+        "  abc: block 2, 150 messages, 140 new",
+    ]
+    assert progress.messages_received.labels("abc")._value.get() == 150
+
+
 def test_readme_documents_every_exit_code() -> None:
     """The README's exit-code table has exactly the codes and meanings the CLI uses."""
-    from pathlib import Path
-
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     for number, text in cli.EXIT_CODES:
         assert f"| {number} | {text} |" in readme
