@@ -89,6 +89,7 @@ class Results:
     skipped: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     profiles: dict[str, str] = dataclasses.field(default_factory=dict)
+    load_by_step: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         self.figures[figure.key] = figure
@@ -107,6 +108,7 @@ class Results:
             "skipped": self.skipped,
             "notes": self.notes,
             "profiles": self.profiles,
+            "load_by_step": self.load_by_step,
         }
 
 

@@ -84,6 +84,24 @@ class PeerResult:
     load_seconds: float
 
 
+def dlt_credentials(dsn: str) -> str:
+    """dlt wants a URL; a libpq unix-socket DSN keeps its socket directory as the ``host`` query key."""
+    from psycopg import conninfo
+
+    parts = conninfo.conninfo_to_dict(dsn)
+    host = str(parts.get("host") or "localhost")
+    user = urllib.parse.quote(str(parts.get("user") or "postgres"))
+    # dlt insists on a password; the embedded server trusts local connections.
+    password = urllib.parse.quote(str(parts.get("password") or "unused"))
+    db = urllib.parse.quote(str(parts.get("dbname") or "postgres"))
+    port = int(parts.get("port") or 5432)
+    if host.startswith("/"):
+        # dlt requires a host; libpq lets the query's host (the socket directory) win.
+        query = urllib.parse.urlencode({"host": host})
+        return f"postgresql://{user}:{password}@localhost:{port}/{db}?{query}"
+    return f"postgresql://{user}:{password}@{host}:{port}/{db}"
+
+
 def make_paginator() -> Any:
     from dlt.sources.helpers.rest_client.paginators import BasePaginator
 
@@ -152,7 +170,7 @@ def run_peer(
     with tempfile.TemporaryDirectory(prefix="dlt-bench-") as pipelines_dir:
         pipeline = dlt.pipeline(
             pipeline_name=f"bench_peer_{account.replace('-', '_')}",
-            destination=dlt.destinations.postgres(credentials=database_url),
+            destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)),
             dataset_name=dataset,
             pipelines_dir=pipelines_dir,
         )

@@ -11,6 +11,7 @@ of a million messages neither shares the worker's GIL nor counts in its RSS.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,8 +40,8 @@ class ChildRun:
 
     def last_json(self) -> dict[str, Any]:
         """The last stdout line that parses as a JSON object (the child's report)."""
-        for line in reversed(self.stdout.splitlines()):
-            line = line.strip()
+        for raw in reversed(self.stdout.splitlines()):
+            line = raw.strip()
             if line.startswith("{"):
                 try:
                     value = json.loads(line)
@@ -154,10 +155,8 @@ class SimHost:
     def stop(self) -> None:
         if self._proc is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError, OSError, ValueError):
             self.call("quit")
-        except (RuntimeError, OSError, ValueError):
-            pass
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
     from sync_worker import simulator
 
     kwargs = json.loads(argv[1]) if len(argv) > 1 else {}
+    if "accounts" in kwargs:
+        kwargs["accounts"] = tuple(kwargs["accounts"])
     sim = simulator.Simulator(simulator.SimConfig(**kwargs))
     sim.start()
     _answer({"base_url": sim.base_url})
@@ -53,12 +55,7 @@ def main(argv: list[str]) -> int:
                     _set_latency(sim, float(cmd["seconds"]))
                     _answer({"ok": True})
                 elif op == "stats":
-                    stats = sim.stats
-                    if hasattr(stats, "snapshot"):
-                        stats = stats.snapshot()
-                    elif not isinstance(stats, dict):
-                        stats = dict(vars(stats))
-                    _answer({"stats": stats})
+                    _answer({"stats": sim.stats.as_dict()})
                 else:
                     _answer({"error": f"unknown op {op!r}"})
             except Exception as exc:  # the parent must see the failure, not a hang

@@ -1,0 +1,576 @@
+"""The measurements of issue 6, each a function of a shared ``Context``.
+
+Throughput figures count messages *received* (what the API delivered and the
+worker acknowledged); the simulator's seed includes ~2% exact duplicates, which
+become their own rows (occurrence numbering), so received == rows stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+
+from bench import harness, pg, proc
+
+BLOCK = 100
+SIM_CREDENTIALS = {
+    "THINGSPACE_CLIENT_ID": "sim-client-id",
+    "THINGSPACE_CLIENT_SECRET": "sim-client-secret",
+    "THINGSPACE_USERNAME": "sim-user",
+    "THINGSPACE_PASSWORD": "sim-password",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    reps: int
+    limit_backlog: int  # scenario 1: messages fetched / built / committed per repetition
+    one_account: int  # scenario 2
+    many_accounts: int  # scenario 3: number of accounts
+    many_each: int  # scenario 3: messages per account
+    many_concurrency: int
+    latency: float  # scenario 4
+    latency_accounts: int
+    latency_each: int
+    latency_concurrency: int
+    memory_small: int  # scenario 5
+    memory_large: int
+    big_table: int  # scenario 6: rows already present
+    growth_blocks: int  # scenario 6: blocks timed per repetition
+    peer_backlog: int  # scenario 7
+
+
+FULL = Sizes(
+    reps=3,
+    limit_backlog=50_000,
+    one_account=200_000,
+    many_accounts=8,
+    many_each=25_000,
+    many_concurrency=8,
+    latency=0.1,
+    latency_accounts=50,
+    latency_each=2_000,
+    latency_concurrency=10,
+    memory_small=10_000,
+    memory_large=1_000_000,
+    big_table=10_000_000,
+    growth_blocks=300,
+    peer_backlog=200_000,
+)
+QUICK = Sizes(
+    reps=3,
+    limit_backlog=5_000,
+    one_account=10_000,
+    many_accounts=4,
+    many_each=2_500,
+    many_concurrency=4,
+    latency=0.1,
+    latency_accounts=10,
+    latency_each=500,
+    latency_concurrency=5,
+    memory_small=2_000,
+    memory_large=20_000,
+    big_table=200_000,
+    growth_blocks=50,
+    peer_backlog=10_000,
+)
+
+
+@dataclasses.dataclass
+class Context:
+    admin_dsn: str
+    sim: proc.SimHost
+    sizes: Sizes
+    results: harness.Results
+    log: Callable[[str], None]
+    profile: bool = False
+    _serial: int = 0
+
+    def name(self, prefix: str) -> str:
+        """A fresh account / database name, so no repetition sees another's data."""
+        self._serial += 1
+        return f"{prefix}-{os.getpid() % 10000:04d}-{self._serial:04d}"
+
+    def worker_env(self, dsn: str, accounts: list[str], concurrency: int = 4) -> dict[str, str]:
+        return {
+            **SIM_CREDENTIALS,
+            "THINGSPACE_BASE_URL": self.sim.base_url,
+            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
+            "SYNC_DATABASE_URL": dsn,
+            "SYNC_ACCOUNTS": ",".join(accounts),
+            "SYNC_CONCURRENCY": str(concurrency),
+            # The bench drains whole backlogs; the run budget must never cut a run short.
+            "SYNC_RUN_BUDGET_SECONDS": "86400",
+            "SYNC_INTERVAL_SECONDS": "86400",
+            "SYNC_LOG_FORMAT": "json",
+            "SYNC_LOG_LEVEL": "INFO",
+        }
+
+    def fresh_db(self, prefix: str = "bench") -> tuple[str, str]:
+        name = self.name(prefix).replace("-", "_")
+        return name, pg.fresh_database(self.admin_dsn, name)
+
+
+def _settings(env: Mapping[str, str]) -> Any:
+    from sync_worker import config
+
+    return config.load(env)
+
+
+def _quiet_production_logging() -> None:
+    """The worker's own JSON logging at INFO, written to a null sink.
+
+    The formatting cost stays in the measurement (production pays it too);
+    only the terminal output is discarded.
+    """
+    from sync_worker import logs
+
+    logs.configure(fmt="json", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115
+
+
+# --- 1. the limits ----------------------------------------------------------
+
+
+def _commit_prebuilt(conn: psycopg.Connection[Any], run_id: int, page: Any, built: list[Any]) -> int:
+    """``store.commit_block`` minus the row building: the write path and nothing else.
+
+    Mirrors store.commit_block line for line (it builds rows first, then
+    issues one statement); keep in step if that function changes.
+    """
+    from sync_worker import queries, store
+
+    params = store._block_params(built)
+    malformed = sum(1 for r in built if r.problems)
+    params.update(
+        account_name=page.account_name,
+        run_id=run_id,
+        next_token=page.next,
+        received=len(built),
+        malformed=malformed,
+    )
+    with store._transaction(conn) as cur:
+        row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def limits(ctx: Context) -> None:
+    from sync_worker import client, rows, store
+
+    sz = ctx.sizes
+    fetch_ms: list[float] = []
+    build_ms: list[float] = []
+    commit_ms: list[float] = []
+    ceilings: list[float] = []
+    for rep in range(sz.reps):
+        account = ctx.name("limit")
+        ctx.sim.seed(account, sz.limit_backlog, seed=100 + rep)
+        _, dsn = ctx.fresh_db("limit")
+        settings = _settings(ctx.worker_env(dsn, [account]))
+        with client.ThingSpaceClient(settings.client_config()) as api:
+            # Log in outside the timed region: one login per process, not per block.
+            warm = ctx.name("warm")
+            ctx.sim.seed(warm, 1)
+            api.sms.list_devices_sms_messages(warm)
+            pages = []
+            with harness.Stopwatch() as sw:
+                for page in api.sms.iter_history_blocks(account):
+                    pages.append(page)
+        fetch_ms.append(sw.elapsed * 1000 / len(pages))
+        n_rows = sum(len(p.messages) for p in pages)
+        assert n_rows == sz.limit_backlog, (n_rows, sz.limit_backlog)
+
+        with harness.Stopwatch() as sw:
+            built = [rows.build_rows(p.account_name, p.messages) for p in pages]
+        build_ms.append(sw.elapsed * 1000 / len(pages))
+
+        pg.checkpoint(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            run_id = store.start_run(conn, account)
+            inserted = 0
+            with harness.Stopwatch() as sw:
+                for page, block_rows in zip(pages, built, strict=True):
+                    inserted += _commit_prebuilt(conn, run_id, page, block_rows)
+        commit_ms.append(sw.elapsed * 1000 / len(pages))
+        # The seed repeats ~2% of messages verbatim; a repeat in a later block has the same key.
+        assert 0.9 * n_rows < inserted <= n_rows, (inserted, n_rows)
+        # Blocks are full except the last; per-row cost uses the real average block size.
+        per_block = n_rows / len(pages)
+        ceilings.append(per_block / ((fetch_ms[-1] + build_ms[-1] + commit_ms[-1]) / 1000))
+        ctx.log(
+            f"  limits rep {rep + 1}: fetch {fetch_ms[-1]:.2f} ms, build {build_ms[-1]:.2f} ms, "
+            f"commit {commit_ms[-1]:.2f} ms per block -> ceiling {ceilings[-1]:,.0f} rows/s"
+        )
+    r = ctx.results
+    r.add(harness.Figure("fetch_ms", "1. fetch + decode one block (no DB)", "ms", tuple(fetch_ms), False))
+    r.add(
+        harness.Figure(
+            "build_ms", "1. build rows of one block (parse + key, no I/O)", "ms", tuple(build_ms), False
+        )
+    )
+    r.add(
+        harness.Figure(
+            "commit_ms", "1. commit one block of 100 (write path alone)", "ms", tuple(commit_ms), False
+        )
+    )
+    r.add(
+        harness.Figure(
+            "ceiling",
+            "1. single-account ceiling 1/(fetch+build+commit)",
+            "rows/s",
+            tuple(ceilings),
+            note="per repetition, from that repetition's three parts",
+        )
+    )
+
+
+# --- 2 / 3. end to end, zero latency -------------------------------------------
+
+
+def _sync_pass(
+    ctx: Context, accounts: list[str], each: int, concurrency: int, seed: int
+) -> tuple[float, int]:
+    from sync_worker import sync
+
+    for i, account in enumerate(accounts):
+        ctx.sim.seed(account, each, seed=seed + i)
+    _, dsn = ctx.fresh_db("e2e")
+    settings = _settings(ctx.worker_env(dsn, accounts, concurrency))
+    pg.checkpoint(dsn)
+    with harness.Stopwatch() as sw:
+        result = sync.sync_once(settings)
+    failed = [a for a in result.accounts if a.outcome != "succeeded"]
+    if failed:
+        raise RuntimeError(f"sync failed: {failed[0].error}")
+    received = sum(a.received for a in result.accounts)
+    if received != each * len(accounts):
+        raise RuntimeError(f"received {received}, expected {each * len(accounts)}")
+    inserted = sum(a.inserted for a in result.accounts)
+    stored = pg.count_rows(dsn)
+    if stored != inserted:
+        raise RuntimeError(f"{stored} rows in sms_history, the runs reported {inserted} inserted")
+    return sw.elapsed, received
+
+
+def one_account(ctx: Context) -> None:
+    sz = ctx.sizes
+    rates: list[float] = []
+    for rep in range(sz.reps):
+        account = ctx.name("one")
+        seconds, received = _sync_pass(ctx, [account], sz.one_account, 1, 200 + rep)
+        rates.append(received / seconds)
+        ctx.log(f"  one account rep {rep + 1}: {received} in {seconds:.2f} s = {rates[-1]:,.0f} rows/s")
+    ctx.results.add(
+        harness.Figure(
+            "one_account", f"2. one account, zero latency, backlog {sz.one_account:,}", "rows/s", tuple(rates)
+        )
+    )
+
+
+def many_accounts(ctx: Context) -> None:
+    sz = ctx.sizes
+    rates: list[float] = []
+    for rep in range(sz.reps):
+        accounts = [ctx.name("many") for _ in range(sz.many_accounts)]
+        seconds, received = _sync_pass(ctx, accounts, sz.many_each, sz.many_concurrency, 300 + 10 * rep)
+        rates.append(received / seconds)
+        ctx.log(f"  many accounts rep {rep + 1}: {received} in {seconds:.2f} s = {rates[-1]:,.0f} rows/s")
+    ctx.results.add(
+        harness.Figure(
+            "many_accounts",
+            f"3. {sz.many_accounts} accounts x {sz.many_each:,}, zero latency, "
+            f"concurrency {sz.many_concurrency}",
+            "rows/s",
+            tuple(rates),
+        )
+    )
+
+
+# --- 4. realistic latency -----------------------------------------------------
+
+
+def latency(ctx: Context) -> None:
+    sz = ctx.sizes
+    blocks = math.ceil(sz.latency_each / BLOCK)
+    rounds = math.ceil(sz.latency_accounts / sz.latency_concurrency)
+    ideal = blocks * sz.latency * rounds
+    walls: list[float] = []
+    overhead_ms: list[float] = []
+    ctx.sim.set_latency(sz.latency)
+    try:
+        for rep in range(sz.reps):
+            accounts = [ctx.name("lat") for _ in range(sz.latency_accounts)]
+            seconds, _ = _sync_pass(ctx, accounts, sz.latency_each, sz.latency_concurrency, 400 + 100 * rep)
+            walls.append(seconds)
+            # What the worker adds on top of the latency, per block of the critical path.
+            overhead_ms.append((seconds - ideal) / (blocks * rounds) * 1000)
+            ctx.log(f"  latency rep {rep + 1}: {seconds:.2f} s (ideal {ideal:.2f} s)")
+    finally:
+        ctx.sim.set_latency(0.0)
+    r = ctx.results
+    r.add(
+        harness.Figure(
+            "latency_wall",
+            f"4. {sz.latency_accounts} accounts x {sz.latency_each:,} at {sz.latency * 1000:.0f} ms, "
+            f"concurrency {sz.latency_concurrency}: wall time",
+            "s",
+            tuple(walls),
+            False,
+            note=f"ideal {ideal:.2f} s = {blocks} blocks x {sz.latency} s x {rounds} rounds",
+        )
+    )
+    r.add(
+        harness.Figure(
+            "latency_overhead",
+            "4. worker's own time per block on the critical path ((wall - ideal) / blocks in sequence)",
+            "ms",
+            tuple(overhead_ms),
+            False,
+            note="includes the one-off OAuth + login round trips (2 x latency)",
+        )
+    )
+    ctx.results.environment.setdefault("workload", {})["latency_ideal_s"] = round(ideal, 3)
+
+
+# --- 5. memory ------------------------------------------------------------------
+
+
+def _memory_run(ctx: Context, sim: proc.SimHost, n: int, seed: int) -> tuple[float, float, int]:
+    account = ctx.name("mem")
+    sim.seed(account, n, seed=seed)
+    _, dsn = ctx.fresh_db("mem")
+    env = dict(os.environ)
+    env.update(ctx.worker_env(dsn, [account], 1))
+    env["THINGSPACE_BASE_URL"] = sim.base_url
+    run = proc.run_measured([sys.executable, "-m", "sync_worker", "once"], env=env, timeout=3600)
+    if run.returncode != 0:
+        raise RuntimeError(f"worker exited {run.returncode}: {run.stderr[-2000:]}")
+    summary = run.last_json()
+    if sim.queued(account) != 0 or sim.acknowledged(account) != n:
+        raise RuntimeError(f"worker did not drain {n} messages; summary {summary}")
+    pg.drop_database(ctx.admin_dsn, dsn_name(dsn))
+    return run.peak_rss_mib, run.wall_seconds, n
+
+
+def dsn_name(dsn: str) -> str:
+    from psycopg import conninfo
+
+    return str(conninfo.conninfo_to_dict(dsn)["dbname"])
+
+
+def memory(ctx: Context) -> None:
+    sz = ctx.sizes
+    for label, n in (("small", sz.memory_small), ("large", sz.memory_large)):
+        peaks: list[float] = []
+        for rep in range(sz.reps):
+            # A simulator per large run: its delivered list would otherwise pile up millions of messages.
+            with proc.SimHost() as sim:
+                peak, seconds, stored = _memory_run(ctx, sim, n, 500 + rep)
+            peaks.append(peak)
+            ctx.log(
+                f"  memory {n:,} rep {rep + 1}: peak RSS {peak:.1f} MiB, {stored} rows in {seconds:.1f} s "
+                f"({stored / seconds:,.0f} rows/s incl. start-up)"
+            )
+        ctx.results.add(
+            harness.Figure(
+                f"memory_{label}",
+                f"5. worker process peak RSS draining {n:,}",
+                "MiB",
+                tuple(peaks),
+                False,
+                note="`python -m sync_worker once`, kernel ru_maxrss of the child",
+            )
+        )
+
+
+# --- 6. cost as the table grows ------------------------------------------------
+
+
+def _synthetic_pages(account: str, blocks: int, seed: int) -> list[Any]:
+    from sync_worker import models, simulator
+
+    raw = simulator.seed_messages(blocks * BLOCK, seed=seed)
+    pages = []
+    for b in range(blocks):
+        chunk = raw[b * BLOCK : (b + 1) * BLOCK]
+        pages.append(
+            models.HistoryPage(
+                account_name=account,
+                messages=tuple(models.SMSMessage.from_wire(m) for m in chunk),
+                has_more_data=b < blocks - 1,
+                status=202 if b < blocks - 1 else 200,
+                next=f"tok{b:06d}" if b < blocks - 1 else None,
+            )
+        )
+    return pages
+
+
+def _timed_commits(dsn: str, account: str, pages: list[Any]) -> float:
+    """Median per-block write time (ms) of ``store.commit_block`` over ``pages``."""
+    import statistics
+
+    from sync_worker import store
+
+    pg.checkpoint(dsn)
+    per_block: list[float] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run_id = store.start_run(conn, account)
+        for page in pages:
+            t0 = time.perf_counter()
+            store.commit_block(conn, run_id, page)
+            per_block.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(per_block)
+
+
+def growth(ctx: Context) -> None:
+    sz = ctx.sizes
+    empty_name, empty_dsn = ctx.fresh_db("growth_empty")
+    big_name, big_dsn = ctx.fresh_db("growth_big")
+    ctx.log(f"  bulk-loading {sz.big_table:,} rows ...")
+    load_s = pg.bulk_load(big_dsn, sz.big_table)
+    present = pg.count_rows(big_dsn)
+    ctx.log(f"  loaded {present:,} rows in {load_s:.1f} s")
+    empty: list[float] = []
+    big: list[float] = []
+    for rep in range(sz.reps):
+        # The same messages in both databases, under accounts neither has seen.
+        account = ctx.name("grow")
+        pages = _synthetic_pages(account, sz.growth_blocks, seed=600 + rep)
+        empty.append(_timed_commits(empty_dsn, account, pages))
+        big.append(_timed_commits(big_dsn, account, pages))
+        ctx.log(
+            f"  growth rep {rep + 1}: empty {empty[-1]:.3f} ms, {present:,} rows {big[-1]:.3f} ms per block"
+        )
+    r = ctx.results
+    r.add(
+        harness.Figure(
+            "growth_empty",
+            "6. per-block write (commit_block) into an empty sms_history",
+            "ms",
+            tuple(empty),
+            False,
+            note=f"median of {sz.growth_blocks} blocks per repetition",
+        )
+    )
+    r.add(
+        harness.Figure(
+            "growth_big",
+            f"6. per-block write with {present:,} rows already present",
+            "ms",
+            tuple(big),
+            False,
+            note=f"bulk load took {load_s:.0f} s (setup, not measured)",
+        )
+    )
+    pg.drop_database(ctx.admin_dsn, big_name)
+    pg.drop_database(ctx.admin_dsn, empty_name)
+
+
+# --- 7. the dlt peer ------------------------------------------------------------
+
+
+def peer(ctx: Context) -> None:
+    from bench import peer_dlt
+    from sync_worker import models, rows
+
+    def keys(account: str, raw: list[Any]) -> list[str]:
+        # The worker's own identity rule, so both sides deduplicate on the same key.
+        return [
+            r.message_key for r in rows.build_rows(account, [models.SMSMessage.from_wire(m) for m in raw])
+        ]
+
+    sz = ctx.sizes
+    rates: list[float] = []
+    extract: list[float] = []
+    headers = peer_dlt.login(ctx.sim.base_url, *SIM_CREDENTIALS.values())
+    for rep in range(sz.reps):
+        account = ctx.name("peer")
+        ctx.sim.seed(account, sz.peer_backlog, seed=200 + rep)
+        name, dsn = ctx.fresh_db("peer")
+        pg.checkpoint(dsn)
+        result = peer_dlt.run_peer(
+            base_url=ctx.sim.base_url, account=account, database_url=dsn, headers=headers, key_fn=keys
+        )
+        if ctx.sim.queued(account) != 0:
+            raise RuntimeError(f"dlt left {ctx.sim.queued(account)} messages queued")
+        # Throughput counts messages received, as for the worker (repeats dedupe to fewer rows).
+        rates.append(sz.peer_backlog / result.seconds)
+        extract.append(result.extract_seconds / result.seconds * 100)
+        ctx.log(
+            f"  dlt rep {rep + 1}: {sz.peer_backlog} messages ({result.rows} rows) in "
+            f"{result.seconds:.2f} s = {rates[-1]:,.0f} rows/s "
+            f"(extract {result.extract_seconds:.1f} s, normalize+load {result.load_seconds:.1f} s)"
+        )
+        pg.drop_database(ctx.admin_dsn, name)
+    r = ctx.results
+    r.add(
+        harness.Figure(
+            "peer",
+            f"7. dlt {harness._version('dlt')} REST client + postgres merge, backlog {sz.peer_backlog:,}",
+            "rows/s",
+            tuple(rates),
+            note="extracts everything before loading: acknowledges blocks before they are durable",
+        )
+    )
+    r.add(
+        harness.Figure(
+            "peer_extract_share",
+            "7. dlt: share of its time spent extracting (HTTP)",
+            "%",
+            tuple(extract),
+            False,
+        )
+    )
+
+
+# --- profiling ------------------------------------------------------------------
+
+
+def profile_one_account(ctx: Context) -> None:
+    """An extra, untimed pass of scenario 2 under pyinstrument: where a block's time goes."""
+    from sync_worker import client, sync
+
+    n = max(ctx.sizes.one_account // 4, 5_000)
+    account = ctx.name("prof")
+    ctx.sim.seed(account, n, seed=900)
+    _, dsn = ctx.fresh_db("prof")
+    settings = _settings(ctx.worker_env(dsn, [account]))
+    # sync_once runs accounts on a thread pool and pyinstrument samples only the
+    # thread it started on, so the same per-account loop runs here on this thread.
+    with client.ThingSpaceClient(settings.client_config()) as api:
+        result = _profiled(
+            ctx,
+            f"scenario 2 loop (sync.sync_account), one account, {n:,} messages, separate untimed pass",
+            lambda: sync.sync_account(api, account, sync.connection_factory(dsn)),
+        )
+    if result.outcome != "succeeded" or result.received != n:
+        raise RuntimeError(f"profiled pass: {result.outcome} {result.received} {result.error}")
+
+
+def _profiled(ctx: Context, name: str, fn: Callable[[], Any]) -> Any:
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return fn()
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    try:
+        return fn()
+    finally:
+        profiler.stop()
+        buf = io.StringIO()
+        buf.write(profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False))
+        ctx.results.profiles[name] = _trim_profile(buf.getvalue())
+
+
+def _trim_profile(text: str, lines: int = 60) -> str:
+    kept = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(kept[:lines])
