@@ -179,9 +179,7 @@ class SMSMessagesQueryResult:
         """Parse a history body. A body whose *envelope* is wrong raises
         ``errors.ResponseFormatError``; individual bad messages do not."""
         if not isinstance(obj, dict):
-            raise errors.ResponseFormatError(
-                f"history body is a JSON {_json_type(obj)}, not an object"
-            )
+            raise errors.ResponseFormatError(f"history body is a JSON {_json_type(obj)}, not an object")
         raw_messages = obj.get("messages", [])
         if not isinstance(raw_messages, list):
             raise errors.ResponseFormatError(
