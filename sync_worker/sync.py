@@ -38,15 +38,12 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import psycopg
 import structlog
 
-from sync_worker import errors, models, store
-
-if TYPE_CHECKING:
-    from sync_worker import client, config, guard
+from sync_worker import client, config, errors, guard, migrations, models, store
 
 Outcome = Literal["succeeded", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
@@ -54,6 +51,8 @@ ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_AUTH: Final = 4
+# Restarts at the head of the queue after a rejected ``next`` token, per run.
+_MAX_CURSOR_RESTARTS: Final = 3
 
 _log = structlog.get_logger(__name__)
 
@@ -288,7 +287,7 @@ class _AccountRun:
         return self.finish(outcome, failure, error_text, deferred=deferred)
 
     def drain(self, conn: psycopg.Connection[Any], run_id: int, cursor: str | None) -> None:
-        restarted = False
+        restarts = 0
         while True:
             self.check_stop()
             blocks = self.api.sms.iter_history_blocks(self.account, cursor, deadline=self.deadline)
@@ -305,14 +304,22 @@ class _AccountRun:
                     self.check_stop()
                 return
             except errors.InvalidCursorError:
-                if not first or cursor is None or restarted:
+                # Restarting at the head is always safe: every block a rejected
+                # token could acknowledge is committed already, and whatever is
+                # still queued comes back (as replays if stored). It happens with
+                # a stale stored token, and mid-drain with single-use tokens when
+                # a response was lost and the retry re-sent a consumed token.
+                # Bounded, so a platform rejecting every token cannot loop us.
+                if restarts >= _MAX_CURSOR_RESTARTS:
                     raise
-                # The stored token is no longer accepted: start again at the
-                # head of the queue; blocks already stored come back as replays.
-                _log.warning("stored_cursor_rejected", action="cleared; restarting at the head of the queue")
+                restarts += 1
+                _log.warning(
+                    "cursor_rejected",
+                    token="stored" if first and restarts == 1 and cursor is not None else "in_flight",
+                    action="cleared; restarting at the head of the queue",
+                )
                 store.clear_cursor(conn, self.account, "next token rejected by the API")
                 cursor = None
-                restarted = True
             finally:
                 close = getattr(blocks, "close", None)
                 if close is not None:
@@ -446,9 +453,6 @@ def sync_once(
     connection factory built from ``settings`` (the daemon shares its own; tests
     inject theirs).
     """
-    # Imported here so `sync` stays importable without the database schema code.
-    from sync_worker import config, migrations  # noqa: PLC0415
-
     connect = connect or functools.partial(config.connect, settings)
     with connect() as conn:
         migrations.check_schema(conn)
@@ -485,8 +489,6 @@ def build_client(
     Close both when done: the guard may still hold the cross-process login lock
     of a login that ended without a verdict.
     """
-    from sync_worker import client, guard  # noqa: PLC0415
-
     login_guard = guard.LoginGuard(
         connect,
         principal=settings.username,

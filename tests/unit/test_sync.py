@@ -140,17 +140,43 @@ def test_rejected_stored_cursor_restarts_once_at_head(journal: Journal) -> None:
     assert result.outcome == "succeeded"
     assert api.calls == ["stale", None]
     assert "clear" in journal.events
-    assert any(e["event"] == "stored_cursor_rejected" and e["log_level"] == "warning" for e in logs)
+    assert any(e["event"] == "cursor_rejected" and e["log_level"] == "warning" for e in logs)
 
 
-def test_cursor_rejected_after_head_restart_fails(journal: Journal) -> None:
-    """A token rejected mid-drain (not the stored one) fails the run instead of looping."""
+def test_token_rejected_mid_drain_restarts_at_head(journal: Journal) -> None:
+    """A token rejected mid-drain (a single-use token re-sent after a lost response) restarts at the head."""
+    api = FakeApi(journal, [page(1, "t1"), errors.InvalidCursorError("bad", status=400)])
+    original = api.iter_history_blocks
+
+    def head_then_done(
+        account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> Iterator[models.HistoryPage]:
+        if len(api.calls) == 1:
+            api.blocks = [page(2, None)]
+        return original(account_name, next, deadline=deadline)
+
+    api.iter_history_blocks = head_then_done  # type: ignore[method-assign]
+    result = run(api)
+    assert result.outcome == "succeeded"
+    assert api.calls == [None, None]
+    assert journal.events == [
+        "request None",
+        "commit t1",
+        "request t1",
+        "clear",
+        "request None",
+        "commit None",
+    ]
+
+
+def test_every_token_rejected_fails_after_bounded_restarts(journal: Journal) -> None:
+    """A platform that rejects every token makes the run fail after a few restarts instead of looping."""
     api = FakeApi(journal, [page(1, "t1"), errors.InvalidCursorError("bad", status=400)])
     result = run(api)
     assert result.outcome == "failed"
     assert result.error_kind == "InvalidCursorError"
+    assert journal.events.count("clear") == sync._MAX_CURSOR_RESTARTS
     assert journal.cursor == "t1"
-    assert "clear" not in journal.events
 
 
 def test_locked_account_is_skipped_without_requests(journal: Journal) -> None:
