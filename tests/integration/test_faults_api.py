@@ -3,59 +3,14 @@
 from __future__ import annotations
 
 import collections
-import threading
-from typing import Any
 
 import pytest
 
-from sync_worker import client, config, retry, simulator, sync
-from tests.reliability import crash
+from sync_worker import simulator
+from tests.reliability import crash, inproc
 
 ACCOUNTS = ("0252012345-00021", "0252012345-00022")
 PER_ACCOUNT = 3000
-
-
-class Observer:
-    """Counts what the client reports: one on_request per exchange, one on_retry per planned retry."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: collections.Counter[tuple[str, int | None]] = collections.Counter()
-        self.retries: list[tuple[str, str, float]] = []
-
-    def on_request(self, operation: str, status: int | None, seconds: float) -> None:
-        with self.lock:
-            self.requests[(operation, status)] += 1
-
-    def on_retry(self, operation: str, reason: str, wait: float) -> None:
-        with self.lock:
-            self.retries.append((operation, reason, wait))
-
-
-def _run(
-    sim: simulator.Simulator, db_url: str, *, max_attempts: int = 8
-) -> tuple[Any, Observer, list[float]]:
-    settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS, SYNC_CONCURRENCY="1"))
-    observer = Observer()
-    slept: list[float] = []
-    cfg = client.ClientConfig(
-        base_url=settings.base_url,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        username=settings.username,
-        password=settings.password,
-        # Short read timeout: the simulator's "timeout" fault holds a request for 1 s.
-        timeout=(2.0, 0.3),
-        retry=retry.RetryPolicy(max_attempts=max_attempts, sleep=slept.append),
-        allow_insecure_loopback=True,
-        observer=observer,
-    )
-    api = client.ThingSpaceClient(cfg)
-    try:
-        result = sync.sync_once(settings, api=api)
-    finally:
-        api.close()
-    return result, observer, slept
 
 
 def _sim(token_mode: str = "reusable") -> crash.HookedSimulator:
@@ -80,7 +35,7 @@ def test_sync_completes_exactly_through_transient_faults_and_session_expiry(db_u
         sim.faults.timeout_seconds = 1.0
         sim.faults.rate_limit_rate = 0.05
         sim.faults.retry_after = "2"
-        result, observer, slept = _run(sim, db_url)
+        result, observer, slept = inproc.run_pass(sim, db_url, ACCOUNTS)
         stats = sim.stats.as_dict()
 
     assert result.exit_code == 0, result.summary()
@@ -118,14 +73,14 @@ def test_retry_after_above_the_cap_is_not_slept_through(db_url: str) -> None:
             sim.inject(account, crash.make_messages(account, 0, 500, seed=4))
         sim.faults.retry_after = "100000"
         sim.faults.script("history", [200, 200, 429])
-        result, _observer, slept = _run(sim, db_url)
+        result, _observer, slept = inproc.run_pass(sim, db_url, ACCOUNTS)
         assert slept == []
         failed = [a for a in result.accounts if a.outcome == "failed"]
         assert len(failed) == 1 and "429" in (failed[0].error or "")
         assert failed[0].blocks == 2, "the two blocks before the 429 must have been committed"
         # The next pass resumes from the stored cursor and finishes with nothing lost or doubled.
         sim.faults.clear()
-        again, _, _ = _run(sim, db_url)
+        again, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
         cmp = crash.compare(sim, db_url, ACCOUNTS)
     assert again.exit_code == 0, again.summary()
     assert cmp.exact and cmp.rows == 1000 and cmp.db_replays == 0, cmp
@@ -145,7 +100,7 @@ def test_lost_response_with_single_use_tokens_completes_in_one_pass(db_url: str)
         for account in ACCOUNTS:
             sim.inject(account, crash.make_messages(account, 0, 1000, seed=6))
         sim.faults.script("history", [200, 200, 200, "lost_response"])
-        result, _observer, _slept = _run(sim, db_url)
+        result, _observer, _slept = inproc.run_pass(sim, db_url, ACCOUNTS)
         cmp = crash.compare(sim, db_url, ACCOUNTS)
     assert cmp.duplicated == 0 and cmp.unexpected == 0
     assert result.exit_code == 0, result.summary()
