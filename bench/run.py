@@ -19,6 +19,9 @@ from pathlib import Path
 from bench import harness, pg, proc, scenarios
 
 HERE = Path(__file__).resolve().parent
+# Outside the repository: the server's files survive between runs so the big
+# table of scenario 6 is loaded once ($SYNC_BENCH_PGDATA overrides).
+DEFAULT_PGDATA = "/var/tmp/thingspace-sms-sync-bench/pgdata"
 ORDER: tuple[tuple[str, Callable[[scenarios.Context], None]], ...] = (
     ("limits", scenarios.limits),
     ("one_account", scenarios.one_account),
@@ -157,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="write the table into bench/README.md (default: on for a full run of everything)",
     )
+    parser.add_argument(
+        "--fresh-server",
+        action="store_true",
+        help="a throwaway server (the 10M-row table is then loaded again, several minutes)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the pyinstrument pass")
     args = parser.parse_args(argv)
 
@@ -178,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulator": "sync_worker.simulator in its own process over loopback HTTP",
         "worker_logging": "JSON at INFO to a null sink (formatting cost included)",
     }
-    with pg.server() as admin_dsn:
+    data_dir = None if args.fresh_server else Path(os.environ.get("SYNC_BENCH_PGDATA", DEFAULT_PGDATA))
+    with pg.server(data_dir) as admin_dsn:
         results.environment["postgres_settings"] = pg.settings(admin_dsn)
         pg.ensure_template(admin_dsn)
         scenarios._quiet_production_logging()
