@@ -76,6 +76,17 @@ class HookedSimulator(simulator.Simulator):
                 self.final_deliveries.append((self.generation, account, block))
 
         queue._final_delivered = final_delivered  # type: ignore[method-assign]
+        original_pending = queue._final_pending
+
+        def final_pending(last: int) -> None:
+            # on_next_get: the block stays queued; record what was handed out (the head up to last).
+            with queue.lock:
+                block = [item[2] for item in queue.items if item[0] <= last]
+            original_pending(last)
+            if block:
+                self.final_deliveries.append((self.generation, account, block))
+
+        queue._final_pending = final_pending  # type: ignore[method-assign]
 
     def _serve(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> int:
         hook = self.history_hook
@@ -257,6 +268,7 @@ class CrashReport:
     runs: int = 0
     seconds: float = 0.0
     missing_examples: list[str] = dataclasses.field(default_factory=list)
+    # Final blocks handed out to a worker that was then killed (committed or not).
     final_blocks_delivered_to_killed: int = 0
     lost_on_delivery: int = 0
     missing_unexplained: int = 0
@@ -266,7 +278,7 @@ class CrashReport:
             f"final_ack={self.final_ack} token_mode={self.token_mode} seed={self.seed}: "
             f"{self.kills} kills {self.kills_by_strategy}, {self.injected} messages on "
             f"{self.accounts} accounts, expected {self.expected}, rows {self.rows}, "
-            f"missing {self.missing} (lost with a final block dequeued on delivery to a killed worker: "
+            f"missing {self.missing} (in final blocks handed to a killed worker and dequeued unasked: "
             f"{self.lost_on_delivery} in {self.final_blocks_delivered_to_killed} blocks; unexplained: "
             f"{self.missing_unexplained}), duplicated {self.duplicated}, "
             f"unexpected {self.unexpected}; worker starts {self.worker_starts}, history GETs "
@@ -403,8 +415,10 @@ class CrashHarness:
     def _verify(self) -> None:
         cmp = compare(self.sim, self.db_url, self.accounts)
         r = self.report
-        # on_delivery: a final block written to a worker that then died is gone from the queue and
-        # from the table; no client can prevent that. Count it apart from unexplained losses.
+        # A final block handed to a worker that then died before committing it is lost when the
+        # platform dequeues it without a request naming it: on delivery (on_delivery), or on the
+        # next head GET, which is the only way back once a single-use token was rejected
+        # (on_next_get + single_use). No client can prevent either; count them apart.
         at_risk: collections.Counter[tuple[str, str]] = collections.Counter()
         for generation, account, block in self.sim.final_deliveries:
             if generation in self.killed_generations:
