@@ -279,12 +279,24 @@ class _AccountRun:
         error_text = None if failure is None else _describe(failure)
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
-        if not isinstance(failure, errors.DatabaseUnavailableError):
-            try:
-                store.finish_run(conn, run_id, outcome, error_text)
-            except (errors.SyncWorkerError, psycopg.Error) as exc:
-                _log.warning("finish_run_failed", error=_describe(_wrap_db(exc)))
+        self.record_finish(
+            conn, run_id, outcome, error_text, lost=isinstance(failure, errors.DatabaseUnavailableError)
+        )
         return self.finish(outcome, failure, error_text, deferred=deferred)
+
+    def record_finish(
+        self, conn: psycopg.Connection[Any], run_id: int, outcome: Outcome, error: str | None, *, lost: bool
+    ) -> None:
+        try:
+            if not lost:
+                store.finish_run(conn, run_id, outcome, error)
+                return
+            # The run's own connection is gone; a fresh one (if the database is
+            # back) keeps `status` from showing the run as still going.
+            with self.connect() as fresh:
+                store.finish_run(fresh, run_id, outcome, error)
+        except (errors.SyncWorkerError, psycopg.Error) as exc:
+            _log.warning("finish_run_failed", error=_describe(_wrap_db(exc)))
 
     def drain(self, conn: psycopg.Connection[Any], run_id: int, cursor: str | None) -> None:
         restarts = 0

@@ -308,9 +308,7 @@ def test_account_lock_busy_skips_and_says_so(
     assert len(simulator.queued(ACCOUNT)) == 10
 
 
-def test_database_gone_mid_run_fails_the_account_only(
-    simulator: simulator.Simulator, db_url: str, pg_server: Any
-) -> None:
+def test_database_gone_mid_run_fails_the_account_only(simulator: simulator.Simulator, db_url: str) -> None:
     """Losing the database mid-run ends the run as failed (DatabaseUnavailableError) without raising."""
     backlog(simulator, ACCOUNT, 300, seed=17)
     api = make_client(simulator)
@@ -338,8 +336,17 @@ def test_database_gone_mid_run_fails_the_account_only(
     assert result.outcome == "failed"
     assert result.error_kind == "DatabaseUnavailableError"
     assert result.blocks == 1
-    # Only the committed block was acknowledged... by nobody yet: block 2 stays queued.
+    # Block 1 was acknowledged by the request for block 2, whose commit failed: block 2 stays queued.
     assert len(simulator.acknowledged(ACCOUNT)) == 100
+    with psycopg.connect(db_url, autocommit=True) as check:
+        run = check.execute(
+            "SELECT outcome, error FROM sync_run WHERE account_name = %s", (ACCOUNT,)
+        ).fetchone()
+        assert store.get_cursor(check, ACCOUNT) == simulator.issued_tokens(ACCOUNT)[0]
+    # The run is closed as failed over a fresh connection, not left looking like it is still going.
+    assert run is not None
+    assert run[0] == "failed"
+    assert "DatabaseUnavailableError" in run[1]
 
 
 def test_one_account_failure_does_not_stop_others(
