@@ -6,6 +6,11 @@ committed in one transaction *before* the iterator is asked for block N+1. A
 crash between the commit and that request only replays block N, which the
 idempotent upsert absorbs.
 
+A ``next`` token the API rejects (a stale stored one, or a single-use token
+re-sent by a retry after a lost response) clears the stored cursor with a
+warning and restarts at the head of the queue: every block such a token could
+acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
+
 Outcomes of an account run (``AccountResult.outcome``):
 
 ``succeeded``
