@@ -63,6 +63,9 @@ class LoginGuard:
     ``close()``; other processes wait at most ``lock_wait_seconds`` and then get
     an ``errors.TransientError`` (retry later), never a login.
 
+    Give each client its own guard: the client serialises its logins, which
+    is what lets one pending lock per guard suffice.
+
     A database that cannot be reached makes ``before_login`` fail closed: not
     knowing the count must not risk a vendor lock-out.
     """
