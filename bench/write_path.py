@@ -127,21 +127,21 @@ def v_copy_staging(
         ) as copy:
             for r in built:
                 copy.write_row(_tuple(r, run_id)[1:-1])
+        # The device rows come from the INSERT's RETURNING in the same statement, as in commit_block.
         cur.execute(
-            f"INSERT INTO sms_history ({COLUMNS}) SELECT %s, message_key, occurrence, device_ids,"
+            f"WITH ins AS (INSERT INTO sms_history ({COLUMNS}) SELECT %s, message_key, occurrence,"
+            " device_ids,"
             " device_kind, device_id, device_count, message, received_at, timestamp_raw, raw_json, raw,"
-            " problems, %s"
-            " FROM stage ON CONFLICT (account_name, message_key) DO NOTHING RETURNING id",
+            " problems, %s FROM stage ON CONFLICT (account_name, message_key) DO NOTHING"
+            " RETURNING id, account_name, device_kind, device_id, received_at),"
+            " dev AS (INSERT INTO sms_history_device (history_id, position, account_name, device_kind,"
+            " device_id, received_at) SELECT id, 0, account_name, device_kind, device_id, received_at"
+            " FROM ins WHERE device_kind IS NOT NULL)"
+            " SELECT count(*) FROM ins",
             (page.account_name, run_id),
         )
-        inserted = cur.rowcount
-        cur.execute(
-            "INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id,"
-            " received_at) SELECT h.id, 0, h.account_name, h.device_kind, h.device_id, h.received_at"
-            " FROM stage s JOIN sms_history h ON h.account_name = %s AND h.message_key = s.message_key"
-            " WHERE h.run_id = %s AND h.device_kind IS NOT NULL ON CONFLICT DO NOTHING",
-            (page.account_name, run_id),
-        )
+        row = cur.fetchone()
+        inserted = int(row[0]) if row else 0
         _devices_and_counters(cur, run_id, page, built, inserted)
 
 
