@@ -169,3 +169,90 @@ class SimHost:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` including its reaped children (a postmaster's backends)."""
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def _live_children_cpu(pid: int) -> float:
+    import psutil
+
+    total = 0.0
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for child in children:
+        try:
+            t = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def postmaster_pid(dsn: str) -> int | None:
+    """The server's main pid, from its data directory (None when it is not local to us)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+        text = (Path(str(row[0])) / "postmaster.pid").read_text() if row else ""
+        return int(text.splitlines()[0])
+    except (OSError, ValueError, IndexError, psycopg.Error):
+        return None
+
+
+class CpuMeter:
+    """CPU seconds spent by the worker (this process), the simulator and Postgres over a region.
+
+    Backends that exit inside the region are counted through the postmaster's
+    reaped-children times; backends still alive at either end are read directly.
+    """
+
+    def __init__(self, sim_pid: int, pg_pid: int | None) -> None:
+        self.sim_pid = sim_pid
+        self.pg_pid = pg_pid
+        self.spent: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _sample(self) -> dict[str, float]:
+        out = {"worker": _process_cpu(os.getpid()), "simulator": _process_cpu(self.sim_pid)}
+        if self.pg_pid is not None:
+            out["postgres"] = _process_cpu(self.pg_pid) + _live_children_cpu(self.pg_pid)
+        return out
+
+    def __enter__(self) -> Self:
+        self._before_children = self._children()
+        self._before = self._sample()
+        self._t0 = time.perf_counter()
+        return self
+
+    def _children(self) -> set[int]:
+        import psutil
+
+        if self.pg_pid is None:
+            return set()
+        try:
+            return {c.pid for c in psutil.Process(self.pg_pid).children()}
+        except psutil.Error:
+            return set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._t0
+        # A backend's CPU reaches the postmaster's totals only once it has been
+        # reaped; wait (bounded) for the region's backends to be gone first.
+        deadline = time.monotonic() + 3.0
+        while self._children() - self._before_children and time.monotonic() < deadline:
+            time.sleep(0.01)
+        after = self._sample()
+        self.spent = {k: max(0.0, after[k] - self._before[k]) for k in after}

@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results=results,
                 log=_log,
                 profile=not args.no_profile,
+                pg_pid=proc.postmaster_pid(admin_dsn),
             )
             for name, fn in selected:
                 t0 = time.perf_counter()

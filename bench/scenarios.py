@@ -94,6 +94,7 @@ class Context:
     results: harness.Results
     log: Callable[[str], None]
     profile: bool = False
+    pg_pid: int | None = None
     _serial: int = 0
 
     def name(self, prefix: str) -> str:
@@ -236,7 +237,8 @@ def limits(ctx: Context) -> None:
 
 def _sync_pass(
     ctx: Context, accounts: list[str], each: int, concurrency: int, seed: int
-) -> tuple[float, int]:
+) -> tuple[float, int, dict[str, float]]:
+    """Seed, then one timed ``sync.sync_once``; returns (seconds, received, CPU seconds by process)."""
     from sync_worker import sync
 
     for i, account in enumerate(accounts):
@@ -244,7 +246,7 @@ def _sync_pass(
     _, dsn = ctx.fresh_db("e2e")
     settings = _settings(ctx.worker_env(dsn, accounts, concurrency))
     pg.checkpoint(dsn)
-    with harness.Stopwatch() as sw:
+    with proc.CpuMeter(ctx.sim.pid(), ctx.pg_pid) as cpu, harness.Stopwatch() as sw:
         result = sync.sync_once(settings)
     failed = [a for a in result.accounts if a.outcome != "succeeded"]
     if failed:
@@ -256,15 +258,40 @@ def _sync_pass(
     stored = pg.count_rows(dsn)
     if stored != inserted:
         raise RuntimeError(f"{stored} rows in sms_history, the runs reported {inserted} inserted")
-    return sw.elapsed, received
+    return sw.elapsed, received, cpu.spent
+
+
+def _cpu_figures(
+    ctx: Context, prefix: str, label: str, samples: list[tuple[float, int, dict[str, float]]]
+) -> None:
+    """CPU per block of each process, and how busy the machine's cores were: where the time went."""
+    cores = os.cpu_count() or 1
+    parts = sorted({k for _, _, spent in samples for k in spent})
+    for part in parts:
+        values = tuple(spent.get(part, 0.0) / (n / BLOCK) * 1000 for _, n, spent in samples)
+        ctx.results.add(
+            harness.Figure(f"{prefix}_cpu_{part}", f"{label}: {part} CPU per block", "ms", values, False)
+        )
+    busy = tuple(sum(spent.values()) / (cores * seconds) * 100 for seconds, _, spent in samples)
+    ctx.results.add(
+        harness.Figure(
+            f"{prefix}_busy",
+            f"{label}: share of the {cores} cores used by worker + simulator + postgres",
+            "%",
+            busy,
+            note="the rest of the machine (other jobs) is not counted",
+        )
+    )
 
 
 def one_account(ctx: Context) -> None:
     sz = ctx.sizes
     rates: list[float] = []
+    samples = []
     for rep in range(sz.reps):
         account = ctx.name("one")
-        seconds, received = _sync_pass(ctx, [account], sz.one_account, 1, 200 + rep)
+        seconds, received, spent = _sync_pass(ctx, [account], sz.one_account, 1, 200 + rep)
+        samples.append((seconds, received, spent))
         rates.append(received / seconds)
         ctx.log(f"  one account rep {rep + 1}: {received} in {seconds:.2f} s = {rates[-1]:,.0f} rows/s")
     ctx.results.add(
@@ -272,14 +299,19 @@ def one_account(ctx: Context) -> None:
             "one_account", f"2. one account, zero latency, backlog {sz.one_account:,}", "rows/s", tuple(rates)
         )
     )
+    _cpu_figures(ctx, "one", "2. one account", samples)
 
 
 def many_accounts(ctx: Context) -> None:
     sz = ctx.sizes
     rates: list[float] = []
+    samples = []
     for rep in range(sz.reps):
         accounts = [ctx.name("many") for _ in range(sz.many_accounts)]
-        seconds, received = _sync_pass(ctx, accounts, sz.many_each, sz.many_concurrency, 300 + 10 * rep)
+        seconds, received, spent = _sync_pass(
+            ctx, accounts, sz.many_each, sz.many_concurrency, 300 + 10 * rep
+        )
+        samples.append((seconds, received, spent))
         rates.append(received / seconds)
         ctx.log(f"  many accounts rep {rep + 1}: {received} in {seconds:.2f} s = {rates[-1]:,.0f} rows/s")
     ctx.results.add(
@@ -291,6 +323,7 @@ def many_accounts(ctx: Context) -> None:
             tuple(rates),
         )
     )
+    _cpu_figures(ctx, "many", "3. many accounts", samples)
 
 
 # --- 4. realistic latency -----------------------------------------------------
@@ -307,7 +340,9 @@ def latency(ctx: Context) -> None:
     try:
         for rep in range(sz.reps):
             accounts = [ctx.name("lat") for _ in range(sz.latency_accounts)]
-            seconds, _ = _sync_pass(ctx, accounts, sz.latency_each, sz.latency_concurrency, 400 + 100 * rep)
+            seconds, _, _ = _sync_pass(
+                ctx, accounts, sz.latency_each, sz.latency_concurrency, 400 + 100 * rep
+            )
             walls.append(seconds)
             # What the worker adds on top of the latency, per block of the critical path.
             overhead_ms.append((seconds - ideal) / (blocks * rounds) * 1000)
