@@ -24,7 +24,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, sync
+from sync_worker import config, migrations, sync
 
 EXIT_OK: Final = 0
 # In-flight account runs did not finish within the shutdown timeout.
@@ -74,8 +74,6 @@ def run_daemon(
     timeout. ``api``/``connect`` replace the client and connection factory
     built from ``settings`` (tests inject theirs).
     """
-    from sync_worker import migrations  # noqa: PLC0415
-
     stop = stop_event if stop_event is not None else threading.Event()
     connect = connect or functools.partial(config.connect, settings)
     with connect() as conn:
