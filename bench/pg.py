@@ -246,7 +246,9 @@ def big_database(admin_dsn: str, n_rows: int, log: Any = None) -> tuple[str, str
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
         stale = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_big\\_%%' AND datname <> %s", (name,)
+            # Same size, older schema: never useful again. Other sizes (--quick) stay.
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
+            (f"bench_big_{n_rows}_", name),
         ).fetchall()
     for (old,) in stale:
         drop_database(admin_dsn, old)

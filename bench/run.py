@@ -46,6 +46,18 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
         fa, fb = f(a), f(b)
         return None if fa is None or fb is None or fb.median == 0 else fa.median / fb.median
 
+    def _vs_peer(key: str) -> str:
+        r = ratio(key, "peer")
+        return "" if r is None else f"; {r:.2f} x dlt"
+
+    def _busy(prefix: str) -> str:
+        busy = f(f"{prefix}_busy")
+        if busy is None:
+            return ""
+        parts = [f(f"{prefix}_cpu_{p}") for p in ("worker", "simulator", "postgres")]
+        cpu = ", ".join(f"{p.key.rsplit('_', 1)[1]} {p.median:.1f}" for p in parts if p)
+        return f"; CPU ms per block: {cpu}; cores busy {busy.median:.0f}%"
+
     ceiling = f("ceiling")
     if ceiling:
         parts = [f(k) for k in ("fetch_ms", "build_ms", "commit_ms")]
@@ -64,7 +76,9 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
         harness.Verdict(
             "2. one account",
             ">= 0.85 x ceiling",
-            "n/a" if r2 is None or one is None else f"{one.median:,.0f} rows/s = {r2:.2f} x ceiling",
+            "n/a"
+            if r2 is None or one is None
+            else f"{one.median:,.0f} rows/s = {r2:.2f} x ceiling" + _vs_peer("one_account") + _busy("one"),
             None if r2 is None else r2 >= 0.85,
         )
     )
@@ -80,7 +94,9 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
                 ""
                 if ratio("many_accounts", "ceiling") is None
                 else f" ({ratio('many_accounts', 'ceiling'):.2f} x single-account ceiling)"
-            ),
+            )
+            + _vs_peer("many_accounts")
+            + _busy("many"),
             None if many is None else many.median >= 40_000,
         )
     )
