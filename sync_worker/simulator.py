@@ -494,8 +494,10 @@ def seed_messages(n: int, seed: int = 1) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     t = float(base)
     for i in range(n):
+        # Exact repeats arrive back to back (a device or the platform sending twice);
+        # one copying a message from far back would be a different instant, not a repeat.
         if out and rng.random() < 0.02:
-            out.append(dict(out[rng.randrange(len(out))]))
+            out.append(dict(out[-1]))
             continue
         t += rng.uniform(0.5, 90.0)
         if rng.random() < 0.25:
