@@ -86,12 +86,6 @@ def test_retry_after_above_the_cap_is_not_slept_through(db_url: str) -> None:
     assert cmp.exact and cmp.rows == 1000 and cmp.db_replays == 0, cmp
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sync._AccountRun.drain restarts at the head only when the *stored* cursor is rejected on "
-    "the first request; a token rejected mid-drain (the client retried a request whose response was lost, "
-    "and the platform's tokens are single-use) fails the account's run instead of restarting at the head",
-)
 @pytest.mark.timeout(60)
 def test_lost_response_with_single_use_tokens_completes_in_one_pass(db_url: str) -> None:
     """A lost response mid-paging with single-use tokens: the retry's rejected token must not fail a pass."""
