@@ -38,6 +38,8 @@ def test_sync_completes_exactly_through_transient_faults_and_session_expiry(db_u
         result, observer, slept = inproc.run_pass(sim, db_url, ACCOUNTS)
         stats = sim.stats.as_dict()
 
+    print(f"fault run: faults={stats['faults']} retries={len(observer.retries)} logins={stats['logins']}")
+    print(f"fault run: history requests={stats['history_requests']} acks={stats['acks']}")
     assert result.exit_code == 0, result.summary()
     cmp = crash.compare(sim, db_url, ACCOUNTS)
     assert cmp.exact and cmp.rows == 2 * PER_ACCOUNT, cmp

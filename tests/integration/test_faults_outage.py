@@ -79,5 +79,9 @@ def test_daemon_survives_postgres_outage_mid_drain(db_url: str) -> None:
         assert all(n <= 1 for n in sim.token_acks(account).values())
     events = _events(daemon.stdout + daemon.stderr)
     failed = [e for e in events if e.get("event") == "account_run" and e.get("outcome") == "failed"]
+    print(
+        f"outage run: rows at cut {at_cut}, refused reconnects {pg.refused}, failed runs {len(failed)}, "
+        f"rows {cmp.rows}/{cmp.expected}, missing {cmp.missing}, duplicated {cmp.duplicated}"
+    )
     assert failed, "the outage produced no failed account_run event"
     assert any("Database" in str(e.get("error", "")) for e in failed)
