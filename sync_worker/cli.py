@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import shlex
 import signal
@@ -238,39 +239,51 @@ def cmd_run(ctx: _Context) -> int:
     with _connection(settings):
         pass
     m = metrics.Metrics()
+    liveness = scheduler.Liveness()
     server = None
     if settings.metrics_port is not None:
-        login_guard = _login_guard(settings)
+        # Each readiness probe also refreshes the tripped gauge from the database.
+        login_guard = _login_guard(settings, on_state=m.login_guard)
 
         def database_ready() -> None:
             with _connection(settings):
                 pass
 
         def guard_ready() -> None:
-            failures = login_guard.failures()
-            if failures >= login_guard.threshold:
+            if login_guard.observe():
                 raise errors.LoginGuardTrippedError(
-                    f"{failures} consecutive failed logins; run `sync-worker auth reset` after fixing them"
+                    f"at least {login_guard.threshold} consecutive failed logins; "
+                    "run `sync-worker auth reset` after fixing them"
                 )
 
         server = health.HealthServer(
             settings.metrics_port,
             m,
-            live=lambda: True,
+            live=liveness,
             ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
         ).start()
     try:
-        code = scheduler.run_daemon(settings, metrics=m)
+        code = scheduler.run_daemon(settings, metrics=m, liveness=liveness)
     finally:
         if server is not None:
             server.stop()
     if code != EXIT_OK:
         # Account runs still busy after the shutdown timeout sit in threads that cannot be
-        # stopped; leaving without joining them is how the timeout is honoured.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        # stopped (and interpreter exit would join them); leaving without joining them is
+        # how the timeout is honoured.
+        _flush_and_exit(code, ctx.out, ctx.err)
     return code
+
+
+def _flush_and_exit(code: int, *streams: TextIO) -> None:
+    """``os._exit`` skips every flush of a normal exit: the shutdown-timeout event must not be lost."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (*streams, sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def cmd_once(ctx: _Context) -> int:
@@ -342,7 +355,7 @@ def cmd_cursor_reset(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _login_guard(settings: config.Settings) -> Any:
+def _login_guard(settings: config.Settings, *, on_state: Callable[[bool], None] | None = None) -> Any:
     from sync_worker import guard  # noqa: PLC0415
 
     return guard.LoginGuard(
@@ -350,6 +363,7 @@ def _login_guard(settings: config.Settings) -> Any:
         principal=settings.username,
         fingerprint=settings.credential_fingerprint(),
         threshold=settings.login_guard_threshold,
+        on_state=on_state,
     )
 
 

@@ -78,6 +78,7 @@ class LoginGuard:
         fingerprint: str,
         threshold: int,
         lock_wait_seconds: float = 90.0,
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
         if not 1 <= threshold <= 4:
             # Five failures lock the user at the vendor; the guard must stop earlier.
@@ -91,6 +92,9 @@ class LoginGuard:
         self._lock_wait_ms = max(1, int(lock_wait_seconds * 1000))
         self._lock = threading.Lock()
         self._pending: psycopg.Connection[Any] | None = None
+        # Told True/False whenever this guard learns whether it is tripped, so a
+        # metric can go back to 0 after a good login or an operator's reset.
+        self._on_state = on_state
 
     @property
     def threshold(self) -> int:
@@ -104,6 +108,16 @@ class LoginGuard:
     def tripped(self) -> bool:
         return self.failures() >= self._threshold
 
+    def observe(self) -> bool:
+        """Read whether the guard is tripped now and report it to ``on_state``.
+
+        The only way a process notices `sync-worker auth reset` (run elsewhere)
+        without attempting a login.
+        """
+        tripped = self.tripped()
+        self._report(tripped)
+        return tripped
+
     def before_login(self) -> None:
         with self._lock:
             self._drop_pending()
@@ -116,6 +130,7 @@ class LoginGuard:
                 raise
             if state.failures >= self._threshold:
                 conn.close()
+                self._report(True)
                 _log.error(
                     "login_guard_tripped",
                     principal=self._principal,
@@ -134,6 +149,7 @@ class LoginGuard:
             with self._verdict_connection() as conn:
                 store.record_login_success(conn, self._principal, self._fingerprint)
             self._drop_pending()
+        self._report(False)
 
     def login_failed(self, error: errors.LoginFailedError) -> None:
         with self._lock:
@@ -142,6 +158,7 @@ class LoginGuard:
                     conn, self._principal, self._fingerprint, str(error), threshold=self._threshold
                 )
             self._drop_pending()
+        self._report(failures >= self._threshold)
         _log.warning(
             "login_failed_recorded",
             principal=self._principal,
@@ -154,6 +171,10 @@ class LoginGuard:
         """Release a login lock still held by a login that ended without a verdict."""
         with self._lock:
             self._drop_pending()
+
+    def _report(self, tripped: bool) -> None:
+        if self._on_state is not None:
+            self._on_state(tripped)
 
     def _acquire(self, conn: psycopg.Connection[Any]) -> None:
         key = store.account_lock_key(_LOCK_PREFIX + self._principal)

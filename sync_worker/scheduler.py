@@ -18,13 +18,14 @@ import types
 from collections.abc import Callable
 from typing import Any, Final
 
+import psycopg
 import structlog
 from apscheduler import events  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, migrations, sync
+from sync_worker import config, errors, migrations, store, sync
 
 EXIT_OK: Final = 0
 # In-flight account runs did not finish within the shutdown timeout.
@@ -55,6 +56,35 @@ class _InFlight:
             return self.cond.wait_for(lambda: self.running == 0, timeout=timeout)
 
 
+class Liveness:
+    """Answers "is this process's scheduler running?" for ``/healthz``.
+
+    ``run_daemon`` attaches its scheduler once started and detaches it when
+    shutdown begins. A scheduler whose thread died (it never should) counts as
+    not running, which is exactly when a restart helps.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scheduler: Any = None
+
+    def __call__(self) -> bool:
+        with self._lock:
+            sched = self._scheduler
+        if sched is None or not sched.running:
+            return False
+        thread = getattr(sched, "_thread", None)
+        return thread is None or bool(thread.is_alive())
+
+    def attach(self, sched: Any) -> None:
+        with self._lock:
+            self._scheduler = sched
+
+    def detach(self) -> None:
+        with self._lock:
+            self._scheduler = None
+
+
 def run_daemon(
     settings: config.Settings,
     *,
@@ -63,6 +93,7 @@ def run_daemon(
     api: sync.HistoryApi | None = None,
     connect: sync.ConnectionFactory | None = None,
     install_signal_handlers: bool = True,
+    liveness: Liveness | None = None,
 ) -> int:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
 
@@ -72,24 +103,38 @@ def run_daemon(
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
     timeout. ``api``/``connect`` replace the client and connection factory
-    built from ``settings`` (tests inject theirs).
+    built from ``settings`` (tests inject theirs). ``liveness`` reports True
+    from the scheduler's start until shutdown begins.
     """
     stop = stop_event if stop_event is not None else threading.Event()
     connect = connect or functools.partial(config.connect, settings)
     with connect() as conn:
         migrations.check_schema(conn)
+        if metrics is not None:
+            _announce_accounts(conn, settings, metrics)
 
     owned = None
+    observe_guard: Callable[[], object] | None = None
     if api is None:
         owned = sync.build_client(settings, connect, metrics=metrics)
         api = owned[0]
+        if metrics is not None:
+            observe_guard = owned[1].observe
     inflight = _InFlight()
     scheduler = _build_scheduler(
-        settings, api, connect=connect, stop=stop, metrics=metrics, inflight=inflight
+        settings,
+        api,
+        connect=connect,
+        stop=stop,
+        metrics=metrics,
+        inflight=inflight,
+        observe_guard=observe_guard,
     )
     try:
         with _signals_set(stop, enabled=install_signal_handlers):
             scheduler.start()
+            if liveness is not None:
+                liveness.attach(scheduler)
             _log.info(
                 "daemon_started",
                 accounts=list(settings.account_names),
@@ -99,11 +144,15 @@ def run_daemon(
             # every platform; the event is still the only stop signal.
             while not stop.wait(1.0):
                 pass
+            if liveness is not None:
+                liveness.detach()
             _log.info("daemon_stopping", running=inflight.running)
             # No new runs from here on; running ones see the stop event.
             scheduler.shutdown(wait=False)
             clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
     finally:
+        if liveness is not None:
+            liveness.detach()
         if scheduler.running:
             scheduler.shutdown(wait=False)
         if owned is not None:
@@ -120,6 +169,18 @@ def run_daemon(
     return EXIT_OK
 
 
+def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.MetricsSink) -> None:
+    """Every configured account gets its freshness series now, seeded with its
+    last success from the database, so a stale-account alert works from the
+    first scrape and across restarts, before (or without) any successful run."""
+    last: dict[str, float] = {}
+    for status in store.account_status(conn):
+        if status.last_success_at is not None:
+            last[status.account_name] = status.last_success_at.timestamp()
+    for name in settings.account_names:
+        metrics.account_configured(name, last.get(name))
+
+
 def _build_scheduler(
     settings: config.Settings,
     api: sync.HistoryApi,
@@ -128,6 +189,7 @@ def _build_scheduler(
     stop: threading.Event,
     metrics: sync.MetricsSink | None,
     inflight: _InFlight,
+    observe_guard: Callable[[], object] | None = None,
 ) -> Any:
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=settings.concurrency)},
@@ -146,6 +208,7 @@ def _build_scheduler(
                 "stop": stop,
                 "metrics": metrics,
                 "inflight": inflight,
+                "observe_guard": observe_guard,
             },
             id=_JOB_PREFIX + acct.name,
             name=f"sync {acct.name}",
@@ -172,11 +235,14 @@ def _account_job(
     stop: threading.Event,
     metrics: sync.MetricsSink | None,
     inflight: _InFlight,
+    observe_guard: Callable[[], object] | None = None,
 ) -> sync.AccountResult | None:
     inflight.enter()
     try:
         if stop.is_set():
             return None
+        if observe_guard is not None:
+            _observe_guard(observe_guard)
         return sync.sync_account(
             api,
             account,
@@ -187,6 +253,16 @@ def _account_job(
         )
     finally:
         inflight.leave()
+
+
+def _observe_guard(observe: Callable[[], object]) -> None:
+    # An operator's `auth reset` happens in another process; reading the
+    # guard at each run is how the tripped gauge goes back to 0 without a login.
+    try:
+        observe()
+    except (errors.SyncWorkerError, psycopg.Error) as exc:
+        # The run itself will meet (and report) the same database problem.
+        _log.debug("login_guard_unreadable", error=type(exc).__name__)
 
 
 def _on_event(event: Any, *, metrics: sync.MetricsSink | None) -> None:

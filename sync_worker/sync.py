@@ -65,6 +65,8 @@ _log = structlog.get_logger(__name__)
 class MetricsSink(Protocol):
     """The part of ``metrics.Metrics`` the sync and the scheduler call."""
 
+    def account_configured(self, account: str, last_success: float | None = None) -> None: ...
+
     def block_committed(
         self, account: str, received: int, inserted: int, replays: int, malformed: int
     ) -> None: ...
@@ -267,7 +269,9 @@ class _AccountRun:
             outcome = "interrupted"
         except errors.LoginGuardTrippedError as exc:
             outcome, failure = "guard_tripped", exc
-        except errors.RateLimitedError as exc:
+        except errors.TransientError as exc:
+            # A 429 or a 503 may carry Retry-After; the client raises instead of
+            # waiting past the deadline, which is the run budget ending cleanly.
             outcome, failure = "failed", exc
             deferred = (
                 exc.retry_after is not None
@@ -511,6 +515,7 @@ def build_client(
         principal=settings.username,
         fingerprint=settings.credential_fingerprint(),
         threshold=settings.login_guard_threshold,
+        on_state=metrics.login_guard if metrics is not None else None,
     )
     observer = metrics.api_observer() if metrics is not None else None
     api = client.ThingSpaceClient(settings.client_config(login_guard=login_guard, observer=observer))
