@@ -11,7 +11,8 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import models, scheduler, simulator, store
+from sync_worker import metrics as prom_metrics
+from sync_worker import models, scheduler, simulator, store, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002"]
@@ -30,6 +31,9 @@ class RecordingMetrics:
     def _record(self, name: str, *args: Any) -> None:
         with self._lock:
             self.calls.append((name, args))
+
+    def account_configured(self, account: str, last_success: float | None = None) -> None:
+        self._record("account_configured", account, last_success)
 
     def block_committed(
         self, account: str, received: int, inserted: int, replays: int, malformed: int
@@ -194,3 +198,84 @@ def test_sigterm_sets_the_stop_event(simulator: simulator.Simulator, db_url: str
     assert code == 0
     assert metrics.all_ran.is_set()
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_daemon_start_seeds_every_account_with_its_stored_last_success(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Before any run, the daemon announces each configured account with its stored last success."""
+    backlog(simulator, ACCOUNTS[0], 20, seed=51)
+    assert sync.sync_once(make_settings(simulator, db_url, [ACCOUNTS[0]])).exit_code == 0
+    (last_success,) = [s.last_success_at for s in store.account_status(db) if s.account_name == ACCOUNTS[0]]
+    assert last_success is not None
+
+    metrics = RecordingMetrics(ACCOUNTS)
+    stop = threading.Event()
+    stop.set()  # the announcement happens before scheduling: no run is needed
+    code = scheduler.run_daemon(
+        daemon_settings(simulator, db_url), stop_event=stop, metrics=metrics, install_signal_handlers=False
+    )
+    assert code == 0
+    announced = [args for name, args in metrics.calls if name == "account_configured"]
+    assert announced == [(ACCOUNTS[0], last_success.timestamp()), (ACCOUNTS[1], None)]
+    assert [name for name, _ in metrics.calls][:2] == ["account_configured", "account_configured"]
+
+
+class GuardGauge(prom_metrics.Metrics):
+    """Real metrics that record every finished run's outcome and let a test wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[str] = []
+        self.cond = threading.Condition()
+
+    def run_finished(self, account: str, outcome: str, finished_at: float, succeeded: bool) -> None:
+        super().run_finished(account, outcome, finished_at, succeeded)
+        with self.cond:
+            self.outcomes.append(outcome)
+            self.cond.notify_all()
+
+    def wait_for(self, outcome: str, after: int = 0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: outcome in self.outcomes[after:], timeout=30)
+
+    def gauge(self) -> float:
+        value = self.registry.get_sample_value("thingspace_sync_login_guard_tripped")
+        assert value is not None
+        return value
+
+
+def test_login_guard_gauge_clears_after_an_operator_reset(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The tripped gauge is 1 while the guard refuses logins and back to 0 once `auth reset` cleared it."""
+    account = ACCOUNTS[0]
+    backlog(simulator, account, 30, seed=53)
+    settings = make_settings(simulator, db_url, [account], SYNC_INTERVAL_SECONDS="1", SYNC_JITTER_SECONDS="0")
+    for _ in range(settings.login_guard_threshold):
+        store.record_login_failure(
+            db, settings.username, settings.credential_fingerprint(), "earlier bad password"
+        )
+    metrics = GuardGauge()
+    stop = threading.Event()
+    code: list[int] = []
+    daemon = threading.Thread(
+        target=lambda: code.append(
+            scheduler.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
+        )
+    )
+    daemon.start()
+    try:
+        assert metrics.wait_for("guard_tripped")
+        assert metrics.gauge() == 1
+        assert simulator.stats.logins == 0
+        with metrics.cond:
+            seen = len(metrics.outcomes)
+        store.reset_login_guard(db, settings.username)
+        assert metrics.wait_for("succeeded", after=seen)
+        assert metrics.gauge() == 0
+    finally:
+        stop.set()
+        daemon.join(timeout=30)
+    assert code == [0]
+    assert len(stored_raw(db, account)) == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import signal
 import threading
@@ -9,8 +10,9 @@ from typing import Any
 
 import structlog
 from apscheduler import events
+from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import config, scheduler, secret
+from sync_worker import config, errors, scheduler, secret
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -125,3 +127,102 @@ def test_inflight_wait_times_out_while_a_run_is_busy() -> None:
     assert inflight.wait_idle(0.01) is False
     inflight.leave()
     assert inflight.wait_idle(0.01) is True
+
+
+class SignallingRecorder(Recorder):
+    """A Recorder that also sets an event once a scheduler event of ``kind`` arrives."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.seen = threading.Event()
+
+    def scheduler_event(self, kind: str, account: str | None) -> None:
+        self.calls.append(("scheduler_event", (kind, account)))
+        if kind == self.kind:
+            self.seen.set()
+
+
+def one_account_settings(interval: float = 60.0) -> config.Settings:
+    return dataclasses.replace(
+        settings(), accounts=(config.AccountSettings(ACCOUNTS[0], interval, 0.0),), concurrency=2
+    )
+
+
+def test_liveness_follows_the_scheduler() -> None:
+    """Liveness is False before the scheduler is attached, True while it runs, False after shutdown."""
+    liveness = scheduler.Liveness()
+    assert liveness() is False
+    sched = BackgroundScheduler(timezone=datetime.UTC)
+    sched.start()
+    try:
+        liveness.attach(sched)
+        assert liveness() is True
+    finally:
+        sched.shutdown(wait=True)
+    assert liveness() is False
+    liveness.detach()
+    assert liveness() is False
+
+
+def test_a_run_skipped_because_the_previous_one_is_busy_is_counted() -> None:
+    """With a run in flight, a second due run of the same account fires max_instances: logged and counted."""
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking_connect() -> Any:
+        entered.set()
+        assert release.wait(30)
+        raise errors.DatabaseUnavailableError("test: no database")
+
+    metrics = SignallingRecorder("max_instances")
+    sched = scheduler._build_scheduler(
+        one_account_settings(),
+        api=None,  # type: ignore[arg-type]
+        connect=blocking_connect,
+        stop=threading.Event(),
+        metrics=metrics,  # type: ignore[arg-type]
+        inflight=scheduler._InFlight(),
+    )
+    with structlog.testing.capture_logs() as logs:
+        sched.start()
+        try:
+            assert entered.wait(30)
+            sched.modify_job(f"sync:{ACCOUNTS[0]}", next_run_time=datetime.datetime.now(datetime.UTC))
+            assert metrics.seen.wait(30)
+        finally:
+            release.set()
+            sched.shutdown(wait=True)
+    assert ("scheduler_event", ("max_instances", ACCOUNTS[0])) in metrics.calls
+    assert any(e["event"] == "job_still_running" and e["account"] == ACCOUNTS[0] for e in logs)
+
+
+def test_a_run_later_than_the_grace_time_is_reported_missed() -> None:
+    """A run due longer ago than misfire_grace_time is not run but reported: job_missed log and metric."""
+    ran = threading.Event()
+
+    def connect() -> Any:
+        ran.set()
+        raise errors.DatabaseUnavailableError("test: no database")
+
+    metrics = SignallingRecorder("missed")
+    sched = scheduler._build_scheduler(
+        one_account_settings(interval=3600.0),
+        api=None,  # type: ignore[arg-type]
+        connect=connect,
+        stop=threading.Event(),
+        metrics=metrics,  # type: ignore[arg-type]
+        inflight=scheduler._InFlight(),
+    )
+    # Within one interval (so coalescing has no later run time to fall back to) but past the
+    # half-interval grace.
+    late = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=40)
+    sched.modify_job(f"sync:{ACCOUNTS[0]}", next_run_time=late)
+    with structlog.testing.capture_logs() as logs:
+        sched.start()
+        try:
+            assert metrics.seen.wait(30)
+        finally:
+            sched.shutdown(wait=True)
+    assert not ran.is_set()
+    assert ("scheduler_event", ("missed", ACCOUNTS[0])) in metrics.calls
+    assert any(e["event"] == "job_missed" and e["log_level"] == "warning" for e in logs)
