@@ -180,10 +180,11 @@ def running_daemon(
     seeded = simulator.seed(ACCOUNT, 250, seed=7)
     settings = settings_for(simulator, db_url)
     m = RunSignal()
+    liveness = scheduler.Liveness()
     server = health.HealthServer(
         0,
         m,
-        live=lambda: thread.is_alive(),  # noqa: PLW0108 (thread is bound below)
+        live=liveness,
         ready=health.checks([("database", database_check(settings))]),
         host="127.0.0.1",
     )
@@ -191,7 +192,9 @@ def running_daemon(
     result: list[int] = []
     thread = threading.Thread(
         target=lambda: result.append(
-            scheduler.run_daemon(settings, stop_event=stop, metrics=m, install_signal_handlers=False)
+            scheduler.run_daemon(
+                settings, stop_event=stop, metrics=m, install_signal_handlers=False, liveness=liveness
+            )
         ),
         daemon=True,
     )
@@ -295,3 +298,38 @@ def test_readyz_reports_an_outdated_schema(
         status, body = get(f"http://127.0.0.1:{server.port}/readyz")
     assert status == 503
     assert "migrate" in json.loads(body)["reason"]
+
+
+def test_healthz_is_the_scheduler_running(simulator: sim_mod.Simulator, db_url: str) -> None:
+    """/healthz is 503 before the daemon's scheduler starts, 200 while it runs, 503 once it shut down."""
+    simulator.seed(ACCOUNT, 20, seed=9)
+    settings = settings_for(simulator, db_url)
+    m = RunSignal()
+    liveness = scheduler.Liveness()
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            scheduler.run_daemon(
+                settings, stop_event=stop, metrics=m, install_signal_handlers=False, liveness=liveness
+            )
+        ),
+        daemon=True,
+    )
+    server = health.HealthServer(
+        0, m, live=liveness, ready=health.checks([("database", database_check(settings))]), host="127.0.0.1"
+    )
+    with server:
+        base = f"http://127.0.0.1:{server.port}"
+        status, body = get(base + "/healthz")
+        assert (status, json.loads(body)["reason"]) == (503, "scheduler not running")
+        thread.start()
+        try:
+            # A run only finishes once the scheduler started it.
+            assert m.finished.wait(60)
+            assert get(base + "/healthz")[0] == 200
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        assert result == [0]
+        assert get(base + "/healthz")[0] == 503
