@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import parser
 
 from sync_worker import client, models, simulator, store
 
@@ -290,3 +298,119 @@ def test_simulate_serves_seeded_traffic_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class EventReader:
+    """Collects a subprocess's JSON log lines on a thread so a test can wait for named events."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, names: set[str], timeout: float = 60) -> None:
+        missing = set(names)
+        deadline = time.monotonic() + timeout
+        while missing:
+            line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+            assert line is not None, f"process ended before {missing}: {self.lines}"
+            self.lines.append(line)
+            with contextlib.suppress(ValueError):
+                missing.discard(json.loads(line).get("event"))
+
+    def rest(self) -> list[str]:
+        self._thread.join(timeout=30)
+        while (line := self._queue.get_nowait()) is not None:
+            self.lines.append(line)
+        return self.lines
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_run_serves_health_and_seeded_freshness_and_honours_the_shutdown_timeout(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """`run`: /healthz 200, freshness seeded from the database at start; SIGTERM with a run stuck past
+    the shutdown timeout exits 1 at once, the timeout event flushed to stdout."""
+    synced, never = ACCOUNTS[0], ACCOUNTS[1]
+    simulator.inject(synced, distinct_backlog(30, seed=5))
+    assert cli(worker_env(simulator, db_url, SYNC_ACCOUNTS=synced), "once").returncode == 0
+    with psycopg.connect(db_url) as conn:
+        (last_success,) = [s.last_success_at for s in store.account_status(conn) if s.account_name == synced]
+    assert last_success is not None
+
+    # Every account's first history request hangs far longer than the shutdown timeout.
+    simulator.faults.timeout_seconds = 30.0
+    simulator.faults.script("history", ["timeout", "timeout"])
+    port = free_port()
+    env = worker_env(
+        simulator,
+        db_url,
+        SYNC_ACCOUNTS=f"{synced},{never}",
+        SYNC_METRICS_PORT=str(port),
+        SYNC_SHUTDOWN_TIMEOUT_SECONDS="0.5",
+        SYNC_INTERVAL_SECONDS="3600",
+        SYNC_JITTER_SECONDS="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        events = EventReader(proc.stdout)
+        # A session login happens inside an account job: from here on a run is in flight.
+        events.wait_for({"daemon_started", "thingspace_session_started"})
+        base = f"http://127.0.0.1:{port}"
+        assert http_get(base + "/healthz")[0] == 200
+        status, text = http_get(base + "/metrics")
+        assert status == 200
+        parsed = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parser.text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        stored_at = parsed[("thingspace_sync_last_success_timestamp_seconds", (("account", synced),))]
+        assert stored_at == pytest.approx(last_success.timestamp(), abs=0.01)
+        assert ("thingspace_sync_seconds_since_last_success", (("account", never),)) in parsed
+        assert ("thingspace_sync_seconds_since_last_success", (("account", synced),)) in parsed
+        assert parsed[("thingspace_sync_login_guard_tripped", ())] == 0
+
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=25)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Without os._exit the interpreter would join the stuck run's thread (a 30 s hold).
+    assert code == 1
+    assert elapsed < 10
+    lines = events.rest()
+    assert any(json.loads(line).get("event") == "daemon_shutdown_timeout" for line in lines)
+    assert proc.stderr is not None
+    output = "".join(lines) + proc.stderr.read()
+    for value in SECRETS:
+        assert value not in output

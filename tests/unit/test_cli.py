@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import socket
 import subprocess
 import sys
@@ -210,3 +212,39 @@ def test_readme_documents_every_exit_code() -> None:
     assert readme.startswith("# thingspace-sms-sync")
     first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
     assert first_block[0].startswith("make run ") and first_block[1].startswith("make test ")
+
+
+class _Exited(Exception):
+    pass
+
+
+def test_shutdown_timeout_exit_flushes_logs_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before os._exit (which skips interpreter flushing) buffered log handlers and streams are flushed."""
+    order: list[str] = []
+
+    class Buffered(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+        def flush(self) -> None:
+            order.append("handler")
+
+    class Stream(io.StringIO):
+        def flush(self) -> None:
+            order.append("stream")
+
+    def fake_exit(code: int) -> None:
+        order.append(f"exit {code}")
+        raise _Exited
+
+    handler = Buffered()
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    try:
+        with pytest.raises(_Exited):
+            cli._flush_and_exit(1, Stream())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert order[-1] == "exit 1"
+    assert "handler" in order and "stream" in order
+    assert order.index("exit 1") > max(order.index("handler"), order.index("stream"))
