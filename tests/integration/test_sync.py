@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import client, config, errors, models, retry, simulator, store, sync
+from sync_worker import client, config, errors, metrics, models, retry, simulator, store, sync
 
 ACCOUNT = "0252012345-00001"
 
@@ -374,3 +374,29 @@ def test_outdated_schema_raises_before_any_request(
     with pytest.raises(errors.SchemaError):
         sync.sync_once(settings)
     assert simulator.stats.token_requests == 0
+
+
+def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simulator, db_url: str) -> None:
+    """build_client's guard sets the gauge to 1 when a failed login reaches the threshold and to 0 after
+    a successful login."""
+    m = metrics.Metrics()
+    bad = make_settings(
+        simulator, db_url, [ACCOUNT], THINGSPACE_PASSWORD="wrong-pass-7", SYNC_LOGIN_GUARD_THRESHOLD="1"
+    )
+    api, login_guard = sync.build_client(bad, sync.connection_factory(db_url), metrics=m)
+    try:
+        with pytest.raises(errors.LoginFailedError):
+            api.sms.list_devices_sms_messages(ACCOUNT)
+    finally:
+        api.close()
+        login_guard.close()
+    assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 1
+
+    good = make_settings(simulator, db_url, [ACCOUNT], SYNC_LOGIN_GUARD_THRESHOLD="1")
+    api, login_guard = sync.build_client(good, sync.connection_factory(db_url), metrics=m)
+    try:
+        api.sms.list_devices_sms_messages(ACCOUNT)
+    finally:
+        api.close()
+        login_guard.close()
+    assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 0

@@ -229,6 +229,26 @@ def test_rate_limit_beyond_budget_is_marked_deferred(journal: Journal) -> None:
     assert [e.get("deferred") for e in logs if e["event"] == "account_run"] == [True]
 
 
+def test_unavailable_with_retry_after_beyond_budget_is_also_deferred(journal: Journal) -> None:
+    """A 503 whose Retry-After exceeds the remaining budget ends the run as deferred too, cursor kept."""
+    error = errors.ApiTransientError("server error", status=503, retry_after=600)
+    result = run(FakeApi(journal, [page(1, "t1"), error]), deadline=130.0, clock=lambda: 100.0)
+    assert result.outcome == "failed"
+    assert result.error is not None and result.error.startswith("deferred")
+    assert journal.cursor == "t1"
+
+
+def test_one_log_event_per_block_and_one_per_run(journal: Journal) -> None:
+    """A drain logs exactly one block_committed per block and one account_run with the issue's fields."""
+    api = FakeApi(journal, [page(1, "t1"), page(2, "t2"), page(3, None)])
+    with structlog.testing.capture_logs() as logs:
+        run(api)
+    assert [e["event"] for e in logs] == ["block_committed"] * 3 + ["account_run"]
+    (summary,) = [e for e in logs if e["event"] == "account_run"]
+    assert {"blocks", "messages", "inserted", "replays", "duration", "outcome"} <= set(summary)
+    assert (summary["blocks"], summary["messages"], summary["outcome"]) == (3, 9, "succeeded")
+
+
 @pytest.mark.parametrize(
     ("outcomes", "code"),
     [
