@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -248,3 +249,29 @@ def test_shutdown_timeout_exit_flushes_logs_first(monkeypatch: pytest.MonkeyPatc
     assert order[-1] == "exit 1"
     assert "handler" in order and "stream" in order
     assert order.index("exit 1") > max(order.index("handler"), order.index("stream"))
+
+
+def test_readme_links_the_operating_documents() -> None:
+    """The README links operations (each anchor resolves), schema, benchmarks and reliability docs."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for heading in (
+        "## Deploying and operating",
+        "## Schema for analysts",
+        "## Benchmarks",
+        "## Reliability",
+    ):
+        assert heading in readme
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", readme)
+    targets = {path for path, _ in links}
+    assert {"docs/operations.md", "docs/schema.md", "bench/README.md", "tests/README.md"} <= targets
+    operations = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in operations.splitlines()
+        if line.startswith("#")
+    }
+    for path, anchor in links:
+        assert (root / path).is_file(), path
+        if anchor:
+            assert path == "docs/operations.md" and anchor in anchors, anchor
