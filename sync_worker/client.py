@@ -551,9 +551,12 @@ def _preview(value: str) -> str:
 
 
 def _json(response: requests.Response, operation: str) -> Any:
+    # The stdlib decoder, not response.json(): requests switches to simplejson when it
+    # is installed, which refuses NaN and would make one odd message block its queue.
+    # RecursionError is how a deeply nested body ends the decoder.
     try:
-        return response.json()
-    except (ValueError, json.JSONDecodeError) as exc:
+        return json.loads(response.content)
+    except (ValueError, RecursionError) as exc:
         raise errors.ResponseFormatError(
             "response body is not JSON", status=response.status_code, operation=operation
         ) from exc
@@ -578,8 +581,8 @@ def _parse(response: requests.Response, operation: str, parser: Callable[[Any], 
 
 def _error_fields(response: requests.Response) -> tuple[str | None, str | None]:
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(response.content)
+    except (ValueError, RecursionError):
         return None, None  # an HTML error page: the status says enough
     if not isinstance(body, dict):
         return None, None

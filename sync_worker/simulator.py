@@ -97,7 +97,8 @@ _HTML: Final = (("Content-Type", "text/html; charset=utf-8"),)
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # ASCII escapes keep lone surrogates and NULs servable exactly as injected.
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _m2m_error(code: str, message: str) -> bytes:
@@ -531,6 +532,13 @@ class _Server(http.server.ThreadingHTTPServer):
         self.conns: set[socket.socket] = set()
         self.conns_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request (the crash harness does it on purpose) is not a
+        # simulator fault; anything else still gets the default traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Dropped(Exception):

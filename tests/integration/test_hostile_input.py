@@ -63,17 +63,11 @@ BODY_CASES: dict[str, bytes] = {
     "deep_nesting_in_message": b'{"hasMoreData":false,"messages":[' + b"[" * _DEEP + b"]" * _DEEP + b"]}",
     "deep_nesting_envelope": b"[" * _DEEP + b"]" * _DEEP,
 }
-_DEEP_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: client._json catches ValueError only; json's RecursionError on a deeply nested body "
-    "escapes as an internal error (account_run_crashed, error_kind RecursionError) instead of "
-    "errors.ResponseFormatError",
-)
 
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(name, marks=_DEEP_BUG) if name.startswith("deep_nesting") else name for name in BODY_CASES],
+    list(BODY_CASES),
 )
 def test_malformed_history_body_is_a_clear_error_and_the_queue_drains_later(db_url: str, case: str) -> None:
     """A malformed body fails the run with ResponseFormatError, stores nothing; the next pass drains all."""
@@ -195,33 +189,13 @@ MESSAGE_CASES: dict[str, Any] = {
 }
 
 
-def _has_simplejson() -> bool:
-    try:
-        import simplejson  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_NAN_BUG = pytest.mark.xfail(
-    condition=_has_simplejson(),
-    strict=True,
-    reason="bug: client._json uses requests' Response.json(), which decodes with simplejson when it is "
-    "installed (the bench extra pulls it in via dlt); simplejson refuses NaN, so one message with NaN "
-    "makes the whole block a ResponseFormatError and the account's queue is stuck on it for good. "
-    "Decode with the stdlib: json.loads(response.content), catching ValueError and RecursionError",
-)
-
-
 def _serve_block(sim: simulator.Simulator, messages: list[Any]) -> None:
     # Served as raw bytes with ASCII escapes: what a JSON API sends for NULs and lone surrogates.
     body = json.dumps({"hasMoreData": False, "messages": messages}, ensure_ascii=True).encode()
     sim.faults.next_history_raw(body, 200, [("Content-Type", "application/json")])
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=_NAN_BUG) if c.startswith("nan") else c for c in MESSAGE_CASES]
-)
+@pytest.mark.parametrize("case", list(MESSAGE_CASES))
 def test_hostile_message_becomes_a_row_with_the_exact_original(db_url: str, case: str) -> None:
     """A hostile message is stored as a row whose raw JSON is exactly what arrived; its neighbours too."""
     sim = _sim()
@@ -248,11 +222,6 @@ def test_hostile_message_becomes_a_row_with_the_exact_original(db_url: str, case
     assert {"sms_history", "sync_cursor", "sync_run"} <= tables
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: simulator._dumps encodes with ensure_ascii=False, so Simulator.inject of a message with a "
-    "lone surrogate (valid JSON as an escape) raises UnicodeEncodeError; use ensure_ascii=True",
-)
 def test_simulator_can_queue_a_lone_surrogate() -> None:
     """The simulator queues any JSON-representable message, lone surrogates included, as its docs promise."""
     sim = simulator.Simulator(simulator.SimConfig(accounts=ACCOUNTS))
