@@ -1,9 +1,10 @@
 """Child processes: a measured runner (wall time + peak RSS) and the simulator host.
 
-Peak RSS comes from ``wait4``'s rusage of that one child (Linux reports
-``ru_maxrss`` in KiB), which is the kernel's own high-water mark for the process
-and cannot miss a short spike the way polling ``/proc/<pid>/status`` can. The
-child also reports ``VmHWM`` itself as a cross-check.
+Peak RSS is the child's own ``VmHWM`` (the kernel's high-water mark of its
+address space), read from ``/proc/<pid>/status`` while it runs. ``wait4``'s
+``ru_maxrss`` is not used: Linux carries the pre-exec high-water mark of the
+forked copy of the parent into it, so a child of a 190 MiB parent reports at
+least 190 MiB whatever it does.
 
 The simulator runs in its own process so that serving (and holding) a backlog
 of a million messages neither shares the worker's GIL nor counts in its RSS.
@@ -55,28 +56,37 @@ class ChildRun:
 def run_measured(
     argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 1800.0
 ) -> ChildRun:
-    """Run a child to completion; return its wall time and kernel-reported peak RSS."""
+    """Run a child to completion; return its wall time and peak RSS (VmHWM, KiB)."""
     child_env = dict(os.environ if env is None else env)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=child_env, cwd=ROOT)
         deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if time.perf_counter() > deadline:
+        peak = 0
+        try:
+            while True:
+                # VmHWM only grows, so the last reading before exit is the peak
+                # (short of a spike in the final 10 ms, when the process is tearing down).
+                hwm = vm_hwm_kib(proc.pid)
+                if hwm is not None:
+                    peak = max(peak, hwm)
+                try:
+                    proc.wait(timeout=0.01)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.perf_counter() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    break
+        finally:
+            if proc.poll() is None:
                 proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            # Polling with a short timeout keeps the timeout enforceable; the
-            # measurement itself comes from rusage, not from this loop.
-            time.sleep(0.02)
+                proc.wait()
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return ChildRun(proc.returncode, wall, int(usage.ru_maxrss), out.read(), err.read())
+        return ChildRun(int(proc.returncode), wall, peak, out.read(), err.read())
 
 
 def vm_hwm_kib(pid: int | str = "self") -> int | None:

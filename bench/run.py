@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -158,6 +159,17 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
     return out
 
 
+def _interruptible() -> None:
+    """Ctrl-C and SIGTERM unwind normally, so the simulator, the worker child and the
+    embedded server are stopped (a shell starts background jobs with SIGINT ignored)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for development (~2 min)")
@@ -192,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = [(n, fn) for n, fn in selected if n != "profile"]
     write_readme = args.readme if args.readme is not None else (not args.quick and not args.only)
 
+    _interruptible()
     started = time.perf_counter()
     results = harness.Results(
         started_at=harness.now_utc(), quick=args.quick, environment=harness.environment()
