@@ -632,6 +632,11 @@ class Simulator:
         self.stats = Stats(self.config.request_log_size)
         self.sent: list[Any] = []
         self._lock = threading.Lock()
+        # Requests between processing and their after-write step (a final block's
+        # dequeue). Observers wait for zero so a client that already holds the
+        # response never sees the queue from before it.
+        self._unsettled = 0
+        self._settled = threading.Condition()
         self._queues: dict[str, _AccountQueue] = {}
         for account in self.config.accounts:
             self._queue(account, create=True)
@@ -720,11 +725,13 @@ class Simulator:
 
     def acknowledged(self, account: str) -> list[Any]:
         """The delivered set: messages dequeued so far, in order."""
+        self._settle()
         q = self._queue(account)
         with q.lock:
             return list(q.acknowledged)
 
     def queued(self, account: str) -> list[Any]:
+        self._settle()
         q = self._queue(account)
         with q.lock:
             return [item[2] for item in q.items]
@@ -833,18 +840,29 @@ class Simulator:
                 self._expire("session" if step == "expire_session" else "bearer")
             else:
                 return self._fault_reply(h, step)
-        status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
-        if lose:
-            raise _Dropped
-        if tamper is not None:
-            drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
-            headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
-            status = tamper.status if tamper.status is not None else status
-            after_write = None
-        h.write_reply(status, reply_body, headers)
-        if after_write is not None:
-            after_write()
-        return status
+        with self._settled:
+            self._unsettled += 1
+        try:
+            status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
+            if lose:
+                raise _Dropped
+            if tamper is not None:
+                drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
+                headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
+                status = tamper.status if tamper.status is not None else status
+                after_write = None
+            h.write_reply(status, reply_body, headers)
+            if after_write is not None:
+                after_write()
+            return status
+        finally:
+            with self._settled:
+                self._unsettled -= 1
+                self._settled.notify_all()
+
+    def _settle(self, timeout: float = 10.0) -> None:
+        with self._settled:
+            self._settled.wait_for(lambda: self._unsettled == 0, timeout=timeout)
 
     def _fault_reply(self, h: _Handler, step: ScriptStep) -> int:
         if isinstance(step, Raw):
