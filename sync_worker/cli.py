@@ -177,6 +177,7 @@ _STATUS_COLUMNS: Final = (
     ("lag_seconds", "lag s"),
     ("row_count", "rows"),
     ("last_run_outcome", "last run"),
+    ("quarantined", "quarantined"),
     ("last_error", "last error"),
 )
 

@@ -13,6 +13,11 @@
   detected with ``endswith("SessionToken.Expired")``, so either form matches.
   Gateway faults give their numeric ``fault.code`` as a string; OAuth errors
   give ``error``.
+* A 200/202 history body that cannot be decoded or has the wrong envelope, on a
+  response whose paging is otherwise valid, raises ``errors.MalformedBlockError``
+  carrying the raw bytes and the block's ``next``: the sync quarantines it and
+  moves on, so one bad block never stops the queue. A bad ``Location`` stays an
+  ``errors.UnsafeLocationError`` (nothing could be acknowledged safely).
 * Paging: the HTTP status is authoritative. 202 means another block waits and
   must carry a valid ``next`` token in ``Location``; 200 is the final block
   (``next`` is None) whatever ``hasMoreData`` says. A disagreement is logged.
@@ -341,7 +346,8 @@ class SmsController:
             raise errors.ResponseFormatError(
                 "history answered with an unexpected success status", status=status, operation=operation
             )
-        result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
+        # Location first: a block is only worth quarantining when it can be
+        # acknowledged safely, and a bad Location leaves nothing safe to send.
         new_next: str | None = None
         if status == 202:
             location = response.headers.get("Location")
@@ -353,6 +359,19 @@ class SmsController:
                 new_next = next_token_from_location(location, self._client.base_url)
             except errors.UnsafeLocationError as exc:
                 raise errors.UnsafeLocationError(str(exc), status=status, operation=operation) from None
+        try:
+            result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
+        except errors.ResponseFormatError as exc:
+            problem = exc.args[0] if exc.args else "history body does not have the documented shape"
+            raise errors.MalformedBlockError(
+                f"history block body is unreadable: {problem}",
+                body=response.content,
+                problem=str(problem),
+                next_token=new_next,
+                request_next=next,
+                status=status,
+                operation=operation,
+            ) from exc
         if result.has_more_data != (status == 202):
             _log.warning(
                 "thingspace_history_status_disagrees",

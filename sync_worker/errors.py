@@ -13,6 +13,9 @@ error codes, never headers or request bodies.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+
 
 class SyncWorkerError(Exception):
     """Root of every error this package raises on purpose."""
@@ -103,6 +106,45 @@ class InvalidCursorError(ApiPermanentError):
 
 class ResponseFormatError(ApiPermanentError):
     """The response does not have the documented shape (body or headers)."""
+
+
+class MalformedBlockError(ResponseFormatError):
+    """A history block whose body cannot be read, although its paging is valid.
+
+    The block can be acknowledged safely (``next_token`` came from a valid
+    ``Location``, or the status was a final 200), so the sync quarantines the raw
+    body and moves on instead of letting one bad block stop the queue for good.
+    ``body`` keeps at most ``MAX_KEPT_BODY`` bytes of what arrived; ``body_size``
+    is the full length and ``body_sha256`` the digest of the full body. The body
+    is never part of ``str()`` or ``repr()``: it is data, not a message.
+    """
+
+    MAX_KEPT_BODY = 16 * 1024 * 1024
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        body: bytes,
+        problem: str,
+        next_token: str | None,
+        request_next: str | None,
+        status: int | None = None,
+        operation: str | None = None,
+        received_at: datetime.datetime | None = None,
+    ) -> None:
+        super().__init__(message, status=status, operation=operation)
+        self.received_at = received_at or datetime.datetime.now(datetime.UTC)
+        self.body = bytes(body[: self.MAX_KEPT_BODY])
+        self.body_size = len(body)
+        self.body_sha256 = hashlib.sha256(body).hexdigest()
+        self.problem = problem
+        self.next_token = next_token
+        self.request_next = request_next
+
+    @property
+    def body_truncated(self) -> bool:
+        return self.body_size > len(self.body)
 
 
 class UnsafeLocationError(ResponseFormatError):

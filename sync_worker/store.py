@@ -66,6 +66,13 @@ class AccountStatus:
     last_run_outcome: str | None
     last_error: str | None
     last_error_at: dt.datetime | None
+    quarantined: int = 0  # blocks kept in sms_quarantine for this account, ever
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuarantineResult:
+    quarantine_id: int
+    inserted: bool  # False: the same block was quarantined before (a replay); its row was updated
 
 
 def get_cursor(conn: Connection, account: str) -> str | None:
@@ -112,8 +119,40 @@ def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> Blo
     )
 
 
+def quarantine_block(
+    conn: Connection, run_id: int, account: str, error: errors.MalformedBlockError
+) -> QuarantineResult:
+    """Keep an unreadable block's body, move the cursor past it and count it, atomically.
+
+    The cursor moves to ``error.next_token`` (NULL after a final 200), exactly as
+    ``commit_block`` would have: the request that acknowledges the block is sent
+    only after this transaction committed, so a crash in between replays the
+    block, which maps onto the same ``sms_quarantine`` row.
+    """
+    params = {
+        "account_name": account,
+        "run_id": run_id,
+        "http_status": error.status if error.status is not None else 0,
+        "request_token": error.request_next,
+        "next_token": error.next_token,
+        "problem": _error_text(error.problem),
+        "body": error.body,
+        "body_size": error.body_size,
+        "body_sha256": error.body_sha256,
+        "received_at": error.received_at,
+    }
+    with _transaction(conn, single_statement=True) as cur:
+        row = cur.execute(queries.get("quarantine_block"), params).fetchone()
+    assert row is not None
+    return QuarantineResult(quarantine_id=int(row[0]), inserted=bool(row[1]))
+
+
 def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
-    """Close a run; a successful outcome sets ``last_success_at``, an error ``last_error``."""
+    """Close a run; a successful outcome sets ``last_success_at``, an error ``last_error``.
+
+    Both can happen at once: a run that drained its queue but quarantined a
+    block succeeded, and its note (``error``) still reaches ``last_error``.
+    """
     error_text = _error_text(error)
     with _transaction(conn) as cur:
         row = cur.execute(
@@ -122,7 +161,7 @@ def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -
         if row is None:
             raise errors.StoreError(f"sync_run {run_id} does not exist")
         account = row[0]
-        if outcome in SUCCESS_OUTCOMES and error_text is None:
+        if outcome in SUCCESS_OUTCOMES:
             cur.execute(queries.get("cursor_success"), {"account_name": account})
         if error_text is not None:
             cur.execute(queries.get("cursor_error"), {"account_name": account, "error": error_text})
@@ -217,6 +256,7 @@ def account_status(conn: Connection) -> list[AccountStatus]:
             last_run_outcome=r[6],
             last_error=r[7],
             last_error_at=r[8],
+            quarantined=int(r[9]),
         )
         for r in fetched
     ]

@@ -14,7 +14,14 @@ acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 Outcomes of an account run (``AccountResult.outcome``):
 
 ``succeeded``
-    drained to the final block.
+    drained to the final block. A block whose body could not be read
+    (``errors.MalformedBlockError``: not JSON, wrong envelope, nesting beyond
+    the decoder) but whose paging was valid is *quarantined*: its exact bytes go
+    to ``sms_quarantine``, the cursor moves past it, an error-level
+    ``block_quarantined`` event is logged, and paging continues. Such a run
+    still succeeds (the queue drained, nothing was dropped silently) but
+    ``AccountResult.quarantined`` / ``sync_run.quarantined`` count the blocks
+    and ``error`` carries a short note, which ``status`` shows as the last error.
 ``failed``
     the run ended early with ``error`` set; the cursor stays at the last
     committed block and the next run resumes there. This includes a
@@ -104,6 +111,7 @@ class AccountResult:
     inserted: int = 0
     replays: int = 0
     malformed: int = 0
+    quarantined: int = 0
     duration_seconds: float = 0.0
     error: str | None = None
     # The errors class name, so the CLI can tell refused credentials (exit 4)
@@ -152,6 +160,7 @@ class PassResult:
             "inserted": sum(r.inserted for r in self.accounts),
             "replays": sum(r.replays for r in self.accounts),
             "malformed": sum(r.malformed for r in self.accounts),
+            "quarantined": sum(r.quarantined for r in self.accounts),
             "failed": sorted(r.account for r in self.accounts if not r.ok),
             "exit_code": self.exit_code,
         }
@@ -226,6 +235,7 @@ class _AccountRun:
         self.clock = clock
         self.started = clock()
         self.blocks = self.received = self.inserted = self.replays = self.malformed = 0
+        self.quarantined = 0
 
     def run(self) -> AccountResult:
         try:
@@ -286,6 +296,11 @@ class _AccountRun:
             outcome, failure = "failed", exc
 
         error_text = None if failure is None else _describe(failure)
+        if outcome == "succeeded" and self.quarantined:
+            error_text = (
+                f"quarantined {self.quarantined} unreadable block(s); see sms_quarantine "
+                "(the queue moved past them)"
+            )
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
         self.record_finish(
@@ -324,6 +339,14 @@ class _AccountRun:
                         return
                     self.check_stop()
                 return
+            except errors.MalformedBlockError as exc:
+                # Failing here would leave the block unacknowledged, and a platform
+                # that keeps serving it would stop the queue forever. Its bytes are
+                # kept, so acknowledging it loses nothing.
+                self.quarantine(conn, run_id, exc)
+                if exc.next_token is None:
+                    return
+                cursor = exc.next_token
             except errors.InvalidCursorError:
                 # Restarting at the head is always safe: every block a rejected
                 # token could acknowledge is committed already, and whatever is
@@ -368,6 +391,24 @@ class _AccountRun:
                 self.account, result.received, result.inserted, result.replays, malformed
             )
 
+    def quarantine(self, conn: psycopg.Connection[Any], run_id: int, exc: errors.MalformedBlockError) -> None:
+        result = store.quarantine_block(conn, run_id, self.account, exc)
+        self.quarantined += 1
+        _log.error(
+            "block_quarantined",
+            account=self.account,
+            status=exc.status,
+            problem=exc.problem,
+            size=exc.body_size,
+            sha256=exc.body_sha256,
+            truncated=exc.body_truncated,
+            quarantine_id=result.quarantine_id,
+            replay=not result.inserted,
+            final=exc.next_token is None,
+        )
+        if self.metrics is not None:
+            self.metrics.error(self.account, "malformed_block")
+
     def check_stop(self) -> None:
         if self.stop_event is not None and self.stop_event.is_set():
             raise _Stopped
@@ -390,6 +431,7 @@ class _AccountRun:
             inserted=self.inserted,
             replays=self.replays,
             malformed=self.malformed,
+            quarantined=self.quarantined,
             duration_seconds=round(self.clock() - self.started, 6),
             error=error,
             error_kind=None if exc is None else type(exc).__name__,
@@ -443,6 +485,7 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
         "inserted": result.inserted,
         "replays": result.replays,
         "malformed": result.malformed,
+        "quarantined": result.quarantined,
         "duration": result.duration_seconds,
         "outcome": result.outcome,
     }

@@ -66,6 +66,40 @@ SELECT c.inserted,
        (SELECT count(*) FROM run_counted) AS run_rows
 FROM counted c;
 
+-- name: quarantine_block
+-- A block whose body could not be read: the exact bytes, the cursor moved past
+-- it and the run counted, in one statement like commit_block. A replay of the
+-- same block (same body, same tokens) updates the existing row instead of
+-- adding one.
+WITH kept AS (
+    INSERT INTO sms_quarantine AS q (
+        account_name, run_id, http_status, request_token, next_token, problem,
+        body, body_size, body_sha256, received_at
+    )
+    VALUES (%(account_name)s, %(run_id)s, %(http_status)s, %(request_token)s, %(next_token)s,
+            %(problem)s, %(body)b, %(body_size)s, %(body_sha256)s, %(received_at)s)
+    ON CONFLICT ON CONSTRAINT sms_quarantine_block DO UPDATE
+        SET seen_count = q.seen_count + 1, last_seen_at = now()
+    -- xmax is 0 only on a freshly inserted row version.
+    RETURNING q.id, q.xmax = 0 AS inserted
+),
+cursor_moved AS (
+    INSERT INTO sync_cursor (account_name, next_token, moved_at)
+    VALUES (%(account_name)s, %(next_token)s, now())
+    ON CONFLICT (account_name) DO UPDATE
+        SET next_token = EXCLUDED.next_token, moved_at = EXCLUDED.moved_at
+    RETURNING 1
+),
+run_counted AS (
+    UPDATE sync_run SET quarantined = quarantined + 1
+    WHERE id = %(run_id)s
+    RETURNING 1
+)
+SELECT k.id, k.inserted,
+       (SELECT count(*) FROM cursor_moved) AS cursor_rows,
+       (SELECT count(*) FROM run_counted) AS run_rows
+FROM kept k;
+
 -- name: get_cursor
 SELECT next_token FROM sync_cursor WHERE account_name = %(account_name)s;
 
@@ -157,7 +191,8 @@ SELECT a.account_name,
        (SELECT count(*) FROM sms_history h WHERE h.account_name = a.account_name) AS row_count,
        r.outcome AS last_run_outcome,
        c.last_error,
-       c.last_error_at
+       c.last_error_at,
+       (SELECT count(*) FROM sms_quarantine q WHERE q.account_name = a.account_name) AS quarantined
 FROM accounts a
 LEFT JOIN sync_cursor c ON c.account_name = a.account_name
 LEFT JOIN last_run r ON r.account_name = a.account_name

@@ -58,7 +58,31 @@ def test_check_schema_refuses_a_missing_newer_migration(
         assert migrations.migrate(conn, directory) == ["9999"]
         migrations.check_schema(conn, directory)
         statuses = migrations.status(conn, directory)
-    assert [(s.version, s.checksum_matches) for s in statuses] == [("0001", True), ("9999", True)]
+    shipped = [(m.version, True) for m in migrations.available()]
+    assert [(s.version, s.checksum_matches) for s in statuses] == [*shipped, ("9999", True)]
+
+
+def test_existing_database_at_0001_is_upgraded_by_0002(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    """A database built before 0002 is refused by check_schema, then migrate adds 0002 keeping its data."""
+    url = make_database(migrated=False)
+    only_0001 = tmp_path / "only_0001"
+    only_0001.mkdir()
+    shutil.copy(queries.sql_root() / "migrations" / "0001_history_store.sql", only_0001)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrations.migrate(conn, only_0001) == ["0001"]
+        conn.execute(
+            "INSERT INTO sync_run (account_name, worker_host, worker_pid, blocks) VALUES ('acct', 'h', 1, 3)"
+        )
+        conn.execute("INSERT INTO sync_cursor (account_name, next_token) VALUES ('acct', 'tok')")
+        with pytest.raises(errors.SchemaError, match=r"0002_quarantine\.sql.*sync-worker migrate"):
+            migrations.check_schema(conn)
+        assert migrations.migrate(conn) == ["0002"]
+        migrations.check_schema(conn)
+        assert conn.execute("SELECT blocks, quarantined FROM sync_run").fetchall() == [(3, 0)]
+        assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [("tok",)]
+        assert conn.execute("SELECT count(*) FROM sms_quarantine").fetchone() == (0,)
 
 
 def test_edited_migration_is_refused(make_database: Callable[..., str], tmp_path: Path) -> None:
@@ -69,7 +93,7 @@ def test_edited_migration_is_refused(make_database: Callable[..., str], tmp_path
         migrations.migrate(conn, directory)
         edited = directory / "0001_history_store.sql"
         edited.write_text(edited.read_text() + "\n-- a harmless-looking edit\n")
-        (directory / "0002_more.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
+        (directory / "9002_more.sql").write_text("CREATE TABLE should_not_exist (id int);\n")
         with pytest.raises(errors.MigrationError, match=r"0001_history_store\.sql"):
             migrations.migrate(conn, directory)
         assert conn.execute("SELECT to_regclass('should_not_exist')").fetchone() == (None,)
@@ -83,12 +107,12 @@ def test_failing_migration_rolls_back_and_is_not_recorded(
     """A migration that fails leaves no half-applied changes and no schema_migrations row."""
     url = make_database()
     directory = _copy_migrations(tmp_path)
-    (directory / "0002_broken.sql").write_text("CREATE TABLE half (id int);\nSELECT no_such_function();\n")
+    (directory / "9002_broken.sql").write_text("CREATE TABLE half (id int);\nSELECT no_such_function();\n")
     with psycopg.connect(url, autocommit=True) as conn:
-        with pytest.raises(errors.MigrationError, match=r"0002_broken\.sql"):
+        with pytest.raises(errors.MigrationError, match=r"9002_broken\.sql"):
             migrations.migrate(conn, directory)
         assert conn.execute("SELECT to_regclass('half')").fetchone() == (None,)
-        assert conn.execute("SELECT count(*) FROM schema_migrations WHERE version = '0002'").fetchone() == (
+        assert conn.execute("SELECT count(*) FROM schema_migrations WHERE version = '9002'").fetchone() == (
             0,
         )
 
@@ -104,7 +128,7 @@ def test_concurrent_migrate_applies_each_migration_once(
     """Two processes migrating the same database at once apply every migration exactly once."""
     url = make_database(migrated=False)
     directory = _copy_migrations(tmp_path)
-    (directory / "0002_counter.sql").write_text(
+    (directory / "9002_counter.sql").write_text(
         "CREATE TABLE applied_count (n int);\nINSERT INTO applied_count VALUES (1);\n"
     )
     ctx = multiprocessing.get_context("spawn")
@@ -132,9 +156,10 @@ def test_concurrent_migrate_applies_each_migration_once(
         for child in children:
             child.join(timeout=60)
             assert child.exitcode == 0
-        assert outcomes == [[], ["0001", "0002"]]
+        shipped = [m.version for m in migrations.available()]
+        assert outcomes == [[], [*shipped, "9002"]]
         assert holder.execute("SELECT count(*) FROM applied_count").fetchone() == (1,)
-        assert holder.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+        assert holder.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(shipped) + 1,)
 
 
 def _documented_columns() -> dict[str, list[str]]:
