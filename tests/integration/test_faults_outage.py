@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
+import psycopg
 import pytest
 
 from tests.reliability import crash, proxy
@@ -23,6 +24,16 @@ def _events(text: str) -> list[dict[str, object]]:
         if isinstance(event, dict):
             out.append(event)
     return out
+
+
+def _worker_backends(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 @pytest.mark.slow
@@ -49,6 +60,9 @@ def test_daemon_survives_postgres_outage_mid_drain(db_url: str) -> None:
         try:
             crash.wait_until(lambda: crash.row_count(db_url) >= 1000, 60, "the first 1000 rows")
             pg.cut()
+            # A statement already forwarded before the cut may still commit: the outage
+            # starts for real once the worker's backends have all gone.
+            crash.wait_until(lambda: _worker_backends(db_url) == 0, 30, "the worker's backends to end")
             at_cut = crash.row_count(db_url)
             assert at_cut < 2 * PER_ACCOUNT, "the drain finished before the outage began"
             # The daemon notices, logs it and keeps trying on its schedule (refused reconnects).
