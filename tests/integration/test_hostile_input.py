@@ -1,12 +1,16 @@
 """Hostile and malformed API input, end to end (simulator over HTTP -> client -> sync -> Postgres).
 
 Every case must end in a clear error (a handled, failed account run naming the problem, with the
-cursor at the last committed block) or in stored rows, and a later pass must drain the queue
-exactly: never a crash, a silent drop or a stuck queue.
+cursor at the last committed block), in stored rows, or, for a block whose *body* cannot be read
+although its paging is valid, in a quarantined block (its exact bytes in ``sms_quarantine``, the
+cursor past it, the run succeeding with ``quarantined`` counted). Never a crash, a silent drop or a
+stuck queue: bad bodies are also served *persistently* (every time their block is served).
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import socket
 import threading
@@ -14,8 +18,9 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 
-from sync_worker import simulator
+from sync_worker import cli, simulator, store
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00031"
@@ -65,33 +70,171 @@ BODY_CASES: dict[str, bytes] = {
 }
 
 
-@pytest.mark.parametrize(
-    "case",
-    list(BODY_CASES),
-)
-def test_malformed_history_body_is_a_clear_error_and_the_queue_drains_later(db_url: str, case: str) -> None:
-    """A malformed body fails the run with ResponseFormatError, stores nothing; the next pass drains all."""
+def _quarantined(db_url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT account_name, http_status, request_token, next_token, body, body_size, body_sha256,"
+            " problem FROM sms_quarantine ORDER BY id"
+        ).fetchall()
+
+
+def _succeeded_with_quarantine(result: Any, quarantined: int = 1) -> Any:
+    (account,) = result.accounts
+    assert result.exit_code == 0, result.summary()
+    assert account.outcome == "succeeded", account
+    assert account.quarantined == quarantined, account
+    assert account.error and "quarantined" in account.error, account
+    return account
+
+
+@pytest.mark.parametrize("case", list(BODY_CASES))
+def test_one_shot_malformed_body_is_quarantined_and_the_queue_drains_later(db_url: str, case: str) -> None:
+    """A bad final-200 body served once is kept byte for byte, the run succeeds, the next pass drains all."""
     sim = _sim()
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=1))
         sim.faults.next_history_raw(BODY_CASES[case], 200, [("Content-Type", "application/json")])
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
-        _ended_with_clear_error(result)
+        _succeeded_with_quarantine(result)
         assert crash.row_count(db_url) == 0
+        [row] = _quarantined(db_url)
+        assert row[:4] == (ACCOUNT, 200, None, None)
+        assert row[4] == BODY_CASES[case] and row[5] == len(BODY_CASES[case])
+        assert row[6] == hashlib.sha256(BODY_CASES[case]).hexdigest()
         _drains_exactly_afterwards(sim, db_url)
 
 
 def test_malformed_body_mid_paging_keeps_the_committed_blocks(db_url: str) -> None:
-    """A bad body on the third request keeps blocks one and two stored with the cursor after them."""
+    """A bad body on the third request keeps blocks one and two; the unacknowledged block comes back later."""
     sim = _sim()
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 450, seed=2))
         sim.faults.script("history", [200, 200, simulator.Raw(status=200, body=b"not json")])
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
-        _ended_with_clear_error(result)
-        assert result.accounts[0].blocks == 2
+        account = _succeeded_with_quarantine(result)
+        assert account.blocks == 2
         assert crash.row_count(db_url) == 200
+        [row] = _quarantined(db_url)
+        assert row[2] is not None and row[4] == b"not json"
         _drains_exactly_afterwards(sim, db_url)
+
+
+class _PoisonSimulator(crash.HookedSimulator):
+    """Serves ``poison`` instead of the body of whichever block holds ``marker``, every time that
+    block is served (a reusable token's replay, a GET at the head): a persistently bad block. The
+    request is still processed, so status, Location and acknowledgements are the real ones."""
+
+    def __init__(self, config: simulator.SimConfig, marker: bytes, poison: bytes) -> None:
+        super().__init__(config)
+        self.marker = marker
+        self.poison = poison
+        self.poisoned: list[Any] = []
+        self.poison_served = 0
+
+    def _process(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> Any:
+        status, reply, headers, after_write = super()._process(h, kind, account, query, body)
+        if kind == "history" and status in (200, 202) and self.marker in reply:
+            self.poison_served += 1
+            self.poisoned = json.loads(reply)["messages"]
+            return status, self.poison, headers, after_write
+        return status, reply, headers, after_write
+
+
+_TEN_MB_BAD = b'{"hasMoreData": true, "messages": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+PERSISTENT_CASES: dict[str, bytes] = {**BODY_CASES, "ten_megabytes_messages_not_a_list": _TEN_MB_BAD}
+
+
+def _persistent_run(
+    db_url: str, *, token_mode: str, final_ack: str, poison: bytes, index: int, total: int = 250
+) -> _PoisonSimulator:
+    sim = _PoisonSimulator(
+        crash.crash_sim_config(ACCOUNTS, final_ack=final_ack, token_mode=token_mode),
+        marker=f"#{index} temp=".encode(),
+        poison=poison,
+    )
+    sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, total, seed=11))
+    return sim
+
+
+def _check_persistent(sim: _PoisonSimulator, db_url: str, poison: bytes, status: int) -> None:
+    [row] = _quarantined(db_url)
+    assert row[1] == status
+    assert (row[3] is None) == (status == 200)
+    assert row[4] == poison and row[5] == len(poison)
+    assert row[6] == hashlib.sha256(poison).hexdigest()
+    assert sim.poison_served >= 1
+    # Every good message is stored exactly once; the poisoned block's messages exist only in the
+    # quarantined body the platform sent instead of them.
+    poisoned = collections.Counter(
+        (ACCOUNT, json.dumps(m, sort_keys=True, ensure_ascii=True)) for m in sim.poisoned
+    )
+    assert len(sim.poisoned) == 100
+    assert crash.stored(db_url) + poisoned == crash.delivered(sim, ACCOUNTS)
+    # Not stuck: a later pass finds nothing new to store or quarantine and succeeds.
+    again, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+    assert again.exit_code == 0, again.summary()
+    (account,) = again.accounts
+    assert account.outcome == "succeeded" and account.inserted == 0 and account.quarantined == 0, account
+    assert len(_quarantined(db_url)) == 1
+    assert sim.queued(ACCOUNT) == []
+
+
+@pytest.mark.parametrize("token_mode", ["reusable", "single_use"])
+@pytest.mark.parametrize("case", list(PERSISTENT_CASES))
+def test_persistently_malformed_block_is_quarantined_and_the_queue_moves_past_it(
+    db_url: str, case: str, token_mode: str
+) -> None:
+    """A block whose body is always bad is kept exactly, acknowledged, and every other message stored."""
+    poison = PERSISTENT_CASES[case]
+    sim = _persistent_run(db_url, token_mode=token_mode, final_ack="on_next_get", poison=poison, index=120)
+    with sim:
+        result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS, read_timeout=30)
+        account = _succeeded_with_quarantine(result)
+        assert (account.blocks, account.received, account.inserted) == (2, 150, 150), account
+        _check_persistent(sim, db_url, poison, 202)
+
+
+@pytest.mark.parametrize("final_ack", ["on_delivery", "on_next_get"])
+@pytest.mark.parametrize("token_mode", ["reusable", "single_use"])
+def test_persistently_malformed_final_block_is_quarantined(
+    db_url: str, token_mode: str, final_ack: str
+) -> None:
+    """A final 200 with an always-bad body is kept exactly, the cursor ends at the head, later passes pass."""
+    poison = BODY_CASES["messages_not_a_list"]
+    sim = _persistent_run(
+        db_url, token_mode=token_mode, final_ack=final_ack, poison=poison, index=250, total=300
+    )
+    with sim:
+        result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+        account = _succeeded_with_quarantine(result)
+        assert (account.blocks, account.inserted) == (2, 200), account
+        with psycopg.connect(db_url) as conn:
+            assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [(None,)]
+        _check_persistent(sim, db_url, poison, 200)
+
+
+def test_quarantine_is_logged_counted_and_shown_by_status(db_url: str) -> None:
+    """The quarantine logs an error event with size and digest, and status shows the account's count."""
+    poison = BODY_CASES["not_json"]
+    sim = _persistent_run(db_url, token_mode="reusable", final_ack="on_next_get", poison=poison, index=10)
+    with sim, structlog.testing.capture_logs() as events:
+        result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+    _succeeded_with_quarantine(result)
+    [event] = [e for e in events if e["event"] == "block_quarantined"]
+    assert event["log_level"] == "error"
+    assert (event["account"], event["status"], event["size"]) == (ACCOUNT, 202, len(poison))
+    assert event["sha256"] == hashlib.sha256(poison).hexdigest()
+    assert event["problem"] == "response body is not JSON"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        [status] = store.account_status(conn)
+        run = conn.execute("SELECT outcome, quarantined, error FROM sync_run").fetchone()
+        table = cli.format_status(cli.status_rows(conn))
+    assert status.quarantined == 1 and status.last_run_outcome == "succeeded"
+    assert status.last_success_at is not None and "quarantined" in (status.last_error or "")
+    assert run is not None and run[:2] == ("succeeded", 1) and "sms_quarantine" in run[2]
+    header, _, line = table.splitlines()
+    column = header.index("quarantined")
+    assert line[column : column + len("quarantined")].strip() == "1"
 
 
 def test_duplicate_keys_take_one_value_and_store_the_message(db_url: str) -> None:
@@ -111,18 +254,17 @@ def test_duplicate_keys_take_one_value_and_store_the_message(db_url: str) -> Non
     assert texts == ["second"]
 
 
-def test_body_that_is_not_utf8_is_stored_or_refused_clearly(db_url: str) -> None:
-    """A body with invalid UTF-8 bytes ends as a stored (malformed) row or a clear error, never a crash."""
+def test_body_that_is_not_utf8_is_quarantined_byte_for_byte(db_url: str) -> None:
+    """A body with invalid UTF-8 bytes cannot be decoded: it is quarantined exactly (no lossy repair)."""
     sim = _sim()
     with sim:
         body = b'{"hasMoreData": false, "messages": [{"message": "\xff\xfe"}]}'
         sim.faults.next_history_raw(body, 200, [("Content-Type", "application/json")])
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
-        (account,) = result.accounts
-        if account.outcome == "succeeded":
-            assert account.received == account.malformed == crash.row_count(db_url) == 1
-        else:
-            _ended_with_clear_error(result)
+        account = _succeeded_with_quarantine(result)
+        assert account.received == crash.row_count(db_url) == 0
+        [row] = _quarantined(db_url)
+        assert row[4] == body
 
 
 @pytest.mark.timeout(120)

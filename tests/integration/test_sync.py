@@ -400,3 +400,61 @@ def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simula
         api.close()
         login_guard.close()
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 0
+
+
+class _QuarantineApi:
+    """Serves a good block, then an unreadable one (MalformedBlockError), then the final block from
+    the unreadable block's token: what a platform serving one bad block looks like to the sync."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self.calls: list[str | None] = []
+        self.sms = self
+
+    def iter_history_blocks(
+        self, account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> Any:
+        self.calls.append(next)
+        wire = {
+            "deviceIds": [{"id": "1", "kind": "imei"}],
+            "message": "",
+            "timestamp": "2024-01-01T00:00:00Z",
+        }
+        if next is None:
+            yield models.HistoryPage(
+                account_name, (models.SMSMessage.from_wire({**wire, "message": "one"}),), True, 202, "T1"
+            )
+            raise errors.MalformedBlockError(
+                "unreadable",
+                body=b"<html>",
+                problem="response body is not JSON",
+                next_token="T2",
+                request_next="T1",
+                status=202,
+                operation="list_devices_sms_messages",
+            )
+        assert next == "T2"
+        yield models.HistoryPage(
+            account_name, (models.SMSMessage.from_wire({**wire, "message": "two"}),), False, 200, None, "T2"
+        )
+
+
+def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_url: str) -> None:
+    """The sync quarantines a MalformedBlockError, counts malformed_block, and resumes from its next token."""
+    account = "0252012345-00077"
+    api = _QuarantineApi(account)
+    m = metrics.Metrics()
+    result = sync.sync_account(api, account, sync.connection_factory(db_url), metrics=m)
+    assert api.calls == [None, "T2"]
+    assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("succeeded", 2, 2, 1)
+    assert result.ok and result.error is not None and "quarantined 1" in result.error
+    assert (
+        m.registry.get_sample_value(
+            "thingspace_sync_errors_total", {"account": account, "kind": "malformed_block"}
+        )
+        == 1.0
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert store.get_cursor(conn, account) is None
+        rows = conn.execute("SELECT request_token, next_token, body FROM sms_quarantine").fetchall()
+    assert rows == [("T1", "T2", b"<html>")]

@@ -7,6 +7,7 @@ request goes through the real client code and only the socket is replaced.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import threading
@@ -462,6 +463,61 @@ def test_malformed_2xx_is_a_format_error(fake: FakeApi, make: Any, body: str) ->
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert info.value.status == 200
     assert len(fake.paths("/history")) == 1
+
+
+_BAD_BODIES = {
+    "not_json": b"<html>Service Unavailable</html>",
+    "messages_not_a_list": b'{"hasMoreData": true, "messages": {"0": 1}}',
+    "has_more_not_bool": b'{"hasMoreData": "yes", "messages": []}',
+    "deep_nesting": b"[" * 100_000 + b"]" * 100_000,
+    "invalid_utf8_envelope": b"\xff\xfe{}",
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_BODIES))
+def test_unreadable_202_body_with_valid_location_is_a_malformed_block(
+    fake: FakeApi, make: Any, case: str
+) -> None:
+    """A 202 with a bad body but a safe Location raises MalformedBlockError with the bytes and both tokens."""
+    body = _BAD_BODIES[case]
+    fake.api.append(reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2"))
+    with pytest.raises(errors.MalformedBlockError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
+    exc = info.value
+    assert isinstance(exc, errors.ResponseFormatError)
+    assert (exc.status, exc.next_token, exc.request_next) == (202, "Tok2", "Tok1")
+    assert exc.body == body and exc.body_size == len(body) and not exc.body_truncated
+    assert exc.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert exc.problem and exc.problem in str(exc)
+    # The body is data: never in the message, the repr or the args.
+    assert body[:20].decode("latin-1") not in str(exc) + repr(exc)
+    assert len(fake.paths("/history")) == 1
+
+
+def test_unreadable_final_200_is_a_malformed_block_without_next(fake: FakeApi, make: Any) -> None:
+    """A 200 with a bad body raises MalformedBlockError whose next_token is None (the final block)."""
+    fake.api.append(reply(200, b"null"))
+    with pytest.raises(errors.MalformedBlockError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert (info.value.status, info.value.next_token, info.value.request_next) == (200, None, None)
+    assert info.value.body == b"null"
+
+
+def test_unreadable_body_with_bad_location_stays_unsafe_location(fake: FakeApi, make: Any) -> None:
+    """A bad body under a foreign Location is UnsafeLocationError: nothing can be acknowledged safely."""
+    fake.api.append(reply(202, b"not json", Location="https://evil.example/api/x?next=Tok2"))
+    with pytest.raises(errors.UnsafeLocationError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT)
+    assert not isinstance(info.value, errors.MalformedBlockError)
+
+
+def test_malformed_block_keeps_at_most_the_cap() -> None:
+    """A body over MAX_KEPT_BODY keeps its first bytes, its full size and the digest of the whole body."""
+    body = b"x" * (errors.MalformedBlockError.MAX_KEPT_BODY + 10)
+    exc = errors.MalformedBlockError("m", body=body, problem="p", next_token=None, request_next=None)
+    assert len(exc.body) == errors.MalformedBlockError.MAX_KEPT_BODY
+    assert exc.body_size == len(body) and exc.body_truncated
+    assert exc.body_sha256 == hashlib.sha256(body).hexdigest()
 
 
 def test_redirect_is_not_followed(fake: FakeApi, make: Any) -> None:
