@@ -1,0 +1,78 @@
+"""SIGTERM to the `sync-worker run` daemon in the middle of a long drain (the CLI as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from sync_worker import simulator
+from tests.integration.test_cli_e2e import EventReader, canonical, cli, distinct_backlog, stored, worker_env
+
+ACCOUNT = "0252012345-00001"
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def test_sigterm_mid_drain_exits_in_time_with_the_cursor_at_a_committed_block(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """SIGTERM mid-drain: exit 0 in time; rows = acked blocks + the cursor's block; a rerun completes."""
+    backlog = distinct_backlog(6000, seed=61)
+    simulator.inject(ACCOUNT, backlog)
+    # Latency per request stretches the 60-block drain to several seconds, so the signal lands inside it.
+    simulator.faults.latency = 0.05
+    env = worker_env(
+        simulator,
+        db_url,
+        SYNC_ACCOUNTS=ACCOUNT,
+        SYNC_SHUTDOWN_TIMEOUT_SECONDS=str(SHUTDOWN_TIMEOUT),
+        SYNC_INTERVAL_SECONDS="3600",
+        SYNC_JITTER_SECONDS="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        events = EventReader(proc.stdout)
+        events.wait_for({"block_committed"})
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=SHUTDOWN_TIMEOUT + 20)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0
+    assert elapsed < SHUTDOWN_TIMEOUT
+    runs = [json.loads(line) for line in events.rest() if '"account_run"' in line]
+    assert [r["outcome"] for r in runs] == ["interrupted"]
+
+    acked = simulator.acknowledged(ACCOUNT)
+    rows = stored(db_url, ACCOUNT)
+    assert 0 < len(rows) < len(backlog), "the signal did not land inside the drain"
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT next_token FROM sync_cursor WHERE account_name = %s", (ACCOUNT,)
+        ).fetchone()
+    assert row is not None and row[0] is not None
+    token = row[0]
+    # The cursor is the token of the last committed block, which nothing has acknowledged yet.
+    assert token in simulator.issued_tokens(ACCOUNT)
+    assert simulator.token_acks(ACCOUNT).get(token, 0) == 0
+    pending = simulator.queued(ACCOUNT)[: simulator.config.block_size]
+    assert rows == canonical(acked + pending)
+
+    rerun = cli(env, "once")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert stored(db_url, ACCOUNT) == canonical(backlog)
+    assert simulator.queued(ACCOUNT) == []
