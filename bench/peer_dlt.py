@@ -105,7 +105,7 @@ def dlt_credentials(dsn: str) -> str:
 def make_paginator() -> Any:
     from dlt.sources.helpers.rest_client.paginators import BasePaginator
 
-    class LocationNextPaginator(BasePaginator):  # type: ignore[misc]
+    class LocationNextPaginator(BasePaginator):
         """202 + ``Location: /sms/{aname}/history?next=T`` means more; take only the token."""
 
         def __init__(self) -> None:
@@ -143,7 +143,7 @@ def run_peer(
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     import dlt
-    from dlt.sources.helpers.rest_client import RESTClient
+    from dlt.sources.helpers.rest_client.client import RESTClient
 
     blocks = 0
 

@@ -144,7 +144,7 @@ def _both(dsn: str, statement: str, params: list[dict[str, Any]]) -> None:
 
     def one(p: dict[str, Any]) -> None:
         with _loader(dsn) as conn:
-            conn.execute(statement, p)  # type: ignore[call-overload]
+            conn.execute(statement, p)
 
     with concurrent.futures.ThreadPoolExecutor(len(params)) as pool:
         for fut in [pool.submit(one, p) for p in params]:
@@ -205,11 +205,11 @@ def bulk_load(dsn: str, n_rows: int, accounts: int = 20, log: Any = None) -> flo
                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                     sql.Identifier(table),
                     sql.Identifier(name),
-                    sql.SQL(definition),  # type: ignore[arg-type]
+                    sql.SQL(definition),
                 )
             )
         for _, definition in idx:
-            conn.execute(definition)  # type: ignore[call-overload]
+            conn.execute(definition)
         say(f"    constraints and indexes: {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         conn.execute("ANALYZE sms_history")

@@ -183,7 +183,7 @@ class SimHost:
 
 def _process_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` including its reaped children (a postmaster's backends)."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     try:
         t = psutil.Process(pid).cpu_times()

@@ -9,6 +9,7 @@ These are benchmarks, not tests: nothing here fails CI on a missed target.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sizes = scenarios.QUICK if args.quick else scenarios.FULL
     if args.reps is not None:
-        sizes = scenarios.dataclasses.replace(sizes, reps=max(1, args.reps))
+        sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
     selected = [(n, fn) for n, fn in ORDER if (not args.only or n in args.only)]
     if args.no_profile:
         selected = [(n, fn) for n, fn in selected if n != "profile"]
