@@ -190,3 +190,75 @@ def test_build_rows_is_fast_enough() -> None:
         rows.build_rows("0252012345-00001", block)
     per_minute = 10_000 / (time.perf_counter() - start) * 60
     assert per_minute > 500_000, per_minute
+
+
+# Keys computed by rows.py before the build_rows fast path (commit bd79566). Stored databases hold
+# these: any change here would re-insert every replayed message as a new row.
+_PINNED_ACCOUNT = "0252012345-00001"
+_PINNED_KEYS: list[tuple[Any, str, str]] = [
+    (
+        {
+            "deviceIds": [{"id": "0042", "kind": "imei"}],
+            "message": "hi",
+            "timestamp": "2016-01-01T12:29:49-08:00",
+        },
+        "db06b916986113574d8a80ae3b0152d508668d2f91afeaf66567582ab19cbbd5",
+        "0a134178714fc9694018187c26a857c7b4514ddbcd85fcbca5f7ba5b0e3d584a",
+    ),
+    (
+        {
+            "deviceIds": [{"id": "89014103211118510720", "kind": "ICCID"}, {"id": "0042", "kind": "Imei"}],
+            "message": "temp=21.5 #7",
+            "timestamp": "2024-05-01T12:00:01.250Z",
+        },
+        "98aaf8c0045e077b1c65437730adaee3f7206ba9c8770194c3410069c2334fc4",
+        "a2dbacfbddcba76e22c6cece70c80f2a5ed15e4e16529c5c8977619215419153",
+    ),
+    (
+        {
+            "deviceIds": [{"id": "A1", "kind": "mdn"}],
+            "message": 'snow \u2603 \U0001f600 \u05e9\u05dc\u05d5\u05dd "q" \\ /',
+            "timestamp": "2024-05-06T07:08:09+05:30",
+        },
+        "8e61d6ad185a95824df54dd0298927f887cf75ce1206676512623aee53ea277c",
+        "71c52a33f868ca668fe51d08cbd9f5d7e73858a40e4572fff6b29bbc31f18a63",
+    ),
+    (
+        {
+            "deviceIds": [{"id": "1", "kind": "esn"}],
+            "message": "a\x00b\ud800",
+            "timestamp": "2024-05-06T07:08:09",
+        },
+        "01603f2a629614870dc9e076acf4dedc05db89d21ba0c581846e68d5526b280a",
+        "ba80207cf0d65b6452b0350659773c07fb2f9919bd1318514037c08db4585af2",
+    ),
+    (
+        {"deviceIds": [{"id": "7", "kind": "Serial", "extra": 1}], "message": "", "timestamp": "not a time"},
+        "c739bb0aa7763073343c6b2c691d53a5a2c56c4f3a0cb910ec906682aa7601f7",
+        "d49c113d6e3d0df03f59b101d5a45e4bab7dc683b4a655a56751d9d1d9339fda",
+    ),
+    (
+        {"message": "m", "zz": [1, 2.5, None, True], "aa": {"b": "c"}},
+        "670f52979e1f8410a119c20c818dd1021a56c0f0bfb24426a7914e64599b7778",
+        "83219a6ec78bd9d3234654b045af58da4263b6ded03af3a2d0e62b0c48e91868",
+    ),
+    (
+        ["text", 1],
+        "11127fcf6255c63c28d39a85de648db282be9ba92c2b8b34a8317997be892318",
+        "7e50fe5b58cc1e1ea1cd0f546a9245a655a57790a5aec9482c1b45eb6385b41a",
+    ),
+    (
+        {"deviceIds": [{"id": 1, "kind": "imei"}], "message": "m", "timestamp": "2016-01-01T12:29:49-08:00"},
+        "08c6f4448ecfcb86ea1b323ad68cfbd0e6fd6ada301c31f9fd239b13fde8d904",
+        "6e605b00159666e3f38f181e2c9ef5dc9487bea42b30b1899c63cb0dcd986c78",
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "key0", "key2"), _PINNED_KEYS)
+def test_keys_match_those_already_stored(wire: Any, key0: str, key2: str) -> None:
+    """message_key and build_rows give, bit for bit, the keys earlier versions stored."""
+    assert rows.message_key(_PINNED_ACCOUNT, _msg(wire), 0) == key0
+    assert rows.message_key(_PINNED_ACCOUNT, _msg(wire), 2) == key2
+    built = rows.build_rows(_PINNED_ACCOUNT, [_msg(wire), _msg(wire), _msg(wire)])
+    assert [r.message_key for r in built] == [key0, rows.message_key(_PINNED_ACCOUNT, _msg(wire), 1), key2]
