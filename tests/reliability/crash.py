@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 
 from sync_worker import secret, simulator
+from sync_worker.simulator import server as sim_server
 from tests.reliability import logbook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ class HookedSimulator(simulator.Simulator):
     def _serve(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> int:
         hook = self.history_hook
         if hook is not None and kind == "history" and account is not None and hook(account, query) == "drop":
-            raise simulator._Dropped
+            raise sim_server.Dropped
         return super()._serve(h, kind, account, query, body)
 
     def _token(self, h: Any, body: bytes) -> Any:

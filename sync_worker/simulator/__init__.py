@@ -1,0 +1,79 @@
+"""A local stand-in for ThingSpace over real HTTP (tests, the demo, the benchmarks).
+
+Paths, status codes, headers and body shapes follow ``docs`` / the shared API notes:
+
+* ``POST /api/ts/v1/oauth2/token``: Basic ``client_id:client_secret``, form
+  ``grant_type=client_credentials`` -> ``{access_token, token_type: "bearer", expires_in: 3600}``.
+  Bad client -> 401 ``{"error": "invalid_client", ...}``; other grant -> 400 ``unsupported_grant_type``.
+* ``POST /api/m2m/v1/session/login``: bearer, JSON ``{username, password}`` -> ``{sessionToken}``.
+  A wrong password -> 400 ``UnifiedWebService.REQUEST_FAILED.InvalidCredentials``. After
+  ``SimConfig.max_failed_logins`` (5) consecutive failures the user is locked like on the real
+  platform: every later login (even with the right password) -> 400
+  ``UnifiedWebService.REQUEST_FAILED.UserLocked`` until ``Simulator.unlock()``.
+* ``POST /api/m2m/v1/session/logout``, ``POST /api/m2m/v1/sms`` (validated, recorded in ``sent``,
+  -> ``{requestId}``), ``GET /api/m2m/v1/sms/{aname}/history[?next=T]``,
+  ``PUT /api/m2m/v1/sms/{aname}/startCallbacks`` -> ``{success: true}``.
+* Every M2M call except login needs a valid bearer (else 401 gateway fault ``900901``) and a valid
+  ``VZ-M2M-Token`` (else 400 ``UnifiedWebService.REQUEST_FAILED.SessionToken.Expired``). An unknown
+  account -> 400 ``UnifiedWebService.REQUEST_FAILED.AccountNotFound``; an invalid send body -> 400
+  ``UnifiedWebService.REQUEST_FAILED.InvalidRequest``.
+
+Modules: ``core`` (``Simulator``: request handling, hooks), ``server`` (HTTP layer, routing),
+``auth`` (bearer and session tokens, lock-out), ``history`` (the per-account queue and its
+acknowledgement rules, documented there), ``faults`` (``Faults``, ``Raw``), ``counters``
+(``Stats``), ``sms`` (send validation), ``traffic`` (``seed_messages``), ``wire`` (codes, bodies,
+tokens), ``settings`` (``SimConfig``), ``standalone`` (``serve``). Callers use the names below as
+``simulator.<Name>``.
+"""
+
+from __future__ import annotations
+
+from sync_worker.simulator import core, counters, faults, settings, standalone, traffic, wire
+
+Simulator = core.Simulator
+SimConfig = settings.SimConfig
+FinalAck = settings.FinalAck
+TokenMode = settings.TokenMode
+Faults = faults.Faults
+Raw = faults.Raw
+ScriptStep = faults.ScriptStep
+Stats = counters.Stats
+RequestRecord = counters.RequestRecord
+serve = standalone.serve
+seed_messages = traffic.seed_messages
+new_token = wire.new_token
+http_date = wire.http_date
+PATH_KINDS = wire.PATH_KINDS
+ERR_PREFIX = wire.ERR_PREFIX
+CODE_INVALID_CREDENTIALS = wire.CODE_INVALID_CREDENTIALS
+CODE_USER_LOCKED = wire.CODE_USER_LOCKED
+CODE_SESSION_EXPIRED = wire.CODE_SESSION_EXPIRED
+CODE_ACCOUNT_NOT_FOUND = wire.CODE_ACCOUNT_NOT_FOUND
+CODE_INVALID_NEXT_TOKEN = wire.CODE_INVALID_NEXT_TOKEN
+CODE_INVALID_REQUEST = wire.CODE_INVALID_REQUEST
+CODE_UNEXPECTED = wire.CODE_UNEXPECTED
+
+__all__ = [
+    "CODE_ACCOUNT_NOT_FOUND",
+    "CODE_INVALID_CREDENTIALS",
+    "CODE_INVALID_NEXT_TOKEN",
+    "CODE_INVALID_REQUEST",
+    "CODE_SESSION_EXPIRED",
+    "CODE_UNEXPECTED",
+    "CODE_USER_LOCKED",
+    "ERR_PREFIX",
+    "PATH_KINDS",
+    "Faults",
+    "FinalAck",
+    "Raw",
+    "RequestRecord",
+    "ScriptStep",
+    "SimConfig",
+    "Simulator",
+    "Stats",
+    "TokenMode",
+    "http_date",
+    "new_token",
+    "seed_messages",
+    "serve",
+]

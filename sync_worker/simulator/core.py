@@ -1,0 +1,318 @@
+"""``Simulator``: the in-process ThingSpace, wiring auth, queues, faults and stats to the HTTP layer.
+
+Faults (``Simulator.faults``, every one counted in ``stats.faults``) are decided before the request
+is processed, so a faulted request acknowledges nothing. Two deliberate exceptions, both for
+exact tests: the scripted ``"lost_response"`` outcome processes the request (the ack happens) and
+then drops the connection, and a ``Raw`` entry without a body (a header/status tamper) processes the
+request normally and rewrites its reply; neither dequeues a final block.
+
+The ``_serve``, ``_process``, ``_token``, ``_login`` and ``_queue`` methods are hooks the crash
+harness and the hostile-input tests override; keep their signatures.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterable
+from typing import Any, Final
+
+from sync_worker import serving
+from sync_worker.simulator import auth, counters, history, server, settings, sms, traffic, wire
+from sync_worker.simulator import faults as faultmod
+
+_MAX_BODY: Final = 1 << 20
+
+
+class Simulator:
+    """An in-process ThingSpace. ``start()`` binds ``config.host:config.port`` (0 = any free port)."""
+
+    def __init__(
+        self, config: settings.SimConfig | None = None, faults: faultmod.Faults | None = None
+    ) -> None:
+        self.config = config or settings.SimConfig()
+        self.faults = faults or faultmod.Faults()
+        self.faults._expire = self._expire
+        self.stats = counters.Stats(self.config.request_log_size)
+        self.sent: list[Any] = []
+        self._lock = threading.Lock()
+        # Requests between processing and their after-write step (a final block's
+        # dequeue). Observers wait for zero so a client that already holds the
+        # response never sees the queue from before it.
+        self._unsettled = 0
+        self._settled = threading.Condition()
+        self._queues: dict[str, history.AccountQueue] = {}
+        for account in self.config.accounts:
+            self._queue(account, create=True)
+        self._auth = auth.AuthState(self.stats)
+        self._stopping = threading.Event()
+        self._server: server.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> Simulator:
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._stopping.clear()
+        # The config is read per request, so a changed log_requests takes effect at once.
+        self._server = server.Server(
+            (self.config.host, self.config.port),
+            self._handle,
+            lambda: self.config.log_requests,
+        )
+        self._thread = serving.start(self._server, name="thingspace-simulator", poll_interval=0.05)
+        return self
+
+    def stop(self) -> None:
+        srv = self._server
+        if srv is None:
+            return
+        # Wakes handlers held by latency or timeout faults.
+        self._stopping.set()
+        serving.stop(srv, self._thread, after_shutdown=srv.cut_connections, join_timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/api``, the value for ``ClientConfig.base_url``."""
+        return f"http://{self.config.host}:{self.port}/api"
+
+    # -- traffic --
+
+    def _queue(self, account: str, *, create: bool = False) -> history.AccountQueue:
+        with self._lock:
+            q = self._queues.get(account)
+            if q is None:
+                q = history.AccountQueue(account)
+                if create:
+                    self._queues[account] = q
+            # An unknown account reads as an empty, detached queue.
+            return q
+
+    def add_account(self, account: str) -> None:
+        self._queue(account, create=True)
+
+    def accounts(self) -> list[str]:
+        with self._lock:
+            return list(self._queues)
+
+    def inject(self, account: str, messages: Iterable[Any]) -> None:
+        """Queue wire messages as given (malformed ones too). Creates the account if needed."""
+        self._queue(account, create=True).add(messages)
+
+    def seed(self, account: str, n: int, seed: int = 1) -> list[dict[str, Any]]:
+        """Queue ``n`` deterministic realistic messages and return them."""
+        messages = traffic.seed_messages(n, seed)
+        self.inject(account, messages)
+        return messages
+
+    def acknowledged(self, account: str) -> list[Any]:
+        """The delivered set: messages dequeued so far, in order."""
+        self._settle()
+        q = self._queue(account)
+        with q.lock:
+            return list(q.acknowledged)
+
+    def queued(self, account: str) -> list[Any]:
+        self._settle()
+        q = self._queue(account)
+        with q.lock:
+            return [item[2] for item in q.items]
+
+    def issued_tokens(self, account: str) -> list[str]:
+        """Every ``next`` token handed out for ``account``, in order."""
+        q = self._queue(account)
+        with q.lock:
+            return list(q.issued)
+
+    def token_acks(self, account: str) -> dict[str, int]:
+        """How many times each token acknowledged its block (replays do not count)."""
+        q = self._queue(account)
+        with q.lock:
+            return {token: q.ack_counts.get(token, 0) for token in q.issued}
+
+    # -- auth state --
+
+    def _expire(self, what: str) -> None:
+        self._auth.expire(what)
+
+    def expire_session(self) -> None:
+        self.faults.expire_session()
+
+    def expire_bearer(self) -> None:
+        self.faults.expire_bearer()
+
+    def unlock(self, username: str | None = None) -> None:
+        """Reset the failed-login count (what vendor support does for a locked user)."""
+        self._auth.unlock(username)
+
+    # -- request handling --
+
+    def _handle(self, h: server.Handler, method: str) -> None:
+        split = urllib.parse.urlsplit(h.path)
+        route = server.route(method, split.path)
+        kind = route[0] if route else "unknown"
+        status: int | None = None
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+            if length > _MAX_BODY:
+                h.close_connection = True
+                status = 413
+                h.write_reply(
+                    413, wire.m2m_error(wire.CODE_INVALID_REQUEST, "Request too large"), wire.JSON_HEADERS
+                )
+                return
+            body = h.rfile.read(length) if length else b""
+            if route is None:
+                status = 404
+                h.write_reply(404, wire.dumps({"error": "not_found", "path": split.path}), wire.JSON_HEADERS)
+                return
+            status = self._serve(h, kind, route[1], split.query, body)
+        except server.Dropped:
+            h.close_connection = True
+        except (ConnectionError, OSError, ValueError):
+            h.close_connection = True
+        finally:
+            self.stats.record(counters.RequestRecord(method, split.path, split.query, status, kind))
+
+    def _serve(self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes) -> int:
+        self.stats.bump(counters.COUNTER_FOR[kind])
+        faults = self.faults
+        if faults.latency > 0:
+            self.stats.fault("latency")
+            if self._stopping.wait(faults.latency):
+                raise server.Dropped
+        step = faults.decide(kind)
+        tamper: faultmod.Raw | None = None
+        lose = False
+        if step is not None and step != 200:
+            if isinstance(step, faultmod.Raw) and step.body is None:
+                self.stats.fault("tamper")
+                tamper = step
+            elif step == "lost_response":
+                self.stats.fault("lost_response")
+                lose = True
+            elif step in ("expire_session", "expire_bearer"):
+                # Expiry lands exactly on this request; it is then processed (and refused) as usual.
+                self.stats.fault(step)
+                self._expire("session" if step == "expire_session" else "bearer")
+            else:
+                return self._fault_reply(h, step)
+        with self._settled:
+            self._unsettled += 1
+        try:
+            status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
+            if lose:
+                raise server.Dropped
+            if tamper is not None:
+                drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
+                headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
+                status = tamper.status if tamper.status is not None else status
+                after_write = None
+            h.write_reply(status, reply_body, headers)
+            if after_write is not None:
+                after_write()
+            return status
+        finally:
+            with self._settled:
+                self._unsettled -= 1
+                self._settled.notify_all()
+
+    def _settle(self, timeout: float = 10.0) -> None:
+        with self._settled:
+            self._settled.wait_for(lambda: self._unsettled == 0, timeout=timeout)
+
+    def _fault_reply(self, h: server.Handler, step: faultmod.ScriptStep) -> int:
+        if isinstance(step, faultmod.Raw):
+            self.stats.fault("raw")
+            status = step.status if step.status is not None else 200
+            h.write_reply(status, step.body or b"", step.headers)
+            return status
+        if step == "timeout":
+            self.stats.fault("timeout")
+            self._stopping.wait(self.faults.timeout_seconds)
+            raise server.Dropped
+        if not isinstance(step, int):
+            raise ValueError(f"unknown script step {step!r}")
+        self.stats.fault(str(step))
+        if step == 429:
+            headers: list[tuple[str, str]] = [("Content-Type", "text/plain")]
+            if self.faults.retry_after is not None:
+                headers.append(("Retry-After", self.faults.retry_after))
+            h.write_reply(429, b"Too Many Requests", headers)
+            return 429
+        phrase = wire.REASONS.get(step, b"Error").decode()
+        if step in (502, 503, 504):
+            page = wire.HTML_ERROR.format(code=step, phrase=phrase).encode()
+            h.write_reply(step, page, wire.HTML_HEADERS)
+        else:
+            h.write_reply(
+                step, wire.m2m_error(wire.CODE_UNEXPECTED, f"{phrase} (simulated)"), wire.JSON_HEADERS
+            )
+        return step
+
+    def _process(
+        self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes
+    ) -> wire.Reply:
+        if kind == "token":
+            return self._token(h, body)
+        if not self._auth.bearer_ok(self.config, h.headers.get("Authorization")):
+            return wire.json_reply(401, wire.BEARER_FAULT_BODY)
+        if kind == "login":
+            return self._login(body)
+        if not self._auth.session_ok(self.config, h.headers.get("VZ-M2M-Token")):
+            return wire.json_reply(400, wire.SESSION_EXPIRED_BODY)
+        if kind == "logout":
+            return self._auth.logout(h.headers.get("VZ-M2M-Token") or "")
+        if kind == "send":
+            return self._send(body)
+        assert account is not None
+        with self._lock:
+            q = self._queues.get(account)
+        if q is None:
+            return _account_not_found()
+        if kind == "start_callbacks":
+            return wire.json_reply(200, b'{"success":true}')
+        params = urllib.parse.parse_qs(query, keep_blank_values=True)
+        next_token = params["next"][0] if "next" in params else None
+        reply = q.get(next_token, self.config, self.stats)
+        headers = list(wire.JSON_HEADERS)
+        if reply.location is not None:
+            headers.append(("Location", reply.location))
+        return reply.status, reply.body, headers, reply.after_write
+
+    def _token(self, h: server.Handler, body: bytes) -> wire.Reply:
+        return self._auth.token(self.config, h.headers.get("Authorization") or "", body)
+
+    def _login(self, body: bytes) -> wire.Reply:
+        return self._auth.login(self.config, body)
+
+    def _send(self, body: bytes) -> wire.Reply:
+        req, problem = sms.parse_send(body)
+        if req is None:
+            return wire.json_reply(400, wire.m2m_error(wire.CODE_INVALID_REQUEST, problem))
+        with self._lock:
+            known = req["accountName"] in self._queues
+            if known:
+                self.sent.append(req)
+        if not known:
+            return _account_not_found()
+        return wire.json_reply(200, wire.dumps({"requestId": str(uuid.uuid4())}))
+
+
+def _account_not_found() -> wire.Reply:
+    return wire.json_reply(400, wire.m2m_error(wire.CODE_ACCOUNT_NOT_FOUND, "Account not found."))

@@ -1,0 +1,79 @@
+"""Counters and the request log."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Any, Final
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestRecord:
+    method: str
+    path: str
+    query: str
+    status: int | None  # None when no response was written (timeout, lost response)
+    kind: str
+
+
+class Stats:
+    """Counters and a request log. Never holds credentials or tokens other than ``next``."""
+
+    COUNTERS: Final = (
+        "token_requests",
+        "login_attempts",
+        "logins",
+        "failed_logins",
+        "logouts",
+        "history_requests",
+        "acks",
+        "replays",
+        "final_dequeues",
+        "sends",
+        "start_callbacks",
+    )
+
+    def __init__(self, log_size: int) -> None:
+        self._lock = threading.Lock()
+        self.token_requests = 0
+        self.login_attempts = 0
+        self.logins = 0
+        self.failed_logins = 0
+        self.logouts = 0
+        self.history_requests = 0
+        self.acks = 0
+        self.replays = 0
+        self.final_dequeues = 0
+        self.sends = 0
+        self.start_callbacks = 0
+        self.faults: collections.Counter[str] = collections.Counter()
+        self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=log_size)
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + by)
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self.faults[kind] += 1
+
+    def record(self, rec: RequestRecord) -> None:
+        self.requests.append(rec)  # deque.append is atomic
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+            out["faults"] = dict(self.faults)
+            return out
+
+
+# The counter each request kind bumps on arrival (faulted or not).
+COUNTER_FOR: Final = {
+    "token": "token_requests",
+    "login": "login_attempts",
+    "logout": "logouts",
+    "send": "sends",
+    "history": "history_requests",
+    "start_callbacks": "start_callbacks",
+}

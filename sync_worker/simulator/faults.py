@@ -1,0 +1,113 @@
+"""Fault settings and one-shot scripts: what the next requests of a kind get instead of a normal reply."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from sync_worker.simulator import wire
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """A scripted reply. With ``body`` set it replaces the reply and the request is not processed;
+    with ``body=None`` the request is processed and its reply gets ``status``/``headers`` applied
+    (``drop_headers`` removed first)."""
+
+    status: int | None = None
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    drop_headers: tuple[str, ...] = ()
+
+
+ScriptStep = int | str | Raw
+
+
+@dataclasses.dataclass
+class Faults:
+    """Fault settings. Random faults hit only ``kinds``; scripts run first and are one-shot.
+
+    Script steps: an HTTP status (200 = no fault; 429 carries ``retry_after``; 5xx bodies are HTML
+    for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
+    read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
+    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), or a
+    ``Raw``.
+    """
+
+    latency: float = 0.0
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503)
+    timeout_rate: float = 0.0
+    timeout_seconds: float = 30.0
+    rate_limit_rate: float = 0.0
+    retry_after: str | None = "1"
+    kinds: frozenset[str] = frozenset({"send", "history", "start_callbacks"})
+    seed: int = 0
+    _rng: random.Random = dataclasses.field(init=False, repr=False)
+    _scripts: dict[str, collections.deque[ScriptStep]] = dataclasses.field(
+        init=False, repr=False, default_factory=dict
+    )
+    _lock: threading.Lock = dataclasses.field(init=False, repr=False, default_factory=threading.Lock)
+    _expire: Callable[[str], None] | None = dataclasses.field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def reseed(self, seed: int) -> None:
+        with self._lock:
+            self.seed = seed
+            self._rng = random.Random(seed)
+
+    def script(self, kind: str, steps: Iterable[ScriptStep]) -> None:
+        """Queue one-shot outcomes for the next requests of ``kind`` (see ``PATH_KINDS``)."""
+        if kind not in wire.PATH_KINDS:
+            raise ValueError(f"unknown path kind {kind!r}; one of {', '.join(wire.PATH_KINDS)}")
+        with self._lock:
+            self._scripts.setdefault(kind, collections.deque()).extend(steps)
+
+    def next_history_raw(
+        self, body: bytes | None, status: int | None = 200, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Serve these bytes (and headers) as the next history response."""
+        self.script("history", [Raw(status=status, body=body, headers=tuple(headers))])
+
+    def pending_scripts(self, kind: str) -> int:
+        with self._lock:
+            return len(self._scripts.get(kind, ()))
+
+    def clear(self) -> None:
+        """Back to a fault-free simulator."""
+        with self._lock:
+            self._scripts.clear()
+            self.latency = self.error_rate = self.timeout_rate = self.rate_limit_rate = 0.0
+
+    def expire_session(self) -> None:
+        """Invalidate every session token: the next M2M call gets ``SessionToken.Expired``."""
+        if self._expire is not None:
+            self._expire("session")
+
+    def expire_bearer(self) -> None:
+        """Invalidate every OAuth token: the next call gets the 401 gateway fault."""
+        if self._expire is not None:
+            self._expire("bearer")
+
+    def decide(self, kind: str) -> ScriptStep | None:
+        with self._lock:
+            steps = self._scripts.get(kind)
+            if steps:
+                return steps.popleft()
+            if kind not in self.kinds or not (self.error_rate or self.timeout_rate or self.rate_limit_rate):
+                return None
+            roll = self._rng.random()
+            if roll < self.timeout_rate:
+                return "timeout"
+            roll -= self.timeout_rate
+            if roll < self.rate_limit_rate:
+                return 429
+            roll -= self.rate_limit_rate
+            if roll < self.error_rate:
+                return self._rng.choice(self.error_statuses)
+            return None

@@ -1,0 +1,119 @@
+"""The HTTP layer: a threading server that remembers its open connections, the request handler,
+and the routing table from path to request kind."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import socket
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from sync_worker.simulator import wire
+
+_log = logging.getLogger("sync_worker.simulator")
+_M2M: Final = "/api/m2m/v1"
+
+Dispatch = Callable[["Handler", str], None]
+
+
+class Dropped(Exception):
+    """The handler must close the connection without answering."""
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """Hands every request to ``dispatch(handler, method)``."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], dispatch: Dispatch, log_requests: Callable[[], bool]
+    ) -> None:
+        self.dispatch = dispatch
+        self.log_requests = log_requests
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def cut_connections(self) -> None:
+        """Shut down every open client socket, so no handler waits on a silent client."""
+        with self.conns_lock:
+            conns = list(self.conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request (the crash harness does it on purpose) is not a
+        # simulator fault; anything else still gets the default traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.conns_lock:
+            self.server.conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.conns_lock:
+            self.server.conns.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.log_requests():
+            _log.info("simulator %s", format % args)
+
+    def do_GET(self) -> None:
+        self.server.dispatch(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.dispatch(self, "POST")
+
+    def do_PUT(self) -> None:
+        self.server.dispatch(self, "PUT")
+
+    def do_DELETE(self) -> None:
+        self.server.dispatch(self, "DELETE")
+
+    def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        for name, value in headers:
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        head.append(b"Content-Length: %d\r\n" % len(body))
+        if self.close_connection:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        self.wfile.write(b"".join(head) + body)
+
+
+def route(method: str, path: str) -> tuple[str, str | None] | None:
+    """(kind, account) for a known endpoint; None otherwise."""
+    if path == "/api/ts/v1/oauth2/token":
+        return ("token", None) if method == "POST" else None
+    if not path.startswith(_M2M + "/"):
+        return None
+    rest = path[len(_M2M) :]
+    if method == "POST":
+        return {
+            "/session/login": ("login", None),
+            "/session/logout": ("logout", None),
+            "/sms": ("send", None),
+        }.get(rest)
+    parts = rest.split("/")
+    if len(parts) == 4 and parts[1] == "sms" and parts[2]:
+        account = urllib.parse.unquote(parts[2])
+        if method == "GET" and parts[3] == "history":
+            return "history", account
+        if method == "PUT" and parts[3] == "startCallbacks":
+            return "start_callbacks", account
+    return None
