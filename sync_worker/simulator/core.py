@@ -34,12 +34,12 @@ class Simulator:
         self.config = config or settings.SimConfig()
         self.faults = faults or faultmod.Faults()
         self.faults._expire = self._expire
-        self.stats = counters.Stats(self.config.request_log_size)
+        self.stats = counters.Stats(self.config.request_log_size, settle=self._settle)
         self.sent: list[Any] = []
         self._lock = threading.Lock()
-        # Requests between processing and their after-write step (a final block's
-        # dequeue). Observers wait for zero so a client that already holds the
-        # response never sees the queue from before it.
+        # Requests between processing (or a fault reply) and the end of their after-write
+        # step (a final block's dequeue) and their request-log entry. Observers wait for
+        # zero so a client that already holds the response never sees the state before it.
         self._unsettled = 0
         self._settled = threading.Condition()
         self._queues: dict[str, history.AccountQueue] = {}
@@ -172,6 +172,7 @@ class Simulator:
             if length > _MAX_BODY:
                 h.close_connection = True
                 status = 413
+                self._begin_reply(h)
                 h.write_reply(
                     413, wire.m2m_error(wire.CODE_INVALID_REQUEST, "Request too large"), wire.JSON_HEADERS
                 )
@@ -179,6 +180,7 @@ class Simulator:
             body = h.rfile.read(length) if length else b""
             if route is None:
                 status = 404
+                self._begin_reply(h)
                 h.write_reply(404, wire.dumps({"error": "not_found", "path": split.path}), wire.JSON_HEADERS)
                 return
             status = self._serve(h, kind, route[1], split.query, body)
@@ -188,6 +190,7 @@ class Simulator:
             h.close_connection = True
         finally:
             self.stats.record(counters.RequestRecord(method, split.path, split.query, status, kind))
+            self._end_reply(h)
 
     def _serve(self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes) -> int:
         self.stats.bump(counters.COUNTER_FOR[kind])
@@ -212,22 +215,29 @@ class Simulator:
                 self._expire("session" if step == "expire_session" else "bearer")
             else:
                 return self._fault_reply(h, step)
-        with self._settled:
-            self._unsettled += 1
-        try:
-            status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
-            if lose:
-                raise server.Dropped
-            if tamper is not None:
-                drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
-                headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
-                status = tamper.status if tamper.status is not None else status
-                after_write = None
-            h.write_reply(status, reply_body, headers)
-            if after_write is not None:
-                after_write()
-            return status
-        finally:
+        self._begin_reply(h)
+        status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
+        if lose:
+            raise server.Dropped
+        if tamper is not None:
+            drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
+            headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
+            status = tamper.status if tamper.status is not None else status
+            after_write = None
+        h.write_reply(status, reply_body, headers)
+        if after_write is not None:
+            after_write()
+        return status
+
+    def _begin_reply(self, h: server.Handler) -> None:
+        if not h.replying:
+            h.replying = True
+            with self._settled:
+                self._unsettled += 1
+
+    def _end_reply(self, h: server.Handler) -> None:
+        if h.replying:
+            h.replying = False
             with self._settled:
                 self._unsettled -= 1
                 self._settled.notify_all()
@@ -239,6 +249,7 @@ class Simulator:
     def _fault_reply(self, h: server.Handler, step: faultmod.ScriptStep) -> int:
         if isinstance(step, faultmod.Raw):
             self.stats.fault("raw")
+            self._begin_reply(h)
             status = step.status if step.status is not None else 200
             h.write_reply(status, step.body or b"", step.headers)
             return status
@@ -249,6 +260,7 @@ class Simulator:
         if not isinstance(step, int):
             raise ValueError(f"unknown script step {step!r}")
         self.stats.fault(str(step))
+        self._begin_reply(h)
         if step == 429:
             headers: list[tuple[str, str]] = [("Content-Type", "text/plain")]
             if self.faults.retry_after is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 
@@ -34,8 +35,9 @@ class Stats:
         "start_callbacks",
     )
 
-    def __init__(self, log_size: int) -> None:
+    def __init__(self, log_size: int, settle: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._settle = settle
         self.token_requests = 0
         self.login_attempts = 0
         self.logins = 0
@@ -48,7 +50,16 @@ class Stats:
         self.sends = 0
         self.start_callbacks = 0
         self.faults: collections.Counter[str] = collections.Counter()
-        self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=log_size)
+        self._requests: collections.deque[RequestRecord] = collections.deque(maxlen=log_size)
+
+    @property
+    def requests(self) -> collections.deque[RequestRecord]:
+        """The request log, once every reply already on the wire has been logged."""
+        # A client holds its response before the server thread logs the request; without
+        # the wait, a test reading the log right after a call could miss that call.
+        if self._settle is not None:
+            self._settle()
+        return self._requests
 
     def bump(self, name: str, by: int = 1) -> None:
         with self._lock:
@@ -59,7 +70,7 @@ class Stats:
             self.faults[kind] += 1
 
     def record(self, rec: RequestRecord) -> None:
-        self.requests.append(rec)  # deque.append is atomic
+        self._requests.append(rec)  # deque.append is atomic
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:

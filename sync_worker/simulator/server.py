@@ -58,6 +58,8 @@ class Server(http.server.ThreadingHTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
+    # True from the first byte of a reply until its request is in the log (see Simulator._settle).
+    replying = False
 
     def setup(self) -> None:
         super().setup()
