@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
-import ipaddress
 import json
 import math
 import re
@@ -50,7 +49,7 @@ import requests
 import requests.adapters
 import structlog
 
-from sync_worker import auth, errors, models, retry, secret
+from sync_worker import auth, config, errors, models, retry, secret
 
 USER_AGENT: Final = "thingspace-sms-sync/0.1"
 DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
@@ -528,7 +527,7 @@ def _checked_base_url(cfg: ClientConfig) -> str:
         raise errors.ConfigError(
             "base_url uses http://; only https is allowed (tokens would travel in clear)"
         )
-    if not _is_loopback(host):
+    if not config.is_loopback_host(host):
         raise errors.ConfigError("http:// is allowed only for a loopback host (127.0.0.0/8, ::1, localhost)")
     _log.warning("thingspace_insecure_loopback", base_url=base)
     return base
@@ -539,15 +538,6 @@ def _check_credentials(cfg: ClientConfig) -> None:
         raise errors.ConfigError("client_secret and password must be secret.Secret values")
     if not cfg.client_id or not cfg.username:
         raise errors.ConfigError("client_id and username are required")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _port(parts: urllib.parse.SplitResult) -> int | None:

@@ -17,7 +17,7 @@ import math
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -416,6 +416,7 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 
 
 def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (the only hosts plain http may use)."""
     if host.lower() == "localhost":
         return True
     try:
@@ -591,6 +592,31 @@ def redact_conninfo(conninfo: str) -> str:
         return "(unparseable connection string)"
     shown = [f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user") and v]
     return " ".join(shown) or "(libpq defaults)"
+
+
+ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
+
+
+def connection_factory(
+    dsn: str,
+    *,
+    application_name: str = "sync-worker",
+    failure: str = "cannot connect to the database",
+) -> ConnectionFactory:
+    """Connections in autocommit mode, so every ``store`` write is exactly the transaction it
+    opens and advisory locks are session-level. A connection failure raises
+    ``errors.DatabaseUnavailableError("<failure> (<psycopg error class>)")``."""
+    import psycopg  # noqa: PLC0415
+
+    def connect() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(dsn, autocommit=True, application_name=application_name)
+        except psycopg.Error as exc:
+            # psycopg's message may name host and user, never the password;
+            # still, the class name is all an operator needs here.
+            raise errors.DatabaseUnavailableError(f"{failure} ({type(exc).__name__})") from exc
+
+    return connect
 
 
 def connect(

@@ -22,9 +22,9 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from sync_worker import errors, store
+from sync_worker import config, errors, store
 
-ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
+ConnectionFactory = config.ConnectionFactory
 
 _log = structlog.get_logger(__name__)
 # pg_advisory_lock(int, int) namespace of the login lock ("SMSG"); account locks use another.
@@ -35,19 +35,9 @@ _LOCK_PREFIX: Final = "login-guard:"
 def _factory(dsn_or_factory: str | ConnectionFactory) -> ConnectionFactory:
     if callable(dsn_or_factory):
         return dsn_or_factory
-    dsn = dsn_or_factory
-
-    def connect() -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(dsn, autocommit=True, application_name="sync-worker-guard")
-        except psycopg.Error as exc:
-            # The psycopg text may quote the DSN's host and user, never the
-            # password; the class name is enough for an operator to act.
-            raise errors.DatabaseUnavailableError(
-                f"login guard cannot reach the database ({type(exc).__name__})"
-            ) from exc
-
-    return connect
+    return config.connection_factory(
+        dsn_or_factory, application_name="sync-worker-guard", failure="login guard cannot reach the database"
+    )
 
 
 class LoginGuard:

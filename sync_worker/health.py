@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from sync_worker import errors, metrics, secret
+from sync_worker import errors, metrics, secret, serving
 
 _log = logging.getLogger(__name__)
 _JSON: Final = "application/json"
@@ -169,20 +169,14 @@ class HealthServer:
                 f"(SYNC_METRICS_PORT): {exc.strerror or exc}"
             ) from exc
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="health-server", daemon=True
-        )
-        self._thread.start()
+        self._thread = serving.start(server, name="health-server", poll_interval=0.2)
         return self
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        serving.stop(server, thread)
         self._server = None
         self._thread = None
 

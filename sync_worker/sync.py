@@ -58,7 +58,7 @@ import structlog
 from sync_worker import client, config, errors, guard, migrations, models, store
 
 Outcome = Literal["succeeded", "failed", "skipped_locked", "interrupted", "guard_tripped"]
-ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
+ConnectionFactory = config.ConnectionFactory
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -167,20 +167,8 @@ class PassResult:
 
 
 def connection_factory(dsn: str) -> ConnectionFactory:
-    """Connections in autocommit mode, so every ``store`` write is exactly the
-    transaction it opens and advisory locks are session-level."""
-
-    def connect() -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(dsn, autocommit=True, application_name="sync-worker")
-        except psycopg.Error as exc:
-            # psycopg's message may name host and user, never the password;
-            # still, the class name is all an operator needs here.
-            raise errors.DatabaseUnavailableError(
-                f"cannot connect to the database ({type(exc).__name__})"
-            ) from exc
-
-    return connect
+    """The worker's database connections (``config.connection_factory``)."""
+    return config.connection_factory(dsn)
 
 
 class _Stopped(Exception):
@@ -460,22 +448,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+# First match wins: subclasses before their bases.
+_ERROR_KINDS: Final[tuple[tuple[type[BaseException], str], ...]] = (
+    (errors.DatabaseUnavailableError, "database"),
+    (errors.LoginGuardTrippedError, "login_guard"),
+    (errors.AuthError, "auth"),
+    (errors.RateLimitedError, "rate_limited"),
+    (errors.InvalidCursorError, "invalid_cursor"),
+    (errors.TransientError, "transient"),
+    (errors.PermanentError, "permanent"),
+)
+
+
 def _error_kind(exc: BaseException) -> str:
-    if isinstance(exc, errors.DatabaseUnavailableError):
-        return "database"
-    if isinstance(exc, errors.LoginGuardTrippedError):
-        return "login_guard"
-    if isinstance(exc, errors.AuthError):
-        return "auth"
-    if isinstance(exc, errors.RateLimitedError):
-        return "rate_limited"
-    if isinstance(exc, errors.InvalidCursorError):
-        return "invalid_cursor"
-    if isinstance(exc, errors.TransientError):
-        return "transient"
-    if isinstance(exc, errors.PermanentError):
-        return "permanent"
-    return "internal"
+    return next((kind for cls, kind in _ERROR_KINDS if isinstance(exc, cls)), "internal")
 
 
 def _log_run(result: AccountResult, *, deferred: bool) -> None:
