@@ -180,77 +180,43 @@ def _hash(basis: str, occurrence: int) -> str:
 def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[str, int]) -> Row | None:
     """The row of a common, clean message, or None when ``_row`` must look closer.
 
-    Clean means: the documented shape (three fields, string values, devices of
-    string ``id`` and ``kind`` only), known kinds, and no text that needs
-    cleaning. One probe over the concatenated text replaces a clean-up pass per
-    field, and the JSON texts are assembled from encoded strings instead of one
-    json.dumps per structure. The result equals ``_row``'s field for field.
+    Clean means: the raw object has the documented shape (three fields, string
+    values, devices of string ``id`` and ``kind`` only, known kinds), the model
+    holds those very strings, and no text needs cleaning. One probe over the
+    concatenated text replaces a clean-up pass per field and the jsonb check,
+    and the JSON texts are assembled from encoded strings instead of a
+    json.dumps per structure. The result equals ``_row``'s, field for field.
     """
     raw = message.raw
-    text = message.message
-    stamp = message.timestamp
-    if type(raw) is not dict or type(text) is not str or type(stamp) is not str:
-        return None
-    devices = tuple([(d.kind.lower(), d.id) for d in message.device_ids])
-    for kind, _ in devices:
-        if kind not in models.DEVICE_KINDS:
-            return None
-    probe = "".join([text, stamp, *[kind + ident for kind, ident in devices]])
-    if "\x00" in probe or not (probe.isascii() or _utf8_encodable(probe)):
-        return None
-    jsons = _plain_raw_json(raw)
-    if jsons is None:
-        return None
-    raw_json, device_ids_json = jsons
-    # ensure_ascii writes every NUL and surrogate as \u....; no "\u" at all rules both out.
-    if "\\u" in raw_json and _SUSPECT_ESCAPE_RE.search(raw_json) is not None:
-        return None
-
-    received_at, problem = parse_timestamp(stamp)
-    basis = (
-        f"{prefix}{_devices_json(sorted(devices))},{_timestamp_json(stamp, received_at)},{_encode_str(text)}"
-    )
-    occurrence = seen.get(basis, 0)
-    seen[basis] = occurrence + 1
-    first = devices[0] if devices else (None, None)
-    return Row(
-        account_name=account,
-        message_key=_hash(basis, occurrence),
-        occurrence=occurrence,
-        device_ids_json=device_ids_json,
-        device_kind=first[0],
-        device_id=first[1],
-        devices=devices,
-        message=text,
-        received_at=received_at,
-        timestamp_raw=stamp,
-        raw_json=raw_json,
-        raw_is_jsonb=True,
-        problems=() if problem is None else (problem.replace(PROBLEM_SEPARATOR, " "),),
-    )
-
-
-def _plain_raw_json(raw: dict[Any, Any]) -> tuple[str, str] | None:
-    """``raw_json`` and ``device_ids_json`` of a raw message of the documented shape, else None."""
-    if len(raw) != 3:
+    if type(raw) is not dict or len(raw) != 3:
         return None
     items = raw.get("deviceIds")
     text = raw.get("message")
     stamp = raw.get("timestamp")
     if type(items) is not list or type(text) is not str or type(stamp) is not str:
         return None
+    model_devices = message.device_ids
+    if text is not message.message or stamp is not message.timestamp or len(items) != len(model_devices):
+        return None
+    probe = [text, stamp]
+    devices: list[tuple[str, str]] = []
     raw_parts: list[str] = []
     lowered_parts: list[str] = []
-    for item in items:
+    for item, device in zip(items, model_devices, strict=True):
         if type(item) is not dict or len(item) != 2:
             return None
         ident = item.get("id")
         kind = item.get("kind")
         if type(ident) is not str or type(kind) is not str:
             return None
+        lower = kind.lower()
+        if lower not in models.DEVICE_KINDS or device.id is not ident or device.kind != lower:
+            return None
+        probe.append(ident)
+        probe.append(kind)
+        devices.append((lower, ident))
         ident_json = _encode_str(ident)
         kind_json = _encode_str(kind)
-        lower = kind.lower()
         lower_json = kind_json if lower == kind else _encode_str(lower)
         if tuple(item) == _DEVICE_KEYS:
             raw_parts.append(f'{{"id":{ident_json},"kind":{kind_json}}}')
@@ -258,14 +224,38 @@ def _plain_raw_json(raw: dict[Any, Any]) -> tuple[str, str] | None:
         else:
             raw_parts.append(f'{{"kind":{kind_json},"id":{ident_json}}}')
             lowered_parts.append(f'{{"kind":{lower_json},"id":{ident_json}}}')
+    # Every string of raw is in the probe (the keys are fixed ASCII), so a clean
+    # probe also means raw is valid jsonb and needs no clean-up anywhere.
+    joined = "".join(probe)
+    if "\x00" in joined or not (joined.isascii() or _utf8_encodable(joined)):
+        return None
+
+    text_json = _encode_str(text)
     devices_raw = "[" + ",".join(raw_parts) + "]"
     if tuple(raw) == _WIRE_KEYS:
-        raw_json = (
-            f'{{"deviceIds":{devices_raw},"message":{_encode_str(text)},"timestamp":{_encode_str(stamp)}}}'
-        )
+        raw_json = f'{{"deviceIds":{devices_raw},"message":{text_json},"timestamp":{_encode_str(stamp)}}}'
     else:
         raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
-    return raw_json, "[" + ",".join(lowered_parts) + "]"
+    received_at, problem = parse_timestamp(stamp)
+    basis = f"{prefix}{_devices_json(sorted(devices))},{_timestamp_json(stamp, received_at)},{text_json}"
+    occurrence = seen.get(basis, 0)
+    seen[basis] = occurrence + 1
+    first = devices[0] if devices else (None, None)
+    return Row(
+        account_name=account,
+        message_key=_hash(basis, occurrence),
+        occurrence=occurrence,
+        device_ids_json="[" + ",".join(lowered_parts) + "]",
+        device_kind=first[0],
+        device_id=first[1],
+        devices=tuple(devices),
+        message=text,
+        received_at=received_at,
+        timestamp_raw=stamp,
+        raw_json=raw_json,
+        raw_is_jsonb=True,
+        problems=() if problem is None else (problem.replace(PROBLEM_SEPARATOR, " "),),
+    )
 
 
 def _utf8_encodable(value: str) -> bool:
