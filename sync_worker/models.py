@@ -130,6 +130,28 @@ class SMSMessage:
 
     @classmethod
     def from_wire(cls, obj: Any) -> SMSMessage:
+        # Nearly every message is well formed: settle that with exact type checks
+        # and no bookkeeping; anything else takes the path that names each problem.
+        if type(obj) is dict:
+            raw_devices = obj.get("deviceIds")
+            message = obj.get("message")
+            timestamp = obj.get("timestamp")
+            if type(raw_devices) is list and raw_devices and type(message) is str and type(timestamp) is str:
+                devices: list[DeviceId] = []
+                for item in raw_devices:
+                    if type(item) is not dict:
+                        break
+                    ident = item.get("id")
+                    kind = item.get("kind")
+                    if type(ident) is not str or type(kind) is not str:
+                        break
+                    devices.append(DeviceId(ident, kind.lower()))
+                else:
+                    return cls(tuple(devices), message, timestamp, obj)
+        return cls._from_wire_checked(obj)
+
+    @classmethod
+    def _from_wire_checked(cls, obj: Any) -> SMSMessage:
         problems: list[str] = []
         if not isinstance(obj, dict):
             return cls((), None, None, obj, (f"message is a JSON {_json_type(obj)}, not an object",))
