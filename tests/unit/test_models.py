@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from sync_worker import errors, models
 
@@ -124,3 +126,41 @@ def test_history_page_final_when_no_next() -> None:
     page = models.HistoryPage("acct", (), False, 200, None)
     assert page.is_final
     assert not models.HistoryPage("acct", (), True, 202, "abc").is_final
+
+
+_texts = st.sampled_from(["hi", "", "\U0001f600", "a\x00b", "x\ud800"])
+_values = st.one_of(_texts, st.none(), st.integers(0, 2), st.lists(_texts, max_size=1))
+_mostly_texts = st.one_of(_texts, _texts, _texts, _values)
+_device = st.fixed_dictionaries({"id": _texts, "kind": st.sampled_from(["imei", "IMEI", "Serial"])})
+_odd_device = st.one_of(
+    st.fixed_dictionaries({"id": _values, "kind": _values}), st.fixed_dictionaries({"kind": _texts}), _values
+)
+_devices = st.one_of(st.lists(st.one_of(_device, _device, _device, _odd_device), max_size=3), _values)
+# Mostly near the documented shape, where the shortcut and the checked path part ways.
+_near_documented = st.fixed_dictionaries(
+    {
+        "deviceIds": st.lists(st.one_of(_device, _device, _device, _odd_device), min_size=1, max_size=3),
+        "message": _mostly_texts,
+        "timestamp": _mostly_texts,
+    },
+    optional={"extra": _values},
+)
+_wire_messages = st.one_of(
+    _near_documented,
+    _near_documented,
+    st.fixed_dictionaries({"deviceIds": _devices, "message": _values, "timestamp": _values}),
+    st.fixed_dictionaries({}, optional={"deviceIds": _devices, "message": _values, "timestamp": _values}),
+    _values,
+)
+
+
+@settings(max_examples=400)
+@given(_wire_messages)
+@example({"deviceIds": [{"id": "1", "kind": "IMEI"}, {"id": "2"}], "message": "m", "timestamp": "t"})
+@example({"deviceIds": [{"id": "1", "kind": "IMEI"}], "message": "m", "timestamp": "t"})
+def test_from_wire_fast_path_matches_the_checked_path(obj: Any) -> None:
+    """The well-formed shortcut of from_wire gives exactly what the problem-naming path gives."""
+    fast = models.SMSMessage.from_wire(obj)
+    checked = models.SMSMessage._from_wire_checked(obj)
+    assert fast == checked
+    assert fast.raw is obj
