@@ -7,8 +7,11 @@ import json
 import math
 import time
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from sync_worker import models, rows
 
@@ -262,3 +265,56 @@ def test_keys_match_those_already_stored(wire: Any, key0: str, key2: str) -> Non
     assert rows.message_key(_PINNED_ACCOUNT, _msg(wire), 2) == key2
     built = rows.build_rows(_PINNED_ACCOUNT, [_msg(wire), _msg(wire), _msg(wire)])
     assert [r.message_key for r in built] == [key0, rows.message_key(_PINNED_ACCOUNT, _msg(wire), 1), key2]
+
+
+_texts = st.sampled_from(["hi", "", "caf\u00e9", "\U0001f600", "a\x00b", "x\ud800", "\\u0000", 'q"\\'])
+_stamps = st.sampled_from(
+    [
+        "2016-01-01T12:29:49-08:00",
+        "2024-05-01T12:00:01.250Z",
+        "2016-01-01T20:29:49",
+        "not a time",
+        "2016-01-01\x0012:29:49+00:00",
+        "9999-12-31T23:59:59-01:00",
+    ]
+)
+_kinds = st.sampled_from(["imei", "IMEI", "msisdn", "Serial", "k\x00"])
+_ids = st.sampled_from(["0042", "A1", "", "1\x00", "\ud83d", "\u00e9"])
+_device = st.one_of(
+    st.builds(lambda i, k: {"id": i, "kind": k}, _ids, _kinds),
+    st.builds(lambda i, k: {"kind": k, "id": i}, _ids, _kinds),
+    st.builds(lambda i, k: {"id": i, "kind": k, "x": 1.5}, _ids, _kinds),
+)
+
+
+@st.composite
+def _near_plain(draw: st.DrawFn) -> dict[str, Any]:
+    fields = [
+        ("deviceIds", draw(st.lists(_device, min_size=1, max_size=3))),
+        ("message", draw(_texts)),
+        ("timestamp", draw(_stamps)),
+    ]
+    if draw(st.booleans()):
+        fields.reverse()
+    return dict(fields)
+
+
+@settings(max_examples=400)
+@given(st.lists(_near_plain(), min_size=1, max_size=4))
+@example([_wire("caf\u00e9 \U0001f600"), _wire(ts="2016-01-01T12:29:49")])
+def test_fast_path_rows_equal_the_general_path(block: list[dict[str, Any]]) -> None:
+    """Every field of every row (key, raw_json, jsonb flag, problems) is the same with the fast path off."""
+    block = [*block, dict(block[0])]
+    fast = rows.build_rows(_PINNED_ACCOUNT, [_msg(m) for m in block])
+    with mock.patch.object(rows, "_plain_row", return_value=None):
+        general = rows.build_rows(_PINNED_ACCOUNT, [_msg(m) for m in block])
+    assert [repr(r) for r in fast] == [repr(r) for r in general]
+
+
+def test_clean_messages_take_the_fast_path_and_dirty_ones_do_not() -> None:
+    """The equivalence test above compares something: clean messages (ASCII or not) use the fast path."""
+    prefix = rows._basis_prefix(_PINNED_ACCOUNT)
+    for clean in (_wire(), _wire("caf\u00e9 \U0001f600"), _wire(ts="2016-01-01T12:29:49")):
+        assert rows._plain_row(_PINNED_ACCOUNT, prefix, _msg(clean), {}) is not None
+    for dirty in (_wire("a\x00b"), _wire("x\ud800"), {**_wire(), "extra": 1}):
+        assert rows._plain_row(_PINNED_ACCOUNT, prefix, _msg(dirty), {}) is None
