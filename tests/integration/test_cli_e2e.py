@@ -300,6 +300,19 @@ def test_simulate_serves_seeded_traffic_until_interrupted() -> None:
             proc.wait()
 
 
+def start_daemon(env: dict[str, str]) -> tuple[subprocess.Popen[str], EventReader]:
+    """Start `sync-worker run` with its JSON log lines collected by an EventReader."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, EventReader(proc.stdout)
+
+
 class EventReader:
     """Collects a subprocess's JSON log lines on a thread so a test can wait for named events."""
 
@@ -370,16 +383,8 @@ def test_run_serves_health_and_seeded_freshness_and_honours_the_shutdown_timeout
         SYNC_INTERVAL_SECONDS="3600",
         SYNC_JITTER_SECONDS="0",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, events = start_daemon(env)
     try:
-        assert proc.stdout is not None
-        events = EventReader(proc.stdout)
         # A session login happens inside an account job: from here on a run is in flight.
         events.wait_for({"daemon_started", "thingspace_session_started"})
         base = f"http://127.0.0.1:{port}"

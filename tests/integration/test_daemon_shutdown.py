@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import psycopg
 
 from sync_worker import simulator
-from tests.integration.test_cli_e2e import EventReader, canonical, cli, distinct_backlog, stored, worker_env
+from tests.integration.test_cli_e2e import canonical, cli, distinct_backlog, start_daemon, stored, worker_env
 
 ACCOUNT = "0252012345-00001"
 SHUTDOWN_TIMEOUT = 10.0
@@ -33,16 +31,8 @@ def test_sigterm_mid_drain_exits_in_time_with_the_cursor_at_a_committed_block(
         SYNC_INTERVAL_SECONDS="3600",
         SYNC_JITTER_SECONDS="0",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, events = start_daemon(env)
     try:
-        assert proc.stdout is not None
-        events = EventReader(proc.stdout)
         events.wait_for({"block_committed"})
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
