@@ -8,6 +8,7 @@ it between blocks, so the block in flight is committed before they return.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -113,51 +114,48 @@ def run_daemon(
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
 
-    owned = None
-    observe_guard: Callable[[], object] | None = None
-    if api is None:
-        owned = sync.build_client(settings, connect, metrics=metrics)
-        api = owned[0]
-        if metrics is not None:
-            observe_guard = owned[1].observe
-    inflight = _InFlight()
-    scheduler = _build_scheduler(
-        settings,
-        api,
-        connect=connect,
-        stop=stop,
-        metrics=metrics,
-        inflight=inflight,
-        observe_guard=observe_guard,
-    )
-    try:
-        with _signals_set(stop, enabled=install_signal_handlers):
-            scheduler.start()
-            if liveness is not None:
-                liveness.attach(scheduler)
-            _log.info(
-                "daemon_started",
-                accounts=list(settings.account_names),
-                concurrency=settings.concurrency,
-            )
-            # A bounded wait keeps the main thread responsive to signals on
-            # every platform; the event is still the only stop signal.
-            while not stop.wait(1.0):
-                pass
+    # Leaving this block closes the client and the guard after the scheduler stopped.
+    with contextlib.ExitStack() as stack:
+        observe_guard: Callable[[], object] | None = None
+        if api is None:
+            api, login_guard = stack.enter_context(sync.built_client(settings, connect, metrics=metrics))
+            if metrics is not None:
+                observe_guard = login_guard.observe
+        inflight = _InFlight()
+        scheduler = _build_scheduler(
+            settings,
+            api,
+            connect=connect,
+            stop=stop,
+            metrics=metrics,
+            inflight=inflight,
+            observe_guard=observe_guard,
+        )
+        try:
+            with _signals_set(stop, enabled=install_signal_handlers):
+                scheduler.start()
+                if liveness is not None:
+                    liveness.attach(scheduler)
+                _log.info(
+                    "daemon_started",
+                    accounts=list(settings.account_names),
+                    concurrency=settings.concurrency,
+                )
+                # A bounded wait keeps the main thread responsive to signals on
+                # every platform; the event is still the only stop signal.
+                while not stop.wait(1.0):
+                    pass
+                if liveness is not None:
+                    liveness.detach()
+                _log.info("daemon_stopping", running=inflight.running)
+                # No new runs from here on; running ones see the stop event.
+                scheduler.shutdown(wait=False)
+                clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
+        finally:
             if liveness is not None:
                 liveness.detach()
-            _log.info("daemon_stopping", running=inflight.running)
-            # No new runs from here on; running ones see the stop event.
-            scheduler.shutdown(wait=False)
-            clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
-    finally:
-        if liveness is not None:
-            liveness.detach()
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
-        if owned is not None:
-            owned[0].close()
-            owned[1].close()
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
     if not clean:
         _log.error(
             "daemon_shutdown_timeout",

@@ -26,7 +26,6 @@ from sync_worker import errors, models, queries, rows, secret
 
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
-SUCCESS_OUTCOMES: Final = frozenset({"succeeded", "success"})
 _MAX_ERROR_TEXT: Final = 4000
 
 Connection = psycopg.Connection[Any]
@@ -49,10 +48,6 @@ class LoginGuardState:
     last_failure_at: dt.datetime | None
     last_error: str | None
     tripped_at: dt.datetime | None
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self.failures
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,7 +156,7 @@ def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -
         if row is None:
             raise errors.StoreError(f"sync_run {run_id} does not exist")
         account = row[0]
-        if outcome in SUCCESS_OUTCOMES:
+        if outcome == "succeeded":
             cur.execute(queries.get("cursor_success"), {"account_name": account})
         if error_text is not None:
             cur.execute(queries.get("cursor_error"), {"account_name": account, "error": error_text})

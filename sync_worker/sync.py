@@ -166,11 +166,6 @@ class PassResult:
         }
 
 
-def connection_factory(dsn: str) -> ConnectionFactory:
-    """The worker's database connections (``config.connection_factory``)."""
-    return config.connection_factory(dsn)
-
-
 class _Stopped(Exception):
     """Internal: the stop event was seen between blocks."""
 
@@ -507,11 +502,9 @@ def sync_once(
     with connect() as conn:
         migrations.check_schema(conn)
     names = list(accounts) if accounts is not None else [a.name for a in settings.accounts]
-    owned = None
-    if api is None:
-        owned = build_client(settings, connect, metrics=metrics)
-        api = owned[0]
-    try:
+    with contextlib.ExitStack() as stack:
+        if api is None:
+            api, _ = stack.enter_context(built_client(settings, connect, metrics=metrics))
         results = run_accounts(
             api,
             names,
@@ -522,13 +515,22 @@ def sync_once(
             metrics=metrics,
             clock=clock,
         )
-    finally:
-        if owned is not None:
-            owned[0].close()
-            owned[1].close()
     passed = PassResult(results)
     _log.info("sync_pass", **passed.summary())
     return passed
+
+
+@contextlib.contextmanager
+def built_client(
+    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
+) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
+    """``build_client``'s pair, both closed on exit."""
+    api, login_guard = build_client(settings, connect, metrics=metrics)
+    try:
+        yield api, login_guard
+    finally:
+        api.close()
+        login_guard.close()
 
 
 def build_client(
@@ -536,8 +538,8 @@ def build_client(
 ) -> tuple[client.ThingSpaceClient, guard.LoginGuard]:
     """The one shared (thread-safe) client, its logins guarded by the Postgres login guard.
 
-    Close both when done: the guard may still hold the cross-process login lock
-    of a login that ended without a verdict.
+    Close both when done (``built_client`` does): the guard may still hold the
+    cross-process login lock of a login that ended without a verdict.
     """
     login_guard = guard.LoginGuard(
         connect,

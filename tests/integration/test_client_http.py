@@ -11,23 +11,9 @@ import pytest
 
 from sync_worker import client, errors, models, retry, secret
 from sync_worker import simulator as sim_mod
+from tests.fakes import FakeTime
 
 ACCOUNT = "0252012345-00001"
-
-
-class FakeTime:
-    """Injected clock and sleep: retries wait on this, never on real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

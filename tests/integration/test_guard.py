@@ -21,7 +21,7 @@ def wrong_password(sim: simulator.Simulator, db_url: str, **env: str) -> config.
 
 def new_guard(settings: config.Settings, db_url: str) -> guard.LoginGuard:
     return guard.LoginGuard(
-        sync.connection_factory(db_url),
+        config.connection_factory(db_url),
         principal=settings.username,
         fingerprint=settings.credential_fingerprint(),
         threshold=settings.login_guard_threshold,
@@ -85,7 +85,7 @@ def test_concurrent_replicas_never_exceed_threshold(simulator: simulator.Simulat
         try:
             start.wait()
             # One account each: the account lock must not be what serialises them.
-            result = sync.sync_account(api, f"0252012345-0002{i}", sync.connection_factory(db_url))
+            result = sync.sync_account(api, f"0252012345-0002{i}", config.connection_factory(db_url))
         finally:
             api.close()
         with lock:

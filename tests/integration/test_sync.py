@@ -150,7 +150,7 @@ def test_backlog_lands_exactly_and_acks_follow_commits(
     api = make_client(simulator)
     checker = CommitBeforeAck(api, db_url)
     try:
-        result = sync.sync_account(checker, ACCOUNT, sync.connection_factory(db_url))
+        result = sync.sync_account(checker, ACCOUNT, config.connection_factory(db_url))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -190,7 +190,7 @@ def test_rejected_stored_token_restarts_at_head(
     store.finish_run(conn, run_id, "failed", "test setup")
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, sync.connection_factory(db_url))
+        result = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -210,10 +210,10 @@ def test_persistent_transient_failure_keeps_cursor_and_next_run_resumes(
     sleep = SleepRecorder()
     api = make_client(simulator, sleep=sleep, max_attempts=3)
     try:
-        failed = sync.sync_account(api, ACCOUNT, sync.connection_factory(db_url))
+        failed = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
         issued = simulator.issued_tokens(ACCOUNT)
         cursor_after_failure = store.get_cursor(conn, ACCOUNT)
-        resumed = sync.sync_account(api, ACCOUNT, sync.connection_factory(db_url))
+        resumed = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
     finally:
         api.close()
     assert failed.outcome == "failed"
@@ -243,7 +243,7 @@ def test_retry_after_beyond_budget_ends_run_without_sleeping(
     api = make_client(simulator, sleep=sleep, max_attempts=5, max_retry_after=3600)
     try:
         result = sync.sync_account(
-            api, ACCOUNT, sync.connection_factory(db_url), deadline=time.monotonic() + 30.0
+            api, ACCOUNT, config.connection_factory(db_url), deadline=time.monotonic() + 30.0
         )
     finally:
         api.close()
@@ -279,7 +279,9 @@ def test_stop_event_mid_drain_leaves_cursor_at_committed_block(
                 yield page
 
     try:
-        result = sync.sync_account(StopAfterTwo(), ACCOUNT, sync.connection_factory(db_url), stop_event=stop)
+        result = sync.sync_account(
+            StopAfterTwo(), ACCOUNT, config.connection_factory(db_url), stop_event=stop
+        )
     finally:
         api.close()
     assert result.outcome == "interrupted"
@@ -300,7 +302,7 @@ def test_account_lock_busy_skips_and_says_so(
     assert store.try_account_lock(conn, ACCOUNT)
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, sync.connection_factory(db_url))
+        result = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
     finally:
         api.close()
     assert result.outcome == "skipped_locked"
@@ -330,7 +332,7 @@ def test_database_gone_mid_run_fails_the_account_only(simulator: simulator.Simul
                 yield page
 
     try:
-        result = sync.sync_account(KillAfterFirst(), ACCOUNT, sync.connection_factory(db_url))
+        result = sync.sync_account(KillAfterFirst(), ACCOUNT, config.connection_factory(db_url))
     finally:
         api.close()
     assert result.outcome == "failed"
@@ -383,7 +385,7 @@ def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simula
     bad = make_settings(
         simulator, db_url, [ACCOUNT], THINGSPACE_PASSWORD="wrong-pass-7", SYNC_LOGIN_GUARD_THRESHOLD="1"
     )
-    api, login_guard = sync.build_client(bad, sync.connection_factory(db_url), metrics=m)
+    api, login_guard = sync.build_client(bad, config.connection_factory(db_url), metrics=m)
     try:
         with pytest.raises(errors.LoginFailedError):
             api.sms.list_devices_sms_messages(ACCOUNT)
@@ -393,7 +395,7 @@ def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simula
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 1
 
     good = make_settings(simulator, db_url, [ACCOUNT], SYNC_LOGIN_GUARD_THRESHOLD="1")
-    api, login_guard = sync.build_client(good, sync.connection_factory(db_url), metrics=m)
+    api, login_guard = sync.build_client(good, config.connection_factory(db_url), metrics=m)
     try:
         api.sms.list_devices_sms_messages(ACCOUNT)
     finally:
@@ -444,7 +446,7 @@ def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_u
     account = "0252012345-00077"
     api = _QuarantineApi(account)
     m = metrics.Metrics()
-    result = sync.sync_account(api, account, sync.connection_factory(db_url), metrics=m)
+    result = sync.sync_account(api, account, config.connection_factory(db_url), metrics=m)
     assert api.calls == [None, "T2"]
     assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("succeeded", 2, 2, 1)
     assert result.ok and result.error is not None and "quarantined 1" in result.error
