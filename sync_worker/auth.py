@@ -10,33 +10,78 @@ Both take the function that does the HTTP work from the client, so this module
 only decides *when* to fetch. Both hold a lock while fetching: a client is shared
 by the daemon's account threads and only one of them should log in.
 
-A refused login is remembered: five failed logins in a row lock the ThingSpace
-user until vendor support unlocks it, so this cache never tries the same
-credentials again (a new client, i.e. a restart with fixed settings, does).
+Whether a login may be attempted at all is the login guard's decision
+(``guard``), made around every login from the count it keeps: nothing here
+remembers a refusal, so no process holds a "refused" state that the guard's
+record does not show.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 import structlog
 
-from sync_worker import errors, secret
+from sync_worker import config, errors, secret
 
 _log = structlog.get_logger(__name__)
 
+Outcome = Literal["succeeded", "refused", "unknown", "throttled"]
+# The most failed logins in a row the guard ever lets exist: one more is the vendor's lock-out.
+CEILING: Final = config.VENDOR_LOCKOUT_AT - 1
+
+
+def check_threshold(threshold: int) -> int:
+    if not 1 <= threshold <= CEILING:
+        raise errors.ConfigError(
+            f"login guard threshold must be 1..{CEILING} "
+            f"(the vendor locks the user at {config.VENDOR_LOCKOUT_AT}), got {threshold}"
+        )
+    return threshold
+
+
+def refusal(failures: int, failed: frozenset[str], fingerprint: str, threshold: int) -> str | None:
+    """Why a login with ``fingerprint`` must not be attempted now, or None when it may."""
+    if failures >= CEILING:
+        return (
+            f"{failures} failed logins in a row are presumed at ThingSpace, which locks the user at "
+            f"{config.VENDOR_LOCKOUT_AT}: no login is attempted, whatever the credentials"
+        )
+    if failures >= threshold and fingerprint in failed:
+        return (
+            f"{failures} failed logins in a row are presumed at ThingSpace (threshold {threshold}) and "
+            "these credentials are among them: not retried until they change"
+        )
+    return None
+
+
+def tripped_error(reason: str, username: str) -> errors.LoginGuardTrippedError:
+    return errors.LoginGuardTrippedError(
+        f"not logging in as {username!r}: {reason}. Fix the credentials; once the vendor's count is "
+        "known to be zero again, run `sync-worker auth reset` (README: login guard)"
+    )
+
 
 class LoginGuard(Protocol):
-    """Persistent bookkeeping of failed logins, consulted around every session login."""
+    """Decides whether a session login may be attempted and records what came of it.
 
-    def before_login(self) -> None: ...  # raise errors.LoginGuardTrippedError to refuse
+    ``begin`` counts the attempt (raising ``errors.LoginGuardTrippedError`` to
+    refuse it) and returns its id; ``finish`` is then called exactly once.
+    """
 
-    def login_succeeded(self) -> None: ...
+    def begin(self, fingerprint: str, *, deadline: float | None = None) -> str: ...
 
-    def login_failed(self, error: errors.LoginFailedError) -> None: ...
+    def finish(
+        self,
+        attempt: str,
+        fingerprint: str,
+        outcome: Outcome,
+        error: BaseException | None = None,
+    ) -> None: ...
 
 
 class BearerTokenCache:
@@ -55,14 +100,12 @@ class BearerTokenCache:
         self._lock = threading.Lock()
         self._token: secret.Secret | None = None
         self._valid_until = 0.0
-        self.fetches = 0
 
     def get(self) -> str:
         with self._lock:
             now = self._clock()
             if self._token is None or now >= self._valid_until:
                 token, expires_in = self._fetch()
-                self.fetches += 1
                 secret.register(token)
                 # A lifetime shorter than the margin would mean a fetch per call;
                 # using half of it still renews well before expiry.
@@ -82,23 +125,21 @@ class BearerTokenCache:
 
 
 class SessionTokenCache:
-    """M2M session token. ``login`` performs one login and returns the ``sessionToken``;
-    it raises ``errors.LoginFailedError`` when the platform refused the credentials."""
+    """M2M session token. ``login(deadline)`` performs one (guarded) login and returns the
+    ``sessionToken``; whatever it raises reaches the caller unchanged."""
 
-    def __init__(self, login: Callable[[], str], *, guard: LoginGuard | None = None) -> None:
+    def __init__(self, login: Callable[[float | None], str]) -> None:
         self._login = login
-        self._guard = guard
         self._lock = threading.Lock()
         self._token: secret.Secret | None = None
-        self._refused: errors.LoginFailedError | None = None
-        self.logins = 0
 
-    def get(self) -> str:
+    def get(self, deadline: float | None = None) -> str:
         with self._lock:
-            if self._refused is not None:
-                raise _still_refused(self._refused)
             if self._token is None:
-                self._token = secret.Secret(self._log_in())
+                token = self._login(deadline)
+                secret.register(token)
+                self._token = secret.Secret(token)
+                _log.info("thingspace_session_started")
             return self._token.reveal()
 
     def invalidate(self, stale: str) -> None:
@@ -107,35 +148,48 @@ class SessionTokenCache:
             if self._token is not None and self._token.reveal() == stale:
                 self._token = None
 
-    def _log_in(self) -> str:
-        if self._guard is not None:
-            self._guard.before_login()
-        self.logins += 1
-        try:
-            token = self._login()
-        except errors.LoginFailedError as exc:
-            self._refused = exc
-            _log.error("thingspace_login_refused", status=exc.status, error_code=exc.error_code)
-            if self._guard is not None:
-                self._guard.login_failed(exc)
-            raise
-        secret.register(token)
-        if self._guard is not None:
-            self._guard.login_succeeded()
-        _log.info("thingspace_session_started")
-        return token
-
     def __repr__(self) -> str:
-        return f"SessionTokenCache(cached={self._token is not None}, refused={self._refused is not None})"
+        return f"SessionTokenCache(cached={self._token is not None})"
 
 
-def _still_refused(first: errors.LoginFailedError) -> errors.LoginFailedError:
-    # A fresh exception each time: re-raising the stored one would grow its traceback.
-    return errors.LoginFailedError(
-        "an earlier session login with these credentials was refused; not logging in again "
-        "(five failed logins in a row lock the ThingSpace user): fix the credentials and restart",
-        status=first.status,
-        error_code=first.error_code,
-        error_message=first.error_message,
-        operation=first.operation,
-    )
+class MemoryLoginGuard:
+    """The same rules inside one process: the default of a client built without a database.
+
+    The default threshold of 1 stops after the first failure: a library caller
+    has no operator watching a count, and nothing outside this process would
+    remember a second one.
+    """
+
+    def __init__(self, *, threshold: int = 1) -> None:
+        self._threshold = check_threshold(threshold)
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._failed: set[str] = set()
+        self._pending: str | None = None
+
+    @property
+    def threshold(self) -> int:
+        return self._threshold
+
+    def begin(self, fingerprint: str, *, deadline: float | None = None) -> str:
+        with self._lock:
+            reason = refusal(self._failures, frozenset(self._failed), fingerprint, self._threshold)
+            if reason is not None:
+                raise tripped_error(reason, "this client's user")
+            self._failures += 1
+            self._pending = str(uuid.uuid4())
+            return self._pending
+
+    def finish(
+        self, attempt: str, fingerprint: str, outcome: Outcome, error: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            ours = attempt == self._pending
+            self._pending = None if ours else self._pending
+            if outcome == "succeeded":
+                self._failures, self._failed = 0, set()
+            elif outcome == "throttled":
+                if ours:
+                    self._failures = max(self._failures - 1, 0)
+            else:
+                self._failed.add(fingerprint)

@@ -251,11 +251,9 @@ def cmd_run(ctx: _Context) -> int:
                 pass
 
         def guard_ready() -> None:
-            if login_guard.observe():
-                raise errors.LoginGuardTrippedError(
-                    f"at least {login_guard.threshold} consecutive failed logins; "
-                    "run `sync-worker auth reset` after fixing them"
-                )
+            status = login_guard.observe(settings.credentials().fingerprint(settings.base_url))
+            if status.problem is not None:
+                raise errors.LoginGuardTrippedError(status.problem)
 
         server = health.HealthServer(
             settings.metrics_port,
@@ -357,54 +355,59 @@ def cmd_cursor_reset(ctx: _Context) -> int:
 
 
 def _login_guard(settings: config.Settings, *, on_state: Callable[[bool], None] | None = None) -> Any:
-    from sync_worker import guard  # noqa: PLC0415
+    from sync_worker import sync  # noqa: PLC0415
 
-    return guard.LoginGuard(
-        lambda: config.connect(settings),
-        principal=settings.username,
-        fingerprint=settings.credential_fingerprint(),
-        threshold=settings.login_guard_threshold,
-        on_state=on_state,
-    )
+    return sync.build_guard(settings, lambda: config.connect(settings), on_state=on_state)
 
 
 def cmd_auth_status(ctx: _Context) -> int:
     settings = ctx.settings(credentials=True, accounts=False)
     with _connection(settings):
         pass
-    login_guard = _login_guard(settings)
-    failures = login_guard.failures()
-    tripped = failures >= login_guard.threshold
+    status = _login_guard(settings).status(settings.credentials().fingerprint(settings.base_url))
     if ctx.args.json:
-        ctx.print(
-            json.dumps(
-                {
-                    "username": settings.username,
-                    "failures": failures,
-                    "threshold": login_guard.threshold,
-                    "tripped": tripped,
-                }
-            )
-        )
+        ctx.print(json.dumps({"username": settings.username, **status.as_dict()}, sort_keys=True))
     else:
-        state = "TRIPPED: not logging in (fix the credentials or run `sync-worker auth reset`)"
+        state = status.state
         ctx.print(
-            f"user {settings.username}: {failures} consecutive failed logins, threshold "
-            f"{login_guard.threshold}: {state if tripped else 'ok'}"
+            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace "
+            f"(this worker stops at {status.threshold} for the same credentials, {status.ceiling} for any; "
+            f"the vendor locks the user at {config.VENDOR_LOCKOUT_AT})"
         )
-    return EXIT_AUTH if tripped else EXIT_OK
+        ctx.print(f"last login outcome: {state.last_outcome or 'none recorded'}")
+        ctx.print(status.problem or "ok: the next sync may log in")
+    return EXIT_AUTH if status.problem is not None else EXIT_OK
 
 
 def cmd_auth_reset(ctx: _Context) -> int:
-    from sync_worker import store  # noqa: PLC0415
-
     settings = ctx.settings(credentials=False, accounts=False)
     if not settings.username:
         raise errors.ConfigError("THINGSPACE_USERNAME is required: the guard is kept per user")
-    with _connection(settings) as conn:
-        store.reset_login_guard(conn, settings.username)
-    logs.get_logger(__name__).warning("login_guard_reset", principal=settings.username)
-    ctx.print(f"login guard reset for user {settings.username}; the next sync will log in again")
+    login_guard = _login_guard(settings)
+    with _connection(settings):
+        pass
+    recorded = login_guard.state().failures
+    # Said before acting: a reset is a claim about the vendor's count, and a wrong one
+    # hands the next failed logins the headroom that keeps the user from being locked.
+    ctx.err.write(
+        f"auth reset states that ThingSpace's count of failed logins for user {settings.username!r} is "
+        "zero again: true only after a successful login with this user elsewhere (the ThingSpace "
+        "portal, another integration) or after vendor support unlocked it. If it is not, the next "
+        f"failed logins could lock the user. Recorded now: {recorded} failed in a row.\n"
+    )
+    ctx.err.flush()
+    if not ctx.args.yes:
+        if not sys.stdin.isatty():
+            raise errors.ConfigError("auth reset: pass --yes to confirm when not on a terminal")
+        answer = input("Is ThingSpace's count zero again? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            ctx.print("cancelled")
+            return EXIT_CONFIG
+    login_guard.reset()
+    ctx.print(
+        f"login guard reset for user {settings.username} (was {recorded} failed in a row); "
+        "running workers log in again at their next run"
+    )
     return EXIT_OK
 
 
@@ -561,7 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
         auth_sub,
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add("reset", cmd_auth_reset, "clear the failed-login count after fixing the credentials", auth_sub)
+    p = add(
+        "reset",
+        cmd_auth_reset,
+        "state that ThingSpace's failed-login count is zero again (after a good login or a vendor unlock)",
+        auth_sub,
+    )
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
 
     p = add("send", cmd_send, "send an SMS to devices (never retried: a retry could send it twice)")
     p.add_argument("--account", required=True, metavar="A")

@@ -25,10 +25,17 @@
   is ignored, and an absolute ``Location`` must name the base URL's scheme, host
   and port. Redirects are never followed either (``allow_redirects=False``): a 3xx
   would carry the bearer and session tokens wherever it pointed.
-* A login refused with any 4xx raises ``errors.LoginFailedError`` and is never
-  retried, by this module or by the retry policy (errors from the token and login
-  requests carry their own operation name, and a policy only retries errors of
-  the operation it runs).
+* Every session login goes through the login guard (``cfg.login_guard``, else an
+  in-process ``auth.MemoryLoginGuard`` with threshold 1): counted before it is
+  sent, then reported as succeeded, refused (a 4xx other than 408/429: raises
+  ``errors.LoginFailedError``), throttled (408/429: ``errors.LoginThrottledError``,
+  not counted, retried by the policy after ``Retry-After``) or unknown (no answer,
+  a 5xx, an unreadable answer: counted as failed). Refused and unknown logins are
+  never retried by the policy (errors from the token and login requests carry their
+  own operation name, and a policy only retries errors of the operation it runs).
+* The OAuth token is fetched before the login is counted: a token failure is no
+  login attempt. Credentials come from ``cfg.credentials()`` when set, at every
+  token fetch and login, so a corrected secret file is used without a restart.
 """
 
 from __future__ import annotations
@@ -81,6 +88,10 @@ class ClientConfig:
     timeout: tuple[float, float] = (5.0, 60.0)  # connect, read
     retry: retry.RetryPolicy = dataclasses.field(default_factory=retry.RetryPolicy)
     login_guard: auth.LoginGuard | None = dataclasses.field(default=None, repr=False, compare=False)
+    # The current credentials, read at each token fetch and login (the fields above otherwise).
+    credentials: Callable[[], config.Credentials] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
     allow_insecure_loopback: bool = False
     session: requests.Session | None = dataclasses.field(default=None, repr=False, compare=False)
     observer: Observer | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -109,7 +120,10 @@ class ThingSpaceClient:
         self._bearer = auth.BearerTokenCache(
             self._fetch_bearer, margin=cfg.token_expiry_margin, clock=cfg.clock
         )
-        self._session = auth.SessionTokenCache(self._log_in, guard=cfg.login_guard)
+        self._guard: auth.LoginGuard = (
+            cfg.login_guard if cfg.login_guard is not None else auth.MemoryLoginGuard()
+        )
+        self._session = auth.SessionTokenCache(self._log_in)
         self.sms = SmsController(self)
 
     @property
@@ -175,15 +189,22 @@ class ThingSpaceClient:
 
     # --- credentials ---------------------------------------------------------
 
+    def _credentials(self) -> config.Credentials:
+        if self._cfg.credentials is not None:
+            return self._cfg.credentials()
+        cfg = self._cfg
+        return config.Credentials(cfg.client_id, cfg.client_secret, cfg.username, cfg.password)
+
     def _fetch_bearer(self) -> tuple[str, float]:
         operation = "oauth_token"
+        creds = self._credentials()
         response = self._exchange(
             operation,
             "POST",
             f"{self._base}/ts/v1/oauth2/token",
             {},
             data={"grant_type": "client_credentials"},
-            auth=(self._cfg.client_id, self._cfg.client_secret.reveal()),
+            auth=(creds.client_id, creds.client_secret.reveal()),
         )
         if not 200 <= response.status_code < 300:
             raise error_from_response(response, operation)
@@ -210,39 +231,66 @@ class ThingSpaceClient:
             )
         return token, float(expires_in)
 
-    def _log_in(self) -> str:
+    def _log_in(self, deadline: float | None) -> str:
         operation = "session_login"
+        creds = self._credentials()
+        fingerprint = creds.fingerprint(self._base)
         bearer = self._bearer.get()
-        response = self._exchange(
-            operation,
-            "POST",
-            f"{self._base}/m2m/v1/session/login",
-            {"Authorization": f"Bearer {bearer}"},
-            json={"username": self._cfg.username, "password": self._cfg.password.reveal()},
-        )
-        status = response.status_code
-        if 400 <= status < 500:
-            if status == 401:
-                # Whatever refused it, the next login (with a new client) should not reuse this bearer.
-                self._bearer.invalidate(bearer)
-            found = error_from_response(response, operation)
-            raise errors.LoginFailedError(
-                "session login refused; not retried automatically because five failed logins "
-                "in a row lock the ThingSpace user until vendor support unlocks it",
-                status=status,
-                error_code=found.error_code,
-                error_message=found.error_message,
-                operation=operation,
+        attempt = self._guard.begin(fingerprint, deadline=deadline)
+        outcome: auth.Outcome = "unknown"
+        failure: BaseException | None = None
+        try:
+            response = self._exchange(
+                operation,
+                "POST",
+                f"{self._base}/m2m/v1/session/login",
+                {"Authorization": f"Bearer {bearer}"},
+                json={"username": creds.username, "password": creds.password.reveal()},
             )
-        if not 200 <= status < 300:
-            raise error_from_response(response, operation)
-        token = _json_object(response, operation).get("sessionToken")
-        if not isinstance(token, str) or not token:
-            raise errors.ResponseFormatError(
-                "login response has no 'sessionToken'", status=status, operation=operation
-            )
-        secret.register(token)
-        return token
+            status = response.status_code
+            if status in (408, 429):
+                outcome = "throttled"
+                raise errors.LoginThrottledError(
+                    "session login throttled: not a verdict on the credentials, not counted; "
+                    "logging in again after a pause",
+                    status=status,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    operation=operation,
+                )
+            if 400 <= status < 500:
+                if status == 401:
+                    # Whatever refused it, the next login should not reuse this bearer.
+                    self._bearer.invalidate(bearer)
+                found = error_from_response(response, operation)
+                outcome = "refused"
+                raise errors.LoginFailedError(
+                    "session login refused; counted by the login guard and not retried now, because "
+                    "five failed logins in a row lock the ThingSpace user until vendor support unlocks it",
+                    status=status,
+                    error_code=found.error_code,
+                    error_message=found.error_message,
+                    operation=operation,
+                )
+            if not 200 <= status < 300:
+                # A 5xx may come after the platform judged the login: counted as failed.
+                raise error_from_response(response, operation)
+            token = _json_object(response, operation).get("sessionToken")
+            if not isinstance(token, str) or not token:
+                raise errors.ResponseFormatError(
+                    "login response has no 'sessionToken'", status=status, operation=operation
+                )
+            secret.register(token)
+            outcome = "succeeded"
+            return token
+        except BaseException as exc:
+            failure = exc
+            if outcome == "refused":
+                _log.error("thingspace_login_refused", status=getattr(exc, "status", None))
+            elif outcome == "unknown":
+                _log.warning("thingspace_login_outcome_unknown", error=type(exc).__name__)
+            raise
+        finally:
+            self._guard.finish(attempt, fingerprint, outcome, failure)
 
     # --- an authenticated API call -------------------------------------------
 
@@ -264,7 +312,7 @@ class ThingSpaceClient:
             session_replayed = bearer_replayed = False
             while True:
                 bearer = self._bearer.get()
-                session_token = self._session.get()
+                session_token = self._session.get(deadline)
                 kwargs: dict[str, Any] = {} if json_body is None else {"json": json_body}
                 response = self._exchange(
                     operation,
@@ -289,7 +337,12 @@ class ThingSpaceClient:
                 raise error
 
         def retry_on(exc: BaseException) -> bool:
-            return retryable and isinstance(exc, errors.ApiTransientError) and exc.operation == operation
+            if not retryable:
+                return False
+            # A throttled login was not counted, so logging in again after the pause is safe.
+            if isinstance(exc, errors.LoginThrottledError):
+                return True
+            return isinstance(exc, errors.ApiTransientError) and exc.operation == operation
 
         return self._cfg.retry.call(
             attempt,

@@ -74,8 +74,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "THINGSPACE_CLIENT_SECRET_FILE",
         "",
-        "Path of a file holding the client secret (one trailing newline is stripped).",
-        ("client_secret",),
+        "Path of a file holding the client secret (one trailing newline is stripped). Read again at "
+        "each token request, so a daemon uses a corrected file without a restart.",
+        ("client_secret", "client_secret_file"),
     ),
     Variable(
         "THINGSPACE_USERNAME", "(required)", "ThingSpace user for the M2M session login.", ("username",)
@@ -89,8 +90,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "THINGSPACE_PASSWORD_FILE",
         "",
-        "Path of a file holding the password (one trailing newline is stripped).",
-        ("password",),
+        "Path of a file holding the password (one trailing newline is stripped). Read again at each "
+        "login, so a daemon uses a corrected file without a restart.",
+        ("password", "password_file"),
     ),
     Variable(
         "SYNC_ACCOUNTS",
@@ -127,8 +129,9 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_LOGIN_GUARD_THRESHOLD",
         "3",
-        "Consecutive failed logins (counted in Postgres) after which the worker stops logging in "
-        "until the credentials change or `auth reset` runs (1-4; the vendor locks the user at 5).",
+        "Failed logins in a row of the ThingSpace user (counted in Postgres across processes, "
+        "unknown outcomes included) after which the same credentials are not tried again (1-4). "
+        "New credentials may go on up to 4, never to the vendor's lock at 5.",
         ("login_guard_threshold",),
     ),
     Variable(
@@ -216,6 +219,9 @@ class Settings:
     retry_max_wait_seconds: float = 30.0
     retry_max_retry_after_seconds: float = 120.0
     allow_insecure_loopback: bool = False
+    # Re-read at every login, so a daemon picks up a corrected secret without a restart.
+    client_secret_file: Path | None = None
+    password_file: Path | None = None
 
     @property
     def account_names(self) -> tuple[str, ...]:
@@ -250,18 +256,41 @@ class Settings:
                 max_retry_after=self.retry_max_retry_after_seconds,
             ),
             login_guard=login_guard,
+            credentials=self.credentials,
             allow_insecure_loopback=self.allow_insecure_loopback,
             observer=observer,
         )
 
+    def credentials(self) -> Credentials:
+        """The login material as it is now: the ``*_FILE`` secrets are read again each time."""
+        client_secret = self.client_secret
+        password = self.password
+        if self.client_secret_file is not None:
+            client_secret = read_secret_file("THINGSPACE_CLIENT_SECRET_FILE", self.client_secret_file)
+        if self.password_file is not None:
+            password = read_secret_file("THINGSPACE_PASSWORD_FILE", self.password_file)
+        return Credentials(self.client_id, client_secret, self.username, password)
+
     def credential_fingerprint(self) -> str:
+        """The fingerprint of the credentials as loaded (see ``Credentials.fingerprint``)."""
+        return Credentials(self.client_id, self.client_secret, self.username, self.password).fingerprint(
+            self.base_url
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a token request and a session login send."""
+
+    client_id: str
+    client_secret: secret.Secret
+    username: str
+    password: secret.Secret
+
+    def fingerprint(self, base_url: str) -> str:
         """A slow salted hash of the login material: equal only for equal credentials."""
         return _fingerprint(
-            self.base_url,
-            self.client_id,
-            self.username,
-            self.password.reveal(),
-            self.client_secret.reveal(),
+            base_url, self.client_id, self.username, self.password.reveal(), self.client_secret.reveal()
         )
 
 
@@ -354,7 +383,14 @@ def load(
         retry_max_wait_seconds=max_wait,
         retry_max_retry_after_seconds=max_retry_after,
         allow_insecure_loopback=insecure,
+        client_secret_file=_path(env, "THINGSPACE_CLIENT_SECRET_FILE"),
+        password_file=_path(env, "THINGSPACE_PASSWORD_FILE"),
     )
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = _get(env, name)
+    return Path(raw) if raw else None
 
 
 def _get(env: Mapping[str, str], name: str) -> str:
@@ -464,18 +500,24 @@ def _secret(env: Mapping[str, str], name: str) -> secret.Secret:
     if value and path:
         raise errors.ConfigError(f"set {name} or {file_name}, not both")
     if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            # The path is not secret; the error text of a read failure never holds file content.
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            raise errors.ConfigError(f"{file_name}={path!r} cannot be read: {reason}") from None
-        if value.endswith("\r\n"):
-            value = value[:-2]
-        elif value.endswith("\n"):
-            value = value[:-1]
-        if not value:
-            raise errors.ConfigError(f"{file_name}={path!r} is empty")
+        return read_secret_file(file_name, Path(path))
+    return secret.Secret(value)
+
+
+def read_secret_file(variable: str, path: Path) -> secret.Secret:
+    """The secret in ``path`` (one trailing newline stripped); ``errors.ConfigError`` naming ``variable``."""
+    try:
+        value = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        # The path is not secret; the error text of a read failure never holds file content.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise errors.ConfigError(f"{variable}={str(path)!r} cannot be read: {reason}") from None
+    if value.endswith("\r\n"):
+        value = value[:-2]
+    elif value.endswith("\n"):
+        value = value[:-1]
+    if not value:
+        raise errors.ConfigError(f"{variable}={str(path)!r} is empty")
     return secret.Secret(value)
 
 

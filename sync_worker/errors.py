@@ -156,13 +156,22 @@ class AuthError(ApiPermanentError):
 
 
 class LoginFailedError(AuthError):
-    """The session login was refused. Never retried automatically: five failed
-    logins in a row lock the ThingSpace user until vendor support unlocks it."""
+    """The session login was refused (a 4xx verdict on the credentials). Never
+    retried within a run: five failed logins in a row lock the ThingSpace user
+    until vendor support unlocks it, and the login guard counts this one."""
+
+
+class LoginThrottledError(RateLimitedError):
+    """The session login got 429 or 408: not a verdict on the credentials.
+
+    The login guard does not count it and nothing latches; the caller backs off
+    (``retry_after`` when the platform sent one) and logs in again later."""
 
 
 class LoginGuardTrippedError(AuthError):
-    """Too many consecutive failed logins were recorded; the worker stopped
-    logging in until the credentials change or ``sync-worker auth reset`` runs."""
+    """The login guard refused to attempt a login: the failed logins recorded for
+    the ThingSpace user leave no safe headroom for these credentials. It lifts
+    after new credentials (within the vendor's ceiling) or ``sync-worker auth reset``."""
 
 
 # --- the database --------------------------------------------------------

@@ -1,198 +1,347 @@
-"""The login lock-out guard, kept in Postgres.
+"""The login lock-out guard: never let ThingSpace lock the user.
 
-ThingSpace locks a user after five failed session logins in a row, and only
-vendor support can unlock it. A single process cannot protect against that: a
-crash-looping daemon, a cron job, or several replicas would each start counting
-from zero. So the count of consecutive failures lives in the database, keyed by
-the principal (the ThingSpace user) and a fingerprint of the credentials, and
-every login attempt in every process consults it first.
+ThingSpace locks a user after five failed session logins in a row, counted per
+user whatever credentials each attempt used, and only vendor support unlocks
+it. The guard keeps the vendor's *presumed* count for each user of each
+platform (base URL + username): every refusal, and every login whose outcome is
+unknown (no answer, a lost connection, a 5xx, an unreadable answer, a process
+that died mid-login), since the last successful login seen by any process. The
+rules (``refusal``):
 
-``LoginGuard`` implements the ``auth.LoginGuard`` protocol on top of the
-``store.login_guard_*`` functions.
+* the ceiling: no login is attempted that could be the fifth failure in a row,
+  whatever the credentials (``CEILING`` = 4 failures may exist, never 5);
+* the soft stop: credentials that already failed since the last success are
+  not tried again once ``threshold`` failures are recorded; new credentials may
+  use the headroom left below the ceiling, and no more;
+* only a successful login (or an operator's ``auth reset``: their statement
+  that the vendor's count is zero again) sets the count to zero;
+* a 429 or 408 is not a verdict on the credentials: it is neither counted nor
+  remembered, and the caller backs off.
+
+A login is counted *before* its request goes out (a reservation with a lease);
+its verdict then keeps, clears or takes back that count. So a process that is
+killed or loses its network mid-login leaves a failure behind, never a gap, and
+its lease runs out after ``lease_seconds``. Only one login per user is in
+flight at a time across every process sharing the database: the others wait
+(bounded by the run's deadline, ``max_wait_seconds`` and the stop event), so
+replicas cannot race past the ceiling together.
+
+``LoginGuard`` keeps the count in Postgres (``sql/queries/login_guard.sql``);
+the rules themselves live in ``auth`` (``auth.refusal``), where
+``auth.MemoryLoginGuard`` applies them inside one process for a client used
+as a library without a database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
+import os
+import socket
 import threading
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
-import psycopg.errors
 import structlog
 
-from sync_worker import config, errors, store
+from sync_worker import auth, config, errors, queries
 
+Outcome = auth.Outcome
 ConnectionFactory = config.ConnectionFactory
 
+CEILING: Final = auth.CEILING
+# How often a login waiting for another process's login looks again.
+_POLL_SECONDS: Final = 0.25
+_MAX_ERROR_TEXT: Final = 1000
+
 _log = structlog.get_logger(__name__)
-# pg_advisory_lock(int, int) namespace of the login lock ("SMSG"); account locks use another.
-_GUARD_LOCK_NAMESPACE: Final = 0x53_4D_53_47
-_LOCK_PREFIX: Final = "login-guard:"
 
 
-def _factory(dsn_or_factory: str | ConnectionFactory) -> ConnectionFactory:
-    if callable(dsn_or_factory):
-        return dsn_or_factory
-    return config.connection_factory(
-        dsn_or_factory, application_name="sync-worker-guard", failure="login guard cannot reach the database"
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardState:
+    """One user's row, as read."""
+
+    failures: int = 0
+    failed_fingerprints: frozenset[str] = frozenset()
+    last_outcome: str | None = None
+    last_attempt_at: dt.datetime | None = None
+    last_success_at: dt.datetime | None = None
+    last_failure_at: dt.datetime | None = None
+    last_error: str | None = None
+    tripped_at: dt.datetime | None = None
+    pending_attempt: str | None = None
+    pending_fingerprint: str | None = None
+    pending_holder: str | None = None
+    lease_left: float | None = None  # seconds; <= 0 once the pending login's lease ran out
+
+    @property
+    def pending_live(self) -> bool:
+        return self.pending_attempt is not None and self.lease_left is not None and self.lease_left > 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardStatus:
+    """What ``auth status``, ``/readyz`` and the metric say about one set of credentials."""
+
+    state: GuardState
+    threshold: int
+    blocked: str | None  # why these credentials will not log in now
+    ceiling: int = CEILING
+
+    @property
+    def refused(self) -> bool:
+        """The last verdict on a login was a refusal and no success came since."""
+        return self.state.last_outcome == "refused" and self.state.failures > 0
+
+    @property
+    def problem(self) -> str | None:
+        """Why the worker cannot sync now, in one sentence; None while logins may work."""
+        if self.blocked is not None:
+            return f"login guard tripped: {self.blocked}"
+        if self.refused:
+            return (
+                f"the last session login was refused ({self.state.failures} failed in a row; "
+                f"the guard stops at {self.threshold} for the same credentials, {self.ceiling} for any)"
+            )
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "failures": s.failures,
+            "threshold": self.threshold,
+            "ceiling": self.ceiling,
+            "vendor_lockout_at": config.VENDOR_LOCKOUT_AT,
+            "tripped": self.blocked is not None,
+            "refused": self.refused,
+            "problem": self.problem,
+            "last_outcome": s.last_outcome,
+            "last_attempt_at": _iso(s.last_attempt_at),
+            "last_success_at": _iso(s.last_success_at),
+            "last_failure_at": _iso(s.last_failure_at),
+            "last_error": s.last_error,
+            "login_in_flight": s.pending_live,
+            "login_in_flight_by": s.pending_holder if s.pending_live else None,
+        }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    text = f"{type(error).__name__}: {error}"
+    return text[:_MAX_ERROR_TEXT]
 
 
 class LoginGuard:
-    """Refuses session logins once ``threshold`` consecutive failures are recorded.
+    """The guard kept in Postgres, shared by every process that uses the same database.
 
-    Check, login and verdict are serialised across every process sharing the
-    database: ``before_login`` takes a session-level advisory lock on a
-    connection of its own and keeps it until ``login_succeeded`` or
-    ``login_failed`` records the verdict. Without that, replicas that all read
-    "2 failures" at the same moment would each try once more and together reach
-    the vendor's lock-out. A login that ends without a verdict (a network error)
-    leaves the lock held until the next ``before_login`` of this guard or
-    ``close()``; other processes wait at most ``lock_wait_seconds`` and then get
-    an ``errors.TransientError`` (retry later), never a login.
-
-    Give each client its own guard: the client serialises its logins, which
-    is what lets one pending lock per guard suffice.
-
-    A database that cannot be reached makes ``before_login`` fail closed: not
-    knowing the count must not risk a vendor lock-out.
+    ``begin`` returns an attempt id once the login is counted; the caller must
+    then report ``finish`` exactly once. A database that cannot be reached makes
+    ``begin`` fail closed (``errors.DatabaseUnavailableError``): not knowing the
+    count must not risk a lock-out. ``finish`` never raises: the count already
+    holds the attempt as failed, which is the safe side if its verdict is lost.
     """
 
     def __init__(
         self,
-        dsn_or_connection_factory: str | ConnectionFactory,
+        connect: ConnectionFactory,
         *,
-        principal: str,
-        fingerprint: str,
+        base_url: str,
+        username: str,
         threshold: int,
-        lock_wait_seconds: float = 90.0,
+        lease_seconds: float = 95.0,
+        max_wait_seconds: float = 120.0,
+        stop_event: threading.Event | None = None,
         on_state: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 1 <= threshold <= 4:
-            # Five failures lock the user at the vendor; the guard must stop earlier.
-            raise errors.ConfigError(
-                f"login guard threshold must be 1..4 (the vendor locks at 5), got {threshold}"
-            )
-        self._connect = _factory(dsn_or_connection_factory)
-        self._principal = principal
-        self._fingerprint = fingerprint
-        self._threshold = threshold
-        self._lock_wait_ms = max(1, int(lock_wait_seconds * 1000))
-        self._lock = threading.Lock()
-        self._pending: psycopg.Connection[Any] | None = None
-        # Told True/False whenever this guard learns whether it is tripped, so a
-        # metric can go back to 0 after a good login or an operator's reset.
+        self._connect = connect
+        self._key = {"base_url": base_url, "username": username}
+        self._username = username
+        self._threshold = auth.check_threshold(threshold)
+        self._lease_seconds = max(1.0, lease_seconds)
+        self._max_wait = max_wait_seconds
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        # Told whether syncing is blocked whenever this guard learns it, so a metric can
+        # go back to 0 after a good login or an operator's reset.
         self._on_state = on_state
+        self._clock = clock
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def threshold(self) -> int:
         return self._threshold
 
-    def failures(self) -> int:
-        """The consecutive failures recorded for these credentials."""
-        with self._connect() as conn:
-            return store.login_guard_state(conn, self._principal, self._fingerprint).failures
+    # --- reading ---------------------------------------------------------
 
-    def tripped(self) -> bool:
-        return self.failures() >= self._threshold
+    def state(self) -> GuardState:
+        with self._transaction() as conn:
+            self._adopt_legacy(conn)
+            row = conn.execute(queries.get("guard_state"), self._key).fetchone()
+        return _state(row)
 
-    def observe(self) -> bool:
-        """Read whether the guard is tripped now and report it to ``on_state``.
+    def status(self, fingerprint: str) -> GuardStatus:
+        state = self.state()
+        blocked = auth.refusal(state.failures, state.failed_fingerprints, fingerprint, self._threshold)
+        return GuardStatus(state, self._threshold, blocked)
 
-        The only way a process notices `sync-worker auth reset` (run elsewhere)
-        without attempting a login.
-        """
-        tripped = self.tripped()
-        self._report(tripped)
-        return tripped
+    def observe(self, fingerprint: str) -> GuardStatus:
+        """Read the status and report it to ``on_state``: how a process notices a reset elsewhere."""
+        status = self.status(fingerprint)
+        self._report(status.problem is not None)
+        return status
 
-    def before_login(self) -> None:
-        with self._lock:
-            self._drop_pending()
-            conn = self._connect()
-            try:
-                self._acquire(conn)
-                state = store.login_guard_state(conn, self._principal, self._fingerprint)
-            except BaseException:
-                conn.close()
-                raise
-            if state.failures >= self._threshold:
-                conn.close()
-                self._report(True)
-                _log.error(
-                    "login_guard_tripped",
-                    principal=self._principal,
-                    failures=state.failures,
-                    threshold=self._threshold,
-                )
-                raise errors.LoginGuardTrippedError(
-                    f"{state.failures} consecutive failed logins recorded for {self._principal!r} "
-                    f"(threshold {self._threshold}, vendor lock-out at 5): not logging in. "
-                    "Fix the credentials or run `sync-worker auth reset`."
-                )
-            self._pending = conn
-
-    def login_succeeded(self) -> None:
-        with self._lock:
-            with self._verdict_connection() as conn:
-                store.record_login_success(conn, self._principal, self._fingerprint)
-            self._drop_pending()
+    def reset(self) -> GuardState:
+        """Record the operator's statement that the vendor's count is zero again."""
+        with self._transaction() as conn:
+            conn.execute(queries.get("guard_reset_legacy"), {"username": self._username})
+            conn.execute(queries.get("guard_ensure_row"), self._key)
+            conn.execute(queries.get("guard_reset"), self._key)
+            row = conn.execute(queries.get("guard_state"), self._key).fetchone()
+        _log.warning("login_guard_reset", username=self._username)
         self._report(False)
+        return _state(row)
 
-    def login_failed(self, error: errors.LoginFailedError) -> None:
-        with self._lock:
-            with self._verdict_connection() as conn:
-                failures = store.record_login_failure(
-                    conn, self._principal, self._fingerprint, str(error), threshold=self._threshold
+    # --- one login -----------------------------------------------------------
+
+    def begin(self, fingerprint: str, *, deadline: float | None = None) -> str:
+        """Count a login with ``fingerprint`` as failed until it reports; return its attempt id.
+
+        Raises ``errors.LoginGuardTrippedError`` when the rules forbid the login,
+        ``errors.TransientError`` when another process's login stays in flight
+        past the wait allowed here (or the stop event is set).
+        """
+        give_up = self._clock() + self._max_wait
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            attempt, busy = self._try_begin(fingerprint)
+            if attempt is not None:
+                return attempt
+            assert busy is not None
+            left = give_up - self._clock()
+            if left <= 0 or self._stop.is_set():
+                raise errors.TransientError(
+                    f"another process ({busy.pending_holder}) is logging in as {self._username!r}; "
+                    "not logging in at the same time (its login ends or expires within "
+                    f"{max(busy.lease_left or 0.0, 0.0):.0f} s)",
+                    retry_after=max(busy.lease_left or 0.0, 0.0),
                 )
-            self._drop_pending()
-        self._report(failures >= self._threshold)
-        _log.warning(
-            "login_failed_recorded",
-            principal=self._principal,
-            failures=failures,
-            threshold=self._threshold,
-            tripped=failures >= self._threshold,
-        )
+            self._stop.wait(min(_POLL_SECONDS, left))
 
-    def close(self) -> None:
-        """Release a login lock still held by a login that ended without a verdict."""
-        with self._lock:
-            self._drop_pending()
-
-    def _report(self, tripped: bool) -> None:
-        if self._on_state is not None:
-            self._on_state(tripped)
-
-    def _acquire(self, conn: psycopg.Connection[Any]) -> None:
-        key = store.account_lock_key(_LOCK_PREFIX + self._principal)
+    def finish(
+        self, attempt: str, fingerprint: str, outcome: Outcome, error: BaseException | None = None
+    ) -> None:
+        params = {**self._key, "attempt": attempt, "fingerprint": fingerprint, "error": _error_text(error)}
         try:
-            # The lock must be session-level and store functions refuse to
-            # run inside an open transaction: autocommit gives both.
-            conn.autocommit = True
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_wait_ms}ms",))
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (_GUARD_LOCK_NAMESPACE, key))
-        except psycopg.errors.LockNotAvailable as exc:
-            raise errors.TransientError(
-                "another process's ThingSpace login is still pending; not logging in now"
+            with self._transaction() as conn:
+                if outcome == "succeeded":
+                    conn.execute(queries.get("guard_succeeded"), params)
+                elif outcome == "throttled":
+                    conn.execute(queries.get("guard_not_judged"), params)
+                else:
+                    conn.execute(queries.get("guard_failed"), {**params, "outcome": outcome})
+                row = conn.execute(queries.get("guard_state"), self._key).fetchone()
+        except (errors.SyncWorkerError, psycopg.Error) as exc:
+            # The attempt stays counted as failed (its lease runs out): the safe side.
+            _log.warning("login_verdict_not_recorded", outcome=outcome, error=type(exc).__name__)
+            return
+        state = _state(row)
+        status = GuardStatus(
+            state,
+            self._threshold,
+            auth.refusal(state.failures, state.failed_fingerprints, fingerprint, self._threshold),
+        )
+        self._report(status.problem is not None)
+        if outcome != "succeeded":
+            _log.warning(
+                "login_failure_recorded" if outcome != "throttled" else "login_throttled",
+                username=self._username,
+                outcome=outcome,
+                failures=state.failures,
+                threshold=self._threshold,
+                ceiling=CEILING,
+                tripped=status.blocked is not None,
+            )
+
+    # --- internals -------------------------------------------------------
+
+    def _try_begin(self, fingerprint: str) -> tuple[str | None, GuardState | None]:
+        with self._transaction() as conn:
+            self._adopt_legacy(conn)
+            conn.execute(queries.get("guard_ensure_row"), self._key)
+            state = _state(conn.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+            if state.pending_live:
+                return None, state
+            if state.pending_attempt is not None:
+                conn.execute(
+                    queries.get("guard_expire_pending"), {**self._key, "attempt": state.pending_attempt}
+                )
+                _log.warning("login_outcome_unknown", holder=state.pending_holder, counted_as="failed")
+                state = _state(conn.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+            reason = auth.refusal(state.failures, state.failed_fingerprints, fingerprint, self._threshold)
+            if reason is not None:
+                conn.execute(queries.get("guard_mark_tripped"), self._key)
+            else:
+                attempt = str(uuid.uuid4())
+                conn.execute(
+                    queries.get("guard_reserve"),
+                    {
+                        **self._key,
+                        "attempt": attempt,
+                        "fingerprint": fingerprint,
+                        "lease_seconds": self._lease_seconds,
+                        "holder": self._holder,
+                    },
+                )
+        if reason is not None:
+            self._report(True)
+            _log.error("login_guard_tripped", username=self._username, failures=state.failures, reason=reason)
+            raise auth.tripped_error(reason, self._username)
+        return attempt, None
+
+    def _adopt_legacy(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(queries.get("guard_adopt_legacy"), self._key)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._connect() as conn, conn.transaction():
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise errors.DatabaseUnavailableError(
+                f"login guard cannot reach the database ({type(exc).__name__}); not logging in"
             ) from exc
         except psycopg.Error as exc:
-            raise errors.DatabaseUnavailableError(
-                f"login guard cannot lock ({type(exc).__name__}); not logging in"
-            ) from exc
+            raise errors.StoreError(f"login guard database error ({type(exc).__name__})") from exc
 
-    def _verdict_connection(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
-        if self._pending is not None and not self._pending.closed:
-            # Recorded on the connection holding the lock, so no other process
-            # can read the count between the login and its verdict.
-            return contextlib.nullcontext(self._pending)
-        return self._connect()
+    def _report(self, blocked: bool) -> None:
+        if self._on_state is not None:
+            self._on_state(blocked)
 
-    def _drop_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            # Closing the session releases its advisory lock.
-            with contextlib.suppress(psycopg.Error):
-                pending.close()
+
+def _state(row: Any) -> GuardState:
+    if row is None:
+        return GuardState()
+    return GuardState(
+        failures=int(row[0]),
+        failed_fingerprints=frozenset(row[1] or ()),
+        last_outcome=row[2],
+        last_attempt_at=row[3],
+        last_success_at=row[4],
+        last_failure_at=row[5],
+        last_error=row[6],
+        tripped_at=row[7],
+        pending_attempt=None if row[8] is None else str(row[8]),
+        pending_fingerprint=row[9],
+        pending_holder=row[10],
+        lease_left=None if row[11] is None else float(row[11]),
+    )

@@ -118,9 +118,15 @@ def run_daemon(
     with contextlib.ExitStack() as stack:
         observe_guard: Callable[[], object] | None = None
         if api is None:
-            api, login_guard = stack.enter_context(sync.built_client(settings, connect, metrics=metrics))
+            api, login_guard = stack.enter_context(
+                sync.built_client(settings, connect, metrics=metrics, stop_event=stop)
+            )
             if metrics is not None:
-                observe_guard = login_guard.observe
+
+                def observe_guard() -> object:
+                    # Credentials are read again: a corrected secret file counts as new ones.
+                    return login_guard.observe(settings.credentials().fingerprint(settings.base_url))
+
         inflight = _InFlight()
         scheduler = _build_scheduler(
             settings,

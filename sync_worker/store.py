@@ -41,16 +41,6 @@ class BlockResult:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LoginGuardState:
-    principal: str
-    fingerprint: str
-    failures: int  # consecutive failures recorded for *this* fingerprint (0 for new credentials)
-    last_failure_at: dt.datetime | None
-    last_error: str | None
-    tripped_at: dt.datetime | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class AccountStatus:
     account_name: str
     cursor_present: bool
@@ -189,51 +179,6 @@ def release_account_lock(conn: Connection, account: str) -> None:
             queries.get("release_account_lock"),
             {"namespace": ACCOUNT_LOCK_NAMESPACE, "key": account_lock_key(account)},
         )
-
-
-def login_guard_state(conn: Connection, principal: str, fingerprint: str) -> LoginGuardState:
-    """What is recorded for ``principal``; other credentials' failures do not count."""
-    with _transaction(conn) as cur:
-        row = cur.execute(queries.get("login_guard_state"), {"principal": principal}).fetchone()
-    if row is None or row[1] != fingerprint:
-        return LoginGuardState(principal, fingerprint, 0, None, None, None)
-    return LoginGuardState(row[0], row[1], int(row[2]), row[3], row[4], row[5])
-
-
-def record_login_failure(
-    conn: Connection, principal: str, fingerprint: str, error: str, *, threshold: int | None = None
-) -> int:
-    """Count one more failed login and return the consecutive count (a new fingerprint restarts at 1).
-
-    With ``threshold``, ``tripped_at`` is set once the count reaches it.
-    """
-    with _transaction(conn) as cur:
-        row = cur.execute(
-            queries.get("record_login_failure"),
-            {
-                "principal": principal,
-                "fingerprint": fingerprint,
-                "error": _error_text(error),
-                "threshold": threshold if threshold is not None else 2**31 - 1,
-            },
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def record_login_success(conn: Connection, principal: str, fingerprint: str) -> None:
-    with _transaction(conn) as cur:
-        cur.execute(queries.get("record_login_success"), {"principal": principal, "fingerprint": fingerprint})
-
-
-def reset_login_guard(conn: Connection, principal: str | None = None) -> int:
-    """Forget recorded failures (of one principal, or all); return how many rows went."""
-    with _transaction(conn) as cur:
-        if principal is None:
-            cur.execute(queries.get("reset_login_guard_all"))
-        else:
-            cur.execute(queries.get("reset_login_guard_one"), {"principal": principal})
-        return max(cur.rowcount, 0)
 
 
 def account_status(conn: Connection) -> list[AccountStatus]:

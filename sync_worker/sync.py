@@ -504,7 +504,9 @@ def sync_once(
     names = list(accounts) if accounts is not None else [a.name for a in settings.accounts]
     with contextlib.ExitStack() as stack:
         if api is None:
-            api, _ = stack.enter_context(built_client(settings, connect, metrics=metrics))
+            api, _ = stack.enter_context(
+                built_client(settings, connect, metrics=metrics, stop_event=stop_event)
+            )
         results = run_accounts(
             api,
             names,
@@ -522,35 +524,46 @@ def sync_once(
 
 @contextlib.contextmanager
 def built_client(
-    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
+    settings: config.Settings,
+    connect: ConnectionFactory,
+    *,
+    metrics: MetricsSink | None = None,
+    stop_event: threading.Event | None = None,
 ) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
-    """``build_client``'s pair, both closed on exit."""
-    api, login_guard = build_client(settings, connect, metrics=metrics)
-    try:
-        yield api, login_guard
-    finally:
-        api.close()
-        login_guard.close()
-
-
-def build_client(
-    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
-) -> tuple[client.ThingSpaceClient, guard.LoginGuard]:
-    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard.
-
-    Close both when done (``built_client`` does): the guard may still hold the
-    cross-process login lock of a login that ended without a verdict.
-    """
-    login_guard = guard.LoginGuard(
+    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard; closed on exit."""
+    login_guard = build_guard(
+        settings,
         connect,
-        principal=settings.username,
-        fingerprint=settings.credential_fingerprint(),
-        threshold=settings.login_guard_threshold,
+        stop_event=stop_event,
         on_state=metrics.login_guard if metrics is not None else None,
     )
     observer = metrics.api_observer() if metrics is not None else None
     api = client.ThingSpaceClient(settings.client_config(login_guard=login_guard, observer=observer))
-    return api, login_guard
+    try:
+        yield api, login_guard
+    finally:
+        api.close()
+
+
+def build_guard(
+    settings: config.Settings,
+    connect: ConnectionFactory,
+    *,
+    stop_event: threading.Event | None = None,
+    on_state: Callable[[bool], None] | None = None,
+) -> guard.LoginGuard:
+    """The login guard of the configured user."""
+    return guard.LoginGuard(
+        connect,
+        base_url=settings.base_url,
+        username=settings.username,
+        threshold=settings.login_guard_threshold,
+        # A login cannot take longer than one connect and one read timeout; the margin
+        # covers a slow database. A process that vanished mid-login holds no longer.
+        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
+        stop_event=stop_event,
+        on_state=on_state,
+    )
 
 
 def run_accounts(

@@ -137,41 +137,6 @@ SELECT pg_try_advisory_lock(%(namespace)s, %(key)s);
 -- name: release_account_lock
 SELECT pg_advisory_unlock(%(namespace)s, %(key)s);
 
--- name: login_guard_state
-SELECT principal, fingerprint, consecutive_failures, last_failure_at, last_error, tripped_at
-FROM login_guard
-WHERE principal = %(principal)s;
-
--- name: record_login_failure
--- A different fingerprint means new credentials: the count starts over.
-INSERT INTO login_guard AS g (principal, fingerprint, consecutive_failures, last_failure_at, last_error, tripped_at)
-VALUES (%(principal)s, %(fingerprint)s, 1, now(), %(error)s,
-        CASE WHEN %(threshold)s::integer <= 1 THEN now() END)
-ON CONFLICT (principal) DO UPDATE
-SET consecutive_failures = CASE WHEN g.fingerprint = EXCLUDED.fingerprint
-                                THEN g.consecutive_failures + 1 ELSE 1 END,
-    tripped_at = CASE
-        WHEN g.fingerprint = EXCLUDED.fingerprint AND g.tripped_at IS NOT NULL THEN g.tripped_at
-        WHEN (CASE WHEN g.fingerprint = EXCLUDED.fingerprint
-                   THEN g.consecutive_failures + 1 ELSE 1 END) >= %(threshold)s::integer THEN now()
-        END,
-    fingerprint = EXCLUDED.fingerprint,
-    last_failure_at = EXCLUDED.last_failure_at,
-    last_error = EXCLUDED.last_error
-RETURNING consecutive_failures;
-
--- name: record_login_success
-INSERT INTO login_guard (principal, fingerprint, consecutive_failures)
-VALUES (%(principal)s, %(fingerprint)s, 0)
-ON CONFLICT (principal) DO UPDATE
-SET fingerprint = EXCLUDED.fingerprint, consecutive_failures = 0, tripped_at = NULL;
-
--- name: reset_login_guard_one
-DELETE FROM login_guard WHERE principal = %(principal)s;
-
--- name: reset_login_guard_all
-DELETE FROM login_guard;
-
 -- name: account_status
 WITH accounts AS (
     SELECT account_name FROM sync_cursor

@@ -27,6 +27,8 @@ class AuthState:
         self._bearers: dict[str, float] = {}
         self._sessions: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        # The longest run of failed logins each user ever had: what a test asserts stays below the lock.
+        self._peak: dict[str, int] = {}
 
     def expire(self, what: str) -> None:
         """Forget every ``"session"`` token, or else every bearer token."""
@@ -42,6 +44,16 @@ class AuthState:
                 self._failures.clear()
             else:
                 self._failures.pop(username, None)
+
+    def failed_streak(self, username: str) -> int:
+        """Consecutive failed logins of ``username`` now (the vendor's count)."""
+        with self._lock:
+            return self._failures.get(username, 0)
+
+    def peak_failed_streak(self, username: str) -> int:
+        """The highest the count of ``username`` ever was (``unlock`` does not lower it)."""
+        with self._lock:
+            return self._peak.get(username, 0)
 
     def bearer_ok(self, cfg: settings.SimConfig, header: str | None) -> bool:
         if not header or header[:7].lower() != "bearer ":
@@ -123,6 +135,7 @@ class AuthState:
                     self._sessions[token] = cfg.clock()
                 else:
                     self._failures[str(username)] = failures + 1
+                    self._peak[str(username)] = max(self._peak.get(str(username), 0), failures + 1)
         if locked:
             self._stats.bump("failed_logins")
             message = "User account is locked. Contact support to unlock it."

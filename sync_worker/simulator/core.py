@@ -156,6 +156,14 @@ class Simulator:
     def expire_bearer(self) -> None:
         self.faults.expire_bearer()
 
+    def failed_login_streak(self, username: str | None = None) -> int:
+        """The vendor's count of consecutive failed logins of ``username`` (default: the configured user)."""
+        return self._auth.failed_streak(username if username is not None else self.config.username)
+
+    def peak_failed_login_streak(self, username: str | None = None) -> int:
+        """The highest that count ever was: 5 (``max_failed_logins``) means the user got locked."""
+        return self._auth.peak_failed_streak(username if username is not None else self.config.username)
+
     def unlock(self, username: str | None = None) -> None:
         """Reset the failed-login count (what vendor support does for a locked user)."""
         self._auth.unlock(username)
@@ -203,7 +211,7 @@ class Simulator:
         tamper: faultmod.Raw | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Raw) and step.body is None:
+            if isinstance(step, faultmod.Raw) and (step.body is None or step.process):
                 self.stats.fault("tamper")
                 tamper = step
             elif step == "lost_response":
@@ -223,6 +231,8 @@ class Simulator:
             drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
             headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
             status = tamper.status if tamper.status is not None else status
+            if tamper.body is not None:
+                reply_body = tamper.body
             after_write = None
         h.write_reply(status, reply_body, headers)
         if after_write is not None:

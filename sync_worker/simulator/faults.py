@@ -13,14 +13,17 @@ from sync_worker.simulator import wire
 
 @dataclasses.dataclass(frozen=True)
 class Raw:
-    """A scripted reply. With ``body`` set it replaces the reply and the request is not processed;
-    with ``body=None`` the request is processed and its reply gets ``status``/``headers`` applied
-    (``drop_headers`` removed first)."""
+    """A scripted reply. With ``body`` set it replaces the reply and the request is not processed
+    (unless ``process``: then the request is processed first and only its answer replaced, the way
+    a gateway's 504 can follow a login the platform already counted); with ``body=None`` the
+    request is processed and its reply gets ``status``/``headers`` applied (``drop_headers``
+    removed first)."""
 
     status: int | None = None
     body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     drop_headers: tuple[str, ...] = ()
+    process: bool = False
 
 
 ScriptStep = int | str | Raw
@@ -111,3 +114,11 @@ class Faults:
             if roll < self.error_rate:
                 return self._rng.choice(self.error_statuses)
             return None
+
+
+def gateway_error_after_processing(status: int = 504) -> Raw:
+    """A step that lets the platform process the request, then answers with a gateway's HTML error
+    page: the client cannot tell whether (or how) the request was judged."""
+    phrase = wire.REASONS.get(status, b"Error").decode()
+    page = wire.HTML_ERROR.format(code=status, phrase=phrase).encode()
+    return Raw(status=status, body=page, headers=wire.HTML_HEADERS, process=True)

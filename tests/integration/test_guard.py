@@ -1,166 +1,403 @@
-"""The login lock-out guard against real Postgres and the simulator's login endpoint."""
+"""The login guard against real Postgres and the simulator, which locks a user per user as the vendor does.
+
+Every scenario asserts the simulator's own count of consecutive failed logins of the user: it must
+never reach 5 (the vendor's lock-out), whatever credentials, processes or lost answers are involved.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from sync_worker import client, config, errors, guard, retry, secret, simulator, store, sync
-from tests.integration.test_sync import ACCOUNT, backlog, make_settings
+from sync_worker import config, errors, guard, secret, simulator, sync
+from sync_worker.simulator import faults as sim_faults
+from tests.integration.test_cli_e2e import EventReader
+from tests.integration.test_scheduler import GuardGauge
+from tests.integration.test_sync import ACCOUNT, backlog, make_settings, stored_raw
+
+LOCKED_AT = 5
 
 
-def wrong_password(sim: simulator.Simulator, db_url: str, **env: str) -> config.Settings:
-    return make_settings(sim, db_url, [ACCOUNT], THINGSPACE_PASSWORD="not-the-password", **env)
+def wrong_password(
+    sim: simulator.Simulator, db_url: str, password: str = "not-the-password", **env: str
+) -> config.Settings:
+    return make_settings(sim, db_url, [ACCOUNT], THINGSPACE_PASSWORD=password, **env)
 
 
-def new_guard(settings: config.Settings, db_url: str) -> guard.LoginGuard:
-    return guard.LoginGuard(
-        config.connection_factory(db_url),
-        principal=settings.username,
-        fingerprint=settings.credential_fingerprint(),
-        threshold=settings.login_guard_threshold,
+def guard_of(settings: config.Settings, db_url: str, **kw: Any) -> guard.LoginGuard:
+    return sync.build_guard(settings, config.connection_factory(db_url), **kw)
+
+
+def fingerprint(settings: config.Settings) -> str:
+    return settings.credentials().fingerprint(settings.base_url)
+
+
+def record_refusals(settings: config.Settings, db_url: str, n: int) -> None:
+    """Record ``n`` refused logins with ``settings``' credentials, as a refused worker would."""
+    g = guard_of(settings, db_url)
+    for _ in range(n):
+        attempt = g.begin(fingerprint(settings))
+        g.finish(attempt, fingerprint(settings), "refused", errors.LoginFailedError("refused"))
+
+
+def worker_env(sim: simulator.Simulator, db_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
+    env.update(
+        {
+            "SYNC_DATABASE_URL": db_url,
+            "THINGSPACE_BASE_URL": sim.base_url,
+            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
+            "THINGSPACE_CLIENT_ID": sim.config.client_id,
+            "THINGSPACE_CLIENT_SECRET": sim.config.client_secret.reveal(),
+            "THINGSPACE_USERNAME": sim.config.username,
+            "THINGSPACE_PASSWORD": sim.config.password.reveal(),
+            "SYNC_ACCOUNTS": ACCOUNT,
+            "SYNC_LOG_FORMAT": "json",
+            "THINGSPACE_RETRY_MAX_WAIT": "0.05",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sync_worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
-def test_guard_stops_at_threshold_across_restarts(simulator: simulator.Simulator, db_url: str) -> None:
-    """Repeated passes (each a fresh client and guard) with a bad password make exactly threshold logins."""
-    backlog(simulator, ACCOUNT, 5)
-    settings = wrong_password(simulator, db_url)
-    results = [sync.sync_once(settings) for _ in range(5)]
-    assert [r.exit_code for r in results] == [4] * 5
-    assert simulator.stats.login_attempts == settings.login_guard_threshold == 3
-    assert [r.accounts[0].outcome for r in results[3:]] == ["guard_tripped", "guard_tripped"]
-    assert new_guard(settings, db_url).failures() == 3
-    assert new_guard(settings, db_url).tripped()
-
-
-def test_threshold_one_allows_a_single_attempt(simulator: simulator.Simulator, db_url: str) -> None:
-    """With SYNC_LOGIN_GUARD_THRESHOLD=1 only one bad login ever reaches the API."""
-    settings = wrong_password(simulator, db_url, SYNC_LOGIN_GUARD_THRESHOLD="1")
-    for _ in range(3):
-        assert sync.sync_once(settings).exit_code == 4
-    assert simulator.stats.login_attempts == 1
-
-
-def test_new_credentials_and_reset_clear_the_guard(
-    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+def test_wrong_passwords_and_a_rotated_secret_never_reach_the_lock(
+    simulator: simulator.Simulator, db_url: str
 ) -> None:
-    """A tripped guard lets corrected credentials log in (new fingerprint); auth reset clears the count."""
-    backlog(simulator, ACCOUNT, 20)
-    bad = wrong_password(simulator, db_url)
-    for _ in range(4):
-        sync.sync_once(bad)
+    """Wrong password to exit 4, then another wrong password, then a rotated client secret: at most 4 in a row."""
+    backlog(simulator, ACCOUNT, 5)
+    first = wrong_password(simulator, db_url, "wrong-one")
+    codes = [sync.sync_once(first).exit_code for _ in range(4)]
+    assert codes == [4, 4, 4, 4]
+    assert simulator.stats.login_attempts == 3  # the soft stop for unchanged credentials
+
+    typo = wrong_password(simulator, db_url, "wrong-two")
+    codes = [sync.sync_once(typo).exit_code for _ in range(4)]
+    assert codes == [4, 4, 4, 4]
+    assert simulator.stats.login_attempts == 4  # new credentials used the last headroom, no more
+
+    simulator.config.client_secret = secret.Secret("rotated-client-secret")
+    rotated = wrong_password(simulator, db_url, "wrong-two", THINGSPACE_CLIENT_SECRET="rotated-client-secret")
+    assert [sync.sync_once(rotated).exit_code for _ in range(3)] == [4, 4, 4]
+    assert simulator.stats.login_attempts == 4
+    assert simulator.peak_failed_login_streak() == 4 < LOCKED_AT
+    assert guard_of(first, db_url).state().failures == 4
+
+
+def test_two_processes_with_two_wrong_passwords(simulator: simulator.Simulator, db_url: str) -> None:
+    """Two alternating `once` processes carrying different wrong passwords, 10 runs: never a 5th failure."""
+    envs = [worker_env(simulator, db_url, THINGSPACE_PASSWORD=p) for p in ("wrong-a", "wrong-b")]
+    codes = [run_cli(envs[i % 2], "once").returncode for i in range(10)]
+    assert codes == [4] * 10
+    # a, b, a: then both sets of credentials failed and the count is at the threshold.
     assert simulator.stats.login_attempts == 3
-
-    good = make_settings(simulator, db_url, [ACCOUNT])
-    ok = sync.sync_once(good)
-    assert ok.exit_code == 0, ok.summary()
-    assert ok.accounts[0].received == 20
-    assert new_guard(good, db_url).failures() == 0
-
-    for _ in range(4):
-        sync.sync_once(bad)
-    assert simulator.stats.login_attempts == 1 + 3 + 3
-    assert store.reset_login_guard(db, bad.username) == 1
-    assert new_guard(bad, db_url).failures() == 0
-    sync.sync_once(bad)
-    assert simulator.stats.login_attempts == 1 + 3 + 3 + 1
+    assert simulator.peak_failed_login_streak() == 3 < LOCKED_AT
 
 
-def test_concurrent_replicas_never_exceed_threshold(simulator: simulator.Simulator, db_url: str) -> None:
-    """Eight replicas logging in with a bad password at once make only threshold attempts together."""
+@pytest.mark.parametrize("fault", ["lost_response", "processed_504"])
+def test_logins_whose_answer_is_lost_are_counted(
+    simulator: simulator.Simulator, db_url: str, fault: str
+) -> None:
+    """8 runs whose login is processed (refused) but whose answer is lost or a 504: counted, stops at 3."""
+    step: Any = (
+        "lost_response" if fault == "lost_response" else sim_faults.gateway_error_after_processing(504)
+    )
+    simulator.faults.script("login", [step] * 8)
     settings = wrong_password(simulator, db_url)
+    results = [sync.sync_once(settings) for _ in range(8)]
+    assert [r.exit_code for r in results[:3]] == [1, 1, 1]  # outcome unknown: a transient failure
+    assert [r.exit_code for r in results[3:]] == [4] * 5  # then the guard stops these credentials
+    assert simulator.stats.login_attempts == 3
+    assert simulator.peak_failed_login_streak() == 3 < LOCKED_AT
+    state = guard_of(settings, db_url).state()
+    assert (state.failures, state.last_outcome) == (3, "unknown")
+
+
+def test_unknown_outcome_of_a_good_login_is_cleared_by_the_next_success(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """A good login whose answer is lost counts as a failure until the next login succeeds."""
+    backlog(simulator, ACCOUNT, 10)
+    simulator.faults.script("login", ["lost_response"])
+    settings = make_settings(simulator, db_url, [ACCOUNT])
+    assert sync.sync_once(settings).exit_code == 1
+    assert guard_of(settings, db_url).state().failures == 1
+    assert sync.sync_once(settings).exit_code == 0
+    assert guard_of(settings, db_url).state().failures == 0
+
+
+@pytest.mark.parametrize("statuses", [[429], [408], [429, 408, 429]])
+def test_daemon_recovers_by_itself_from_throttled_logins(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any], statuses: list[int]
+) -> None:
+    """A daemon whose first logins get 429/408 drains its queue by itself; nothing is counted or latched."""
+    from sync_worker import scheduler
+
+    backlog(simulator, ACCOUNT, 40, seed=3)
+    simulator.faults.retry_after = "0"
+    simulator.faults.script("login", statuses)
+    settings = make_settings(
+        simulator,
+        db_url,
+        [ACCOUNT],
+        SYNC_INTERVAL_SECONDS="1",
+        SYNC_JITTER_SECONDS="0",
+        THINGSPACE_RETRY_MAX_ATTEMPTS="1",
+    )
+    metrics = GuardGauge()
+    stop = threading.Event()
+    code: list[int] = []
+    daemon = threading.Thread(
+        target=lambda: code.append(
+            scheduler.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
+        )
+    )
+    daemon.start()
+    try:
+        assert metrics.wait_for("succeeded")
+    finally:
+        stop.set()
+        daemon.join(timeout=30)
+    assert code == [0]
+    assert len(stored_raw(db, ACCOUNT)) == 40
+    assert simulator.stats.faults[str(statuses[0])] >= 1
+    assert simulator.peak_failed_login_streak() == 0
+    assert guard_of(settings, db_url).state().failures == 0
+    assert metrics.gauge() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_refused_daemon_resumes_after_fixed_password_and_reset(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A running daemon refused once picks up a fixed password file and `auth reset` at its next run:
+    /readyz goes 503 then 200, and the queue drains, with no restart."""
+    backlog(simulator, ACCOUNT, 30, seed=5)
+    password_file = tmp_path / "password"
+    password_file.write_text("wrong-password\n")
+    port = free_port()
+    env = worker_env(
+        simulator,
+        db_url,
+        THINGSPACE_PASSWORD="",
+        THINGSPACE_PASSWORD_FILE=str(password_file),
+        SYNC_INTERVAL_SECONDS="1",
+        SYNC_JITTER_SECONDS="0",
+        SYNC_METRICS_PORT=str(port),
+    )
+    del env["THINGSPACE_PASSWORD"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    events = EventReader(proc.stdout)
+    try:
+        events.wait_for({"login_failure_recorded"})
+        status, body = readyz(port)
+        assert status == 503
+        assert "login" in body
+
+        password_file.write_text(simulator.config.password.reveal() + "\n")
+        reset = run_cli(env, "auth", "reset", "--yes")
+        assert reset.returncode == 0, reset.stderr
+        assert "zero again" in reset.stderr
+        events.wait_for({"thingspace_session_started"})
+        events.wait_for({"account_run"})
+        assert readyz(port)[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert len(stored_raw(db, ACCOUNT)) == 30
+    assert simulator.peak_failed_login_streak() <= 3
+
+
+def test_auth_reset_confirms_before_acting(simulator: simulator.Simulator, db_url: str) -> None:
+    """`auth reset` off a terminal without --yes refuses (exit 2) and leaves the count; with --yes it clears it."""
+    settings = wrong_password(simulator, db_url)
+    record_refusals(settings, db_url, 3)
+    env = worker_env(simulator, db_url, THINGSPACE_PASSWORD="not-the-password")
+    status = run_cli(env, "auth", "status", "--json")
+    assert status.returncode == 4
+    shown = json.loads(status.stdout)
+    assert (shown["failures"], shown["tripped"], shown["ceiling"]) == (3, True, 4)
+    refused = run_cli(env, "auth", "reset")
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert guard_of(settings, db_url).state().failures == 3
+    assert run_cli(env, "auth", "reset", "--yes").returncode == 0
+    assert guard_of(settings, db_url).state().failures == 0
+    assert run_cli(env, "auth", "status").returncode == 0
+
+
+def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """Eight replicas with new wrong credentials at 3 recorded failures: exactly one attempt, count 4."""
+    simulator.config.max_failed_logins = LOCKED_AT
+    old = wrong_password(simulator, db_url, "old-wrong")
+    # The vendor saw those three failures too.
+    assert [sync.sync_once(old).exit_code for _ in range(3)] == [4, 4, 4]
+    assert simulator.failed_login_streak() == 3
+    new = wrong_password(simulator, db_url, "new-wrong")
     start = threading.Barrier(8)
-    outcomes: list[str] = []
+    codes: list[int] = []
     lock = threading.Lock()
 
-    def replica(i: int) -> None:
-        api = make_client_with_password(simulator, "not-the-password", new_guard(settings, db_url))
-        try:
-            start.wait()
-            # One account each: the account lock must not be what serialises them.
-            result = sync.sync_account(api, f"0252012345-0002{i}", config.connection_factory(db_url))
-        finally:
-            api.close()
+    def replica() -> None:
+        start.wait()
+        result = sync.sync_once(new)
         with lock:
-            outcomes.append(result.error_kind or result.outcome)
+            codes.append(result.exit_code)
 
-    threads = [threading.Thread(target=replica, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=replica) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120)
+    assert codes == [4] * 8
+    assert simulator.stats.login_attempts == 4
+    assert simulator.peak_failed_login_streak() == 4 < LOCKED_AT
+
+
+def test_concurrent_replicas_from_zero_stop_at_the_threshold(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """Eight replicas logging in with one bad password at once make only threshold attempts together."""
+    settings = wrong_password(simulator, db_url)
+    start = threading.Barrier(8)
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def replica() -> None:
+        start.wait()
+        result = sync.sync_once(settings)
+        with lock:
+            codes.append(result.exit_code)
+
+    threads = [threading.Thread(target=replica) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert codes == [4] * 8
     assert simulator.stats.login_attempts == 3
-    assert len(outcomes) == 8
-    assert set(outcomes) <= {"LoginFailedError", "LoginGuardTrippedError"}
-    assert outcomes.count("LoginFailedError") == 3
+    assert simulator.peak_failed_login_streak() == 3
 
 
-def make_client_with_password(
-    sim: simulator.Simulator, password: str, login_guard: guard.LoginGuard
-) -> client.ThingSpaceClient:
-    return client.ThingSpaceClient(
-        client.ClientConfig(
-            base_url=sim.base_url,
-            client_id=sim.config.client_id,
-            client_secret=sim.config.client_secret,
-            username=sim.config.username,
-            password=secret.Secret(password),
-            timeout=(2.0, 5.0),
-            retry=retry.RetryPolicy(max_attempts=1, sleep=lambda _s: None),
-            login_guard=login_guard,
-            allow_insecure_loopback=True,
-        )
+def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url: str) -> None:
+    """A lease never finished (a killed process) blocks others only until it runs out, then counts as failed."""
+    connect = config.connection_factory(db_url)
+    vanished = guard.LoginGuard(connect, base_url="https://x/api", username="u", threshold=3, lease_seconds=1)
+    vanished.begin("fp-dead")  # never finished: the process "died"
+    other = guard.LoginGuard(
+        connect, base_url="https://x/api", username="u", threshold=3, max_wait_seconds=30
     )
+    assert other.state().pending_live
+    attempt = other.begin("fp-live")  # waits for the lease to run out
+    state = other.state()
+    assert state.failures == 2  # the vanished attempt stays counted, and this one is reserved
+    assert "fp-dead" in state.failed_fingerprints
+    other.finish(attempt, "fp-live", "succeeded")
+    assert other.state().failures == 0
 
 
-def test_unreachable_database_fails_closed(simulator: simulator.Simulator) -> None:
-    """A guard that cannot read its count refuses to log in (no attempt reaches the API)."""
+def test_waiting_for_another_login_is_bounded_by_deadline_and_stop(db_url: str) -> None:
+    """A login waiting on another process's login gives up at its deadline, or at once when stopping."""
+    connect = config.connection_factory(db_url)
+    holder = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3, lease_seconds=600)
+    holder.begin("fp")
+    waiter = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3)
+    with pytest.raises(errors.TransientError, match="another process"):
+        waiter.begin("fp", deadline=0.0)  # a deadline already past: no wait at all
+    stop = threading.Event()
+    stop.set()
+    stopping = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3, stop_event=stop)
+    with pytest.raises(errors.TransientError):
+        stopping.begin("fp")
+
+
+def test_count_is_per_user_and_platform(db_url: str) -> None:
+    """Failures of one user do not count against another user, nor against the same name on another base URL."""
+    connect = config.connection_factory(db_url)
+    a = guard.LoginGuard(connect, base_url="https://one/api", username="u", threshold=1)
+    b = guard.LoginGuard(connect, base_url="https://two/api", username="u", threshold=1)
+    c = guard.LoginGuard(connect, base_url="https://one/api", username="v", threshold=1)
+    a.finish(a.begin("fp"), "fp", "refused")
+    with pytest.raises(errors.LoginGuardTrippedError):
+        a.begin("fp")
+    b.finish(b.begin("fp"), "fp", "succeeded")
+    c.finish(c.begin("fp"), "fp", "succeeded")
+    assert (a.state().failures, b.state().failures, c.state().failures) == (1, 0, 0)
+
+
+def test_counts_recorded_before_the_upgrade_are_kept(db_url: str, db: psycopg.Connection[Any]) -> None:
+    """A pre-0003 count (no base URL) is adopted by the user's guard, never forgotten."""
+    db.execute(
+        "INSERT INTO login_guard (base_url, username, consecutive_failures, last_outcome) "
+        "VALUES ('', 'legacy', 3, 'refused')"
+    )
+    g = guard.LoginGuard(
+        config.connection_factory(db_url), base_url="https://x/api", username="legacy", threshold=3
+    )
+    assert g.state().failures == 3
+    g.finish(g.begin("new-fp"), "new-fp", "refused")
+    with pytest.raises(errors.LoginGuardTrippedError):
+        g.begin("another-fp")  # 4: the ceiling
+
+
+def test_unreachable_database_fails_closed() -> None:
+    """A guard that cannot read its count refuses to log in."""
     dead = guard.LoginGuard(
-        "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1",
-        principal="u",
-        fingerprint="f",
+        config.connection_factory("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1"),
+        base_url="https://x/api",
+        username="u",
         threshold=3,
     )
     with pytest.raises(errors.DatabaseUnavailableError):
-        dead.before_login()
+        dead.begin("fp")
 
 
 def test_threshold_outside_vendor_margin_is_refused(db_url: str) -> None:
     """A threshold of 5 or more (the vendor's lock-out) is a configuration error."""
     with pytest.raises(errors.ConfigError):
-        guard.LoginGuard(db_url, principal="u", fingerprint="f", threshold=5)
-
-
-def test_guard_holds_across_processes(simulator: simulator.Simulator, db_url: str) -> None:
-    """Five separate `sync-worker once` processes with a bad password log in exactly threshold times."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_"))},
-        "SYNC_DATABASE_URL": db_url,
-        "THINGSPACE_BASE_URL": simulator.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": simulator.config.client_id,
-        "THINGSPACE_CLIENT_SECRET": simulator.config.client_secret.reveal(),
-        "THINGSPACE_USERNAME": simulator.config.username,
-        "THINGSPACE_PASSWORD": "not-the-password",
-        "SYNC_ACCOUNTS": ACCOUNT,
-        "SYNC_LOG_FORMAT": "json",
-    }
-    codes = [
-        subprocess.run(
-            [sys.executable, "-m", "sync_worker", "once"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        ).returncode
-        for _ in range(5)
-    ]
-    assert codes == [4] * 5
-    assert simulator.stats.login_attempts == 3
+        guard.LoginGuard(
+            config.connection_factory(db_url), base_url="https://x/api", username="u", threshold=5
+        )

@@ -252,10 +252,10 @@ def test_login_guard_gauge_clears_after_an_operator_reset(
     account = ACCOUNTS[0]
     backlog(simulator, account, 30, seed=53)
     settings = make_settings(simulator, db_url, [account], SYNC_INTERVAL_SECONDS="1", SYNC_JITTER_SECONDS="0")
+    login_guard = sync.build_guard(settings, config.connection_factory(db_url))
+    fingerprint = settings.credentials().fingerprint(settings.base_url)
     for _ in range(settings.login_guard_threshold):
-        store.record_login_failure(
-            db, settings.username, settings.credential_fingerprint(), "earlier bad password"
-        )
+        login_guard.finish(login_guard.begin(fingerprint), fingerprint, "refused")
     metrics = GuardGauge()
     stop = threading.Event()
     code: list[int] = []
@@ -271,7 +271,7 @@ def test_login_guard_gauge_clears_after_an_operator_reset(
         assert simulator.stats.logins == 0
         with metrics.cond:
             seen = len(metrics.outcomes)
-        store.reset_login_guard(db, settings.username)
+        login_guard.reset()
         assert metrics.wait_for("succeeded", after=seen)
         assert metrics.gauge() == 0
     finally:

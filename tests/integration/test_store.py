@@ -364,26 +364,6 @@ def test_account_lock_is_exclusive_per_account(db_url: str) -> None:
         assert store.try_account_lock(b, "acct-1")
 
 
-def test_login_guard_counts_per_fingerprint(db: psycopg.Connection[Any]) -> None:
-    """Failures count up per fingerprint, new credentials restart at one, success and reset clear them."""
-    assert store.login_guard_state(db, "user", "fp1").failures == 0
-    assert store.record_login_failure(db, "user", "fp1", "refused") == 1
-    assert store.record_login_failure(db, "user", "fp1", "refused", threshold=2) == 2
-    state = store.login_guard_state(db, "user", "fp1")
-    assert (state.failures, state.last_error) == (2, "refused")
-    assert state.tripped_at is not None
-    assert store.login_guard_state(db, "user", "fp2").failures == 0
-    assert store.record_login_failure(db, "user", "fp2", "refused") == 1
-    store.record_login_success(db, "user", "fp2")
-    assert store.login_guard_state(db, "user", "fp2").failures == 0
-    store.record_login_failure(db, "user", "fp2", "refused")
-    store.record_login_failure(db, "other", "fpx", "refused")
-    assert store.reset_login_guard(db, "user") == 1
-    assert store.login_guard_state(db, "user", "fp2").failures == 0
-    assert store.login_guard_state(db, "other", "fpx").failures == 1
-    assert store.reset_login_guard(db) == 1
-
-
 def test_lost_connection_is_database_unavailable(db_url: str) -> None:
     """A connection the server dropped surfaces as DatabaseUnavailableError, not a psycopg error."""
     with (

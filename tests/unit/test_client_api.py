@@ -103,20 +103,24 @@ class FakeApi(requests.adapters.BaseAdapter):
 
 
 class Guard:
+    """Records what the client tells a login guard; refuses every login when ``refuse``."""
+
     def __init__(self, refuse: bool = False) -> None:
         self.refuse = refuse
         self.events: list[str] = []
+        self.fingerprints: set[str] = set()
 
-    def before_login(self) -> None:
+    def begin(self, fingerprint: str, *, deadline: float | None = None) -> str:
         self.events.append("before")
+        self.fingerprints.add(fingerprint)
         if self.refuse:
             raise errors.LoginGuardTrippedError("tripped")
+        return f"attempt-{len(self.events)}"
 
-    def login_succeeded(self) -> None:
-        self.events.append("ok")
-
-    def login_failed(self, error: errors.LoginFailedError) -> None:
-        self.events.append("failed")
+    def finish(
+        self, attempt: str, fingerprint: str, outcome: str, error: BaseException | None = None
+    ) -> None:
+        self.events.append(outcome)
 
 
 class Clock:
@@ -267,20 +271,100 @@ def test_second_401_is_an_auth_error(fake: FakeApi, make: Any) -> None:
 
 
 def test_refused_login_is_never_retried(fake: FakeApi, make: Any, clock: Clock) -> None:
-    """A refused login raises LoginFailedError explaining the lockout; later calls do not log in again."""
+    """A refused login raises LoginFailedError explaining the lockout; the default in-process guard
+    then refuses to log in again with the same credentials."""
     bad = {"errorCode": "UnifiedWebService.REQUEST_FAILED.InvalidCredentials", "errorMessage": "bad"}
     fake.login.append(reply(400, bad))
-    guard = Guard()
-    c = make(login_guard=guard)
+    c = make()
     with pytest.raises(errors.LoginFailedError) as info:
         c.sms.list_devices_sms_messages(ACCOUNT)
     assert "five failed logins" in str(info.value)
     assert info.value.error_code == "REQUEST_FAILED.InvalidCredentials"
-    with pytest.raises(errors.LoginFailedError):
+    with pytest.raises(errors.LoginGuardTrippedError):
         c.sms.start_queued_sms_delivery(ACCOUNT)
     assert len(fake.paths("/session/login")) == 1
-    assert guard.events == ["before", "failed"]
     assert clock.sleeps == []
+
+
+def test_refusal_is_reported_to_the_guard(fake: FakeApi, make: Any) -> None:
+    """A 4xx on login is reported as refused, once, and the call is not retried."""
+    fake.login.append(reply(400, {"errorCode": "X.REQUEST_FAILED.InvalidCredentials"}))
+    guard = Guard()
+    with pytest.raises(errors.LoginFailedError):
+        make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert guard.events == ["before", "refused"]
+    assert len(fake.paths("/session/login")) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(503, "<html>503</html>"),
+        reply(504, "<html><body>504 Gateway Time-out</body></html>", Content_Type="text/html"),
+        reply(200, "not json"),
+        reply(200, {"nothing": "here"}),
+        requests.ConnectionError("connection reset"),
+        requests.ReadTimeout("read timed out"),
+    ],
+    ids=["503", "html-504", "not-json", "no-token", "connection-lost", "timeout"],
+)
+def test_unknown_login_outcome_is_counted_and_not_retried(
+    fake: FakeApi, make: Any, clock: Clock, answer: Reply
+) -> None:
+    """A login whose outcome cannot be known is reported as unknown (counted) and never retried in-call."""
+    fake.login.append(answer)
+    guard = Guard()
+    with pytest.raises(errors.ApiError):
+        make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert guard.events == ["before", "unknown"]
+    assert len(fake.paths("/session/login")) == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("status", [429, 408])
+def test_throttled_login_is_not_a_verdict_and_is_retried_after_retry_after(
+    fake: FakeApi, make: Any, clock: Clock, status: int
+) -> None:
+    """A 429/408 on login is reported as throttled (not counted), Retry-After is waited, the login retried."""
+    fake.login.append(reply(status, "slow down", Retry_After="7"))
+    guard = Guard()
+    page = make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert page.status == 200
+    assert guard.events == ["before", "throttled", "before", "succeeded"]
+    assert clock.sleeps == [7.0]
+    assert len(fake.paths("/session/login")) == 2
+
+
+def test_token_failure_is_not_a_login_attempt(fake: FakeApi, make: Any) -> None:
+    """An OAuth token request that fails never reaches the guard: no session login was tried."""
+    fake.token.append(reply(503, "<html>down</html>"))
+    guard = Guard()
+    with pytest.raises(errors.ApiTransientError):
+        make(login_guard=guard, retry=retry.RetryPolicy(max_attempts=1)).sms.list_devices_sms_messages(
+            ACCOUNT
+        )
+    assert guard.events == []
+    assert fake.paths("/session/login") == []
+
+
+def test_credentials_are_read_at_each_login(fake: FakeApi, make: Any) -> None:
+    """With a credentials source, each login sends the credentials as they are then (a fixed secret file)."""
+    from sync_worker import config
+
+    current = ["first-password"]
+
+    def creds() -> config.Credentials:
+        return config.Credentials("cid", secret.Secret(CLIENT_SECRET), "user", secret.Secret(current[0]))
+
+    guard = Guard()
+    c = make(login_guard=guard, credentials=creds)
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    current[0] = "second-password"
+    fake.api.append(reply(400, {"errorCode": "UnifiedWebService.SessionToken.Expired"}))
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    logins = [json.loads(r.body or b"") for r, _ in fake.log if r.path_url.endswith("/session/login")]
+    assert [x["password"] for x in logins] == ["first-password", "second-password"]
+    assert len(guard.fingerprints) == 2
 
 
 def test_guard_refusal_prevents_the_login(fake: FakeApi, make: Any) -> None:
@@ -294,7 +378,7 @@ def test_guard_told_about_success(fake: FakeApi, make: Any) -> None:
     """A successful login is reported to the guard."""
     guard = Guard()
     make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
-    assert guard.events == ["before", "ok"]
+    assert guard.events == ["before", "succeeded"]
 
 
 def test_refused_client_credentials_are_an_auth_error(fake: FakeApi, make: Any) -> None:

@@ -1,0 +1,154 @@
+-- The login guard (sync_worker/guard.py): one row per ThingSpace user (base URL + username).
+-- consecutive_failures is the vendor's presumed count: refusals, unknown outcomes and logins
+-- still in flight since the last success. guard.py decides; these statements only record.
+
+-- name: guard_adopt_legacy
+-- A 0001 row ('' base URL) joins this user's row; the higher count wins.
+WITH legacy AS (
+    DELETE FROM login_guard
+    WHERE base_url = '' AND username = %(username)s AND %(base_url)s <> ''
+    RETURNING consecutive_failures, last_failure_at, last_error, tripped_at
+)
+INSERT INTO login_guard AS g (base_url, username, consecutive_failures, last_outcome,
+                              last_failure_at, last_error, tripped_at)
+SELECT %(base_url)s, %(username)s, consecutive_failures, 'refused', last_failure_at, last_error, tripped_at
+FROM legacy
+ON CONFLICT (base_url, username) DO UPDATE
+SET consecutive_failures = GREATEST(g.consecutive_failures, EXCLUDED.consecutive_failures),
+    failed_fingerprints = g.failed_fingerprints,
+    tripped_at = COALESCE(g.tripped_at, EXCLUDED.tripped_at);
+
+-- name: guard_ensure_row
+INSERT INTO login_guard (base_url, username)
+VALUES (%(base_url)s, %(username)s)
+ON CONFLICT (base_url, username) DO NOTHING;
+
+-- name: guard_state
+-- lease_left: seconds until a pending login's lease runs out (<= 0: expired).
+SELECT consecutive_failures,
+       failed_fingerprints,
+       last_outcome,
+       last_attempt_at,
+       last_success_at,
+       last_failure_at,
+       last_error,
+       tripped_at,
+       pending_attempt,
+       pending_fingerprint,
+       pending_holder,
+       EXTRACT(EPOCH FROM (pending_until - now()))::float8 AS lease_left
+FROM login_guard
+WHERE base_url = %(base_url)s AND username = %(username)s;
+
+-- name: guard_state_for_update
+SELECT consecutive_failures,
+       failed_fingerprints,
+       last_outcome,
+       last_attempt_at,
+       last_success_at,
+       last_failure_at,
+       last_error,
+       tripped_at,
+       pending_attempt,
+       pending_fingerprint,
+       pending_holder,
+       EXTRACT(EPOCH FROM (pending_until - now()))::float8 AS lease_left
+FROM login_guard
+WHERE base_url = %(base_url)s AND username = %(username)s
+FOR UPDATE;
+
+-- name: guard_expire_pending
+-- A lease that ran out is a login whose outcome nobody will ever report: it stays counted
+-- (the reservation did that) and its credentials join the ones that failed.
+UPDATE login_guard
+SET failed_fingerprints = CASE WHEN pending_fingerprint = ANY (failed_fingerprints)
+                               THEN failed_fingerprints
+                               ELSE array_append(failed_fingerprints, pending_fingerprint) END,
+    last_outcome = 'unknown',
+    last_failure_at = pending_until,
+    last_error = 'login outcome never reported (process stopped or lost its network): counted as failed',
+    pending_attempt = NULL,
+    pending_fingerprint = NULL,
+    pending_until = NULL,
+    pending_holder = NULL
+WHERE base_url = %(base_url)s AND username = %(username)s AND pending_attempt = %(attempt)s;
+
+-- name: guard_mark_tripped
+UPDATE login_guard
+SET tripped_at = COALESCE(tripped_at, now())
+WHERE base_url = %(base_url)s AND username = %(username)s;
+
+-- name: guard_reserve
+-- Counted before the request goes out: if its answer never comes, the failure stays.
+UPDATE login_guard
+SET consecutive_failures = consecutive_failures + 1,
+    last_attempt_at = now(),
+    pending_attempt = %(attempt)s,
+    pending_fingerprint = %(fingerprint)s,
+    pending_until = now() + make_interval(secs => %(lease_seconds)s),
+    pending_holder = %(holder)s
+WHERE base_url = %(base_url)s AND username = %(username)s
+RETURNING consecutive_failures;
+
+-- name: guard_succeeded
+-- Zero, unless another login is in flight (this one's lease ran out and another process
+-- took over): that one still counts until it reports.
+UPDATE login_guard
+SET consecutive_failures = CASE WHEN pending_attempt IS NOT NULL AND pending_attempt <> %(attempt)s
+                                THEN 1 ELSE 0 END,
+    failed_fingerprints = '{}',
+    last_outcome = 'succeeded',
+    last_success_at = now(),
+    last_error = NULL,
+    tripped_at = NULL,
+    pending_fingerprint = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_fingerprint END,
+    pending_until = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_until END,
+    pending_holder = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_holder END,
+    pending_attempt = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_attempt END
+WHERE base_url = %(base_url)s AND username = %(username)s;
+
+-- name: guard_failed
+-- A refusal or an unknown outcome. Counted at reservation already; counted again only when
+-- the reservation is gone (its lease ran out and a success may have zeroed it): erring
+-- high costs headroom, erring low could lock the user.
+UPDATE login_guard
+SET consecutive_failures = CASE WHEN pending_attempt IS NOT DISTINCT FROM %(attempt)s
+                                THEN consecutive_failures ELSE consecutive_failures + 1 END,
+    failed_fingerprints = CASE WHEN %(fingerprint)s = ANY (failed_fingerprints)
+                               THEN failed_fingerprints
+                               ELSE array_append(failed_fingerprints, %(fingerprint)s) END,
+    last_outcome = %(outcome)s,
+    last_failure_at = now(),
+    last_error = %(error)s,
+    pending_fingerprint = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_fingerprint END,
+    pending_until = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_until END,
+    pending_holder = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_holder END,
+    pending_attempt = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_attempt END
+WHERE base_url = %(base_url)s AND username = %(username)s
+RETURNING consecutive_failures;
+
+-- name: guard_not_judged
+-- 429/408: the platform did not judge the credentials, so the reservation is taken back.
+UPDATE login_guard
+SET consecutive_failures = GREATEST(consecutive_failures - 1, 0),
+    last_outcome = 'throttled',
+    last_error = %(error)s,
+    pending_fingerprint = NULL,
+    pending_until = NULL,
+    pending_holder = NULL,
+    pending_attempt = NULL
+WHERE base_url = %(base_url)s AND username = %(username)s AND pending_attempt = %(attempt)s;
+
+-- name: guard_reset
+-- The operator's statement that the vendor's count is zero again (a login that worked
+-- elsewhere, or an unlock by vendor support). A login in flight keeps its reservation.
+UPDATE login_guard
+SET consecutive_failures = CASE WHEN pending_attempt IS NOT NULL AND pending_until > now() THEN 1 ELSE 0 END,
+    failed_fingerprints = '{}',
+    last_outcome = 'reset',
+    last_error = NULL,
+    tripped_at = NULL
+WHERE base_url = %(base_url)s AND username = %(username)s;
+
+-- name: guard_reset_legacy
+DELETE FROM login_guard WHERE base_url = '' AND username = %(username)s;
