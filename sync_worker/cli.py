@@ -39,7 +39,7 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_ACCOUNT_FAILED, "some account failed (the others were synced; see the summary and logs)"),
     (EXIT_CONFIG, "usage or configuration error (the message names the variable)"),
     (EXIT_DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
-    (EXIT_AUTH, "login guard tripped or credentials refused: fix them, then `sync-worker auth reset`"),
+    (EXIT_AUTH, 'login guard tripped or credentials refused (README: "The login guard")'),
     (EXIT_INTERRUPTED, "aborted by a second Ctrl-C (the first one stops cleanly after the block in flight)"),
 )
 

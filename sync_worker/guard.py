@@ -279,7 +279,7 @@ class LoginGuard:
             self._adopt_legacy(conn)
             conn.execute(queries.get("guard_ensure_row"), self._key)
             state = _state(conn.execute(queries.get("guard_state_for_update"), self._key).fetchone())
-            if state.pending_live:
+            if state.pending_live and not _holder_is_gone(state.pending_holder):
                 return None, state
             if state.pending_attempt is not None:
                 conn.execute(
@@ -326,6 +326,29 @@ class LoginGuard:
     def _report(self, blocked: bool) -> None:
         if self._on_state is not None:
             self._on_state(blocked)
+
+
+def _holder_is_gone(holder: str | None) -> bool:
+    """Whether the process named ``host:pid`` is provably not running: only knowable on this host.
+
+    Lets a restarted worker go on at once after its predecessor was killed mid-login instead of
+    waiting out the lease; the killed login stays counted as failed either way.
+    """
+    if holder is None:
+        return False
+    host, _, pid_text = holder.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _state(row: Any) -> GuardState:

@@ -65,7 +65,7 @@ SET failed_fingerprints = CASE WHEN pending_fingerprint = ANY (failed_fingerprin
                                THEN failed_fingerprints
                                ELSE array_append(failed_fingerprints, pending_fingerprint) END,
     last_outcome = 'unknown',
-    last_failure_at = pending_until,
+    last_failure_at = LEAST(pending_until, now()),
     last_error = 'login outcome never reported (process stopped or lost its network): counted as failed',
     pending_attempt = NULL,
     pending_fingerprint = NULL,

@@ -87,11 +87,12 @@ def test_session_expiry_mid_paging_needs_exactly_one_relogin(
 def test_bad_password_causes_exactly_one_login_attempt(
     simulator: sim_mod.Simulator, fake_time: FakeTime
 ) -> None:
-    """A wrong password is tried once, raises LoginFailedError, and is not tried again by later calls."""
+    """A wrong password is tried once, raises LoginFailedError, and the client's default guard refuses
+    to try it again on later calls."""
     with make_client(simulator, fake_time, password="wrong-password-123") as c:
         with pytest.raises(errors.LoginFailedError) as info:
             c.sms.list_devices_sms_messages(ACCOUNT)
-        with pytest.raises(errors.LoginFailedError):
+        with pytest.raises(errors.LoginGuardTrippedError):
             c.sms.start_queued_sms_delivery(ACCOUNT)
     assert "five failed logins" in str(info.value)
     assert "wrong-password-123" not in str(info.value)

@@ -85,7 +85,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def test_wrong_passwords_and_a_rotated_secret_never_reach_the_lock(
     simulator: simulator.Simulator, db_url: str
 ) -> None:
-    """Wrong password to exit 4, then another wrong password, then a rotated client secret: at most 4 in a row."""
+    """Wrong password to exit 4, another wrong password, a rotated client secret: at most 4 in a row."""
     backlog(simulator, ACCOUNT, 5)
     first = wrong_password(simulator, db_url, "wrong-one")
     codes = [sync.sync_once(first).exit_code for _ in range(4)]
@@ -250,7 +250,7 @@ def test_refused_daemon_resumes_after_fixed_password_and_reset(
 
 
 def test_auth_reset_confirms_before_acting(simulator: simulator.Simulator, db_url: str) -> None:
-    """`auth reset` off a terminal without --yes refuses (exit 2) and leaves the count; with --yes it clears it."""
+    """`auth reset` off a terminal without --yes refuses (exit 2), keeping the count; --yes clears it."""
     settings = wrong_password(simulator, db_url)
     record_refusals(settings, db_url, 3)
     env = worker_env(simulator, db_url, THINGSPACE_PASSWORD="not-the-password")
@@ -281,13 +281,14 @@ def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
     codes: list[int] = []
     lock = threading.Lock()
 
-    def replica() -> None:
+    def replica(i: int) -> None:
         start.wait()
-        result = sync.sync_once(new)
+        # One account each: the account lock must not be what serialises them.
+        result = sync.sync_once(new, accounts=[f"0252012345-0002{i}"])
         with lock:
             codes.append(result.exit_code)
 
-    threads = [threading.Thread(target=replica) for _ in range(8)]
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -306,13 +307,13 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
     codes: list[int] = []
     lock = threading.Lock()
 
-    def replica() -> None:
+    def replica(i: int) -> None:
         start.wait()
-        result = sync.sync_once(settings)
+        result = sync.sync_once(settings, accounts=[f"0252012345-0002{i}"])
         with lock:
             codes.append(result.exit_code)
 
-    threads = [threading.Thread(target=replica) for _ in range(8)]
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -323,7 +324,7 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
 
 
 def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url: str) -> None:
-    """A lease never finished (a killed process) blocks others only until it runs out, then counts as failed."""
+    """A lease never finished (a killed process) blocks others until it runs out, then counts as failed."""
     connect = config.connection_factory(db_url)
     vanished = guard.LoginGuard(connect, base_url="https://x/api", username="u", threshold=3, lease_seconds=1)
     vanished.begin("fp-dead")  # never finished: the process "died"
@@ -355,7 +356,7 @@ def test_waiting_for_another_login_is_bounded_by_deadline_and_stop(db_url: str) 
 
 
 def test_count_is_per_user_and_platform(db_url: str) -> None:
-    """Failures of one user do not count against another user, nor against the same name on another base URL."""
+    """One user's failures count neither against another user nor against the same name elsewhere."""
     connect = config.connection_factory(db_url)
     a = guard.LoginGuard(connect, base_url="https://one/api", username="u", threshold=1)
     b = guard.LoginGuard(connect, base_url="https://two/api", username="u", threshold=1)
@@ -401,3 +402,21 @@ def test_threshold_outside_vendor_margin_is_refused(db_url: str) -> None:
         guard.LoginGuard(
             config.connection_factory(db_url), base_url="https://x/api", username="u", threshold=5
         )
+
+
+def test_a_login_left_by_a_dead_process_on_this_host_is_not_waited_for(db_url: str) -> None:
+    """A lease whose holder process on this host is gone (killed mid-login) is counted failed at once."""
+    script = (
+        "import sys; from sync_worker import config, guard; "
+        "g = guard.LoginGuard(config.connection_factory(sys.argv[1]), base_url='https://x/api', "
+        "username='d', threshold=3, lease_seconds=600); g.begin('fp-killed')"
+    )
+    subprocess.run([sys.executable, "-c", script, db_url], check=True, timeout=60)
+    g = guard.LoginGuard(
+        config.connection_factory(db_url), base_url="https://x/api", username="d", threshold=3
+    )
+    attempt = g.begin("fp", deadline=0.0)  # no wait allowed: the dead holder must not block
+    state = g.state()
+    assert state.failures == 2 and "fp-killed" in state.failed_fingerprints
+    g.finish(attempt, "fp", "refused")
+    assert g.state().failures == 2

@@ -62,10 +62,9 @@ def test_check_schema_refuses_a_missing_newer_migration(
     assert [(s.version, s.checksum_matches) for s in statuses] == [*shipped, ("9999", True)]
 
 
-def test_existing_database_at_0001_is_upgraded_by_0002(
-    make_database: Callable[..., str], tmp_path: Path
-) -> None:
-    """A database built before 0002 is refused by check_schema, then migrate adds 0002 keeping its data."""
+def test_existing_database_at_0001_is_upgraded(make_database: Callable[..., str], tmp_path: Path) -> None:
+    """A database built at 0001 is refused by check_schema, then migrate brings it up keeping its data
+    (a recorded failed-login count included: an upgrade must never forget one)."""
     url = make_database(migrated=False)
     only_0001 = tmp_path / "only_0001"
     only_0001.mkdir()
@@ -76,13 +75,20 @@ def test_existing_database_at_0001_is_upgraded_by_0002(
             "INSERT INTO sync_run (account_name, worker_host, worker_pid, blocks) VALUES ('acct', 'h', 1, 3)"
         )
         conn.execute("INSERT INTO sync_cursor (account_name, next_token) VALUES ('acct', 'tok')")
+        conn.execute(
+            "INSERT INTO login_guard (principal, fingerprint, consecutive_failures) VALUES ('user', 'f', 2)"
+        )
         with pytest.raises(errors.SchemaError, match=r"0002_quarantine\.sql.*sync-worker migrate"):
             migrations.check_schema(conn)
-        assert migrations.migrate(conn) == ["0002"]
+        later = [m.version for m in migrations.available() if m.version > "0001"]
+        assert migrations.migrate(conn) == later
         migrations.check_schema(conn)
         assert conn.execute("SELECT blocks, quarantined FROM sync_run").fetchall() == [(3, 0)]
         assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [("tok",)]
         assert conn.execute("SELECT count(*) FROM sms_quarantine").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT base_url, username, consecutive_failures FROM login_guard"
+        ).fetchall() == [("", "user", 2)]
 
 
 def test_edited_migration_is_refused(make_database: Callable[..., str], tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
+from sync_worker import config, models, scheduler, simulator, store, sync
 from sync_worker import metrics as prom_metrics
-from sync_worker import models, scheduler, simulator, store, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002"]

@@ -379,28 +379,22 @@ def test_outdated_schema_raises_before_any_request(
 
 
 def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simulator, db_url: str) -> None:
-    """build_client's guard sets the gauge to 1 when a failed login reaches the threshold and to 0 after
-    a successful login."""
+    """built_client's guard sets the gauge to 1 when a login is refused and to 0 after a successful login
+    (with new credentials, within the headroom)."""
     m = metrics.Metrics()
     bad = make_settings(
         simulator, db_url, [ACCOUNT], THINGSPACE_PASSWORD="wrong-pass-7", SYNC_LOGIN_GUARD_THRESHOLD="1"
     )
-    api, login_guard = sync.build_client(bad, config.connection_factory(db_url), metrics=m)
-    try:
-        with pytest.raises(errors.LoginFailedError):
-            api.sms.list_devices_sms_messages(ACCOUNT)
-    finally:
-        api.close()
-        login_guard.close()
+    with (
+        sync.built_client(bad, config.connection_factory(db_url), metrics=m) as (api, _),
+        pytest.raises(errors.LoginFailedError),
+    ):
+        api.sms.list_devices_sms_messages(ACCOUNT)
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 1
 
     good = make_settings(simulator, db_url, [ACCOUNT], SYNC_LOGIN_GUARD_THRESHOLD="1")
-    api, login_guard = sync.build_client(good, config.connection_factory(db_url), metrics=m)
-    try:
+    with sync.built_client(good, config.connection_factory(db_url), metrics=m) as (api, _):
         api.sms.list_devices_sms_messages(ACCOUNT)
-    finally:
-        api.close()
-        login_guard.close()
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 0
 
 
