@@ -171,6 +171,12 @@ class MemoryLoginGuard:
     def threshold(self) -> int:
         return self._threshold
 
+    @property
+    def failures(self) -> int:
+        """The failed logins in a row this guard presumes at the vendor."""
+        with self._lock:
+            return self._failures
+
     def begin(self, fingerprint: str, *, deadline: float | None = None) -> str:
         with self._lock:
             reason = refusal(self._failures, frozenset(self._failed), fingerprint, self._threshold)
