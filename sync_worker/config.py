@@ -227,13 +227,6 @@ class Settings:
     def account_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.accounts)
 
-    def account(self, name: str) -> AccountSettings:
-        """The settings of ``name``; the global defaults for an account not configured."""
-        for acct in self.accounts:
-            if acct.name == name:
-                return acct
-        return AccountSettings(name, self.interval_seconds, self.jitter_seconds)
-
     def redacted_database_url(self) -> str:
         return redact_conninfo(self.database_url)
 
@@ -674,17 +667,3 @@ def connect(
             f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}: "
             f"{secret.scrub(str(exc).strip())}"
         ) from exc
-
-
-def check_database(settings: Settings) -> None:
-    """Fail fast when the database cannot be reached (before any API call)."""
-    import psycopg  # noqa: PLC0415
-
-    with connect(settings, connect_timeout=5) as conn:
-        try:
-            conn.execute("SELECT 1")
-        except psycopg.Error as exc:
-            raise errors.DatabaseUnavailableError(
-                f"SYNC_DATABASE_URL: {settings.redacted_database_url()} does not answer: "
-                f"{secret.scrub(str(exc).strip())}"
-            ) from exc

@@ -117,11 +117,6 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = No
         _handler = handler
 
 
-def is_configured() -> bool:
-    """Whether ``configure()`` ran in this process (before it, nothing should be logged)."""
-    return _handler is not None
-
-
 def get_logger(name: str | None = None) -> Any:
     """A structlog logger; ``name`` becomes the ``logger`` field."""
     log = structlog.get_logger()

@@ -55,7 +55,7 @@ from typing import Any, Final, Literal, Protocol
 import psycopg
 import structlog
 
-from sync_worker import client, config, errors, guard, migrations, models, store
+from sync_worker import client, config, errors, guard, logs, migrations, models, store
 
 Outcome = Literal["succeeded", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = config.ConnectionFactory
@@ -193,7 +193,7 @@ def sync_account(
     run = _AccountRun(
         api, account, connect, deadline=deadline, stop_event=stop_event, metrics=metrics, clock=clock
     )
-    with structlog.contextvars.bound_contextvars(account=account):
+    with logs.bound_account(account):
         return run.run()
 
 

@@ -77,10 +77,6 @@ class Faults:
         """Serve these bytes (and headers) as the next history response."""
         self.script("history", [Raw(status=status, body=body, headers=tuple(headers))])
 
-    def pending_scripts(self, kind: str) -> int:
-        with self._lock:
-            return len(self._scripts.get(kind, ()))
-
     def clear(self) -> None:
         """Back to a fault-free simulator."""
         with self._lock:

@@ -201,8 +201,10 @@ def test_toml_overrides_per_account(tmp_path: Path) -> None:
     path = tmp_path / "sync.toml"
     path.write_text('[accounts."0252012345-00002"]\ninterval_seconds = 900\njitter_seconds = 5\n')
     s = config.load(env(), path)
-    assert s.account("0252012345-00001") == config.AccountSettings("0252012345-00001", 300.0, 30.0)
-    assert s.account("0252012345-00002") == config.AccountSettings("0252012345-00002", 900.0, 5.0)
+    assert s.accounts == (
+        config.AccountSettings("0252012345-00001", 300.0, 30.0),
+        config.AccountSettings("0252012345-00002", 900.0, 5.0),
+    )
 
 
 def test_toml_alone_defines_accounts(tmp_path: Path) -> None:
@@ -290,11 +292,11 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_check_database_names_the_variable_and_hides_the_password() -> None:
+def test_unreachable_database_names_the_variable_and_hides_the_password() -> None:
     """An unreachable database fails fast, naming SYNC_DATABASE_URL, without the password."""
     url = f"postgresql://sync:db-secret-77@127.0.0.1:{_closed_port()}/sms"
     s = config.load(env(SYNC_DATABASE_URL=url))
     with pytest.raises(errors.DatabaseUnavailableError) as exc_info:
-        config.check_database(s)
+        config.connect(s, connect_timeout=5)
     assert "SYNC_DATABASE_URL" in str(exc_info.value)
     assert "db-secret-77" not in str(exc_info.value)
