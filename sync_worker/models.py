@@ -250,6 +250,9 @@ class HistoryPage:
     status: int
     next: str | None
     request_next: str | None = None
+    # The answer's bytes as received, kept by reference (no copy) so a block that
+    # cannot be stored can still be quarantined exactly.
+    body: bytes = dataclasses.field(default=b"", repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:

@@ -78,7 +78,7 @@ def test_existing_database_at_0001_is_upgraded_by_0002(
         conn.execute("INSERT INTO sync_cursor (account_name, next_token) VALUES ('acct', 'tok')")
         with pytest.raises(errors.SchemaError, match=r"0002_quarantine\.sql.*sync-worker migrate"):
             migrations.check_schema(conn)
-        assert migrations.migrate(conn) == ["0002"]
+        assert migrations.migrate(conn) == [m.version for m in migrations.available()[1:]]
         migrations.check_schema(conn)
         assert conn.execute("SELECT blocks, quarantined FROM sync_run").fetchall() == [(3, 0)]
         assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [("tok",)]
