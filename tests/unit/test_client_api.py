@@ -486,7 +486,7 @@ _BAD_BODIES = {
 def test_unreadable_202_body_with_valid_location_is_a_malformed_block_after_every_attempt(
     fake: FakeApi, make: Any, case: str
 ) -> None:
-    """A 202 whose bad body (safe Location) survives every attempt raises MalformedBlockError with both tokens."""
+    """A 202 whose bad body (safe Location) survives every attempt is a MalformedBlockError with both tokens."""
     body = _BAD_BODIES[case]
     fake.api.extend([reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.MalformedBlockError) as info:
@@ -551,7 +551,7 @@ def test_unreadable_final_200_is_a_malformed_block_without_next(fake: FakeApi, m
 
 
 def test_unreadable_body_with_bad_location_stays_unsafe_location(fake: FakeApi, make: Any) -> None:
-    """A bad body under a foreign Location ends, after the attempts, as UnsafeLocationError: nothing is safe."""
+    """A bad body under a foreign Location ends, after the attempts, as UnsafeLocationError."""
     fake.api.extend([reply(202, b"not json", Location="https://evil.example/api/x?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.UnsafeLocationError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT)
