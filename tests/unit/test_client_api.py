@@ -486,7 +486,7 @@ _BAD_BODIES = {
 def test_unreadable_202_body_with_valid_location_is_a_malformed_block_after_every_attempt(
     fake: FakeApi, make: Any, case: str
 ) -> None:
-    """A 202 whose bad body (safe Location) survives every attempt is a MalformedBlockError with both tokens."""
+    """A 202 whose bad body (safe Location) survives every attempt: MalformedBlockError, both tokens."""
     body = _BAD_BODIES[case]
     fake.api.extend([reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.MalformedBlockError) as info:
