@@ -201,9 +201,13 @@ class Simulator:
                 raise server.Dropped
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
+        unreadable: faultmod.Mangle | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Raw) and step.body is None:
+            if isinstance(step, faultmod.Mangle):
+                self.stats.fault(f"unreadable_{step.kind}")
+                unreadable = step
+            elif isinstance(step, faultmod.Raw) and step.body is None:
                 self.stats.fault("tamper")
                 tamper = step
             elif step == "lost_response":
@@ -223,6 +227,9 @@ class Simulator:
             drop = {name.lower() for name in tamper.drop_headers} | {n.lower() for n, _ in tamper.headers}
             headers = [(n, v) for n, v in headers if n.lower() not in drop] + list(tamper.headers)
             status = tamper.status if tamper.status is not None else status
+            after_write = None
+        if unreadable is not None and status in (200, 202):
+            status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
         h.write_reply(status, reply_body, headers)
         if after_write is not None:
