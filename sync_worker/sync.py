@@ -532,7 +532,7 @@ def _unstorable(page: models.HistoryPage, exc: BaseException) -> errors.Malforme
         f"history block could not be stored in {FAILURE_STREAK_LIMIT} consecutive runs",
         body=page.body,
         problem=(
-            f"stored failed in {FAILURE_STREAK_LIMIT} consecutive runs with the same error "
+            f"storing failed in {FAILURE_STREAK_LIMIT} consecutive runs with the same error "
             f"({_describe(exc)[:300]}); replay once fixed"
         ),
         next_token=page.next,

@@ -207,3 +207,38 @@ def test_unreadable_answer_without_paging_never_counts_as_the_end(db_url: str, h
         assert second.returncode == 0, second.stderr[-2000:]
         cmp = crash.compare(sim, db_url, accounts)
     assert cmp.exact and cmp.expected == 450, cmp
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.slow
+def test_600_and_900_deep_messages_do_not_stop_their_queues(db_url: str) -> None:
+    """A 600- and a 900-deep message (which once broke row building forever): both queues drain, exit 0."""
+    accounts = ACCOUNTS[:2]
+    sim = crash.HookedSimulator(
+        crash.crash_sim_config(accounts, final_ack="on_delivery", token_mode="reusable")
+    )
+    with sim:
+        for account, depth in zip(accounts, (600, 900), strict=True):
+            messages = crash.make_messages(account, 0, 250, seed=9)
+            messages[130] = {**messages[130], "extra": _deep(depth)}
+            sim.inject(account, messages)
+        env = _env(sim, db_url, accounts)
+        assert _cli(env, "migrate").returncode == 0
+        proc = _cli(env, "once")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cmp = crash.compare(sim, db_url, accounts)
+        with psycopg.connect(db_url) as conn:
+            deep = conn.execute(
+                "SELECT account_name, raw IS NULL, problems FROM sms_history WHERE raw_json LIKE '%extra%'"
+                " ORDER BY account_name"
+            ).fetchall()
+    # Every message, the deep ones included, is one row; the deep ones keep their text in raw_json only.
+    assert cmp.exact and cmp.expected == 500, cmp
+    assert [(a, null) for a, null, _ in deep] == [(accounts[0], True), (accounts[1], True)]
+    assert all(any("nested more than" in p for p in problems) for _, _, problems in deep)
