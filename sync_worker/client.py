@@ -494,7 +494,9 @@ def error_from_response(
     """Map a non-2xx response to the error hierarchy (matching codes, never messages)."""
     status = response.status_code
     code, message = _error_fields(response)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    # An HTTP-date is measured against the server's own Date, not our clock: a skewed
+    # local clock would otherwise turn "in 30 s" into no wait or into hours.
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=_server_date(response))
     fields: dict[str, Any] = {
         "status": status,
         "error_code": code,
@@ -526,7 +528,7 @@ def strip_service_prefix(code: str) -> str:
     """``UnifiedWebService.REQUEST_FAILED.X`` -> ``REQUEST_FAILED.X``; unprefixed codes unchanged."""
     head, dot, rest = code.partition(".")
     category = rest.partition(".")[0]
-    if dot and not _UPPER_CATEGORY_RE.match(head) and _UPPER_CATEGORY_RE.match(category):
+    if dot and not _UPPER_CATEGORY_RE.fullmatch(head) and _UPPER_CATEGORY_RE.fullmatch(category):
         return rest
     return code
 
@@ -554,6 +556,17 @@ def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None
         when = when.replace(tzinfo=datetime.UTC)
     current = now if now is not None else datetime.datetime.now(datetime.UTC)
     return max((when - current).total_seconds(), 0.0)
+
+
+def _server_date(response: requests.Response) -> datetime.datetime | None:
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def valid_token(token: str) -> bool:
@@ -634,7 +647,7 @@ def _quote(account_name: str) -> str:
 
 
 def _check_account(account_name: str) -> None:
-    if not isinstance(account_name, str) or not models.ACCOUNT_NAME_RE.match(account_name):
+    if not isinstance(account_name, str) or not models.ACCOUNT_NAME_RE.fullmatch(account_name):
         raise errors.ValidationError(
             f"account name {_preview(str(account_name))} must be 3-32 letters, digits or '-'"
         )

@@ -118,7 +118,9 @@ def run_daemon(
     with contextlib.ExitStack() as stack:
         observe_guard: Callable[[], object] | None = None
         if api is None:
-            api, login_guard = stack.enter_context(sync.built_client(settings, connect, metrics=metrics))
+            api, login_guard = stack.enter_context(
+                sync.built_client(settings, connect, metrics=metrics, stop_event=stop)
+            )
             if metrics is not None:
                 observe_guard = login_guard.observe
         inflight = _InFlight()

@@ -618,7 +618,9 @@ def sync_once(
     names = list(accounts) if accounts is not None else [a.name for a in settings.accounts]
     with contextlib.ExitStack() as stack:
         if api is None:
-            api, _ = stack.enter_context(built_client(settings, connect, metrics=metrics))
+            api, _ = stack.enter_context(
+                built_client(settings, connect, metrics=metrics, stop_event=stop_event)
+            )
         results = run_accounts(
             api,
             names,
@@ -637,10 +639,14 @@ def sync_once(
 
 @contextlib.contextmanager
 def built_client(
-    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
+    settings: config.Settings,
+    connect: ConnectionFactory,
+    *,
+    metrics: MetricsSink | None = None,
+    stop_event: threading.Event | None = None,
 ) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
     """``build_client``'s pair, both closed on exit."""
-    api, login_guard = build_client(settings, connect, metrics=metrics)
+    api, login_guard = build_client(settings, connect, metrics=metrics, stop_event=stop_event)
     try:
         yield api, login_guard
     finally:
@@ -649,12 +655,17 @@ def built_client(
 
 
 def build_client(
-    settings: config.Settings, connect: ConnectionFactory, *, metrics: MetricsSink | None = None
+    settings: config.Settings,
+    connect: ConnectionFactory,
+    *,
+    metrics: MetricsSink | None = None,
+    stop_event: threading.Event | None = None,
 ) -> tuple[client.ThingSpaceClient, guard.LoginGuard]:
     """The one shared (thread-safe) client, its logins guarded by the Postgres login guard.
 
     Close both when done (``built_client`` does): the guard may still hold the
-    cross-process login lock of a login that ended without a verdict.
+    cross-process login lock of a login that ended without a verdict. With
+    ``stop_event``, retry and ``Retry-After`` waits end as soon as it is set.
     """
     login_guard = guard.LoginGuard(
         connect,
@@ -664,8 +675,25 @@ def build_client(
         on_state=metrics.login_guard if metrics is not None else None,
     )
     observer = metrics.api_observer() if metrics is not None else None
-    api = client.ThingSpaceClient(settings.client_config(login_guard=login_guard, observer=observer))
+    sleep = None if stop_event is None else stoppable_sleep(stop_event)
+    api = client.ThingSpaceClient(
+        settings.client_config(login_guard=login_guard, observer=observer, sleep=sleep)
+    )
     return api, login_guard
+
+
+def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
+    """A retry sleep that wakes when ``stop_event`` is set and then ends the run as interrupted.
+
+    SIGTERM must not wait out a 120 s ``Retry-After``; the run stops where it
+    is (nothing uncommitted is acknowledged) like any stop between blocks.
+    """
+
+    def sleep(seconds: float) -> None:
+        if stop_event.wait(seconds):
+            raise _Stopped
+
+    return sleep
 
 
 def run_accounts(

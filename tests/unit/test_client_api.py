@@ -381,6 +381,26 @@ def test_429_retry_after_is_waited(fake: FakeApi, make: Any, clock: Clock) -> No
     assert clock.sleeps == [7.0]
 
 
+def test_retry_after_http_date_is_measured_against_the_answers_date(
+    fake: FakeApi, make: Any, clock: Clock
+) -> None:
+    """A Retry-After HTTP-date waits its distance from the answer's Date header, whatever the local clock."""
+    # The server's clock says 2001; ours says today: only the server's Date gives the right 30 s.
+    fake.api.extend(
+        [
+            reply(
+                429,
+                "slow down",
+                Retry_After="Mon, 01 Jan 2001 00:00:30 GMT",
+                Date="Mon, 01 Jan 2001 00:00:00 GMT",
+            ),
+            reply(200, history()),
+        ]
+    )
+    make().sms.list_devices_sms_messages(ACCOUNT)
+    assert clock.sleeps == [30.0]
+
+
 def test_retry_after_above_cap_is_raised(fake: FakeApi, make: Any, clock: Clock) -> None:
     """A Retry-After beyond max_retry_after is not slept through: RateLimitedError is raised."""
     fake.api.append(reply(429, "", Retry_After="600"))
@@ -637,7 +657,9 @@ def test_invalid_send_request_sends_nothing(fake: FakeApi, make: Any) -> None:
     assert fake.log == []
 
 
-@pytest.mark.parametrize("account", ["", "ab", "../../admin", "acct?next=x", "a" * 33, "acct%00"])
+@pytest.mark.parametrize(
+    "account", ["", "ab", "../../admin", "acct?next=x", "a" * 33, "acct%00", "0252012345-00001\n"]
+)
 def test_invalid_account_name_sends_nothing(fake: FakeApi, make: Any, account: str) -> None:
     """A malformed account name raises ValidationError before any HTTP request."""
     with pytest.raises(errors.ValidationError):
