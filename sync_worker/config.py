@@ -613,6 +613,39 @@ def redact_conninfo(conninfo: str) -> str:
 
 ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
 
+# A replica cut off from Postgres must lose its account locks within about a minute, so both
+# ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
+# which is what actually drops the session and its advisory locks. Values already in the URL win.
+_CLIENT_LIVENESS: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "4",
+    "tcp_user_timeout": "45000",
+}
+_SERVER_LIVENESS: Final = " ".join(
+    f"-c {name}={value}"
+    for name, value in (
+        ("tcp_keepalives_idle", 15),
+        ("tcp_keepalives_interval", 5),
+        ("tcp_keepalives_count", 4),
+        ("tcp_user_timeout", 45000),
+    )
+)
+
+
+def with_liveness(dsn: str) -> str:
+    """``dsn`` plus TCP keepalive and user-timeout settings on both ends (unless it sets its own)."""
+    from psycopg import conninfo  # noqa: PLC0415
+
+    params = conninfo.conninfo_to_dict(dsn)
+    for key, value in _CLIENT_LIVENESS.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    if "tcp_keepalives_idle" not in options:
+        params["options"] = f"{options} {_SERVER_LIVENESS}".strip()
+    return conninfo.make_conninfo("", **params)
+
 
 def connection_factory(
     dsn: str,
@@ -627,7 +660,7 @@ def connection_factory(
 
     def connect() -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(dsn, autocommit=True, application_name=application_name)
+            return psycopg.connect(with_liveness(dsn), autocommit=True, application_name=application_name)
         except psycopg.Error as exc:
             # psycopg's message may name host and user, never the password;
             # still, the class name is all an operator needs here.
@@ -643,7 +676,9 @@ def connect(
     import psycopg  # noqa: PLC0415
 
     try:
-        return psycopg.connect(settings.database_url, autocommit=autocommit, connect_timeout=connect_timeout)
+        return psycopg.connect(
+            with_liveness(settings.database_url), autocommit=autocommit, connect_timeout=connect_timeout
+        )
     except psycopg.Error as exc:
         raise errors.DatabaseUnavailableError(
             f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}: "
