@@ -32,6 +32,7 @@ EXIT_ACCOUNT_FAILED: Final = 1
 EXIT_CONFIG: Final = 2
 EXIT_DATABASE: Final = 3
 EXIT_AUTH: Final = 4
+EXIT_QUARANTINED: Final = 5
 EXIT_INTERRUPTED: Final = 130
 
 EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
@@ -40,6 +41,11 @@ EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_CONFIG, "usage or configuration error (the message names the variable)"),
     (EXIT_DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
     (EXIT_AUTH, 'login guard tripped or credentials refused (README: "The login guard")'),
+    (
+        EXIT_QUARANTINED,
+        "every account drained, but some block was quarantined (`sync-worker quarantine list`); for "
+        "`quarantine replay`: some block is still not wholly readable",
+    ),
     (EXIT_INTERRUPTED, "aborted by a second Ctrl-C (the first one stops cleanly after the block in flight)"),
 )
 
@@ -85,11 +91,12 @@ class _Context:
         self.err = err
         self.logging = False
 
-    def settings(self, *, credentials: bool, accounts: bool) -> config.Settings:
+    def settings(self, *, credentials: bool, accounts: bool, logs_to_stderr: bool = False) -> config.Settings:
         settings = config.load(
             self.env, self.args.config, require_credentials=credentials, require_accounts=accounts
         )
-        logs.configure(settings.log_format, settings.log_level, self.out)
+        # Commands whose stdout is data (quarantine list/show) keep their logs off it.
+        logs.configure(settings.log_format, settings.log_level, self.err if logs_to_stderr else self.out)
         self.logging = True
         return settings
 
@@ -354,6 +361,102 @@ def cmd_cursor_reset(ctx: _Context) -> int:
     return EXIT_OK
 
 
+_QUARANTINE_COLUMNS: Final = (
+    "id",
+    "account_name",
+    "http_status",
+    "body_size",
+    "seen_count",
+    "first_stored_at",
+    "resolved_at",
+    "problem",
+)
+
+
+def _quarantine_dict(block: Any) -> dict[str, Any]:
+    shown = dataclasses.asdict(block)
+    shown.pop("body", None)
+    return shown
+
+
+def cmd_quarantine_list(ctx: _Context) -> int:
+    from sync_worker import store  # noqa: PLC0415
+
+    account = ctx.args.account
+    if account is not None:
+        config.validate_account_name(account, "--account")
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        blocks = store.list_quarantine(conn, account, include_resolved=ctx.args.all)
+    rows = [_quarantine_dict(b) for b in blocks]
+    if ctx.args.json:
+        ctx.print(json.dumps({"quarantined": _jsonable(rows)}, sort_keys=True))
+    elif rows:
+        ctx.print(format_table(rows, _QUARANTINE_COLUMNS))
+    else:
+        ctx.print("(nothing quarantined)" if not ctx.args.all else "(no quarantined blocks)")
+    return EXIT_OK
+
+
+def cmd_quarantine_show(ctx: _Context) -> int:
+    from sync_worker import store  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        found = store.show_quarantine(conn, ctx.args.id)
+    if found is None:
+        raise errors.ValidationError(f"no quarantined block with id {ctx.args.id}")
+    block, extra = found
+    shown = {**_quarantine_dict(block), **extra}
+    if ctx.args.body is not None:
+        assert block.body is not None
+        ctx.args.body.write_bytes(block.body)
+        shown["body_written_to"] = str(ctx.args.body)
+    if ctx.args.json:
+        ctx.print(json.dumps(_jsonable(shown), sort_keys=True))
+    else:
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
+            ctx.print(f"{key.ljust(width)}  {_jsonable(value) if value is not None else '-'}")
+    return EXIT_OK
+
+
+def cmd_quarantine_replay(ctx: _Context) -> int:
+    from sync_worker import quarantine, store  # noqa: PLC0415
+
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    log = logs.get_logger(__name__)
+    results = []
+    with _connection(settings) as conn:
+        ids = list(ctx.args.id) or store.unresolved_quarantine_ids(conn)
+        for quarantine_id in ids:
+            result = store.replay_quarantined(conn, quarantine_id, quarantine.read_block)
+            if result is None:
+                raise errors.ValidationError(f"no quarantined block with id {quarantine_id}")
+            log.info(
+                "quarantine_replayed",
+                quarantine_id=result.quarantine_id,
+                account=result.account_name,
+                messages=result.messages,
+                inserted=result.inserted,
+                resolved=result.resolved,
+                problem=result.problem,
+            )
+            results.append(result)
+    if ctx.args.json:
+        ctx.print(json.dumps({"replayed": _jsonable(results)}, sort_keys=True))
+    elif results:
+        ctx.print(
+            format_table(
+                [dataclasses.asdict(r) for r in results],
+                ("quarantine_id", "account_name", "messages", "inserted", "resolved", "problem"),
+            )
+        )
+    else:
+        ctx.print("(nothing to replay)")
+    return EXIT_OK if all(r.resolved for r in results) else EXIT_QUARANTINED
+
+
 def _login_guard(settings: config.Settings, *, on_state: Callable[[bool], None] | None = None) -> Any:
     from sync_worker import sync  # noqa: PLC0415
 
@@ -571,6 +674,25 @@ def build_parser() -> argparse.ArgumentParser:
         auth_sub,
     )
     p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
+
+    quarantine = sub.add_parser("quarantine", help="list, show and replay quarantined history blocks")
+    q_sub = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    p = add("list", cmd_quarantine_list, "quarantined blocks not resolved yet (data on stdout)", q_sub)
+    p.add_argument("--account", metavar="A", help="only this account")
+    p.add_argument("--all", action="store_true", help="resolved blocks too")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("show", cmd_quarantine_show, "one quarantined block", q_sub)
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE")
+    p = add(
+        "replay",
+        cmd_quarantine_replay,
+        "re-read kept blocks with the current code and store their messages (exit 5: some still unreadable)",
+        q_sub,
+    )
+    p.add_argument("id", type=int, nargs="*", metavar="ID", help="default: every unresolved block")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("send", cmd_send, "send an SMS to devices (never retried: a retry could send it twice)")
     p.add_argument("--account", required=True, metavar="A")

@@ -13,10 +13,14 @@
   detected with ``endswith("SessionToken.Expired")``, so either form matches.
   Gateway faults give their numeric ``fault.code`` as a string; OAuth errors
   give ``error``.
-* A 200/202 history body that cannot be decoded or has the wrong envelope, on a
-  response whose paging is otherwise valid, raises ``errors.MalformedBlockError``
-  carrying the raw bytes and the block's ``next``: the sync quarantines it and
-  moves on, so one bad block never stops the queue. A bad ``Location`` stays an
+* A 200/202 history body that cannot be decoded or has the wrong envelope (cut
+  short, not JSON, empty) is a transient fault first: ``errors.UnreadableAnswerError``
+  re-sends the *same* request under the retry policy, and the ``next`` token of
+  the unreadable answer is never followed. Only when every attempt came back
+  unreadable does it become ``errors.MalformedBlockError`` (raw bytes and the
+  block's ``next``), which the sync quarantines before moving on. When the
+  deadline cuts the attempts short the transient error is raised instead (the
+  run fails and a later one asks again). A bad ``Location`` stays an
   ``errors.UnsafeLocationError`` (nothing could be acknowledged safely).
 * Paging: the HTTP status is authoritative. 202 means another block waits and
   must carry a valid ``next`` token in ``Location``; 200 is the final block
@@ -306,9 +310,41 @@ class ThingSpaceClient:
         json_body: Any = None,
     ) -> requests.Response:
         """Send one API request (with retries when ``retryable``) and return its 2xx response."""
-        url = f"{self._base}{path}"
+        return self.call_and_read(
+            operation,
+            method,
+            path,
+            _identity,
+            retryable=retryable,
+            deadline=deadline,
+            cursor_sent=cursor_sent,
+            json_body=json_body,
+        )[0]
 
-        def attempt() -> requests.Response:
+    def call_and_read(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        read: Callable[[requests.Response], T],
+        *,
+        retryable: bool,
+        deadline: float | None = None,
+        cursor_sent: bool = False,
+        json_body: Any = None,
+    ) -> tuple[T, int]:
+        """Like ``call``, with ``read`` applied to each 2xx answer inside the retry loop.
+
+        A transient error from ``read`` (an unreadable body) re-sends the same
+        request like a 503 would. Returns what ``read`` returned and the number
+        of attempts made; a raised ``UnreadableAnswerError`` carries that number as ``attempts``.
+        """
+        url = f"{self._base}{path}"
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
             session_replayed = bearer_replayed = False
             while True:
                 bearer = self._bearer.get()
@@ -322,7 +358,7 @@ class ThingSpaceClient:
                     **kwargs,
                 )
                 if 200 <= response.status_code < 300:
-                    return response
+                    return read(response)
                 error = error_from_response(response, operation, cursor_sent=cursor_sent)
                 if is_session_expired(error) and not session_replayed:
                     session_replayed = True
@@ -344,13 +380,22 @@ class ThingSpaceClient:
                 return True
             return isinstance(exc, errors.ApiTransientError) and exc.operation == operation
 
-        return self._cfg.retry.call(
-            attempt,
-            operation=operation,
-            retry_on=retry_on,
-            deadline=deadline,
-            observer=self._cfg.observer,
-        )
+        try:
+            result = self._cfg.retry.call(
+                attempt,
+                operation=operation,
+                retry_on=retry_on,
+                deadline=deadline,
+                observer=self._cfg.observer,
+            )
+        except errors.UnreadableAnswerError as exc:
+            exc.attempts = attempts
+            raise
+        return result, attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self._cfg.retry.max_attempts
 
 
 class SmsController:
@@ -390,55 +435,29 @@ class SmsController:
                 )
             path += f"?next={next}"
         operation = "list_devices_sms_messages"
-        response = self._client.call(
-            operation, "GET", path, retryable=True, deadline=deadline, cursor_sent=next is not None
-        )
-        status = response.status_code
-        if status not in (200, 202):
-            raise errors.ResponseFormatError(
-                "history answered with an unexpected success status", status=status, operation=operation
-            )
-        # Location first: a block is only worth quarantining when it can be
-        # acknowledged safely, and a bad Location leaves nothing safe to send.
-        new_next: str | None = None
-        if status == 202:
-            location = response.headers.get("Location")
-            if location is None:
-                raise errors.UnsafeLocationError(
-                    "history answered 202 without a Location header", status=status, operation=operation
-                )
-            try:
-                new_next = next_token_from_location(location, self._client.base_url)
-            except errors.UnsafeLocationError as exc:
-                raise errors.UnsafeLocationError(str(exc), status=status, operation=operation) from None
+
+        def read(response: requests.Response) -> models.HistoryPage:
+            return _read_history(response, account_name, next, self._client.base_url)
+
         try:
-            result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
-        except errors.ResponseFormatError as exc:
-            problem = exc.args[0] if exc.args else "history body does not have the documented shape"
-            raise errors.MalformedBlockError(
-                f"history block body is unreadable: {problem}",
-                body=response.content,
-                problem=str(problem),
-                next_token=new_next,
-                request_next=next,
-                status=status,
-                operation=operation,
-            ) from exc
-        if result.has_more_data != (status == 202):
-            _log.warning(
-                "thingspace_history_status_disagrees",
-                status=status,
-                has_more_data=result.has_more_data,
-                account=account_name,
+            page, _ = self._client.call_and_read(
+                operation, "GET", path, read, retryable=True, deadline=deadline, cursor_sent=next is not None
             )
-        return models.HistoryPage(
-            account_name=account_name,
-            messages=result.messages,
-            has_more_data=result.has_more_data,
-            status=status,
-            next=new_next,
-            request_next=next,
-        )
+        except errors.UnreadableAnswerError as exc:
+            if exc.attempts < self._client.max_attempts:
+                # The deadline or a Retry-After cap ended the attempts early: a
+                # later run asks again rather than give up on the block.
+                raise
+            _log.warning(
+                "thingspace_history_unreadable_after_attempts",
+                account=account_name,
+                attempts=exc.attempts,
+                problem=exc.block.problem,
+            )
+            if exc.paging_error is not None:
+                raise exc.paging_error from exc
+            raise exc.block from exc
+        return page
 
     def iter_history_blocks(
         self, account_name: str, next: str | None = None, *, deadline: float | None = None
@@ -453,6 +472,72 @@ class SmsController:
             token = page.next
 
 
+def _read_history(
+    response: requests.Response, account_name: str, request_next: str | None, base_url: str
+) -> models.HistoryPage:
+    """One 2xx history answer as a page; an unreadable body is a transient ``UnreadableAnswerError``."""
+    operation = "list_devices_sms_messages"
+    status = response.status_code
+    if status not in (200, 202):
+        raise errors.ResponseFormatError(
+            "history answered with an unexpected success status", status=status, operation=operation
+        )
+    new_next: str | None = None
+    paging_error: errors.ResponseFormatError | None = None
+    if status == 202:
+        location = response.headers.get("Location")
+        try:
+            if location is None:
+                raise errors.UnsafeLocationError("history answered 202 without a Location header")
+            new_next = next_token_from_location(location, base_url)
+        except errors.UnsafeLocationError as exc:
+            paging_error = errors.UnsafeLocationError(str(exc), status=status, operation=operation)
+    try:
+        result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
+    except errors.ResponseFormatError as exc:
+        problem = str(exc.args[0]) if exc.args else "history body does not have the documented shape"
+        block = errors.MalformedBlockError(
+            f"history block body is unreadable: {problem}",
+            body=response.content,
+            problem=problem,
+            next_token=new_next,
+            request_next=request_next,
+            status=status,
+            operation=operation,
+        )
+        # An answer cut short or replaced on the way is usually fine on the next
+        # try; its Location is not trusted (or followed) until its body is.
+        raise errors.UnreadableAnswerError(
+            f"history answer is unreadable: {problem}",
+            block=block,
+            paging_error=paging_error,
+            status=status,
+            operation=operation,
+        ) from exc
+    if paging_error is not None:
+        raise paging_error
+    if result.has_more_data != (status == 202):
+        _log.warning(
+            "thingspace_history_status_disagrees",
+            status=status,
+            has_more_data=result.has_more_data,
+            account=account_name,
+        )
+    return models.HistoryPage(
+        account_name=account_name,
+        messages=result.messages,
+        has_more_data=result.has_more_data,
+        status=status,
+        next=new_next,
+        request_next=request_next,
+        body=response.content,
+    )
+
+
+def _identity(response: requests.Response) -> requests.Response:
+    return response
+
+
 # --- helpers other modules and tests use -------------------------------------
 
 
@@ -462,7 +547,9 @@ def error_from_response(
     """Map a non-2xx response to the error hierarchy (matching codes, never messages)."""
     status = response.status_code
     code, message = _error_fields(response)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    # An HTTP-date is measured against the server's own Date, not our clock: a skewed
+    # local clock would otherwise turn "in 30 s" into no wait or into hours.
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), now=_server_date(response))
     fields: dict[str, Any] = {
         "status": status,
         "error_code": code,
@@ -494,7 +581,7 @@ def strip_service_prefix(code: str) -> str:
     """``UnifiedWebService.REQUEST_FAILED.X`` -> ``REQUEST_FAILED.X``; unprefixed codes unchanged."""
     head, dot, rest = code.partition(".")
     category = rest.partition(".")[0]
-    if dot and not _UPPER_CATEGORY_RE.match(head) and _UPPER_CATEGORY_RE.match(category):
+    if dot and not _UPPER_CATEGORY_RE.fullmatch(head) and _UPPER_CATEGORY_RE.fullmatch(category):
         return rest
     return code
 
@@ -522,6 +609,17 @@ def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None
         when = when.replace(tzinfo=datetime.UTC)
     current = now if now is not None else datetime.datetime.now(datetime.UTC)
     return max((when - current).total_seconds(), 0.0)
+
+
+def _server_date(response: requests.Response) -> datetime.datetime | None:
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def valid_token(token: str) -> bool:
@@ -602,7 +700,7 @@ def _quote(account_name: str) -> str:
 
 
 def _check_account(account_name: str) -> None:
-    if not isinstance(account_name, str) or not models.ACCOUNT_NAME_RE.match(account_name):
+    if not isinstance(account_name, str) or not models.ACCOUNT_NAME_RE.fullmatch(account_name):
         raise errors.ValidationError(
             f"account name {_preview(str(account_name))} must be 3-32 letters, digits or '-'"
         )

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import math
 import os
+import time
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
 # The vendor locks the user out at five failed logins in a row.
 VENDOR_LOCKOUT_AT: Final = 5
+DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
 _FINGERPRINT_SALT: Final = b"thingspace-sms-sync/login-guard/v1"
 # Slow on purpose: the fingerprint is stored in the database, and a cheap hash of
 # a password is a cheap dictionary attack away from the password.
@@ -119,6 +121,13 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(the interval)",
         "Time budget of one account run; a retry wait beyond it ends the run cleanly.",
         ("run_budget_seconds",),
+    ),
+    Variable(
+        "SYNC_MAX_BLOCKS_PER_RUN",
+        "10000",
+        "Blocks one account run may page through before it ends with an error (a paging loop guard; "
+        "the next run resumes at the stored cursor).",
+        ("max_blocks_per_run",),
     ),
     Variable(
         "SYNC_SHUTDOWN_TIMEOUT_SECONDS",
@@ -208,6 +217,7 @@ class Settings:
     jitter_seconds: float = 30.0
     concurrency: int = 4
     run_budget_seconds: float = 300.0
+    max_blocks_per_run: int = 10_000
     shutdown_timeout_seconds: float = 30.0
     login_guard_threshold: int = 3
     metrics_port: int | None = None
@@ -231,7 +241,11 @@ class Settings:
         return redact_conninfo(self.database_url)
 
     def client_config(
-        self, *, login_guard: auth.LoginGuard | None = None, observer: Any = None
+        self,
+        *,
+        login_guard: auth.LoginGuard | None = None,
+        observer: Any = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> client.ClientConfig:
         # Imported here: config is loaded by every command, the HTTP stack only by some.
         from sync_worker import client, retry  # noqa: PLC0415
@@ -247,6 +261,7 @@ class Settings:
                 max_attempts=self.retry_max_attempts,
                 max_backoff=self.retry_max_wait_seconds,
                 max_retry_after=self.retry_max_retry_after_seconds,
+                sleep=sleep if sleep is not None else time.sleep,
             ),
             login_guard=login_guard,
             credentials=self.credentials,
@@ -317,6 +332,7 @@ def load(
     jitter = _float(env, "SYNC_JITTER_SECONDS", 30.0, minimum=0.0)
     concurrency = _int(env, "SYNC_CONCURRENCY", 4, 1, 64)
     budget = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
+    max_blocks = _int(env, "SYNC_MAX_BLOCKS_PER_RUN", DEFAULT_MAX_BLOCKS_PER_RUN, 1, 10_000_000)
     shutdown = _float(env, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.0)
     guard = _int(env, "SYNC_LOGIN_GUARD_THRESHOLD", 3, 1, VENDOR_LOCKOUT_AT - 1)
     metrics_port = _optional_int(env, "SYNC_METRICS_PORT", 0, 65535)
@@ -365,6 +381,7 @@ def load(
         jitter_seconds=jitter,
         concurrency=concurrency,
         run_budget_seconds=budget,
+        max_blocks_per_run=max_blocks,
         shutdown_timeout_seconds=shutdown,
         login_guard_threshold=guard,
         metrics_port=metrics_port,
@@ -631,6 +648,39 @@ def redact_conninfo(conninfo: str) -> str:
 
 ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
 
+# A replica cut off from Postgres must lose its account locks within about a minute, so both
+# ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
+# which is what actually drops the session and its advisory locks. Values already in the URL win.
+_CLIENT_LIVENESS: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "4",
+    "tcp_user_timeout": "45000",
+}
+_SERVER_LIVENESS: Final = " ".join(
+    f"-c {name}={value}"
+    for name, value in (
+        ("tcp_keepalives_idle", 15),
+        ("tcp_keepalives_interval", 5),
+        ("tcp_keepalives_count", 4),
+        ("tcp_user_timeout", 45000),
+    )
+)
+
+
+def with_liveness(dsn: str) -> str:
+    """``dsn`` plus TCP keepalive and user-timeout settings on both ends (unless it sets its own)."""
+    from psycopg import conninfo  # noqa: PLC0415
+
+    params = conninfo.conninfo_to_dict(dsn)
+    for key, value in _CLIENT_LIVENESS.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    if "tcp_keepalives_idle" not in options:
+        params["options"] = f"{options} {_SERVER_LIVENESS}".strip()
+    return conninfo.make_conninfo("", **params)
+
 
 def connection_factory(
     dsn: str,
@@ -645,7 +695,7 @@ def connection_factory(
 
     def connect() -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(dsn, autocommit=True, application_name=application_name)
+            return psycopg.connect(with_liveness(dsn), autocommit=True, application_name=application_name)
         except psycopg.Error as exc:
             # psycopg's message may name host and user, never the password;
             # still, the class name is all an operator needs here.
@@ -661,7 +711,9 @@ def connect(
     import psycopg  # noqa: PLC0415
 
     try:
-        return psycopg.connect(settings.database_url, autocommit=autocommit, connect_timeout=connect_timeout)
+        return psycopg.connect(
+            with_liveness(settings.database_url), autocommit=autocommit, connect_timeout=connect_timeout
+        )
     except psycopg.Error as exc:
         raise errors.DatabaseUnavailableError(
             f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}: "

@@ -147,6 +147,33 @@ class MalformedBlockError(ResponseFormatError):
         return self.body_size > len(self.body)
 
 
+class UnreadableAnswerError(ApiTransientError):
+    """A 200/202 history answer that could not be read, while attempts remain.
+
+    Transient first: the same request is sent again (its ``next`` only
+    acknowledges a block that is already committed), and the ``next`` token of
+    the unreadable answer is never followed. ``block`` is the answer in the form
+    the sync quarantines once attempts run out. ``paging_error`` is set when the
+    answer's paging was unusable too (a bad or missing ``Location``); it is what
+    is raised once attempts run out, since nothing could be acknowledged safely.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        block: MalformedBlockError,
+        paging_error: ResponseFormatError | None = None,
+        status: int | None = None,
+        operation: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, operation=operation)
+        self.block = block
+        self.paging_error = paging_error
+        # Attempts the request got, set by the client when it gives up.
+        self.attempts = 1
+
+
 class UnsafeLocationError(ResponseFormatError):
     """A ``Location`` header pointed elsewhere or carried a malformed token."""
 

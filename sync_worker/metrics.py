@@ -173,6 +173,13 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.last_run_quarantined = prometheus_client.Gauge(
+            PREFIX + "last_run_quarantined_blocks",
+            "Blocks the account's last finished run quarantined (0: none). Above 0 the pass was not "
+            "a plain success: `sync-worker quarantine list`, then `quarantine replay`.",
+            ["account"],
+            registry=r,
+        )
         self.login_guard_tripped = prometheus_client.Gauge(
             PREFIX + "login_guard_tripped",
             "1 while the login guard refuses session logins (operator action needed), else 0.",
@@ -208,6 +215,7 @@ class Metrics:
             counter.labels(name)
         self.messages_malformed.labels(name)
         self.blocks.labels(name)
+        self.last_run_quarantined.labels(name)
 
     def block_committed(
         self, account: str, received: int, inserted: int, replays: int, malformed: int
@@ -228,6 +236,9 @@ class Metrics:
             if succeeded and finished_at > self._last_success.get(name, float("-inf")):
                 self._last_success[name] = finished_at
                 self.last_success.labels(name).set(finished_at)
+
+    def run_quarantined(self, account: str, blocks: int) -> None:
+        self.last_run_quarantined.labels(_label(account)).set(blocks)
 
     def error(self, account: str | None, kind: str) -> None:
         self.errors.labels(_label(account), _label(kind)).inc()

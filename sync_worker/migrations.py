@@ -61,7 +61,7 @@ def available(directory: Path | None = None) -> list[Migration]:
     directory = directory or queries.sql_root() / "migrations"
     found: dict[str, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
-        match = _FILE_RE.match(path.name)
+        match = _FILE_RE.fullmatch(path.name)
         if match is None:
             raise errors.MigrationError(f"{path}: migration files are named NNNN_lower_snake.sql")
         version, name = match.groups()

@@ -38,7 +38,7 @@ class DeviceId:
         return {"id": self.id, "kind": self.kind}
 
     def validate(self) -> None:
-        if not isinstance(self.id, str) or not _DEVICE_ID_RE.match(self.id):
+        if not isinstance(self.id, str) or not _DEVICE_ID_RE.fullmatch(self.id):
             raise errors.ValidationError(
                 f"device id {self.id!r} is not 1-32 letters or digits (leading zeros are kept)"
             )
@@ -71,7 +71,7 @@ class SMSSendRequest:
         """Raise ``errors.ValidationError`` when the request must not be sent."""
         if not self.account_name or not isinstance(self.account_name, str):
             raise errors.ValidationError("accountName is required")
-        if not ACCOUNT_NAME_RE.match(self.account_name):
+        if not ACCOUNT_NAME_RE.fullmatch(self.account_name):
             raise errors.ValidationError(
                 f"accountName {self.account_name!r} must be 3-32 letters, digits or '-'"
             )
@@ -250,6 +250,9 @@ class HistoryPage:
     status: int
     next: str | None
     request_next: str | None = None
+    # The answer's bytes as received, kept by reference (no copy) so a block that
+    # cannot be stored can still be quarantined exactly.
+    body: bytes = dataclasses.field(default=b"", repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:

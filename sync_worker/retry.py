@@ -128,6 +128,8 @@ class RetryPolicy:
 
 def describe(error: BaseException | None) -> str:
     """A short, secret-free label for metrics: ``http_503``, ``no_response``..."""
+    if isinstance(error, errors.UnreadableAnswerError):
+        return "unreadable_body"
     if isinstance(error, errors.ApiError):
         return f"http_{error.status}" if error.status is not None else "no_response"
     return type(error).__name__ if error is not None else "unknown"

@@ -5,6 +5,14 @@ message says (see docs/schema.md, "Message identity"). Row building never
 raises on bad data: whatever arrived becomes a row that keeps the exact
 original in ``raw_json`` and says what was wrong in ``problems``.
 
+Nothing here recurses on message content: a value the decoder accepted may be
+nested almost a thousand levels deep, and the C encoder and any recursive walk
+would hit the interpreter's recursion limit on it. Values nested deeper than
+``MAX_NESTING`` are serialised by an iterative encoder (same text as
+``json.dumps``), kept in ``raw_json`` only (the jsonb copies are left NULL) and
+flagged in ``problems``; shallower ones take the usual C-implemented path, so
+message keys of ordinary messages never change.
+
 This is the hot path of the write side (the bar is ~1M rows/min per core), so
 it favours a few C-implemented calls per row over generality.
 """
@@ -36,6 +44,9 @@ PROBLEM_SEPARATOR: Final = "\x1f"
 # building a JSONEncoder per call (that setup cost more than encoding a whole message).
 _encode_str: Final = json.encoder.encode_basestring_ascii
 _WIRE_KEYS: Final = ("deviceIds", "message", "timestamp")
+# Deeper values are encoded iteratively and not offered to jsonb; far below the recursion limit
+# so the C encoder is safe however deep the calling stack is.
+MAX_NESTING: Final = 100
 _DEVICE_KEYS: Final = ("id", "kind")
 
 
@@ -79,7 +90,65 @@ def clean_text(value: str) -> tuple[str, bool]:
 
 def dump_raw(raw: Any) -> str:
     """The exact original as ASCII JSON text: round-trips NULs, lone surrogates and NaN."""
-    return json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
+    return _dumps(raw)
+
+
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """Levels of arrays/objects in ``value`` (a scalar is 0), counted up to ``limit + 1``; iterative."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    """``json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=...)``, any depth."""
+    if nesting_depth(value) <= MAX_NESTING:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=sort_keys)
+    return _dumps_iterative(value, sort_keys=sort_keys)
+
+
+def _dumps_iterative(value: Any, *, sort_keys: bool) -> str:
+    # The stack holds values to encode and literal text (wrapped in a 1-tuple) to emit.
+    parts: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is tuple and len(item) == 1:
+            parts.append(item[0])
+        elif isinstance(item, dict):
+            pairs = sorted(item.items()) if sort_keys else list(item.items())
+            stack.append(("}",))
+            for i in range(len(pairs) - 1, -1, -1):
+                key, child = pairs[i]
+                stack.append(child)
+                prefix = "{" if i == 0 else ","
+                stack.append((f"{prefix}{_encode_str(str(key))}:",))
+            if not pairs:
+                stack[-1] = ("{}",)
+        elif isinstance(item, (list, tuple)):
+            stack.append(("]",))
+            for i in range(len(item) - 1, -1, -1):
+                stack.append(item[i])
+                stack.append(("[" if i == 0 else ",",))
+            if not item:
+                stack[-1] = ("[]",)
+        else:
+            parts.append(json.dumps(item, ensure_ascii=True))
+    return "".join(parts)
 
 
 def jsonb_representable(raw_json: str) -> bool:
@@ -142,7 +211,7 @@ def _key_basis(
     """Canonical JSON without its closing bracket, and the parsed timestamp, if any."""
     parsed_at: tuple[dt.datetime | None, str | None] | None = None
     if message.problems:
-        canonical = json.dumps(message.raw, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+        canonical = _dumps(message.raw, sort_keys=True)
         basis = json.dumps([_RAW_TAG, account, canonical], ensure_ascii=True, separators=(",", ":"))
         return basis[:-1], parsed_at
     timestamp_json = "null"
@@ -169,7 +238,7 @@ def _devices_json(devices: Sequence[tuple[Any, Any]]) -> str:
 def _json_value(value: Any) -> str:
     if isinstance(value, str):
         return _encode_str(value)
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return _dumps(value)
 
 
 def _hash(basis: str, occurrence: int) -> str:
@@ -275,17 +344,26 @@ def _row(
 ) -> Row:
     problems = list(message.problems)
     raw = message.raw
-    try:
-        raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-        finite = True
-    except ValueError:
-        raw_json = dump_raw(raw)
-        finite = False
-    raw_is_jsonb = finite and (
-        _SUSPECT_ESCAPE_RE.search(raw_json) is None or _value_representable(json.loads(raw_json))
-    )
+    depth = nesting_depth(raw)
+    if depth > MAX_NESTING:
+        raw_json = _dumps_iterative(raw, sort_keys=False)
+        raw_is_jsonb = False
+        problems.append(
+            f"message is nested more than {MAX_NESTING} levels deep; kept verbatim as text in "
+            "raw_json, jsonb copies left NULL"
+        )
+    else:
+        try:
+            raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+            finite = True
+        except ValueError:
+            raw_json = dump_raw(raw)
+            finite = False
+        raw_is_jsonb = finite and (
+            _SUSPECT_ESCAPE_RE.search(raw_json) is None or _value_representable(json.loads(raw_json))
+        )
 
-    if not raw_is_jsonb:
+    if not raw_is_jsonb and depth <= MAX_NESTING:
         problems.append(
             "raw message holds NUL, a lone surrogate or a non-finite number; "
             "jsonb copy left NULL, raw_json keeps it"
@@ -320,7 +398,7 @@ def _row(
         devices.append((kind, ident))
 
     device_ids_json: str | None = None
-    if isinstance(raw, dict) and isinstance(raw.get("deviceIds"), list):
+    if isinstance(raw, dict) and isinstance(raw.get("deviceIds"), list) and depth <= MAX_NESTING:
         device_ids_json = _device_ids_json(raw["deviceIds"])
 
     first = devices[0] if devices else (None, None)
@@ -357,24 +435,46 @@ def _device_ids_json(items: Sequence[Any]) -> str | None:
 
 
 def _clean_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return clean_text(value)[0]
-    if isinstance(value, list):
-        return [_clean_value(v) for v in value]
-    if isinstance(value, dict):
-        return {clean_text(str(k))[0]: _clean_value(v) for k, v in value.items()}
-    return value
+    """``value`` with every string (keys too) passed through ``clean_text``, without recursion."""
+    if not isinstance(value, (list, dict)):
+        return clean_text(value)[0] if isinstance(value, str) else value
+    root: list[Any] = [None]
+    # (source container, target container, key in target); containers are filled as they are popped.
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        source, target, slot = stack.pop()
+        if isinstance(source, list):
+            copy: Any = [None] * len(source)
+            items: Iterable[tuple[Any, Any]] = enumerate(source)
+        else:
+            copy = {}
+            items = ((clean_text(str(k))[0], v) for k, v in source.items())
+        target[slot] = copy
+        for key, child in items:
+            if isinstance(child, (list, dict)):
+                if isinstance(copy, dict):
+                    copy[key] = None  # keeps the key order of the source
+                stack.append((child, copy, key))
+            else:
+                copy[key] = clean_text(child)[0] if isinstance(child, str) else child
+    return root[0]
 
 
 def _value_representable(value: Any) -> bool:
-    if isinstance(value, str):
-        return not clean_text(value)[1]
-    if isinstance(value, list):
-        return all(_value_representable(v) for v in value)
-    if isinstance(value, dict):
-        return all(_value_representable(str(k)) and _value_representable(v) for k, v in value.items())
-    if isinstance(value, float):
-        return math.isfinite(value)
+    """Whether jsonb can hold ``value`` (no NUL, lone surrogate or non-finite number), without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if clean_text(item)[1]:
+                return False
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
     return True
 
 

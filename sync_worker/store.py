@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -132,6 +132,145 @@ def quarantine_block(
     return QuarantineResult(quarantine_id=int(row[0]), inserted=bool(row[1]))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuarantinedBlock:
+    """One ``sms_quarantine`` row as ``quarantine list``/``show`` print it (``body`` only for ``show``)."""
+
+    id: int
+    account_name: str
+    http_status: int
+    problem: str
+    body_size: int
+    body_sha256: str
+    first_stored_at: dt.datetime
+    seen_count: int
+    resolved_at: dt.datetime | None
+    replayed_at: dt.datetime | None
+    replay_messages: int | None
+    replay_inserted: int | None
+    replay_problem: str | None
+    body: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayResult:
+    quarantine_id: int
+    account_name: str
+    messages: int  # readable messages found in the kept bytes
+    inserted: int  # of those, rows new to sms_history (the rest were stored already)
+    resolved: bool
+    problem: str | None  # why the block (or part of it) is still unreadable
+
+
+def record_block_failure(
+    conn: Connection,
+    account: str,
+    *,
+    request_token: str | None,
+    body_sha256: str,
+    error_kind: str,
+    error: str,
+) -> int:
+    """Count one more run failing to store the same block with the same error kind; return the streak."""
+    with _transaction(conn) as cur:
+        row = cur.execute(
+            queries.get("record_block_failure"),
+            {
+                "account_name": account,
+                "request_token": request_token,
+                "body_sha256": body_sha256,
+                "error_kind": error_kind,
+                "error": _error_text(error),
+            },
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def clear_failure_streak(conn: Connection, account: str) -> None:
+    with _transaction(conn) as cur:
+        cur.execute(queries.get("clear_block_failure"), {"account_name": account})
+
+
+def list_quarantine(
+    conn: Connection, account: str | None = None, *, include_resolved: bool = False
+) -> list[QuarantinedBlock]:
+    with _transaction(conn) as cur:
+        fetched = cur.execute(
+            queries.get("quarantine_list"),
+            {"account_name": account, "include_resolved": include_resolved},
+        ).fetchall()
+    return [_quarantined_block(r) for r in fetched]
+
+
+def show_quarantine(conn: Connection, quarantine_id: int) -> tuple[QuarantinedBlock, dict[str, Any]] | None:
+    """One block with its body, plus the details only ``show`` prints."""
+    with _transaction(conn) as cur:
+        r = cur.execute(queries.get("quarantine_show"), {"id": quarantine_id}).fetchone()
+    if r is None:
+        return None
+    block = dataclasses.replace(_quarantined_block(r), body=bytes(r[18]))
+    extra = {
+        "run_id": r[13],
+        "has_request_token": r[14],
+        "has_next_token": r[15],
+        "received_at": r[16],
+        "last_seen_at": r[17],
+    }
+    return block, extra
+
+
+def unresolved_quarantine_ids(conn: Connection) -> list[int]:
+    with _transaction(conn) as cur:
+        return [int(r[0]) for r in cur.execute(queries.get("quarantine_unresolved_ids")).fetchall()]
+
+
+def unresolved_quarantine_count(conn: Connection, account: str) -> int:
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("quarantine_unresolved_count"), {"account_name": account}).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def replay_quarantined(
+    conn: Connection,
+    quarantine_id: int,
+    read: Callable[[str, bytes, int], tuple[list[models.SMSMessage], str | None]],
+) -> ReplayResult | None:
+    """Re-read one kept block with ``read`` and store what it yields, in one transaction.
+
+    ``read(account, body, body_size)`` returns the readable messages and a
+    problem (None when the whole block was read). Rows use the same message key
+    as a sync would, so a message already stored is absorbed. The block is
+    resolved only when it was read whole. None: no such block.
+    """
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("quarantine_for_replay"), {"id": quarantine_id}).fetchone()
+        if row is None:
+            return None
+        account, body, body_size = row[1], bytes(row[2]), int(row[3])
+        messages, problem = read(account, body, body_size)
+        built = rows.build_rows(account, messages)
+        inserted = 0
+        if built:
+            params = _block_params(built)
+            params["account_name"] = account
+            counted = cur.execute(queries.get("replay_rows"), params).fetchone()
+            assert counted is not None
+            inserted = int(counted[0])
+        resolved = problem is None
+        cur.execute(
+            queries.get("quarantine_mark_replayed"),
+            {
+                "id": quarantine_id,
+                "messages": len(built),
+                "inserted": inserted,
+                "problem": _error_text(problem),
+                "resolved": resolved,
+            },
+        )
+    return ReplayResult(quarantine_id, account, len(built), inserted, resolved, problem)
+
+
 def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
     """Close a run; a successful outcome sets ``last_success_at``, an error ``last_error``.
 
@@ -200,6 +339,24 @@ def account_status(conn: Connection) -> list[AccountStatus]:
         )
         for r in fetched
     ]
+
+
+def _quarantined_block(r: tuple[Any, ...]) -> QuarantinedBlock:
+    return QuarantinedBlock(
+        id=int(r[0]),
+        account_name=r[1],
+        http_status=int(r[2]),
+        problem=r[3],
+        body_size=int(r[4]),
+        body_sha256=r[5],
+        first_stored_at=r[6],
+        seen_count=int(r[7]),
+        resolved_at=r[8],
+        replayed_at=r[9],
+        replay_messages=r[10],
+        replay_inserted=r[11],
+        replay_problem=r[12],
+    )
 
 
 def _block_params(built: list[rows.Row]) -> dict[str, Any]:

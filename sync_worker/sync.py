@@ -14,14 +14,20 @@ acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 Outcomes of an account run (``AccountResult.outcome``):
 
 ``succeeded``
-    drained to the final block. A block whose body could not be read
-    (``errors.MalformedBlockError``: not JSON, wrong envelope, nesting beyond
-    the decoder) but whose paging was valid is *quarantined*: its exact bytes go
-    to ``sms_quarantine``, the cursor moves past it, an error-level
-    ``block_quarantined`` event is logged, and paging continues. Such a run
-    still succeeds (the queue drained, nothing was dropped silently) but
-    ``AccountResult.quarantined`` / ``sync_run.quarantined`` count the blocks
-    and ``error`` carries a short note, which ``status`` shows as the last error.
+    drained to the final block, every block stored.
+``quarantined``
+    drained, but at least one block was *quarantined*: its exact bytes went to
+    ``sms_quarantine``, the cursor moved past it, an error-level
+    ``block_quarantined`` event was logged, and paging continued. That happens
+    to an answer that stayed unreadable through every retry attempt
+    (``errors.MalformedBlockError``: the client re-sends the same request first
+    and never follows the token of an unreadable answer), and to a readable
+    block that failed to be stored with the same permanent error in
+    ``FAILURE_STREAK_LIMIT`` consecutive runs (a bug of ours must not stop the
+    account forever). Not a success: ``once`` exits 5, ``error`` carries a note
+    that ``status`` shows, and ``sync-worker quarantine replay`` stores the
+    block's messages once the code can read them. A final answer that stayed
+    unreadable also means the run cannot tell whether more messages wait.
 ``failed``
     the run ended early with ``error`` set; the cursor stays at the last
     committed block and the next run resumes there. This includes a
@@ -38,7 +44,8 @@ Outcomes of an account run (``AccountResult.outcome``):
 
 ``PassResult.exit_code``: 0 every account succeeded or was skipped because
 another replica has it; 4 the login guard tripped or the credentials were
-refused; 1 otherwise when any account failed or was interrupted.
+refused; 1 any account failed or was interrupted; 5 otherwise when any
+account quarantined a block.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,12 +65,16 @@ import structlog
 
 from sync_worker import client, config, errors, guard, logs, migrations, models, store
 
-Outcome = Literal["succeeded", "failed", "skipped_locked", "interrupted", "guard_tripped"]
+Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = config.ConnectionFactory
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_AUTH: Final = 4
+EXIT_QUARANTINED: Final = 5
+# Consecutive runs failing on the same block with the same permanent error before
+# that block is quarantined and the queue moves on.
+FAILURE_STREAK_LIMIT: Final = 3
 # Restarts at the head of the queue after a rejected ``next`` token, per run.
 _MAX_CURSOR_RESTARTS: Final = 3
 
@@ -83,6 +95,8 @@ class MetricsSink(Protocol):
     def error(self, account: str | None, kind: str) -> None: ...
 
     def login_guard(self, tripped: bool) -> None: ...
+
+    def run_quarantined(self, account: str, blocks: int) -> None: ...
 
     def scheduler_event(self, kind: str, account: str | None) -> None: ...
 
@@ -120,7 +134,8 @@ class AccountResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("succeeded", "skipped_locked")
+        """The queue was drained (or another replica has it); a quarantine still counts as drained."""
+        return self.outcome in ("succeeded", "skipped_locked", "quarantined")
 
     @property
     def auth_refused(self) -> bool:
@@ -143,9 +158,11 @@ class PassResult:
     def exit_code(self) -> int:
         if any(r.auth_refused for r in self.accounts):
             return EXIT_AUTH
-        if all(r.ok for r in self.accounts):
-            return EXIT_OK
-        return EXIT_FAILED
+        if not all(r.ok for r in self.accounts):
+            return EXIT_FAILED
+        if any(r.outcome == "quarantined" for r in self.accounts):
+            return EXIT_QUARANTINED
+        return EXIT_OK
 
     def summary(self) -> dict[str, Any]:
         """Totals for one JSON log line or the CLI's final output."""
@@ -170,6 +187,11 @@ class _Stopped(Exception):
     """Internal: the stop event was seen between blocks."""
 
 
+class PagingLoopError(errors.ResponseFormatError):
+    """Paging does not converge: a block named the token that fetched it, or a run
+    went past ``max_blocks`` blocks. Ends the run instead of looping forever."""
+
+
 def sync_account(
     api: HistoryApi,
     account: str,
@@ -179,6 +201,7 @@ def sync_account(
     stop_event: threading.Event | None = None,
     metrics: MetricsSink | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
 ) -> AccountResult:
     """Drain ``account``'s history queue into the database, block by block.
 
@@ -191,7 +214,14 @@ def sync_account(
     Never raises for an account-level problem: the result carries the outcome.
     """
     run = _AccountRun(
-        api, account, connect, deadline=deadline, stop_event=stop_event, metrics=metrics, clock=clock
+        api,
+        account,
+        connect,
+        deadline=deadline,
+        stop_event=stop_event,
+        metrics=metrics,
+        clock=clock,
+        max_blocks=max_blocks,
     )
     with logs.bound_account(account):
         return run.run()
@@ -208,8 +238,12 @@ class _AccountRun:
         stop_event: threading.Event | None,
         metrics: MetricsSink | None,
         clock: Callable[[], float],
+        max_blocks: int,
     ) -> None:
         self.api = api
+        self.max_blocks = max_blocks
+        # The final answer stayed unreadable: whether more messages wait is unknown.
+        self.end_unknown = False
         self.account = account
         self.connect = connect
         self.deadline = deadline
@@ -280,10 +314,19 @@ class _AccountRun:
 
         error_text = None if failure is None else _describe(failure)
         if outcome == "succeeded" and self.quarantined:
+            outcome = "quarantined"
             error_text = (
-                f"quarantined {self.quarantined} unreadable block(s); see sms_quarantine "
-                "(the queue moved past them)"
+                f"quarantined {self.quarantined} block(s) that could not be read or stored; "
+                "see `sync-worker quarantine list` (the queue moved past them)"
             )
+            if self.end_unknown:
+                error_text += (
+                    "; the final answer was unreadable, so whether more messages wait is "
+                    "unknown until the next run"
+                )
+        if outcome == "succeeded":
+            with contextlib.suppress(errors.SyncWorkerError, psycopg.Error):
+                store.clear_failure_streak(conn, self.account)
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
         self.record_finish(
@@ -317,17 +360,20 @@ class _AccountRun:
                 # top of this loop, after the previous block was committed.
                 for page in blocks:
                     first = False
+                    self.check_paging(page)
                     self.commit(conn, run_id, page)
                     if page.is_final:
                         return
                     self.check_stop()
                 return
             except errors.MalformedBlockError as exc:
-                # Failing here would leave the block unacknowledged, and a platform
-                # that keeps serving it would stop the queue forever. Its bytes are
-                # kept, so acknowledging it loses nothing.
+                # Every attempt came back unreadable (the client retried the same
+                # request first). Failing here would leave the block unacknowledged,
+                # and a platform that keeps serving it would stop the queue forever.
+                # Its bytes are kept and can be replayed, so moving on loses nothing.
                 self.quarantine(conn, run_id, exc)
                 if exc.next_token is None:
+                    self.end_unknown = True
                     return
                 cursor = exc.next_token
             except errors.InvalidCursorError:
@@ -352,8 +398,32 @@ class _AccountRun:
                 if close is not None:
                     close()
 
+    def check_paging(self, page: models.HistoryPage) -> None:
+        if page.next is not None and page.next == page.request_next:
+            raise PagingLoopError(
+                "history answered with the very next token it was asked with; paging would loop "
+                "forever (nothing of this block was stored)",
+                status=page.status,
+                operation="list_devices_sms_messages",
+            )
+        if self.blocks >= self.max_blocks:
+            raise PagingLoopError(
+                f"more than {self.max_blocks} blocks in one run (SYNC_MAX_BLOCKS_PER_RUN); ending "
+                "the run, the next one resumes at the stored cursor",
+                status=page.status,
+                operation="list_devices_sms_messages",
+            )
+
     def commit(self, conn: psycopg.Connection[Any], run_id: int, page: models.HistoryPage) -> None:
-        result = store.commit_block(conn, run_id, page)
+        try:
+            result = store.commit_block(conn, run_id, page)
+        except (errors.TransientError, _Stopped):
+            raise
+        except Exception as exc:
+            if not self.failed_again(conn, page, exc):
+                raise
+            self.quarantine(conn, run_id, _unstorable(page, exc))
+            return
         malformed = len(result.malformed)
         self.blocks += 1
         self.received += result.received
@@ -373,6 +443,31 @@ class _AccountRun:
             self.metrics.block_committed(
                 self.account, result.received, result.inserted, result.replays, malformed
             )
+
+    def failed_again(self, conn: psycopg.Connection[Any], page: models.HistoryPage, exc: Exception) -> bool:
+        """Count a permanent failure to store ``page``; True once the streak reaches the limit."""
+        digest = hashlib.sha256(page.body).hexdigest()
+        try:
+            streak = store.record_block_failure(
+                conn,
+                self.account,
+                request_token=page.request_next,
+                body_sha256=digest,
+                error_kind=type(exc).__name__,
+                error=_describe(exc),
+            )
+        except (errors.SyncWorkerError, psycopg.Error):
+            _log.warning("failure_streak_not_recorded", account=self.account)
+            return False
+        _log.error(
+            "block_store_failed",
+            account=self.account,
+            streak=streak,
+            limit=FAILURE_STREAK_LIMIT,
+            sha256=digest,
+            error=_describe(exc),
+        )
+        return streak >= FAILURE_STREAK_LIMIT and bool(page.body)
 
     def quarantine(self, conn: psycopg.Connection[Any], run_id: int, exc: errors.MalformedBlockError) -> None:
         result = store.quarantine_block(conn, run_id, self.account, exc)
@@ -427,7 +522,24 @@ class _AccountRun:
                 self.metrics.login_guard(True)
             if outcome != "skipped_locked":
                 self.metrics.run_finished(self.account, outcome, time.time(), outcome == "succeeded")
+            if outcome in ("succeeded", "quarantined"):
+                self.metrics.run_quarantined(self.account, self.quarantined)
         return result
+
+
+def _unstorable(page: models.HistoryPage, exc: BaseException) -> errors.MalformedBlockError:
+    return errors.MalformedBlockError(
+        f"history block could not be stored in {FAILURE_STREAK_LIMIT} consecutive runs",
+        body=page.body,
+        problem=(
+            f"storing failed in {FAILURE_STREAK_LIMIT} consecutive runs with the same error "
+            f"({_describe(exc)[:300]}); replay once fixed"
+        ),
+        next_token=page.next,
+        request_next=page.request_next,
+        status=page.status,
+        operation="list_devices_sms_messages",
+    )
 
 
 def _wrap_db(exc: BaseException) -> BaseException:
@@ -476,6 +588,8 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
         fields["error"] = result.error
     if result.outcome in ("succeeded", "skipped_locked", "interrupted"):
         _log.info("account_run", **fields)
+    elif result.outcome == "quarantined":
+        _log.error("account_run", **fields)
     else:
         _log.warning("account_run", **fields)
 
@@ -516,6 +630,7 @@ def sync_once(
             stop_event=stop_event,
             metrics=metrics,
             clock=clock,
+            max_blocks=settings.max_blocks_per_run,
         )
     passed = PassResult(results)
     _log.info("sync_pass", **passed.summary())
@@ -530,7 +645,11 @@ def built_client(
     metrics: MetricsSink | None = None,
     stop_event: threading.Event | None = None,
 ) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
-    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard; closed on exit."""
+    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard; closed on exit.
+
+    With ``stop_event``, retry and ``Retry-After`` waits (and a wait for another process's login)
+    end as soon as it is set.
+    """
     login_guard = build_guard(
         settings,
         connect,
@@ -538,7 +657,10 @@ def built_client(
         on_state=metrics.login_guard if metrics is not None else None,
     )
     observer = metrics.api_observer() if metrics is not None else None
-    api = client.ThingSpaceClient(settings.client_config(login_guard=login_guard, observer=observer))
+    sleep = None if stop_event is None else stoppable_sleep(stop_event)
+    api = client.ThingSpaceClient(
+        settings.client_config(login_guard=login_guard, observer=observer, sleep=sleep)
+    )
     try:
         yield api, login_guard
     finally:
@@ -566,6 +688,20 @@ def build_guard(
     )
 
 
+def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
+    """A retry sleep that wakes when ``stop_event`` is set and then ends the run as interrupted.
+
+    SIGTERM must not wait out a 120 s ``Retry-After``; the run stops where it
+    is (nothing uncommitted is acknowledged) like any stop between blocks.
+    """
+
+    def sleep(seconds: float) -> None:
+        if stop_event.wait(seconds):
+            raise _Stopped
+
+    return sleep
+
+
 def run_accounts(
     api: HistoryApi,
     names: Sequence[str],
@@ -576,6 +712,7 @@ def run_accounts(
     stop_event: threading.Event | None = None,
     metrics: MetricsSink | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
 ) -> list[AccountResult]:
     """Sync ``names`` on a bounded pool; results in the order of ``names``."""
 
@@ -585,7 +722,14 @@ def run_accounts(
         deadline = clock() + budget_seconds
         try:
             return sync_account(
-                api, name, connect, deadline=deadline, stop_event=stop_event, metrics=metrics, clock=clock
+                api,
+                name,
+                connect,
+                deadline=deadline,
+                stop_event=stop_event,
+                metrics=metrics,
+                clock=clock,
+                max_blocks=max_blocks,
             )
         except Exception as exc:
             _log.exception("account_run_crashed", account=name)

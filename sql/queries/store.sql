@@ -157,7 +157,8 @@ SELECT a.account_name,
        r.outcome AS last_run_outcome,
        c.last_error,
        c.last_error_at,
-       (SELECT count(*) FROM sms_quarantine q WHERE q.account_name = a.account_name) AS quarantined
+       (SELECT count(*) FROM sms_quarantine q
+        WHERE q.account_name = a.account_name AND q.resolved_at IS NULL) AS quarantined
 FROM accounts a
 LEFT JOIN sync_cursor c ON c.account_name = a.account_name
 LEFT JOIN last_run r ON r.account_name = a.account_name

@@ -36,6 +36,9 @@ FinalAck = settings.FinalAck
 TokenMode = settings.TokenMode
 Faults = faults.Faults
 Raw = faults.Raw
+Mangle = faults.Mangle
+mangle = faults.mangle
+UNREADABLE_KINDS = faults.UNREADABLE_KINDS
 ScriptStep = faults.ScriptStep
 Stats = counters.Stats
 RequestRecord = counters.RequestRecord
@@ -63,8 +66,10 @@ __all__ = [
     "CODE_USER_LOCKED",
     "ERR_PREFIX",
     "PATH_KINDS",
+    "UNREADABLE_KINDS",
     "Faults",
     "FinalAck",
+    "Mangle",
     "Raw",
     "RequestRecord",
     "ScriptStep",
@@ -73,6 +78,7 @@ __all__ = [
     "Stats",
     "TokenMode",
     "http_date",
+    "mangle",
     "new_token",
     "seed_messages",
     "serve",

@@ -209,9 +209,13 @@ class Simulator:
                 raise server.Dropped
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
+        unreadable: faultmod.Mangle | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Raw) and (step.body is None or step.process):
+            if isinstance(step, faultmod.Mangle):
+                self.stats.fault(f"unreadable_{step.kind}")
+                unreadable = step
+            elif isinstance(step, faultmod.Raw) and (step.body is None or step.process):
                 self.stats.fault("tamper")
                 tamper = step
             elif step == "lost_response":
@@ -233,6 +237,9 @@ class Simulator:
             status = tamper.status if tamper.status is not None else status
             if tamper.body is not None:
                 reply_body = tamper.body
+            after_write = None
+        if unreadable is not None and status in (200, 202):
+            status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
         h.write_reply(status, reply_body, headers)
         if after_write is not None:

@@ -26,7 +26,47 @@ class Raw:
     process: bool = False
 
 
-ScriptStep = int | str | Raw
+@dataclasses.dataclass(frozen=True)
+class Mangle:
+    """A history request processed as usual whose answer is then made unreadable (``UNREADABLE_KINDS``).
+
+    Like any reply the client could not read, it is not treated as delivered: a final block stays queued.
+    """
+
+    kind: str
+
+
+UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
+_HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def mangle(
+    kind: str, status: int, body: bytes, headers: Sequence[tuple[str, str]]
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """The unreadable form ``kind`` of a history answer (status, body, headers)."""
+    kept = list(headers)
+    without_location = [(n, v) for n, v in kept if n.lower() != "location"]
+    if kind == "cut_short":
+        return status, body[: len(body) // 2], kept
+    if kind == "not_json":
+        return status, _HTML, [("Content-Type", "text/html"), *[(n, v) for n, v in kept if n == "Location"]]
+    if kind == "wrong_envelope":
+        # The messages are all there, but hasMoreData is a string: unreadable to a strict reader.
+        return (
+            status,
+            body.replace(b'"hasMoreData":true', b'"hasMoreData":"true"').replace(
+                b'"hasMoreData":false', b'"hasMoreData":"false"'
+            ),
+            kept,
+        )
+    if kind == "empty_200":
+        return 200, b"", without_location
+    if kind == "bare_202":
+        return 202, b"", without_location
+    raise ValueError(f"unknown unreadable kind {kind!r}; one of {', '.join(UNREADABLE_KINDS)}")
+
+
+ScriptStep = int | str | Raw | Mangle
 
 
 @dataclasses.dataclass
@@ -46,6 +86,9 @@ class Faults:
     timeout_rate: float = 0.0
     timeout_seconds: float = 30.0
     rate_limit_rate: float = 0.0
+    # History answers processed, then made unreadable (one of unreadable_kinds at random).
+    unreadable_rate: float = 0.0
+    unreadable_kinds: tuple[str, ...] = UNREADABLE_KINDS
     retry_after: str | None = "1"
     kinds: frozenset[str] = frozenset({"send", "history", "start_callbacks"})
     seed: int = 0
@@ -82,6 +125,7 @@ class Faults:
         with self._lock:
             self._scripts.clear()
             self.latency = self.error_rate = self.timeout_rate = self.rate_limit_rate = 0.0
+            self.unreadable_rate = 0.0
 
     def expire_session(self) -> None:
         """Invalidate every session token: the next M2M call gets ``SessionToken.Expired``."""
@@ -98,6 +142,8 @@ class Faults:
             steps = self._scripts.get(kind)
             if steps:
                 return steps.popleft()
+            if kind == "history" and self.unreadable_rate and self._rng.random() < self.unreadable_rate:
+                return Mangle(self._rng.choice(self.unreadable_kinds))
             if kind not in self.kinds or not (self.error_rate or self.timeout_rate or self.rate_limit_rate):
                 return None
             roll = self._rng.random()

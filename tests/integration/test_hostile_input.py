@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import structlog
 
-from sync_worker import cli, simulator, store
+from sync_worker import cli, simulator, store, sync
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00031"
@@ -80,49 +80,53 @@ def _quarantined(db_url: str) -> list[tuple[Any, ...]]:
 
 def _succeeded_with_quarantine(result: Any, quarantined: int = 1) -> Any:
     (account,) = result.accounts
-    assert result.exit_code == 0, result.summary()
-    assert account.outcome == "succeeded", account
+    assert result.exit_code == sync.EXIT_QUARANTINED == 5, result.summary()
+    assert account.outcome == "quarantined", account
     assert account.quarantined == quarantined, account
     assert account.error and "quarantined" in account.error, account
     return account
 
 
 @pytest.mark.parametrize("case", list(BODY_CASES))
-def test_one_shot_malformed_body_is_quarantined_and_the_queue_drains_later(db_url: str, case: str) -> None:
-    """A bad final-200 body served once is kept byte for byte, the run succeeds, the next pass drains all."""
+def test_one_shot_unreadable_final_body_is_retried_and_nothing_is_quarantined(db_url: str, case: str) -> None:
+    """A bad final-200 body served once is a transient fault: the same request again stores everything."""
     sim = _sim()
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=1))
         sim.faults.next_history_raw(BODY_CASES[case], 200, [("Content-Type", "application/json")])
-        result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
-        _succeeded_with_quarantine(result)
-        assert crash.row_count(db_url) == 0
-        [row] = _quarantined(db_url)
-        assert row[:4] == (ACCOUNT, 200, None, None)
-        assert row[4] == BODY_CASES[case] and row[5] == len(BODY_CASES[case])
-        assert row[6] == hashlib.sha256(BODY_CASES[case]).hexdigest()
-        _drains_exactly_afterwards(sim, db_url)
+        result, observer, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+        assert result.exit_code == 0, result.summary()
+        (account,) = result.accounts
+        assert (account.outcome, account.quarantined, account.inserted) == ("succeeded", 0, 250), account
+        assert _quarantined(db_url) == []
+        assert [r[1] for r in observer.retries] == ["unreadable_body"]
+        cmp = crash.compare(sim, db_url, ACCOUNTS)
+        assert cmp.exact, cmp
 
 
-def test_malformed_body_mid_paging_keeps_the_committed_blocks(db_url: str) -> None:
-    """A bad body on the third request keeps blocks one and two; the unacknowledged block comes back later."""
+def test_unreadable_body_mid_paging_is_retried_with_the_same_token(db_url: str) -> None:
+    """A bad body on the third request is retried with the second block's token; the pass stores all 450."""
     sim = _sim()
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 450, seed=2))
         sim.faults.script("history", [200, 200, simulator.Raw(status=200, body=b"not json")])
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
-        account = _succeeded_with_quarantine(result)
-        assert account.blocks == 2
-        assert crash.row_count(db_url) == 200
-        [row] = _quarantined(db_url)
-        assert row[2] is not None and row[4] == b"not json"
-        _drains_exactly_afterwards(sim, db_url)
+        assert result.exit_code == 0, result.summary()
+        (account,) = result.accounts
+        assert (account.blocks, account.inserted, account.quarantined) == (5, 450, 0), account
+        assert _quarantined(db_url) == []
+        log = [r for r in sim.stats.requests if r.kind == "history"]
+        assert log[2].query == log[3].query and log[3].query.startswith("next=")
+        cmp = crash.compare(sim, db_url, ACCOUNTS)
+        assert cmp.exact, cmp
 
 
 class _PoisonSimulator(crash.HookedSimulator):
     """Serves ``poison`` instead of the body of whichever block holds ``marker``, every time that
     block is served (a reusable token's replay, a GET at the head): a persistently bad block. The
-    request is still processed, so status, Location and acknowledgements are the real ones."""
+    request is still processed, so status, Location and acknowledgements are the real ones; a final
+    block served unreadable is not dequeued (like any reply the simulator could not deliver). Setting
+    ``fixed`` stops the poisoning."""
 
     def __init__(self, config: simulator.SimConfig, marker: bytes, poison: bytes) -> None:
         super().__init__(config)
@@ -130,13 +134,14 @@ class _PoisonSimulator(crash.HookedSimulator):
         self.poison = poison
         self.poisoned: list[Any] = []
         self.poison_served = 0
+        self.fixed = False
 
     def _process(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> Any:
         status, reply, headers, after_write = super()._process(h, kind, account, query, body)
-        if kind == "history" and status in (200, 202) and self.marker in reply:
+        if kind == "history" and status in (200, 202) and self.marker in reply and not self.fixed:
             self.poison_served += 1
             self.poisoned = json.loads(reply)["messages"]
-            return status, self.poison, headers, after_write
+            return status, self.poison, headers, None
         return status, reply, headers, after_write
 
 
@@ -162,7 +167,8 @@ def _check_persistent(sim: _PoisonSimulator, db_url: str, poison: bytes, status:
     assert (row[3] is None) == (status == 200)
     assert row[4] == poison and row[5] == len(poison)
     assert row[6] == hashlib.sha256(poison).hexdigest()
-    assert sim.poison_served >= 1
+    # Quarantined only after every attempt (inproc.run_pass: 8) came back unreadable.
+    assert sim.poison_served >= 8
     # Every good message is stored exactly once; the poisoned block's messages exist only in the
     # quarantined body the platform sent instead of them.
     poisoned = collections.Counter(
@@ -208,9 +214,22 @@ def test_persistently_malformed_final_block_is_quarantined(
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
         account = _succeeded_with_quarantine(result)
         assert (account.blocks, account.inserted) == (2, 200), account
+        assert "whether more messages wait is unknown" in account.error
         with psycopg.connect(db_url) as conn:
             assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [(None,)]
-        _check_persistent(sim, db_url, poison, 200)
+        [row] = _quarantined(db_url)
+        assert (row[1], row[3], row[4]) == (200, None, poison)
+        # The platform still holds the block, so the next pass meets it again (from the head): exit 5 again.
+        again, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+        _succeeded_with_quarantine(again)
+        assert {r[6] for r in _quarantined(db_url)} == {hashlib.sha256(poison).hexdigest()}
+        # Once the platform serves it readably, its messages are stored.
+        sim.fixed = True
+        fixed, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
+        assert fixed.exit_code == 0, fixed.summary()
+        assert fixed.accounts[0].inserted == 100
+        cmp = crash.compare(sim, db_url, ACCOUNTS)
+        assert cmp.exact, cmp
 
 
 def test_quarantine_is_logged_counted_and_shown_by_status(db_url: str) -> None:
@@ -229,9 +248,9 @@ def test_quarantine_is_logged_counted_and_shown_by_status(db_url: str) -> None:
         [status] = store.account_status(conn)
         run = conn.execute("SELECT outcome, quarantined, error FROM sync_run").fetchone()
         table = cli.format_status(cli.status_rows(conn))
-    assert status.quarantined == 1 and status.last_run_outcome == "succeeded"
-    assert status.last_success_at is not None and "quarantined" in (status.last_error or "")
-    assert run is not None and run[:2] == ("succeeded", 1) and "sms_quarantine" in run[2]
+    assert status.quarantined == 1 and status.last_run_outcome == "quarantined"
+    assert "quarantined" in (status.last_error or "")
+    assert run is not None and run[:2] == ("quarantined", 1) and "quarantine list" in run[2]
     header, _, line = table.splitlines()
     column = header.index("quarantined")
     assert line[column : column + len("quarantined")].strip() == "1"
@@ -259,7 +278,8 @@ def test_body_that_is_not_utf8_is_quarantined_byte_for_byte(db_url: str) -> None
     sim = _sim()
     with sim:
         body = b'{"hasMoreData": false, "messages": [{"message": "\xff\xfe"}]}'
-        sim.faults.next_history_raw(body, 200, [("Content-Type", "application/json")])
+        for _ in range(8):  # inproc.run_pass's max_attempts: unreadable through every attempt
+            sim.faults.next_history_raw(body, 200, [("Content-Type", "application/json")])
         result, _, _ = inproc.run_pass(sim, db_url, ACCOUNTS)
         account = _succeeded_with_quarantine(result)
         assert account.received == crash.row_count(db_url) == 0

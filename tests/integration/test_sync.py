@@ -442,12 +442,17 @@ def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_u
     m = metrics.Metrics()
     result = sync.sync_account(api, account, config.connection_factory(db_url), metrics=m)
     assert api.calls == [None, "T2"]
-    assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("succeeded", 2, 2, 1)
+    assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("quarantined", 2, 2, 1)
     assert result.ok and result.error is not None and "quarantined 1" in result.error
+    assert sync.PassResult([result]).exit_code == sync.EXIT_QUARANTINED
     assert (
         m.registry.get_sample_value(
             "thingspace_sync_errors_total", {"account": account, "kind": "malformed_block"}
         )
+        == 1.0
+    )
+    assert (
+        m.registry.get_sample_value("thingspace_sync_last_run_quarantined_blocks", {"account": account})
         == 1.0
     )
     with psycopg.connect(db_url, autocommit=True) as conn:

@@ -465,6 +465,26 @@ def test_429_retry_after_is_waited(fake: FakeApi, make: Any, clock: Clock) -> No
     assert clock.sleeps == [7.0]
 
 
+def test_retry_after_http_date_is_measured_against_the_answers_date(
+    fake: FakeApi, make: Any, clock: Clock
+) -> None:
+    """A Retry-After HTTP-date waits its distance from the answer's Date header, whatever the local clock."""
+    # The server's clock says 2001; ours says today: only the server's Date gives the right 30 s.
+    fake.api.extend(
+        [
+            reply(
+                429,
+                "slow down",
+                Retry_After="Mon, 01 Jan 2001 00:00:30 GMT",
+                Date="Mon, 01 Jan 2001 00:00:00 GMT",
+            ),
+            reply(200, history()),
+        ]
+    )
+    make().sms.list_devices_sms_messages(ACCOUNT)
+    assert clock.sleeps == [30.0]
+
+
 def test_retry_after_above_cap_is_raised(fake: FakeApi, make: Any, clock: Clock) -> None:
     """A Retry-After beyond max_retry_after is not slept through: RateLimitedError is raised."""
     fake.api.append(reply(429, "", Retry_After="600"))
@@ -539,14 +559,20 @@ def test_429_on_cursor_is_rate_limit_not_invalid_cursor(fake: FakeApi, make: Any
     assert len(fake.paths("/history")) == 2
 
 
+_ATTEMPTS = retry.RetryPolicy().max_attempts
+
+
 @pytest.mark.parametrize("body", ["not json", "[1,2]", '{"messages": 5}'])
-def test_malformed_2xx_is_a_format_error(fake: FakeApi, make: Any, body: str) -> None:
-    """A 200 whose body is not the documented shape raises ResponseFormatError (not retried)."""
-    fake.api.append(reply(200, body, Content_Type="application/json"))
+def test_malformed_2xx_is_retried_then_a_format_error(
+    fake: FakeApi, make: Any, clock: Clock, body: str
+) -> None:
+    """A 200 whose body stays unreadable is re-sent up to max_attempts, then raises ResponseFormatError."""
+    fake.api.extend([reply(200, body, Content_Type="application/json")] * _ATTEMPTS)
     with pytest.raises(errors.ResponseFormatError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert info.value.status == 200
-    assert len(fake.paths("/history")) == 1
+    assert len(fake.paths("/history")) == _ATTEMPTS
+    assert clock.sleeps == [1.0, 2.0, 4.0]
 
 
 _BAD_BODIES = {
@@ -555,16 +581,18 @@ _BAD_BODIES = {
     "has_more_not_bool": b'{"hasMoreData": "yes", "messages": []}',
     "deep_nesting": b"[" * 100_000 + b"]" * 100_000,
     "invalid_utf8_envelope": b"\xff\xfe{}",
+    "cut_short": b'{"hasMoreData": true, "messages": [{"message": "hi", "timest',
+    "empty": b"",
 }
 
 
 @pytest.mark.parametrize("case", list(_BAD_BODIES))
-def test_unreadable_202_body_with_valid_location_is_a_malformed_block(
+def test_unreadable_202_body_with_valid_location_is_a_malformed_block_after_every_attempt(
     fake: FakeApi, make: Any, case: str
 ) -> None:
-    """A 202 with a bad body but a safe Location raises MalformedBlockError with the bytes and both tokens."""
+    """A 202 whose bad body (safe Location) survives every attempt: MalformedBlockError, both tokens."""
     body = _BAD_BODIES[case]
-    fake.api.append(reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2"))
+    fake.api.extend([reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.MalformedBlockError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
     exc = info.value
@@ -574,13 +602,52 @@ def test_unreadable_202_body_with_valid_location_is_a_malformed_block(
     assert exc.body_sha256 == hashlib.sha256(body).hexdigest()
     assert exc.problem and exc.problem in str(exc)
     # The body is data: never in the message, the repr or the args.
-    assert body[:20].decode("latin-1") not in str(exc) + repr(exc)
-    assert len(fake.paths("/history")) == 1
+    if body:
+        assert body[:20].decode("latin-1") not in str(exc) + repr(exc)
+    # Every attempt re-sent the same request; the unreadable answer's token was never followed.
+    assert fake.paths("/history") == [f"/api/m2m/v1/sms/{ACCOUNT}/history?next=Tok1"] * _ATTEMPTS
+
+
+@pytest.mark.parametrize("case", list(_BAD_BODIES))
+@pytest.mark.parametrize("status", [200, 202])
+def test_one_unreadable_answer_is_retried_with_the_same_token(
+    fake: FakeApi, make: Any, clock: Clock, case: str, status: int
+) -> None:
+    """An unreadable answer once is a transient fault: the same request again, its Location never used."""
+    fake.api.extend(
+        [
+            reply(status, _BAD_BODIES[case], Location=f"/sms/{ACCOUNT}/history?next=Bad9"),
+            reply(202, history(), Location=f"/sms/{ACCOUNT}/history?next=Good2"),
+        ]
+    )
+    page = make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
+    assert (page.status, page.next, page.request_next) == (202, "Good2", "Tok1")
+    assert fake.paths("/history") == [f"/api/m2m/v1/sms/{ACCOUNT}/history?next=Tok1"] * 2
+    assert clock.sleeps == [1.0]
+
+
+def test_202_without_body_or_location_is_retried(fake: FakeApi, make: Any) -> None:
+    """A bare 202 (no body, no Location) is unreadable, so it is retried rather than refused outright."""
+    fake.api.extend([reply(202, b""), reply(200, history())])
+    page = make().sms.list_devices_sms_messages(ACCOUNT)
+    assert page.is_final and len(fake.paths("/history")) == 2
+
+
+def test_unreadable_answer_cut_short_by_the_deadline_stays_transient(
+    fake: FakeApi, make: Any, clock: Clock
+) -> None:
+    """When the run budget ends the attempts early, the error is transient and nothing is quarantinable."""
+    fake.api.extend([reply(202, b"not json", Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
+    with pytest.raises(errors.UnreadableAnswerError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT, "Tok1", deadline=clock.now + 1.5)
+    assert isinstance(info.value, errors.TransientError)
+    assert not isinstance(info.value, errors.MalformedBlockError)
+    assert info.value.attempts == 2 and len(fake.paths("/history")) == 2
 
 
 def test_unreadable_final_200_is_a_malformed_block_without_next(fake: FakeApi, make: Any) -> None:
-    """A 200 with a bad body raises MalformedBlockError whose next_token is None (the final block)."""
-    fake.api.append(reply(200, b"null"))
+    """A 200 whose bad body survives every attempt raises MalformedBlockError with next_token None."""
+    fake.api.extend([reply(200, b"null")] * _ATTEMPTS)
     with pytest.raises(errors.MalformedBlockError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert (info.value.status, info.value.next_token, info.value.request_next) == (200, None, None)
@@ -588,11 +655,12 @@ def test_unreadable_final_200_is_a_malformed_block_without_next(fake: FakeApi, m
 
 
 def test_unreadable_body_with_bad_location_stays_unsafe_location(fake: FakeApi, make: Any) -> None:
-    """A bad body under a foreign Location is UnsafeLocationError: nothing can be acknowledged safely."""
-    fake.api.append(reply(202, b"not json", Location="https://evil.example/api/x?next=Tok2"))
+    """A bad body under a foreign Location ends, after the attempts, as UnsafeLocationError."""
+    fake.api.extend([reply(202, b"not json", Location="https://evil.example/api/x?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.UnsafeLocationError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert not isinstance(info.value, errors.MalformedBlockError)
+    assert len(fake.paths("/history")) == _ATTEMPTS
 
 
 def test_malformed_block_keeps_at_most_the_cap() -> None:
@@ -673,7 +741,9 @@ def test_invalid_send_request_sends_nothing(fake: FakeApi, make: Any) -> None:
     assert fake.log == []
 
 
-@pytest.mark.parametrize("account", ["", "ab", "../../admin", "acct?next=x", "a" * 33, "acct%00"])
+@pytest.mark.parametrize(
+    "account", ["", "ab", "../../admin", "acct?next=x", "a" * 33, "acct%00", "0252012345-00001\n"]
+)
 def test_invalid_account_name_sends_nothing(fake: FakeApi, make: Any, account: str) -> None:
     """A malformed account name raises ValidationError before any HTTP request."""
     with pytest.raises(errors.ValidationError):

@@ -358,6 +358,7 @@ def exposed_metric_names() -> set[str]:
     m = metrics.Metrics()
     m.block_committed("a", 1, 1, 0, 0)
     m.run_finished("a", "succeeded", 1.0, True)
+    m.run_quarantined("a", 1)
     m.error("a", "k")
     m.scheduler_event("missed", "a")
     obs = m.api_observer()
@@ -382,14 +383,16 @@ def test_dashboard_uses_only_exposed_metrics() -> None:
 
 
 def test_alerts_use_only_exposed_metrics_and_cover_the_issue() -> None:
-    """Alert rules reference real series and cover staleness, the login guard and error rate."""
+    """Alert rules reference real series and cover staleness, the login guard, error rate and quarantine."""
     rules = load_yaml(DEPLOY / "prometheus/alerts.yml")[0]
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     assert {
         "ThingSpaceSyncAccountStale",
         "ThingSpaceSyncLoginGuardTripped",
         "ThingSpaceSyncErrorRateHigh",
+        "ThingSpaceSyncBlockQuarantined",
     } <= set(alerts)
+    assert "thingspace_sync_last_run_quarantined_blocks" in alerts["ThingSpaceSyncBlockQuarantined"]["expr"]
     exposed = exposed_metric_names()
     for name, rule in alerts.items():
         assert referenced_metric_names(rule["expr"]) <= exposed, name

@@ -164,3 +164,12 @@ def test_from_wire_fast_path_matches_the_checked_path(obj: Any) -> None:
     checked = models.SMSMessage._from_wire_checked(obj)
     assert fast == checked
     assert fast.raw is obj
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n"])
+def test_names_with_a_trailing_newline_are_refused(suffix: str) -> None:
+    """Account names and device ids are matched whole: a trailing newline no longer slips through."""
+    with pytest.raises(errors.ValidationError, match="accountName"):
+        request(account_name="0252012345-00001" + suffix).validate()
+    with pytest.raises(errors.ValidationError, match="device id"):
+        request(device_ids=(models.DeviceId(id="0123456789" + suffix, kind="imei"),)).validate()

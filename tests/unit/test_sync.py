@@ -28,6 +28,7 @@ class Journal:
         self.locked = True
         self.commit_error: BaseException | None = None
         self.finished: list[tuple[str, str | None]] = []
+        self.failures: list[dict[str, Any]] = []
 
 
 class FakeApi:
@@ -78,6 +79,13 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
     monkeypatch.setattr(
         store, "finish_run", lambda conn, run_id, outcome, error: j.finished.append((outcome, error))
     )
+
+    def record_block_failure(conn: Any, account: str, **block: Any) -> int:
+        j.failures.append(block)
+        return sum(1 for f in j.failures if f == block)
+
+    monkeypatch.setattr(store, "record_block_failure", record_block_failure)
+    monkeypatch.setattr(store, "clear_failure_streak", lambda conn, account: j.failures.clear())
     return j
 
 
