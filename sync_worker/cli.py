@@ -16,16 +16,14 @@ import json
 import logging
 import os
 import shlex
-import signal
 import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, TextIO
 
-from sync_worker import config, errors, logs, secret
+from sync_worker import config, errors, logs, secret, signals
 
 EXIT_OK: Final = 0
 EXIT_ACCOUNT_FAILED: Final = 1
@@ -33,7 +31,7 @@ EXIT_CONFIG: Final = 2
 EXIT_DATABASE: Final = 3
 EXIT_AUTH: Final = 4
 EXIT_QUARANTINED: Final = 5
-EXIT_INTERRUPTED: Final = 130
+EXIT_INTERRUPTED: Final = signals.EXIT_ABORTED
 
 EXIT_CODES: Final[tuple[tuple[int, str], ...]] = (
     (EXIT_OK, "success (every account synced)"),
@@ -112,27 +110,6 @@ def _connection(settings: config.Settings, *, check_schema: bool = True) -> Iter
 
             migrations.check_schema(conn)
         yield conn
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop`` (finish the block in flight, then exit); a second SIGINT aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-        logs.get_logger(__name__).warning("stop_requested", signal=signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _jsonable(value: Any) -> Any:
@@ -303,7 +280,7 @@ def cmd_once(ctx: _Context) -> int:
         pass
     stop = threading.Event()
     progress = _progress_metrics(sys.stderr) if sys.stderr.isatty() else None
-    with _stop_on_signals(stop):
+    with signals.stop_on_signals(stop):
         result = sync.sync_once(settings, accounts=only or None, stop_event=stop, metrics=progress)
     # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
     ctx.print(json.dumps(_jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
@@ -594,7 +571,7 @@ def cmd_simulate(ctx: _Context) -> int:
         ctx.print(f"  export SYNC_ACCOUNTS={','.join(accounts)}")
         ctx.print("Ctrl-C stops it.")
         stop = threading.Event()
-        with _stop_on_signals(stop):
+        with signals.stop_on_signals(stop):
             stop.wait()
     finally:
         sim.stop()

@@ -12,10 +12,8 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import signal
 import threading
 import time
-import types
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -26,7 +24,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, errors, migrations, store, sync
+from sync_worker import config, errors, migrations, signals, store, sync
 
 EXIT_OK: Final = 0
 # In-flight account runs did not finish within the shutdown timeout.
@@ -138,7 +136,7 @@ def run_daemon(
             observe_guard=observe_guard,
         )
         try:
-            with _signals_set(stop, enabled=install_signal_handlers):
+            with signals.stop_on_signals(stop, enabled=install_signal_handlers):
                 scheduler.start()
                 if liveness is not None:
                     liveness.attach(scheduler)
@@ -291,30 +289,3 @@ def _on_event(event: Any, *, metrics: sync.MetricsSink | None) -> None:
             metrics.error(account, "job_error")
     if metrics is not None:
         metrics.scheduler_event(kind, account)
-
-
-Handler = Callable[[int, types.FrameType | None], Any] | int | None
-
-
-class _signals_set:
-    """Route SIGTERM/SIGINT to ``stop.set()`` while active; restore the old handlers after."""
-
-    def __init__(self, stop: threading.Event, *, enabled: bool) -> None:
-        self._stop = stop
-        self._enabled = enabled and threading.current_thread() is threading.main_thread()
-        self._previous: dict[int, Handler] = {}
-
-    def __enter__(self) -> None:
-        if not self._enabled:
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        # Only set the event: the handler runs between bytecodes of the main
-        # thread and must not log, lock or raise.
-        self._stop.set()
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)

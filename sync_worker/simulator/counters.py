@@ -37,6 +37,7 @@ class Stats:
 
     def __init__(self, log_size: int, settle: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._settle = settle
         self.token_requests = 0
         self.login_attempts = 0
@@ -62,8 +63,18 @@ class Stats:
         return self._requests
 
     def bump(self, name: str, by: int = 1) -> None:
-        with self._lock:
+        with self._changed:
             setattr(self, name, getattr(self, name) + by)
+            self._changed.notify_all()
+
+    def wait_for(self, name: str, at_least: int, timeout: float) -> bool:
+        """Block until counter ``name`` reaches ``at_least`` (True) or ``timeout`` passes (False).
+
+        Counters are bumped when a request arrives, before it is answered: a test can wait here
+        for a request to be in flight.
+        """
+        with self._changed:
+            return self._changed.wait_for(lambda: getattr(self, name) >= at_least, timeout=timeout)
 
     def fault(self, kind: str) -> None:
         with self._lock:

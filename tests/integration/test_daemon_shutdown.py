@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 
 import psycopg
+import pytest
 
 from sync_worker import simulator
-from tests.integration.test_cli_e2e import canonical, cli, distinct_backlog, start_daemon, stored, worker_env
+from tests.integration.test_cli_e2e import (
+    ACCOUNTS,
+    canonical,
+    cli,
+    distinct_backlog,
+    start_daemon,
+    stored,
+    worker_env,
+)
 
 ACCOUNT = "0252012345-00001"
 SHUTDOWN_TIMEOUT = 10.0
@@ -66,3 +79,50 @@ def test_sigterm_mid_drain_exits_in_time_with_the_cursor_at_a_committed_block(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert stored(db_url, ACCOUNT) == canonical(backlog)
     assert simulator.queued(ACCOUNT) == []
+
+
+def _stalled_worker(sim: simulator.Simulator, db_url: str, command: str) -> subprocess.Popen[str]:
+    """`command` running with its first history request held by the simulator (no answer for 120 s)."""
+    sim.add_account(ACCOUNTS[0])
+    sim.faults.timeout_seconds = 120.0
+    sim.faults.script("history", ["timeout"])
+    env = worker_env(sim, db_url, SYNC_ACCOUNTS=ACCOUNTS[0], THINGSPACE_READ_TIMEOUT="300")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert sim.stats.wait_for("history_requests", 1, timeout=60), "the request never arrived"
+    return proc
+
+
+@pytest.mark.parametrize("command", ["once", "run"])
+def test_second_ctrl_c_aborts_with_a_request_in_flight(
+    simulator: simulator.Simulator, db_url: str, command: str
+) -> None:
+    """A second SIGINT ends the process with 130 while its history request is still unanswered."""
+    proc = _stalled_worker(simulator, db_url, command)
+    assert proc.stderr is not None
+    err_lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [err_lines.put(line) for line in proc.stderr], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        proc.send_signal(signal.SIGINT)
+        # Two signals sent back to back can reach Python as one: the second waits for the first's notice.
+        while "Ctrl-C again" not in err_lines.get(timeout=30):
+            pass
+        proc.send_signal(signal.SIGINT)
+        # Bounded far below the 120 s the simulator holds the request: the abort did not wait for it.
+        code = proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        reader.join(timeout=30)  # the pipe is at its end: every line is queued
+    rest = []
+    while not err_lines.empty():
+        rest.append(err_lines.get())
+    assert code == 130, rest
+    assert any("second Ctrl-C" in line for line in rest)
+    assert simulator.stats.history_requests == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import signal
 import threading
 from typing import Any
 
@@ -91,33 +90,6 @@ def test_listener_reports_missed_busy_and_failed_jobs() -> None:
     assert ("error", ("A2", "job_error")) in metrics.calls
     assert [e["event"] for e in logs] == ["job_missed", "job_still_running", "job_error"]
     assert logs[2]["log_level"] == "error"
-
-
-def test_signal_handlers_only_set_the_event_and_are_restored() -> None:
-    """Inside the guard SIGTERM/SIGINT only set the stop event; the previous handlers come back after."""
-    stop = threading.Event()
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with scheduler._signals_set(stop, enabled=True):
-        handler = signal.getsignal(signal.SIGTERM)
-        assert callable(handler)
-        handler(signal.SIGTERM, None)
-    assert stop.is_set()
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-
-
-def test_no_signal_handlers_off_the_main_thread() -> None:
-    """Run from another thread, the daemon leaves signal handlers alone (Python would refuse anyway)."""
-    seen: list[object] = []
-    before = signal.getsignal(signal.SIGTERM)
-
-    def in_thread() -> None:
-        with scheduler._signals_set(threading.Event(), enabled=True):
-            seen.append(signal.getsignal(signal.SIGTERM))
-
-    t = threading.Thread(target=in_thread)
-    t.start()
-    t.join()
-    assert seen == [before]
 
 
 def test_inflight_wait_times_out_while_a_run_is_busy() -> None:
