@@ -161,6 +161,7 @@ _STATUS_COLUMNS: Final = (
     ("lag_seconds", "lag s"),
     ("row_count", "rows"),
     ("last_run_outcome", "last run"),
+    ("running_on", "running on"),
     ("quarantined", "quarantined"),
     ("last_error", "last error"),
 )

@@ -207,6 +207,8 @@ def _build_scheduler(
                 "account": acct.name,
                 "connect": connect,
                 "budget_seconds": settings.run_budget_seconds,
+                "max_blocks": settings.max_blocks_per_run,
+                "lock_report_after": sync.LOCK_REPORT_INTERVALS * acct.interval_seconds,
                 "stop": stop,
                 "metrics": metrics,
                 "inflight": inflight,
@@ -235,6 +237,8 @@ def _account_job(
     connect: sync.ConnectionFactory,
     budget_seconds: float,
     stop: threading.Event,
+    max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
+    lock_report_after: float | None = None,
     metrics: sync.MetricsSink | None,
     inflight: _InFlight,
     observe_guard: Callable[[], object] | None = None,
@@ -252,6 +256,8 @@ def _account_job(
             deadline=time.monotonic() + budget_seconds,
             stop_event=stop,
             metrics=metrics,
+            max_blocks=max_blocks,
+            lock_report_after=lock_report_after,
         )
     finally:
         inflight.leave()

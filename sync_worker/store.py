@@ -51,7 +51,10 @@ class AccountStatus:
     last_run_outcome: str | None
     last_error: str | None
     last_error_at: dt.datetime | None
-    quarantined: int = 0  # blocks kept in sms_quarantine for this account, ever
+    quarantined: int = 0  # unresolved blocks kept in sms_quarantine for this account
+    # The process running (or last seen running) the account's newest run: host:pid, and since when.
+    running_on: str | None = None
+    running_since: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -320,6 +323,26 @@ def release_account_lock(conn: Connection, account: str) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockHolder:
+    """The run holding an account's lock, as recorded in ``sync_run``."""
+
+    host: str
+    pid: int
+    started_at: dt.datetime
+    held_seconds: float
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.pid} since {self.started_at.isoformat()} ({self.held_seconds:.0f} s)"
+
+
+def lock_holder(conn: Connection, account: str) -> LockHolder | None:
+    """Who holds ``account``'s lock (the newest unfinished run), or None when no run is recorded."""
+    with _transaction(conn) as cur:
+        row = cur.execute(queries.get("lock_holder"), {"account_name": account}).fetchone()
+    return None if row is None else LockHolder(row[0], int(row[1]), row[2], float(row[3]))
+
+
 def account_status(conn: Connection) -> list[AccountStatus]:
     """One line per known account, for ``sync-worker status``."""
     with _transaction(conn) as cur:
@@ -336,6 +359,8 @@ def account_status(conn: Connection) -> list[AccountStatus]:
             last_error=r[7],
             last_error_at=r[8],
             quarantined=int(r[9]),
+            running_on=r[10],
+            running_since=r[11],
         )
         for r in fetched
     ]

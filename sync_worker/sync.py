@@ -36,7 +36,10 @@ Outcomes of an account run (``AccountResult.outcome``):
     the error text say ``deferred``).
 ``skipped_locked``
     another replica (or an overlapping cron run) holds the account's advisory
-    lock and is syncing it right now.
+    lock and is syncing it right now. ``error`` names the holder (host:pid and
+    since when, from its ``sync_run`` row); a holder older than
+    ``LOCK_REPORT_INTERVALS`` intervals is logged (``account_lock_held_long``)
+    and counted (``scheduler_events_total{kind="lock_held_long"}``).
 ``interrupted``
     the stop event was set; the block in flight was committed first.
 ``guard_tripped``
@@ -75,6 +78,9 @@ EXIT_QUARANTINED: Final = 5
 # Consecutive runs failing on the same block with the same permanent error before
 # that block is quarantined and the queue moves on.
 FAILURE_STREAK_LIMIT: Final = 3
+# An account whose lock another process has held this many intervals is reported: a
+# replica cut off mid-run or a stuck run keeps it from being synced.
+LOCK_REPORT_INTERVALS: Final = 3
 # Restarts at the head of the queue after a rejected ``next`` token, per run.
 _MAX_CURSOR_RESTARTS: Final = 3
 
@@ -202,6 +208,7 @@ def sync_account(
     metrics: MetricsSink | None = None,
     clock: Callable[[], float] = time.monotonic,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
+    lock_report_after: float | None = None,
 ) -> AccountResult:
     """Drain ``account``'s history queue into the database, block by block.
 
@@ -222,6 +229,7 @@ def sync_account(
         metrics=metrics,
         clock=clock,
         max_blocks=max_blocks,
+        lock_report_after=lock_report_after,
     )
     with logs.bound_account(account):
         return run.run()
@@ -239,9 +247,12 @@ class _AccountRun:
         metrics: MetricsSink | None,
         clock: Callable[[], float],
         max_blocks: int,
+        lock_report_after: float | None = None,
     ) -> None:
         self.api = api
         self.max_blocks = max_blocks
+        # A lock held longer than this (seconds) by another process is reported as a problem.
+        self.lock_report_after = lock_report_after
         # The final answer stayed unreadable: whether more messages wait is unknown.
         self.end_unknown = False
         self.account = account
@@ -266,9 +277,7 @@ class _AccountRun:
                 except (errors.SyncWorkerError, psycopg.Error) as exc:
                     return self.finish("failed", _wrap_db(exc))
                 if not locked:
-                    if self.metrics is not None:
-                        self.metrics.scheduler_event("lock_busy", self.account)
-                    return self.finish("skipped_locked")
+                    return self.skipped(conn)
                 try:
                     return self.locked(conn)
                 finally:
@@ -279,6 +288,28 @@ class _AccountRun:
         except psycopg.Error as exc:
             # Only reached when closing an already broken connection fails.
             return self.finish("failed", _wrap_db(exc))
+
+    def skipped(self, conn: psycopg.Connection[Any]) -> AccountResult:
+        """Another process syncs this account now; say who, and loudly when it has for long."""
+        if self.metrics is not None:
+            self.metrics.scheduler_event("lock_busy", self.account)
+        try:
+            holder = store.lock_holder(conn, self.account)
+        except (errors.SyncWorkerError, psycopg.Error):
+            holder = None
+        note = None if holder is None else f"another process holds the account: {holder.describe()}"
+        limit = self.lock_report_after
+        if holder is not None and limit is not None and holder.held_seconds > limit:
+            # A replica cut off mid-run, or a run stuck: the account is not being synced.
+            _log.warning(
+                "account_lock_held_long",
+                holder=f"{holder.host}:{holder.pid}",
+                held_seconds=round(holder.held_seconds),
+                report_after=limit,
+            )
+            if self.metrics is not None:
+                self.metrics.scheduler_event("lock_held_long", self.account)
+        return self.finish("skipped_locked", error=note)
 
     def locked(self, conn: psycopg.Connection[Any]) -> AccountResult:
         try:
@@ -631,6 +662,7 @@ def sync_once(
             metrics=metrics,
             clock=clock,
             max_blocks=settings.max_blocks_per_run,
+            lock_report_after=lock_report_after(settings),
         )
     passed = PassResult(results)
     _log.info("sync_pass", **passed.summary())
@@ -688,6 +720,11 @@ def build_guard(
     )
 
 
+def lock_report_after(settings: config.Settings) -> float:
+    """Seconds after which another process holding an account's lock is reported."""
+    return LOCK_REPORT_INTERVALS * settings.interval_seconds
+
+
 def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
     """A retry sleep that wakes when ``stop_event`` is set and then ends the run as interrupted.
 
@@ -713,6 +750,7 @@ def run_accounts(
     metrics: MetricsSink | None = None,
     clock: Callable[[], float] = time.monotonic,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
+    lock_report_after: float | None = None,
 ) -> list[AccountResult]:
     """Sync ``names`` on a bounded pool; results in the order of ``names``."""
 
@@ -730,6 +768,7 @@ def run_accounts(
                 metrics=metrics,
                 clock=clock,
                 max_blocks=max_blocks,
+                lock_report_after=lock_report_after,
             )
         except Exception as exc:
             _log.exception("account_run_crashed", account=name)

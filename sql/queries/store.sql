@@ -144,7 +144,8 @@ WITH accounts AS (
     SELECT DISTINCT account_name FROM sync_run
 ),
 last_run AS (
-    SELECT DISTINCT ON (account_name) account_name, id, outcome, error, started_at, finished_at
+    SELECT DISTINCT ON (account_name) account_name, id, outcome, error, started_at, finished_at,
+                                      worker_host, worker_pid
     FROM sync_run
     ORDER BY account_name, started_at DESC, id DESC
 )
@@ -158,8 +159,19 @@ SELECT a.account_name,
        c.last_error,
        c.last_error_at,
        (SELECT count(*) FROM sms_quarantine q
-        WHERE q.account_name = a.account_name AND q.resolved_at IS NULL) AS quarantined
+        WHERE q.account_name = a.account_name AND q.resolved_at IS NULL) AS quarantined,
+       CASE WHEN r.finished_at IS NULL THEN r.worker_host || ':' || r.worker_pid END AS running_on,
+       CASE WHEN r.finished_at IS NULL THEN r.started_at END AS running_since
 FROM accounts a
 LEFT JOIN sync_cursor c ON c.account_name = a.account_name
 LEFT JOIN last_run r ON r.account_name = a.account_name
 ORDER BY a.account_name;
+
+-- name: lock_holder
+-- The run that holds an account's lock: the newest run of the account still going.
+SELECT worker_host, worker_pid, started_at,
+       EXTRACT(EPOCH FROM (now() - started_at))::double precision AS held_seconds
+FROM sync_run
+WHERE account_name = %(account_name)s AND finished_at IS NULL
+ORDER BY started_at DESC, id DESC
+LIMIT 1;

@@ -74,7 +74,7 @@ class Stats:
         for a request to be in flight.
         """
         with self._changed:
-            return self._changed.wait_for(lambda: getattr(self, name) >= at_least, timeout=timeout)
+            return bool(self._changed.wait_for(lambda: getattr(self, name) >= at_least, timeout=timeout))
 
     def fault(self, kind: str) -> None:
         with self._lock:

@@ -72,6 +72,7 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
 
     monkeypatch.setattr(store, "try_account_lock", lambda conn, account: j.locked)
     monkeypatch.setattr(store, "release_account_lock", lambda conn, account: None)
+    monkeypatch.setattr(store, "lock_holder", lambda conn, account: None)
     monkeypatch.setattr(store, "start_run", lambda conn, account: 1)
     monkeypatch.setattr(store, "get_cursor", lambda conn, account: j.cursor)
     monkeypatch.setattr(store, "commit_block", commit_block)
