@@ -166,7 +166,7 @@ def _prebuilt_rows(pages: list[Any], built: list[list[Any]]) -> Iterator[None]:
 
 
 def limits(ctx: Context) -> None:
-    from sync_worker import client, rows, store
+    from sync_worker import app, client, rows, store
 
     sz = ctx.sizes
     fetch_ms: list[float] = []
@@ -178,7 +178,7 @@ def limits(ctx: Context) -> None:
         ctx.sim.seed(account, sz.limit_backlog, seed=100 + rep)
         _, dsn = ctx.fresh_db("limit")
         settings = _settings(ctx.worker_env(dsn, [account]))
-        with client.ThingSpaceClient(settings.client_config()) as api:
+        with client.ThingSpaceClient(app.client_config(settings)) as api:
             # Log in outside the timed region: one login per process, not per block.
             warm = ctx.name("warm")
             ctx.sim.seed(warm, 1)
@@ -241,8 +241,8 @@ def limits(ctx: Context) -> None:
 def _sync_pass(
     ctx: Context, accounts: list[str], each: int, concurrency: int, seed: int
 ) -> tuple[float, int, dict[str, float]]:
-    """Seed, then one timed ``sync.sync_once``; returns (seconds, received, CPU seconds by process)."""
-    from sync_worker import sync
+    """Seed, then one timed ``app.sync_once``; returns (seconds, received, CPU seconds by process)."""
+    from sync_worker import app
 
     for i, account in enumerate(accounts):
         ctx.sim.seed(account, each, seed=seed + i)
@@ -250,7 +250,7 @@ def _sync_pass(
     settings = _settings(ctx.worker_env(dsn, accounts, concurrency))
     pg.checkpoint(dsn)
     with proc.CpuMeter(ctx.sim.pid(), ctx.pg_pid) as cpu, harness.Stopwatch() as sw:
-        result = sync.sync_once(settings)
+        result = app.sync_once(settings)
     failed = [a for a in result.accounts if a.outcome != "succeeded"]
     if failed:
         raise RuntimeError(f"sync failed: {failed[0].error}")
@@ -574,7 +574,7 @@ def peer(ctx: Context) -> None:
 
 def profile_one_account(ctx: Context) -> None:
     """An extra, untimed pass of scenario 2 under pyinstrument: where a block's time goes."""
-    from sync_worker import client, config, sync
+    from sync_worker import app, client, db, sync
 
     n = max(ctx.sizes.one_account // 4, 5_000)
     account = ctx.name("prof")
@@ -583,11 +583,11 @@ def profile_one_account(ctx: Context) -> None:
     settings = _settings(ctx.worker_env(dsn, [account]))
     # sync_once runs accounts on a thread pool and pyinstrument samples only the
     # thread it started on, so the same per-account loop runs here on this thread.
-    with client.ThingSpaceClient(settings.client_config()) as api:
+    with client.ThingSpaceClient(app.client_config(settings)) as api:
         result = _profiled(
             ctx,
             f"scenario 2 loop (sync.sync_account), one account, {n:,} messages, separate untimed pass",
-            lambda: sync.sync_account(api, account, config.connection_factory(dsn)),
+            lambda: sync.sync_account(api, account, db.connector(dsn)),
         )
     if result.outcome != "succeeded" or result.received != n:
         raise RuntimeError(f"profiled pass: {result.outcome} {result.received} {result.error}")

@@ -18,6 +18,10 @@ record does not show.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import threading
 import time
 import uuid
@@ -26,20 +30,50 @@ from typing import Final, Literal, Protocol
 
 import structlog
 
-from sync_worker import config, errors, secret
+from sync_worker import errors, secret
 
 _log = structlog.get_logger(__name__)
 
 Outcome = Literal["succeeded", "refused", "unknown", "throttled"]
+# ThingSpace locks a user after this many failed session logins in a row.
+VENDOR_LOCKOUT_AT: Final = 5
 # The most failed logins in a row the guard ever lets exist: one more is the vendor's lock-out.
-CEILING: Final = config.VENDOR_LOCKOUT_AT - 1
+CEILING: Final = VENDOR_LOCKOUT_AT - 1
+_FINGERPRINT_SALT: Final = b"thingspace-sms-sync/login-guard/v1"
+# Slow on purpose: the fingerprint is stored in the database, and a cheap hash of
+# a password is a cheap dictionary attack away from the password.
+_FINGERPRINT_ITERATIONS: Final = 200_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a token request and a session login send."""
+
+    client_id: str
+    client_secret: secret.Secret
+    username: str
+    password: secret.Secret
+
+    def fingerprint(self, base_url: str) -> str:
+        """A slow salted hash of the login material: equal only for equal credentials."""
+        return _fingerprint(
+            base_url, self.client_id, self.username, self.password.reveal(), self.client_secret.reveal()
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(*parts: str) -> str:
+    # JSON keeps the parts unambiguous ("ab"+"c" differs from "a"+"bc").
+    material = json.dumps(list(parts), ensure_ascii=False).encode("utf-8")
+    digest = hashlib.pbkdf2_hmac("sha256", material, _FINGERPRINT_SALT, _FINGERPRINT_ITERATIONS)
+    return digest.hex()
 
 
 def check_threshold(threshold: int) -> int:
     if not 1 <= threshold <= CEILING:
         raise errors.ConfigError(
             f"login guard threshold must be 1..{CEILING} "
-            f"(the vendor locks the user at {config.VENDOR_LOCKOUT_AT}), got {threshold}"
+            f"(the vendor locks the user at {VENDOR_LOCKOUT_AT}), got {threshold}"
         )
     return threshold
 
@@ -49,7 +83,7 @@ def refusal(failures: int, failed: frozenset[str], fingerprint: str, threshold: 
     if failures >= CEILING:
         return (
             f"{failures} failed logins in a row are presumed at ThingSpace, which locks the user at "
-            f"{config.VENDOR_LOCKOUT_AT}: no login is attempted, whatever the credentials"
+            f"{VENDOR_LOCKOUT_AT}: no login is attempted, whatever the credentials"
         )
     if failures >= threshold and fingerprint in failed:
         return (

@@ -60,10 +60,9 @@ import requests
 import requests.adapters
 import structlog
 
-from sync_worker import auth, config, errors, models, retry, secret
+from sync_worker import auth, errors, models, retry, secret, urls
 
 USER_AGENT: Final = "thingspace-sms-sync/0.1"
-DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
 MAX_TOKEN_LENGTH: Final = 64
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9]+")
 _SESSION_EXPIRED_SUFFIX: Final = "SessionToken.Expired"
@@ -93,7 +92,7 @@ class ClientConfig:
     retry: retry.RetryPolicy = dataclasses.field(default_factory=retry.RetryPolicy)
     login_guard: auth.LoginGuard | None = dataclasses.field(default=None, repr=False, compare=False)
     # The current credentials, read at each token fetch and login (the fields above otherwise).
-    credentials: Callable[[], config.Credentials] | None = dataclasses.field(
+    credentials: Callable[[], auth.Credentials] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
     allow_insecure_loopback: bool = False
@@ -193,11 +192,11 @@ class ThingSpaceClient:
 
     # --- credentials ---------------------------------------------------------
 
-    def _credentials(self) -> config.Credentials:
+    def _credentials(self) -> auth.Credentials:
         if self._cfg.credentials is not None:
             return self._cfg.credentials()
         cfg = self._cfg
-        return config.Credentials(cfg.client_id, cfg.client_secret, cfg.username, cfg.password)
+        return auth.Credentials(cfg.client_id, cfg.client_secret, cfg.username, cfg.password)
 
     def _fetch_bearer(self) -> tuple[str, float]:
         operation = "oauth_token"
@@ -661,26 +660,11 @@ def next_token_from_location(location: str, base_url: str) -> str:
 
 
 def _checked_base_url(cfg: ClientConfig) -> str:
-    base = cfg.base_url.rstrip("/")
-    try:
-        parts = urllib.parse.urlsplit(base)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise errors.ConfigError("base_url is not a valid URL") from exc
-    if not host or parts.query or parts.fragment or parts.username or parts.password:
-        raise errors.ConfigError("base_url must be scheme://host[:port]/path without query or credentials")
-    if parts.scheme == "https":
-        return base
-    if parts.scheme != "http":
-        raise errors.ConfigError(f"base_url scheme {parts.scheme!r} is not https")
-    if not cfg.allow_insecure_loopback:
-        raise errors.ConfigError(
-            "base_url uses http://; only https is allowed (tokens would travel in clear)"
-        )
-    if not config.is_loopback_host(host):
-        raise errors.ConfigError("http:// is allowed only for a loopback host (127.0.0.0/8, ::1, localhost)")
-    _log.warning("thingspace_insecure_loopback", base_url=base)
+    base = urls.check_base_url(
+        cfg.base_url, allow_insecure_loopback=cfg.allow_insecure_loopback, name="base_url"
+    )
+    if base.startswith("http://"):
+        _log.warning("thingspace_insecure_loopback", base_url=base)
     return base
 
 

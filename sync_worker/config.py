@@ -9,37 +9,22 @@ README table are generated from it so they cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import ipaddress
-import json
 import math
 import os
-import time
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from sync_worker import errors, models, secret
+from sync_worker import auth, errors, models, secret, urls
 
 if TYPE_CHECKING:
-    import psycopg
-
-    from sync_worker import auth, client
+    from sync_worker import auth
 
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEFAULT_BASE_URL: Final = "https://thingspace.verizon.com/api"
-# The vendor locks the user out at five failed logins in a row.
-VENDOR_LOCKOUT_AT: Final = 5
 DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
-_FINGERPRINT_SALT: Final = b"thingspace-sms-sync/login-guard/v1"
-# Slow on purpose: the fingerprint is stored in the database, and a cheap hash of
-# a password is a cheap dictionary attack away from the password.
-_FINGERPRINT_ITERATIONS: Final = 200_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,7 +47,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         "THINGSPACE_BASE_URL",
-        DEFAULT_BASE_URL,
+        urls.DEFAULT_BASE_URL,
         "ThingSpace API base URL. Must be https:// (http:// only with THINGSPACE_ALLOW_INSECURE_LOOPBACK).",
         ("base_url",),
     ),
@@ -240,36 +225,7 @@ class Settings:
     def redacted_database_url(self) -> str:
         return redact_conninfo(self.database_url)
 
-    def client_config(
-        self,
-        *,
-        login_guard: auth.LoginGuard | None = None,
-        observer: Any = None,
-        sleep: Callable[[float], None] | None = None,
-    ) -> client.ClientConfig:
-        # Imported here: config is loaded by every command, the HTTP stack only by some.
-        from sync_worker import client, retry  # noqa: PLC0415
-
-        return client.ClientConfig(
-            base_url=self.base_url,
-            client_id=self.client_id,
-            client_secret=self.client_secret,
-            username=self.username,
-            password=self.password,
-            timeout=(self.http_connect_timeout, self.http_read_timeout),
-            retry=retry.RetryPolicy(
-                max_attempts=self.retry_max_attempts,
-                max_backoff=self.retry_max_wait_seconds,
-                max_retry_after=self.retry_max_retry_after_seconds,
-                sleep=sleep if sleep is not None else time.sleep,
-            ),
-            login_guard=login_guard,
-            credentials=self.credentials,
-            allow_insecure_loopback=self.allow_insecure_loopback,
-            observer=observer,
-        )
-
-    def credentials(self) -> Credentials:
+    def credentials(self) -> auth.Credentials:
         """The login material as it is now: the ``*_FILE`` secrets are read again each time."""
         client_secret = self.client_secret
         password = self.password
@@ -277,37 +233,13 @@ class Settings:
             client_secret = read_secret_file("THINGSPACE_CLIENT_SECRET_FILE", self.client_secret_file)
         if self.password_file is not None:
             password = read_secret_file("THINGSPACE_PASSWORD_FILE", self.password_file)
-        return Credentials(self.client_id, client_secret, self.username, password)
+        return auth.Credentials(self.client_id, client_secret, self.username, password)
 
     def credential_fingerprint(self) -> str:
         """The fingerprint of the credentials as loaded (see ``Credentials.fingerprint``)."""
-        return Credentials(self.client_id, self.client_secret, self.username, self.password).fingerprint(
+        return auth.Credentials(self.client_id, self.client_secret, self.username, self.password).fingerprint(
             self.base_url
         )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Credentials:
-    """What a token request and a session login send."""
-
-    client_id: str
-    client_secret: secret.Secret
-    username: str
-    password: secret.Secret
-
-    def fingerprint(self, base_url: str) -> str:
-        """A slow salted hash of the login material: equal only for equal credentials."""
-        return _fingerprint(
-            base_url, self.client_id, self.username, self.password.reveal(), self.client_secret.reveal()
-        )
-
-
-@functools.lru_cache(maxsize=8)
-def _fingerprint(*parts: str) -> str:
-    # JSON keeps the parts unambiguous ("ab"+"c" differs from "a"+"bc").
-    material = json.dumps(list(parts), ensure_ascii=False).encode("utf-8")
-    digest = hashlib.pbkdf2_hmac("sha256", material, _FINGERPRINT_SALT, _FINGERPRINT_ITERATIONS)
-    return digest.hex()
 
 
 # --- loading ---------------------------------------------------------------
@@ -334,7 +266,7 @@ def load(
     budget = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
     max_blocks = _int(env, "SYNC_MAX_BLOCKS_PER_RUN", DEFAULT_MAX_BLOCKS_PER_RUN, 1, 10_000_000)
     shutdown = _float(env, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.0)
-    guard = _int(env, "SYNC_LOGIN_GUARD_THRESHOLD", 3, 1, VENDOR_LOCKOUT_AT - 1)
+    guard = _int(env, "SYNC_LOGIN_GUARD_THRESHOLD", 3, 1, auth.CEILING)
     metrics_port = _optional_int(env, "SYNC_METRICS_PORT", 0, 65535)
     log_format = _choice(env, "SYNC_LOG_FORMAT", "auto", LOG_FORMATS, upper=False)
     log_level = _choice(env, "SYNC_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
@@ -344,7 +276,9 @@ def load(
     max_wait = _float(env, "THINGSPACE_RETRY_MAX_WAIT", 30.0, minimum=0.0)
     max_retry_after = _float(env, "THINGSPACE_RETRY_MAX_RETRY_AFTER", 120.0, minimum=0.0)
     insecure = _bool(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK")
-    base_url = _base_url(_get(env, "THINGSPACE_BASE_URL") or DEFAULT_BASE_URL, insecure)
+    base_url = urls.check_base_url(
+        _get(env, "THINGSPACE_BASE_URL") or urls.DEFAULT_BASE_URL, allow_insecure_loopback=insecure
+    )
     database_url = _database_url(_get(env, "SYNC_DATABASE_URL"))
 
     client_id = _get(env, "THINGSPACE_CLIENT_ID")
@@ -459,47 +393,6 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     if raw in _FALSE:
         return False
     raise errors.ConfigError(f"{name}={raw!r} must be 1 or 0")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (the only hosts plain http may use)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _base_url(raw: str, insecure: bool) -> str:
-    name = "THINGSPACE_BASE_URL"
-    try:
-        parts = urllib.parse.urlsplit(raw)
-    except ValueError:
-        raise errors.ConfigError(f"{name} is not a valid URL") from None
-    # Checked before anything echoes the URL: the userinfo may be a credential.
-    if "@" in parts.netloc:
-        raise errors.ConfigError(f"{name} must not contain a user name or password")
-    try:
-        host = parts.hostname or ""
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise errors.ConfigError(f"{name}={raw!r} is not a valid URL (bad host or port)") from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise errors.ConfigError(f"{name}={raw!r} must be an https:// URL with a host")
-    if parts.query or parts.fragment:
-        raise errors.ConfigError(f"{name}={raw!r} must not have a query string or fragment")
-    if insecure and not is_loopback_host(host):
-        raise errors.ConfigError(
-            f"THINGSPACE_ALLOW_INSECURE_LOOPBACK=1 is only allowed with a loopback {name} "
-            f"(localhost, 127.0.0.0/8, ::1), not host {host!r}"
-        )
-    if parts.scheme == "http" and not insecure:
-        raise errors.ConfigError(
-            f"{name}={raw!r} is plain http://; use https://, or set THINGSPACE_ALLOW_INSECURE_LOOPBACK=1 "
-            "for a simulator on a loopback host"
-        )
-    return raw.rstrip("/")
 
 
 def _secret(env: Mapping[str, str], name: str) -> secret.Secret:
@@ -644,78 +537,3 @@ def redact_conninfo(conninfo: str) -> str:
         return "(unparseable connection string)"
     shown = [f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user") and v]
     return " ".join(shown) or "(libpq defaults)"
-
-
-ConnectionFactory = Callable[[], "psycopg.Connection[Any]"]
-
-# A replica cut off from Postgres must lose its account locks within about a minute, so both
-# ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
-# which is what actually drops the session and its advisory locks. Values already in the URL win.
-_CLIENT_LIVENESS: Final = {
-    "keepalives": "1",
-    "keepalives_idle": "15",
-    "keepalives_interval": "5",
-    "keepalives_count": "4",
-    "tcp_user_timeout": "45000",
-}
-_SERVER_LIVENESS: Final = " ".join(
-    f"-c {name}={value}"
-    for name, value in (
-        ("tcp_keepalives_idle", 15),
-        ("tcp_keepalives_interval", 5),
-        ("tcp_keepalives_count", 4),
-        ("tcp_user_timeout", 45000),
-    )
-)
-
-
-def with_liveness(dsn: str) -> str:
-    """``dsn`` plus TCP keepalive and user-timeout settings on both ends (unless it sets its own)."""
-    from psycopg import conninfo  # noqa: PLC0415
-
-    params = conninfo.conninfo_to_dict(dsn)
-    for key, value in _CLIENT_LIVENESS.items():
-        params.setdefault(key, value)
-    options = str(params.get("options") or "")
-    if "tcp_keepalives_idle" not in options:
-        params["options"] = f"{options} {_SERVER_LIVENESS}".strip()
-    return conninfo.make_conninfo("", **params)
-
-
-def connection_factory(
-    dsn: str,
-    *,
-    application_name: str = "sync-worker",
-    failure: str = "cannot connect to the database",
-) -> ConnectionFactory:
-    """Connections in autocommit mode, so every ``store`` write is exactly the transaction it
-    opens and advisory locks are session-level. A connection failure raises
-    ``errors.DatabaseUnavailableError("<failure> (<psycopg error class>)")``."""
-    import psycopg  # noqa: PLC0415
-
-    def connect() -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(with_liveness(dsn), autocommit=True, application_name=application_name)
-        except psycopg.Error as exc:
-            # psycopg's message may name host and user, never the password;
-            # still, the class name is all an operator needs here.
-            raise errors.DatabaseUnavailableError(f"{failure} ({type(exc).__name__})") from exc
-
-    return connect
-
-
-def connect(
-    settings: Settings, *, autocommit: bool = True, connect_timeout: int = 10
-) -> psycopg.Connection[Any]:
-    """A psycopg connection; connection failures become ``errors.DatabaseUnavailableError``."""
-    import psycopg  # noqa: PLC0415
-
-    try:
-        return psycopg.connect(
-            with_liveness(settings.database_url), autocommit=autocommit, connect_timeout=connect_timeout
-        )
-    except psycopg.Error as exc:
-        raise errors.DatabaseUnavailableError(
-            f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}: "
-            f"{secret.scrub(str(exc).strip())}"
-        ) from exc

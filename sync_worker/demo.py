@@ -16,7 +16,7 @@ from typing import Any, Final, TextIO
 
 import psycopg
 
-from sync_worker import cli, config, embedded, errors, logs, migrations
+from sync_worker import app, config, embedded, errors, exitcodes, logs, migrations, queries, report, simulator
 
 ACCOUNTS: Final[Mapping[str, int]] = {
     "0252012345-00001": 3000,
@@ -33,22 +33,10 @@ MALFORMED: Final[Sequence[Any]] = (
     {"message": "no device ids", "timestamp": "2026-01-01T00:00:01Z"},
     "a bare string instead of a message object",
 )
-# The seeded traffic is historical, so "the busiest day" stands in for "today".
-TOP_DEVICES_SQL: Final = """
-SELECT account_name, device_kind, device_id, day_utc, messages
-FROM sms_daily_device_counts
-WHERE day_utc = (
-    SELECT day_utc FROM sms_daily_account_counts GROUP BY day_utc ORDER BY sum(messages) DESC LIMIT 1
-)
-ORDER BY messages DESC, account_name, device_id
-LIMIT 5
-"""
 
 
 def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) -> int:
     """Run the demo; returns an exit code (0 when every message landed)."""
-    from sync_worker import simulator, sync  # noqa: PLC0415
-
     out = sys.stdout if out is None else out
     # Problems only, on stderr: the narrative on stdout is the demo.
     logs.configure("console", "WARNING", sys.stderr)
@@ -66,27 +54,28 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             total += count + len(MALFORMED)
         say(f"- simulator at {sim.base_url}: {total} queued messages on {len(accounts)} accounts")
         settings = config.load(_demo_env(sim, dsn, accounts))
-        with config.connect(settings) as conn:
+        connect = app.connector(settings)
+        with connect() as conn:
             applied = migrations.migrate(conn)
         say(f"- embedded PostgreSQL started, migrations applied: {', '.join(applied) or 'none needed'}")
 
-        result = sync.sync_once(settings)
+        result = app.sync_once(settings, connect=connect)
         summary = result.summary()
         say(
             f"- one sync pass: {summary['blocks']} blocks, {summary['received']} messages received, "
             f"{summary['inserted']} stored, {summary['malformed']} flagged malformed "
             f"({time.monotonic() - started:.1f}s in all)"
         )
-        with config.connect(settings) as conn:
+        with connect() as conn:
             stored = {a: _stored(conn, a) for a in accounts}
             say()
             say("sync-worker status:")
-            say(cli.format_status(cli.status_rows(conn)))
+            say(report.status_table(report.status_rows(conn)))
             say()
             say("analyst query: top devices on the busiest day (view sms_daily_device_counts):")
-            cur = conn.execute(TOP_DEVICES_SQL)
+            cur = conn.execute(queries.get("demo_top_devices"))
             columns = [c.name for c in cur.description or ()]
-            say(cli.format_table([dict(zip(columns, row, strict=True)) for row in cur.fetchall()], columns))
+            say(report.table([dict(zip(columns, row, strict=True)) for row in cur.fetchall()], columns))
         say()
         exact = True
         for account in accounts:
@@ -106,9 +95,9 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             )
         if result.exit_code != 0 or not exact:
             say("demo FAILED: see the messages above")
-            return cli.EXIT_ACCOUNT_FAILED
+            return exitcodes.FAILED
         say("demo OK: every delivered message is in Postgres. Cleaning up.")
-    return cli.EXIT_OK
+    return exitcodes.OK
 
 
 def _demo_env(sim: Any, dsn: str, accounts: Mapping[str, int]) -> dict[str, str]:
@@ -137,7 +126,7 @@ def _canonical(messages: Sequence[Any]) -> list[str]:
 
 def _stored(conn: psycopg.Connection[Any], account: str) -> list[str]:
     try:
-        rows = conn.execute("SELECT raw_json FROM sms_history WHERE account_name = %s", (account,)).fetchall()
+        rows = conn.execute(queries.get("demo_stored_raw"), {"account_name": account}).fetchall()
     except psycopg.Error as exc:
         raise errors.StoreError(f"reading stored messages failed: {type(exc).__name__}") from exc
     return _canonical([json.loads(r[0]) for r in rows])

@@ -48,10 +48,10 @@ from typing import Any, Final
 import psycopg
 import structlog
 
-from sync_worker import auth, config, errors, queries
+from sync_worker import auth, db, errors, queries
 
 Outcome = auth.Outcome
-ConnectionFactory = config.ConnectionFactory
+ConnectionFactory = db.ConnectionFactory
 
 CEILING: Final = auth.CEILING
 # How often a login waiting for another process's login looks again.
@@ -115,7 +115,7 @@ class GuardStatus:
             "failures": s.failures,
             "threshold": self.threshold,
             "ceiling": self.ceiling,
-            "vendor_lockout_at": config.VENDOR_LOCKOUT_AT,
+            "vendor_lockout_at": auth.VENDOR_LOCKOUT_AT,
             "tripped": self.blocked is not None,
             "refused": self.refused,
             "problem": self.problem,

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Final
+from typing import Final, TextIO
 
 import prometheus_client
 from prometheus_client import core
@@ -265,3 +265,28 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return prometheus_client.generate_latest(self.registry)
+
+
+class ProgressMetrics(Metrics):
+    """Metrics that also print one line per committed block (``once`` on a terminal)."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = out
+        self._totals: dict[str, list[int]] = {}
+        self._print_lock = threading.Lock()
+
+    def block_committed(
+        self, account: str, received: int, inserted: int, replays: int, malformed: int
+    ) -> None:
+        super().block_committed(account, received, inserted, replays, malformed)
+        with self._print_lock:
+            totals = self._totals.setdefault(account, [0, 0, 0])
+            totals[0] += 1
+            totals[1] += received
+            totals[2] += inserted
+            print(
+                f"  {account}: block {totals[0]}, {totals[1]} messages, {totals[2]} new",
+                file=self._out,
+                flush=True,
+            )

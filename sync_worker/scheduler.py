@@ -8,7 +8,6 @@ it between blocks, so the block in flight is committed before they return.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -24,11 +23,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, errors, migrations, signals, store, sync
-
-EXIT_OK: Final = 0
-# In-flight account runs did not finish within the shutdown timeout.
-EXIT_SHUTDOWN_TIMEOUT: Final = 1
+from sync_worker import config, db, errors, exitcodes, migrations, signals, store, sync
 
 _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
@@ -86,11 +81,12 @@ class Liveness:
 
 def run_daemon(
     settings: config.Settings,
+    api: sync.HistoryApi,
+    connect: db.ConnectionFactory,
     *,
     stop_event: threading.Event | None = None,
     metrics: sync.MetricsSink | None = None,
-    api: sync.HistoryApi | None = None,
-    connect: sync.ConnectionFactory | None = None,
+    observe_guard: Callable[[], object] | None = None,
     install_signal_handlers: bool = True,
     liveness: Liveness | None = None,
 ) -> int:
@@ -101,74 +97,62 @@ def run_daemon(
     Returns 0 after a clean shutdown, 1 when account runs were still busy after
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
-    timeout. ``api``/``connect`` replace the client and connection factory
-    built from ``settings`` (tests inject theirs). ``liveness`` reports True
-    from the scheduler's start until shutdown begins.
+    timeout. ``app.run_daemon`` builds ``api`` and ``connect`` from the settings;
+    ``observe_guard`` is called at each account run (how the login-guard gauge
+    notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
+    the scheduler's start until shutdown begins.
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    connect = connect or functools.partial(config.connect, settings)
     with connect() as conn:
         migrations.check_schema(conn)
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
 
-    # Leaving this block closes the client and the guard after the scheduler stopped.
-    with contextlib.ExitStack() as stack:
-        observe_guard: Callable[[], object] | None = None
-        if api is None:
-            api, login_guard = stack.enter_context(
-                sync.built_client(settings, connect, metrics=metrics, stop_event=stop)
+    inflight = _InFlight()
+    scheduler = _build_scheduler(
+        settings,
+        api,
+        connect=connect,
+        stop=stop,
+        metrics=metrics,
+        inflight=inflight,
+        observe_guard=observe_guard,
+    )
+    try:
+        with signals.stop_on_signals(stop, enabled=install_signal_handlers):
+            scheduler.start()
+            if liveness is not None:
+                liveness.attach(scheduler)
+            _log.info(
+                "daemon_started",
+                accounts=list(settings.account_names),
+                concurrency=settings.concurrency,
             )
-            if metrics is not None:
-
-                def observe_guard() -> object:
-                    # Credentials are read again: a corrected secret file counts as new ones.
-                    return login_guard.observe(settings.credentials().fingerprint(settings.base_url))
-
-        inflight = _InFlight()
-        scheduler = _build_scheduler(
-            settings,
-            api,
-            connect=connect,
-            stop=stop,
-            metrics=metrics,
-            inflight=inflight,
-            observe_guard=observe_guard,
-        )
-        try:
-            with signals.stop_on_signals(stop, enabled=install_signal_handlers):
-                scheduler.start()
-                if liveness is not None:
-                    liveness.attach(scheduler)
-                _log.info(
-                    "daemon_started",
-                    accounts=list(settings.account_names),
-                    concurrency=settings.concurrency,
-                )
-                # A bounded wait keeps the main thread responsive to signals on
-                # every platform; the event is still the only stop signal.
-                while not stop.wait(1.0):
-                    pass
-                if liveness is not None:
-                    liveness.detach()
-                _log.info("daemon_stopping", running=inflight.running)
-                # No new runs from here on; running ones see the stop event.
-                scheduler.shutdown(wait=False)
-                clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
-        finally:
+            # A bounded wait keeps the main thread responsive to signals on
+            # every platform; the event is still the only stop signal.
+            while not stop.wait(1.0):
+                pass
             if liveness is not None:
                 liveness.detach()
-            if scheduler.running:
-                scheduler.shutdown(wait=False)
+            _log.info("daemon_stopping", running=inflight.running)
+            # No new runs from here on; running ones see the stop event.
+            scheduler.shutdown(wait=False)
+            clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
+    finally:
+        if liveness is not None:
+            liveness.detach()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
     if not clean:
         _log.error(
             "daemon_shutdown_timeout",
             running=inflight.running,
             timeout=settings.shutdown_timeout_seconds,
         )
-        return EXIT_SHUTDOWN_TIMEOUT
+        # In-flight account runs did not finish within the shutdown timeout.
+        return exitcodes.FAILED
     _log.info("daemon_stopped")
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.MetricsSink) -> None:
@@ -187,7 +171,7 @@ def _build_scheduler(
     settings: config.Settings,
     api: sync.HistoryApi,
     *,
-    connect: sync.ConnectionFactory,
+    connect: db.ConnectionFactory,
     stop: threading.Event,
     metrics: sync.MetricsSink | None,
     inflight: _InFlight,
@@ -234,7 +218,7 @@ def _account_job(
     *,
     api: sync.HistoryApi,
     account: str,
-    connect: sync.ConnectionFactory,
+    connect: db.ConnectionFactory,
     budget_seconds: float,
     stop: threading.Event,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,

@@ -19,7 +19,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-EXIT_ABORTED: Final = 130
+from sync_worker import exitcodes
+
 _ABORT_MESSAGE: Final = b"sync-worker: aborted by a second Ctrl-C\n"
 _STOPPING_MESSAGE: Final = b"sync-worker: stopping after the work in flight (Ctrl-C again to abort)\n"
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -60,4 +61,4 @@ def _say(message: bytes) -> None:
 
 def _abort() -> None:
     _say(_ABORT_MESSAGE)
-    os._exit(EXIT_ABORTED)
+    os._exit(exitcodes.INTERRUPTED)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import threading
 import time
@@ -66,15 +65,11 @@ from typing import Any, Final, Literal, Protocol
 import psycopg
 import structlog
 
-from sync_worker import client, config, errors, guard, logs, migrations, models, store
+from sync_worker import config, db, errors, exitcodes, logs, models, store
 
 Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
-ConnectionFactory = config.ConnectionFactory
+ConnectionFactory = db.ConnectionFactory
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_AUTH: Final = 4
-EXIT_QUARANTINED: Final = 5
 # Consecutive runs failing on the same block with the same permanent error before
 # that block is quarantined and the queue moves on.
 FAILURE_STREAK_LIMIT: Final = 3
@@ -163,12 +158,12 @@ class PassResult:
     @property
     def exit_code(self) -> int:
         if any(r.auth_refused for r in self.accounts):
-            return EXIT_AUTH
+            return exitcodes.AUTH
         if not all(r.ok for r in self.accounts):
-            return EXIT_FAILED
+            return exitcodes.FAILED
         if any(r.outcome == "quarantined" for r in self.accounts):
-            return EXIT_QUARANTINED
-        return EXIT_OK
+            return exitcodes.QUARANTINED
+        return exitcodes.OK
 
     def summary(self) -> dict[str, Any]:
         """Totals for one JSON log line or the CLI's final output."""
@@ -625,104 +620,9 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
         _log.warning("account_run", **fields)
 
 
-def sync_once(
-    settings: config.Settings,
-    *,
-    accounts: Sequence[str] | None = None,
-    stop_event: threading.Event | None = None,
-    metrics: MetricsSink | None = None,
-    api: HistoryApi | None = None,
-    connect: ConnectionFactory | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> PassResult:
-    """One pass: every account drained to its final block, ``settings.concurrency`` at a time.
-
-    Raises ``errors.SchemaError`` (schema outdated) or
-    ``errors.DatabaseUnavailableError`` before any API call; the CLI maps both
-    to exit code 3. ``api`` and ``connect`` replace the client and the
-    connection factory built from ``settings`` (the daemon shares its own; tests
-    inject theirs).
-    """
-    connect = connect or functools.partial(config.connect, settings)
-    with connect() as conn:
-        migrations.check_schema(conn)
-    names = list(accounts) if accounts is not None else [a.name for a in settings.accounts]
-    with contextlib.ExitStack() as stack:
-        if api is None:
-            api, _ = stack.enter_context(
-                built_client(settings, connect, metrics=metrics, stop_event=stop_event)
-            )
-        results = run_accounts(
-            api,
-            names,
-            connect,
-            concurrency=settings.concurrency,
-            budget_seconds=settings.run_budget_seconds,
-            stop_event=stop_event,
-            metrics=metrics,
-            clock=clock,
-            max_blocks=settings.max_blocks_per_run,
-            lock_report_after=lock_report_after(settings),
-        )
-    passed = PassResult(results)
-    _log.info("sync_pass", **passed.summary())
-    return passed
-
-
-@contextlib.contextmanager
-def built_client(
-    settings: config.Settings,
-    connect: ConnectionFactory,
-    *,
-    metrics: MetricsSink | None = None,
-    stop_event: threading.Event | None = None,
-) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
-    """The one shared (thread-safe) client, its logins guarded by the Postgres login guard; closed on exit.
-
-    With ``stop_event``, retry and ``Retry-After`` waits (and a wait for another process's login)
-    end as soon as it is set.
-    """
-    login_guard = build_guard(
-        settings,
-        connect,
-        stop_event=stop_event,
-        on_state=metrics.login_guard if metrics is not None else None,
-    )
-    observer = metrics.api_observer() if metrics is not None else None
-    sleep = None if stop_event is None else stoppable_sleep(stop_event)
-    api = client.ThingSpaceClient(
-        settings.client_config(login_guard=login_guard, observer=observer, sleep=sleep)
-    )
-    try:
-        yield api, login_guard
-    finally:
-        api.close()
-
-
-def build_guard(
-    settings: config.Settings,
-    connect: ConnectionFactory,
-    *,
-    stop_event: threading.Event | None = None,
-    on_state: Callable[[bool], None] | None = None,
-) -> guard.LoginGuard:
-    """The login guard of the configured user."""
-    return guard.LoginGuard(
-        connect,
-        base_url=settings.base_url,
-        username=settings.username,
-        threshold=settings.login_guard_threshold,
-        # A login cannot take longer than one connect and one read timeout; the margin
-        # covers a slow database. A process that vanished mid-login holds no longer.
-        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
-        stop_event=stop_event,
-        on_state=on_state,
-    )
-
-
-def lock_report_after(settings: config.Settings) -> float:
+def lock_report_after(interval_seconds: float) -> float:
     """Seconds after which another process holding an account's lock is reported."""
-    return LOCK_REPORT_INTERVALS * settings.interval_seconds
+    return LOCK_REPORT_INTERVALS * interval_seconds
 
 
 def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:

@@ -7,7 +7,7 @@ import os
 import psycopg
 import pytest
 
-from sync_worker import config
+from sync_worker import db as database
 
 # The embedded server listens on a Unix socket only, where these settings read as zero; a TCP
 # server is needed (the suite's default second server, or SYNC_TEST_DATABASE_URL when it is TCP).
@@ -27,7 +27,7 @@ def _tcp_or_skip() -> str:
 def test_worker_connections_keep_alive_and_time_out_on_both_ends() -> None:
     """The server drops a silent session (and its advisory locks) within ~35-45 s; so does the client."""
     url = _tcp_or_skip()
-    with config.connection_factory(url)() as conn:
+    with database.connector(url)() as conn:
         shown = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
             for name in (
@@ -49,7 +49,7 @@ def test_worker_connections_keep_alive_and_time_out_on_both_ends() -> None:
 
 def test_settings_in_the_url_win() -> None:
     """An operator's own keepalive settings and options are kept, not overwritten."""
-    dsn = config.with_liveness("host=db keepalives_idle=60 options='-c tcp_keepalives_idle=60'")
+    dsn = database.with_liveness("host=db keepalives_idle=60 options='-c tcp_keepalives_idle=60'")
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     assert params["keepalives_idle"] == "60" and params["options"] == "-c tcp_keepalives_idle=60"
     assert params["tcp_user_timeout"] == "45000"

@@ -7,7 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import config, errors, models, quarantine, store, sync
+from sync_worker import db as database
+from sync_worker import errors, models, quarantine, store, sync
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00051"
@@ -60,9 +61,7 @@ def test_block_failing_to_store_in_three_runs_is_quarantined_then_replayed(
 
 def test_failure_streak_restarts_for_another_block_or_error(db_url: str) -> None:
     """The streak only grows for the same block (token and bytes) and the same kind of error."""
-    with config.connect(
-        config.load({"SYNC_DATABASE_URL": db_url}, require_credentials=False, require_accounts=False)
-    ) as conn:
+    with database.connector(db_url)() as conn:
 
         def record(token: str | None, digest: str, kind: str) -> int:
             return store.record_block_failure(

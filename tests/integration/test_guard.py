@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import config, errors, guard, secret, simulator, sync
+from sync_worker import app, config, errors, guard, secret, simulator
+from sync_worker import db as database
 from sync_worker.simulator import faults as sim_faults
 from tests.integration.test_cli_e2e import EventReader
 from tests.integration.test_scheduler import GuardGauge
@@ -36,7 +37,7 @@ def wrong_password(
 
 
 def guard_of(settings: config.Settings, db_url: str, **kw: Any) -> guard.LoginGuard:
-    return sync.build_guard(settings, config.connection_factory(db_url), **kw)
+    return app.login_guard(settings, database.connector(db_url), **kw)
 
 
 def fingerprint(settings: config.Settings) -> str:
@@ -88,18 +89,18 @@ def test_wrong_passwords_and_a_rotated_secret_never_reach_the_lock(
     """Wrong password to exit 4, another wrong password, a rotated client secret: at most 4 in a row."""
     backlog(simulator, ACCOUNT, 5)
     first = wrong_password(simulator, db_url, "wrong-one")
-    codes = [sync.sync_once(first).exit_code for _ in range(4)]
+    codes = [app.sync_once(first).exit_code for _ in range(4)]
     assert codes == [4, 4, 4, 4]
     assert simulator.stats.login_attempts == 3  # the soft stop for unchanged credentials
 
     typo = wrong_password(simulator, db_url, "wrong-two")
-    codes = [sync.sync_once(typo).exit_code for _ in range(4)]
+    codes = [app.sync_once(typo).exit_code for _ in range(4)]
     assert codes == [4, 4, 4, 4]
     assert simulator.stats.login_attempts == 4  # new credentials used the last headroom, no more
 
     simulator.config.client_secret = secret.Secret("rotated-client-secret")
     rotated = wrong_password(simulator, db_url, "wrong-two", THINGSPACE_CLIENT_SECRET="rotated-client-secret")
-    assert [sync.sync_once(rotated).exit_code for _ in range(3)] == [4, 4, 4]
+    assert [app.sync_once(rotated).exit_code for _ in range(3)] == [4, 4, 4]
     assert simulator.stats.login_attempts == 4
     assert simulator.peak_failed_login_streak() == 4 < LOCKED_AT
     assert guard_of(first, db_url).state().failures == 4
@@ -125,7 +126,7 @@ def test_logins_whose_answer_is_lost_are_counted(
     )
     simulator.faults.script("login", [step] * 8)
     settings = wrong_password(simulator, db_url)
-    results = [sync.sync_once(settings) for _ in range(8)]
+    results = [app.sync_once(settings) for _ in range(8)]
     assert [r.exit_code for r in results[:3]] == [1, 1, 1]  # outcome unknown: a transient failure
     assert [r.exit_code for r in results[3:]] == [4] * 5  # then the guard stops these credentials
     assert simulator.stats.login_attempts == 3
@@ -141,9 +142,9 @@ def test_unknown_outcome_of_a_good_login_is_cleared_by_the_next_success(
     backlog(simulator, ACCOUNT, 10)
     simulator.faults.script("login", ["lost_response"])
     settings = make_settings(simulator, db_url, [ACCOUNT])
-    assert sync.sync_once(settings).exit_code == 1
+    assert app.sync_once(settings).exit_code == 1
     assert guard_of(settings, db_url).state().failures == 1
-    assert sync.sync_once(settings).exit_code == 0
+    assert app.sync_once(settings).exit_code == 0
     assert guard_of(settings, db_url).state().failures == 0
 
 
@@ -152,7 +153,6 @@ def test_daemon_recovers_by_itself_from_throttled_logins(
     simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any], statuses: list[int]
 ) -> None:
     """A daemon whose first logins get 429/408 drains its queue by itself; nothing is counted or latched."""
-    from sync_worker import scheduler
 
     backlog(simulator, ACCOUNT, 40, seed=3)
     simulator.faults.retry_after = "0"
@@ -170,7 +170,7 @@ def test_daemon_recovers_by_itself_from_throttled_logins(
     code: list[int] = []
     daemon = threading.Thread(
         target=lambda: code.append(
-            scheduler.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
+            app.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
         )
     )
     daemon.start()
@@ -274,7 +274,7 @@ def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
     simulator.config.max_failed_logins = LOCKED_AT
     old = wrong_password(simulator, db_url, "old-wrong")
     # The vendor saw those three failures too.
-    assert [sync.sync_once(old).exit_code for _ in range(3)] == [4, 4, 4]
+    assert [app.sync_once(old).exit_code for _ in range(3)] == [4, 4, 4]
     assert simulator.failed_login_streak() == 3
     new = wrong_password(simulator, db_url, "new-wrong")
     start = threading.Barrier(8)
@@ -284,7 +284,7 @@ def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
     def replica(i: int) -> None:
         start.wait()
         # One account each: the account lock must not be what serialises them.
-        result = sync.sync_once(new, accounts=[f"0252012345-0002{i}"])
+        result = app.sync_once(new, accounts=[f"0252012345-0002{i}"])
         with lock:
             codes.append(result.exit_code)
 
@@ -309,7 +309,7 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
 
     def replica(i: int) -> None:
         start.wait()
-        result = sync.sync_once(settings, accounts=[f"0252012345-0002{i}"])
+        result = app.sync_once(settings, accounts=[f"0252012345-0002{i}"])
         with lock:
             codes.append(result.exit_code)
 
@@ -325,7 +325,7 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
 
 def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url: str) -> None:
     """A lease never finished (a killed process) blocks others until it runs out, then counts as failed."""
-    connect = config.connection_factory(db_url)
+    connect = database.connector(db_url)
     vanished = guard.LoginGuard(connect, base_url="https://x/api", username="u", threshold=3, lease_seconds=1)
     vanished.begin("fp-dead")  # never finished: the process "died"
     other = guard.LoginGuard(
@@ -342,7 +342,7 @@ def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url:
 
 def test_waiting_for_another_login_is_bounded_by_deadline_and_stop(db_url: str) -> None:
     """A login waiting on another process's login gives up at its deadline, or at once when stopping."""
-    connect = config.connection_factory(db_url)
+    connect = database.connector(db_url)
     holder = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3, lease_seconds=600)
     holder.begin("fp")
     waiter = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3)
@@ -357,7 +357,7 @@ def test_waiting_for_another_login_is_bounded_by_deadline_and_stop(db_url: str) 
 
 def test_count_is_per_user_and_platform(db_url: str) -> None:
     """One user's failures count neither against another user nor against the same name elsewhere."""
-    connect = config.connection_factory(db_url)
+    connect = database.connector(db_url)
     a = guard.LoginGuard(connect, base_url="https://one/api", username="u", threshold=1)
     b = guard.LoginGuard(connect, base_url="https://two/api", username="u", threshold=1)
     c = guard.LoginGuard(connect, base_url="https://one/api", username="v", threshold=1)
@@ -375,9 +375,7 @@ def test_counts_recorded_before_the_upgrade_are_kept(db_url: str, db: psycopg.Co
         "INSERT INTO login_guard (base_url, username, consecutive_failures, last_outcome) "
         "VALUES ('', 'legacy', 3, 'refused')"
     )
-    g = guard.LoginGuard(
-        config.connection_factory(db_url), base_url="https://x/api", username="legacy", threshold=3
-    )
+    g = guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="legacy", threshold=3)
     assert g.state().failures == 3
     g.finish(g.begin("new-fp"), "new-fp", "refused")
     with pytest.raises(errors.LoginGuardTrippedError):
@@ -387,7 +385,7 @@ def test_counts_recorded_before_the_upgrade_are_kept(db_url: str, db: psycopg.Co
 def test_unreachable_database_fails_closed() -> None:
     """A guard that cannot read its count refuses to log in."""
     dead = guard.LoginGuard(
-        config.connection_factory("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1"),
+        database.connector("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1"),
         base_url="https://x/api",
         username="u",
         threshold=3,
@@ -399,22 +397,18 @@ def test_unreachable_database_fails_closed() -> None:
 def test_threshold_outside_vendor_margin_is_refused(db_url: str) -> None:
     """A threshold of 5 or more (the vendor's lock-out) is a configuration error."""
     with pytest.raises(errors.ConfigError):
-        guard.LoginGuard(
-            config.connection_factory(db_url), base_url="https://x/api", username="u", threshold=5
-        )
+        guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="u", threshold=5)
 
 
 def test_a_login_left_by_a_dead_process_on_this_host_is_not_waited_for(db_url: str) -> None:
     """A lease whose holder process on this host is gone (killed mid-login) is counted failed at once."""
     script = (
-        "import sys; from sync_worker import config, guard; "
-        "g = guard.LoginGuard(config.connection_factory(sys.argv[1]), base_url='https://x/api', "
+        "import sys; from sync_worker import db, guard; "
+        "g = guard.LoginGuard(db.connector(sys.argv[1]), base_url='https://x/api', "
         "username='d', threshold=3, lease_seconds=600); g.begin('fp-killed')"
     )
     subprocess.run([sys.executable, "-c", script, db_url], check=True, timeout=60)
-    g = guard.LoginGuard(
-        config.connection_factory(db_url), base_url="https://x/api", username="d", threshold=3
-    )
+    g = guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="d", threshold=3)
     attempt = g.begin("fp", deadline=0.0)  # no wait allowed: the dead holder must not block
     state = g.state()
     assert state.failures == 2 and "fp-killed" in state.failed_fingerprints

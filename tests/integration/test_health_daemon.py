@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from prometheus_client import parser
 
-from sync_worker import config, health, metrics, migrations, scheduler
+from sync_worker import app, config, health, metrics, migrations, scheduler
 from sync_worker import simulator as sim_mod
 
 ACCOUNT = "0252012345-00001"
@@ -72,7 +72,7 @@ def settings_for(sim: sim_mod.Simulator, database_url: str, **extra: str) -> con
 
 def database_check(settings: config.Settings) -> Callable[[], None]:
     def check() -> None:
-        with config.connect(settings, connect_timeout=3) as conn:
+        with app.connector(settings, connect_timeout=3)() as conn:
             migrations.check_schema(conn)
 
     return check
@@ -192,7 +192,7 @@ def running_daemon(
     result: list[int] = []
     thread = threading.Thread(
         target=lambda: result.append(
-            scheduler.run_daemon(
+            app.run_daemon(
                 settings, stop_event=stop, metrics=m, install_signal_handlers=False, liveness=liveness
             )
         ),
@@ -310,7 +310,7 @@ def test_healthz_is_the_scheduler_running(simulator: sim_mod.Simulator, db_url: 
     result: list[int] = []
     thread = threading.Thread(
         target=lambda: result.append(
-            scheduler.run_daemon(
+            app.run_daemon(
                 settings, stop_event=stop, metrics=m, install_signal_handlers=False, liveness=liveness
             )
         ),

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import structlog
 
-from sync_worker import cli, simulator, store, sync
+from sync_worker import exitcodes, report, simulator, store
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00031"
@@ -80,7 +80,7 @@ def _quarantined(db_url: str) -> list[tuple[Any, ...]]:
 
 def _succeeded_with_quarantine(result: Any, quarantined: int = 1) -> Any:
     (account,) = result.accounts
-    assert result.exit_code == sync.EXIT_QUARANTINED == 5, result.summary()
+    assert result.exit_code == exitcodes.QUARANTINED == 5, result.summary()
     assert account.outcome == "quarantined", account
     assert account.quarantined == quarantined, account
     assert account.error and "quarantined" in account.error, account
@@ -247,7 +247,7 @@ def test_quarantine_is_logged_counted_and_shown_by_status(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         [status] = store.account_status(conn)
         run = conn.execute("SELECT outcome, quarantined, error FROM sync_run").fetchone()
-        table = cli.format_status(cli.status_rows(conn))
+        table = report.status_table(report.status_rows(conn))
     assert status.quarantined == 1 and status.last_run_outcome == "quarantined"
     assert "quarantined" in (status.last_error or "")
     assert run is not None and run[:2] == ("quarantined", 1) and "quarantine list" in run[2]

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import models, simulator, sync
+from sync_worker import app, models, simulator, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002", "0252012345-00003"]
@@ -58,14 +58,14 @@ def test_two_concurrent_passes_sync_each_account_once(
     rendezvous = Rendezvous(api_a, gate, len(ACCOUNTS))
 
     def replica_a() -> None:
-        results["a"] = sync.sync_once(settings, api=rendezvous)
+        results["a"] = app.sync_once(settings, api=rendezvous)
 
     a = threading.Thread(target=replica_a)
     a.start()
     try:
         # B starts only once A holds every account lock.
         assert rendezvous.held.wait(timeout=30)
-        results["b"] = sync.sync_once(settings, api=api_b)
+        results["b"] = app.sync_once(settings, api=api_b)
     finally:
         gate.set()
         a.join(timeout=60)
@@ -155,7 +155,7 @@ def test_account_held_long_by_another_process_is_reported(
     m = metrics.Metrics()
     with psycopg.connect(db_url, autocommit=True) as holder:
         assert store.try_account_lock(holder, account)
-        result = sync.sync_once(settings, metrics=m)
+        result = app.sync_once(settings, metrics=m)
         (status,) = [s for s in store.account_status(db) if s.account_name == account]
     (run,) = result.accounts
     assert run.outcome == "skipped_locked"

@@ -11,7 +11,8 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import config, models, scheduler, simulator, store, sync
+from sync_worker import app, exitcodes, models, simulator, store
+from sync_worker import db as database
 from sync_worker import metrics as prom_metrics
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
@@ -84,7 +85,7 @@ def test_daemon_runs_every_account_and_stops_promptly(
     stop = threading.Event()
     code: list[int] = []
     daemon = threading.Thread(
-        target=lambda: code.append(scheduler.run_daemon(settings, stop_event=stop, metrics=metrics))
+        target=lambda: code.append(app.run_daemon(settings, stop_event=stop, metrics=metrics))
     )
     daemon.start()
     try:
@@ -137,7 +138,7 @@ def test_stop_during_drain_commits_block_and_exits(
     stop = threading.Event()
     code: list[int] = []
     daemon = threading.Thread(
-        target=lambda: code.append(scheduler.run_daemon(settings, stop_event=stop, api=stalling))
+        target=lambda: code.append(app.run_daemon(settings, stop_event=stop, api=stalling))
     )
     daemon.start()
     try:
@@ -174,10 +175,10 @@ def test_shutdown_timeout_is_reported(simulator: simulator.Simulator, db_url: st
     stop = threading.Event()
     try:
         threading.Thread(target=lambda: (stalling.parked.wait(timeout=30), stop.set())).start()
-        code = scheduler.run_daemon(settings, stop_event=stop, api=stalling, install_signal_handlers=False)
+        code = app.run_daemon(settings, stop_event=stop, api=stalling, install_signal_handlers=False)
     finally:
         stalling.release.set()
-    assert code == scheduler.EXIT_SHUTDOWN_TIMEOUT
+    assert code == exitcodes.FAILED
     api.close()
 
 
@@ -194,7 +195,7 @@ def test_sigterm_sets_the_stop_event(simulator: simulator.Simulator, db_url: str
 
     threading.Thread(target=terminate_after_runs, daemon=True).start()
     assert threading.current_thread() is threading.main_thread()
-    code = scheduler.run_daemon(settings, metrics=metrics)
+    code = app.run_daemon(settings, metrics=metrics)
     assert code == 0
     assert metrics.all_ran.is_set()
     assert signal.getsignal(signal.SIGTERM) == previous
@@ -205,14 +206,14 @@ def test_daemon_start_seeds_every_account_with_its_stored_last_success(
 ) -> None:
     """Before any run, the daemon announces each configured account with its stored last success."""
     backlog(simulator, ACCOUNTS[0], 20, seed=51)
-    assert sync.sync_once(make_settings(simulator, db_url, [ACCOUNTS[0]])).exit_code == 0
+    assert app.sync_once(make_settings(simulator, db_url, [ACCOUNTS[0]])).exit_code == 0
     (last_success,) = [s.last_success_at for s in store.account_status(db) if s.account_name == ACCOUNTS[0]]
     assert last_success is not None
 
     metrics = RecordingMetrics(ACCOUNTS)
     stop = threading.Event()
     stop.set()  # the announcement happens before scheduling: no run is needed
-    code = scheduler.run_daemon(
+    code = app.run_daemon(
         daemon_settings(simulator, db_url), stop_event=stop, metrics=metrics, install_signal_handlers=False
     )
     assert code == 0
@@ -252,7 +253,7 @@ def test_login_guard_gauge_clears_after_an_operator_reset(
     account = ACCOUNTS[0]
     backlog(simulator, account, 30, seed=53)
     settings = make_settings(simulator, db_url, [account], SYNC_INTERVAL_SECONDS="1", SYNC_JITTER_SECONDS="0")
-    login_guard = sync.build_guard(settings, config.connection_factory(db_url))
+    login_guard = app.login_guard(settings, database.connector(db_url))
     fingerprint = settings.credentials().fingerprint(settings.base_url)
     for _ in range(settings.login_guard_threshold):
         login_guard.finish(login_guard.begin(fingerprint), fingerprint, "refused")
@@ -261,7 +262,7 @@ def test_login_guard_gauge_clears_after_an_operator_reset(
     code: list[int] = []
     daemon = threading.Thread(
         target=lambda: code.append(
-            scheduler.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
+            app.run_daemon(settings, stop_event=stop, metrics=metrics, install_signal_handlers=False)
         )
     )
     daemon.start()

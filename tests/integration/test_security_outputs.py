@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import requests
 
-from sync_worker import client, errors, metrics, models, secret, store
+from sync_worker import app, client, errors, metrics, models, secret, store
 from tests.reliability import crash, logbook
 
 ACCOUNT = "0252012345-00041"
@@ -170,7 +170,7 @@ def test_refused_login_error_carries_no_credential(db_url: str) -> None:
         from sync_worker import config
 
         settings = config.load(settings_env)
-        api = client.ThingSpaceClient(settings.client_config())
+        api = client.ThingSpaceClient(app.client_config(settings))
         try:
             with pytest.raises(errors.AuthError) as exc_info:
                 api.sms.list_devices_sms_messages(ACCOUNT)
@@ -194,10 +194,10 @@ def test_metrics_output_holds_no_secret_after_a_real_sync(db_url: str) -> None:
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=11))
         sim.faults.script("history", [503, 200, 429])
-        from sync_worker import config, sync
+        from sync_worker import config
 
         settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS, THINGSPACE_RETRY_MAX_RETRY_AFTER="0"))
-        result = sync.sync_once(settings, metrics=m)
+        result = app.sync_once(settings, metrics=m)
         assert result.accounts[0].received > 0
     rendered = m.render().decode()
     logbook.record("metrics:render", rendered)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sync_worker import config, migrations, simulator, sync
+from sync_worker import app, config, migrations, simulator
 from tests.reliability import crash
 
 ACCOUNT = "0252012345-00061"
@@ -39,12 +39,12 @@ def test_stop_wakes_a_retry_after_wait(db_url: str) -> None:
         sim.faults.script("history", [200, 429])
         env = crash.worker_env(sim, db_url, ACCOUNTS, SYNC_RUN_BUDGET_SECONDS="600")
         settings = config.load(env)
-        with config.connect(settings) as conn:
+        with app.connector(settings)() as conn:
             from sync_worker import migrations
 
             migrations.migrate(conn)
         # The default sleep (time.sleep) would hold this pass for 120 s; the timeout mark fails it.
-        result = sync.sync_once(settings, stop_event=stop)
+        result = app.sync_once(settings, stop_event=stop)
     (account,) = result.accounts
     assert account.outcome == "interrupted", account
     assert account.blocks == 1 and crash.row_count(db_url) == 100
@@ -64,7 +64,7 @@ class _LoopingLocation(crash.HookedSimulator):
 
 def _migrated(settings: config.Settings) -> None:
 
-    with config.connect(settings) as conn:
+    with app.connector(settings)() as conn:
         migrations.migrate(conn)
 
 
@@ -75,7 +75,7 @@ def test_a_block_naming_its_own_token_ends_the_run_clearly(db_url: str) -> None:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 450, seed=7))
         settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS))
         _migrated(settings)
-        result = sync.sync_once(settings)
+        result = app.sync_once(settings)
     (account,) = result.accounts
     assert (account.outcome, account.error_kind) == ("failed", "PagingLoopError"), account
     assert "very next token" in (account.error or "")
@@ -91,11 +91,11 @@ def test_more_blocks_than_the_run_allows_end_the_run(db_url: str) -> None:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 450, seed=8))
         settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS, SYNC_MAX_BLOCKS_PER_RUN="2"))
         _migrated(settings)
-        first = sync.sync_once(settings)
+        first = app.sync_once(settings)
         (account,) = first.accounts
         assert (account.outcome, account.error_kind, account.blocks) == ("failed", "PagingLoopError", 2)
         assert "SYNC_MAX_BLOCKS_PER_RUN" in (account.error or "")
         for _ in range(2):
-            sync.sync_once(settings)
+            app.sync_once(settings)
         cmp = crash.compare(sim, db_url, ACCOUNTS)
     assert cmp.exact, cmp

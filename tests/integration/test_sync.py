@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import client, config, errors, metrics, models, retry, simulator, store, sync
+from sync_worker import app, client, config, errors, exitcodes, metrics, models, retry, simulator, store, sync
+from sync_worker import db as database
 
 ACCOUNT = "0252012345-00001"
 
@@ -150,7 +151,7 @@ def test_backlog_lands_exactly_and_acks_follow_commits(
     api = make_client(simulator)
     checker = CommitBeforeAck(api, db_url)
     try:
-        result = sync.sync_account(checker, ACCOUNT, config.connection_factory(db_url))
+        result = sync.sync_account(checker, ACCOUNT, database.connector(db_url))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -169,8 +170,8 @@ def test_second_pass_inserts_nothing(
     """Running the pass again after a full drain inserts no row and stores nothing twice."""
     backlog(simulator, ACCOUNT, 250, seed=3)
     settings = make_settings(simulator, db_url, [ACCOUNT])
-    first = sync.sync_once(settings)
-    second = sync.sync_once(settings)
+    first = app.sync_once(settings)
+    second = app.sync_once(settings)
     assert first.exit_code == 0
     assert first.accounts[0].inserted == 250
     assert second.exit_code == 0
@@ -190,7 +191,7 @@ def test_rejected_stored_token_restarts_at_head(
     store.finish_run(conn, run_id, "failed", "test setup")
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
+        result = sync.sync_account(api, ACCOUNT, database.connector(db_url))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -210,10 +211,10 @@ def test_persistent_transient_failure_keeps_cursor_and_next_run_resumes(
     sleep = SleepRecorder()
     api = make_client(simulator, sleep=sleep, max_attempts=3)
     try:
-        failed = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
+        failed = sync.sync_account(api, ACCOUNT, database.connector(db_url))
         issued = simulator.issued_tokens(ACCOUNT)
         cursor_after_failure = store.get_cursor(conn, ACCOUNT)
-        resumed = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
+        resumed = sync.sync_account(api, ACCOUNT, database.connector(db_url))
     finally:
         api.close()
     assert failed.outcome == "failed"
@@ -242,9 +243,7 @@ def test_retry_after_beyond_budget_ends_run_without_sleeping(
     sleep = SleepRecorder()
     api = make_client(simulator, sleep=sleep, max_attempts=5, max_retry_after=3600)
     try:
-        result = sync.sync_account(
-            api, ACCOUNT, config.connection_factory(db_url), deadline=time.monotonic() + 30.0
-        )
+        result = sync.sync_account(api, ACCOUNT, database.connector(db_url), deadline=time.monotonic() + 30.0)
     finally:
         api.close()
     assert result.outcome == "failed"
@@ -279,9 +278,7 @@ def test_stop_event_mid_drain_leaves_cursor_at_committed_block(
                 yield page
 
     try:
-        result = sync.sync_account(
-            StopAfterTwo(), ACCOUNT, config.connection_factory(db_url), stop_event=stop
-        )
+        result = sync.sync_account(StopAfterTwo(), ACCOUNT, database.connector(db_url), stop_event=stop)
     finally:
         api.close()
     assert result.outcome == "interrupted"
@@ -302,7 +299,7 @@ def test_account_lock_busy_skips_and_says_so(
     assert store.try_account_lock(conn, ACCOUNT)
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, config.connection_factory(db_url))
+        result = sync.sync_account(api, ACCOUNT, database.connector(db_url))
     finally:
         api.close()
     assert result.outcome == "skipped_locked"
@@ -332,7 +329,7 @@ def test_database_gone_mid_run_fails_the_account_only(simulator: simulator.Simul
                 yield page
 
     try:
-        result = sync.sync_account(KillAfterFirst(), ACCOUNT, config.connection_factory(db_url))
+        result = sync.sync_account(KillAfterFirst(), ACCOUNT, database.connector(db_url))
     finally:
         api.close()
     assert result.outcome == "failed"
@@ -359,7 +356,7 @@ def test_one_account_failure_does_not_stop_others(
     other = "0252012345-00002"
     backlog(simulator, other, 80, seed=21)
     settings = make_settings(simulator, db_url, [ACCOUNT, other, "0999999999-00009"])
-    result = sync.sync_once(settings)
+    result = app.sync_once(settings)
     outcomes = {r.account: r.outcome for r in result.accounts}
     assert outcomes == {ACCOUNT: "succeeded", other: "succeeded", "0999999999-00009": "failed"}
     assert result.exit_code == 1
@@ -374,7 +371,7 @@ def test_outdated_schema_raises_before_any_request(
     empty = make_database(migrated=False)
     settings = make_settings(simulator, empty, [ACCOUNT])
     with pytest.raises(errors.SchemaError):
-        sync.sync_once(settings)
+        app.sync_once(settings)
     assert simulator.stats.token_requests == 0
 
 
@@ -386,14 +383,14 @@ def test_client_login_guard_drives_the_tripped_gauge(simulator: simulator.Simula
         simulator, db_url, [ACCOUNT], THINGSPACE_PASSWORD="wrong-pass-7", SYNC_LOGIN_GUARD_THRESHOLD="1"
     )
     with (
-        sync.built_client(bad, config.connection_factory(db_url), metrics=m) as (api, _),
+        app.api_client(bad, database.connector(db_url), metrics=m) as (api, _),
         pytest.raises(errors.LoginFailedError),
     ):
         api.sms.list_devices_sms_messages(ACCOUNT)
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 1
 
     good = make_settings(simulator, db_url, [ACCOUNT], SYNC_LOGIN_GUARD_THRESHOLD="1")
-    with sync.built_client(good, config.connection_factory(db_url), metrics=m) as (api, _):
+    with app.api_client(good, database.connector(db_url), metrics=m) as (api, _):
         api.sms.list_devices_sms_messages(ACCOUNT)
     assert m.registry.get_sample_value("thingspace_sync_login_guard_tripped") == 0
 
@@ -440,11 +437,11 @@ def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_u
     account = "0252012345-00077"
     api = _QuarantineApi(account)
     m = metrics.Metrics()
-    result = sync.sync_account(api, account, config.connection_factory(db_url), metrics=m)
+    result = sync.sync_account(api, account, database.connector(db_url), metrics=m)
     assert api.calls == [None, "T2"]
     assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("quarantined", 2, 2, 1)
     assert result.ok and result.error is not None and "quarantined 1" in result.error
-    assert sync.PassResult([result]).exit_code == sync.EXIT_QUARANTINED
+    assert sync.PassResult([result]).exit_code == exitcodes.QUARANTINED
     assert (
         m.registry.get_sample_value(
             "thingspace_sync_errors_total", {"account": account, "kind": "malformed_block"}

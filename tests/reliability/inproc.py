@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from sync_worker import client, config, retry, simulator, sync
+from sync_worker import app, client, config, retry, simulator, sync
 from tests.reliability import crash
 
 
@@ -51,7 +51,7 @@ def run_pass(
     )
     api = client.ThingSpaceClient(cfg)
     try:
-        result = sync.sync_once(settings, api=api)
+        result = app.sync_once(settings, api=api)
     finally:
         api.close()
     return result, observer, slept

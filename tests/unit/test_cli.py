@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sync_worker import cli, config, errors
+from sync_worker import cli, commands, config, errors, exitcodes, metrics, report
 
 API_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001",
@@ -45,7 +45,7 @@ def test_help_documents_every_variable_and_exit_code(capsys: pytest.CaptureFixtu
     assert code == 0
     for var in config.VARIABLES:
         assert var.name in out
-    for number, _text in cli.EXIT_CODES:
+    for number, _text in exitcodes.TABLE:
         assert f"  {number} " in out
     for command in (
         "migrate",
@@ -167,7 +167,7 @@ def test_cursor_reset_needs_yes_off_a_terminal(
 )
 def test_exit_code_mapping(error: errors.SyncWorkerError, expected: int) -> None:
     """Each error class maps to its documented exit code."""
-    assert cli.exit_code_for(error) == expected
+    assert exitcodes.for_error(error) == expected
 
 
 def test_help_is_fast_and_light() -> None:
@@ -185,7 +185,7 @@ def test_help_is_fast_and_light() -> None:
 
 def test_format_table_aligns_columns() -> None:
     """The status table pads every column to its widest cell and shows None as '-'."""
-    text = cli.format_table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
+    text = report.table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
     lines = text.splitlines()
     assert lines[0].startswith("a       b")
     assert lines[2] == "x       -"
@@ -195,7 +195,7 @@ def test_format_table_aligns_columns() -> None:
 def test_progress_lines_per_block() -> None:
     """On a terminal `once` prints a cumulative progress line per committed block and still counts metrics."""
     out = io.StringIO()
-    progress = cli._progress_metrics(out)
+    progress = metrics.ProgressMetrics(out)
     progress.block_committed("abc", 100, 90, 10, 0)
     progress.block_committed("abc", 50, 50, 0, 1)
     assert out.getvalue().splitlines() == [
@@ -208,7 +208,7 @@ def test_progress_lines_per_block() -> None:
 def test_readme_documents_every_exit_code() -> None:
     """The README's exit-code table has exactly the codes and meanings the CLI uses."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    for number, text in cli.EXIT_CODES:
+    for number, text in exitcodes.TABLE:
         assert f"| {number} | {text} |" in readme
     assert readme.startswith("# thingspace-sms-sync")
     first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
@@ -243,7 +243,7 @@ def test_shutdown_timeout_exit_flushes_logs_first(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(os, "_exit", fake_exit)
     try:
         with pytest.raises(_Exited):
-            cli._flush_and_exit(1, Stream())
+            commands._flush_and_exit(1, Stream())
     finally:
         logging.getLogger().removeHandler(handler)
     assert order[-1] == "exit 1"

@@ -19,7 +19,7 @@ import requests
 import requests.adapters
 from requests.structures import CaseInsensitiveDict
 
-from sync_worker import client, errors, models, retry, secret
+from sync_worker import auth, client, errors, models, retry, secret
 
 BASE = "https://ts.example/api"
 ACCOUNT = "0252012345-00001"
@@ -349,12 +349,10 @@ def test_token_failure_is_not_a_login_attempt(fake: FakeApi, make: Any) -> None:
 
 def test_credentials_are_read_at_each_login(fake: FakeApi, make: Any) -> None:
     """With a credentials source, each login sends the credentials as they are then (a fixed secret file)."""
-    from sync_worker import config
-
     current = ["first-password"]
 
-    def creds() -> config.Credentials:
-        return config.Credentials("cid", secret.Secret(CLIENT_SECRET), "user", secret.Secret(current[0]))
+    def creds() -> auth.Credentials:
+        return auth.Credentials("cid", secret.Secret(CLIENT_SECRET), "user", secret.Secret(current[0]))
 
     guard = Guard()
     c = make(login_guard=guard, credentials=creds)

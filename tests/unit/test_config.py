@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import client, config, errors, secret
+from sync_worker import app, client, config, errors, secret
 
 BASE_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001,0252012345-00002",
@@ -277,7 +277,9 @@ def test_client_config_carries_the_settings() -> None:
             THINGSPACE_RETRY_MAX_RETRY_AFTER="11",
         )
     )
-    cfg = s.client_config()
+    cfg = app.client_config(
+        s,
+    )
     assert isinstance(cfg, client.ClientConfig)
     assert cfg.base_url == "http://127.0.0.1:9/api"
     assert cfg.password.reveal() == "cfg-password-1"
@@ -297,6 +299,6 @@ def test_unreachable_database_names_the_variable_and_hides_the_password() -> Non
     url = f"postgresql://sync:db-secret-77@127.0.0.1:{_closed_port()}/sms"
     s = config.load(env(SYNC_DATABASE_URL=url))
     with pytest.raises(errors.DatabaseUnavailableError) as exc_info:
-        config.connect(s, connect_timeout=5)
+        app.connector(s, connect_timeout=5)()
     assert "SYNC_DATABASE_URL" in str(exc_info.value)
     assert "db-secret-77" not in str(exc_info.value)

@@ -1,0 +1,195 @@
+"""Wiring: settings -> connections -> login guard -> client -> sync or scheduler.
+
+Every entry point (the CLI, the demo, tests, benchmarks) builds the worker's
+parts here, so each part is built one way: ``connector`` for Postgres,
+``login_guard`` and ``api_client`` for ThingSpace, ``sync_once`` for one pass
+and ``run_daemon`` for the daemon. The modules below know nothing of
+``config.Settings`` beyond the values handed to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import structlog
+
+from sync_worker import client, config, db, guard, migrations, retry, scheduler, sync
+
+_log = structlog.get_logger(__name__)
+
+
+def connector(settings: config.Settings, *, connect_timeout: int = 10) -> db.ConnectionFactory:
+    """Connections to ``SYNC_DATABASE_URL``; a failure names the variable, never the password."""
+    return db.connector(
+        settings.database_url,
+        failure=f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}",
+        connect_timeout=connect_timeout,
+    )
+
+
+def client_config(
+    settings: config.Settings,
+    *,
+    login_guard: guard.LoginGuard | None = None,
+    observer: Any = None,
+    sleep: Callable[[float], None] | None = None,
+) -> client.ClientConfig:
+    return client.ClientConfig(
+        base_url=settings.base_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        username=settings.username,
+        password=settings.password,
+        timeout=(settings.http_connect_timeout, settings.http_read_timeout),
+        retry=retry.RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            max_backoff=settings.retry_max_wait_seconds,
+            max_retry_after=settings.retry_max_retry_after_seconds,
+            sleep=sleep if sleep is not None else time.sleep,
+        ),
+        login_guard=login_guard,
+        # Read again at each login: a corrected secret file is used without a restart.
+        credentials=settings.credentials,
+        allow_insecure_loopback=settings.allow_insecure_loopback,
+        observer=observer,
+    )
+
+
+def login_guard(
+    settings: config.Settings,
+    connect: db.ConnectionFactory,
+    *,
+    stop_event: threading.Event | None = None,
+    on_state: Callable[[bool], None] | None = None,
+) -> guard.LoginGuard:
+    """The login guard of the configured user."""
+    return guard.LoginGuard(
+        connect,
+        base_url=settings.base_url,
+        username=settings.username,
+        threshold=settings.login_guard_threshold,
+        # A login cannot take longer than one connect and one read timeout; the margin
+        # covers a slow database. A process that vanished mid-login holds no longer.
+        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
+        stop_event=stop_event,
+        on_state=on_state,
+    )
+
+
+def current_fingerprint(settings: config.Settings) -> str:
+    """The fingerprint of the credentials as they are now (secret files read again)."""
+    return settings.credentials().fingerprint(settings.base_url)
+
+
+@contextlib.contextmanager
+def api_client(
+    settings: config.Settings,
+    connect: db.ConnectionFactory,
+    *,
+    metrics: sync.MetricsSink | None = None,
+    stop_event: threading.Event | None = None,
+) -> Iterator[tuple[client.ThingSpaceClient, guard.LoginGuard]]:
+    """The one shared (thread-safe) client and its login guard; the client is closed on exit.
+
+    With ``stop_event``, retry and ``Retry-After`` waits (and a wait for another process's login)
+    end as soon as it is set.
+    """
+    the_guard = login_guard(
+        settings,
+        connect,
+        stop_event=stop_event,
+        on_state=metrics.login_guard if metrics is not None else None,
+    )
+    observer = metrics.api_observer() if metrics is not None else None
+    sleep = None if stop_event is None else sync.stoppable_sleep(stop_event)
+    api = client.ThingSpaceClient(
+        client_config(settings, login_guard=the_guard, observer=observer, sleep=sleep)
+    )
+    try:
+        yield api, the_guard
+    finally:
+        api.close()
+
+
+def sync_once(
+    settings: config.Settings,
+    *,
+    accounts: Sequence[str] | None = None,
+    stop_event: threading.Event | None = None,
+    metrics: sync.MetricsSink | None = None,
+    api: sync.HistoryApi | None = None,
+    connect: db.ConnectionFactory | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> sync.PassResult:
+    """One pass: every account drained to its final block, ``settings.concurrency`` at a time.
+
+    Raises ``errors.SchemaError`` (schema outdated) or
+    ``errors.DatabaseUnavailableError`` before any API call (the CLI's exit 3).
+    ``api`` and ``connect`` replace the client and the connections built from
+    ``settings`` (tests inject theirs).
+    """
+    connect = connect or connector(settings)
+    with connect() as conn:
+        migrations.check_schema(conn)
+    names = list(accounts) if accounts is not None else list(settings.account_names)
+    with contextlib.ExitStack() as stack:
+        if api is None:
+            api, _ = stack.enter_context(
+                api_client(settings, connect, metrics=metrics, stop_event=stop_event)
+            )
+        results = sync.run_accounts(
+            api,
+            names,
+            connect,
+            concurrency=settings.concurrency,
+            budget_seconds=settings.run_budget_seconds,
+            stop_event=stop_event,
+            metrics=metrics,
+            clock=clock,
+            max_blocks=settings.max_blocks_per_run,
+            lock_report_after=sync.lock_report_after(settings.interval_seconds),
+        )
+    passed = sync.PassResult(results)
+    _log.info("sync_pass", **passed.summary())
+    return passed
+
+
+def run_daemon(
+    settings: config.Settings,
+    *,
+    stop_event: threading.Event | None = None,
+    metrics: sync.MetricsSink | None = None,
+    api: sync.HistoryApi | None = None,
+    connect: db.ConnectionFactory | None = None,
+    install_signal_handlers: bool = True,
+    liveness: scheduler.Liveness | None = None,
+) -> int:
+    """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here."""
+    stop = stop_event if stop_event is not None else threading.Event()
+    connect = connect or connector(settings)
+    with contextlib.ExitStack() as stack:
+        observe_guard: Callable[[], object] | None = None
+        if api is None:
+            api, the_guard = stack.enter_context(
+                api_client(settings, connect, metrics=metrics, stop_event=stop)
+            )
+            if metrics is not None:
+
+                def observe_guard() -> object:
+                    return the_guard.observe(current_fingerprint(settings))
+
+        # Leaving this block closes the client after the scheduler stopped.
+        return scheduler.run_daemon(
+            settings,
+            api,
+            connect,
+            stop_event=stop,
+            metrics=metrics,
+            observe_guard=observe_guard,
+            install_signal_handlers=install_signal_handlers,
+            liveness=liveness,
+        )

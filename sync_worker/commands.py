@@ -1,0 +1,404 @@
+"""The ``sync-worker`` commands: one function per command, each given a ``Context``.
+
+``cli`` parses the arguments and imports this module only to run a command, so
+``--help`` and usage errors never load the HTTP stack, the database driver or
+the scheduler. Each command loads the settings once, configures logging, asks
+``app`` for the parts it needs and returns a code from ``exitcodes``. What it
+prints with ``ctx.print`` is its data, scrubbed of every known secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from sync_worker import (
+    app,
+    auth,
+    config,
+    demo,
+    errors,
+    exitcodes,
+    health,
+    logs,
+    metrics,
+    migrations,
+    models,
+    quarantine,
+    report,
+    scheduler,
+    secret,
+    signals,
+    simulator,
+    store,
+)
+
+
+class Context:
+    """What every command gets: the parsed arguments and where to write."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, str], out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.env = env
+        self.out = out
+        self.err = err
+        self.logging = False
+
+    def settings(self, *, credentials: bool, accounts: bool, logs_to_stderr: bool = False) -> config.Settings:
+        settings = config.load(
+            self.env, self.args.config, require_credentials=credentials, require_accounts=accounts
+        )
+        # Commands whose stdout is data (quarantine list/show) keep their logs off it.
+        logs.configure(settings.log_format, settings.log_level, self.err if logs_to_stderr else self.out)
+        self.logging = True
+        return settings
+
+    def print(self, text: str = "") -> None:
+        print(secret.scrub(text), file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def _connection(settings: config.Settings, *, check_schema: bool = True) -> Iterator[store.Connection]:
+    with app.connector(settings)() as conn:
+        if check_schema:
+            migrations.check_schema(conn)
+        yield conn
+
+
+def cmd_migrate(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings, check_schema=False) as conn:
+        applied = migrations.migrate(conn)
+    logs.get_logger(__name__).info("migrated", applied=list(applied))
+    ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return exitcodes.OK
+
+
+def cmd_run(ctx: Context) -> int:
+    settings = ctx.settings(credentials=True, accounts=True)
+    with _connection(settings):
+        pass
+    m = metrics.Metrics()
+    liveness = scheduler.Liveness()
+    server = None
+    if settings.metrics_port is not None:
+        # Each readiness probe also refreshes the tripped gauge from the database.
+        login_guard = app.login_guard(settings, app.connector(settings), on_state=m.login_guard)
+
+        def database_ready() -> None:
+            with _connection(settings):
+                pass
+
+        def guard_ready() -> None:
+            status = login_guard.observe(app.current_fingerprint(settings))
+            if status.problem is not None:
+                raise errors.LoginGuardTrippedError(status.problem)
+
+        server = health.HealthServer(
+            settings.metrics_port,
+            m,
+            live=liveness,
+            ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
+        ).start()
+    try:
+        code = app.run_daemon(settings, metrics=m, liveness=liveness)
+    finally:
+        if server is not None:
+            server.stop()
+    if code != exitcodes.OK:
+        # Account runs still busy after the shutdown timeout sit in threads that cannot be
+        # stopped (and interpreter exit would join them); leaving without joining them is
+        # how the timeout is honoured.
+        _flush_and_exit(code, ctx.out, ctx.err)
+    return code
+
+
+def _flush_and_exit(code: int, *streams: TextIO) -> None:
+    """``os._exit`` skips every flush of a normal exit: the shutdown-timeout event must not be lost."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (*streams, sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def cmd_once(ctx: Context) -> int:
+    only: list[str] = ctx.args.account or []
+    for name in only:
+        config.validate_account_name(name, "--account")
+    settings = ctx.settings(credentials=True, accounts=not only)
+    with _connection(settings):
+        pass
+    stop = threading.Event()
+    progress = metrics.ProgressMetrics(sys.stderr) if sys.stderr.isatty() else None
+    with signals.stop_on_signals(stop):
+        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=progress)
+    # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
+    ctx.print(json.dumps(report.jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
+    return int(result.exit_code)
+
+
+def cmd_status(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings) as conn:
+        rows = report.status_rows(conn)
+    if ctx.args.json:
+        ctx.print(json.dumps({"accounts": report.jsonable(rows)}, sort_keys=True))
+    else:
+        ctx.print(report.status_table(rows))
+    return exitcodes.OK
+
+
+def cmd_cursor_show(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings) as conn:
+        if ctx.args.account:
+            names = list(ctx.args.account)
+        else:
+            names = list(settings.account_names) or [str(r["account_name"]) for r in report.status_rows(conn)]
+        cursors = {name: store.get_cursor(conn, name) for name in names}
+    if ctx.args.json:
+        ctx.print(json.dumps(cursors, sort_keys=True))
+    else:
+        for name, token in cursors.items():
+            ctx.print(f"{name}\t{token if token is not None else '(head of queue)'}")
+    return exitcodes.OK
+
+
+def cmd_cursor_reset(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=False, accounts=False)
+    if not ctx.args.yes:
+        if not sys.stdin.isatty():
+            raise errors.ConfigError("cursor reset: pass --yes to confirm when not on a terminal")
+        answer = input(
+            f"Forget the stored cursor of {account}? The next sync restarts at the head of the queue "
+            "(the current block is fetched again; nothing is lost). [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            ctx.print("cancelled")
+            return exitcodes.CONFIG
+    with _connection(settings) as conn:
+        store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
+    logs.get_logger(__name__).warning("cursor_reset", account=account)
+    ctx.print(f"{account}: cursor cleared; the next sync starts at the head of the queue")
+    return exitcodes.OK
+
+
+def cmd_quarantine_list(ctx: Context) -> int:
+    account = ctx.args.account
+    if account is not None:
+        config.validate_account_name(account, "--account")
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        blocks = store.list_quarantine(conn, account, include_resolved=ctx.args.all)
+    rows = [report.quarantine_dict(b) for b in blocks]
+    if ctx.args.json:
+        ctx.print(json.dumps({"quarantined": report.jsonable(rows)}, sort_keys=True))
+    elif rows:
+        ctx.print(report.table(rows, report.QUARANTINE_COLUMNS))
+    else:
+        ctx.print("(nothing quarantined)" if not ctx.args.all else "(no quarantined blocks)")
+    return exitcodes.OK
+
+
+def cmd_quarantine_show(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        found = store.show_quarantine(conn, ctx.args.id)
+    if found is None:
+        raise errors.ValidationError(f"no quarantined block with id {ctx.args.id}")
+    block, extra = found
+    shown = {**report.quarantine_dict(block), **extra}
+    if ctx.args.body is not None:
+        assert block.body is not None
+        ctx.args.body.write_bytes(block.body)
+        shown["body_written_to"] = str(ctx.args.body)
+    if ctx.args.json:
+        ctx.print(json.dumps(report.jsonable(shown), sort_keys=True))
+    else:
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
+            ctx.print(f"{key.ljust(width)}  {report.jsonable(value) if value is not None else '-'}")
+    return exitcodes.OK
+
+
+def cmd_quarantine_replay(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    log = logs.get_logger(__name__)
+    results = []
+    with _connection(settings) as conn:
+        ids = list(ctx.args.id) or store.unresolved_quarantine_ids(conn)
+        for quarantine_id in ids:
+            result = store.replay_quarantined(conn, quarantine_id, quarantine.read_block)
+            if result is None:
+                raise errors.ValidationError(f"no quarantined block with id {quarantine_id}")
+            log.info(
+                "quarantine_replayed",
+                quarantine_id=result.quarantine_id,
+                account=result.account_name,
+                messages=result.messages,
+                inserted=result.inserted,
+                resolved=result.resolved,
+                problem=result.problem,
+            )
+            results.append(result)
+    if ctx.args.json:
+        ctx.print(json.dumps({"replayed": report.jsonable(results)}, sort_keys=True))
+    elif results:
+        ctx.print(
+            report.table(
+                [dataclasses.asdict(r) for r in results],
+                ("quarantine_id", "account_name", "messages", "inserted", "resolved", "problem"),
+            )
+        )
+    else:
+        ctx.print("(nothing to replay)")
+    return exitcodes.OK if all(r.resolved for r in results) else exitcodes.QUARANTINED
+
+
+def cmd_auth_status(ctx: Context) -> int:
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _connection(settings):
+        pass
+    status = app.login_guard(settings, app.connector(settings)).status(app.current_fingerprint(settings))
+    if ctx.args.json:
+        ctx.print(json.dumps({"username": settings.username, **status.as_dict()}, sort_keys=True))
+    else:
+        state = status.state
+        ctx.print(
+            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace "
+            f"(this worker stops at {status.threshold} for the same credentials, {status.ceiling} for any; "
+            f"the vendor locks the user at {auth.VENDOR_LOCKOUT_AT})"
+        )
+        ctx.print(f"last login outcome: {state.last_outcome or 'none recorded'}")
+        ctx.print(status.problem or "ok: the next sync may log in")
+    return exitcodes.AUTH if status.problem is not None else exitcodes.OK
+
+
+def cmd_auth_reset(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    if not settings.username:
+        raise errors.ConfigError("THINGSPACE_USERNAME is required: the guard is kept per user")
+    login_guard = app.login_guard(settings, app.connector(settings))
+    with _connection(settings):
+        pass
+    recorded = login_guard.state().failures
+    # Said before acting: a reset is a claim about the vendor's count, and a wrong one
+    # hands the next failed logins the headroom that keeps the user from being locked.
+    ctx.err.write(
+        f"auth reset states that ThingSpace's count of failed logins for user {settings.username!r} is "
+        "zero again: true only after a successful login with this user elsewhere (the ThingSpace "
+        "portal, another integration) or after vendor support unlocked it. If it is not, the next "
+        f"failed logins could lock the user. Recorded now: {recorded} failed in a row.\n"
+    )
+    ctx.err.flush()
+    if not ctx.args.yes:
+        if not sys.stdin.isatty():
+            raise errors.ConfigError("auth reset: pass --yes to confirm when not on a terminal")
+        answer = input("Is ThingSpace's count zero again? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            ctx.print("cancelled")
+            return exitcodes.CONFIG
+    login_guard.reset()
+    ctx.print(
+        f"login guard reset for user {settings.username} (was {recorded} failed in a row); "
+        "running workers log in again at their next run"
+    )
+    return exitcodes.OK
+
+
+@contextlib.contextmanager
+def _api_client(settings: config.Settings) -> Iterator[Any]:
+    connect = app.connector(settings)
+    with connect():
+        pass
+    with app.api_client(settings, connect) as (api, _):
+        yield api
+
+
+def _device(text: str) -> Any:
+    kind, sep, ident = text.partition(":")
+    if not sep or not kind or not ident:
+        raise errors.ValidationError(f"--device {text!r} must be KIND:ID, e.g. imei:990000862471854")
+    device = models.DeviceId(id=ident, kind=kind.lower())
+    device.validate()
+    return device
+
+
+def cmd_send(ctx: Context) -> int:
+    request = models.SMSSendRequest(
+        account_name=ctx.args.account,
+        sms_message=ctx.args.message,
+        device_ids=tuple(_device(d) for d in ctx.args.device),
+        data_encoding=ctx.args.encoding,
+    )
+    request.validate()
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _api_client(settings) as api:
+        result = api.sms.send_sms_to_device(request)
+    ctx.print(json.dumps({"requestId": result.request_id}))
+    return exitcodes.OK
+
+
+def cmd_start_delivery(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=True, accounts=False)
+    with _api_client(settings) as api:
+        result = api.sms.start_queued_sms_delivery(account)
+    ctx.print(json.dumps({"account": account, "success": result.success}))
+    return exitcodes.OK if result.success else exitcodes.FAILED
+
+
+def cmd_simulate(ctx: Context) -> int:
+    args = ctx.args
+    accounts = [
+        config.validate_account_name(a.strip(), "--accounts") for a in args.accounts.split(",") if a.strip()
+    ]
+    logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
+    sim = simulator.Simulator(simulator.SimConfig(host=args.host, port=args.port, block_size=args.block_size))
+    sim.start()
+    try:
+        for i, account in enumerate(accounts):
+            sim.seed(account, args.seed_messages, seed=i + 1)
+        cfg = sim.config
+        ctx.print(f"ThingSpace simulator listening on {sim.base_url}")
+        ctx.print(f"seeded {args.seed_messages} messages on each of: {', '.join(accounts)}")
+        ctx.print("point the worker at it with:")
+        ctx.print(f"  export THINGSPACE_BASE_URL={sim.base_url} THINGSPACE_ALLOW_INSECURE_LOOPBACK=1")
+        ctx.print(f"  export THINGSPACE_CLIENT_ID={cfg.client_id} THINGSPACE_USERNAME={cfg.username}")
+        # The simulator's credentials are fixed, public test values: printing them is the point
+        # (ctx.print would scrub them, since every Secret registers its value).
+        print(
+            f"  export THINGSPACE_CLIENT_SECRET={shlex.quote(_reveal(cfg.client_secret))} "
+            f"THINGSPACE_PASSWORD={shlex.quote(_reveal(cfg.password))}",
+            file=ctx.out,
+            flush=True,
+        )
+        ctx.print(f"  export SYNC_ACCOUNTS={','.join(accounts)}")
+        ctx.print("Ctrl-C stops it.")
+        stop = threading.Event()
+        with signals.stop_on_signals(stop):
+            stop.wait()
+    finally:
+        sim.stop()
+    return exitcodes.OK
+
+
+def _reveal(value: Any) -> str:
+    return value.reveal() if isinstance(value, secret.Secret) else str(value)
+
+
+def cmd_demo(ctx: Context) -> int:
+    return demo.run(out=ctx.out)

@@ -1,0 +1,79 @@
+"""Postgres connections: the one way every part of the worker connects.
+
+Connections are in autocommit mode, so every ``store`` write is exactly the
+transaction it opens and advisory locks are session-level. A connection that
+cannot be made raises ``errors.DatabaseUnavailableError`` naming what failed,
+never the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import psycopg
+from psycopg import conninfo
+
+from sync_worker import errors, secret
+
+ConnectionFactory = Callable[[], psycopg.Connection[Any]]
+
+# A replica cut off from Postgres must lose its account locks within about a minute, so both
+# ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
+# which is what actually drops the session and its advisory locks. Values already in the URL win.
+_CLIENT_LIVENESS: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "4",
+    "tcp_user_timeout": "45000",
+}
+_SERVER_LIVENESS: Final = " ".join(
+    f"-c {name}={value}"
+    for name, value in (
+        ("tcp_keepalives_idle", 15),
+        ("tcp_keepalives_interval", 5),
+        ("tcp_keepalives_count", 4),
+        ("tcp_user_timeout", 45000),
+    )
+)
+
+
+def with_liveness(dsn: str) -> str:
+    """``dsn`` plus TCP keepalive and user-timeout settings on both ends (unless it sets its own)."""
+    params = conninfo.conninfo_to_dict(dsn)
+    for key, value in _CLIENT_LIVENESS.items():
+        params.setdefault(key, value)
+    options = str(params.get("options") or "")
+    if "tcp_keepalives_idle" not in options:
+        params["options"] = f"{options} {_SERVER_LIVENESS}".strip()
+    return conninfo.make_conninfo("", **params)
+
+
+def connector(
+    dsn: str,
+    *,
+    application_name: str = "sync-worker",
+    failure: str = "cannot connect to the database",
+    connect_timeout: int = 10,
+) -> ConnectionFactory:
+    """A factory of autocommit connections to ``dsn``, with TCP liveness probes on both ends.
+
+    A failure raises ``errors.DatabaseUnavailableError("<failure>: <reason>")``; the reason is
+    psycopg's message with every known secret scrubbed (libpq names host and user, never the
+    password, but a password given in a URL is registered as a secret all the same).
+    """
+
+    def connect() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                with_liveness(dsn),
+                autocommit=True,
+                application_name=application_name,
+                connect_timeout=connect_timeout,
+            )
+        except psycopg.Error as exc:
+            reason = secret.scrub(str(exc).strip()) or type(exc).__name__
+            raise errors.DatabaseUnavailableError(f"{failure}: {reason}") from exc
+
+    return connect

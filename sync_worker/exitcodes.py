@@ -1,0 +1,44 @@
+"""The documented exit codes of every command, and which error maps to which.
+
+``--help``, the README table (a test keeps them equal) and every module that
+returns a code read them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sync_worker import errors
+
+OK: Final = 0
+FAILED: Final = 1
+CONFIG: Final = 2
+DATABASE: Final = 3
+AUTH: Final = 4
+QUARANTINED: Final = 5
+INTERRUPTED: Final = 130
+
+TABLE: Final[tuple[tuple[int, str], ...]] = (
+    (OK, "success (every account synced)"),
+    (FAILED, "some account failed (the others were synced; see the summary and logs)"),
+    (CONFIG, "usage or configuration error (the message names the variable)"),
+    (DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
+    (AUTH, 'login guard tripped or credentials refused (README: "The login guard")'),
+    (
+        QUARANTINED,
+        "every account drained, but some block was quarantined (`sync-worker quarantine list`); for "
+        "`quarantine replay`: some block is still not wholly readable",
+    ),
+    (INTERRUPTED, "aborted by a second Ctrl-C (the first one stops cleanly after the block in flight)"),
+)
+
+
+def for_error(exc: BaseException) -> int:
+    """The exit code of an error that ended a command."""
+    if isinstance(exc, (errors.ConfigError, errors.ValidationError)):
+        return CONFIG
+    if isinstance(exc, (errors.DatabaseUnavailableError, errors.SchemaError, errors.MigrationError)):
+        return DATABASE
+    if isinstance(exc, errors.AuthError):
+        return AUTH
+    return FAILED

@@ -1,0 +1,93 @@
+"""What commands show: plain text tables and JSON-ready values (``status``, ``quarantine``, the demo)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from typing import Any, Final
+
+from sync_worker import store
+
+_MAX_CELL: Final = 48
+
+STATUS_COLUMNS: Final = (
+    ("account_name", "account"),
+    ("cursor_present", "cursor"),
+    ("last_success_at", "last success"),
+    ("lag_seconds", "lag s"),
+    ("row_count", "rows"),
+    ("last_run_outcome", "last run"),
+    ("running_on", "running on"),
+    ("quarantined", "quarantined"),
+    ("last_error", "last error"),
+)
+QUARANTINE_COLUMNS: Final = (
+    "id",
+    "account_name",
+    "http_status",
+    "body_size",
+    "seen_count",
+    "first_stored_at",
+    "resolved_at",
+    "problem",
+)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with datetimes, dataclasses and tuples turned into what ``json.dumps`` takes."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A fixed-width text table; long cells are cut, times shown in UTC."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        if isinstance(value, datetime.datetime):
+            return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        text = str(value).replace("\n", " ")
+        return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 3] + "..."
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+    return "\n".join(lines)
+
+
+def status_rows(conn: store.Connection) -> list[dict[str, Any]]:
+    """``store.account_status`` as plain dicts (``status`` and the demo)."""
+    return [dataclasses.asdict(s) for s in store.account_status(conn)]
+
+
+def status_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no accounts synced yet)"
+    renamed = [{title: row.get(key) for key, title in STATUS_COLUMNS} for row in rows]
+    for row in renamed:
+        row["cursor"] = "stored" if row["cursor"] else "head"
+    return table(renamed, [title for _, title in STATUS_COLUMNS])
+
+
+def quarantine_dict(block: Any) -> dict[str, Any]:
+    """A quarantined block without its body: the body is data, shown only on request."""
+    shown = dataclasses.asdict(block)
+    shown.pop("body", None)
+    return shown
