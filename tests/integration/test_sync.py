@@ -55,19 +55,13 @@ def make_client(
 
 
 def make_settings(sim: simulator.Simulator, db_url: str, accounts: list[str], **env: str) -> config.Settings:
-    base = {
-        "SYNC_DATABASE_URL": db_url,
-        "THINGSPACE_BASE_URL": sim.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": sim.config.client_id,
-        "THINGSPACE_CLIENT_SECRET": sim.config.client_secret.reveal(),
-        "THINGSPACE_USERNAME": sim.config.username,
-        "THINGSPACE_PASSWORD": sim.config.password.reveal(),
-        "SYNC_ACCOUNTS": ",".join(accounts),
-        "SYNC_CONCURRENCY": "3",
-        "THINGSPACE_RETRY_MAX_ATTEMPTS": "2",
-        "THINGSPACE_RETRY_MAX_WAIT": "0.01",
-    }
+    base = sim.worker_env(
+        accounts=accounts,
+        database_url=db_url,
+        SYNC_CONCURRENCY="3",
+        THINGSPACE_RETRY_MAX_ATTEMPTS="2",
+        THINGSPACE_RETRY_MAX_WAIT="0.01",
+    )
     base.update(env)
     return config.load(base)
 
