@@ -445,6 +445,10 @@ LOCATION_CASES: dict[str, str | None] = {
     "location_empty_next": "/sms/{a}/history?next=",
     "location_two_next": "/sms/{a}/history?next=abc&next=def",
     "other_host": "http://evil.example:{p}/api/m2m/v1/sms/{a}/history?next=abc123",
+    # Same scheme and port as the simulator, only the host differs: the port check cannot catch these.
+    # localhost even reaches the simulator itself, so following it would be a visible extra request.
+    "other_host_same_port": "http://evil.example:{s}/api/m2m/v1/sms/{a}/history?next=abc123",
+    "other_name_for_loopback_same_port": "http://localhost:{s}/api/m2m/v1/sms/{a}/history?next=abc123",
     "other_port_loopback": "http://127.0.0.1:{p}/api/m2m/v1/sms/{a}/history?next=abc123",
     "other_scheme": "ftp://127.0.0.1/api/m2m/v1/sms/{a}/history?next=abc123",
     "scheme_relative": "//evil.example:{p}/sms/{a}/history?next=abc123",
