@@ -160,15 +160,20 @@ def test_backlog_lands_exactly_and_acks_follow_commits(
 def test_second_pass_inserts_nothing(
     simulator: simulator.Simulator, db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    """Running the pass again after a full drain inserts no row and stores nothing twice."""
+    """A second pass that is delivered 150 stored messages again inserts no row: they count as replays."""
     backlog(simulator, ACCOUNT, 250, seed=3)
     settings = make_settings(simulator, db_url, [ACCOUNT])
     first = sync.sync_once(settings)
-    second = sync.sync_once(settings)
     assert first.exit_code == 0
     assert first.accounts[0].inserted == 250
+    # The platform delivers stored messages again (an acknowledgement it lost): without the
+    # requeue the second pass would find an empty queue and prove nothing about the upsert.
+    assert len(simulator.requeue(ACCOUNT, 150)) == 150
+    second = sync.sync_once(settings)
     assert second.exit_code == 0
-    assert second.accounts[0].inserted == 0
+    (account,) = second.accounts
+    assert (account.received, account.inserted, account.replays) == (150, 0, 150), account
+    assert simulator.queued(ACCOUNT) == []
     assert stored_raw(conn, ACCOUNT) == canonical(simulator.acknowledged(ACCOUNT))
     assert len(stored_raw(conn, ACCOUNT)) == 250
 
