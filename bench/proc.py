@@ -107,6 +107,8 @@ class SimHost:
         self._config = dict(config or {})
         self._proc: subprocess.Popen[str] | None = None
         self.base_url = ""
+        # The simulator's own ``worker_env()``: base URL, loopback permission, its credentials.
+        self.env: dict[str, str] = {}
 
     def start(self) -> Self:
         self._proc = subprocess.Popen(
@@ -120,6 +122,7 @@ class SimHost:
         )
         hello = self._read()
         self.base_url = str(hello["base_url"])
+        self.env = {str(k): str(v) for k, v in hello["worker_env"].items()}
         return self
 
     def _read(self) -> dict[str, Any]:

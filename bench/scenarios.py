@@ -26,12 +26,6 @@ import psycopg
 from bench import harness, pg, proc
 
 BLOCK = 100
-SIM_CREDENTIALS = {
-    "THINGSPACE_CLIENT_ID": "sim-client-id",
-    "THINGSPACE_CLIENT_SECRET": "sim-client-secret",
-    "THINGSPACE_USERNAME": "sim-user",
-    "THINGSPACE_PASSWORD": "sim-password",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +101,7 @@ class Context:
 
     def worker_env(self, dsn: str, accounts: list[str], concurrency: int = 4) -> dict[str, str]:
         return {
-            **SIM_CREDENTIALS,
-            "THINGSPACE_BASE_URL": self.sim.base_url,
-            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
+            **self.sim.env,
             "SYNC_DATABASE_URL": dsn,
             "SYNC_ACCOUNTS": ",".join(accounts),
             "SYNC_CONCURRENCY": str(concurrency),
@@ -528,7 +520,14 @@ def peer(ctx: Context) -> None:
     sz = ctx.sizes
     rates: list[float] = []
     extract: list[float] = []
-    headers = peer_dlt.login(ctx.sim.base_url, *SIM_CREDENTIALS.values())
+    env = ctx.sim.env
+    headers = peer_dlt.login(
+        ctx.sim.base_url,
+        env["THINGSPACE_CLIENT_ID"],
+        env["THINGSPACE_CLIENT_SECRET"],
+        env["THINGSPACE_USERNAME"],
+        env["THINGSPACE_PASSWORD"],
+    )
     for rep in range(sz.reps):
         account = ctx.name("peer")
         ctx.sim.seed(account, sz.peer_backlog, seed=200 + rep)

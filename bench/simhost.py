@@ -1,7 +1,8 @@
 """Child-process host for the simulator: ``python -m bench.simhost '<SimConfig kwargs as JSON>'``.
 
 Reads one JSON command per stdin line, answers one JSON object per stdout line.
-The first line it writes is ``{"base_url": ...}`` once the server listens.
+The first line it writes is ``{"base_url": ..., "worker_env": {...}}`` once the server listens:
+``worker_env`` is ``Simulator.worker_env()``, the variables that point a worker at it.
 """
 
 from __future__ import annotations
@@ -16,15 +17,6 @@ def _answer(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _set_latency(sim: Any, seconds: float) -> None:
-    faults = sim.faults
-    for name in ("latency", "latency_seconds"):
-        if hasattr(faults, name):
-            setattr(faults, name, seconds)
-            return
-    raise AttributeError("simulator faults have no latency setting")
-
-
 def main(argv: list[str]) -> int:
     from sync_worker import simulator
 
@@ -33,7 +25,7 @@ def main(argv: list[str]) -> int:
         kwargs["accounts"] = tuple(kwargs["accounts"])
     sim = simulator.Simulator(simulator.SimConfig(**kwargs))
     sim.start()
-    _answer({"base_url": sim.base_url})
+    _answer({"base_url": sim.base_url, "worker_env": sim.worker_env()})
     try:
         for line in sys.stdin:
             if not line.strip():
@@ -52,7 +44,7 @@ def main(argv: list[str]) -> int:
                 elif op == "acknowledged":
                     _answer({"acknowledged": len(sim.acknowledged(cmd["account"]))})
                 elif op == "latency":
-                    _set_latency(sim, float(cmd["seconds"]))
+                    sim.faults.latency = float(cmd["seconds"])
                     _answer({"ok": True})
                 elif op == "stats":
                     _answer({"stats": sim.stats.as_dict()})

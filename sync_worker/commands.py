@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import shlex
 import sys
 import threading
 from collections.abc import Iterator
@@ -363,41 +362,18 @@ def cmd_start_delivery(ctx: Context) -> int:
 
 def cmd_simulate(ctx: Context) -> int:
     args = ctx.args
-    accounts = [
-        config.validate_account_name(a.strip(), "--accounts") for a in args.accounts.split(",") if a.strip()
-    ]
+    names = args.accounts.split(",") if args.accounts is not None else simulator.DEFAULT_ACCOUNTS
+    accounts = [config.validate_account_name(a.strip(), "--accounts") for a in names if a.strip()]
     logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
-    sim = simulator.Simulator(simulator.SimConfig(host=args.host, port=args.port, block_size=args.block_size))
-    sim.start()
-    try:
-        for i, account in enumerate(accounts):
-            sim.seed(account, args.seed_messages, seed=i + 1)
-        cfg = sim.config
-        ctx.print(f"ThingSpace simulator listening on {sim.base_url}")
-        ctx.print(f"seeded {args.seed_messages} messages on each of: {', '.join(accounts)}")
-        ctx.print("point the worker at it with:")
-        ctx.print(f"  export THINGSPACE_BASE_URL={sim.base_url} THINGSPACE_ALLOW_INSECURE_LOOPBACK=1")
-        ctx.print(f"  export THINGSPACE_CLIENT_ID={cfg.client_id} THINGSPACE_USERNAME={cfg.username}")
-        # The simulator's credentials are fixed, public test values: printing them is the point
-        # (ctx.print would scrub them, since every Secret registers its value).
-        print(
-            f"  export THINGSPACE_CLIENT_SECRET={shlex.quote(_reveal(cfg.client_secret))} "
-            f"THINGSPACE_PASSWORD={shlex.quote(_reveal(cfg.password))}",
-            file=ctx.out,
-            flush=True,
-        )
-        ctx.print(f"  export SYNC_ACCOUNTS={','.join(accounts)}")
-        ctx.print("Ctrl-C stops it.")
-        stop = threading.Event()
-        with signals.stop_on_signals(stop):
-            stop.wait()
-    finally:
-        sim.stop()
+    simulator.serve(
+        args.host or simulator.DEFAULT_HOST,
+        simulator.DEFAULT_PORT if args.port is None else args.port,
+        simulator.DEFAULT_SEED_MESSAGES if args.seed_messages is None else args.seed_messages,
+        accounts,
+        block_size=args.block_size,
+        out=ctx.out,
+    )
     return exitcodes.OK
-
-
-def _reveal(value: Any) -> str:
-    return value.reveal() if isinstance(value, secret.Secret) else str(value)
 
 
 def cmd_demo(ctx: Context) -> int:

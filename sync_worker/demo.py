@@ -53,7 +53,14 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             sim.inject(account, list(MALFORMED))
             total += count + len(MALFORMED)
         say(f"- simulator at {sim.base_url}: {total} queued messages on {len(accounts)} accounts")
-        settings = config.load(_demo_env(sim, dsn, accounts))
+        settings = config.load(
+            sim.worker_env(
+                accounts=list(accounts),
+                database_url=dsn,
+                SYNC_CONCURRENCY=str(len(accounts)),
+                SYNC_LOG_LEVEL="WARNING",
+            )
+        )
         connect = app.connector(settings)
         with connect() as conn:
             applied = migrations.migrate(conn)
@@ -98,26 +105,6 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             return exitcodes.FAILED
         say("demo OK: every delivered message is in Postgres. Cleaning up.")
     return exitcodes.OK
-
-
-def _demo_env(sim: Any, dsn: str, accounts: Mapping[str, int]) -> dict[str, str]:
-    cfg = sim.config
-    return {
-        "SYNC_DATABASE_URL": dsn,
-        "THINGSPACE_BASE_URL": sim.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": cfg.client_id,
-        "THINGSPACE_CLIENT_SECRET": _reveal(cfg.client_secret),
-        "THINGSPACE_USERNAME": cfg.username,
-        "THINGSPACE_PASSWORD": _reveal(cfg.password),
-        "SYNC_ACCOUNTS": ",".join(accounts),
-        "SYNC_CONCURRENCY": str(len(accounts)),
-        "SYNC_LOG_LEVEL": "WARNING",
-    }
-
-
-def _reveal(value: Any) -> str:
-    return str(value.reveal() if hasattr(value, "reveal") else value)
 
 
 def _canonical(messages: Sequence[Any]) -> list[str]:

@@ -151,13 +151,6 @@ def _dumps_iterative(value: Any, *, sort_keys: bool) -> str:
     return "".join(parts)
 
 
-def jsonb_representable(raw_json: str) -> bool:
-    """Whether Postgres ``jsonb`` accepts ``raw_json`` (it refuses NUL, lone surrogates, NaN)."""
-    if _SUSPECT_ESCAPE_RE.search(raw_json) is None:
-        return not _has_non_finite(raw_json)
-    return _value_representable(json.loads(raw_json))
-
-
 def parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None]:
     """Parse an ISO-8601 timestamp into an aware UTC datetime, plus a problem if any.
 
@@ -476,13 +469,6 @@ def _value_representable(value: Any) -> bool:
         elif isinstance(item, float) and not math.isfinite(item):
             return False
     return True
-
-
-def _has_non_finite(raw_json: str) -> bool:
-    # Cheap pre-check; only a hit needs the exact (slow) answer.
-    if "NaN" not in raw_json and "Infinity" not in raw_json:
-        return False
-    return not _value_representable(json.loads(raw_json))
 
 
 def _short(value: str, limit: int = 40) -> str:

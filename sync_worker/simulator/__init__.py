@@ -18,17 +18,35 @@ Paths, status codes, headers and body shapes follow ``docs`` / the shared API no
   account -> 400 ``UnifiedWebService.REQUEST_FAILED.AccountNotFound``; an invalid send body -> 400
   ``UnifiedWebService.REQUEST_FAILED.InvalidRequest``.
 
-Modules: ``core`` (``Simulator``: request handling, hooks), ``server`` (HTTP layer, routing),
-``auth`` (bearer and session tokens, lock-out), ``history`` (the per-account queue and its
+Control and observation (the whole public surface; nothing else is meant to be overridden):
+
+* ``Simulator.faults`` (``Faults``): latency, random error/timeout/429/unreadable rates, one-shot
+  scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
+  ``Mangle``, ``gateway_error_after_processing()``).
+* ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
+  (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written
+  out, or a bearer/session token ``issued``. Documented in ``hooks``.
+* Traffic: ``inject``, ``seed``, ``add_account``, ``requeue(account, n)`` (acknowledged messages
+  back to the head: the platform delivering a block again); views ``queued``, ``acknowledged``,
+  ``issued_tokens``, ``token_acks``, ``sent``; ``stats`` (``Stats``: counters that can be waited
+  on, the request log); auth state ``expire_session``, ``expire_bearer``, ``failed_login_streak``,
+  ``unlock``.
+* ``Simulator.worker_env(accounts=..., database_url=..., inherit=..., **extra)`` (or
+  ``worker_env(base_url, config, ...)`` for a simulator in another process): the environment
+  pointing a worker at it.
+* ``serve(...)``: the foreground process behind ``sync-worker simulate`` (``DEFAULT_PORT``).
+
+Modules: ``core`` (``Simulator``: request handling), ``hooks`` (``Hooks``), ``server`` (HTTP layer,
+routing), ``auth`` (bearer and session tokens, lock-out), ``history`` (the per-account queue and its
 acknowledgement rules, documented there), ``faults`` (``Faults``, ``Raw``), ``counters``
 (``Stats``), ``sms`` (send validation), ``traffic`` (``seed_messages``), ``wire`` (codes, bodies,
-tokens), ``settings`` (``SimConfig``), ``standalone`` (``serve``). Callers use the names below as
-``simulator.<Name>``.
+tokens), ``settings`` (``SimConfig``), ``env`` (``worker_env``), ``standalone`` (``serve``).
+Callers use the names below as ``simulator.<Name>``.
 """
 
 from __future__ import annotations
 
-from sync_worker.simulator import core, counters, faults, settings, standalone, traffic, wire
+from sync_worker.simulator import core, counters, env, faults, hooks, settings, standalone, traffic, wire
 
 Simulator = core.Simulator
 SimConfig = settings.SimConfig
@@ -40,9 +58,18 @@ Mangle = faults.Mangle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
 ScriptStep = faults.ScriptStep
+gateway_error_after_processing = faults.gateway_error_after_processing
+Hooks = hooks.Hooks
+Request = hooks.Request
+Answer = hooks.Answer
+worker_env = env.worker_env
 Stats = counters.Stats
 RequestRecord = counters.RequestRecord
 serve = standalone.serve
+DEFAULT_HOST = standalone.DEFAULT_HOST
+DEFAULT_PORT = standalone.DEFAULT_PORT
+DEFAULT_SEED_MESSAGES = standalone.DEFAULT_SEED_MESSAGES
+DEFAULT_ACCOUNTS = standalone.DEFAULT_ACCOUNTS
 seed_messages = traffic.seed_messages
 new_token = wire.new_token
 http_date = wire.http_date
@@ -64,22 +91,31 @@ __all__ = [
     "CODE_SESSION_EXPIRED",
     "CODE_UNEXPECTED",
     "CODE_USER_LOCKED",
+    "DEFAULT_ACCOUNTS",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_SEED_MESSAGES",
     "ERR_PREFIX",
     "PATH_KINDS",
     "UNREADABLE_KINDS",
+    "Answer",
     "Faults",
     "FinalAck",
+    "Hooks",
     "Mangle",
     "Raw",
+    "Request",
     "RequestRecord",
     "ScriptStep",
     "SimConfig",
     "Simulator",
     "Stats",
     "TokenMode",
+    "gateway_error_after_processing",
     "http_date",
     "mangle",
     "new_token",
     "seed_messages",
     "serve",
+    "worker_env",
 ]

@@ -11,6 +11,7 @@ import base64
 import json
 import threading
 import urllib.parse
+from collections.abc import Callable
 
 from sync_worker.simulator import counters, settings, wire
 
@@ -21,8 +22,10 @@ class AuthState:
     The settings are passed per call because ``Simulator.config`` may be changed while it runs.
     """
 
-    def __init__(self, stats: counters.Stats) -> None:
+    def __init__(self, stats: counters.Stats, issued: Callable[[str, str], None]) -> None:
         self._stats = stats
+        # Told (kind, token) after every issue, outside the lock.
+        self._issued = issued
         self._lock = threading.Lock()
         self._bearers: dict[str, float] = {}
         self._sessions: dict[str, float] = {}
@@ -108,6 +111,7 @@ class AuthState:
             "token_type": "bearer",
             "expires_in": int(cfg.bearer_ttl),
         }
+        self._issued("bearer", token)
         return wire.json_reply(200, wire.dumps(payload))
 
     def login(self, cfg: settings.SimConfig, body: bytes) -> wire.Reply:
@@ -145,4 +149,5 @@ class AuthState:
             message = "Invalid username or password."
             return wire.json_reply(400, wire.m2m_error(wire.CODE_INVALID_CREDENTIALS, message))
         self._stats.bump("logins")
+        self._issued("session", token)
         return wire.json_reply(200, wire.dumps({"sessionToken": token}))

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from sync_worker import serving
-from sync_worker.simulator import auth, counters, history, server, settings, sms, traffic, wire
+from sync_worker.simulator import auth, counters, env, history, hooks, server, settings, sms, traffic, wire
 from sync_worker.simulator import faults as faultmod
 
 _MAX_BODY: Final = 1 << 20
@@ -36,6 +36,7 @@ class Simulator:
         self.faults._expire = self._expire
         self.stats = counters.Stats(self.config.request_log_size, settle=self._settle)
         self.sent: list[Any] = []
+        self.hooks = hooks.Hooks()
         self._lock = threading.Lock()
         # Requests between processing (or a fault reply) and the end of their after-write
         # step (a final block's dequeue) and their request-log entry. Observers wait for
@@ -45,7 +46,7 @@ class Simulator:
         self._queues: dict[str, history.AccountQueue] = {}
         for account in self.config.accounts:
             self._queue(account, create=True)
-        self._auth = auth.AuthState(self.stats)
+        self._auth = auth.AuthState(self.stats, self._issued)
         self._stopping = threading.Event()
         self._server: server.Server | None = None
         self._thread: threading.Thread | None = None
@@ -91,13 +92,31 @@ class Simulator:
         """``http://127.0.0.1:PORT/api``, the value for ``ClientConfig.base_url``."""
         return f"http://{self.config.host}:{self.port}/api"
 
+    def worker_env(
+        self,
+        *,
+        accounts: Iterable[str] | str | None = None,
+        database_url: str | None = None,
+        inherit: bool = False,
+        **extra: str,
+    ) -> dict[str, str]:
+        """The environment pointing a worker at this (started) simulator; see ``env.worker_env``."""
+        return env.worker_env(
+            self.base_url,
+            self.config,
+            accounts=accounts,
+            database_url=database_url,
+            inherit=inherit,
+            **extra,
+        )
+
     # -- traffic --
 
     def _queue(self, account: str, *, create: bool = False) -> history.AccountQueue:
         with self._lock:
             q = self._queues.get(account)
             if q is None:
-                q = history.AccountQueue(account)
+                q = history.AccountQueue(account, self._final_block)
                 if create:
                     self._queues[account] = q
             # An unknown account reads as an empty, detached queue.
@@ -119,6 +138,13 @@ class Simulator:
         messages = traffic.seed_messages(n, seed)
         self.inject(account, messages)
         return messages
+
+    def requeue(self, account: str, n: int) -> list[Any]:
+        """Put the last ``n`` acknowledged messages back at the head of the queue (fewer if fewer
+        were acknowledged) and return them: the platform delivering a block again, as after an
+        acknowledgement it lost. ``acknowledged`` no longer lists them until they are dequeued again."""
+        self._settle()
+        return self._queue(account).requeue(n)
 
     def acknowledged(self, account: str) -> list[Any]:
         """The delivered set: messages dequeued so far, in order."""
@@ -202,6 +228,19 @@ class Simulator:
 
     def _serve(self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes) -> int:
         self.stats.bump(counters.COUNTER_FOR[kind])
+        request = hooks.Request(kind, account, query, body)
+        drop = self.hooks.drop
+        if drop is not None and drop(request):
+            self.stats.fault("dropped")
+            raise server.Dropped
+        status = self._answer(h, request)
+        answered = self.hooks.answered
+        if answered is not None:
+            answered(request, status)
+        return status
+
+    def _answer(self, h: server.Handler, request: hooks.Request) -> int:
+        kind, account, query, body = request.kind, request.account, request.query, request.body
         faults = self.faults
         if faults.latency > 0:
             self.stats.fault("latency")
@@ -229,6 +268,12 @@ class Simulator:
                 return self._fault_reply(h, step)
         self._begin_reply(h)
         status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
+        rewrite = self.hooks.rewrite
+        if rewrite is not None:
+            replaced = rewrite(request, hooks.Answer(status, reply_body, tuple(headers)))
+            if replaced is not None:
+                status, reply_body, headers = replaced.status, replaced.body, list(replaced.headers)
+                after_write = None
         if lose:
             raise server.Dropped
         if tamper is not None:
@@ -329,6 +374,16 @@ class Simulator:
 
     def _login(self, body: bytes) -> wire.Reply:
         return self._auth.login(self.config, body)
+
+    def _issued(self, kind: str, token: str) -> None:
+        hook = self.hooks.issued
+        if hook is not None:
+            hook(kind, token)
+
+    def _final_block(self, account: str, messages: list[Any]) -> None:
+        hook = self.hooks.final_block
+        if hook is not None:
+            hook(account, messages)
 
     def _send(self, body: bytes) -> wire.Reply:
         req, problem = sms.parse_send(body)

@@ -54,8 +54,10 @@ class HistoryReply:
 class AccountQueue:
     """One account's queue; all state behind one lock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_final: Callable[[str, list[Any]], None] | None = None) -> None:
         self.name = name
+        # Told (account, messages) once a final block is written out, outside the lock.
+        self.on_final = on_final
         self.lock = threading.Lock()
         self.items: collections.deque[tuple[int, bytes, Any]] = collections.deque()
         self.next_seq = 0
@@ -80,6 +82,32 @@ class AccountQueue:
             self.acknowledged.append(self.items.popleft()[2])
             n += 1
         return n
+
+    def requeue(self, n: int) -> list[Any]:
+        """Move the last ``n`` acknowledged messages back to the head of the queue; return them.
+
+        A final block handed out under ``on_next_get`` (still queued, pending) stays ahead of them, so
+        the next GET without ``next`` still dequeues it first. Every message is renumbered, so the
+        block at the head gets a new token and tokens issued before acknowledge nothing more.
+        """
+        with self.lock:
+            n = max(0, min(n, len(self.acknowledged)))
+            back = self.acknowledged[len(self.acknowledged) - n :]
+            del self.acknowledged[len(self.acknowledged) - n :]
+            queued = list(self.items)
+            pending = self.pending_final
+            handed = [item for item in queued if pending is not None and item[0] <= pending]
+            order = [(blob, m) for _, blob, m in handed]
+            order += [(wire.dumps(m), m) for m in back]
+            order += [(blob, m) for _, blob, m in queued[len(handed) :]]
+            self.items.clear()
+            self.head = None
+            first = self.next_seq
+            for blob, message in order:
+                self.items.append((self.next_seq, blob, message))
+                self.next_seq += 1
+            self.pending_final = first + len(handed) - 1 if handed else None
+            return back
 
     def _serve_head(self, cfg: settings.SimConfig, stats: counters.Stats) -> HistoryReply:
         size = max(1, cfg.block_size)
@@ -107,13 +135,20 @@ class AccountQueue:
 
     def _final_delivered(self, last: int, stats: counters.Stats) -> None:
         with self.lock:
+            before = len(self.acknowledged)
             n = self._dequeue_through(last)
+            block = self.acknowledged[before:]
         if n:
             stats.bump("final_dequeues")
+        if block and self.on_final is not None:
+            self.on_final(self.name, block)
 
     def _final_pending(self, last: int) -> None:
         with self.lock:
+            block = [item[2] for item in self.items if item[0] <= last]
             self.pending_final = last if self.pending_final is None else max(last, self.pending_final)
+        if block and self.on_final is not None:
+            self.on_final(self.name, block)
 
     def get(self, token: str | None, cfg: settings.SimConfig, stats: counters.Stats) -> HistoryReply:
         with self.lock:

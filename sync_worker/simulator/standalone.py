@@ -1,44 +1,64 @@
-"""``serve``: a simulator as a foreground process (``sync-worker simulate``, the Compose service)."""
+"""``serve``: a simulator as a foreground process; what ``sync-worker simulate`` (and so the Compose
+``simulator`` service) runs."""
 
 from __future__ import annotations
 
-import contextlib
+import shlex
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Final, TextIO
 
+from sync_worker import signals
 from sync_worker.simulator import core, settings
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8480
+DEFAULT_SEED_MESSAGES: Final = 1000
+DEFAULT_ACCOUNTS: Final = ("0252012345-00001", "0252012345-00002")
 
 
 def serve(
-    host: str = "127.0.0.1",
-    port: int = 8089,
-    seed_messages: int = 0,
-    accounts: Sequence[str] = ("0252012345-00001",),
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    seed_messages: int = DEFAULT_SEED_MESSAGES,
+    accounts: Sequence[str] = DEFAULT_ACCOUNTS,
     *,
+    block_size: int | None = None,
     seed: int = 1,
     config: settings.SimConfig | None = None,
     stop: threading.Event | None = None,
     out: TextIO | None = None,
+    ready: Callable[[core.Simulator], None] | None = None,
 ) -> None:
-    """Run a simulator until ``stop`` is set (or KeyboardInterrupt), printing how to reach it."""
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, printing the exports that reach it.
+
+    Account ``i`` gets ``seed_messages`` messages from ``seed_messages(n, seed + i)``. ``port=0``
+    picks a free port (the printed URL names it). ``ready(sim)`` runs once it listens and is seeded.
+    Signals are handled as by every long-running command (``signals.stop_on_signals``: a second
+    Ctrl-C aborts) when called on the main thread.
+    """
     cfg = config or settings.SimConfig()
     cfg.host, cfg.port, cfg.accounts = host, port, tuple(accounts)
+    if block_size is not None:
+        cfg.block_size = block_size
     stream = out or sys.stdout
-    sim = core.Simulator(cfg)
-    for i, account in enumerate(cfg.accounts):
-        if seed_messages:
-            sim.seed(account, seed_messages, seed=seed + i)
     stop_event = stop or threading.Event()
-    with sim:
-        # These are the simulator's own fixed demo credentials, not real secrets.
-        print(f"ThingSpace simulator listening on {sim.base_url}", file=stream)
-        print(f"  client id:     {cfg.client_id}", file=stream)
-        print(f"  client secret: {cfg.client_secret.reveal()}", file=stream)
-        print(f"  username:      {cfg.username}", file=stream)
-        print(f"  password:      {cfg.password.reveal()}", file=stream)
-        print(f"  accounts:      {', '.join(cfg.accounts)} ({seed_messages} messages each)", file=stream)
-        stream.flush()
-        with contextlib.suppress(KeyboardInterrupt):
-            stop_event.wait()
+    # Installed before the first line is printed: a caller may signal as soon as it reads one.
+    with signals.stop_on_signals(stop_event), core.Simulator(cfg) as sim:
+        if seed_messages:
+            for i, account in enumerate(cfg.accounts):
+                sim.seed(account, seed_messages, seed=seed + i)
+        # The simulator's credentials are fixed, public test values: printing them is the point,
+        # so the exports can be pasted as they are.
+        lines = [
+            f"ThingSpace simulator listening on {sim.base_url}",
+            f"seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)}",
+            "point the worker at it with:",
+            *(f"  export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
+            "Ctrl-C stops it.",
+        ]
+        print("\n".join(lines), file=stream, flush=True)
+        if ready is not None:
+            ready(sim)
+        stop_event.wait()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import psycopg
 import pytest
@@ -48,15 +47,14 @@ def test_sigterm_mid_drain_exits_in_time_with_the_cursor_at_a_committed_block(
     try:
         events.wait_for({"block_committed"})
         proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
         code = proc.wait(timeout=SHUTDOWN_TIMEOUT + 20)
-        elapsed = time.monotonic() - started
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # 0, not scheduler.EXIT_SHUTDOWN_TIMEOUT: the block in flight finished within the shutdown
+    # timeout. A state, not a stopwatch, so a slow machine cannot fail it.
     assert code == 0
-    assert elapsed < SHUTDOWN_TIMEOUT
     runs = [json.loads(line) for line in events.rest() if '"account_run"' in line]
     assert [r["outcome"] for r in runs] == ["interrupted"]
 

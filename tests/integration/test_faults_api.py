@@ -32,10 +32,13 @@ def test_sync_completes_exactly_through_transient_faults_and_session_expiry(db_u
         sim.faults.script("history", [200, 200, 200, 200, "expire_session"])
         sim.faults.error_rate = 0.12
         sim.faults.timeout_rate = 0.03
-        sim.faults.timeout_seconds = 1.0
+        # A "timeout" fault holds the request, then drops it unanswered: the client sees no response
+        # without its read timeout having to fire. The read timeout is far above any stall of a loaded
+        # machine, so every no_response below is an injected fault and the counts can be exact.
+        sim.faults.timeout_seconds = 0.05
         sim.faults.rate_limit_rate = 0.05
         sim.faults.retry_after = "2"
-        result, observer, slept = inproc.run_pass(sim, db_url, ACCOUNTS)
+        result, observer, slept = inproc.run_pass(sim, db_url, ACCOUNTS, read_timeout=60)
         stats = sim.stats.as_dict()
 
     print(f"fault run: faults={stats['faults']} retries={len(observer.retries)} logins={stats['logins']}")

@@ -7,7 +7,6 @@ never reach 5 (the vendor's lock-out), whatever credentials, processes or lost a
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -53,20 +52,12 @@ def record_refusals(settings: config.Settings, db_url: str, n: int) -> None:
 
 
 def worker_env(sim: simulator.Simulator, db_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
-    env.update(
-        {
-            "SYNC_DATABASE_URL": db_url,
-            "THINGSPACE_BASE_URL": sim.base_url,
-            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-            "THINGSPACE_CLIENT_ID": sim.config.client_id,
-            "THINGSPACE_CLIENT_SECRET": sim.config.client_secret.reveal(),
-            "THINGSPACE_USERNAME": sim.config.username,
-            "THINGSPACE_PASSWORD": sim.config.password.reveal(),
-            "SYNC_ACCOUNTS": ACCOUNT,
-            "SYNC_LOG_FORMAT": "json",
-            "THINGSPACE_RETRY_MAX_WAIT": "0.05",
-        }
+    env = sim.worker_env(
+        accounts=[ACCOUNT],
+        database_url=db_url,
+        inherit=True,
+        SYNC_LOG_FORMAT="json",
+        THINGSPACE_RETRY_MAX_WAIT="0.05",
     )
     env.update(extra)
     return env

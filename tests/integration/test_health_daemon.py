@@ -51,21 +51,14 @@ def stored_rows(database_url: str) -> int:
 
 
 def settings_for(sim: sim_mod.Simulator, database_url: str, **extra: str) -> config.Settings:
-    cfg = sim.config
-    env = {
-        "SYNC_DATABASE_URL": database_url,
-        "THINGSPACE_BASE_URL": sim.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": cfg.client_id,
-        "THINGSPACE_CLIENT_SECRET": cfg.client_secret.reveal(),
-        "THINGSPACE_USERNAME": cfg.username,
-        "THINGSPACE_PASSWORD": cfg.password.reveal(),
-        "SYNC_ACCOUNTS": ACCOUNT,
+    env = sim.worker_env(
+        accounts=[ACCOUNT],
+        database_url=database_url,
         # Only the immediate first run happens during the test.
-        "SYNC_INTERVAL_SECONDS": "3600",
-        "SYNC_JITTER_SECONDS": "0",
-        "SYNC_LOG_FORMAT": "json",
-    }
+        SYNC_INTERVAL_SECONDS="3600",
+        SYNC_JITTER_SECONDS="0",
+        SYNC_LOG_FORMAT="json",
+    )
     env.update(extra)
     return config.load(env)
 

@@ -135,14 +135,16 @@ class _PoisonSimulator(crash.HookedSimulator):
         self.poisoned: list[Any] = []
         self.poison_served = 0
         self.fixed = False
+        self.hooks.rewrite = self._poison
 
-    def _process(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> Any:
-        status, reply, headers, after_write = super()._process(h, kind, account, query, body)
-        if kind == "history" and status in (200, 202) and self.marker in reply and not self.fixed:
-            self.poison_served += 1
-            self.poisoned = json.loads(reply)["messages"]
-            return status, self.poison, headers, None
-        return status, reply, headers, after_write
+    def _poison(self, request: simulator.Request, answer: simulator.Answer) -> simulator.Answer | None:
+        if request.kind != "history" or answer.status not in (200, 202) or self.fixed:
+            return None
+        if self.marker not in answer.body:
+            return None
+        self.poison_served += 1
+        self.poisoned = json.loads(answer.body)["messages"]
+        return simulator.Answer(answer.status, self.poison, answer.headers)
 
 
 _TEN_MB_BAD = b'{"hasMoreData": true, "messages": "' + b"x" * (10 * 1024 * 1024) + b'"}'
@@ -443,6 +445,10 @@ LOCATION_CASES: dict[str, str | None] = {
     "location_empty_next": "/sms/{a}/history?next=",
     "location_two_next": "/sms/{a}/history?next=abc&next=def",
     "other_host": "http://evil.example:{p}/api/m2m/v1/sms/{a}/history?next=abc123",
+    # Same scheme and port as the simulator, only the host differs: the port check cannot catch these.
+    # localhost even reaches the simulator itself, so following it would be a visible extra request.
+    "other_host_same_port": "http://evil.example:{s}/api/m2m/v1/sms/{a}/history?next=abc123",
+    "other_name_for_loopback_same_port": "http://localhost:{s}/api/m2m/v1/sms/{a}/history?next=abc123",
     "other_port_loopback": "http://127.0.0.1:{p}/api/m2m/v1/sms/{a}/history?next=abc123",
     "other_scheme": "ftp://127.0.0.1/api/m2m/v1/sms/{a}/history?next=abc123",
     "scheme_relative": "//evil.example:{p}/sms/{a}/history?next=abc123",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -88,18 +87,7 @@ def test_two_once_processes_lose_nothing(
     """Two `sync-worker once` processes at once: every message lands once, no account synced twice."""
     for i, account in enumerate(ACCOUNTS):
         backlog(simulator, account, 400, seed=i + 10)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_"))},
-        "SYNC_DATABASE_URL": db_url,
-        "THINGSPACE_BASE_URL": simulator.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": simulator.config.client_id,
-        "THINGSPACE_CLIENT_SECRET": simulator.config.client_secret.reveal(),
-        "THINGSPACE_USERNAME": simulator.config.username,
-        "THINGSPACE_PASSWORD": simulator.config.password.reveal(),
-        "SYNC_ACCOUNTS": ",".join(ACCOUNTS),
-        "SYNC_LOG_FORMAT": "json",
-    }
+    env = simulator.worker_env(accounts=ACCOUNTS, database_url=db_url, inherit=True, SYNC_LOG_FORMAT="json")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "sync_worker", "once"],
@@ -135,17 +123,7 @@ def test_account_held_long_by_another_process_is_reported(
     account = "0252012345-00042"
     simulator.add_account(account)
     settings = config.load(
-        {
-            "SYNC_DATABASE_URL": db_url,
-            "THINGSPACE_BASE_URL": simulator.base_url,
-            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-            "THINGSPACE_CLIENT_ID": simulator.config.client_id,
-            "THINGSPACE_CLIENT_SECRET": simulator.config.client_secret.reveal(),
-            "THINGSPACE_USERNAME": simulator.config.username,
-            "THINGSPACE_PASSWORD": simulator.config.password.reveal(),
-            "SYNC_ACCOUNTS": account,
-            "SYNC_INTERVAL_SECONDS": "60",
-        }
+        simulator.worker_env(accounts=[account], database_url=db_url, SYNC_INTERVAL_SECONDS="60")
     )
     db.execute(
         "INSERT INTO sync_run (account_name, started_at, worker_host, worker_pid) "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shlex
 import threading
 import time
 import urllib.parse
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from sync_worker import config
 from sync_worker import simulator as sim_mod
 
 ACCOUNT = "0252012345-00001"
@@ -539,40 +542,182 @@ def test_request_log_never_holds_credentials(api: Api, simulator: sim_mod.Simula
     assert simulator.stats.requests[-1].query.startswith("next=")
 
 
-class _Announce(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ready = threading.Event()
+def _exports(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["export"]:
+            name, _, value = words[1].partition("=")
+            found[name] = value
+    return found
 
-    def flush(self) -> None:
-        self.ready.set()
 
+def test_serve_prints_pasteable_exports_serves_seeded_traffic_and_returns_on_stop() -> None:
+    """serve() seeds each account, prints exports equal to worker_env, applies block_size, returns on stop."""
+    out, stop, ready = io.StringIO(), threading.Event(), threading.Event()
+    started: list[sim_mod.Simulator] = []
 
-def test_serve_runs_until_stopped_and_prints_base_url() -> None:
-    """serve() prints the base URL and demo credentials, serves seeded traffic and returns on stop."""
-    out, stop = _Announce(), threading.Event()
+    def on_ready(sim: sim_mod.Simulator) -> None:
+        started.append(sim)
+        ready.set()
+
+    accounts = [ACCOUNT, "0252012345-00002"]
+    kwargs = {"port": 0, "seed_messages": 120, "accounts": accounts, "block_size": 50}
     thread = threading.Thread(
-        target=sim_mod.serve,
-        kwargs={"port": 0, "seed_messages": 120, "accounts": [ACCOUNT], "stop": stop, "out": out},
+        target=sim_mod.serve, kwargs={**kwargs, "stop": stop, "out": out, "ready": on_ready}
     )
     thread.start()
     try:
-        assert out.ready.wait(10)
+        assert ready.wait(10)
+        (sim,) = started
         text = out.getvalue()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/api)", text)
-        assert match is not None
-        assert "sim-password" in text
-        token = requests.post(
-            match.group(1) + "/ts/v1/oauth2/token",
-            auth=("sim-client-id", "sim-client-secret"),
-            data={"grant_type": "client_credentials"},
-            timeout=5,
-        )
-        assert token.status_code == 200
+        assert text.splitlines()[0] == f"ThingSpace simulator listening on {sim.base_url}"
+        assert _exports(text) == sim.worker_env(accounts=accounts)
+        assert [len(sim.queued(a)) for a in accounts] == [120, 120]
+        # Each account gets its own seed, so the two backlogs differ.
+        assert sim.queued(accounts[0]) != sim.queued(accounts[1])
+        api = Api(sim).connect()
+        assert len(api.history().json()["messages"]) == 50
     finally:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_worker_env_is_what_the_worker_needs_and_inherit_drops_the_parents_settings(
+    simulator: sim_mod.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worker_env loads as settings for the simulator; inherit keeps PATH, drops SYNC_/THINGSPACE_/PG*."""
+    env = simulator.worker_env(accounts=[ACCOUNT, "0252012345-00002"], database_url="postgresql://db/x")
+    settings = config.load(env)
+    assert settings.base_url == simulator.base_url
+    assert [a.name for a in settings.accounts] == [ACCOUNT, "0252012345-00002"]
+    assert settings.client_secret.reveal() == simulator.config.client_secret.reveal()
+    assert simulator.worker_env(SYNC_ACCOUNTS="x")["SYNC_ACCOUNTS"] == "x"
+    monkeypatch.setenv("THINGSPACE_USERNAME", "someone-real")
+    monkeypatch.setenv("PGSERVICE", "prod")
+    monkeypatch.setenv("SYNC_DATABASE_URL", "postgresql://prod/db")
+    inherited = simulator.worker_env(inherit=True)
+    assert inherited["PATH"] == os.environ["PATH"]
+    assert inherited["THINGSPACE_USERNAME"] == simulator.config.username
+    assert "PGSERVICE" not in inherited and "SYNC_DATABASE_URL" not in inherited
+
+
+# --- hooks and requeue ---------------------------------------------------------
+
+
+def test_drop_hook_closes_the_connection_unanswered_and_acknowledges_nothing(
+    api: Api, simulator: sim_mod.Simulator
+) -> None:
+    """hooks.drop returning True drops that request unprocessed: no answer, no ack, counted as a fault."""
+    simulator.seed(ACCOUNT, 250)
+    token = next_of(api.history())
+    seen: list[sim_mod.Request] = []
+
+    def drop(request: sim_mod.Request) -> bool:
+        seen.append(request)
+        return request.kind == "history" and request.query.startswith("next=")
+
+    simulator.hooks.drop = drop
+    with pytest.raises(requests.ConnectionError):
+        api.history(token)
+    simulator.hooks.drop = None
+    assert [(r.kind, r.account, r.query) for r in seen] == [("history", ACCOUNT, f"next={token}")]
+    assert simulator.acknowledged(ACCOUNT) == [] and simulator.token_acks(ACCOUNT)[token] == 0
+    assert simulator.stats.faults["dropped"] == 1
+    assert api.history(token).status_code == 202
+
+
+def test_rewrite_hook_replaces_the_answer_and_a_replaced_final_block_stays_queued(
+    api: Api, simulator: sim_mod.Simulator
+) -> None:
+    """hooks.rewrite's Answer is what the client gets; a final block sent that way is not dequeued."""
+    seeded = simulator.seed(ACCOUNT, 30)
+
+    def rewrite(request: sim_mod.Request, answer: sim_mod.Answer) -> sim_mod.Answer | None:
+        if request.kind != "history":
+            return None
+        return sim_mod.Answer(503, b"rewritten", answer.with_header("X-Hooked", "1").headers)
+
+    simulator.hooks.rewrite = rewrite
+    resp = api.history()
+    assert (resp.status_code, resp.content, resp.headers["X-Hooked"]) == (503, b"rewritten", "1")
+    assert simulator.queued(ACCOUNT) == seeded
+    simulator.hooks.rewrite = lambda _request, _answer: None
+    assert api.history().json()["messages"] == seeded
+    assert simulator.queued(ACCOUNT) == []
+
+
+def test_answered_hook_runs_after_every_answer_including_fault_replies(
+    api: Api, simulator: sim_mod.Simulator
+) -> None:
+    """hooks.answered gets each request with the status it was answered with, scripted faults too."""
+    simulator.seed(ACCOUNT, 10)
+    answered: list[tuple[str, int]] = []
+    simulator.hooks.answered = lambda request, status: answered.append((request.kind, status))
+    simulator.faults.script("history", [429])
+    assert api.history().status_code == 429
+    assert api.history().status_code == 200
+    # The hook runs after the answer is on the wire: reading the request log waits for it.
+    assert len(simulator.stats.requests) >= 2
+    assert answered == [("history", 429), ("history", 200)]
+
+
+@pytest.mark.parametrize("final_ack", ["on_delivery", "on_next_get"])
+def test_final_block_hook_reports_the_final_block_written_out(
+    api: Api, simulator: sim_mod.Simulator, final_ack: sim_mod.FinalAck
+) -> None:
+    """hooks.final_block gets a final block's messages once written (dequeued, or pending till a head GET)."""
+    simulator.config.final_ack = final_ack
+    seeded = simulator.seed(ACCOUNT, 150)
+    finals: list[tuple[str, list[Any]]] = []
+    simulator.hooks.final_block = lambda account, messages: finals.append((account, messages))
+    api.history(next_of(api.history()))
+    assert finals == [(ACCOUNT, seeded[100:])]
+    assert simulator.queued(ACCOUNT) == ([] if final_ack == "on_delivery" else seeded[100:])
+
+
+def test_issued_hook_sees_every_bearer_and_session_token(simulator: sim_mod.Simulator) -> None:
+    """hooks.issued is told each bearer and session token the moment the simulator issues it."""
+    issued: list[tuple[str, str]] = []
+    simulator.hooks.issued = lambda kind, token: issued.append((kind, token))
+    api = Api(simulator).connect()
+    assert issued == [("bearer", api.bearer), ("session", api.session)]
+
+
+def test_requeue_serves_acknowledged_messages_again_ahead_of_the_queue(
+    api: Api, simulator: sim_mod.Simulator
+) -> None:
+    """requeue(account, n) puts the last n acknowledged messages back at the head, once each."""
+    seeded = simulator.seed(ACCOUNT, 250)
+    token = next_of(api.history())
+    api.history(token)
+    assert simulator.acknowledged(ACCOUNT) == seeded[:100]
+    assert simulator.requeue(ACCOUNT, 40) == seeded[60:100]
+    assert simulator.acknowledged(ACCOUNT) == seeded[:60]
+    assert simulator.queued(ACCOUNT) == seeded[60:]
+    first = api.history()
+    assert first.json()["messages"] == seeded[60:160]
+    # The head block is renumbered: it has a token of its own, and the old one acknowledges nothing.
+    assert next_of(first) != token
+    # Acknowledging it returns the final block, dequeued on delivery.
+    api.history(next_of(first))
+    assert simulator.acknowledged(ACCOUNT) == seeded
+    assert simulator.requeue(ACCOUNT, 1000) == seeded
+    assert simulator.requeue("0000000000-99999", 5) == []
+
+
+def test_requeue_keeps_a_pending_final_block_ahead_under_on_next_get(
+    api: Api, simulator: sim_mod.Simulator
+) -> None:
+    """On requeue under on_next_get, a handed-out final block stays first; a head GET dequeues it."""
+    simulator.config.final_ack = "on_next_get"
+    seeded = simulator.seed(ACCOUNT, 150)
+    api.history(next_of(api.history()))
+    assert simulator.requeue(ACCOUNT, 30) == seeded[70:100]
+    assert simulator.queued(ACCOUNT) == seeded[100:] + seeded[70:100]
+    assert api.history().json()["messages"] == seeded[70:100]
+    assert simulator.acknowledged(ACCOUNT) == seeded[:70] + seeded[100:]
 
 
 def test_scripted_session_expiry_mid_paging_acks_nothing(api: Api, simulator: sim_mod.Simulator) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
 
@@ -14,25 +13,15 @@ ACCOUNT = "0252012345-00061"
 ACCOUNTS = (ACCOUNT,)
 
 
-class _StopOn429(crash.HookedSimulator):
-    """Answers with the scripted 429 (Retry-After: 120) and sets ``stop_event`` once it has."""
-
-    def __init__(self, config: simulator.SimConfig, stop: threading.Event) -> None:
-        super().__init__(config)
-        self.stop_event = stop
-
-    def _serve(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> int:
-        status = super()._serve(h, kind, account, query, body)
-        if status == 429:
-            self.stop_event.set()
-        return status
-
-
 @pytest.mark.timeout(60)
 def test_stop_wakes_a_retry_after_wait(db_url: str) -> None:
     """SIGTERM's stop event ends a 120 s Retry-After wait at once: the run is interrupted, not asleep."""
     stop = threading.Event()
-    sim = _StopOn429(crash.crash_sim_config(ACCOUNTS, final_ack="on_next_get", token_mode="reusable"), stop)
+    sim = crash.HookedSimulator(
+        crash.crash_sim_config(ACCOUNTS, final_ack="on_next_get", token_mode="reusable")
+    )
+    # Set once the scripted 429 (Retry-After: 120) is on the wire, so the worker is already waiting.
+    sim.hooks.answered = lambda _request, status: stop.set() if status == 429 else None
     sim.faults.retry_after = "120"
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=6))
@@ -50,16 +39,12 @@ def test_stop_wakes_a_retry_after_wait(db_url: str) -> None:
     assert account.blocks == 1 and crash.row_count(db_url) == 100
 
 
-class _LoopingLocation(crash.HookedSimulator):
-    """Every 202 names, as its next token, the very token its request carried (when it carried one)."""
-
-    def _process(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> Any:
-        status, reply, headers, after_write = super()._process(h, kind, account, query, body)
-        if kind == "history" and status == 202 and query.startswith("next="):
-            sent = query.removeprefix("next=")
-            headers = [(n, v) for n, v in headers if n != "Location"]
-            headers.append(("Location", f"/sms/{account}/history?next={sent}"))
-        return status, reply, headers, after_write
+def _repeat_sent_token(request: simulator.Request, answer: simulator.Answer) -> simulator.Answer | None:
+    """A ``hooks.rewrite``: every 202 names, as its next token, the very token its request carried."""
+    if request.kind == "history" and answer.status == 202 and request.query.startswith("next="):
+        sent = request.query.removeprefix("next=")
+        return answer.with_header("Location", f"/sms/{request.account}/history?next={sent}")
+    return None
 
 
 def _migrated(settings: config.Settings) -> None:
@@ -70,7 +55,10 @@ def _migrated(settings: config.Settings) -> None:
 
 def test_a_block_naming_its_own_token_ends_the_run_clearly(db_url: str) -> None:
     """A 202 whose Location repeats the token just sent ends the run with PagingLoopError, not a loop."""
-    sim = _LoopingLocation(crash.crash_sim_config(ACCOUNTS, final_ack="on_next_get", token_mode="reusable"))
+    sim = crash.HookedSimulator(
+        crash.crash_sim_config(ACCOUNTS, final_ack="on_next_get", token_mode="reusable")
+    )
+    sim.hooks.rewrite = _repeat_sent_token
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 450, seed=7))
         settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS))

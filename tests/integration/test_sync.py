@@ -56,19 +56,13 @@ def make_client(
 
 
 def make_settings(sim: simulator.Simulator, db_url: str, accounts: list[str], **env: str) -> config.Settings:
-    base = {
-        "SYNC_DATABASE_URL": db_url,
-        "THINGSPACE_BASE_URL": sim.base_url,
-        "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-        "THINGSPACE_CLIENT_ID": sim.config.client_id,
-        "THINGSPACE_CLIENT_SECRET": sim.config.client_secret.reveal(),
-        "THINGSPACE_USERNAME": sim.config.username,
-        "THINGSPACE_PASSWORD": sim.config.password.reveal(),
-        "SYNC_ACCOUNTS": ",".join(accounts),
-        "SYNC_CONCURRENCY": "3",
-        "THINGSPACE_RETRY_MAX_ATTEMPTS": "2",
-        "THINGSPACE_RETRY_MAX_WAIT": "0.01",
-    }
+    base = sim.worker_env(
+        accounts=accounts,
+        database_url=db_url,
+        SYNC_CONCURRENCY="3",
+        THINGSPACE_RETRY_MAX_ATTEMPTS="2",
+        THINGSPACE_RETRY_MAX_WAIT="0.01",
+    )
     base.update(env)
     return config.load(base)
 
@@ -167,15 +161,20 @@ def test_backlog_lands_exactly_and_acks_follow_commits(
 def test_second_pass_inserts_nothing(
     simulator: simulator.Simulator, db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    """Running the pass again after a full drain inserts no row and stores nothing twice."""
+    """A second pass that is delivered 150 stored messages again inserts no row: they count as replays."""
     backlog(simulator, ACCOUNT, 250, seed=3)
     settings = make_settings(simulator, db_url, [ACCOUNT])
     first = app.sync_once(settings)
-    second = app.sync_once(settings)
     assert first.exit_code == 0
     assert first.accounts[0].inserted == 250
+    # The platform delivers stored messages again (an acknowledgement it lost): without the
+    # requeue the second pass would find an empty queue and prove nothing about the upsert.
+    assert len(simulator.requeue(ACCOUNT, 150)) == 150
+    second = app.sync_once(settings)
     assert second.exit_code == 0
-    assert second.accounts[0].inserted == 0
+    (account,) = second.accounts
+    assert (account.received, account.inserted, account.replays) == (150, 0, 150), account
+    assert simulator.queued(ACCOUNT) == []
     assert stored_raw(conn, ACCOUNT) == canonical(simulator.acknowledged(ACCOUNT))
     assert len(stored_raw(conn, ACCOUNT)) == 250
 

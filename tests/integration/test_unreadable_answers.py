@@ -95,18 +95,18 @@ class _PersistentlyUnreadable(crash.HookedSimulator):
         self.fixed = False
         self.served: collections.Counter[str] = collections.Counter()
         self.blocks: dict[str, list[Any]] = {}
+        self.hooks.rewrite = self._unreadable
 
-    def _process(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> Any:
-        status, reply, headers, after_write = super()._process(h, kind, account, query, body)
-        if kind != "history" or status not in (200, 202) or self.fixed:
-            return status, reply, headers, after_write
+    def _unreadable(self, request: simulator.Request, answer: simulator.Answer) -> simulator.Answer | None:
+        if request.kind != "history" or answer.status not in (200, 202) or self.fixed:
+            return None
         for marker, how in self.markers.items():
-            if marker in reply:
+            if marker in answer.body:
                 self.served[how] += 1
-                self.blocks[how] = json.loads(reply)["messages"]
-                status, reply, headers = simulator.mangle(how, status, reply, headers)
-                return status, reply, headers, None
-        return status, reply, headers, after_write
+                self.blocks[how] = json.loads(answer.body)["messages"]
+                status, body, headers = simulator.mangle(how, answer.status, answer.body, answer.headers)
+                return simulator.Answer(status, body, tuple(headers))
+        return None
 
 
 def _marker(i: int) -> bytes:

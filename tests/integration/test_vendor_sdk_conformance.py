@@ -26,19 +26,21 @@ from typing import Any
 
 import pytest
 
-from sync_worker import simulator as sim_mod
-
-verizon_client = pytest.importorskip("verizon.verizon_client")
-from verizon import configuration as vz_configuration  # noqa: E402
-from verizon.exceptions import (  # noqa: E402
+# Imported plainly, not importorskip: the SDK is a pinned dev dependency and this is the only check of
+# the simulator's wire format against the vendor's code, so a broken install must fail, not skip.
+from verizon import configuration as vz_configuration
+from verizon import verizon_client
+from verizon.exceptions import (
     connectivity_management_result_exception as vz_cmr_exception,
 )
-from verizon.exceptions import oauth_provider_exception as vz_oauth_exception  # noqa: E402
-from verizon.http.auth import thingspace_oauth as vz_oauth  # noqa: E402
-from verizon.http.auth import vz_m2m_token as vz_m2m  # noqa: E402
-from verizon.models import device_id as vz_device_id  # noqa: E402
-from verizon.models import log_in_request as vz_log_in_request  # noqa: E402
-from verizon.models import sms_send_request as vz_sms_send_request  # noqa: E402
+from verizon.exceptions import oauth_provider_exception as vz_oauth_exception
+from verizon.http.auth import thingspace_oauth as vz_oauth
+from verizon.http.auth import vz_m2m_token as vz_m2m
+from verizon.models import device_id as vz_device_id
+from verizon.models import log_in_request as vz_log_in_request
+from verizon.models import sms_send_request as vz_sms_send_request
+
+from sync_worker import simulator as sim_mod
 
 ACCOUNT = "0252012345-00001"
 _REAL_API = "https://thingspace.verizon.com/api"

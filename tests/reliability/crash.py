@@ -38,7 +38,6 @@ from typing import Any
 import psycopg
 
 from sync_worker import secret, simulator
-from sync_worker.simulator import server as sim_server
 from tests.reliability import logbook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,73 +45,28 @@ STRATEGIES = ("timer", "in_txn", "before_ack", "after_ack")
 
 
 class HookedSimulator(simulator.Simulator):
-    """The simulator with a hook on history requests and a record of every token it issued.
+    """The simulator with a record of every final block it wrote out and every token it issued.
 
-    The hook gets (account, query) before the request is processed and returns "drop" to close
-    the connection unanswered. Issued bearer and session tokens go to the logbook's secret list,
-    since only the worker process (not this one) registers them.
+    Issued bearer and session tokens go to the logbook's secret list, since only the worker
+    process (not this one) registers them. The harness drops acknowledging requests through
+    ``hooks.drop``; ``hooks.rewrite`` and ``hooks.answered`` stay free for tests.
     """
 
     def __init__(self, config: simulator.SimConfig, faults: simulator.Faults | None = None) -> None:
         super().__init__(config, faults)
-        self.history_hook: Callable[[str, str], str | None] | None = None
         # Which worker is running now (set by the harness), and every final block the simulator
-        # dequeued on delivery, tagged with that worker: (generation, account, messages).
+        # wrote out, tagged with that worker: (generation, account, messages).
         self.generation = 0
         self.final_deliveries: list[tuple[int, str, list[Any]]] = []
-        for account in config.accounts:
-            self._watch_final(account)
+        self.hooks.final_block = self._final_block_written
+        self.hooks.issued = _register_issued
 
-    def _watch_final(self, account: str) -> None:
-        queue = self._queue(account, create=True)
-        original = queue._final_delivered
-
-        def final_delivered(last: int, stats: Any) -> None:
-            with queue.lock:
-                before = len(queue.acknowledged)
-            original(last, stats)
-            with queue.lock:
-                block = list(queue.acknowledged[before:])
-            if block:
-                self.final_deliveries.append((self.generation, account, block))
-
-        queue._final_delivered = final_delivered  # type: ignore[method-assign]
-        original_pending = queue._final_pending
-
-        def final_pending(last: int) -> None:
-            # on_next_get: the block stays queued; record what was handed out (the head up to last).
-            with queue.lock:
-                block = [item[2] for item in queue.items if item[0] <= last]
-            original_pending(last)
-            if block:
-                self.final_deliveries.append((self.generation, account, block))
-
-        queue._final_pending = final_pending  # type: ignore[method-assign]
-
-    def _serve(self, h: Any, kind: str, account: str | None, query: str, body: bytes) -> int:
-        hook = self.history_hook
-        if hook is not None and kind == "history" and account is not None and hook(account, query) == "drop":
-            raise sim_server.Dropped
-        return super()._serve(h, kind, account, query, body)
-
-    def _token(self, h: Any, body: bytes) -> Any:
-        reply = super()._token(h, body)
-        _register_from(reply[1], "access_token")
-        return reply
-
-    def _login(self, body: bytes) -> Any:
-        reply = super()._login(body)
-        _register_from(reply[1], "sessionToken")
-        return reply
+    def _final_block_written(self, account: str, messages: list[Any]) -> None:
+        self.final_deliveries.append((self.generation, account, messages))
 
 
-def _register_from(body: bytes, field: str) -> None:
-    try:
-        value = json.loads(body).get(field)
-    except (ValueError, AttributeError):
-        return
-    if isinstance(value, str) and value:
-        logbook.add_secret(value)
+def _register_issued(_kind: str, token: str) -> None:
+    logbook.add_secret(token)
 
 
 def crash_sim_config(accounts: tuple[str, ...], *, final_ack: str, token_mode: str) -> simulator.SimConfig:
@@ -134,26 +88,19 @@ def crash_sim_config(accounts: tuple[str, ...], *, final_ack: str, token_mode: s
 def worker_env(
     sim: simulator.Simulator, db_url: str, accounts: tuple[str, ...], **extra: str
 ) -> dict[str, str]:
-    cfg = sim.config
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
-    env.update(
-        {
-            "SYNC_DATABASE_URL": db_url,
-            "THINGSPACE_BASE_URL": sim.base_url,
-            "THINGSPACE_ALLOW_INSECURE_LOOPBACK": "1",
-            "THINGSPACE_CLIENT_ID": cfg.client_id,
-            "THINGSPACE_CLIENT_SECRET": cfg.client_secret.reveal(),
-            "THINGSPACE_USERNAME": cfg.username,
-            "THINGSPACE_PASSWORD": cfg.password.reveal(),
-            "SYNC_ACCOUNTS": ",".join(accounts),
-            "SYNC_CONCURRENCY": str(len(accounts)),
-            "SYNC_LOG_FORMAT": "json",
-            "SYNC_LOG_LEVEL": "INFO",
-            # Kills are the faults here; retries stay short so a dropped request costs little.
-            "THINGSPACE_READ_TIMEOUT": "20",
-            "THINGSPACE_RETRY_MAX_WAIT": "0.2",
-            "PYTHONUNBUFFERED": "1",
-        }
+    """A ``sync-worker`` subprocess's environment: JSON logs at INFO, one connection per account."""
+    env = sim.worker_env(
+        accounts=accounts,
+        database_url=db_url,
+        inherit=True,
+        SYNC_CONCURRENCY=str(len(accounts)),
+        SYNC_LOG_FORMAT="json",
+        SYNC_LOG_LEVEL="INFO",
+        # Kills are the faults here; retries stay short so a dropped request costs little.
+        THINGSPACE_READ_TIMEOUT="20",
+        THINGSPACE_RETRY_MAX_WAIT="0.2",
+        # Output reaches the logbook even from a worker killed mid-write.
+        PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
@@ -375,11 +322,11 @@ class CrashHarness:
             watcher = TxnWatcher(self.db_url, worker, skip)
             watcher.start()
         else:
-            self.sim.history_hook = self._ack_hook(worker, strategy, skip)
+            self.sim.hooks.drop = self._ack_hook(worker, strategy, skip)
         try:
             worker.wait(self.cycle_timeout)
         finally:
-            self.sim.history_hook = None
+            self.sim.hooks.drop = None
             if timer is not None:
                 timer.cancel()
             if watcher is not None:
@@ -396,20 +343,22 @@ class CrashHarness:
             for account in self.rng.sample(self.accounts, k=max(1, len(self.accounts) // 2)):
                 self.inject(account, self.rng.randrange(50, 1500))
 
-    def _ack_hook(self, worker: Worker, strategy: str, skip: int) -> Callable[[str, str], str | None]:
+    def _ack_hook(self, worker: Worker, strategy: str, skip: int) -> Callable[[simulator.Request], bool]:
+        """A ``hooks.drop`` that kills the worker at its (skip+1)-th acknowledging history request;
+        ``before_ack`` also drops that request unprocessed, ``after_ack`` lets it be processed."""
         remaining = [skip]
         lock = threading.Lock()
 
-        def hook(account: str, query: str) -> str | None:
-            if "next=" not in query:
-                return None
+        def hook(request: simulator.Request) -> bool:
+            if request.kind != "history" or "next=" not in request.query:
+                return False
             with lock:
                 if remaining[0] > 0:
                     remaining[0] -= 1
-                    return None
+                    return False
                 remaining[0] = 10**9
             worker.kill()
-            return "drop" if strategy == "before_ack" else None
+            return strategy == "before_ack"
 
         return hook
 

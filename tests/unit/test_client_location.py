@@ -48,6 +48,22 @@ def test_foreign_origin_is_rejected(location: str) -> None:
 @pytest.mark.parametrize(
     "location",
     [
+        "http://localhost:8480/api/m2m/v1/sms/acct/history?next=abc",
+        "http://127.0.0.2:8480/api/m2m/v1/sms/acct/history?next=abc",
+        "http://evil.example:8480/api/m2m/v1/sms/acct/history?next=abc",
+        "https://evil.example:443/api/m2m/v1/sms/acct/history?next=abc",
+    ],
+)
+def test_foreign_host_on_the_same_scheme_and_port_is_rejected(location: str) -> None:
+    """Only the host differs from the base URL (explicit same port): refused, so the host is compared."""
+    base = BASE if location.startswith("https") else "http://127.0.0.1:8480/api"
+    with pytest.raises(errors.UnsafeLocationError):
+        client.next_token_from_location(location, base)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
         "/sms/acct/history?next=",
         "/sms/acct/history",
         "/sms/acct/history?next=abc&next=def",

@@ -155,7 +155,6 @@ def test_unrepresentable_raw_round_trips_and_is_flagged(raw: Any) -> None:
     [row] = rows.build_rows("acct", [_msg(raw)])
     assert json.dumps(json.loads(row.raw_json)) == json.dumps(raw)
     assert not row.raw_is_jsonb
-    assert not rows.jsonb_representable(row.raw_json)
     assert any("raw_json keeps it" in p for p in row.problems)
 
 
