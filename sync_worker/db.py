@@ -8,7 +8,8 @@ never the password.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
@@ -16,7 +17,8 @@ from psycopg import conninfo
 
 from sync_worker import errors, secret
 
-ConnectionFactory = Callable[[], psycopg.Connection[Any]]
+Connection = psycopg.Connection[Any]
+ConnectionFactory = Callable[[], Connection]
 
 # A replica cut off from Postgres must lose its account locks within about a minute, so both
 # ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
@@ -77,3 +79,18 @@ def connector(
             raise errors.DatabaseUnavailableError(f"{failure}: {reason}") from exc
 
     return connect
+
+
+@contextlib.contextmanager
+def session(connect: ConnectionFactory) -> Iterator[Connection]:
+    """A connection from ``connect``, closed on exit.
+
+    Closing a connection the server already dropped can fail; that failure is no news (the
+    work on it failed already, with its own error) and the server has released the session.
+    """
+    conn = connect()
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()

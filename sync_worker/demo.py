@@ -14,9 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO
 
-import psycopg
-
-from sync_worker import app, config, embedded, errors, exitcodes, logs, migrations, queries, report, simulator
+from sync_worker import app, config, embedded, exitcodes, logs, migrations, report, simulator, store
 
 ACCOUNTS: Final[Mapping[str, int]] = {
     "0252012345-00001": 3000,
@@ -80,9 +78,8 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             say(report.status_table(report.status_rows(conn)))
             say()
             say("analyst query: top devices on the busiest day (view sms_daily_device_counts):")
-            cur = conn.execute(queries.get("demo_top_devices"))
-            columns = [c.name for c in cur.description or ()]
-            say(report.table([dict(zip(columns, row, strict=True)) for row in cur.fetchall()], columns))
+            columns, rows = store.top_devices_on_busiest_day(conn)
+            say(report.table([dict(zip(columns, row, strict=True)) for row in rows], columns))
         say()
         exact = True
         for account in accounts:
@@ -111,9 +108,5 @@ def _canonical(messages: Sequence[Any]) -> list[str]:
     return [json.dumps(m, sort_keys=True) for m in messages]
 
 
-def _stored(conn: psycopg.Connection[Any], account: str) -> list[str]:
-    try:
-        rows = conn.execute(queries.get("demo_stored_raw"), {"account_name": account}).fetchall()
-    except psycopg.Error as exc:
-        raise errors.StoreError(f"reading stored messages failed: {type(exc).__name__}") from exc
-    return _canonical([json.loads(r[0]) for r in rows])
+def _stored(conn: store.Connection, account: str) -> list[str]:
+    return _canonical([json.loads(raw) for raw in store.stored_raw_json(conn, account)])

@@ -20,9 +20,10 @@ from typing import Any, Final
 
 import psycopg
 
-from sync_worker import errors
+from sync_worker import errors, queries
 
 # Durability must not depend on the wheel's defaults: the demo stores real data.
+# What the embedded server must run with (sql/queries/embedded.sql sets each of them).
 DURABLE_SETTINGS: Final = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
@@ -74,14 +75,14 @@ def server(data_dir: Path | None = None) -> Iterator[str]:
 def _ensure_durable(dsn: str) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            changed = False
-            for name, wanted in DURABLE_SETTINGS.items():
-                row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
-                if row is None or row[0] != wanted:
-                    # ALTER SYSTEM takes no bind parameters; names and values are our constants.
-                    conn.execute(f"ALTER SYSTEM SET {name} = {wanted}")
-                    changed = True
-            if changed:
-                conn.execute("SELECT pg_reload_conf()")
+            current = {
+                name: conn.execute(queries.get("embedded_setting"), {"name": name}).fetchone()
+                for name in DURABLE_SETTINGS
+            }
+            if any(row is None or row[0] != DURABLE_SETTINGS[name] for name, row in current.items()):
+                conn.execute(queries.get("embedded_fsync_on"))
+                conn.execute(queries.get("embedded_synchronous_commit_on"))
+                conn.execute(queries.get("embedded_full_page_writes_on"))
+                conn.execute(queries.get("embedded_reload"))
     except psycopg.Error as exc:
         raise errors.DatabaseUnavailableError(f"embedded PostgreSQL is not usable: {exc}") from exc

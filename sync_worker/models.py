@@ -9,6 +9,7 @@ whatever arrived, so a message that does not fit carries its problems in
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
@@ -273,3 +274,35 @@ def _json_type(value: Any) -> str:
     if isinstance(value, Mapping):
         return "object"
     return type(value).__name__
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptBlock:
+    """A history block kept byte for byte in ``sms_quarantine`` instead of being read.
+
+    ``next_token`` is where the cursor may move past it (None after a final 200),
+    ``request_token`` the token that fetched it. ``body`` holds at most
+    ``errors.MalformedBlockError.MAX_KEPT_BODY`` bytes; size and digest are of the whole.
+    """
+
+    http_status: int
+    request_token: str | None
+    next_token: str | None
+    problem: str
+    body: bytes
+    body_size: int
+    body_sha256: str
+    received_at: dt.datetime
+
+    @classmethod
+    def from_error(cls, error: errors.MalformedBlockError) -> KeptBlock:
+        return cls(
+            http_status=error.status if error.status is not None else 0,
+            request_token=error.request_next,
+            next_token=error.next_token,
+            problem=error.problem,
+            body=error.body,
+            body_size=error.body_size,
+            body_sha256=error.body_sha256,
+            received_at=error.received_at,
+        )

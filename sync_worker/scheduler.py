@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import psycopg
 import structlog
 from apscheduler import events  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped,unused-ignore]
@@ -252,7 +251,7 @@ def _observe_guard(observe: Callable[[], object]) -> None:
     # guard at each run is how the tripped gauge goes back to 0 without a login.
     try:
         observe()
-    except (errors.SyncWorkerError, psycopg.Error) as exc:
+    except errors.SyncWorkerError as exc:
         # The run itself will meet (and report) the same database problem.
         _log.debug("login_guard_unreadable", error=type(exc).__name__)
 

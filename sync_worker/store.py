@@ -108,11 +108,11 @@ def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> Blo
 
 
 def quarantine_block(
-    conn: Connection, run_id: int, account: str, error: errors.MalformedBlockError
+    conn: Connection, run_id: int, account: str, block: models.KeptBlock
 ) -> QuarantineResult:
     """Keep an unreadable block's body, move the cursor past it and count it, atomically.
 
-    The cursor moves to ``error.next_token`` (NULL after a final 200), exactly as
+    The cursor moves to ``block.next_token`` (NULL after a final 200), exactly as
     ``commit_block`` would have: the request that acknowledges the block is sent
     only after this transaction committed, so a crash in between replays the
     block, which maps onto the same ``sms_quarantine`` row.
@@ -120,14 +120,14 @@ def quarantine_block(
     params = {
         "account_name": account,
         "run_id": run_id,
-        "http_status": error.status if error.status is not None else 0,
-        "request_token": error.request_next,
-        "next_token": error.next_token,
-        "problem": _error_text(error.problem),
-        "body": error.body,
-        "body_size": error.body_size,
-        "body_sha256": error.body_sha256,
-        "received_at": error.received_at,
+        "http_status": block.http_status,
+        "request_token": block.request_token,
+        "next_token": block.next_token,
+        "problem": _error_text(block.problem),
+        "body": block.body,
+        "body_size": block.body_size,
+        "body_sha256": block.body_sha256,
+        "received_at": block.received_at,
     }
     with _transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("quarantine_block"), params).fetchone()
@@ -341,6 +341,19 @@ def lock_holder(conn: Connection, account: str) -> LockHolder | None:
     with _transaction(conn) as cur:
         row = cur.execute(queries.get("lock_holder"), {"account_name": account}).fetchone()
     return None if row is None else LockHolder(row[0], int(row[1]), row[2], float(row[3]))
+
+
+def stored_raw_json(conn: Connection, account: str) -> list[str]:
+    """The exact JSON of every message stored for ``account`` (what was received)."""
+    with _transaction(conn) as cur:
+        return [r[0] for r in cur.execute(queries.get("stored_raw_json"), {"account_name": account})]
+
+
+def top_devices_on_busiest_day(conn: Connection) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The demo's analyst query (column names and rows): the five busiest devices of the busiest day."""
+    with _transaction(conn) as cur:
+        cur.execute(queries.get("demo_top_devices"))
+        return [c.name for c in cur.description or ()], cur.fetchall()
 
 
 def account_status(conn: Connection) -> list[AccountStatus]:

@@ -56,13 +56,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Literal, Protocol
 
-import psycopg
 import structlog
 
 from sync_worker import config, db, errors, exitcodes, logs, models, store
@@ -262,15 +262,11 @@ class _AccountRun:
 
     def run(self) -> AccountResult:
         try:
-            conn = self.connect()
-        except errors.SyncWorkerError as exc:
-            return self.finish("failed", exc)
-        try:
-            with conn:
+            with db.session(self.connect) as conn:
                 try:
                     locked = store.try_account_lock(conn, self.account)
-                except (errors.SyncWorkerError, psycopg.Error) as exc:
-                    return self.finish("failed", _wrap_db(exc))
+                except errors.SyncWorkerError as exc:
+                    return self.finish("failed", exc)
                 if not locked:
                     return self.skipped(conn)
                 try:
@@ -278,19 +274,18 @@ class _AccountRun:
                 finally:
                     # Closing the connection releases the lock too; releasing
                     # first keeps a reused connection honest.
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(errors.SyncWorkerError):
                         store.release_account_lock(conn, self.account)
-        except psycopg.Error as exc:
-            # Only reached when closing an already broken connection fails.
-            return self.finish("failed", _wrap_db(exc))
+        except errors.SyncWorkerError as exc:
+            return self.finish("failed", exc)
 
-    def skipped(self, conn: psycopg.Connection[Any]) -> AccountResult:
+    def skipped(self, conn: db.Connection) -> AccountResult:
         """Another process syncs this account now; say who, and loudly when it has for long."""
         if self.metrics is not None:
             self.metrics.scheduler_event("lock_busy", self.account)
         try:
             holder = store.lock_holder(conn, self.account)
-        except (errors.SyncWorkerError, psycopg.Error):
+        except errors.SyncWorkerError:
             holder = None
         note = None if holder is None else f"another process holds the account: {holder.describe()}"
         limit = self.lock_report_after
@@ -306,12 +301,12 @@ class _AccountRun:
                 self.metrics.scheduler_event("lock_held_long", self.account)
         return self.finish("skipped_locked", error=note)
 
-    def locked(self, conn: psycopg.Connection[Any]) -> AccountResult:
+    def locked(self, conn: db.Connection) -> AccountResult:
         try:
             run_id = store.start_run(conn, self.account)
             cursor = store.get_cursor(conn, self.account)
-        except (errors.SyncWorkerError, psycopg.Error) as exc:
-            return self.finish("failed", _wrap_db(exc))
+        except errors.SyncWorkerError as exc:
+            return self.finish("failed", exc)
 
         outcome: Outcome = "succeeded"
         failure: BaseException | None = None
@@ -331,8 +326,8 @@ class _AccountRun:
                 and self.deadline is not None
                 and exc.retry_after > self.deadline - self.clock()
             )
-        except (errors.SyncWorkerError, psycopg.Error) as exc:
-            outcome, failure = "failed", _wrap_db(exc)
+        except errors.SyncWorkerError as exc:
+            outcome, failure = "failed", exc
         except Exception as exc:
             # A bug must end this account's run, not the pass or the daemon.
             _log.exception("account_run_crashed")
@@ -351,7 +346,7 @@ class _AccountRun:
                     "unknown until the next run"
                 )
         if outcome == "succeeded":
-            with contextlib.suppress(errors.SyncWorkerError, psycopg.Error):
+            with contextlib.suppress(errors.SyncWorkerError):
                 store.clear_failure_streak(conn, self.account)
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
@@ -361,7 +356,7 @@ class _AccountRun:
         return self.finish(outcome, failure, error_text, deferred=deferred)
 
     def record_finish(
-        self, conn: psycopg.Connection[Any], run_id: int, outcome: Outcome, error: str | None, *, lost: bool
+        self, conn: db.Connection, run_id: int, outcome: Outcome, error: str | None, *, lost: bool
     ) -> None:
         try:
             if not lost:
@@ -371,10 +366,10 @@ class _AccountRun:
             # back) keeps `status` from showing the run as still going.
             with self.connect() as fresh:
                 store.finish_run(fresh, run_id, outcome, error)
-        except (errors.SyncWorkerError, psycopg.Error) as exc:
-            _log.warning("finish_run_failed", error=_describe(_wrap_db(exc)))
+        except errors.SyncWorkerError as exc:
+            _log.warning("finish_run_failed", error=_describe(exc))
 
-    def drain(self, conn: psycopg.Connection[Any], run_id: int, cursor: str | None) -> None:
+    def drain(self, conn: db.Connection, run_id: int, cursor: str | None) -> None:
         restarts = 0
         while True:
             self.check_stop()
@@ -397,7 +392,7 @@ class _AccountRun:
                 # request first). Failing here would leave the block unacknowledged,
                 # and a platform that keeps serving it would stop the queue forever.
                 # Its bytes are kept and can be replayed, so moving on loses nothing.
-                self.quarantine(conn, run_id, exc)
+                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc))
                 if exc.next_token is None:
                     self.end_unknown = True
                     return
@@ -440,7 +435,7 @@ class _AccountRun:
                 operation="list_devices_sms_messages",
             )
 
-    def commit(self, conn: psycopg.Connection[Any], run_id: int, page: models.HistoryPage) -> None:
+    def commit(self, conn: db.Connection, run_id: int, page: models.HistoryPage) -> None:
         try:
             result = store.commit_block(conn, run_id, page)
         except (errors.TransientError, _Stopped):
@@ -470,7 +465,7 @@ class _AccountRun:
                 self.account, result.received, result.inserted, result.replays, malformed
             )
 
-    def failed_again(self, conn: psycopg.Connection[Any], page: models.HistoryPage, exc: Exception) -> bool:
+    def failed_again(self, conn: db.Connection, page: models.HistoryPage, exc: Exception) -> bool:
         """Count a permanent failure to store ``page``; True once the streak reaches the limit."""
         digest = hashlib.sha256(page.body).hexdigest()
         try:
@@ -482,7 +477,7 @@ class _AccountRun:
                 error_kind=type(exc).__name__,
                 error=_describe(exc),
             )
-        except (errors.SyncWorkerError, psycopg.Error):
+        except errors.SyncWorkerError:
             _log.warning("failure_streak_not_recorded", account=self.account)
             return False
         _log.error(
@@ -495,20 +490,20 @@ class _AccountRun:
         )
         return streak >= FAILURE_STREAK_LIMIT and bool(page.body)
 
-    def quarantine(self, conn: psycopg.Connection[Any], run_id: int, exc: errors.MalformedBlockError) -> None:
-        result = store.quarantine_block(conn, run_id, self.account, exc)
+    def quarantine(self, conn: db.Connection, run_id: int, block: models.KeptBlock) -> None:
+        result = store.quarantine_block(conn, run_id, self.account, block)
         self.quarantined += 1
         _log.error(
             "block_quarantined",
             account=self.account,
-            status=exc.status,
-            problem=exc.problem,
-            size=exc.body_size,
-            sha256=exc.body_sha256,
-            truncated=exc.body_truncated,
+            status=block.http_status,
+            problem=block.problem,
+            size=block.body_size,
+            sha256=block.body_sha256,
+            truncated=block.body_size > len(block.body),
             quarantine_id=result.quarantine_id,
             replay=not result.inserted,
-            final=exc.next_token is None,
+            final=block.next_token is None,
         )
         if self.metrics is not None:
             self.metrics.error(self.account, "malformed_block")
@@ -553,27 +548,20 @@ class _AccountRun:
         return result
 
 
-def _unstorable(page: models.HistoryPage, exc: BaseException) -> errors.MalformedBlockError:
-    return errors.MalformedBlockError(
-        f"history block could not be stored in {FAILURE_STREAK_LIMIT} consecutive runs",
-        body=page.body,
+def _unstorable(page: models.HistoryPage, exc: BaseException) -> models.KeptBlock:
+    return models.KeptBlock(
+        http_status=page.status,
+        request_token=page.request_next,
+        next_token=page.next,
         problem=(
             f"storing failed in {FAILURE_STREAK_LIMIT} consecutive runs with the same error "
             f"({_describe(exc)[:300]}); replay once fixed"
         ),
-        next_token=page.next,
-        request_next=page.request_next,
-        status=page.status,
-        operation="list_devices_sms_messages",
+        body=page.body[: errors.MalformedBlockError.MAX_KEPT_BODY],
+        body_size=len(page.body),
+        body_sha256=hashlib.sha256(page.body).hexdigest(),
+        received_at=datetime.datetime.now(datetime.UTC),
     )
-
-
-def _wrap_db(exc: BaseException) -> BaseException:
-    if isinstance(exc, psycopg.Error) and not isinstance(exc, errors.SyncWorkerError):
-        wrapped = errors.DatabaseUnavailableError(f"database error ({type(exc).__name__})")
-        wrapped.__cause__ = exc
-        return wrapped
-    return exc
 
 
 def _describe(exc: BaseException) -> str:

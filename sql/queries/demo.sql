@@ -10,5 +10,3 @@ WHERE day_utc = (
 ORDER BY messages DESC, account_name, device_id
 LIMIT 5;
 
--- name: demo_stored_raw
-SELECT raw_json FROM sms_history WHERE account_name = %(account_name)s;

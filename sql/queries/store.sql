@@ -175,3 +175,6 @@ FROM sync_run
 WHERE account_name = %(account_name)s AND finished_at IS NULL
 ORDER BY started_at DESC, id DESC
 LIMIT 1;
+
+-- name: stored_raw_json
+SELECT raw_json FROM sms_history WHERE account_name = %(account_name)s;

@@ -396,6 +396,12 @@ def test_non_autocommit_connection_commits_each_write(db_url: str) -> None:
 # --- quarantined blocks -------------------------------------------------------------------
 
 
+def _kept(
+    body: bytes, next_token: str | None = "after-bad", request_next: str | None = "before-bad"
+) -> models.KeptBlock:
+    return models.KeptBlock.from_error(_malformed(body, next_token, request_next))
+
+
 def _malformed(
     body: bytes, next_token: str | None = "after-bad", request_next: str | None = "before-bad"
 ) -> errors.MalformedBlockError:
@@ -423,7 +429,7 @@ def test_quarantine_keeps_the_exact_body_and_moves_the_cursor(db: psycopg.Connec
     body = b"\x00\xff<html>\r\n" + bytes(range(256)) * 40
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="before-bad"))
-    result = store.quarantine_block(db, run_id, account, _malformed(body))
+    result = store.quarantine_block(db, run_id, account, _kept(body))
     assert result.inserted
     assert _quarantine_rows(db) == [
         (
@@ -451,7 +457,7 @@ def test_quarantined_final_block_clears_the_cursor(db: psycopg.Connection[Any]) 
     account = "acct-q-final"
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="tok-x"))
-    store.quarantine_block(db, run_id, account, _malformed(b"null", next_token=None, request_next="tok-x"))
+    store.quarantine_block(db, run_id, account, _kept(b"null", next_token=None, request_next="tok-x"))
     assert store.get_cursor(db, account) is None
     assert db.execute("SELECT http_status, next_token FROM sms_quarantine").fetchall() == [(200, None)]
 
@@ -461,10 +467,10 @@ def test_replayed_quarantine_updates_one_row(db: psycopg.Connection[Any]) -> Non
     account = "acct-q-replay"
     run_id = store.start_run(db, account)
     for _ in range(2):
-        store.quarantine_block(db, run_id, account, _malformed(b"bad", request_next=None))
-    second = store.quarantine_block(db, run_id, account, _malformed(b"bad", request_next=None))
+        store.quarantine_block(db, run_id, account, _kept(b"bad", request_next=None))
+    second = store.quarantine_block(db, run_id, account, _kept(b"bad", request_next=None))
     assert not second.inserted
-    other = store.quarantine_block(db, run_id, account, _malformed(b"other", request_next=None))
+    other = store.quarantine_block(db, run_id, account, _kept(b"other", request_next=None))
     assert other.inserted
     rows = _quarantine_rows(db)
     assert [(r[6], r[9]) for r in rows] == [(b"bad", 3), (b"other", 1)]
@@ -488,7 +494,7 @@ def test_failure_between_quarantine_insert_and_cursor_move_lands_nothing(
         """
     )
     with pytest.raises(errors.StoreError, match="injected cursor failure"):
-        store.quarantine_block(db, run_id, account, _malformed(b"not json"))
+        store.quarantine_block(db, run_id, account, _kept(b"not json"))
     assert _count(db, "sms_quarantine") == 0
     assert store.get_cursor(db, account) == "before-bad"
     row = db.execute("SELECT blocks, quarantined FROM sync_run WHERE id = %s", (run_id,)).fetchone()

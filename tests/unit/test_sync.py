@@ -97,6 +97,9 @@ class FakeConnection:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
 
 def run(api: FakeApi, **kwargs: Any) -> sync.AccountResult:
     return sync.sync_account(api, ACCOUNT, FakeConnection, **kwargs)  # type: ignore[arg-type]
