@@ -38,6 +38,7 @@ from sync_worker import (
     secret,
     signals,
     simulator,
+    status,
     store,
 )
 
@@ -98,9 +99,9 @@ def cmd_run(ctx: Context) -> int:
                 pass
 
         def guard_ready() -> None:
-            status = login_guard.observe(app.current_fingerprint(settings))
-            if status.problem is not None:
-                raise errors.LoginGuardTrippedError(status.problem)
+            guard_status = login_guard.observe(app.current_fingerprint(settings))
+            if guard_status.problem is not None:
+                raise errors.LoginGuardTrippedError(guard_status.problem)
 
         server = health.HealthServer(
             settings.metrics_port,
@@ -201,7 +202,7 @@ def cmd_quarantine_list(ctx: Context) -> int:
         config.validate_account_name(account, "--account")
     settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
     with _connection(settings) as conn:
-        blocks = store.list_quarantine(conn, account, include_resolved=ctx.args.all)
+        blocks = status.list_quarantine(conn, account, include_resolved=ctx.args.all)
     rows = [report.quarantine_dict(b) for b in blocks]
     if ctx.args.json:
         ctx.print(json.dumps({"quarantined": report.jsonable(rows)}, sort_keys=True))
@@ -215,7 +216,7 @@ def cmd_quarantine_list(ctx: Context) -> int:
 def cmd_quarantine_show(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
     with _connection(settings) as conn:
-        found = store.show_quarantine(conn, ctx.args.id)
+        found = status.show_quarantine(conn, ctx.args.id)
     if found is None:
         raise errors.ValidationError(f"no quarantined block with id {ctx.args.id}")
     block, extra = found
@@ -238,7 +239,7 @@ def cmd_quarantine_replay(ctx: Context) -> int:
     log = logs.get_logger(__name__)
     results = []
     with _connection(settings) as conn:
-        ids = list(ctx.args.id) or store.unresolved_quarantine_ids(conn)
+        ids = list(ctx.args.id) or status.unresolved_quarantine_ids(conn)
         for quarantine_id in ids:
             result = store.replay_quarantined(conn, quarantine_id, quarantine.read_block)
             if result is None:
@@ -271,19 +272,22 @@ def cmd_auth_status(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=False)
     with _connection(settings):
         pass
-    status = app.login_guard(settings, app.connector(settings)).status(app.current_fingerprint(settings))
+    guard_status = app.login_guard(settings, app.connector(settings)).status(
+        app.current_fingerprint(settings)
+    )
     if ctx.args.json:
-        ctx.print(json.dumps({"username": settings.username, **status.as_dict()}, sort_keys=True))
+        ctx.print(json.dumps({"username": settings.username, **guard_status.as_dict()}, sort_keys=True))
     else:
-        state = status.state
+        state = guard_status.state
         ctx.print(
             f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace "
-            f"(this worker stops at {status.threshold} for the same credentials, {status.ceiling} for any; "
+            f"(this worker stops at {guard_status.threshold} for the same credentials, "
+            f"{guard_status.ceiling} for any; "
             f"the vendor locks the user at {auth.VENDOR_LOCKOUT_AT})"
         )
         ctx.print(f"last login outcome: {state.last_outcome or 'none recorded'}")
-        ctx.print(status.problem or "ok: the next sync may log in")
-    return exitcodes.AUTH if status.problem is not None else exitcodes.OK
+        ctx.print(guard_status.problem or "ok: the next sync may log in")
+    return exitcodes.AUTH if guard_status.problem is not None else exitcodes.OK
 
 
 def cmd_auth_reset(ctx: Context) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
+import psycopg.rows
 from psycopg import conninfo
 
 from sync_worker import errors, secret
@@ -94,3 +95,30 @@ def session(connect: ConnectionFactory) -> Iterator[Connection]:
     finally:
         with contextlib.suppress(psycopg.Error):
             conn.close()
+
+
+@contextlib.contextmanager
+def transaction(
+    conn: Connection, *, single_statement: bool = False
+) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+    """One transaction of its own on ``conn`` (refusing to join the caller's), yielding a cursor;
+    driver errors leave as ``errors.DatabaseUnavailableError`` (the connection) or
+    ``errors.StoreError`` (anything else). ``single_statement`` on an autocommit connection
+    skips BEGIN/COMMIT: one statement is already atomic."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.closed:
+        raise errors.StoreError(
+            "database functions run their own transaction; the connection is already inside one"
+        )
+    try:
+        if single_statement and conn.autocommit:
+            # One statement in autocommit is already one atomic transaction; an
+            # explicit BEGIN/COMMIT would add two round trips per block.
+            with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+                yield cur
+            return
+        with conn.transaction(), conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+            yield cur
+    except psycopg.OperationalError as exc:
+        raise errors.DatabaseUnavailableError(f"database unavailable ({type(exc).__name__}: {exc})") from exc
+    except psycopg.Error as exc:
+        raise errors.StoreError(f"database error ({type(exc).__name__}: {exc})") from exc

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO
 
-from sync_worker import app, config, embedded, exitcodes, logs, migrations, report, simulator, store
+from sync_worker import app, config, embedded, exitcodes, logs, migrations, report, simulator, status, store
 
 ACCOUNTS: Final[Mapping[str, int]] = {
     "0252012345-00001": 3000,
@@ -78,7 +78,7 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             say(report.status_table(report.status_rows(conn)))
             say()
             say("analyst query: top devices on the busiest day (view sms_daily_device_counts):")
-            columns, rows = store.top_devices_on_busiest_day(conn)
+            columns, rows = status.top_devices_on_busiest_day(conn)
             say(report.table([dict(zip(columns, row, strict=True)) for row in rows], columns))
         say()
         exact = True
@@ -109,4 +109,4 @@ def _canonical(messages: Sequence[Any]) -> list[str]:
 
 
 def _stored(conn: store.Connection, account: str) -> list[str]:
-    return _canonical([json.loads(raw) for raw in store.stored_raw_json(conn, account)])
+    return _canonical([json.loads(raw) for raw in status.stored_raw_json(conn, account)])

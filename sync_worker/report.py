@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sync_worker import store
+from sync_worker import status, store
 
 _MAX_CELL: Final = 48
 
@@ -73,8 +73,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def status_rows(conn: store.Connection) -> list[dict[str, Any]]:
-    """``store.account_status`` as plain dicts (``status`` and the demo)."""
-    return [dataclasses.asdict(s) for s in store.account_status(conn)]
+    """``status.account_status`` as plain dicts (``status`` and the demo)."""
+    return [dataclasses.asdict(s) for s in status.account_status(conn)]
 
 
 def status_table(rows: Sequence[dict[str, Any]]) -> str:

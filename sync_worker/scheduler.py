@@ -22,7 +22,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, db, errors, exitcodes, migrations, signals, store, sync
+from sync_worker import config, db, errors, exitcodes, migrations, signals, status, sync
 
 _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
@@ -159,9 +159,9 @@ def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.Metri
     last success from the database, so a stale-account alert works from the
     first scrape and across restarts, before (or without) any successful run."""
     last: dict[str, float] = {}
-    for status in store.account_status(conn):
-        if status.last_success_at is not None:
-            last[status.account_name] = status.last_success_at.timestamp()
+    for account_state in status.account_status(conn):
+        if account_state.last_success_at is not None:
+            last[account_state.account_name] = account_state.last_success_at.timestamp()
     for name in settings.account_names:
         metrics.account_configured(name, last.get(name))
 

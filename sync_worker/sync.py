@@ -65,7 +65,7 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from sync_worker import config, db, errors, exitcodes, logs, models, store
+from sync_worker import config, db, errors, exitcodes, logs, models, status, store
 
 Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = db.ConnectionFactory
@@ -284,7 +284,7 @@ class _AccountRun:
         if self.metrics is not None:
             self.metrics.scheduler_event("lock_busy", self.account)
         try:
-            holder = store.lock_holder(conn, self.account)
+            holder = status.lock_holder(conn, self.account)
         except errors.SyncWorkerError:
             holder = None
         note = None if holder is None else f"another process holds the account: {holder.describe()}"

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import parser
 
 from sync_worker import client, models, simulator, store
+from sync_worker import status as status_tables
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002", "0342077777-00001")
 SECRETS = ("sim-client-secret", "sim-password")
@@ -364,7 +365,9 @@ def test_run_serves_health_and_seeded_freshness_and_honours_the_shutdown_timeout
     simulator.inject(synced, distinct_backlog(30, seed=5))
     assert cli(worker_env(simulator, db_url, SYNC_ACCOUNTS=synced), "once").returncode == 0
     with psycopg.connect(db_url) as conn:
-        (last_success,) = [s.last_success_at for s in store.account_status(conn) if s.account_name == synced]
+        (last_success,) = [
+            s.last_success_at for s in status_tables.account_status(conn) if s.account_name == synced
+        ]
     assert last_success is not None
 
     # Every account's first history request hangs far longer than the shutdown timeout and than the

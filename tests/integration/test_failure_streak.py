@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from sync_worker import db as database
-from sync_worker import errors, models, quarantine, store, sync
+from sync_worker import errors, models, quarantine, status, store, sync
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00051"
@@ -42,13 +42,13 @@ def test_block_failing_to_store_in_three_runs_is_quarantined_then_replayed(
         # The queue moved past it: everything but the bad block is stored.
         assert crash.row_count(db_url) == 350
         with psycopg.connect(db_url, autocommit=True) as conn:
-            [block] = store.list_quarantine(conn)
+            [block] = status.list_quarantine(conn)
             assert "3 consecutive runs" in block.problem and block.http_status == 202
             # The bug is fixed: replay reads the kept bytes and stores the block's 100 messages.
             monkeypatch.setattr(store, "commit_block", real_commit)
             replayed = store.replay_quarantined(conn, block.id, quarantine.read_block)
             assert replayed is not None and (replayed.inserted, replayed.resolved) == (100, True)
-            assert store.list_quarantine(conn) == []
+            assert status.list_quarantine(conn) == []
             streak = conn.execute("SELECT count(*) FROM sync_block_failure").fetchone()
         cmp = crash.compare(sim, db_url, ACCOUNTS)
         assert streak == (1,)  # the quarantining run was not a plain success; a clean run clears it

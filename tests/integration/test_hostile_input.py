@@ -20,7 +20,8 @@ import psycopg
 import pytest
 import structlog
 
-from sync_worker import exitcodes, report, simulator, store
+from sync_worker import exitcodes, report, simulator
+from sync_worker import status as status_tables
 from tests.reliability import crash, inproc
 
 ACCOUNT = "0252012345-00031"
@@ -247,7 +248,7 @@ def test_quarantine_is_logged_counted_and_shown_by_status(db_url: str) -> None:
     assert event["sha256"] == hashlib.sha256(poison).hexdigest()
     assert event["problem"] == "response body is not JSON"
     with psycopg.connect(db_url, autocommit=True) as conn:
-        [status] = store.account_status(conn)
+        [status] = status_tables.account_status(conn)
         run = conn.execute("SELECT outcome, quarantined, error FROM sync_run").fetchone()
         table = report.status_table(report.status_rows(conn))
     assert status.quarantined == 1 and status.last_run_outcome == "quarantined"

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import app, models, simulator, sync
+from sync_worker import app, models, simulator, status, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002", "0252012345-00003"]
@@ -134,11 +134,11 @@ def test_account_held_long_by_another_process_is_reported(
     with psycopg.connect(db_url, autocommit=True) as holder:
         assert store.try_account_lock(holder, account)
         result = app.sync_once(settings, metrics=m)
-        (status,) = [s for s in store.account_status(db) if s.account_name == account]
+        (shown,) = [s for s in status.account_status(db) if s.account_name == account]
     (run,) = result.accounts
     assert run.outcome == "skipped_locked"
     assert run.error is not None and "other-host:4242" in run.error
-    assert status.running_on == "other-host:4242"
+    assert shown.running_on == "other-host:4242"
     held = m.registry.get_sample_value(
         "thingspace_sync_scheduler_events_total", {"kind": "lock_held_long", "account": account}
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import app, exitcodes, models, simulator, store
+from sync_worker import app, exitcodes, models, simulator, status, store
 from sync_worker import db as database
 from sync_worker import metrics as prom_metrics
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
@@ -206,7 +206,7 @@ def test_daemon_start_seeds_every_account_with_its_stored_last_success(
     """Before any run, the daemon announces each configured account with its stored last success."""
     backlog(simulator, ACCOUNTS[0], 20, seed=51)
     assert app.sync_once(make_settings(simulator, db_url, [ACCOUNTS[0]])).exit_code == 0
-    (last_success,) = [s.last_success_at for s in store.account_status(db) if s.account_name == ACCOUNTS[0]]
+    (last_success,) = [s.last_success_at for s in status.account_status(db) if s.account_name == ACCOUNTS[0]]
     assert last_success is not None
 
     metrics = RecordingMetrics(ACCOUNTS)

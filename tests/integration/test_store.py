@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from sync_worker import errors, models, store
+from sync_worker import status as status_tables
 
 
 def _wire(i: int, *, device: str | None = None, text: str | None = None) -> dict[str, Any]:
@@ -316,14 +317,14 @@ def test_finish_run_records_success_and_errors(db: psycopg.Connection[Any]) -> N
     failed = store.start_run(db, account)
     store.finish_run(db, failed, "failed", "boom: status=503")
     assert _run_row(db, failed)[5:] == ("failed", "boom: status=503")
-    [status] = store.account_status(db)
-    assert status.account_name == account
-    assert status.cursor_present
-    assert status.row_count == 2
-    assert status.last_run_outcome == "failed"
-    assert status.last_error == "boom: status=503"
-    assert status.last_success_at is not None
-    assert status.lag_seconds is not None and status.lag_seconds >= 0
+    [shown] = status_tables.account_status(db)
+    assert shown.account_name == account
+    assert shown.cursor_present
+    assert shown.row_count == 2
+    assert shown.last_run_outcome == "failed"
+    assert shown.last_error == "boom: status=503"
+    assert shown.last_success_at is not None
+    assert shown.lag_seconds is not None and shown.lag_seconds >= 0
 
 
 def test_finish_run_scrubs_secrets_from_stored_errors(db: psycopg.Connection[Any]) -> None:
@@ -448,7 +449,7 @@ def test_quarantine_keeps_the_exact_body_and_moves_the_cursor(db: psycopg.Connec
     assert store.get_cursor(db, account) == "after-bad"
     row = db.execute("SELECT blocks, quarantined FROM sync_run WHERE id = %s", (run_id,)).fetchone()
     assert row == (1, 1)
-    [status] = store.account_status(db)
+    [status] = status_tables.account_status(db)
     assert status.quarantined == 1
 
 
@@ -506,7 +507,7 @@ def test_finish_run_with_a_note_still_records_success(db: psycopg.Connection[Any
     account = "acct-q-note"
     run_id = store.start_run(db, account)
     store.finish_run(db, run_id, "succeeded", "quarantined 1 unreadable block(s)")
-    [status] = store.account_status(db)
+    [status] = status_tables.account_status(db)
     assert status.last_run_outcome == "succeeded"
     assert status.last_success_at is not None
     assert status.last_error == "quarantined 1 unreadable block(s)"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
-from sync_worker import errors, models, store, sync
+from sync_worker import errors, models, status, store, sync
 
 ACCOUNT = "0252012345-00001"
 
@@ -72,7 +72,7 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
 
     monkeypatch.setattr(store, "try_account_lock", lambda conn, account: j.locked)
     monkeypatch.setattr(store, "release_account_lock", lambda conn, account: None)
-    monkeypatch.setattr(store, "lock_holder", lambda conn, account: None)
+    monkeypatch.setattr(status, "lock_holder", lambda conn, account: None)
     monkeypatch.setattr(store, "start_run", lambda conn, account: 1)
     monkeypatch.setattr(store, "get_cursor", lambda conn, account: j.cursor)
     monkeypatch.setattr(store, "commit_block", commit_block)
