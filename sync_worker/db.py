@@ -19,6 +19,7 @@ from psycopg import conninfo
 from sync_worker import errors, secret
 
 Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
 ConnectionFactory = Callable[[], Connection]
 
 # A replica cut off from Postgres must lose its account locks within about a minute, so both

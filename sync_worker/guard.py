@@ -45,7 +45,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import psycopg
 import structlog
 
 from sync_worker import auth, db, errors, queries
@@ -183,9 +182,9 @@ class LoginGuard:
     # --- reading ---------------------------------------------------------
 
     def state(self) -> GuardState:
-        with self._transaction() as conn:
-            self._adopt_legacy(conn)
-            row = conn.execute(queries.get("guard_state"), self._key).fetchone()
+        with self._transaction() as cur:
+            self._adopt_legacy(cur)
+            row = cur.execute(queries.get("guard_state"), self._key).fetchone()
         return _state(row)
 
     def status(self, fingerprint: str) -> GuardStatus:
@@ -201,11 +200,11 @@ class LoginGuard:
 
     def reset(self) -> GuardState:
         """Record the operator's statement that the vendor's count is zero again."""
-        with self._transaction() as conn:
-            conn.execute(queries.get("guard_reset_legacy"), {"username": self._username})
-            conn.execute(queries.get("guard_ensure_row"), self._key)
-            conn.execute(queries.get("guard_reset"), self._key)
-            row = conn.execute(queries.get("guard_state"), self._key).fetchone()
+        with self._transaction() as cur:
+            cur.execute(queries.get("guard_reset_legacy"), {"username": self._username})
+            cur.execute(queries.get("guard_ensure_row"), self._key)
+            cur.execute(queries.get("guard_reset"), self._key)
+            row = cur.execute(queries.get("guard_state"), self._key).fetchone()
         _log.warning("login_guard_reset", username=self._username)
         self._report(False)
         return _state(row)
@@ -242,15 +241,15 @@ class LoginGuard:
     ) -> None:
         params = {**self._key, "attempt": attempt, "fingerprint": fingerprint, "error": _error_text(error)}
         try:
-            with self._transaction() as conn:
+            with self._transaction() as cur:
                 if outcome == "succeeded":
-                    conn.execute(queries.get("guard_succeeded"), params)
+                    cur.execute(queries.get("guard_succeeded"), params)
                 elif outcome == "throttled":
-                    conn.execute(queries.get("guard_not_judged"), params)
+                    cur.execute(queries.get("guard_not_judged"), params)
                 else:
-                    conn.execute(queries.get("guard_failed"), {**params, "outcome": outcome})
-                row = conn.execute(queries.get("guard_state"), self._key).fetchone()
-        except (errors.SyncWorkerError, psycopg.Error) as exc:
+                    cur.execute(queries.get("guard_failed"), {**params, "outcome": outcome})
+                row = cur.execute(queries.get("guard_state"), self._key).fetchone()
+        except errors.SyncWorkerError as exc:
             # The attempt stays counted as failed (its lease runs out): the safe side.
             _log.warning("login_verdict_not_recorded", outcome=outcome, error=type(exc).__name__)
             return
@@ -275,24 +274,24 @@ class LoginGuard:
     # --- internals -------------------------------------------------------
 
     def _try_begin(self, fingerprint: str) -> tuple[str | None, GuardState | None]:
-        with self._transaction() as conn:
-            self._adopt_legacy(conn)
-            conn.execute(queries.get("guard_ensure_row"), self._key)
-            state = _state(conn.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+        with self._transaction() as cur:
+            self._adopt_legacy(cur)
+            cur.execute(queries.get("guard_ensure_row"), self._key)
+            state = _state(cur.execute(queries.get("guard_state_for_update"), self._key).fetchone())
             if state.pending_live and not _holder_is_gone(state.pending_holder):
                 return None, state
             if state.pending_attempt is not None:
-                conn.execute(
+                cur.execute(
                     queries.get("guard_expire_pending"), {**self._key, "attempt": state.pending_attempt}
                 )
                 _log.warning("login_outcome_unknown", holder=state.pending_holder, counted_as="failed")
-                state = _state(conn.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+                state = _state(cur.execute(queries.get("guard_state_for_update"), self._key).fetchone())
             reason = auth.refusal(state.failures, state.failed_fingerprints, fingerprint, self._threshold)
             if reason is not None:
-                conn.execute(queries.get("guard_mark_tripped"), self._key)
+                cur.execute(queries.get("guard_mark_tripped"), self._key)
             else:
                 attempt = str(uuid.uuid4())
-                conn.execute(
+                cur.execute(
                     queries.get("guard_reserve"),
                     {
                         **self._key,
@@ -308,20 +307,14 @@ class LoginGuard:
             raise auth.tripped_error(reason, self._username)
         return attempt, None
 
-    def _adopt_legacy(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(queries.get("guard_adopt_legacy"), self._key)
+    def _adopt_legacy(self, cur: db.Cursor) -> None:
+        cur.execute(queries.get("guard_adopt_legacy"), self._key)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with self._connect() as conn, conn.transaction():
-                yield conn
-        except psycopg.OperationalError as exc:
-            raise errors.DatabaseUnavailableError(
-                f"login guard cannot reach the database ({type(exc).__name__}); not logging in"
-            ) from exc
-        except psycopg.Error as exc:
-            raise errors.StoreError(f"login guard database error ({type(exc).__name__})") from exc
+    def _transaction(self) -> Iterator[db.Cursor]:
+        # Connecting fails closed: not knowing the count must not risk a lock-out.
+        with db.session(self._connect) as conn, db.transaction(conn) as cur:
+            yield cur
 
     def _report(self, blocked: bool) -> None:
         if self._on_state is not None:
