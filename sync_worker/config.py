@@ -12,29 +12,64 @@ import dataclasses
 import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Any, Final, Literal
 
-from sync_worker import auth, errors, models, secret, urls
-
-if TYPE_CHECKING:
-    from sync_worker import auth
+from sync_worker import auth, errors, models, retry, secret, urls
 
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Also the default of sync.sync_account for callers without settings.
 DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
+
+
+Reader = Callable[[Mapping[str, str]], object]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Variable:
-    """One documented environment variable and the Settings fields it feeds."""
+    """One documented environment variable: its doc, its typed default, and how it is read.
+
+    ``value`` is the default the ``Settings`` field gets (the dataclass reads it from here);
+    ``default`` is how ``--help`` and the README show it; ``read`` parses the variable for
+    its single field (None: ``load`` reads it with others, e.g. a secret and its file).
+    """
 
     name: str
     default: str
     description: str
     fields: tuple[str, ...]
+    value: object = None
+    read: Reader | None = None
+
+
+def _number(
+    name: str,
+    value: float,
+    description: str,
+    field: str,
+    *,
+    minimum: float,
+    maximum: int | None = None,
+) -> Variable:
+    """A float, or a whole number when ``maximum`` is given (then ``minimum``..``maximum``)."""
+
+    def read(env: Mapping[str, str]) -> object:
+        if maximum is not None:
+            return _int(env, name, int(value), int(minimum), maximum)
+        return _float(env, name, float(value), minimum=minimum)
+
+    return Variable(name, f"{value:g}", description, (field,), value, read)
+
+
+def _choice_variable(
+    name: str, value: str, description: str, field: str, choices: Sequence[str], *, upper: bool
+) -> Variable:
+    return Variable(
+        name, value, description, (field,), value, lambda env: _choice(env, name, value, choices, upper=upper)
+    )
 
 
 VARIABLES: Final[tuple[Variable, ...]] = (
@@ -44,14 +79,24 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "Postgres connection string (URL or key=value). Empty: libpq's PGHOST, PGUSER, PGPASSWORD, "
         "PGDATABASE... are used.",
         ("database_url",),
+        "",
+        lambda env: _database_url(_get(env, "SYNC_DATABASE_URL")),
     ),
     Variable(
         "THINGSPACE_BASE_URL",
         urls.DEFAULT_BASE_URL,
         "ThingSpace API base URL. Must be https:// (http:// only with THINGSPACE_ALLOW_INSECURE_LOOPBACK).",
         ("base_url",),
+        urls.DEFAULT_BASE_URL,
     ),
-    Variable("THINGSPACE_CLIENT_ID", "(required)", "OAuth client id (the API key).", ("client_id",)),
+    Variable(
+        "THINGSPACE_CLIENT_ID",
+        "(required)",
+        "OAuth client id (the API key).",
+        ("client_id",),
+        "",
+        lambda env: _get(env, "THINGSPACE_CLIENT_ID"),
+    ),
     Variable(
         "THINGSPACE_CLIENT_SECRET",
         "(required)",
@@ -66,7 +111,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         ("client_secret", "client_secret_file"),
     ),
     Variable(
-        "THINGSPACE_USERNAME", "(required)", "ThingSpace user for the M2M session login.", ("username",)
+        "THINGSPACE_USERNAME",
+        "(required)",
+        "ThingSpace user for the M2M session login.",
+        ("username",),
+        "",
+        lambda env: _get(env, "THINGSPACE_USERNAME"),
     ),
     Variable(
         "THINGSPACE_PASSWORD",
@@ -88,86 +138,127 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         '[accounts."NAME"] tables of the --config file.',
         ("accounts",),
     ),
-    Variable(
+    _number(
         "SYNC_INTERVAL_SECONDS",
-        "300",
+        300,
         'Seconds between syncs of an account (daemon). Per account: interval_seconds in [accounts."NAME"].',
-        ("interval_seconds",),
+        "interval_seconds",
+        minimum=1.0,
     ),
-    Variable(
+    _number(
         "SYNC_JITTER_SECONDS",
-        "30",
+        30,
         "Random delay of up to this many seconds added to each scheduled sync (spreads accounts out).",
-        ("jitter_seconds",),
+        "jitter_seconds",
+        minimum=0.0,
     ),
-    Variable("SYNC_CONCURRENCY", "4", "Accounts synced at the same time (1-64).", ("concurrency",)),
+    _number(
+        "SYNC_CONCURRENCY",
+        4,
+        "Accounts synced at the same time (1-64).",
+        "concurrency",
+        minimum=1,
+        maximum=64,
+    ),
     Variable(
         "SYNC_RUN_BUDGET_SECONDS",
         "(the interval)",
         "Time budget of one account run; a retry wait beyond it ends the run cleanly.",
         ("run_budget_seconds",),
+        300.0,
     ),
-    Variable(
+    _number(
         "SYNC_MAX_BLOCKS_PER_RUN",
-        "10000",
+        DEFAULT_MAX_BLOCKS_PER_RUN,
         "Blocks one account run may page through before it ends with an error (a paging loop guard; "
         "the next run resumes at the stored cursor).",
-        ("max_blocks_per_run",),
+        "max_blocks_per_run",
+        minimum=1,
+        maximum=10_000_000,
     ),
-    Variable(
+    _number(
         "SYNC_SHUTDOWN_TIMEOUT_SECONDS",
-        "30",
+        30,
         "On SIGTERM/SIGINT, how long in-flight blocks may take to commit before the process exits.",
-        ("shutdown_timeout_seconds",),
+        "shutdown_timeout_seconds",
+        minimum=0.0,
     ),
-    Variable(
+    _number(
         "SYNC_LOGIN_GUARD_THRESHOLD",
-        "3",
+        3,
         "Failed logins in a row of the ThingSpace user (counted in Postgres across processes, "
-        "unknown outcomes included) after which the same credentials are not tried again (1-4). "
-        "New credentials may go on up to 4, never to the vendor's lock at 5.",
-        ("login_guard_threshold",),
+        "unknown outcomes included) after which the same credentials are not tried again "
+        f"(1-{auth.CEILING}). New credentials may go on up to {auth.CEILING}, never to the vendor's "
+        f"lock at {auth.VENDOR_LOCKOUT_AT}.",
+        "login_guard_threshold",
+        minimum=1,
+        maximum=auth.CEILING,
     ),
     Variable(
         "SYNC_METRICS_PORT",
         "(unset: off)",
         "Port of the Prometheus /metrics, /healthz and /readyz server (daemon).",
         ("metrics_port",),
+        None,
+        lambda env: _optional_int(env, "SYNC_METRICS_PORT", 0, 65535),
     ),
-    Variable(
+    _choice_variable(
         "SYNC_LOG_FORMAT",
         "auto",
         "auto (JSON unless stdout is a terminal), json or console.",
-        ("log_format",),
+        "log_format",
+        LOG_FORMATS,
+        upper=False,
     ),
-    Variable("SYNC_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.", ("log_level",)),
-    Variable("THINGSPACE_CONNECT_TIMEOUT", "5", "HTTP connect timeout, seconds.", ("http_connect_timeout",)),
-    Variable("THINGSPACE_READ_TIMEOUT", "60", "HTTP read timeout, seconds.", ("http_read_timeout",)),
-    Variable(
+    _choice_variable(
+        "SYNC_LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        "log_level",
+        LOG_LEVELS,
+        upper=True,
+    ),
+    _number(
+        "THINGSPACE_CONNECT_TIMEOUT", 5, "HTTP connect timeout, seconds.", "http_connect_timeout", minimum=0.1
+    ),
+    _number("THINGSPACE_READ_TIMEOUT", 60, "HTTP read timeout, seconds.", "http_read_timeout", minimum=0.1),
+    _number(
         "THINGSPACE_RETRY_MAX_ATTEMPTS",
-        "5",
+        retry.DEFAULT_MAX_ATTEMPTS,
         "Attempts per API call for transient errors (GET/PUT only; a send is never retried).",
-        ("retry_max_attempts",),
+        "retry_max_attempts",
+        minimum=1,
+        maximum=20,
     ),
-    Variable(
+    _number(
         "THINGSPACE_RETRY_MAX_WAIT",
-        "30",
+        retry.DEFAULT_MAX_BACKOFF,
         "Longest backoff between two attempts, seconds.",
-        ("retry_max_wait_seconds",),
+        "retry_max_wait_seconds",
+        minimum=0.0,
     ),
-    Variable(
+    _number(
         "THINGSPACE_RETRY_MAX_RETRY_AFTER",
-        "120",
+        retry.DEFAULT_MAX_RETRY_AFTER,
         "Longest Retry-After the worker sleeps through; a longer one ends the run.",
-        ("retry_max_retry_after_seconds",),
+        "retry_max_retry_after_seconds",
+        minimum=0.0,
     ),
     Variable(
         "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
         "0",
         "1: allow plain http:// to a loopback host (the simulator). Refused for any other host.",
         ("allow_insecure_loopback",),
+        False,
+        lambda env: _bool(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK"),
     ),
 )
+_BY_NAME: Final = {var.name: var for var in VARIABLES}
+
+
+def _default(name: str) -> Any:
+    """The typed default of variable ``name``: what the ``Settings`` field starts from."""
+    return _BY_NAME[name].value
 
 
 def variables_markdown() -> str:
@@ -198,22 +289,24 @@ class Settings:
     username: str
     password: secret.Secret
     accounts: tuple[AccountSettings, ...]
-    interval_seconds: float = 300.0
-    jitter_seconds: float = 30.0
-    concurrency: int = 4
-    run_budget_seconds: float = 300.0
-    max_blocks_per_run: int = 10_000
-    shutdown_timeout_seconds: float = 30.0
-    login_guard_threshold: int = 3
-    metrics_port: int | None = None
-    log_format: LogFormat = "auto"
-    log_level: str = "INFO"
-    http_connect_timeout: float = 5.0
-    http_read_timeout: float = 60.0
-    retry_max_attempts: int = 5
-    retry_max_wait_seconds: float = 30.0
-    retry_max_retry_after_seconds: float = 120.0
-    allow_insecure_loopback: bool = False
+    interval_seconds: float = dataclasses.field(default=_default("SYNC_INTERVAL_SECONDS"))
+    jitter_seconds: float = dataclasses.field(default=_default("SYNC_JITTER_SECONDS"))
+    concurrency: int = dataclasses.field(default=_default("SYNC_CONCURRENCY"))
+    run_budget_seconds: float = dataclasses.field(default=_default("SYNC_RUN_BUDGET_SECONDS"))
+    max_blocks_per_run: int = dataclasses.field(default=_default("SYNC_MAX_BLOCKS_PER_RUN"))
+    shutdown_timeout_seconds: float = dataclasses.field(default=_default("SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
+    login_guard_threshold: int = dataclasses.field(default=_default("SYNC_LOGIN_GUARD_THRESHOLD"))
+    metrics_port: int | None = dataclasses.field(default=_default("SYNC_METRICS_PORT"))
+    log_format: LogFormat = dataclasses.field(default=_default("SYNC_LOG_FORMAT"))
+    log_level: str = dataclasses.field(default=_default("SYNC_LOG_LEVEL"))
+    http_connect_timeout: float = dataclasses.field(default=_default("THINGSPACE_CONNECT_TIMEOUT"))
+    http_read_timeout: float = dataclasses.field(default=_default("THINGSPACE_READ_TIMEOUT"))
+    retry_max_attempts: int = dataclasses.field(default=_default("THINGSPACE_RETRY_MAX_ATTEMPTS"))
+    retry_max_wait_seconds: float = dataclasses.field(default=_default("THINGSPACE_RETRY_MAX_WAIT"))
+    retry_max_retry_after_seconds: float = dataclasses.field(
+        default=_default("THINGSPACE_RETRY_MAX_RETRY_AFTER")
+    )
+    allow_insecure_loopback: bool = dataclasses.field(default=_default("THINGSPACE_ALLOW_INSECURE_LOOPBACK"))
     # Re-read at every login, so a daemon picks up a corrected secret without a restart.
     client_secret_file: Path | None = None
     password_file: Path | None = None
@@ -260,29 +353,15 @@ def load(
     env = os.environ if env is None else env
     file_accounts = _read_config_file(config_file) if config_file is not None else {}
 
-    interval = _float(env, "SYNC_INTERVAL_SECONDS", 300.0, minimum=1.0)
-    jitter = _float(env, "SYNC_JITTER_SECONDS", 30.0, minimum=0.0)
-    concurrency = _int(env, "SYNC_CONCURRENCY", 4, 1, 64)
-    budget = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
-    max_blocks = _int(env, "SYNC_MAX_BLOCKS_PER_RUN", DEFAULT_MAX_BLOCKS_PER_RUN, 1, 10_000_000)
-    shutdown = _float(env, "SYNC_SHUTDOWN_TIMEOUT_SECONDS", 30.0, minimum=0.0)
-    guard = _int(env, "SYNC_LOGIN_GUARD_THRESHOLD", 3, 1, auth.CEILING)
-    metrics_port = _optional_int(env, "SYNC_METRICS_PORT", 0, 65535)
-    log_format = _choice(env, "SYNC_LOG_FORMAT", "auto", LOG_FORMATS, upper=False)
-    log_level = _choice(env, "SYNC_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
-    connect_timeout = _float(env, "THINGSPACE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
-    read_timeout = _float(env, "THINGSPACE_READ_TIMEOUT", 60.0, minimum=0.1)
-    attempts = _int(env, "THINGSPACE_RETRY_MAX_ATTEMPTS", 5, 1, 20)
-    max_wait = _float(env, "THINGSPACE_RETRY_MAX_WAIT", 30.0, minimum=0.0)
-    max_retry_after = _float(env, "THINGSPACE_RETRY_MAX_RETRY_AFTER", 120.0, minimum=0.0)
-    insecure = _bool(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK")
-    base_url = urls.check_base_url(
+    # Every variable with a reader of its own, each into its one field.
+    values: dict[str, Any] = {var.fields[0]: var.read(env) for var in VARIABLES if var.read is not None}
+    insecure = bool(values["allow_insecure_loopback"])
+    values["base_url"] = urls.check_base_url(
         _get(env, "THINGSPACE_BASE_URL") or urls.DEFAULT_BASE_URL, allow_insecure_loopback=insecure
     )
-    database_url = _database_url(_get(env, "SYNC_DATABASE_URL"))
-
-    client_id = _get(env, "THINGSPACE_CLIENT_ID")
-    username = _get(env, "THINGSPACE_USERNAME")
+    interval = float(values["interval_seconds"])
+    values["run_budget_seconds"] = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
+    client_id, username = str(values["client_id"]), str(values["username"])
     client_secret = _secret(env, "THINGSPACE_CLIENT_SECRET")
     password = _secret(env, "THINGSPACE_PASSWORD")
     if require_credentials:
@@ -296,7 +375,7 @@ def load(
                 hint = f" (or {name}_FILE)" if name.endswith(("SECRET", "PASSWORD")) else ""
                 raise errors.ConfigError(f"{name}{hint} is required but not set")
 
-    accounts = _accounts(env, file_accounts, interval, jitter)
+    accounts = _accounts(env, file_accounts, interval, float(values["jitter_seconds"]))
     if require_accounts and not accounts:
         raise errors.ConfigError(
             'SYNC_ACCOUNTS is required: a comma-separated list of account names (or [accounts."NAME"] '
@@ -304,29 +383,10 @@ def load(
         )
 
     return Settings(
-        database_url=database_url,
-        base_url=base_url,
-        client_id=client_id,
+        **values,
         client_secret=client_secret,
-        username=username,
         password=password,
         accounts=accounts,
-        interval_seconds=interval,
-        jitter_seconds=jitter,
-        concurrency=concurrency,
-        run_budget_seconds=budget,
-        max_blocks_per_run=max_blocks,
-        shutdown_timeout_seconds=shutdown,
-        login_guard_threshold=guard,
-        metrics_port=metrics_port,
-        log_format=log_format,  # type: ignore[arg-type]  # checked by _choice
-        log_level=log_level,
-        http_connect_timeout=connect_timeout,
-        http_read_timeout=read_timeout,
-        retry_max_attempts=attempts,
-        retry_max_wait_seconds=max_wait,
-        retry_max_retry_after_seconds=max_retry_after,
-        allow_insecure_loopback=insecure,
         client_secret_file=_path(env, "THINGSPACE_CLIENT_SECRET_FILE"),
         password_file=_path(env, "THINGSPACE_PASSWORD_FILE"),
     )

@@ -18,13 +18,18 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import tenacity
 
 from sync_worker import errors
 
 T = TypeVar("T")
+
+# The defaults of the knobs operators set (THINGSPACE_RETRY_*: config reads them from here).
+DEFAULT_MAX_ATTEMPTS: Final = 5
+DEFAULT_MAX_BACKOFF: Final = 30.0
+DEFAULT_MAX_RETRY_AFTER: Final = 120.0
 
 
 class RetryObserver(Protocol):
@@ -40,12 +45,12 @@ class RetryPolicy:
     come back together. ``max_backoff`` bounds the jittered backoff.
     """
 
-    max_attempts: int = 4
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     initial_backoff: float = 0.5
-    max_backoff: float = 30.0
+    max_backoff: float = DEFAULT_MAX_BACKOFF
     multiplier: float = 2.0
     jitter: float = 0.25
-    max_retry_after: float = 120.0
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
     sleep: Callable[[float], None] = dataclasses.field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = dataclasses.field(default=time.monotonic, repr=False, compare=False)
     random: Callable[[], float] = dataclasses.field(default=random.random, repr=False, compare=False)

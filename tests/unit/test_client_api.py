@@ -448,12 +448,13 @@ def test_put_retried_on_timeout(fake: FakeApi, make: Any, clock: Clock) -> None:
 
 def test_connection_errors_exhaust_attempts(fake: FakeApi, make: Any, clock: Clock) -> None:
     """Dropped connections are retried max_attempts times, then raised with status None."""
-    fake.api.extend([requests.ConnectionError("refused") for _ in range(4)])
+    attempts = retry.DEFAULT_MAX_ATTEMPTS
+    fake.api.extend([requests.ConnectionError("refused") for _ in range(attempts)])
     with pytest.raises(errors.ApiTransientError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert info.value.status is None
-    assert len(fake.paths("/history")) == 4
-    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert len(fake.paths("/history")) == attempts
+    assert clock.sleeps == [2.0**n for n in range(attempts - 1)]  # 1, 2, 4, 8: doubling from 1 s
 
 
 def test_429_retry_after_is_waited(fake: FakeApi, make: Any, clock: Clock) -> None:
@@ -557,7 +558,7 @@ def test_429_on_cursor_is_rate_limit_not_invalid_cursor(fake: FakeApi, make: Any
     assert len(fake.paths("/history")) == 2
 
 
-_ATTEMPTS = retry.RetryPolicy().max_attempts
+_ATTEMPTS = retry.DEFAULT_MAX_ATTEMPTS  # the default policy's attempts
 
 
 @pytest.mark.parametrize("body", ["not json", "[1,2]", '{"messages": 5}'])
@@ -570,7 +571,7 @@ def test_malformed_2xx_is_retried_then_a_format_error(
         make().sms.list_devices_sms_messages(ACCOUNT)
     assert info.value.status == 200
     assert len(fake.paths("/history")) == _ATTEMPTS
-    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert clock.sleeps == [2.0**n for n in range(_ATTEMPTS - 1)]
 
 
 _BAD_BODIES = {
