@@ -36,7 +36,7 @@ def _page(
 
 
 def _count(db: psycopg.Connection[Any], table: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+    row = db.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
 
