@@ -14,7 +14,7 @@ help:
 	@echo "make test              run the whole test suite (unit + integration, embedded Postgres)"
 	@echo "make test-unit         tests without a database"
 	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
-	@echo "make lint              ruff + mypy --strict on sync_worker/"
+	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
 
@@ -45,7 +45,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sync_worker tests bench
 	$(BIN)/ruff format --check sync_worker tests bench
-	$(BIN)/mypy sync_worker
+	$(BIN)/mypy sync_worker tests bench
 
 fmt: $(STAMP)
 	$(BIN)/ruff format sync_worker tests bench

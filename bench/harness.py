@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -188,7 +189,7 @@ def environment(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def fmt_value(value: float, unit: str) -> str:
-    if value != value:  # NaN
+    if math.isnan(value):
         return "n/a"
     if unit in ("rows/s",):
         return f"{value:,.0f}"

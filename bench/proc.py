@@ -186,7 +186,7 @@ class SimHost:
 
 def _process_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` including its reaped children (a postmaster's backends)."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil  # type: ignore[import-untyped]  # psutil has no inline types; types-psutil is not installed
 
     try:
         t = psutil.Process(pid).cpu_times()

@@ -131,7 +131,7 @@ def _quiet_production_logging() -> None:
     """
     from sync_worker import logs
 
-    logs.configure(fmt="json", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115
+    logs.configure(fmt="json", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115  # logging writes to it until the process exits
 
 
 # --- 1. the limits ----------------------------------------------------------

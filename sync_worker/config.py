@@ -589,7 +589,7 @@ def redact_conninfo(conninfo: str) -> str:
     """``conninfo`` with its password replaced, for messages and status output."""
     if not conninfo:
         return "(libpq PG* variables)"
-    import psycopg.conninfo  # noqa: PLC0415
+    import psycopg.conninfo  # noqa: PLC0415  # keeps `--help` from loading libpq
 
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)

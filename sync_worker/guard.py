@@ -225,7 +225,7 @@ class LoginGuard:
             attempt, busy = self._try_begin(fingerprint)
             if attempt is not None:
                 return attempt
-            assert busy is not None
+            assert busy is not None  # noqa: S101  # for mypy: _try_begin returns one or the other
             left = give_up - self._clock()
             if left <= 0 or self._stop.is_set():
                 raise errors.TransientError(

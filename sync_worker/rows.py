@@ -328,7 +328,7 @@ def _utf8_encodable(value: str) -> bool:
     return True
 
 
-def _row(
+def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with its own fallback
     account: str,
     message: models.SMSMessage,
     key: str,

@@ -162,7 +162,7 @@ class AccountQueue:
             if block is None:
                 return _invalid_token()
             if block.acked:
-                if cfg.token_mode == "single_use":  # noqa: S105
+                if cfg.token_mode == "single_use":  # noqa: S105  # a token mode name, not a password
                     return _invalid_token()
                 follow = block.follow
                 if follow is not None and follow[2] is not None:

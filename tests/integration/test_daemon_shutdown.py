@@ -104,7 +104,13 @@ def test_second_ctrl_c_aborts_with_a_request_in_flight(
     proc = _stalled_worker(simulator, db_url, command)
     assert proc.stderr is not None
     err_lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [err_lines.put(line) for line in proc.stderr], daemon=True)  # type: ignore[union-attr]
+    stderr = proc.stderr
+
+    def read_stderr() -> None:
+        for line in stderr:
+            err_lines.put(line)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     try:
         proc.send_signal(signal.SIGINT)

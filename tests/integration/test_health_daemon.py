@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client import parser
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sync_worker import app, config, health, metrics, migrations, scheduler
 from sync_worker import simulator as sim_mod
@@ -151,7 +152,6 @@ class TcpProxy:
 
 @pytest.fixture
 def db_proxy(db_url: str) -> Iterator[tuple[TcpProxy, str]]:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     info = conninfo_to_dict(db_url)
     host = str(info.get("host") or "127.0.0.1")

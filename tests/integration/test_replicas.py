@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import app, models, simulator, status, sync
+from sync_worker import app, config, metrics, models, simulator, status, store, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002", "0252012345-00003"]
@@ -118,7 +118,6 @@ def test_account_held_long_by_another_process_is_reported(
 ) -> None:
     """An account whose lock another process has held for more than three intervals is skipped and
     reported: the result and `status` name the holder, a warning metric counts it."""
-    from sync_worker import config, metrics, store
 
     account = "0252012345-00042"
     simulator.add_account(account)
@@ -150,7 +149,6 @@ def test_a_recent_holder_is_named_but_not_reported(
     simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
 ) -> None:
     """A holder younger than three intervals is an ordinary overlap: named, not counted as a problem."""
-    from sync_worker import metrics, store
 
     account = "0252012345-00043"
     db.execute(

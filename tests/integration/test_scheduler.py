@@ -53,6 +53,9 @@ class RecordingMetrics:
     def login_guard(self, tripped: bool) -> None:
         self._record("login_guard", tripped)
 
+    def run_quarantined(self, account: str, blocks: int) -> None:
+        self._record("run_quarantined", account, blocks)
+
     def scheduler_event(self, kind: str, account: str | None) -> None:
         self._record("scheduler_event", kind, account)
 
@@ -173,7 +176,12 @@ def test_shutdown_timeout_is_reported(simulator: simulator.Simulator, db_url: st
     stalling = Stalling(api, free=1)
     stop = threading.Event()
     try:
-        threading.Thread(target=lambda: (stalling.parked.wait(timeout=30), stop.set())).start()
+
+        def stop_once_parked() -> None:
+            stalling.parked.wait(timeout=30)
+            stop.set()
+
+        threading.Thread(target=stop_once_parked).start()
         code = app.run_daemon(settings, stop_event=stop, api=stalling, install_signal_handlers=False)
     finally:
         stalling.release.set()

@@ -12,12 +12,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 import pytest
 import requests
 
-from sync_worker import app, client, errors, metrics, models, secret, store
+from sync_worker import app, client, config, errors, metrics, models, secret, store
 from tests.reliability import crash, logbook
 
 ACCOUNT = "0252012345-00041"
@@ -28,7 +29,7 @@ ACCOUNTS = (ACCOUNT,)
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
-    requests_seen: list[str] = []
+    requests_seen: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         type(self).requests_seen.append(self.path)
@@ -167,7 +168,6 @@ def test_refused_login_error_carries_no_credential(db_url: str) -> None:
         wrong = "Wrong-Pw-'\";$(x)-" + os.urandom(4).hex()
         secret.register(wrong)
         settings_env = {**env, "THINGSPACE_PASSWORD": wrong}
-        from sync_worker import config
 
         settings = config.load(settings_env)
         api = client.ThingSpaceClient(app.client_config(settings))
@@ -194,7 +194,6 @@ def test_metrics_output_holds_no_secret_after_a_real_sync(db_url: str) -> None:
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=11))
         sim.faults.script("history", [503, 200, 429])
-        from sync_worker import config
 
         settings = config.load(crash.worker_env(sim, db_url, ACCOUNTS, THINGSPACE_RETRY_MAX_RETRY_AFTER="0"))
         result = app.sync_once(settings, metrics=m)

@@ -29,8 +29,6 @@ def test_stop_wakes_a_retry_after_wait(db_url: str) -> None:
         env = crash.worker_env(sim, db_url, ACCOUNTS, SYNC_RUN_BUDGET_SECONDS="600")
         settings = config.load(env)
         with app.connector(settings)() as conn:
-            from sync_worker import migrations
-
             migrations.migrate(conn)
         # The default sleep (time.sleep) would hold this pass for 120 s; the timeout mark fails it.
         result = app.sync_once(settings, stop_event=stop)

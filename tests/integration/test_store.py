@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import errors, models, store
+from sync_worker import errors, migrations, models, secret, store
 from sync_worker import status as status_tables
 
 
@@ -36,7 +36,7 @@ def _page(
 
 
 def _count(db: psycopg.Connection[Any], table: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+    row = db.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -329,7 +329,6 @@ def test_finish_run_records_success_and_errors(db: psycopg.Connection[Any]) -> N
 
 def test_finish_run_scrubs_secrets_from_stored_errors(db: psycopg.Connection[Any]) -> None:
     """A registered secret inside an error text never reaches the database."""
-    from sync_worker import secret
 
     secret.register("tok-SECRET-123456")
     run_id = store.start_run(db, "acct-secret")
@@ -357,7 +356,6 @@ def test_account_lock_is_exclusive_per_account(db_url: str) -> None:
         assert store.try_account_lock(a, "acct-1")
         assert not store.try_account_lock(b, "acct-1")
         assert store.try_account_lock(b, "acct-2")
-        from sync_worker import migrations
 
         # The migration lock lives in another namespace: holding account locks does not block migrate.
         assert migrations.migrate(b) == []

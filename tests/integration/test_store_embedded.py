@@ -13,7 +13,7 @@ def test_embedded_server_is_durable_and_keeps_its_data_dir(tmp_path: Path) -> No
     """With a data_dir the cluster keeps its data across stop/start; fsync and synchronous_commit are on."""
     data_dir = tmp_path / "pgdata"
     with embedded.server(data_dir) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        settings = dict(
+        settings: dict[str, str] = dict(
             conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit')"
             ).fetchall()
@@ -29,7 +29,9 @@ def test_embedded_server_is_durable_and_keeps_its_data_dir(tmp_path: Path) -> No
 def test_temporary_embedded_server_is_removed_on_exit() -> None:
     """Without a data_dir the server's directory is gone after the context exits."""
     with embedded.server() as dsn:
-        socket_dir = Path(psycopg.conninfo.conninfo_to_dict(dsn)["host"] or "")
+        host = psycopg.conninfo.conninfo_to_dict(dsn)["host"]
+        assert isinstance(host, str)
+        socket_dir = Path(host)
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     assert not socket_dir.exists()

@@ -263,10 +263,9 @@ def test_stop_event_mid_drain_leaves_cursor_at_committed_block(
     api = make_client(simulator)
 
     class StopAfterTwo:
-        sms = None
-
-        def __init__(self) -> None:
-            self.sms = self  # type: ignore[assignment]
+        @property
+        def sms(self) -> StopAfterTwo:
+            return self
 
         def iter_history_blocks(
             self, account_name: str, next: str | None = None, *, deadline: float | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -82,7 +83,7 @@ def _login(sim: sim_mod.Simulator) -> str:
     return token
 
 
-def _next_from(headers: Any) -> str:
+def _next_from(headers: Mapping[str, str]) -> str:
     location = {k.lower(): v for k, v in headers.items()}["location"]
     return urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["next"][0]
 

@@ -113,7 +113,7 @@ class Worker:
         self.name = name
         # Files, not pipes: a chatty worker must never block on a full pipe buffer.
         self._out = tempfile.TemporaryFile()  # noqa: SIM115  # closed in _collect
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115  # closed in _collect
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sync_worker", *args],
             env=env,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -147,7 +147,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make(fake: FakeApi, clock: Clock) -> Callable[..., client.ThingSpaceClient]:
+def make(fake: FakeApi, clock: Clock) -> Iterator[Callable[..., client.ThingSpaceClient]]:
     made: list[client.ThingSpaceClient] = []
 
     def build(**kw: Any) -> client.ThingSpaceClient:
@@ -170,7 +170,7 @@ def make(fake: FakeApi, clock: Clock) -> Callable[..., client.ThingSpaceClient]:
         made.append(c)
         return c
 
-    yield build  # type: ignore[misc]
+    yield build
     for c in made:
         c.close()
 

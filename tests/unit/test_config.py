@@ -19,7 +19,7 @@ BASE_ENV = {
 }
 
 
-def env(**overrides: str) -> dict[str, str]:
+def env(**overrides: str | None) -> dict[str, str]:
     result = dict(BASE_ENV)
     for key, value in overrides.items():
         if value is None:
@@ -129,7 +129,7 @@ def test_out_of_range_value_names_its_variable(name: str, value: str) -> None:
 def test_missing_credential_names_its_variable(name: str) -> None:
     """Every credential is required for API commands, and the error says which one is missing."""
     with pytest.raises(errors.ConfigError) as exc_info:
-        config.load(env(**{name: None}))  # type: ignore[arg-type]
+        config.load(env(**{name: None}))
     assert name in str(exc_info.value)
 
 
@@ -160,8 +160,8 @@ def test_secret_files_strip_exactly_one_trailing_newline(tmp_path: Path) -> None
     (tmp_path / "password").write_text("file-password-1\r\n", encoding="utf-8")
     s = config.load(
         env(
-            THINGSPACE_CLIENT_SECRET=None,  # type: ignore[arg-type]
-            THINGSPACE_PASSWORD=None,  # type: ignore[arg-type]
+            THINGSPACE_CLIENT_SECRET=None,
+            THINGSPACE_PASSWORD=None,
             THINGSPACE_CLIENT_SECRET_FILE=str(tmp_path / "secret"),
             THINGSPACE_PASSWORD_FILE=str(tmp_path / "password"),
         )
@@ -173,9 +173,7 @@ def test_secret_files_strip_exactly_one_trailing_newline(tmp_path: Path) -> None
 def test_unreadable_secret_file_names_the_file_variable(tmp_path: Path) -> None:
     """A *_FILE that cannot be read fails with the _FILE variable named."""
     with pytest.raises(errors.ConfigError) as exc_info:
-        config.load(
-            env(THINGSPACE_PASSWORD=None, THINGSPACE_PASSWORD_FILE=str(tmp_path / "missing"))  # type: ignore[arg-type]
-        )
+        config.load(env(THINGSPACE_PASSWORD=None, THINGSPACE_PASSWORD_FILE=str(tmp_path / "missing")))
     assert "THINGSPACE_PASSWORD_FILE" in str(exc_info.value)
 
 

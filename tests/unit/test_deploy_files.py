@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import cli, config, metrics
+from sync_worker import cli, config, metrics, simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -325,7 +325,6 @@ def test_compose_worker_reaches_simulator_on_loopback() -> None:
 
 def test_compose_uses_the_simulators_demo_credentials() -> None:
     """The compose worker logs in with exactly the credentials the simulator accepts by default."""
-    from sync_worker import simulator
 
     cfg = simulator.SimConfig()
     env = compose()["services"]["sync-worker"]["environment"]

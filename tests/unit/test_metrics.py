@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import prometheus_client
 import pytest
+from prometheus_client import parser
 
 from sync_worker import metrics, secret
 
@@ -168,7 +169,6 @@ def test_every_metric_name_is_prefixed() -> None:
 
 def test_render_is_prometheus_text() -> None:
     """render() output parses as the Prometheus text format and carries build_info."""
-    from prometheus_client import parser
 
     m = metrics.Metrics()
     m.run_finished("a", "succeeded", 1.0, True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypedDict, Unpack
+
 import pytest
 
 from sync_worker import errors, retry
@@ -16,13 +19,22 @@ class Recorder:
         self.retries.append((operation, reason, wait))
 
 
-def policy(t: FakeTime, **kw: object) -> retry.RetryPolicy:
-    defaults: dict[str, object] = {"sleep": t.sleep, "clock": t.clock, "random": lambda: 0.0}
-    defaults.update(kw)
-    return retry.RetryPolicy(**defaults)  # type: ignore[arg-type]
+class Knobs(TypedDict, total=False):
+    """The numeric RetryPolicy fields a test may set."""
+
+    max_attempts: int
+    initial_backoff: float
+    max_backoff: float
+    multiplier: float
+    jitter: float
+    max_retry_after: float
 
 
-def failing(errs: list[BaseException], result: str = "ok") -> tuple[list[int], object]:
+def policy(t: FakeTime, **kw: Unpack[Knobs]) -> retry.RetryPolicy:
+    return retry.RetryPolicy(sleep=t.sleep, clock=t.clock, random=lambda: 0.0, **kw)
+
+
+def failing(errs: list[BaseException], result: str = "ok") -> tuple[list[int], Callable[[], str]]:
     calls: list[int] = []
 
     def fn() -> str:
@@ -76,7 +88,7 @@ def test_call_retries_until_success_and_reports_each_retry() -> None:
     t, rec = FakeTime(), Recorder()
     calls, fn = failing([transient(503), transient(429, retry_after=2.0)])
     p = policy(t, initial_backoff=0.5)
-    result = p.call(fn, operation="op", retry_on=lambda e: True, observer=rec)  # type: ignore[arg-type]
+    result = p.call(fn, operation="op", retry_on=lambda e: True, observer=rec)
     assert result == "ok"
     assert len(calls) == 3
     assert t.sleeps == [0.5, 2.0]
@@ -89,7 +101,7 @@ def test_call_gives_up_after_max_attempts_with_the_last_error() -> None:
     last = transient(502)
     calls, fn = failing([transient(500), transient(503), last])
     with pytest.raises(errors.ApiTransientError) as info:
-        policy(t, max_attempts=3).call(fn, operation="op", retry_on=lambda e: True)  # type: ignore[arg-type]
+        policy(t, max_attempts=3).call(fn, operation="op", retry_on=lambda e: True)
     assert info.value is last
     assert len(calls) == 3
     assert len(t.sleeps) == 2
@@ -102,7 +114,7 @@ def test_call_does_not_retry_what_retry_on_refuses() -> None:
     calls, fn = failing([refused])
     with pytest.raises(errors.LoginFailedError):
         policy(t).call(
-            fn,  # type: ignore[arg-type]
+            fn,
             operation="op",
             retry_on=lambda e: isinstance(e, errors.TransientError),
         )
@@ -115,7 +127,7 @@ def test_call_raises_instead_of_sleeping_past_the_deadline() -> None:
     t = FakeTime()
     calls, fn = failing([transient(429, retry_after=30.0)])
     with pytest.raises(errors.ApiTransientError):
-        policy(t).call(fn, operation="op", retry_on=lambda e: True, deadline=t.now + 10)  # type: ignore[arg-type]
+        policy(t).call(fn, operation="op", retry_on=lambda e: True, deadline=t.now + 10)
     assert len(calls) == 1
     assert t.sleeps == []
 
@@ -129,7 +141,7 @@ def test_reason_for_a_missing_response() -> None:
     "kw",
     [{"max_attempts": 0}, {"initial_backoff": -1.0}, {"multiplier": 0.5}, {"jitter": -0.1}],
 )
-def test_nonsense_policy_is_a_config_error(kw: dict[str, float]) -> None:
+def test_nonsense_policy_is_a_config_error(kw: Knobs) -> None:
     """Impossible knob values are refused when the policy is built."""
     with pytest.raises(errors.ConfigError):
-        retry.RetryPolicy(**kw)  # type: ignore[arg-type]
+        retry.RetryPolicy(**kw)

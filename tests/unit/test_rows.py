@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import time
@@ -33,7 +34,6 @@ def test_key_is_stable_hex_sha256() -> None:
 
 def test_key_pins_the_canonical_form() -> None:
     """The documented canonical JSON is what gets hashed (changing it would re-key every stored row)."""
-    import hashlib
 
     canonical = '["sms-v1","acct",[["imei","0042"]],"2016-01-01T20:29:49+00:00","hi",0]'
     assert rows.message_key("acct", _msg(_wire()), 0) == hashlib.sha256(canonical.encode()).hexdigest()

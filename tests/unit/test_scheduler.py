@@ -152,7 +152,7 @@ def test_a_run_skipped_because_the_previous_one_is_busy_is_counted() -> None:
         api=None,  # type: ignore[arg-type]
         connect=blocking_connect,
         stop=threading.Event(),
-        metrics=metrics,  # type: ignore[arg-type]
+        metrics=metrics,
         inflight=scheduler._InFlight(),
     )
     with structlog.testing.capture_logs() as logs:
@@ -182,7 +182,7 @@ def test_a_run_later_than_the_grace_time_is_reported_missed() -> None:
         api=None,  # type: ignore[arg-type]
         connect=connect,
         stop=threading.Event(),
-        metrics=metrics,  # type: ignore[arg-type]
+        metrics=metrics,
         inflight=scheduler._InFlight(),
     )
     # Within one interval (so coalescing has no later run time to fall back to) but past the
