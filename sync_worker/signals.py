@@ -36,12 +36,14 @@ def stop_on_signals(stop: threading.Event, *, enabled: bool = True) -> Iterator[
         return
 
     def handle(signum: int, _frame: types.FrameType | None) -> None:
-        # Runs between bytecodes of the main thread: no logging, locking or raising.
+        # Runs between bytecodes of the main thread: no logging, locking or raising. A second
+        # signal can run this again in the middle of the first call, so the event is set before
+        # anything else: the nested call must see it and abort.
         if signum == signal.SIGINT and stop.is_set():
             _abort()
+        stop.set()
         if signum == signal.SIGINT:
             _say(_STOPPING_MESSAGE)
-        stop.set()
 
     previous: dict[int, Handler] = {
         sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)
