@@ -277,7 +277,7 @@ class LoginGuard:
         with self._transaction() as cur:
             self._adopt_legacy(cur)
             cur.execute(queries.get("guard_ensure_row"), self._key)
-            state = _state(cur.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+            state = _state(cur.execute(queries.get("guard_state"), self._key).fetchone())
             if state.pending_live and not _holder_is_gone(state.pending_holder):
                 return None, state
             if state.pending_attempt is not None:
@@ -285,7 +285,7 @@ class LoginGuard:
                     queries.get("guard_expire_pending"), {**self._key, "attempt": state.pending_attempt}
                 )
                 _log.warning("login_outcome_unknown", holder=state.pending_holder, counted_as="failed")
-                state = _state(cur.execute(queries.get("guard_state_for_update"), self._key).fetchone())
+                state = _state(cur.execute(queries.get("guard_state"), self._key).fetchone())
             reason = auth.refusal(state.failures, state.failed_fingerprints, fingerprint, self._threshold)
             if reason is not None:
                 cur.execute(queries.get("guard_mark_tripped"), self._key)

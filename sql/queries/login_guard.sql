@@ -24,23 +24,8 @@ VALUES (%(base_url)s, %(username)s)
 ON CONFLICT (base_url, username) DO NOTHING;
 
 -- name: guard_state
--- lease_left: seconds until a pending login's lease runs out (<= 0: expired).
-SELECT consecutive_failures,
-       failed_fingerprints,
-       last_outcome,
-       last_attempt_at,
-       last_success_at,
-       last_failure_at,
-       last_error,
-       tripped_at,
-       pending_attempt,
-       pending_fingerprint,
-       pending_holder,
-       EXTRACT(EPOCH FROM (pending_until - now()))::float8 AS lease_left
-FROM login_guard
-WHERE base_url = %(base_url)s AND username = %(username)s;
-
--- name: guard_state_for_update
+-- lease_left: seconds until a pending login's lease runs out (<= 0: expired). The row is locked
+-- until the transaction ends: a login's check and its reservation are one decision.
 SELECT consecutive_failures,
        failed_fingerprints,
        last_outcome,
