@@ -328,12 +328,6 @@ class Settings:
             password = read_secret_file("THINGSPACE_PASSWORD_FILE", self.password_file)
         return auth.Credentials(self.client_id, client_secret, self.username, password)
 
-    def credential_fingerprint(self) -> str:
-        """The fingerprint of the credentials as loaded (see ``Credentials.fingerprint``)."""
-        return auth.Credentials(self.client_id, self.client_secret, self.username, self.password).fingerprint(
-            self.base_url
-        )
-
 
 # --- loading ---------------------------------------------------------------
 

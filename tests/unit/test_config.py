@@ -256,11 +256,11 @@ def test_readme_documents_every_variable() -> None:
 
 def test_credential_fingerprint_tracks_credentials_without_revealing_them() -> None:
     """The fingerprint is stable for equal credentials, changes with any of them, and holds no secret."""
-    a = config.load(env()).credential_fingerprint()
-    assert a == config.load(env()).credential_fingerprint()
-    assert a != config.load(env(THINGSPACE_PASSWORD="cfg-password-2")).credential_fingerprint()
-    assert a != config.load(env(THINGSPACE_CLIENT_SECRET="cfg-client-secret-2")).credential_fingerprint()
-    assert a != config.load(env(THINGSPACE_USERNAME="someone")).credential_fingerprint()
+    a = app.current_fingerprint(config.load(env()))
+    assert a == app.current_fingerprint(config.load(env()))
+    assert a != app.current_fingerprint(config.load(env(THINGSPACE_PASSWORD="cfg-password-2")))
+    assert a != app.current_fingerprint(config.load(env(THINGSPACE_CLIENT_SECRET="cfg-client-secret-2")))
+    assert a != app.current_fingerprint(config.load(env(THINGSPACE_USERNAME="someone")))
     assert "cfg-password-1" not in a and len(a) == 64
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import config, errors, secret
+from sync_worker import app, config, errors, secret
 
 # Shell, URL, SQL and JSON metacharacters together: none of them may change meaning anywhere.
 NASTY_SECRET = "p@ss:w/rd?x=1&y=2#frag%20$(rm -rf /)`id`;|'\"\\ <>{}[]\u00e9\u202e"
@@ -82,7 +82,7 @@ def test_metacharacter_secrets_load_verbatim_and_never_show(tmp_path: Path, via_
     assert settings.client_secret.reveal() == "cs-" + NASTY_SECRET
     shown = repr(settings) + str(settings) + repr(settings.password) + str(settings.client_secret)
     assert NASTY_SECRET not in shown
-    assert NASTY_SECRET not in settings.credential_fingerprint()
+    assert NASTY_SECRET not in app.current_fingerprint(settings)
     assert NASTY_SECRET in secret.known_values()
 
 
