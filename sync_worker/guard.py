@@ -47,7 +47,7 @@ from typing import Any, Final
 
 import structlog
 
-from sync_worker import auth, db, errors, queries
+from sync_worker import auth, db, errors, queries, secret
 
 Outcome = auth.Outcome
 ConnectionFactory = db.ConnectionFactory
@@ -135,7 +135,8 @@ def _iso(value: dt.datetime | None) -> str | None:
 def _error_text(error: BaseException | None) -> str | None:
     if error is None:
         return None
-    text = f"{type(error).__name__}: {error}"
+    # Read by operators (`auth status`): never a credential, even one echoed back by the platform.
+    text = secret.scrub(f"{type(error).__name__}: {error}")
     return text[:_MAX_ERROR_TEXT]
 
 
