@@ -176,10 +176,7 @@ def v_pipeline(
 def v_unnest(
     conn: psycopg.Connection[Any], run_id: int, page: models.HistoryPage, built: list[rows.Row]
 ) -> None:
-    params = store._block_params(built)
-    params.update(
-        account_name=page.account_name, run_id=run_id, next_token=page.next, received=len(built), malformed=0
-    )
+    params = store._block_params(page.account_name, built, run_id=run_id, next_token=page.next)
     # Autocommit: the single statement is its own transaction (as in store.commit_block).
     with conn.cursor() as cur:
         cur.execute(queries.get("commit_block"), params, prepare=True)

@@ -87,12 +87,6 @@ def unresolved_quarantine_ids(conn: db.Connection) -> list[int]:
         return [int(r[0]) for r in cur.execute(queries.get("quarantine_unresolved_ids")).fetchall()]
 
 
-def unresolved_quarantine_count(conn: db.Connection, account: str) -> int:
-    with db.transaction(conn) as cur:
-        row = cur.execute(queries.get("quarantine_unresolved_count"), {"account_name": account}).fetchone()
-    return 0 if row is None else int(row[0])
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class LockHolder:
     """The run holding an account's lock, as recorded in ``sync_run``."""

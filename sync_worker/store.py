@@ -70,15 +70,8 @@ def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> Blo
     hit ``ON CONFLICT DO NOTHING`` and count as replays.
     """
     built = rows.build_rows(page.account_name, page.messages)
-    params = _block_params(built)
+    params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next)
     malformed = tuple((i, r.problems) for i, r in enumerate(built) if r.problems)
-    params.update(
-        account_name=page.account_name,
-        run_id=run_id,
-        next_token=page.next,
-        received=len(built),
-        malformed=len(malformed),
-    )
     with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
     assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
@@ -177,9 +170,9 @@ def replay_quarantined(
         built = rows.build_rows(account, messages)
         inserted = 0
         if built:
-            params = _block_params(built)
-            params["account_name"] = account
-            counted = cur.execute(queries.get("replay_rows"), params).fetchone()
+            # The sync's own statement, without a cursor move or a run: the same rows and keys.
+            params = _block_params(account, built, run_id=None, next_token=None, move_cursor=False)
+            counted = cur.execute(queries.get("commit_block"), params).fetchone()
             assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
             inserted = int(counted[0])
         resolved = problem is None
@@ -245,7 +238,14 @@ def release_account_lock(conn: Connection, account: str) -> None:
         )
 
 
-def _block_params(built: list[rows.Row]) -> dict[str, Any]:
+def _block_params(
+    account: str,
+    built: list[rows.Row],
+    *,
+    run_id: int | None,
+    next_token: str | None,
+    move_cursor: bool = True,
+) -> dict[str, Any]:
     dev_key: list[str] = []
     dev_position: list[int] = []
     dev_kind: list[str] = []
@@ -258,6 +258,12 @@ def _block_params(built: list[rows.Row]) -> dict[str, Any]:
             dev_id.append(ident)
     sep = rows.PROBLEM_SEPARATOR
     return {
+        "account_name": account,
+        "run_id": run_id,
+        "next_token": next_token,
+        "move_cursor": move_cursor,
+        "received": len(built),
+        "malformed": sum(1 for r in built if r.problems),
         "message_key": [r.message_key for r in built],
         "occurrence": [r.occurrence for r in built],
         "device_ids": [r.device_ids_json for r in built],

@@ -52,47 +52,6 @@ FOR UPDATE;
 -- name: quarantine_unresolved_ids
 SELECT id FROM sms_quarantine WHERE resolved_at IS NULL ORDER BY id;
 
--- name: quarantine_unresolved_count
-SELECT count(*) FROM sms_quarantine WHERE account_name = %(account_name)s AND resolved_at IS NULL;
-
--- name: replay_rows
--- The rows of a replayed block, with the same conflict rule as commit_block (a message already
--- stored is absorbed); the cursor and the run counters are left alone.
-WITH incoming AS (
-    SELECT *
-    FROM unnest(
-        %(message_key)b::text[], %(occurrence)b::integer[], %(device_ids)b::text[],
-        %(device_kind)b::text[], %(device_id)b::text[], %(device_count)b::integer[],
-        %(message)b::text[], %(received_at)b::timestamptz[], %(timestamp_raw)b::text[],
-        %(raw_json)b::text[], %(raw_is_jsonb)b::boolean[], %(problems)b::text[]
-    ) AS t(message_key, occurrence, device_ids, device_kind, device_id, device_count,
-           message, received_at, timestamp_raw, raw_json, raw_is_jsonb, problems)
-),
-inserted AS (
-    INSERT INTO sms_history (
-        account_name, message_key, occurrence, device_ids, device_kind, device_id, device_count,
-        message, received_at, timestamp_raw, raw_json, raw, problems, run_id
-    )
-    SELECT %(account_name)b, message_key, occurrence, device_ids::jsonb, device_kind, device_id,
-           device_count, message, received_at, timestamp_raw, raw_json,
-           CASE WHEN raw_is_jsonb THEN raw_json::jsonb END,
-           string_to_array(problems, E'\x1f'),
-           NULL
-    FROM incoming
-    ON CONFLICT (account_name, message_key) DO NOTHING
-    RETURNING id, message_key, received_at
-),
-devices AS (
-    INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id, received_at)
-    SELECT i.id, d.position, %(account_name)b, d.device_kind, d.device_id, i.received_at
-    FROM unnest(%(dev_message_key)b::text[], %(dev_position)b::integer[],
-                %(dev_kind)b::text[], %(dev_id)b::text[])
-         AS d(message_key, position, device_kind, device_id)
-    JOIN inserted i ON i.message_key = d.message_key
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM devices);
-
 -- name: quarantine_mark_replayed
 UPDATE sms_quarantine
 SET replayed_at = now(),

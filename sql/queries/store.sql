@@ -4,7 +4,8 @@
 -- The whole block in one statement (one round trip, one transaction): rows,
 -- device rows, the cursor and the run counters land together or not at all.
 -- Parameters travel in binary format: dumping text arrays as text costs more
--- client CPU than the server spends on the whole statement.
+-- client CPU than the server spends on the whole statement. A quarantine replay
+-- runs the same statement with move_cursor false and no run: rows only.
 WITH incoming AS (
     SELECT *
     FROM unnest(
@@ -45,7 +46,8 @@ counted AS (
 ),
 cursor_moved AS (
     INSERT INTO sync_cursor (account_name, next_token, moved_at)
-    VALUES (%(account_name)b, %(next_token)b, now())
+    SELECT %(account_name)b, %(next_token)b, now()
+    WHERE %(move_cursor)b
     ON CONFLICT (account_name) DO UPDATE
         SET next_token = EXCLUDED.next_token, moved_at = EXCLUDED.moved_at
     RETURNING 1
