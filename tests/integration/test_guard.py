@@ -7,12 +7,9 @@ never reach 5 (the vendor's lock-out), whatever credentials, processes or lost a
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import pytest
 from sync_worker import app, config, errors, guard, secret, simulator
 from sync_worker import db as database
 from sync_worker.simulator import faults as sim_faults
-from tests.integration.test_cli_e2e import EventReader
+from tests.integration.test_cli_e2e import EventReader, cli, free_port, http_get
 from tests.integration.test_scheduler import GuardGauge
 from tests.integration.test_sync import ACCOUNT, backlog, make_settings, stored_raw
 
@@ -63,17 +60,6 @@ def worker_env(sim: simulator.Simulator, db_url: str, **extra: str) -> dict[str,
     return env
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync_worker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_wrong_passwords_and_a_rotated_secret_never_reach_the_lock(
     simulator: simulator.Simulator, db_url: str
 ) -> None:
@@ -100,7 +86,7 @@ def test_wrong_passwords_and_a_rotated_secret_never_reach_the_lock(
 def test_two_processes_with_two_wrong_passwords(simulator: simulator.Simulator, db_url: str) -> None:
     """Two alternating `once` processes carrying different wrong passwords, 10 runs: never a 5th failure."""
     envs = [worker_env(simulator, db_url, THINGSPACE_PASSWORD=p) for p in ("wrong-a", "wrong-b")]
-    codes = [run_cli(envs[i % 2], "once").returncode for i in range(10)]
+    codes = [cli(envs[i % 2], "once").returncode for i in range(10)]
     assert codes == [4] * 10
     # a, b, a: then both sets of credentials failed and the count is at the threshold.
     assert simulator.stats.login_attempts == 3
@@ -178,18 +164,8 @@ def test_daemon_recovers_by_itself_from_throttled_logins(
     assert metrics.gauge() == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return http_get(f"http://127.0.0.1:{port}/readyz")
 
 
 def test_refused_daemon_resumes_after_fixed_password_and_reset(
@@ -227,7 +203,7 @@ def test_refused_daemon_resumes_after_fixed_password_and_reset(
         assert "login" in body
 
         password_file.write_text(simulator.config.password.reveal() + "\n")
-        reset = run_cli(env, "auth", "reset", "--yes")
+        reset = cli(env, "auth", "reset", "--yes")
         assert reset.returncode == 0, reset.stderr
         assert "zero again" in reset.stderr
         events.wait_for({"thingspace_session_started"})
@@ -245,17 +221,38 @@ def test_auth_reset_confirms_before_acting(simulator: simulator.Simulator, db_ur
     settings = wrong_password(simulator, db_url)
     record_refusals(settings, db_url, 3)
     env = worker_env(simulator, db_url, THINGSPACE_PASSWORD="not-the-password")
-    status = run_cli(env, "auth", "status", "--json")
+    status = cli(env, "auth", "status", "--json")
     assert status.returncode == 4
     shown = json.loads(status.stdout)
     assert (shown["failures"], shown["tripped"], shown["ceiling"]) == (3, True, 4)
-    refused = run_cli(env, "auth", "reset")
+    refused = cli(env, "auth", "reset")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr
     assert guard_of(settings, db_url).state().failures == 3
-    assert run_cli(env, "auth", "reset", "--yes").returncode == 0
+    assert cli(env, "auth", "reset", "--yes").returncode == 0
     assert guard_of(settings, db_url).state().failures == 0
-    assert run_cli(env, "auth", "status").returncode == 0
+    assert cli(env, "auth", "status").returncode == 0
+
+
+def passes_at_once(settings: config.Settings, replicas: int) -> list[int]:
+    """``replicas`` one-pass syncs started together, each on an account of its own (so the account
+    lock is not what serialises their logins); their exit codes."""
+    start = threading.Barrier(replicas)
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def replica(i: int) -> None:
+        start.wait()
+        result = app.sync_once(settings, accounts=[f"0252012345-0002{i}"])
+        with lock:
+            codes.append(result.exit_code)
+
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return codes
 
 
 def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
@@ -268,22 +265,7 @@ def test_many_replicas_at_the_ceiling_never_make_a_fifth_failure(
     assert [app.sync_once(old).exit_code for _ in range(3)] == [4, 4, 4]
     assert simulator.failed_login_streak() == 3
     new = wrong_password(simulator, db_url, "new-wrong")
-    start = threading.Barrier(8)
-    codes: list[int] = []
-    lock = threading.Lock()
-
-    def replica(i: int) -> None:
-        start.wait()
-        # One account each: the account lock must not be what serialises them.
-        result = app.sync_once(new, accounts=[f"0252012345-0002{i}"])
-        with lock:
-            codes.append(result.exit_code)
-
-    threads = [threading.Thread(target=replica, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    codes = passes_at_once(new, 8)
     assert codes == [4] * 8
     assert simulator.stats.login_attempts == 4
     assert simulator.peak_failed_login_streak() == 4 < LOCKED_AT
@@ -294,21 +276,7 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
 ) -> None:
     """Eight replicas logging in with one bad password at once make only threshold attempts together."""
     settings = wrong_password(simulator, db_url)
-    start = threading.Barrier(8)
-    codes: list[int] = []
-    lock = threading.Lock()
-
-    def replica(i: int) -> None:
-        start.wait()
-        result = app.sync_once(settings, accounts=[f"0252012345-0002{i}"])
-        with lock:
-            codes.append(result.exit_code)
-
-    threads = [threading.Thread(target=replica, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    codes = passes_at_once(settings, 8)
     assert codes == [4] * 8
     assert simulator.stats.login_attempts == 3
     assert simulator.peak_failed_login_streak() == 3
