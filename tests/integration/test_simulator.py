@@ -675,8 +675,9 @@ def test_final_block_hook_reports_the_final_block_written_out(
     finals: list[tuple[str, list[Any]]] = []
     simulator.hooks.final_block = lambda account, messages: finals.append((account, messages))
     api.history(next_of(api.history()))
-    assert finals == [(ACCOUNT, seeded[100:])]
+    # queued() waits for the after-write step that calls the hook: read it first.
     assert simulator.queued(ACCOUNT) == ([] if final_ack == "on_delivery" else seeded[100:])
+    assert finals == [(ACCOUNT, seeded[100:])]
 
 
 def test_issued_hook_sees_every_bearer_and_session_token(simulator: sim_mod.Simulator) -> None:
