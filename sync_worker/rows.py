@@ -52,12 +52,16 @@ _DEVICE_KEYS: Final = ("id", "kind")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Row:
-    """One ``sms_history`` row plus its ``sms_history_device`` rows."""
+    """One ``sms_message`` row; devices after the first become ``sms_message_device`` rows.
+
+    ``raw_json`` is the original as received; ``raw_kept`` is what the store keeps of it: None
+    when the database rebuilds it byte for byte from the row's fields
+    (``sms_history_rebuild_raw``, migration 0006), else ``raw_json`` itself.
+    """
 
     account_name: str
     message_key: str
     occurrence: int
-    device_ids_json: str | None
     device_kind: str | None
     device_id: str | None
     devices: tuple[tuple[str, str], ...]
@@ -65,6 +69,7 @@ class Row:
     received_at: dt.datetime | None
     timestamp_raw: str | None
     raw_json: str
+    raw_kept: str | None
     raw_is_jsonb: bool
     problems: tuple[str, ...]
 
@@ -263,7 +268,8 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
     probe = [text, stamp]
     devices: list[tuple[str, str]] = []
     raw_parts: list[str] = []
-    lowered_parts: list[str] = []
+    # Whether the database can rebuild raw from the stored (lowered) fields, as far as devices go.
+    canonical_devices = len(items) == 1
     for item, device in zip(items, model_devices, strict=True):
         if type(item) is not dict or len(item) != 2:
             return None
@@ -279,13 +285,12 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         devices.append((lower, ident))
         ident_json = _encode_str(ident)
         kind_json = _encode_str(kind)
-        lower_json = kind_json if lower == kind else _encode_str(lower)
         if tuple(item) == _DEVICE_KEYS:
             raw_parts.append(f'{{"id":{ident_json},"kind":{kind_json}}}')
-            lowered_parts.append(f'{{"id":{ident_json},"kind":{lower_json}}}')
+            canonical_devices = canonical_devices and lower == kind
         else:
             raw_parts.append(f'{{"kind":{kind_json},"id":{ident_json}}}')
-            lowered_parts.append(f'{{"kind":{lower_json},"id":{ident_json}}}')
+            canonical_devices = False
     # Every string of raw is in the probe (the keys are fixed ASCII), so a clean
     # probe also means raw is valid jsonb and needs no clean-up anywhere.
     joined = "".join(probe)
@@ -294,10 +299,14 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
 
     text_json = _encode_str(text)
     devices_raw = "[" + ",".join(raw_parts) + "]"
-    if tuple(raw) == _WIRE_KEYS:
+    wire_order = tuple(raw) == _WIRE_KEYS
+    if wire_order:
         raw_json = f'{{"deviceIds":{devices_raw},"message":{text_json},"timestamp":{_encode_str(stamp)}}}'
     else:
         raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
+    # The database rebuilds exactly this shape from the row's fields: one device, keys in wire
+    # order, kind already lower case (the stored kind is lowered).
+    rebuildable = wire_order and canonical_devices
     received_at, problem = parse_timestamp(stamp)
     basis = f"{prefix}{_devices_json(sorted(devices))},{_timestamp_json(stamp, received_at)},{text_json}"
     occurrence = seen.get(basis, 0)
@@ -307,7 +316,6 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         account_name=account,
         message_key=_hash(basis, occurrence),
         occurrence=occurrence,
-        device_ids_json="[" + ",".join(lowered_parts) + "]",
         device_kind=first[0],
         device_id=first[1],
         devices=tuple(devices),
@@ -315,9 +323,25 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         received_at=received_at,
         timestamp_raw=stamp,
         raw_json=raw_json,
+        raw_kept=None if rebuildable else raw_json,
         raw_is_jsonb=True,
         problems=() if problem is None else (problem.replace(PROBLEM_SEPARATOR, " "),),
     )
+
+
+def rebuild_raw(device_id: str, device_kind: str, message: str, timestamp_raw: str) -> str:
+    """The original of a one-device message from its stored fields; SQL ``sms_history_rebuild_raw``."""
+    return (
+        f'{{"deviceIds":[{{"id":{_encode_str(device_id)},"kind":{_encode_str(device_kind)}}}],'
+        f'"message":{_encode_str(message)},"timestamp":{_encode_str(timestamp_raw)}}}'
+    )
+
+
+def _rebuilds(raw_json: str, devices: list[tuple[str, str]], text: Any, stamp: Any) -> bool:
+    if len(devices) != 1 or type(text) is not str or type(stamp) is not str:
+        return False
+    kind, ident = devices[0]
+    return rebuild_raw(ident, kind, text, stamp) == raw_json
 
 
 def _utf8_encodable(value: str) -> bool:
@@ -390,16 +414,11 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
             problems.append(f"deviceIds[{i}].kind {_short(kind)} is not a known kind")
         devices.append((kind, ident))
 
-    device_ids_json: str | None = None
-    if isinstance(raw, dict) and isinstance(raw.get("deviceIds"), list) and depth <= MAX_NESTING:
-        device_ids_json = _device_ids_json(raw["deviceIds"])
-
     first = devices[0] if devices else (None, None)
     return Row(
         account_name=account,
         message_key=key,
         occurrence=occurrence,
-        device_ids_json=device_ids_json,
         device_kind=first[0],
         device_id=first[1],
         devices=tuple(devices),
@@ -407,50 +426,10 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
         received_at=received_at,
         timestamp_raw=timestamp_raw,
         raw_json=raw_json,
+        raw_kept=None if _rebuilds(raw_json, devices, text, timestamp_raw) else raw_json,
         raw_is_jsonb=raw_is_jsonb,
         problems=tuple(p.replace(PROBLEM_SEPARATOR, " ") for p in problems),
     )
-
-
-def _device_ids_json(items: Sequence[Any]) -> str | None:
-    """The received device list with kinds lower-cased, made storable as jsonb."""
-    normalised = [
-        {**item, "kind": item["kind"].lower()}
-        if isinstance(item, dict) and isinstance(item.get("kind"), str)
-        else item
-        for item in items
-    ]
-    try:
-        text = json.dumps(_clean_value(normalised), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return None
-    return text
-
-
-def _clean_value(value: Any) -> Any:
-    """``value`` with every string (keys too) passed through ``clean_text``, without recursion."""
-    if not isinstance(value, (list, dict)):
-        return clean_text(value)[0] if isinstance(value, str) else value
-    root: list[Any] = [None]
-    # (source container, target container, key in target); containers are filled as they are popped.
-    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
-    while stack:
-        source, target, slot = stack.pop()
-        if isinstance(source, list):
-            copy: Any = [None] * len(source)
-            items: Iterable[tuple[Any, Any]] = enumerate(source)
-        else:
-            copy = {}
-            items = ((clean_text(str(k))[0], v) for k, v in source.items())
-        target[slot] = copy
-        for key, child in items:
-            if isinstance(child, (list, dict)):
-                if isinstance(copy, dict):
-                    copy[key] = None  # keeps the key order of the source
-                stack.append((child, copy, key))
-            else:
-                copy[key] = clean_text(child)[0] if isinstance(child, str) else child
-    return root[0]
 
 
 def _value_representable(value: Any) -> bool:

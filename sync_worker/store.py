@@ -11,13 +11,15 @@ its own and refuses to become part of the caller's). SQL lives in
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import psycopg
+import psycopg.errors
 import psycopg.rows
 
 from sync_worker import db, errors, models, queries, rows, secret
@@ -25,6 +27,8 @@ from sync_worker import db, errors, models, queries, rows, secret
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
 _MAX_ERROR_TEXT: Final = 4000
+# The CHECKs that keep dated rows out of the undated partitions (migration 0006).
+_UNDATED_ONLY: Final = frozenset({"sms_message_undated_only", "sms_message_device_undated_only"})
 
 Connection = psycopg.Connection[Any]
 
@@ -72,13 +76,46 @@ def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> Blo
     built = rows.build_rows(page.account_name, page.messages)
     params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next)
     malformed = tuple((i, r.problems) for i, r in enumerate(built) if r.problems)
-    with db.transaction(conn, single_statement=True) as cur:
-        row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
-    assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
-    inserted = int(row[0])
+    try:
+        inserted = _write_block(conn, params)
+    except errors.StoreError as exc:
+        if not _lacks_partition(exc):
+            raise
+        # A month seen for the first time: create its partition, then write the block again
+        # (the failed statement changed nothing).
+        ensure_partitions(conn, [r.received_at for r in built])
+        inserted = _write_block(conn, params)
     return BlockResult(
         received=len(built), inserted=inserted, replays=len(built) - inserted, malformed=malformed
     )
+
+
+def _write_block(conn: Connection, params: dict[str, Any]) -> int:
+    with db.transaction(conn, single_statement=True) as cur:
+        row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
+    assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+    return int(row[0])
+
+
+def _lacks_partition(exc: errors.StoreError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.errors.CheckViolation) and cause.diag.constraint_name in _UNDATED_ONLY
+
+
+def ensure_partitions(conn: Connection, times: Iterable[dt.datetime | None]) -> None:
+    """Create the history partitions that rows received at ``times`` need (one per UTC month).
+
+    The daemon calls it ahead of need for this month and the next, so the write path meets a
+    missing partition only for messages dated elsewhere (a device clock off, a late backlog).
+    """
+    months = _months(times)
+    if months:
+        with db.transaction(conn) as cur:
+            cur.execute(queries.get("ensure_partitions"), {"times": months})
+
+
+def _months(times: Iterable[dt.datetime | None]) -> list[dt.datetime]:
+    return sorted({t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times if t})
 
 
 def quarantine_block(
@@ -172,6 +209,8 @@ def replay_quarantined(
         if built:
             # The sync's own statement, without a cursor move or a run: the same rows and keys.
             params = _block_params(account, built, run_id=None, next_token=None, move_cursor=False)
+            # Inside this transaction, so the partitions come first (a failed statement would end it).
+            cur.execute(queries.get("ensure_partitions"), {"times": _months(r.received_at for r in built)})
             counted = cur.execute(queries.get("commit_block"), params).fetchone()
             assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
             inserted = int(counted[0])
@@ -246,13 +285,16 @@ def _block_params(
     next_token: str | None,
     move_cursor: bool = True,
 ) -> dict[str, Any]:
-    dev_key: list[str] = []
+    keys = [bytes.fromhex(r.message_key) for r in built]
+    dev_key: list[bytes] = []
     dev_position: list[int] = []
     dev_kind: list[str] = []
     dev_id: list[str] = []
-    for r in built:
-        for position, (kind, ident) in enumerate(r.devices):
-            dev_key.append(r.message_key)
+    for key, r in zip(keys, built, strict=True):
+        # The first device lives in the message row; only the rare others need rows of their own.
+        for position in range(1, len(r.devices)):
+            kind, ident = r.devices[position]
+            dev_key.append(key)
             dev_position.append(position)
             dev_kind.append(kind)
             dev_id.append(ident)
@@ -264,18 +306,17 @@ def _block_params(
         "move_cursor": move_cursor,
         "received": len(built),
         "malformed": sum(1 for r in built if r.problems),
-        "message_key": [r.message_key for r in built],
+        "message_key": keys,
         "occurrence": [r.occurrence for r in built],
-        "device_ids": [r.device_ids_json for r in built],
         "device_kind": [r.device_kind for r in built],
         "device_id": [r.device_id for r in built],
         "device_count": [len(r.devices) for r in built],
         "message": [r.message for r in built],
         "received_at": [r.received_at for r in built],
         "timestamp_raw": [r.timestamp_raw for r in built],
-        "raw_json": [r.raw_json for r in built],
+        "raw_kept": [r.raw_kept for r in built],
         "raw_is_jsonb": [r.raw_is_jsonb for r in built],
-        "problems": [sep.join(r.problems) for r in built],
+        "problems": [sep.join(r.problems) if r.problems else None for r in built],
         "dev_message_key": dev_key,
         "dev_position": dev_position,
         "dev_kind": dev_kind,

@@ -2,39 +2,39 @@
 
 -- name: commit_block
 -- The whole block in one statement (one round trip, one transaction): rows,
--- device rows, the cursor and the run counters land together or not at all.
+-- extra-device rows, the cursor and the run counters land together or not at all.
 -- Parameters travel in binary format: dumping text arrays as text costs more
 -- client CPU than the server spends on the whole statement. A quarantine replay
 -- runs the same statement with move_cursor false and no run: rows only.
-WITH incoming AS (
-    SELECT *
-    FROM unnest(
-        %(message_key)b::text[], %(occurrence)b::integer[], %(device_ids)b::text[],
-        %(device_kind)b::text[], %(device_id)b::text[], %(device_count)b::integer[],
-        %(message)b::text[], %(received_at)b::timestamptz[], %(timestamp_raw)b::text[],
-        %(raw_json)b::text[], %(raw_is_jsonb)b::boolean[], %(problems)b::text[]
-    ) AS t(message_key, occurrence, device_ids, device_kind, device_id, device_count,
-           message, received_at, timestamp_raw, raw_json, raw_is_jsonb, problems)
-),
-inserted AS (
-    INSERT INTO sms_history (
-        account_name, message_key, occurrence, device_ids, device_kind, device_id, device_count,
-        message, received_at, timestamp_raw, raw_json, raw, problems, run_id
+-- A message whose month has no partition yet fails the undated partition's CHECK;
+-- store.commit_block then creates the partition and runs the statement again.
+WITH inserted AS (
+    INSERT INTO sms_message (
+        received_at, run_id, occurrence, device_count, raw_is_jsonb, account_name, message_key,
+        device_kind, device_id, message, timestamp_raw, raw_kept, problems
     )
-    SELECT %(account_name)b, message_key, occurrence, device_ids::jsonb, device_kind, device_id,
-           device_count, message, received_at, timestamp_raw, raw_json,
-           CASE WHEN raw_is_jsonb THEN raw_json::jsonb END,
+    SELECT t.received_at, %(run_id)b, t.occurrence, t.device_count, t.raw_is_jsonb, %(account_name)b,
+           t.message_key, t.device_kind, t.device_id, t.message, t.timestamp_raw, t.raw_kept,
            -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
-           string_to_array(problems, E'\x1f'),
-           %(run_id)b
-    FROM incoming
-    ON CONFLICT (account_name, message_key) DO NOTHING
-    RETURNING id, message_key, received_at
+           string_to_array(t.problems, E'\x1f')
+    FROM unnest(
+        %(received_at)b::timestamptz[], %(occurrence)b::integer[], %(device_count)b::integer[],
+        %(raw_is_jsonb)b::boolean[], %(message_key)b::bytea[], %(device_kind)b::text[],
+        %(device_id)b::text[], %(message)b::text[], %(timestamp_raw)b::text[], %(raw_kept)b::text[],
+        %(problems)b::text[]
+    ) AS t(received_at, occurrence, device_count, raw_is_jsonb, message_key, device_kind, device_id,
+           message, timestamp_raw, raw_kept, problems)
+    ON CONFLICT (account_name, received_at, message_key) DO NOTHING
+    RETURNING received_at, first_stored_at, message_key, message, timestamp_raw, problems
 ),
 devices AS (
-    INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id, received_at)
-    SELECT i.id, d.position, %(account_name)b, d.device_kind, d.device_id, i.received_at
-    FROM unnest(%(dev_message_key)b::text[], %(dev_position)b::integer[],
+    INSERT INTO sms_message_device (
+        received_at, first_stored_at, position, account_name, message_key, device_kind, device_id,
+        message, timestamp_raw, problems
+    )
+    SELECT i.received_at, i.first_stored_at, d.position, %(account_name)b, i.message_key, d.device_kind,
+           d.device_id, i.message, i.timestamp_raw, i.problems
+    FROM unnest(%(dev_message_key)b::bytea[], %(dev_position)b::integer[],
                 %(dev_kind)b::text[], %(dev_id)b::text[])
          AS d(message_key, position, device_kind, device_id)
     JOIN inserted i ON i.message_key = d.message_key
@@ -156,7 +156,7 @@ SELECT a.account_name,
        c.moved_at,
        c.last_success_at,
        EXTRACT(EPOCH FROM (now() - c.last_success_at))::double precision AS lag_seconds,
-       (SELECT count(*) FROM sms_history h WHERE h.account_name = a.account_name) AS row_count,
+       (SELECT count(*) FROM sms_message h WHERE h.account_name = a.account_name) AS row_count,
        r.outcome AS last_run_outcome,
        c.last_error,
        c.last_error_at,
@@ -180,3 +180,6 @@ LIMIT 1;
 
 -- name: stored_raw_json
 SELECT raw_json FROM sms_history WHERE account_name = %(account_name)s;
+
+-- name: ensure_partitions
+SELECT sms_history_ensure_partition(at) FROM unnest(%(times)s::timestamptz[]) AS t(at);

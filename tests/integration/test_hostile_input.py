@@ -384,7 +384,9 @@ def test_hostile_message_becomes_a_row_with_the_exact_original(db_url: str, case
     assert dict(found) == expected
     with psycopg.connect(db_url) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"sms_history", "sync_cursor", "sync_run"} <= tables
+        views = {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+    assert {"sms_message", "sync_cursor", "sync_run"} <= tables
+    assert "sms_history" in views
 
 
 def test_simulator_can_queue_a_lone_surrogate() -> None:
@@ -403,9 +405,10 @@ def test_malformed_messages_are_counted_with_their_problems(db_url: str) -> None
     (account,) = result.accounts
     assert account.outcome == "succeeded" and account.received == 2 and account.malformed == 2, account
     with psycopg.connect(db_url) as conn:
-        rows = conn.execute("SELECT problems, received_at FROM sms_history ORDER BY id").fetchall()
-    assert all(problems for problems, _ in rows)
-    assert rows[1][1] is None  # an unparseable timestamp is NULL, never a guess
+        rows = conn.execute("SELECT problems, received_at, timestamp_raw FROM sms_history").fetchall()
+    assert len(rows) == 2 and all(problems for problems, _, _ in rows)
+    [garbage] = [r for r in rows if r[2] == MESSAGE_CASES["garbage_timestamp"]["timestamp"]]
+    assert garbage[1] is None  # an unparseable timestamp is NULL, never a guess
 
 
 # --- hostile paging -------------------------------------------------------------------------

@@ -289,4 +289,5 @@ def test_sql_metacharacters_in_account_token_and_text_are_stored_verbatim(db: ps
     assert row[2] == "1' OR '1'='1"
     assert json.loads(row[3]) == msg.raw
     tables = {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"sms_history", "sync_cursor", "sync_run"} <= tables
+    assert {"sms_message", "sync_cursor", "sync_run"} <= tables
+    assert db.execute("SELECT to_regclass('sms_history') IS NOT NULL").fetchone() == (True,)

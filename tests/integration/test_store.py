@@ -58,7 +58,7 @@ def test_block_rows_cursor_and_counters_land_together(db: psycopg.Connection[Any
     assert (result.received, result.inserted, result.replays, result.malformed) == (100, 100, 0, ())
     assert store.get_cursor(db, "0252012345-00001") == "tok-1"
     assert _count(db, "sms_history") == 100
-    assert _count(db, "sms_history_device") == 100
+    assert _count(db, "sms_by_device") == 100
     assert _run_row(db, run_id)[:5] == (1, 100, 100, 0, 0)
     row = db.execute(
         "SELECT device_kind, device_id, message, received_at, timestamp_raw, raw, run_id"
@@ -89,7 +89,7 @@ def test_failure_between_upsert_and_cursor_update_moves_nothing(db: psycopg.Conn
     with pytest.raises(errors.StoreError, match="injected cursor failure"):
         store.commit_block(db, run_id, _page(account, [_wire(i) for i in range(2, 50)], next_token="after"))
     assert _count(db, "sms_history") == 1
-    assert _count(db, "sms_history_device") == 1
+    assert _count(db, "sms_by_device") == 1
     assert store.get_cursor(db, account) == "before"
     assert _run_row(db, run_id)[:5] == (1, 1, 1, 0, 0)
 
@@ -100,14 +100,14 @@ def test_replayed_block_changes_nothing_and_counts_replays(db: psycopg.Connectio
     page = _page(account, [_wire(i) for i in range(100)])
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, page)
-    before = db.execute("SELECT id, message_key, first_stored_at FROM sms_history ORDER BY id").fetchall()
+    before = db.execute("SELECT message_key, first_stored_at FROM sms_history ORDER BY message_key").fetchall()
     second = store.commit_block(db, run_id, page)
     assert (second.received, second.inserted, second.replays) == (100, 0, 100)
     assert (
-        db.execute("SELECT id, message_key, first_stored_at FROM sms_history ORDER BY id").fetchall()
+        db.execute("SELECT message_key, first_stored_at FROM sms_history ORDER BY message_key").fetchall()
         == before
     )
-    assert _count(db, "sms_history_device") == 100
+    assert _count(db, "sms_by_device") == 100
     assert _run_row(db, run_id)[:4] == (2, 200, 100, 100)
 
 
@@ -218,8 +218,7 @@ def test_malformed_message_is_stored_with_exact_original(
     problems = result.malformed[0][1]
     assert problems
     row = db.execute(
-        "SELECT raw_json, raw, problems, message FROM sms_history"
-        " WHERE id = (SELECT max(id) FROM sms_history)"
+        "SELECT raw_json, raw, problems, message FROM sms_history WHERE cardinality(problems) > 0"
     ).fetchone()
     assert row is not None
     raw_json, raw_jsonb, stored_problems, message = row
@@ -245,12 +244,12 @@ def test_replacement_characters_are_reported(db: psycopg.Connection[Any]) -> Non
         "timestamp": "2024-01-01T00:00:00Z",
     }
     store.commit_block(db, run_id, _page(account, [wire]))
-    row = db.execute("SELECT message, problems, raw, device_ids FROM sms_history").fetchone()
+    row = db.execute("SELECT message, problems, raw, device_kind, device_id FROM sms_history").fetchone()
     assert row is not None
     assert row[0] == "a\ufffdb\ufffd"
     assert any("U+FFFD" in p for p in row[1])
     assert row[2] is None  # jsonb cannot hold it; raw_json still does
-    assert row[3] == [{"id": "1", "kind": "imei"}]
+    assert row[3:] == ("imei", "1")
 
 
 def test_final_block_clears_the_cursor(db: psycopg.Connection[Any]) -> None:
@@ -281,31 +280,6 @@ def test_multi_device_message_has_one_device_row_per_device(db: psycopg.Connecti
         "111",
         2,
     )
-
-
-def test_per_device_lookup_uses_the_index(db: psycopg.Connection[Any]) -> None:
-    """ "The last 50 messages of device X" is answered from the device index, not a table scan."""
-    db.execute(
-        """
-        INSERT INTO sms_history (account_name, message_key, occurrence, device_kind, device_id,
-                                 device_count, message, received_at, raw_json)
-        SELECT 'acct', md5(g::text), 0, 'imei', (g % 500)::text, 1, 'm', now() - g * interval '1 minute', '{}'
-        FROM generate_series(1, 20000) g;
-        INSERT INTO sms_history_device
-            (history_id, position, account_name, device_kind, device_id, received_at)
-        SELECT id, 0, account_name, device_kind, device_id, received_at FROM sms_history;
-        ANALYZE sms_history; ANALYZE sms_history_device;
-        """
-    )
-    plan = "\n".join(
-        r[0]
-        for r in db.execute(
-            "EXPLAIN SELECT h.* FROM sms_history_device d JOIN sms_history h ON h.id = d.history_id"
-            " WHERE d.device_kind = 'imei' AND d.device_id = '42' ORDER BY d.received_at DESC LIMIT 50"
-        ).fetchall()
-    )
-    assert "sms_history_device_lookup_idx" in plan, plan
-    assert "Seq Scan on sms_history_device" not in plan, plan
 
 
 def test_finish_run_records_success_and_errors(db: psycopg.Connection[Any]) -> None:

@@ -106,7 +106,28 @@ def test_well_formed_row_fields() -> None:
     assert row.timestamp_raw == "2016-01-01T12:29:49-08:00"
     assert json.loads(row.raw_json) == _wire()
     assert row.raw_is_jsonb
-    assert json.loads(row.device_ids_json or "") == [{"id": "0042", "kind": "imei"}]
+    # One device, wire key order, lower-case kind: the database rebuilds the original from the fields.
+    assert row.raw_kept is None
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"deviceIds": [{"id": "0042", "kind": "IMEI"}], "message": "m", "timestamp": "2016-01-01T00:00:00Z"},
+        {"deviceIds": [{"kind": "imei", "id": "0042"}], "message": "m", "timestamp": "2016-01-01T00:00:00Z"},
+        {"message": "m", "deviceIds": [{"id": "0042", "kind": "imei"}], "timestamp": "2016-01-01T00:00:00Z"},
+        {
+            "deviceIds": [{"id": "0042", "kind": "imei"}, {"id": "7", "kind": "mdn"}],
+            "message": "m",
+            "timestamp": "2016-01-01T00:00:00Z",
+        },
+        {"deviceIds": [], "message": "m", "timestamp": "2016-01-01T00:00:00Z"},
+    ],
+)
+def test_original_is_kept_when_the_fields_cannot_rebuild_it(wire: dict[str, Any]) -> None:
+    """An upper-case kind, another key order or not exactly one device keeps raw_json in raw_kept."""
+    [row] = rows.build_rows("acct", [_msg(wire)])
+    assert row.raw_kept == row.raw_json
 
 
 @pytest.mark.parametrize(
