@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick clean
+.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
+	@echo "make schema-doc        regenerate docs/schema.md's tables and query plans from a migrated database"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,9 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format sync_worker tests bench
 	$(BIN)/ruff check --fix sync_worker tests bench
+
+schema-doc: $(STAMP)
+	SYNC_WRITE_SCHEMA_DOC=1 $(BIN)/python -m pytest -q tests/integration/test_schema_doc.py tests/integration/test_analyst_queries.py
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run

@@ -1,70 +1,191 @@
-"""Analyst queries from docs/schema.md on a skewed dataset: their plans use the indexes."""
+"""Every analyst query docs/schema.md documents (sql/queries/analyst.sql) is index-backed on a skewed
+dataset, and the plans the page shows are the ones this test saw."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import pytest
 
-# One busy device holds a fifth of the traffic, as in the field; the rest is spread thin.
-_ROWS = 40_000
-_SEED_SQL = """
-INSERT INTO sync_run (account_name, worker_host, worker_pid) VALUES ('0252012345-00001', 'seed', 1);
-INSERT INTO sms_history (account_name, message_key, occurrence, device_kind, device_id, device_count,
-                         message, received_at, raw_json)
-SELECT '0252012345-0000' || (1 + g % 2),
-       md5(g::text), 0, 'imei',
-       CASE WHEN g % 5 = 0 THEN '990000862471854' ELSE lpad((g % 4000)::text, 15, '0') END,
-       1, 'm' || g, timestamptz '2024-03-01' + g * interval '1 minute', '{}'
-FROM generate_series(1, %(rows)s) AS g;
-INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id, received_at)
-SELECT id, 0, account_name, device_kind, device_id, received_at FROM sms_history;
-ANALYZE sms_history;
-ANALYZE sms_history_device;
+from sync_worker import queries
+from tests import schema_doc
+
+# One busy device holds a fifth of the traffic and one account 60%, as in the field; the rest is spread
+# thin over 4,000 devices, five months, a few multi-device and undated messages. The issue asks for 1M+
+# rows; `make test` uses fewer with the same skew (SYNC_TEST_ANALYST_ROWS raises it).
+ROWS: Final = int(os.environ.get("SYNC_TEST_ANALYST_ROWS", "200000"))
+BUSY_DEVICE: Final = "990000862471854"
+# A sort of more rows than this (or a sequential scan reading any history row) fails the query.
+MAX_SORTED_ROWS: Final = 1000
+_HISTORY_RE: Final = re.compile(r"^sms_message")
+_SEED_SQL: Final = """
+SELECT sms_history_ensure_partition(timestamptz '2024-03-01 00:00:00+00' + m * interval '1 month')
+FROM generate_series(0, ({rows} / 40000) + 1) AS m;
+INSERT INTO sms_message (received_at, occurrence, device_count, account_name, message_key, device_kind,
+                         device_id, message, timestamp_raw, problems)
+SELECT ts, 0, CASE WHEN g % 50 = 0 THEN 2 ELSE 1 END,
+       CASE WHEN g % 5 < 3 THEN '0252012345-00001' ELSE '0252012345-00002' END,
+       sha256(g::text::bytea), 'imei',
+       CASE WHEN g % 5 = 0 THEN '{busy}' ELSE lpad((g % 4000)::text, 15, '0') END,
+       'm' || g, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END
+FROM generate_series(1, {rows}) AS g,
+     LATERAL (SELECT CASE WHEN g % 500 = 7 THEN NULL
+                          ELSE timestamptz '2024-03-01 00:00:00+00' + g * interval '1 minute' END AS ts) AS t;
+INSERT INTO sms_message_device (received_at, first_stored_at, position, account_name, message_key,
+                                device_kind, device_id, message, timestamp_raw)
+SELECT received_at, first_stored_at, 1, account_name, message_key, 'msisdn',
+       CASE WHEN right(device_id, 1) = '0' THEN '{busy}' ELSE '1' || right(device_id, 10) END,
+       message, timestamp_raw
+FROM sms_message WHERE device_count = 2;
 """
-LAST_50_OF_A_DEVICE = """
-SELECT received_at, message
-FROM sms_by_device
-WHERE device_kind = 'imei' AND device_id = '990000862471854'
-ORDER BY received_at DESC
-LIMIT 50
-"""
 
 
-@pytest.fixture
-def seeded(db: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    db.execute(
-        _SEED_SQL.replace("%(rows)s", str(_ROWS))
-    )  # a constant: the multi-statement script takes no parameters
-    yield db
+@pytest.fixture(scope="module")
+def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
+    # One dataset for the module: building it is most of the time these tests take.
+    url = pg_server.create_database(pg_template)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # Constants only: a multi-statement script takes no parameters.
+            conn.execute(_SEED_SQL.format(rows=int(ROWS), busy=BUSY_DEVICE))
+            conn.execute("VACUUM ANALYZE sms_message")
+            conn.execute("VACUUM ANALYZE sms_message_device")
+            yield conn
+    finally:
+        pg_server.drop_database(url)
 
 
-def _scans(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    yield plan["Node Type"], plan.get("Relation Name", "")
+def documented() -> list[tuple[str, str, str]]:
+    """(name, comment, SQL) of every block of sql/queries/analyst.sql, in file order."""
+    text = (queries.sql_root() / "queries" / "analyst.sql").read_text(encoding="utf-8")
+    out = []
+    for block in text.split("-- name: ")[1:]:
+        name, _, body = block.partition("\n")
+        lines = body.strip().splitlines()
+        comment = " ".join(line[3:] for line in lines if line.startswith("-- "))
+        sql = "\n".join(line for line in lines if not line.startswith("--")).strip()
+        out.append((name.strip(), comment, sql))
+    return out
+
+
+def _nodes(plan: dict[str, Any], depth: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    yield depth, plan
     for child in plan.get("Plans", ()):
-        yield from _scans(child)
+        yield from _nodes(child, depth + 1)
 
 
-def test_last_messages_of_a_device_use_the_device_index(seeded: psycopg.Connection[Any]) -> None:
-    """The flagship query (last 50 of the busiest device) reads the device index, scans no history table
-    and returns the newest messages first."""
-    row = seeded.execute("EXPLAIN (FORMAT JSON) " + LAST_50_OF_A_DEVICE).fetchone()
+def explain(conn: psycopg.Connection[Any], sql: str) -> dict[str, Any]:
+    row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql.rstrip(";")).fetchone()
     assert row is not None
-    plan = (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
-    nodes = list(_scans(plan))
-    seq = [rel for node, rel in nodes if node == "Seq Scan" and rel.startswith("sms_history")]
-    assert not seq, nodes
-    assert ("Index Scan", "sms_history_device") in nodes or any(
-        node.startswith("Index") and rel == "sms_history_device" for node, rel in nodes
-    ), nodes
-    assert not [node for node, _ in nodes if node == "Sort"], nodes
-    got = seeded.execute(LAST_50_OF_A_DEVICE).fetchall()
+    document = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    plan: dict[str, Any] = document[0]["Plan"]
+    return plan
+
+
+def violations(plan: dict[str, Any]) -> list[str]:
+    """Sequential scans that read history rows, and sorts of more than MAX_SORTED_ROWS rows."""
+    found = []
+    for _, node in _nodes(plan):
+        relation = node.get("Relation Name", "")
+        read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        if node["Node Type"] == "Seq Scan" and _HISTORY_RE.match(relation) and read > 0:
+            found.append(f"Seq Scan on {relation} read {read} rows")
+        if node["Node Type"] in ("Sort", "Incremental Sort") and node.get("Actual Rows", 0) > MAX_SORTED_ROWS:
+            found.append(f"{node['Node Type']} of {node['Actual Rows']} rows")
+    return found
+
+
+def summary(plan: dict[str, Any]) -> str:
+    """The plan's shape: node types, relations and indexes, partitions folded (`_p*`), no costs."""
+    lines: list[str] = []
+    for depth, node in _nodes(plan):
+        text = node["Node Type"]
+        if node.get("Scan Direction") == "Backward":
+            text += " Backward"
+        if "Index Name" in node:
+            text += f" using {node['Index Name']}"
+        if "Relation Name" in node:
+            text += f" on {node['Relation Name']}"
+        text = re.sub(r"_p(\d{6}|before_2000|from_2100)", "_p*", text)
+        lines.append("  " * depth + text)
+    folded: list[str] = []
+    counts: list[int] = []
+    for line in lines:
+        if folded and folded[-1] == line:
+            counts[-1] += 1
+        else:
+            folded.append(line)
+            counts.append(1)
+    return "\n".join(line + (f"  (x{n})" if n > 1 else "") for line, n in zip(folded, counts, strict=True))
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in documented()])
+def test_documented_query_is_index_backed(seeded: psycopg.Connection[Any], name: str) -> None:
+    """The documented query reads the history through indexes: no sequential scan reads a history row
+    and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding 20% of the traffic."""
+    [(_, _, sql)] = [q for q in documented() if q[0] == name]
+    plan = explain(seeded, sql)
+    assert violations(plan) == [], summary(plan)
+    assert seeded.execute(sql).fetchall()  # the dataset answers every query
+
+
+def test_last_messages_of_a_device_are_the_newest(seeded: psycopg.Connection[Any]) -> None:
+    """The flagship query returns the busy device's newest 50 messages, newest first, across both tables."""
+    [(_, _, sql)] = [q for q in documented() if q[0] == "last_messages_of_a_device"]
+    got = seeded.execute(sql).fetchall()
     assert len(got) == 50
-    assert [r[0] for r in got] == sorted((r[0] for r in got), reverse=True)
+    stamps = [r[0] for r in got]
+    assert stamps == sorted(stamps, reverse=True)
     newest = seeded.execute(
-        "SELECT max(received_at) FROM sms_history WHERE device_id = '990000862471854'"
+        "SELECT max(received_at) FROM sms_by_device WHERE device_id = %s", (BUSY_DEVICE,)
     ).fetchone()
-    assert newest is not None and got[0][0] == newest[0]
+    assert newest is not None and stamps[0] == newest[0]
+
+
+def test_daily_counts_equal_the_views(seeded: psycopg.Connection[Any]) -> None:
+    """The index-backed day-range functions give the same counts as the whole-history views."""
+    by_function = seeded.execute(
+        "SELECT day_utc, messages, malformed FROM sms_account_daily_counts('0252012345-00001', '2024-05-01',"
+        " '2024-05-31') ORDER BY 1"
+    ).fetchall()
+    by_view = seeded.execute(
+        "SELECT day_utc, messages, malformed FROM sms_daily_account_counts WHERE account_name ="
+        " '0252012345-00001' AND day_utc BETWEEN '2024-05-01' AND '2024-05-31' ORDER BY 1"
+    ).fetchall()
+    assert by_function == by_view and len(by_function) == 31
+    devices = seeded.execute(
+        "SELECT day_utc, messages FROM sms_device_daily_counts('imei', %s, '2024-05-01', '2024-05-31')"
+        " ORDER BY 1",
+        (BUSY_DEVICE,),
+    ).fetchall()
+    device_view = seeded.execute(
+        "SELECT day_utc, sum(messages) FROM sms_daily_device_counts"
+        " WHERE device_kind = 'imei' AND device_id = %s AND day_utc BETWEEN '2024-05-01' AND '2024-05-31'"
+        " GROUP BY 1 ORDER BY 1",
+        (BUSY_DEVICE,),
+    ).fetchall()
+    assert devices == device_view and len(devices) == 31
+
+
+def test_schema_doc_shows_these_queries_and_plans(seeded: psycopg.Connection[Any]) -> None:
+    """docs/schema.md's "Analyst queries" block is this file's queries with the plans seen here
+    (compared on the PostgreSQL major the page names; `make schema-doc` rewrites it)."""
+    major = int(str(seeded.info.server_version)[:2])
+    parts = [
+        f"Plans seen by `tests/integration/test_analyst_queries.py` on PostgreSQL {major} with "
+        f"{ROWS:,} messages (one device 20% of them), `EXPLAIN (ANALYZE)` shape without costs.\n"
+    ]
+    for name, comment, sql in documented():
+        parts.append(f"### {name.replace('_', ' ')}\n\n{comment}\n\n```sql\n{sql}\n```\n")
+        parts.append(f"```text\n{summary(explain(seeded, sql))}\n```\n")
+    generated = "\n".join(parts)
+    stored = schema_doc.check_or_write("queries", generated)
+    if stored is None or f"on PostgreSQL {major} with {ROWS:,} messages" not in stored:
+        return  # written now, or the page shows another server's or size's plans: the rules above still ran
+    assert stored == generated, "docs/schema.md's query plans are stale: run `make schema-doc`"
