@@ -62,15 +62,18 @@ def start_run(conn: Connection, account: str) -> int:
     return int(row[0])
 
 
-def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> BlockResult:
+def commit_block(
+    conn: Connection, run_id: int, page: models.HistoryPage, *, source: str = "poll"
+) -> BlockResult:
     """Store one block, move the cursor to ``page.next`` and count it, atomically.
 
     One statement, so one round trip and one transaction: either the rows, the
     cursor and the counters all land, or none of them does. Replayed messages
-    hit ``ON CONFLICT DO NOTHING`` and count as replays.
+    hit ``ON CONFLICT DO NOTHING`` and count as replays. ``source`` marks new rows
+    (``poll`` or ``push``; a row keeps the source of its first copy).
     """
     built = rows.build_rows(page.account_name, page.messages)
-    params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next)
+    params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next, source=source)
     malformed = tuple((i, r.problems) for i, r in enumerate(built) if r.problems)
     with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
@@ -245,6 +248,7 @@ def _block_params(
     run_id: int | None,
     next_token: str | None,
     move_cursor: bool = True,
+    source: str = "poll",
 ) -> dict[str, Any]:
     dev_key: list[str] = []
     dev_position: list[int] = []
@@ -262,6 +266,7 @@ def _block_params(
         "run_id": run_id,
         "next_token": next_token,
         "move_cursor": move_cursor,
+        "source": source,
         "received": len(built),
         "malformed": sum(1 for r in built if r.problems),
         "message_key": [r.message_key for r in built],

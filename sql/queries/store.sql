@@ -5,7 +5,8 @@
 -- device rows, the cursor and the run counters land together or not at all.
 -- Parameters travel in binary format: dumping text arrays as text costs more
 -- client CPU than the server spends on the whole statement. A quarantine replay
--- runs the same statement with move_cursor false and no run: rows only.
+-- runs the same statement with move_cursor false and no run: rows only; so does a
+-- pushed callback, with source 'push'.
 WITH incoming AS (
     SELECT *
     FROM unnest(
@@ -19,14 +20,14 @@ WITH incoming AS (
 inserted AS (
     INSERT INTO sms_history (
         account_name, message_key, occurrence, device_ids, device_kind, device_id, device_count,
-        message, received_at, timestamp_raw, raw_json, raw, problems, run_id
+        message, received_at, timestamp_raw, raw_json, raw, problems, run_id, source
     )
     SELECT %(account_name)b, message_key, occurrence, device_ids::jsonb, device_kind, device_id,
            device_count, message, received_at, timestamp_raw, raw_json,
            CASE WHEN raw_is_jsonb THEN raw_json::jsonb END,
            -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
            string_to_array(problems, E'\x1f'),
-           %(run_id)b
+           %(run_id)b, %(source)b
     FROM incoming
     ON CONFLICT (account_name, message_key) DO NOTHING
     RETURNING id, message_key, received_at
