@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -190,6 +190,56 @@ def replay_quarantined(
             },
         )
     return ReplayResult(quarantine_id, account, len(built), inserted, resolved, problem)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackResult:
+    callback_id: int
+    messages: int  # messages read from the callback
+    inserted: int  # of those, rows new to sms_history (the rest were stored already)
+    first_seen: bool  # False: the same body was accepted before (a redelivery)
+
+
+def store_callback(
+    conn: Connection, kept: models.KeptCallback, messages: Sequence[models.SMSMessage]
+) -> CallbackResult:
+    """Store a pushed callback's messages (source 'push') and its body, in one transaction.
+
+    The messages go through the sync's own ``commit_block`` statement without a cursor move
+    or a run, as a quarantine replay does: same rows, same keys, so a message that is also
+    polled (or pushed again) is absorbed by the unique key.
+    """
+    built = rows.build_rows(kept.account_name, messages)
+    with db.transaction(conn) as cur:
+        inserted = 0
+        if built:
+            params = _block_params(
+                kept.account_name, built, run_id=None, next_token=None, move_cursor=False, source="push"
+            )
+            counted = cur.execute(queries.get("commit_block"), params).fetchone()
+            assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+            inserted = int(counted[0])
+        row = cur.execute(
+            queries.get("callback_keep"),
+            {
+                "account_name": kept.account_name,
+                "shape": kept.shape,
+                "problem": _error_text(kept.problem),
+                "request_id": kept.request_id,
+                "callback_count": kept.callback_count,
+                "messages": len(built),
+                "inserted": inserted,
+                "message_keys": [r.message_key for r in built],
+                "body": kept.body,
+                "body_size": kept.body_size,
+                "body_sha256": kept.body_sha256,
+                "body_exact": kept.body_exact,
+                "source_address": kept.source_address,
+                "received_at": kept.received_at,
+            },
+        ).fetchone()
+    assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
+    return CallbackResult(int(row[0]), len(built), inserted, bool(row[1]))
 
 
 def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
