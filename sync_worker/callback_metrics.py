@@ -14,6 +14,7 @@ from sync_worker import metrics
 
 class CallbackMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.registry = registry
         p = metrics.PREFIX
         self.received = prometheus_client.Counter(
             p + "callbacks_received",

@@ -135,6 +135,10 @@ class ThingSpaceClient:
     def base_url(self) -> str:
         return self._base
 
+    @property
+    def allow_insecure_loopback(self) -> bool:
+        return self._cfg.allow_insecure_loopback
+
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
@@ -496,7 +500,7 @@ class ConnectivityCallbacksController:
     ) -> models.CallbackActionResult:
         """POST ``/m2m/v1/callbacks/{aname}``: replaces whatever listener the service had."""
         _check_account(account_name)
-        body.validate()
+        body.validate(allow_insecure_loopback=self._client.allow_insecure_loopback)
         operation = "register_callback"
         response = self._client.call(
             operation,

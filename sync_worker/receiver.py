@@ -245,6 +245,7 @@ class Receiver:
         # A reused connection may have died while idle (a database restart): one more try
         # on a fresh one before answering 503.
         for attempt in range(2):
+            reused = False
             try:
                 with self._pool.connection() as (conn, reused):
                     return store.store_callback(conn, kept, messages)

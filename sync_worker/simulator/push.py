@@ -178,6 +178,11 @@ class Pusher:
         with self._lock:
             return bool(self._lock.wait_for(lambda: not self._pending and not self._in_flight, timeout))
 
+    def wait_for(self, condition: Callable[[PushCounters], bool], timeout: float) -> bool:
+        """Block until ``condition(counters)`` holds (True) or ``timeout`` passes (False)."""
+        with self._lock:
+            return bool(self._lock.wait_for(lambda: condition(self.counters), timeout))
+
     def stop(self) -> None:
         self._stopping.set()
         with self._lock:
@@ -229,6 +234,7 @@ class Pusher:
             path += "?" + parts.query
         with self._lock:
             self.counters.attempts += 1
+            self._lock.notify_all()
         try:
             conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             status = conn.getresponse().status
