@@ -7,7 +7,9 @@ import contextlib
 import http.client
 import io
 import json
+import signal
 import socket
+import urllib.error
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,8 @@ import pytest
 import structlog
 
 from sync_worker import callback_metrics, callbacks, cli, db, logs, receiver, secret, simulator
-from tests.reliability import proxy
+from tests.integration import test_cli_e2e as e2e
+from tests.reliability import crash, proxy
 
 ACCOUNT = "0252012345-00091"
 OTHER = "0252012345-00092"
@@ -174,6 +177,14 @@ def envelope(message: Any, *, password: str = PASSWORD, **extra: Any) -> bytes:
         **extra,
     }
     return json.dumps(body).encode()
+
+
+def probe(url: str) -> int:
+    """The status of a GET, 0 while nothing listens yet."""
+    try:
+        return e2e.http_get(url)[0]
+    except urllib.error.URLError:
+        return 0
 
 
 def sample(metrics: callback_metrics.CallbackMetrics, name: str, **labels: str) -> float:
@@ -455,3 +466,39 @@ def test_register_refuses_a_foreign_listener_list_hides_passwords_remove_guards_
     assert code == 0 and last_json(out)["removed"] == f"http://127.0.0.1:9005/callbacks/{ACCOUNT}"
     code, out, _ = run_cli(capsys, env, "callbacks", "list", "--account", ACCOUNT, "--json")
     assert last_json(out) == {"listeners": []}
+
+
+def test_receive_command_serves_callbacks_health_and_metrics_and_stops_on_sigterm(db_url: str) -> None:
+    """`sync-worker receive`: /healthz and /readyz 200, a callback stored and counted in /metrics,
+    SIGTERM exits 0; no secret in its output."""
+    callback_port, metrics_port = free_port(), free_port()
+    env = simulator.worker_env(
+        "http://127.0.0.1:1/api",
+        accounts=[ACCOUNT],
+        database_url=db_url,
+        inherit=True,
+        SYNC_CALLBACK_USERNAME=USER,
+        SYNC_CALLBACK_PASSWORD=PASSWORD,
+        SYNC_CALLBACK_HOST="127.0.0.1",
+        SYNC_CALLBACK_PORT=str(callback_port),
+        SYNC_METRICS_PORT=str(metrics_port),
+        SYNC_LOG_FORMAT="json",
+    )
+    worker = crash.Worker(["receive"], env, "receiver")
+    try:
+        base = f"http://127.0.0.1:{metrics_port}"
+        crash.wait_until(lambda: probe(base + "/healthz") == 200, 30, "the receiver's /healthz")
+        assert e2e.http_get(base + "/readyz")[0] == 200
+        assert post(callback_port, envelope(messages(1)[0])) == (
+            200,
+            {"status": "stored", "messages": 1, "inserted": 1},
+        )
+        _, text = e2e.http_get(base + "/metrics")
+        assert f'thingspace_sync_callbacks_stored_total{{account="{ACCOUNT}",shape="envelope"}} 1.0' in text
+        worker.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = worker.wait(30)
+    assert code == 0, worker.stderr
+    assert PASSWORD not in worker.stdout + worker.stderr
+    assert '"callback_stored"' in worker.stdout
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
