@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument("--seed-messages", type=int, metavar="N", help="per account (default: the simulator's)")
     p.add_argument("--accounts", metavar="A,B,...", help="default: the simulator's two demo accounts")
     p.add_argument("--block-size", type=int, metavar="N", help="messages per history block (default: 100)")
-    add("demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query")
+    p = add(
+        "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"
+    )
+    p.add_argument(
+        "--push", action="store_true", help="the same in push mode: receiver, callbacks, a polling pass"
+    )
     return parser
 
 

@@ -520,4 +520,6 @@ def cmd_simulate(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
+    if ctx.args.push:
+        return demo.run_push(out=ctx.out)
     return demo.run(out=ctx.out)

@@ -27,6 +27,7 @@ import datetime as dt
 import http.server
 import ipaddress
 import json
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -333,6 +334,12 @@ class _Server(http.server.ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
         super().__init__(address, _Handler)
         self.receiver = receiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A caller that hangs up (after its answer, or mid-request) is not a receiver fault.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        _log.error("callback_receiver_request_crashed", kind=type(sys.exc_info()[1]).__name__)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

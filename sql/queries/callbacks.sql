@@ -21,3 +21,7 @@ FROM sms_callback
 WHERE shape = 'unknown'
   AND (%(account_name)s::text IS NULL OR account_name = %(account_name)s::text)
 ORDER BY id;
+
+-- name: history_source_counts
+-- Rows of one account by source (the push demo, operators comparing the two modes).
+SELECT source, count(*) FROM sms_history WHERE account_name = %(account_name)s GROUP BY source ORDER BY source;
