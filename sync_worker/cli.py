@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument("--account", required=True, metavar="A")
     p.add_argument("--url", metavar="URL", help="this receiver's URL (default: from SYNC_CALLBACK_URL)")
     p.add_argument("--force", action="store_true", help="remove a listener that is not this receiver")
+    p = add(
+        "kept",
+        "cmd_callbacks_kept",
+        "callbacks of a shape the receiver does not know, kept in sms_callback (data on stdout)",
+        cb_sub,
+    )
+    p.add_argument("--account", metavar="A", help="only this account")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     add(
         "receive",
         "cmd_receive",

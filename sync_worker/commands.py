@@ -472,6 +472,23 @@ def cmd_callbacks_remove(ctx: Context) -> int:
     return exitcodes.OK
 
 
+def cmd_callbacks_kept(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        rows = status.unknown_callbacks(conn, ctx.args.account)
+    if ctx.args.json:
+        ctx.print(json.dumps({"kept": report.jsonable(rows)}, sort_keys=True))
+    elif rows:
+        ctx.print(
+            report.table(
+                rows, ("id", "account_name", "problem", "body_size", "first_stored_at", "seen_count")
+            )
+        )
+    else:
+        ctx.print("(no callback of an unknown shape)")
+    return exitcodes.OK
+
+
 def cmd_receive(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=True)
     with _connection(settings):

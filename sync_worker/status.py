@@ -113,6 +113,14 @@ def stored_raw_json(conn: db.Connection, account: str) -> list[str]:
         return [r[0] for r in cur.execute(queries.get("stored_raw_json"), {"account_name": account})]
 
 
+def unknown_callbacks(conn: db.Connection, account: str | None = None) -> list[dict[str, Any]]:
+    """Callbacks kept with a shape the receiver does not know (their messages are not in sms_history)."""
+    with db.transaction(conn) as cur:
+        found = cur.execute(queries.get("callback_unknown_list"), {"account_name": account})
+        names = [c.name for c in found.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in found.fetchall()]
+
+
 def history_source_counts(conn: db.Connection, account: str) -> dict[str, int]:
     """Rows of ``account`` per ``source`` (``poll``, ``push``)."""
     with db.transaction(conn) as cur:

@@ -502,3 +502,42 @@ def test_receive_command_serves_callbacks_health_and_metrics_and_stops_on_sigter
     assert PASSWORD not in worker.stdout + worker.stderr
     assert '"callback_stored"' in worker.stdout
     assert history(db_url) == [(canonical(messages(1))[0], "push")]
+
+
+def test_removing_the_listener_switches_back_to_polling_without_loss(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """callbacks remove while pushes are failing: they go back to the queue, later messages are queued,
+    and a poll pass stores all of them."""
+    push_sim.config.callback_retry_seconds = 0.2
+    sent = messages(20)
+    push_sim.inject(ACCOUNT, sent)
+    env = env_for(push_sim, db_url, free_port())
+    assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+    assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+    code, out, _ = run_cli(capsys, env, "callbacks", "remove", "--account", ACCOUNT)
+    assert code == 0, out
+    assert push_sim.push.wait_idle(60)
+    later = messages(5, start=100)
+    push_sim.inject(ACCOUNT, later)
+    assert push_sim.push.counters.delivered == 0
+    assert len(push_sim.queued(ACCOUNT)) == 25
+    code, out, _ = run_cli(capsys, env, "once")
+    assert code == 0, out
+    assert history(db_url) == sorted((m, "poll") for m in canonical(sent + later))
+
+
+def test_callbacks_kept_lists_unknown_shapes_without_their_body(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`callbacks kept --json` lists the kept unknown-shape callback: id, problem, size; no body."""
+    body = json.dumps({"username": USER, "password": PASSWORD, "mystery": 1}).encode()
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body)[0] == 200
+    env = {"SYNC_DATABASE_URL": db_url, "SYNC_LOG_FORMAT": "json"}
+    code, out, _ = run_cli(capsys, env, "callbacks", "kept", "--json")
+    assert code == 0
+    (kept,) = last_json(out)["kept"]
+    assert (kept["account_name"], kept["problem"]) == (ACCOUNT, "no known message shape (keys: mystery)")
+    assert kept["body_size"] == len(body.replace(PASSWORD.encode(), callbacks.REDACTED.encode()))
+    assert "body" not in kept
