@@ -12,12 +12,26 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
 
-from sync_worker import client, config, db, guard, migrations, retry, scheduler, sync
+from sync_worker import (
+    callback_metrics,
+    callbacks,
+    client,
+    config,
+    db,
+    errors,
+    guard,
+    migrations,
+    receiver,
+    retry,
+    scheduler,
+    sync,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -193,3 +207,39 @@ def run_daemon(
             install_signal_handlers=install_signal_handlers,
             liveness=liveness,
         )
+
+
+def callback_receiver(
+    settings: config.Settings,
+    connect: db.ConnectionFactory,
+    metrics: callback_metrics.CallbackMetrics,
+) -> receiver.Receiver:
+    """The callback receiver of ``SYNC_ACCOUNTS`` (not started)."""
+    if not settings.callback_username or not settings.callback_password:
+        raise errors.ConfigError(
+            "SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD (or SYNC_CALLBACK_PASSWORD_FILE) are "
+            "required: ThingSpace puts them in every callback body"
+        )
+    credentials = callbacks.ListenerCredentials(
+        settings.callback_username, settings.callback_password, settings.callback_previous_password
+    )
+    return receiver.Receiver(
+        receiver.ReceiverConfig(
+            accounts=frozenset(settings.account_names),
+            credentials=credentials,
+            host=settings.callback_host,
+            port=settings.callback_port,
+            max_body_bytes=settings.callback_max_body_bytes,
+            allowed_sources=settings.callback_allowed_sources,
+            trusted_proxies=settings.callback_trusted_proxies,
+        ),
+        connect,
+        metrics,
+    )
+
+
+def listener_url(settings: config.Settings, account: str) -> str | None:
+    """The URL this deployment registers for ``account`` (None without ``SYNC_CALLBACK_URL``)."""
+    if not settings.callback_url:
+        return None
+    return f"{settings.callback_url}{receiver.PATH_PREFIX}{urllib.parse.quote(account, safe='')}"

@@ -135,6 +135,45 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     )
     p.add_argument("--account", required=True, metavar="A")
 
+    callbacks = sub.add_parser("callbacks", help="the account's callback listener (push mode)")
+    cb_sub = callbacks.add_subparsers(dest="callbacks_command", metavar="ACTION", required=True)
+    p = add(
+        "list", "cmd_callbacks_list", "the account's registered listeners (passwords never shown)", cb_sub
+    )
+    p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add(
+        "register",
+        "cmd_callbacks_register",
+        "register this receiver as the account's SMS listener (refuses to replace another one)",
+        cb_sub,
+    )
+    p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--url", metavar="URL", help="default: SYNC_CALLBACK_URL/callbacks/ACCOUNT")
+    p.add_argument("--replace", action="store_true", help="replace a listener that is not this receiver")
+    p = add(
+        "remove",
+        "cmd_callbacks_remove",
+        "remove the account's SMS listener (pushes then fail and go back to the queue for polling)",
+        cb_sub,
+    )
+    p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--url", metavar="URL", help="this receiver's URL (default: from SYNC_CALLBACK_URL)")
+    p.add_argument("--force", action="store_true", help="remove a listener that is not this receiver")
+    p = add(
+        "kept",
+        "cmd_callbacks_kept",
+        "callbacks of a shape the receiver does not know, kept in sms_callback (data on stdout)",
+        cb_sub,
+    )
+    p.add_argument("--account", metavar="A", help="only this account")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add(
+        "receive",
+        "cmd_receive",
+        "serve the callback endpoint: store pushed SMS of SYNC_ACCOUNTS until SIGTERM/SIGINT",
+    )
+
     p = add(
         "simulate", "cmd_simulate", "run the ThingSpace simulator (for trying the worker without an account)"
     )
@@ -144,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument("--seed-messages", type=int, metavar="N", help="per account (default: the simulator's)")
     p.add_argument("--accounts", metavar="A,B,...", help="default: the simulator's two demo accounts")
     p.add_argument("--block-size", type=int, metavar="N", help="messages per history block (default: 100)")
-    add("demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query")
+    p = add(
+        "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"
+    )
+    p.add_argument(
+        "--push", action="store_true", help="the same in push mode: receiver, callbacks, a polling pass"
+    )
     return parser
 
 

@@ -2,7 +2,8 @@
 
 ``ThingSpaceClient(cfg).sms`` offers ``send_sms_to_device``,
 ``list_devices_sms_messages``, ``start_queued_sms_delivery`` and
-``iter_history_blocks``. Decisions worth knowing:
+``iter_history_blocks``; ``.callbacks`` offers ``list_registered_callbacks``,
+``register_callback`` and ``deregister_callback``. Decisions worth knowing:
 
 * ``error_code`` of an M2M error is its ``errorCode`` without the service prefix:
   ``UnifiedWebService.REQUEST_FAILED.AccountNotFound`` becomes
@@ -128,10 +129,15 @@ class ThingSpaceClient:
         )
         self._session = auth.SessionTokenCache(self._log_in)
         self.sms = SmsController(self)
+        self.callbacks = ConnectivityCallbacksController(self)
 
     @property
     def base_url(self) -> str:
         return self._base
+
+    @property
+    def allow_insecure_loopback(self) -> bool:
+        return self._cfg.allow_insecure_loopback
 
     def close(self) -> None:
         if self._owns_http:
@@ -469,6 +475,59 @@ class SmsController:
             if page.next is None:
                 return
             token = page.next
+
+
+class ConnectivityCallbacksController:
+    """Callback listeners, named as in the vendor SDK's ``ConnectivityCallbacksController``.
+
+    Like the SDK, only the GET is retried: a POST or DELETE that timed out may have landed.
+    """
+
+    def __init__(self, client: ThingSpaceClient) -> None:
+        self._client = client
+
+    def list_registered_callbacks(self, account_name: str) -> list[models.CallbackListener]:
+        """GET ``/m2m/v1/callbacks/{aname}``: every listener of the account (passwords as ``Secret``)."""
+        _check_account(account_name)
+        operation = "list_registered_callbacks"
+        response = self._client.call(
+            operation, "GET", f"/m2m/v1/callbacks/{_quote(account_name)}", retryable=True
+        )
+        return _parse(response, operation, _listeners)
+
+    def register_callback(
+        self, account_name: str, body: models.RegisterCallbackRequest
+    ) -> models.CallbackActionResult:
+        """POST ``/m2m/v1/callbacks/{aname}``: replaces whatever listener the service had."""
+        _check_account(account_name)
+        body.validate(allow_insecure_loopback=self._client.allow_insecure_loopback)
+        operation = "register_callback"
+        response = self._client.call(
+            operation,
+            "POST",
+            f"/m2m/v1/callbacks/{_quote(account_name)}",
+            retryable=False,
+            json_body=body.to_wire(),
+        )
+        return _parse(response, operation, models.CallbackActionResult.from_wire)
+
+    def deregister_callback(self, account_name: str, service_name: str) -> models.CallbackActionResult:
+        """DELETE ``/m2m/v1/callbacks/{aname}/name/{service}``."""
+        _check_account(account_name)
+        operation = "deregister_callback"
+        response = self._client.call(
+            operation,
+            "DELETE",
+            f"/m2m/v1/callbacks/{_quote(account_name)}/name/{_quote(service_name)}",
+            retryable=False,
+        )
+        return _parse(response, operation, models.CallbackActionResult.from_wire)
+
+
+def _listeners(obj: Any) -> list[models.CallbackListener]:
+    if not isinstance(obj, list):
+        raise errors.ResponseFormatError("callback listing is not a JSON array")
+    return [models.CallbackListener.from_wire(item) for item in obj]
 
 
 def _read_history(

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from sync_worker import (
     app,
     auth,
+    callback_metrics,
     config,
     demo,
     errors,
@@ -364,6 +365,161 @@ def cmd_start_delivery(ctx: Context) -> int:
     return exitcodes.OK if result.success else exitcodes.FAILED
 
 
+def _listener_url(ctx: Context, settings: config.Settings, account: str) -> str:
+    url = ctx.args.url or app.listener_url(settings, account)
+    if not url:
+        raise errors.ConfigError(
+            "SYNC_CALLBACK_URL (or --url) is required: the receiver's public https:// address"
+        )
+    return str(url)
+
+
+def cmd_callbacks_list(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    with _api_client(settings) as api:
+        listeners = api.callbacks.list_registered_callbacks(account)
+    # The API returns each listener's password in clear text: only whether one is set is shown.
+    rows = [
+        {
+            "account": item.account_name,
+            "service": item.service_name,
+            "url": item.url,
+            "username": item.username,
+            "password": "(set)" if item.password else "(none)",
+        }
+        for item in listeners
+    ]
+    if ctx.args.json:
+        ctx.print(json.dumps({"listeners": rows}, sort_keys=True))
+    elif rows:
+        ctx.print(report.table(rows, ("account", "service", "url", "username", "password")))
+    else:
+        ctx.print(f"(no callback listener registered for {account})")
+    return exitcodes.OK
+
+
+def cmd_callbacks_register(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    url = _listener_url(ctx, settings, account)
+    if not settings.callback_username or not settings.callback_password:
+        raise errors.ConfigError(
+            "SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD (or _FILE) are required: the receiver "
+            "accepts only callbacks carrying them"
+        )
+    request = models.RegisterCallbackRequest(
+        models.SMS_CALLBACK_SERVICE, url, settings.callback_username, settings.callback_password
+    )
+    request.validate(allow_insecure_loopback=settings.allow_insecure_loopback)
+    with _api_client(settings) as api:
+        existing = [
+            item
+            for item in api.callbacks.list_registered_callbacks(account)
+            if item.service_name == models.SMS_CALLBACK_SERVICE
+        ]
+        foreign = [item for item in existing if item.url != url]
+        if foreign and not ctx.args.replace:
+            # One listener per service per account: registering silently would cut off
+            # whatever integration receives these callbacks today.
+            raise errors.ValidationError(
+                f"{account} already has an {models.SMS_CALLBACK_SERVICE} listener at {foreign[0].url}, "
+                f"not this receiver ({url}); registering would replace it and break whatever uses it. "
+                "Pass --replace to replace it."
+            )
+        api.callbacks.register_callback(account, request)
+    logs.get_logger(__name__).info(
+        "callback_registered", account=account, url=url, replaced=foreign[0].url if foreign else None
+    )
+    ctx.print(
+        json.dumps(
+            {
+                "account": account,
+                "service": models.SMS_CALLBACK_SERVICE,
+                "url": url,
+                "replaced": foreign[0].url if foreign else None,
+                "updated": bool(existing) and not foreign,
+            },
+            sort_keys=True,
+        )
+    )
+    return exitcodes.OK
+
+
+def cmd_callbacks_remove(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    ours = ctx.args.url or app.listener_url(settings, account)
+    with _api_client(settings) as api:
+        existing = [
+            item
+            for item in api.callbacks.list_registered_callbacks(account)
+            if item.service_name == models.SMS_CALLBACK_SERVICE
+        ]
+        if not existing:
+            ctx.print(json.dumps({"account": account, "removed": None}))
+            return exitcodes.OK
+        url = existing[0].url
+        if url != ours and not ctx.args.force:
+            raise errors.ValidationError(
+                f"the {models.SMS_CALLBACK_SERVICE} listener of {account} is at {url}, not this receiver "
+                f"({ours or 'SYNC_CALLBACK_URL unset'}); removing it would break whatever uses it. "
+                "Pass --force to remove it anyway."
+            )
+        api.callbacks.deregister_callback(account, models.SMS_CALLBACK_SERVICE)
+    logs.get_logger(__name__).info("callback_removed", account=account, url=url)
+    ctx.print(json.dumps({"account": account, "removed": url}))
+    return exitcodes.OK
+
+
+def cmd_callbacks_kept(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    with _connection(settings) as conn:
+        rows = status.unknown_callbacks(conn, ctx.args.account)
+    if ctx.args.json:
+        ctx.print(json.dumps({"kept": report.jsonable(rows)}, sort_keys=True))
+    elif rows:
+        ctx.print(
+            report.table(
+                rows, ("id", "account_name", "problem", "body_size", "first_stored_at", "seen_count")
+            )
+        )
+    else:
+        ctx.print("(no callback of an unknown shape)")
+    return exitcodes.OK
+
+
+def cmd_receive(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=True)
+    with _connection(settings):
+        pass
+    m = metrics.Metrics()
+    connect = app.connector(settings)
+    receiver = app.callback_receiver(settings, connect, callback_metrics.CallbackMetrics(m.registry))
+    stop = threading.Event()
+    server = None
+
+    def database_ready() -> None:
+        with _connection(settings):
+            pass
+
+    with signals.stop_on_signals(stop), receiver:
+        if settings.metrics_port is not None:
+            server = health.HealthServer(
+                settings.metrics_port,
+                m,
+                live=receiver.live,
+                ready=health.checks([("database", database_ready)]),
+            ).start()
+        try:
+            stop.wait()
+        finally:
+            if server is not None:
+                server.stop()
+    logs.get_logger(__name__).info("callback_receiver_stopped")
+    return exitcodes.OK
+
+
 def cmd_simulate(ctx: Context) -> int:
     args = ctx.args
     names = args.accounts.split(",") if args.accounts is not None else simulator.DEFAULT_ACCOUNTS
@@ -381,4 +537,6 @@ def cmd_simulate(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
+    if ctx.args.push:
+        return demo.run_push(out=ctx.out)
     return demo.run(out=ctx.out)

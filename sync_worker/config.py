@@ -9,6 +9,7 @@ README table are generated from it so they cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -19,6 +20,7 @@ from typing import Any, Final, Literal
 from sync_worker import auth, errors, models, retry, secret, urls
 
 LogFormat = Literal["auto", "json", "console"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Also the default of sync.sync_account for callers without settings.
@@ -26,6 +28,8 @@ DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
 
 
 Reader = Callable[[Mapping[str, str]], object]
+# The receiver is reached by the TLS terminator from outside its container or host.
+_ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,6 +249,91 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         minimum=0.0,
     ),
     Variable(
+        "SYNC_CALLBACK_URL",
+        "(required for callbacks register)",
+        "Public https:// address of the callback receiver as ThingSpace reaches it through the TLS "
+        "terminator (e.g. https://sms-callbacks.example.com); an account's listener URL is this + "
+        "/callbacks/ACCOUNT.",
+        ("callback_url",),
+        "",
+        lambda env: _get(env, "SYNC_CALLBACK_URL").rstrip("/"),
+    ),
+    Variable(
+        "SYNC_CALLBACK_USERNAME",
+        "(required for receive/callbacks)",
+        "Username ThingSpace puts in every callback body (registered with the listener; 1-40 characters).",
+        ("callback_username",),
+        "",
+        lambda env: _get(env, "SYNC_CALLBACK_USERNAME"),
+    ),
+    Variable(
+        "SYNC_CALLBACK_PASSWORD",
+        "(required for receive/callbacks)",
+        "Password ThingSpace puts in every callback body (1-40 characters). Or SYNC_CALLBACK_PASSWORD_FILE.",
+        ("callback_password",),
+    ),
+    Variable(
+        "SYNC_CALLBACK_PASSWORD_FILE",
+        "",
+        "Path of a file holding the callback password (one trailing newline is stripped).",
+        ("callback_password",),
+    ),
+    Variable(
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD",
+        "",
+        "During a password rotation, the old callback password, still accepted by the receiver. Or "
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE. Unset it once the new one is registered.",
+        ("callback_previous_password",),
+    ),
+    Variable(
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE",
+        "",
+        "Path of a file holding the previous callback password.",
+        ("callback_previous_password",),
+    ),
+    Variable(
+        "SYNC_CALLBACK_HOST",
+        _ALL_INTERFACES,
+        "Address the callback receiver listens on (plain HTTP: put it behind a TLS terminator).",
+        ("callback_host",),
+        _ALL_INTERFACES,
+        lambda env: _get(env, "SYNC_CALLBACK_HOST") or _ALL_INTERFACES,
+    ),
+    _number(
+        "SYNC_CALLBACK_PORT",
+        9080,
+        "Port of the callback receiver (sync-worker receive).",
+        "callback_port",
+        minimum=0,
+        maximum=65535,
+    ),
+    _number(
+        "SYNC_CALLBACK_MAX_BODY_BYTES",
+        65536,
+        "Largest callback body accepted; a longer one is refused with 413 before it is read.",
+        "callback_max_body_bytes",
+        minimum=1024,
+        maximum=16 * 1024 * 1024,
+    ),
+    Variable(
+        "SYNC_CALLBACK_ALLOWED_SOURCES",
+        "(any)",
+        "Comma-separated addresses or CIDR networks callbacks may come from (ThingSpace's published "
+        "callback addresses); others get 403. Empty: any source.",
+        ("callback_allowed_sources",),
+        (),
+        lambda env: _networks(env, "SYNC_CALLBACK_ALLOWED_SOURCES"),
+    ),
+    Variable(
+        "SYNC_CALLBACK_TRUSTED_PROXIES",
+        "(none)",
+        "Comma-separated addresses or CIDR networks of the TLS terminator(s): only from them is "
+        "X-Forwarded-For believed when checking SYNC_CALLBACK_ALLOWED_SOURCES.",
+        ("callback_trusted_proxies",),
+        (),
+        lambda env: _networks(env, "SYNC_CALLBACK_TRUSTED_PROXIES"),
+    ),
+    Variable(
         "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
         "0",
         "1: allow plain http:// to a loopback host (the simulator). Refused for any other host.",
@@ -310,6 +399,19 @@ class Settings:
     # Re-read at every login, so a daemon picks up a corrected secret without a restart.
     client_secret_file: Path | None = None
     password_file: Path | None = None
+    callback_url: str = dataclasses.field(default=_default("SYNC_CALLBACK_URL"))
+    callback_username: str = dataclasses.field(default=_default("SYNC_CALLBACK_USERNAME"))
+    callback_password: secret.Secret = dataclasses.field(default_factory=lambda: secret.Secret(""))
+    callback_previous_password: secret.Secret | None = None
+    callback_host: str = dataclasses.field(default=_default("SYNC_CALLBACK_HOST"))
+    callback_port: int = dataclasses.field(default=_default("SYNC_CALLBACK_PORT"))
+    callback_max_body_bytes: int = dataclasses.field(default=_default("SYNC_CALLBACK_MAX_BODY_BYTES"))
+    callback_allowed_sources: tuple[Network, ...] = dataclasses.field(
+        default=_default("SYNC_CALLBACK_ALLOWED_SOURCES")
+    )
+    callback_trusted_proxies: tuple[Network, ...] = dataclasses.field(
+        default=_default("SYNC_CALLBACK_TRUSTED_PROXIES")
+    )
 
     @property
     def account_names(self) -> tuple[str, ...]:
@@ -355,6 +457,7 @@ def load(
     )
     interval = float(values["interval_seconds"])
     values["run_budget_seconds"] = _float(env, "SYNC_RUN_BUDGET_SECONDS", interval, minimum=1.0)
+    values.update(_callback_settings(env, str(values["callback_url"]), str(values["callback_username"])))
     client_id, username = str(values["client_id"]), str(values["username"])
     client_secret = _secret(env, "THINGSPACE_CLIENT_SECRET")
     password = _secret(env, "THINGSPACE_PASSWORD")
@@ -384,6 +487,41 @@ def load(
         client_secret_file=_path(env, "THINGSPACE_CLIENT_SECRET_FILE"),
         password_file=_path(env, "THINGSPACE_PASSWORD_FILE"),
     )
+
+
+def _callback_settings(env: Mapping[str, str], url: str, username: str) -> dict[str, Any]:
+    """The receiver's secrets, checked against the vendor's 40-character limit."""
+    if url:
+        urls.check_base_url(
+            url,
+            allow_insecure_loopback=_bool(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK"),
+            name="SYNC_CALLBACK_URL",
+        )
+    if len(username) > models.MAX_CALLBACK_CREDENTIAL_LENGTH:
+        raise errors.ConfigError(
+            f"SYNC_CALLBACK_USERNAME is longer than {models.MAX_CALLBACK_CREDENTIAL_LENGTH} characters"
+        )
+    password = _secret(env, "SYNC_CALLBACK_PASSWORD")
+    previous = _secret(env, "SYNC_CALLBACK_PREVIOUS_PASSWORD")
+    for name, value in (("SYNC_CALLBACK_PASSWORD", password), ("SYNC_CALLBACK_PREVIOUS_PASSWORD", previous)):
+        if len(value.reveal()) > models.MAX_CALLBACK_CREDENTIAL_LENGTH:
+            raise errors.ConfigError(
+                f"{name} is longer than {models.MAX_CALLBACK_CREDENTIAL_LENGTH} characters"
+            )
+    return {"callback_password": password, "callback_previous_password": previous or None}
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    found: list[Network] = []
+    for item in _get(env, name).split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            found.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise errors.ConfigError(f"{name}: {text!r} is not an IP address or CIDR network") from None
+    return tuple(found)
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

@@ -218,3 +218,18 @@ class SchemaError(StoreError, PermanentError):
 
 class MigrationError(StoreError, PermanentError):
     """A migration cannot be applied (e.g. an applied migration was edited)."""
+
+
+# --- push mode (the callback receiver) -------------------------------------------
+
+
+class CallbackRefusedError(PermanentError):
+    """A callback request the receiver refuses (``status``: the HTTP answer; ``reason``: a short kind).
+
+    The message names the reason and never the body or a credential.
+    """
+
+    def __init__(self, status: int, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason)
+        self.status = status
+        self.reason = reason

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-from sync_worker import errors
+from sync_worker import errors, secret, urls
 
 DATA_ENCODINGS: Final = ("7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA")
 DataEncoding = Literal["7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA"]
@@ -306,3 +308,130 @@ class KeptBlock:
             body_sha256=error.body_sha256,
             received_at=error.received_at,
         )
+
+
+# --- callback listeners (push mode) ------------------------------------------------
+
+# Device-originated SMS are pushed to this service's listener after startCallbacks.
+SMS_CALLBACK_SERVICE: Final = "EnhancedConnectivityService"
+# The vendor's limit on the listener's username and password.
+MAX_CALLBACK_CREDENTIAL_LENGTH: Final = 40
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackListener:
+    """One registered listener as ``list_registered_callbacks`` returns it.
+
+    The API returns the listener password in clear text; it is held as a ``Secret`` (so the log
+    scrubber knows it) and never printed.
+    """
+
+    account_name: str
+    service_name: str
+    url: str
+    username: str | None
+    password: secret.Secret | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> CallbackListener:
+        if not isinstance(obj, dict):
+            raise errors.ResponseFormatError(f"callback listener is a JSON {_json_type(obj)}, not an object")
+        fields: dict[str, str | None] = {}
+        for key in ("accountName", "serviceName", "url", "username", "password"):
+            value = obj.get(key)
+            if value is not None and not isinstance(value, str):
+                raise errors.ResponseFormatError(f"callback listener '{key}' is not a string")
+            fields[key] = value
+        if not fields["serviceName"]:
+            raise errors.ResponseFormatError("callback listener has no 'serviceName'")
+        password = fields["password"]
+        return cls(
+            account_name=fields["accountName"] or "",
+            service_name=fields["serviceName"] or "",
+            url=fields["url"] or "",
+            username=fields["username"],
+            password=secret.Secret(password) if password else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegisterCallbackRequest:
+    """The body of ``register_callback``: the service, the listener URL and its credentials."""
+
+    name: str
+    url: str
+    username: str | None = None
+    password: secret.Secret | None = dataclasses.field(default=None, repr=False)
+
+    def validate(self, *, allow_insecure_loopback: bool = False) -> None:
+        """Raise ``errors.ValidationError`` when the request must not be sent.
+
+        ThingSpace calls only https listeners with a certificate from a public CA; plain
+        http is accepted for a loopback listener (the simulator) when explicitly allowed.
+        """
+        if not self.name:
+            raise errors.ValidationError("the callback service name is required")
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            host = parts.hostname or ""
+        except ValueError:
+            raise errors.ValidationError("the callback URL is not a valid URL") from None
+        insecure_ok = allow_insecure_loopback and parts.scheme == "http" and urls.is_loopback_host(host)
+        if not host or "@" in parts.netloc or (parts.scheme != "https" and not insecure_ok):
+            raise errors.ValidationError("the callback URL must be https://HOST/... (no user or password)")
+        for label, value in (("username", self.username), ("password", self.password)):
+            text = value.reveal() if isinstance(value, secret.Secret) else value
+            if text is not None and len(text) > MAX_CALLBACK_CREDENTIAL_LENGTH:
+                raise errors.ValidationError(
+                    f"the callback {label} is longer than {MAX_CALLBACK_CREDENTIAL_LENGTH} characters"
+                )
+
+    def to_wire(self) -> dict[str, str]:
+        body = {"name": self.name, "url": self.url}
+        if self.username is not None:
+            body["username"] = self.username
+        if self.password is not None:
+            body["password"] = self.password.reveal()
+        return body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackActionResult:
+    account_name: str
+    service_name: str
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> CallbackActionResult:
+        if not isinstance(obj, dict):
+            raise errors.ResponseFormatError("callback answer is not a JSON object")
+        account, service = obj.get("accountName"), obj.get("serviceName")
+        if not isinstance(account, str) or not isinstance(service, str):
+            raise errors.ResponseFormatError("callback answer has no string 'accountName' and 'serviceName'")
+        return cls(account, service)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptCallback:
+    """An accepted callback body as ``sms_callback`` keeps it (the password value redacted).
+
+    ``body_exact``: the body is byte for byte what arrived except the password value; False when
+    it had to be re-serialised to get the password out. ``shape`` is ``callbacks.SHAPES``.
+    """
+
+    account_name: str
+    shape: str
+    problem: str | None
+    request_id: str | None
+    callback_count: int | None
+    body: bytes = dataclasses.field(repr=False)
+    body_exact: bool
+    source_address: str | None
+    received_at: dt.datetime
+
+    @property
+    def body_size(self) -> int:
+        return len(self.body)
+
+    @property
+    def body_sha256(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()

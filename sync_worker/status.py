@@ -113,6 +113,21 @@ def stored_raw_json(conn: db.Connection, account: str) -> list[str]:
         return [r[0] for r in cur.execute(queries.get("stored_raw_json"), {"account_name": account})]
 
 
+def unknown_callbacks(conn: db.Connection, account: str | None = None) -> list[dict[str, Any]]:
+    """Callbacks kept with a shape the receiver does not know (their messages are not in sms_history)."""
+    with db.transaction(conn) as cur:
+        found = cur.execute(queries.get("callback_unknown_list"), {"account_name": account})
+        names = [c.name for c in found.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in found.fetchall()]
+
+
+def history_source_counts(conn: db.Connection, account: str) -> dict[str, int]:
+    """Rows of ``account`` per ``source`` (``poll``, ``push``)."""
+    with db.transaction(conn) as cur:
+        rows = cur.execute(queries.get("history_source_counts"), {"account_name": account}).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 def top_devices_on_busiest_day(conn: db.Connection) -> tuple[list[str], list[tuple[Any, ...]]]:
     """The demo's analyst query (column names and rows): the five busiest devices of the busiest day."""
     with db.transaction(conn) as cur:

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -27,6 +27,7 @@ from sync_worker import db, errors, models, queries, rows, secret
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
 _MAX_ERROR_TEXT: Final = 4000
+_SOURCES: Final = frozenset({"poll", "push"})
 # The CHECKs that keep dated rows out of the undated partitions (migration 0006).
 _UNDATED_ONLY: Final = frozenset({"sms_message_undated_only", "sms_message_device_undated_only"})
 
@@ -66,15 +67,18 @@ def start_run(conn: Connection, account: str) -> int:
     return int(row[0])
 
 
-def commit_block(conn: Connection, run_id: int, page: models.HistoryPage) -> BlockResult:
+def commit_block(
+    conn: Connection, run_id: int, page: models.HistoryPage, *, source: str = "poll"
+) -> BlockResult:
     """Store one block, move the cursor to ``page.next`` and count it, atomically.
 
     One statement, so one round trip and one transaction: either the rows, the
     cursor and the counters all land, or none of them does. Replayed messages
-    hit ``ON CONFLICT DO NOTHING`` and count as replays.
+    hit ``ON CONFLICT DO NOTHING`` and count as replays. ``source`` marks new rows
+    (``poll`` or ``push``; a row keeps the source of its first copy).
     """
     built = rows.build_rows(page.account_name, page.messages)
-    params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next)
+    params = _block_params(page.account_name, built, run_id=run_id, next_token=page.next, source=source)
     malformed = tuple((i, r.problems) for i, r in enumerate(built) if r.problems)
     try:
         inserted = _write_block(conn, params)
@@ -205,15 +209,7 @@ def replay_quarantined(
         account, body, body_size = row[1], bytes(row[2]), int(row[3])
         messages, problem = read(account, body, body_size)
         built = rows.build_rows(account, messages)
-        inserted = 0
-        if built:
-            # The sync's own statement, without a cursor move or a run: the same rows and keys.
-            params = _block_params(account, built, run_id=None, next_token=None, move_cursor=False)
-            # Inside this transaction, so the partitions come first (a failed statement would end it).
-            cur.execute(queries.get("ensure_partitions"), {"times": _months(r.received_at for r in built)})
-            counted = cur.execute(queries.get("commit_block"), params).fetchone()
-            assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
-            inserted = int(counted[0])
+        inserted = _rows_only(cur, account, built, source="poll")
         resolved = problem is None
         cur.execute(
             queries.get("quarantine_mark_replayed"),
@@ -226,6 +222,62 @@ def replay_quarantined(
             },
         )
     return ReplayResult(quarantine_id, account, len(built), inserted, resolved, problem)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackResult:
+    callback_id: int
+    messages: int  # messages read from the callback
+    inserted: int  # of those, rows new to sms_history (the rest were stored already)
+    first_seen: bool  # False: the same body was accepted before (a redelivery)
+
+
+def store_callback(
+    conn: Connection, kept: models.KeptCallback, messages: Sequence[models.SMSMessage]
+) -> CallbackResult:
+    """Store a pushed callback's messages (source 'push') and its body, in one transaction.
+
+    The messages go through the sync's own ``commit_block`` statement without a cursor move
+    or a run, as a quarantine replay does: same rows, same keys, so a message that is also
+    polled (or pushed again) is absorbed by the unique key.
+    """
+    built = rows.build_rows(kept.account_name, messages)
+    with db.transaction(conn) as cur:
+        inserted = _rows_only(cur, kept.account_name, built, source="push")
+        row = cur.execute(
+            queries.get("callback_keep"),
+            {
+                "account_name": kept.account_name,
+                "shape": kept.shape,
+                "problem": _error_text(kept.problem),
+                "request_id": kept.request_id,
+                "callback_count": kept.callback_count,
+                "messages": len(built),
+                "inserted": inserted,
+                "message_keys": [r.message_key for r in built],
+                "body": kept.body,
+                "body_size": kept.body_size,
+                "body_sha256": kept.body_sha256,
+                "body_exact": kept.body_exact,
+                "source_address": kept.source_address,
+                "received_at": kept.received_at,
+            },
+        ).fetchone()
+    assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
+    return CallbackResult(int(row[0]), len(built), inserted, bool(row[1]))
+
+
+def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: str) -> int:
+    """Rows through the sync's own statement inside the caller's transaction, without a cursor move
+    or a run: the same rows and keys as a sync. Returns the rows new to the history."""
+    if not built:
+        return 0
+    # The partitions come first: a failed statement would end the caller's transaction.
+    cur.execute(queries.get("ensure_partitions"), {"times": _months(r.received_at for r in built)})
+    params = _block_params(account, built, run_id=None, next_token=None, move_cursor=False, source=source)
+    counted = cur.execute(queries.get("commit_block"), params).fetchone()
+    assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+    return int(counted[0])
 
 
 def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
@@ -284,7 +336,10 @@ def _block_params(
     run_id: int | None,
     next_token: str | None,
     move_cursor: bool = True,
+    source: str = "poll",
 ) -> dict[str, Any]:
+    if source not in _SOURCES:
+        raise errors.StoreError(f"a history row's source is 'poll' or 'push', not {source!r}")
     keys = [bytes.fromhex(r.message_key) for r in built]
     dev_key: list[bytes] = []
     dev_position: list[int] = []
@@ -304,6 +359,7 @@ def _block_params(
         "run_id": run_id,
         "next_token": next_token,
         "move_cursor": move_cursor,
+        "source": source,
         "received": len(built),
         "malformed": sum(1 for r in built if r.problems),
         "message_key": keys,

@@ -61,6 +61,7 @@ CREATE TABLE sms_message (
     occurrence      integer     NOT NULL,
     device_count    integer     NOT NULL,
     raw_is_jsonb    boolean     NOT NULL DEFAULT true,
+    pushed          boolean     NOT NULL DEFAULT false,
     account_name    text        NOT NULL,
     message_key     bytea       NOT NULL,
     device_kind     text,
@@ -208,7 +209,8 @@ SELECT m.account_name,
        END AS raw,
        coalesce(m.problems, '{}') AS problems,
        m.first_stored_at,
-       m.run_id
+       m.run_id,
+       CASE WHEN m.pushed THEN 'push' ELSE 'poll' END AS source
 FROM sms_message m;
 
 -- No WHERE in the first branch: a UNION ALL branch with its own WHERE is not flattened into the
@@ -291,6 +293,7 @@ COMMENT ON COLUMN sms_message.run_id IS $c$The sync_run that stored it; NULL for
 COMMENT ON COLUMN sms_message.occurrence IS $c$0 for the first of several identical messages in one block, 1 for the second, ...$c$;
 COMMENT ON COLUMN sms_message.device_count IS $c$Number of well-formed devices the message names (the first is in this row, the others in sms_message_device).$c$;
 COMMENT ON COLUMN sms_message.raw_is_jsonb IS $c$Whether the original can be read as jsonb (false when it holds NUL, a lone surrogate or a non-finite number; problems then says so).$c$;
+COMMENT ON COLUMN sms_message.pushed IS $c$True when the message was stored from a callback the receiver accepted (push mode), false when read from the history queue. A message that arrives both ways is one row, marked by the copy committed first.$c$;
 COMMENT ON COLUMN sms_message.account_name IS $c$ThingSpace account the message was queued for (leading zeros kept).$c$;
 COMMENT ON COLUMN sms_message.message_key IS $c$Identity of the message: the 32-byte sha256 digest (see "Message identity"; the sms_history view shows it as hex). Unique per account and received_at.$c$;
 COMMENT ON COLUMN sms_message.device_kind IS $c$Kind (imei, msisdn, ...; lower case) of the first well-formed sending device; NULL if none.$c$;
@@ -328,7 +331,8 @@ COMMENT ON COLUMN sms_history.raw_json IS $c$The message exactly as received, as
 COMMENT ON COLUMN sms_history.raw IS $c$The same message as jsonb; NULL when jsonb cannot represent it (problems says so). Computed when read.$c$;
 COMMENT ON COLUMN sms_history.problems IS $c$What did not fit the documented model; empty for a well-formed message.$c$;
 COMMENT ON COLUMN sms_history.first_stored_at IS $c$When the worker first stored the row.$c$;
-COMMENT ON COLUMN sms_history.run_id IS $c$The sync_run that stored it (NULL for a quarantine replay).$c$;
+COMMENT ON COLUMN sms_history.run_id IS $c$The sync_run that stored it (NULL for a quarantine replay or a pushed callback).$c$;
+COMMENT ON COLUMN sms_history.source IS $c$poll (read from the history queue) or push (a callback the receiver accepted, sync-worker receive). A message that arrived both ways is one row with the source of the copy committed first (see "Message identity").$c$;
 
 COMMENT ON VIEW sms_by_device IS $c$One row per message per well-formed device (a message without one appears once, with NULL device columns): the way to ask about a device. Filtering on device_kind and device_id and ordering by received_at walks the device indexes of every partition (no sort).$c$;
 COMMENT ON COLUMN sms_by_device.account_name IS $c$Account.$c$;

@@ -5,18 +5,19 @@
 -- extra-device rows, the cursor and the run counters land together or not at all.
 -- Parameters travel in binary format: dumping text arrays as text costs more
 -- client CPU than the server spends on the whole statement. A quarantine replay
--- runs the same statement with move_cursor false and no run: rows only.
+-- runs the same statement with move_cursor false and no run: rows only; so does a
+-- pushed callback, with source 'push'.
 -- A message whose month has no partition yet fails the undated partition's CHECK;
 -- store.commit_block then creates the partition and runs the statement again.
 WITH inserted AS (
     INSERT INTO sms_message (
         received_at, run_id, occurrence, device_count, raw_is_jsonb, account_name, message_key,
-        device_kind, device_id, message, timestamp_raw, raw_kept, problems
+        device_kind, device_id, message, timestamp_raw, raw_kept, problems, pushed
     )
     SELECT t.received_at, %(run_id)b, t.occurrence, t.device_count, t.raw_is_jsonb, %(account_name)b,
            t.message_key, t.device_kind, t.device_id, t.message, t.timestamp_raw, t.raw_kept,
            -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
-           string_to_array(t.problems, E'\x1f')
+           string_to_array(t.problems, E'\x1f'), %(source)b = 'push'
     FROM unnest(
         %(received_at)b::timestamptz[], %(occurrence)b::integer[], %(device_count)b::integer[],
         %(raw_is_jsonb)b::boolean[], %(message_key)b::bytea[], %(device_kind)b::text[],

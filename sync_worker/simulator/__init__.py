@@ -12,7 +12,9 @@ Paths, status codes, headers and body shapes follow ``docs`` / the shared API no
   ``UnifiedWebService.REQUEST_FAILED.UserLocked`` until ``Simulator.unlock()``.
 * ``POST /api/m2m/v1/session/logout``, ``POST /api/m2m/v1/sms`` (validated, recorded in ``sent``,
   -> ``{requestId}``), ``GET /api/m2m/v1/sms/{aname}/history[?next=T]``,
-  ``PUT /api/m2m/v1/sms/{aname}/startCallbacks`` -> ``{success: true}``.
+  ``PUT /api/m2m/v1/sms/{aname}/startCallbacks`` -> ``{success: true}`` (push mode when the account has
+  an ``EnhancedConnectivityService`` listener), ``POST``/``GET /api/m2m/v1/callbacks/{aname}``,
+  ``DELETE /api/m2m/v1/callbacks/{aname}/name/{service}``: listeners and push mode, see ``push``.
 * Every M2M call except login needs a valid bearer (else 401 gateway fault ``900901``) and a valid
   ``VZ-M2M-Token`` (else 400 ``UnifiedWebService.REQUEST_FAILED.SessionToken.Expired``). An unknown
   account -> 400 ``UnifiedWebService.REQUEST_FAILED.AccountNotFound``; an invalid send body -> 400
@@ -34,24 +36,41 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.worker_env(accounts=..., database_url=..., inherit=..., **extra)`` (or
   ``worker_env(base_url, config, ...)`` for a simulator in another process): the environment
   pointing a worker at it.
+* Push mode: ``Simulator.push`` (``Pusher``: ``wait_idle``, ``wait_for``, ``lose_answers``, ``counters``)
+  and ``Simulator.pushed(account)``; timings and behaviour in ``SimConfig.callback_*``.
 * ``serve(...)``: the foreground process behind ``sync-worker simulate`` (``DEFAULT_PORT``).
 
 Modules: ``core`` (``Simulator``: request handling), ``hooks`` (``Hooks``), ``server`` (HTTP layer,
 routing), ``auth`` (bearer and session tokens, lock-out), ``history`` (the per-account queue and its
 acknowledgement rules, documented there), ``faults`` (``Faults``, ``Raw``), ``counters``
 (``Stats``), ``sms`` (send validation), ``traffic`` (``seed_messages``), ``wire`` (codes, bodies,
-tokens), ``settings`` (``SimConfig``), ``env`` (``worker_env``), ``standalone`` (``serve``).
+tokens), ``settings`` (``SimConfig``), ``env`` (``worker_env``), ``standalone`` (``serve``), ``push``
+(listeners, push mode and the delivery thread).
 Callers use the names below as ``simulator.<Name>``.
 """
 
 from __future__ import annotations
 
-from sync_worker.simulator import core, counters, env, faults, hooks, settings, standalone, traffic, wire
+from sync_worker.simulator import (
+    core,
+    counters,
+    env,
+    faults,
+    hooks,
+    push,
+    settings,
+    standalone,
+    traffic,
+    wire,
+)
 
 Simulator = core.Simulator
 SimConfig = settings.SimConfig
 FinalAck = settings.FinalAck
 TokenMode = settings.TokenMode
+CallbackShape = settings.CallbackShape
+Pusher = push.Pusher
+PushCounters = push.PushCounters
 Faults = faults.Faults
 Raw = faults.Raw
 Mangle = faults.Mangle
@@ -99,10 +118,13 @@ __all__ = [
     "PATH_KINDS",
     "UNREADABLE_KINDS",
     "Answer",
+    "CallbackShape",
     "Faults",
     "FinalAck",
     "Hooks",
     "Mangle",
+    "PushCounters",
+    "Pusher",
     "Raw",
     "Request",
     "RequestRecord",

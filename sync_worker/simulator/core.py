@@ -19,7 +19,19 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from sync_worker import serving
-from sync_worker.simulator import auth, counters, env, history, hooks, server, settings, sms, traffic, wire
+from sync_worker.simulator import (
+    auth,
+    counters,
+    env,
+    history,
+    hooks,
+    push,
+    server,
+    settings,
+    sms,
+    traffic,
+    wire,
+)
 from sync_worker.simulator import faults as faultmod
 
 _MAX_BODY: Final = 1 << 20
@@ -47,6 +59,8 @@ class Simulator:
         for account in self.config.accounts:
             self._queue(account, create=True)
         self._auth = auth.AuthState(self.stats, self._issued)
+        # Push mode: listeners and the delivery thread (module ``push``).
+        self.push = push.Pusher(self.config, self._requeue_failed_push)
         self._stopping = threading.Event()
         self._server: server.Server | None = None
         self._thread: threading.Thread | None = None
@@ -72,6 +86,7 @@ class Simulator:
             return
         # Wakes handlers held by latency or timeout faults.
         self._stopping.set()
+        self.push.stop()
         serving.stop(srv, self._thread, after_shutdown=srv.cut_connections, join_timeout=5)
         self._server = self._thread = None
 
@@ -130,7 +145,22 @@ class Simulator:
             return list(self._queues)
 
     def inject(self, account: str, messages: Iterable[Any]) -> None:
-        """Queue wire messages as given (malformed ones too). Creates the account if needed."""
+        """Queue wire messages as given (malformed ones too). Creates the account if needed.
+
+        An account in push mode (``startCallbacks`` with a listener) gets them pushed instead.
+        """
+        queue = self._queue(account, create=True)
+        if self.push.active(account):
+            self.push.push(account, list(messages))
+        else:
+            queue.add(messages)
+
+    def pushed(self, account: str) -> list[Any]:
+        """Messages whose callback the listener answered 2xx, in order (a redelivery appears again)."""
+        return self.push.delivered(account)
+
+    def _requeue_failed_push(self, account: str, messages: list[Any]) -> None:
+        # A push that failed for good goes back to the history queue, for polling to find.
         self._queue(account, create=True).add(messages)
 
     def seed(self, account: str, n: int, seed: int = 1) -> list[dict[str, Any]]:
@@ -217,7 +247,9 @@ class Simulator:
                 self._begin_reply(h)
                 h.write_reply(404, wire.dumps({"error": "not_found", "path": split.path}), wire.JSON_HEADERS)
                 return
-            status = self._serve(h, kind, route[1], split.query, body)
+            # The one route with a second path parameter passes it as the query.
+            query = split.path.rsplit("/", 1)[-1] if kind == "deregister_callback" else split.query
+            status = self._serve(h, kind, route[1], query, body)
         except server.Dropped:
             h.close_connection = True
         except (ConnectionError, OSError, ValueError):
@@ -360,7 +392,14 @@ class Simulator:
         if q is None:
             return _account_not_found()
         if kind == "start_callbacks":
+            self.push.start(account, q.take_all)
             return wire.json_reply(200, b'{"success":true}')
+        if kind == "register_callback":
+            return self.push.register(account, body)
+        if kind == "list_callbacks":
+            return self.push.listing(account)
+        if kind == "deregister_callback":
+            return self.push.deregister(account, urllib.parse.unquote(query))
         params = urllib.parse.parse_qs(query, keep_blank_values=True)
         next_token = params["next"][0] if "next" in params else None
         reply = q.get(next_token, self.config, self.stats)

@@ -33,6 +33,7 @@ class Stats:
         "final_dequeues",
         "sends",
         "start_callbacks",
+        "callback_requests",
     )
 
     def __init__(self, log_size: int, settle: Callable[[], None] | None = None) -> None:
@@ -50,6 +51,7 @@ class Stats:
         self.final_dequeues = 0
         self.sends = 0
         self.start_callbacks = 0
+        self.callback_requests = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self._requests: collections.deque[RequestRecord] = collections.deque(maxlen=log_size)
 
@@ -98,4 +100,7 @@ COUNTER_FOR: Final = {
     "send": "sends",
     "history": "history_requests",
     "start_callbacks": "start_callbacks",
+    "register_callback": "callback_requests",
+    "list_callbacks": "callback_requests",
+    "deregister_callback": "callback_requests",
 }

@@ -76,6 +76,18 @@ class AccountQueue:
                 self.items.append((self.next_seq, blob, message))
                 self.next_seq += 1
 
+    def take_all(self) -> list[Any]:
+        """Remove every queued message (push mode takes them) and return them in order.
+
+        Tokens issued before acknowledge nothing more, like after a ``requeue``.
+        """
+        with self.lock:
+            taken = [item[2] for item in self.items]
+            self.items.clear()
+            self.head = None
+            self.pending_final = None
+            return taken
+
     def _dequeue_through(self, last: int) -> int:
         n = 0
         while self.items and self.items[0][0] <= last:

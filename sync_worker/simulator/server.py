@@ -105,13 +105,20 @@ def route(method: str, path: str) -> tuple[str, str | None] | None:
     if not path.startswith(_M2M + "/"):
         return None
     rest = path[len(_M2M) :]
-    if method == "POST":
+    if method == "POST" and not rest.startswith("/callbacks/"):
         return {
             "/session/login": ("login", None),
             "/session/logout": ("logout", None),
             "/sms": ("send", None),
         }.get(rest)
     parts = rest.split("/")
+    if len(parts) >= 3 and parts[1] == "callbacks" and parts[2]:
+        account = urllib.parse.unquote(parts[2])
+        if len(parts) == 3 and method in ("GET", "POST"):
+            return ("list_callbacks" if method == "GET" else "register_callback"), account
+        if len(parts) == 5 and parts[3] == "name" and parts[4] and method == "DELETE":
+            return "deregister_callback", account
+        return None
     if len(parts) == 4 and parts[1] == "sms" and parts[2]:
         account = urllib.parse.unquote(parts[2])
         if method == "GET" and parts[3] == "history":

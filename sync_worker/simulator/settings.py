@@ -11,6 +11,7 @@ from sync_worker import secret
 
 FinalAck = Literal["on_delivery", "on_next_get"]
 TokenMode = Literal["reusable", "single_use"]
+CallbackShape = Literal["envelope", "flat"]
 
 
 @dataclasses.dataclass
@@ -37,3 +38,12 @@ class SimConfig:
     port: int = 0
     log_requests: bool = False
     request_log_size: int = 100_000
+    # Push mode (``push``): the platform waits minutes between attempts of one callback and
+    # tries about four times before the message goes back to the history queue.
+    callback_retry_seconds: float = 120.0
+    callback_attempts: int = 4
+    callback_timeout: float = 10.0
+    callback_duplicate_rate: float = 0.0
+    callback_reorder: bool = False
+    callback_seed: int = 1
+    callback_shape: CallbackShape = "envelope"

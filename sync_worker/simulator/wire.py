@@ -12,7 +12,17 @@ from collections.abc import Callable
 from typing import Any, Final
 
 # Names used for stats, scripts and fault targeting.
-PATH_KINDS: Final = ("token", "login", "logout", "send", "history", "start_callbacks")
+PATH_KINDS: Final = (
+    "token",
+    "login",
+    "logout",
+    "send",
+    "history",
+    "start_callbacks",
+    "register_callback",
+    "list_callbacks",
+    "deregister_callback",
+)
 
 ERR_PREFIX: Final = "UnifiedWebService.REQUEST_FAILED."
 CODE_INVALID_CREDENTIALS: Final = ERR_PREFIX + "InvalidCredentials"

@@ -28,3 +28,24 @@ def test_demo_runs_clean_without_any_configuration() -> None:
     assert "analyst query" in out and "sms_daily_device_counts" in out
     assert "flagged malformed" in out and " 0 flagged malformed" not in out
     assert "Traceback" not in proc.stderr
+
+
+def test_push_demo_runs_clean_and_stores_pushed_and_requeued_messages_once() -> None:
+    """`demo --push`: every message pushed, the lost answers' messages polled, each stored once, exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "demo", "--push"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "demo OK" in out
+    assert out.count("every message stored once") == 2
+    assert "7 messages back in the history queue" in out
+    assert "7 messages received, 0 new" in out
+    assert "MISMATCH" not in out
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,27 @@
+-- Named queries of push mode (sync_worker.store.store_callback, sync_worker.status). One block per "-- name:" line.
+
+-- name: callback_keep
+-- The accepted body and what it produced; a byte-identical redelivery updates the row (the
+-- history rows it would produce are absorbed by their unique keys in the same transaction).
+INSERT INTO sms_callback AS c (
+    account_name, shape, problem, request_id, callback_count, messages, inserted, message_keys,
+    body, body_size, body_sha256, body_exact, source_address, received_at
+)
+VALUES (%(account_name)s, %(shape)s, %(problem)s, %(request_id)s, %(callback_count)s, %(messages)s,
+        %(inserted)s, %(message_keys)s, %(body)b, %(body_size)s, %(body_sha256)s, %(body_exact)s,
+        %(source_address)s, %(received_at)s)
+ON CONFLICT ON CONSTRAINT sms_callback_body DO UPDATE
+    SET seen_count = c.seen_count + 1, last_seen_at = now()
+-- xmax is 0 only on a freshly inserted row version.
+RETURNING c.id, c.xmax = 0 AS inserted;
+
+-- name: callback_unknown_list
+SELECT id, account_name, problem, request_id, body_size, body_sha256, first_stored_at, seen_count
+FROM sms_callback
+WHERE shape = 'unknown'
+  AND (%(account_name)s::text IS NULL OR account_name = %(account_name)s::text)
+ORDER BY id;
+
+-- name: history_source_counts
+-- Rows of one account by source (the push demo, operators comparing the two modes).
+SELECT source, count(*) FROM sms_history WHERE account_name = %(account_name)s GROUP BY source ORDER BY source;

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the callback receiver (push mode), registered on a given registry.
+
+The receiver shares the process's ``metrics.Metrics`` registry (so ``/metrics`` shows both);
+label values are served account names, shapes and short refusal reasons only: an account name
+from a refused request's URL is never a label (anyone can make one up).
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+
+from sync_worker import metrics
+
+
+class CallbackMetrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.registry = registry
+        p = metrics.PREFIX
+        self.received = prometheus_client.Counter(
+            p + "callbacks_received",
+            "Callback requests that reached the receiver (before any check).",
+            registry=registry,
+        )
+        self.refused = prometheus_client.Counter(
+            p + "callbacks_refused",
+            "Callback requests refused, by reason (bad_credentials, source_not_allowed, "
+            "account_not_served, body_too_large, not_json, ...). Nothing of them was stored.",
+            ["reason"],
+            registry=registry,
+        )
+        self.stored = prometheus_client.Counter(
+            p + "callbacks_stored",
+            "Callbacks committed (messages and body) and answered 2xx, by account and shape.",
+            ["account", "shape"],
+            registry=registry,
+        )
+        self.kept = prometheus_client.Counter(
+            p + "callbacks_kept_unknown",
+            "Callbacks of a shape the receiver does not know: kept in sms_callback, answered 2xx, "
+            "their messages NOT in sms_history. Above 0 needs a look (docs/operations.md).",
+            ["account"],
+            registry=registry,
+        )
+        self.messages_inserted = prometheus_client.Counter(
+            p + "callback_messages_inserted",
+            "Pushed messages stored for the first time.",
+            ["account"],
+            registry=registry,
+        )
+        self.messages_replayed = prometheus_client.Counter(
+            p + "callback_messages_replayed",
+            "Pushed messages already stored (a redelivery, or polled first).",
+            ["account"],
+            registry=registry,
+        )
+        self.store_failures = prometheus_client.Counter(
+            p + "callback_store_failures",
+            "Callbacks that could not be committed (answered 503/500 so ThingSpace retries), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+
+    def account_served(self, account: str) -> None:
+        """Show an account's series at 0 before its first callback."""
+        for counter in (self.kept, self.messages_inserted, self.messages_replayed):
+            counter.labels(account)

@@ -1,0 +1,233 @@
+"""A pushed callback body: is it ThingSpace's, which account is it for, and what does it say.
+
+ThingSpace does not sign callbacks: it copies the listener's registered username and password
+into each body as plain fields. ``ListenerCredentials.accepts`` compares them in constant time
+(digests of equal length, both fields always compared), accepting the previous password too
+during a rotation window.
+
+The JSON of a device-originated SMS callback is not published, so ``read`` depends on no
+field being there. It recognises, in this order (the first that matches wins):
+
+* ``envelope``: the Connectivity callback envelope with a history-shaped message (an object
+  with ``message``) under a ``...Response`` key; the envelope's ``deviceIds`` and ``timestamp``
+  fill in what the inner object lacks;
+* ``messages``: a ``messages`` list of history-shaped messages (the history body's shape);
+* ``flat``: ``message`` (or ``smsMessage``) text at the top level with ``deviceIds`` (the only
+  published SMS example, from the old SOAP API: no timestamp, no request id);
+* ``unknown``: anything else. Kept byte for byte (password value redacted) and reported by the
+  receiver, never dropped and never answered with an error the platform would retry forever.
+
+Identity (docs/schema.md, "Pushed messages"): a message with a timestamp gets the history's
+message key, so the same message polled later is the same row. Without a timestamp the poller's
+copy cannot be matched; the key then includes the envelope's ``requestId`` (a redelivery with the
+same id is absorbed), or, without one, the receiver's clock (every delivery is its own row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+from typing import Any, Final
+
+from sync_worker import errors, models, secret
+
+REDACTED: Final = "**********"
+SHAPES: Final = ("envelope", "messages", "flat", "unknown")
+# A "password" member with a string value; inside a JSON string every quote is escaped, so this
+# can only match a real member (of the envelope or of a nested object).
+_PASSWORD_MEMBER_RE: Final = re.compile(rb'("password"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+_MAX_KEYS_REPORTED: Final = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerCredentials:
+    """What ThingSpace must put in every callback body: the registered username and password."""
+
+    username: str
+    password: secret.Secret
+    # Accepted too while a rotation is under way (SYNC_CALLBACK_PREVIOUS_PASSWORD).
+    previous_password: secret.Secret | None = None
+
+    def accepts(self, username: Any, password: Any) -> bool:
+        """Whether the body's fields are ours, in time independent of where they differ."""
+        given_user = _digest(username)
+        given_password = _digest(password)
+        user_ok = hmac.compare_digest(given_user, _digest(self.username))
+        current_ok = hmac.compare_digest(given_password, _digest(self.password.reveal()))
+        previous = self.previous_password.reveal() if self.previous_password is not None else None
+        # Compared even when unset, so a rotation window does not change the timing.
+        previous_ok = hmac.compare_digest(given_password, _digest(previous)) and previous is not None
+        return (
+            isinstance(username, str)
+            and isinstance(password, str)
+            and user_ok
+            and (current_ok or previous_ok)
+        )
+
+    def passwords(self) -> tuple[str, ...]:
+        found = [self.password.reveal()]
+        if self.previous_password is not None:
+            found.append(self.previous_password.reveal())
+        return tuple(found)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Callback:
+    """A callback that passed authentication, as far as it could be read."""
+
+    account_name: str
+    shape: str  # one of SHAPES
+    messages: tuple[models.SMSMessage, ...]
+    request_id: str | None
+    callback_count: int | None
+    problem: str | None  # why the shape is unknown; None otherwise
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``errors.CallbackRefusedError`` (400)."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        raise errors.CallbackRefusedError(400, "not_json", "the callback body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise errors.CallbackRefusedError(400, "not_an_object", "the callback body is not a JSON object")
+    return obj
+
+
+def read(
+    obj: dict[str, Any], account: str, credentials: ListenerCredentials, *, received_at: dt.datetime
+) -> Callback:
+    """Authenticate a decoded body for ``account`` (taken from the listener URL) and read it.
+
+    Refusals raise ``errors.CallbackRefusedError``: 403 for credentials that are not ours or a
+    body naming another account. Anything authenticated yields a ``Callback``, if only an
+    ``unknown`` one.
+    """
+    if not credentials.accepts(obj.get("username"), obj.get("password")):
+        raise errors.CallbackRefusedError(403, "bad_credentials", "the callback credentials are not ours")
+    named = obj.get("accountName")
+    if named is not None and named != account:
+        raise errors.CallbackRefusedError(
+            403, "account_mismatch", "the callback body names another account than its URL"
+        )
+    request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
+    count = obj.get("callbackCount")
+    callback_count = count if isinstance(count, int) and not isinstance(count, bool) else None
+    shape, raws = _find_messages(obj)
+    if shape == "unknown":
+        keys = sorted(str(k) for k in obj if k not in ("username", "password"))
+        shown = ", ".join(keys[:_MAX_KEYS_REPORTED]) + (", ..." if len(keys) > _MAX_KEYS_REPORTED else "")
+        return Callback(
+            account,
+            "unknown",
+            (),
+            request_id,
+            callback_count,
+            f"no known message shape (keys: {shown or 'none'})",
+        )
+    messages = tuple(_message(raw, request_id, received_at) for raw in raws)
+    return Callback(account, shape, messages, request_id, callback_count, None)
+
+
+def redact(body: bytes, obj: dict[str, Any]) -> tuple[bytes, bool]:
+    """``body`` with every password value replaced, and whether the rest is byte for byte.
+
+    A body whose password member is spelled with escapes the pattern does not see is kept as
+    re-serialised JSON instead (``False``): a credential is never stored.
+    """
+    redacted = _PASSWORD_MEMBER_RE.sub(lambda m: m.group(1) + REDACTED.encode() + m.group(3), body)
+    try:
+        again = json.loads(redacted)
+    except (ValueError, RecursionError):
+        again = None
+    if isinstance(again, dict) and _passwords_gone(again):
+        return redacted, True
+    return _reserialised(obj), False
+
+
+def _passwords_gone(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if key == "password" and child not in (None, REDACTED):
+                    return False
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _reserialised(obj: dict[str, Any]) -> bytes:
+    def scrub(value: Any) -> Any:
+        # Callback bodies are small and were decoded already, so recursion depth is bounded by
+        # the decoder's; still, only dicts and lists are walked.
+        if isinstance(value, dict):
+            return {
+                k: (REDACTED if k == "password" and v is not None else scrub(v)) for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return json.dumps(scrub(obj), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _find_messages(obj: dict[str, Any]) -> tuple[str, list[Any]]:
+    for key, value in obj.items():
+        if (
+            isinstance(key, str)
+            and key.endswith("Response")
+            and isinstance(value, dict)
+            and "message" in value
+        ):
+            merged: dict[str, Any] = {}
+            for field in ("deviceIds", "message", "timestamp"):
+                if field in value:
+                    merged[field] = value[field]
+                elif field in obj:
+                    merged[field] = obj[field]
+            merged.update({k: v for k, v in value.items() if k not in merged})
+            return "envelope", [merged]
+    messages = obj.get("messages")
+    if isinstance(messages, list) and messages:
+        return "messages", list(messages)
+    text_key = "message" if "message" in obj else "smsMessage" if "smsMessage" in obj else None
+    if text_key is not None and "deviceIds" in obj:
+        flat: dict[str, Any] = {"deviceIds": obj["deviceIds"], "message": obj[text_key]}
+        if "timestamp" in obj:
+            flat["timestamp"] = obj["timestamp"]
+        return "flat", [flat]
+    return "unknown", []
+
+
+def _message(raw: Any, request_id: str | None, received_at: dt.datetime) -> models.SMSMessage:
+    """The model of one pushed message; without a timestamp, an identity that says so."""
+    message = models.SMSMessage.from_wire(raw)
+    if not isinstance(raw, dict) or raw.get("timestamp") is not None:
+        return message
+    # rows.message_key hashes the whole raw object of a message with problems: adding the
+    # request id (or the receipt time) to it is what decides which deliveries collapse.
+    if request_id is not None:
+        marked = {**raw, "requestId": request_id}
+        note = (
+            "pushed without a timestamp: identity from the callback's requestId (cannot match a polled copy)"
+        )
+    else:
+        marked = {**raw, "receivedAt": received_at.isoformat()}
+        note = (
+            "pushed without a timestamp or requestId: identity from the receipt time "
+            "(every delivery is its own row; cannot match a polled copy)"
+        )
+    again = models.SMSMessage.from_wire(marked)
+    return dataclasses.replace(again, problems=(*again.problems, note))
+
+
+def _digest(value: Any) -> bytes:
+    text = value if isinstance(value, str) else ""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()

@@ -1,0 +1,405 @@
+"""The callback receiver: ThingSpace's pushed SMS into ``sms_history``, in plain HTTP behind a TLS
+terminator (ThingSpace refuses self-signed certificates; docs/operations.md, "Push mode").
+
+``POST /callbacks/{account}`` is the only route. Checks, cheapest first, each refusal answered
+without reading further, logged as ``callback_refused`` (reason, status, source, size; never the
+body or a credential) and counted:
+
+1. source address in ``allowed_sources`` (X-Forwarded-For believed only from ``trusted_proxies``): 403;
+2. the account in the URL is one we serve: 403 (the same answer as bad credentials);
+3. a ``Content-Length`` (411) of at most ``max_body_bytes`` (413, the body is not read);
+4. a JSON media type: 415; a JSON object: 400;
+5. the body's username/password are ours (``callbacks.ListenerCredentials``), and an
+   ``accountName`` in the body, if any, is the URL's: 403.
+
+An authenticated body is committed (messages with source 'push' and the redacted body, one
+transaction: ``store.store_callback``) before the 2xx is written. A database that cannot be
+reached answers 503 and any other store failure 500, so ThingSpace retries (and, after its last
+attempt, puts the message back in the history queue for polling). A body of unknown shape is
+kept and answered 200: refusing it would only make the platform send it again, then re-queue it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import http.server
+import ipaddress
+import json
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import structlog
+
+from sync_worker import callback_metrics, callbacks, db, errors, models, serving, store
+
+PATH_PREFIX: Final = "/callbacks/"
+_JSON_TYPES: Final = ("application/json",)
+_log = structlog.get_logger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiverConfig:
+    accounts: frozenset[str]
+    credentials: callbacks.ListenerCredentials = dataclasses.field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_body_bytes: int = 65536
+    allowed_sources: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    # A client that stops sending mid-request must not hold a thread for long.
+    read_timeout: float = 30.0
+    pool_size: int = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+class _Pool:
+    """A few idle connections for reuse; a connection that failed is closed, never reused."""
+
+    def __init__(self, connect: db.ConnectionFactory, size: int) -> None:
+        self._connect = connect
+        self._size = size
+        self._idle: list[db.Connection] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[tuple[db.Connection, bool]]:
+        """A connection and whether it was reused (a reused one may have died since)."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        reused = conn is not None
+        if conn is None:
+            conn = self._connect()
+        healthy = False
+        try:
+            yield conn, reused
+            healthy = True
+        finally:
+            with self._lock:
+                keep = healthy and not conn.closed and len(self._idle) < self._size
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class Receiver:
+    """The callback endpoint on its own thread; ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        connect: db.ConnectionFactory,
+        metrics: callback_metrics.CallbackMetrics,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._pool = _Pool(connect, config.pool_size)
+        self._clock = clock
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        for account in sorted(config.accounts):
+            metrics.account_served(account)
+
+    # -- lifecycle --
+
+    def start(self) -> Receiver:
+        if self._server is not None:
+            return self
+        address = (self.config.host, self.config.port)
+        try:
+            self._server = _Server(address, self)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"cannot listen on {address[0]}:{address[1]} for callbacks (SYNC_CALLBACK_PORT): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._thread = serving.start(self._server, name="callback-receiver", poll_interval=0.2)
+        _log.info("callback_receiver_started", host=self.config.host, port=self.port)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        serving.stop(server, thread, join_timeout=5)
+        self._server = self._thread = None
+        self._pool.close()
+
+    def live(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.port
+        return int(self._server.server_address[1])
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- one request --
+
+    def handle(self, request: _Incoming) -> Answer:
+        """Check, read and store one request; every outcome is an ``Answer``."""
+        self.metrics.received.inc()
+        source = self._source(request)
+        account: str | None = None
+        try:
+            account = self._check_route(request, source)
+            body = self._read_body(request)
+            obj = callbacks.decode(body)
+            received_at = self._clock()
+            callback = callbacks.read(obj, account, self.config.credentials, received_at=received_at)
+        except errors.CallbackRefusedError as exc:
+            self.metrics.refused.labels(exc.reason).inc()
+            _log.warning(
+                "callback_refused",
+                reason=exc.reason,
+                status=exc.status,
+                source=source,
+                # Only a served account is named: a made-up one is the caller's text.
+                account=account,
+                body_size=request.length,
+            )
+            return Answer(exc.status, {"status": "refused"})
+        return self._store(callback, obj, body, source, received_at)
+
+    def _store(
+        self,
+        callback: callbacks.Callback,
+        obj: dict[str, Any],
+        body: bytes,
+        source: str | None,
+        received_at: dt.datetime,
+    ) -> Answer:
+        kept_body, exact = callbacks.redact(body, obj)
+        kept = models.KeptCallback(
+            account_name=callback.account_name,
+            shape=callback.shape,
+            problem=callback.problem,
+            request_id=callback.request_id,
+            callback_count=callback.callback_count,
+            body=kept_body,
+            body_exact=exact,
+            source_address=source,
+            received_at=received_at,
+        )
+        account = callback.account_name
+        try:
+            result = self._commit(kept, callback.messages)
+        except errors.DatabaseUnavailableError as exc:
+            self.metrics.store_failures.labels("database_unavailable").inc()
+            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
+            return Answer(503, {"status": "unavailable"})
+        except errors.StoreError as exc:
+            self.metrics.store_failures.labels("store_error").inc()
+            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
+            return Answer(500, {"status": "error"})
+        self.metrics.stored.labels(account, callback.shape).inc()
+        self.metrics.messages_inserted.labels(account).inc(result.inserted)
+        self.metrics.messages_replayed.labels(account).inc(result.messages - result.inserted)
+        fields = {
+            "account": account,
+            "shape": callback.shape,
+            "callback_id": result.callback_id,
+            "messages": result.messages,
+            "inserted": result.inserted,
+            "first_seen": result.first_seen,
+            "request_id": callback.request_id,
+            "callback_count": callback.callback_count,
+        }
+        if callback.shape == "unknown":
+            self.metrics.kept.labels(account).inc()
+            _log.warning("callback_kept_unknown_shape", problem=callback.problem, **fields)
+            return Answer(200, {"status": "kept", "callbackId": result.callback_id})
+        _log.info("callback_stored", **fields)
+        return Answer(200, {"status": "stored", "messages": result.messages, "inserted": result.inserted})
+
+    def _commit(
+        self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
+    ) -> store.CallbackResult:
+        # A reused connection may have died while idle (a database restart): one more try
+        # on a fresh one before answering 503.
+        for attempt in range(2):
+            reused = False
+            try:
+                with self._pool.connection() as (conn, reused):
+                    return store.store_callback(conn, kept, messages)
+            except errors.DatabaseUnavailableError:
+                if attempt or not reused:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_route(self, request: _Incoming, source: str | None) -> str:
+        if not self._source_allowed(source):
+            raise errors.CallbackRefusedError(403, "source_not_allowed")
+        path = urllib.parse.urlsplit(request.path).path
+        if request.method != "POST" or not path.startswith(PATH_PREFIX):
+            raise errors.CallbackRefusedError(404 if request.method == "POST" else 405, "no_such_route")
+        account = urllib.parse.unquote(path[len(PATH_PREFIX) :].rstrip("/"))
+        if account not in self.config.accounts:
+            raise errors.CallbackRefusedError(403, "account_not_served")
+        return account
+
+    def _read_body(self, request: _Incoming) -> bytes:
+        if request.length is None:
+            raise errors.CallbackRefusedError(411, "length_required")
+        if request.length > self.config.max_body_bytes:
+            raise errors.CallbackRefusedError(413, "body_too_large")
+        media = (request.content_type or "").split(";", 1)[0].strip().lower()
+        if media not in _JSON_TYPES and not media.endswith("+json"):
+            raise errors.CallbackRefusedError(415, "not_json_media_type")
+        body = request.read(request.length)
+        if len(body) != request.length:
+            raise errors.CallbackRefusedError(400, "body_cut_short")
+        return body
+
+    def _source(self, request: _Incoming) -> str | None:
+        peer = _address(request.peer)
+        if peer is None or not request.forwarded_for or not _in(peer, self.config.trusted_proxies):
+            return str(peer) if peer is not None else None
+        # Walk X-Forwarded-For from the right: the first hop no trusted proxy vouches for is the client.
+        hops = [h.strip() for h in request.forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            address = _address(hop)
+            if address is None:
+                return None
+            if not _in(address, self.config.trusted_proxies):
+                return str(address)
+        return str(peer)
+
+    def _source_allowed(self, source: str | None) -> bool:
+        if not self.config.allowed_sources:
+            return True
+        address = _address(source)
+        return address is not None and _in(address, self.config.allowed_sources)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Incoming:
+    method: str
+    path: str
+    peer: str | None
+    length: int | None
+    content_type: str | None
+    forwarded_for: str | None
+    read: Callable[[int], bytes]
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[Network, ...]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+        super().__init__(address, _Handler)
+        self.receiver = receiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A caller that hangs up (after its answer, or mid-request) is not a receiver fault.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        _log.error("callback_receiver_request_crashed", kind=type(sys.exc_info()[1]).__name__)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "thingspace-sms-sync"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # StreamRequestHandler.timeout is a class attribute; per server, the socket is set here.
+        self.connection.settimeout(self.server.receiver.config.read_timeout)
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        raw_length = self.headers.get("Content-Length")
+        length: int | None
+        try:
+            length = int(raw_length) if raw_length is not None else None
+        except ValueError:
+            length = None
+        if length is not None and length < 0:
+            length = None
+        if self.headers.get("Transfer-Encoding"):
+            # Chunked bodies are not read: the size check needs the length up front.
+            length = None
+        incoming = _Incoming(
+            method=method,
+            path=self.path,
+            peer=self.client_address[0] if self.client_address else None,
+            length=length,
+            content_type=self.headers.get("Content-Type"),
+            forwarded_for=self.headers.get("X-Forwarded-For"),
+            read=self.rfile.read,
+        )
+        answer = self.server.receiver.handle(incoming)
+        if answer.status >= 400 and answer.status not in (500, 503):
+            # A refused request's body may be unread: the connection cannot carry another.
+            self.close_connection = True
+        payload = json.dumps(answer.body).encode() + b"\n"
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Every request is logged by the receiver as its own event; the access line adds nothing.
+        return

@@ -1,0 +1,543 @@
+"""Push mode end to end: the simulator pushes over real HTTP to the receiver, which stores into a
+real Postgres; polling drains whatever push could not deliver. Every message lands exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import signal
+import socket
+import urllib.error
+from collections.abc import Iterator
+from typing import Any
+
+import prometheus_client
+import psycopg
+import pytest
+import structlog
+
+from sync_worker import callback_metrics, callbacks, cli, db, logs, receiver, secret, simulator
+from tests.integration import test_cli_e2e as e2e
+from tests.reliability import crash, proxy
+
+ACCOUNT = "0252012345-00091"
+OTHER = "0252012345-00092"
+USER = "sms-listener"
+PASSWORD = "listener-password-0123456789"  # a test value
+PREVIOUS = "listener-password-previous"  # a test value
+
+
+_log_stream: list[io.StringIO] = []
+
+
+@pytest.fixture(autouse=True)
+def log_buffer() -> Iterator[io.StringIO]:
+    """The worker's JSON log events of this test (the receiver's and the CLI's)."""
+    buffer = io.StringIO()
+    _log_stream.append(buffer)
+    logs.configure("json", "INFO", buffer)
+    yield buffer
+    _log_stream.remove(buffer)
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def push_sim() -> Iterator[simulator.Simulator]:
+    """A simulator whose callback retries are scaled down from minutes to 50 ms."""
+    sim = simulator.Simulator(
+        simulator.SimConfig(
+            accounts=(ACCOUNT, OTHER),
+            callback_retry_seconds=0.05,
+            callback_attempts=3,
+            callback_timeout=5.0,
+        )
+    )
+    with sim:
+        yield sim
+
+
+@contextlib.contextmanager
+def running_receiver(
+    connect: db.ConnectionFactory,
+    *,
+    port: int = 0,
+    accounts: tuple[str, ...] = (ACCOUNT,),
+    previous: str | None = None,
+    allowed: tuple[str, ...] = (),
+) -> Iterator[receiver.Receiver]:
+    import ipaddress  # noqa: PLC0415  # only this helper needs it
+
+    credentials = callbacks.ListenerCredentials(
+        USER, secret.Secret(PASSWORD), secret.Secret(previous) if previous else None
+    )
+    config = receiver.ReceiverConfig(
+        accounts=frozenset(accounts),
+        credentials=credentials,
+        port=port,
+        allowed_sources=tuple(ipaddress.ip_network(a) for a in allowed),
+    )
+    metrics = callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry())
+    with receiver.Receiver(config, connect, metrics) as started:
+        yield started
+
+
+def messages(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` distinct history-shaped messages (distinct: messages have no id, see docs/schema.md)."""
+    return [
+        {
+            "deviceIds": [{"id": f"{350000000000000 + i}", "kind": "imei"}],
+            "message": f"push reading {i}",
+            "timestamp": f"2026-02-01T10:{i // 60 % 60:02d}:{i % 60:02d}Z",
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def canonical(items: list[Any]) -> list[str]:
+    return sorted(json.dumps(m, sort_keys=True) for m in items)
+
+
+def history(db_url: str, account: str = ACCOUNT) -> list[tuple[str, str]]:
+    """(canonical raw message, source) of every stored row of ``account``."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT raw_json, source FROM sms_history WHERE account_name = %s", (account,)
+        ).fetchall()
+    return sorted((json.dumps(json.loads(r[0]), sort_keys=True), str(r[1])) for r in rows)
+
+
+def count(db_url: str, table: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # fixed names
+    assert row is not None
+    return int(row[0])
+
+
+def env_for(sim: simulator.Simulator, db_url: str, port: int) -> dict[str, str]:
+    return sim.worker_env(
+        accounts=[ACCOUNT],
+        database_url=db_url,
+        SYNC_CALLBACK_URL=f"http://127.0.0.1:{port}",
+        SYNC_CALLBACK_USERNAME=USER,
+        SYNC_CALLBACK_PASSWORD=PASSWORD,
+        SYNC_LOG_FORMAT="json",
+        THINGSPACE_RETRY_MAX_WAIT="0.2",
+    )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args), env=env)
+    out, err = capsys.readouterr()
+    # The command pointed logging at the captured streams; back to this test's buffer.
+    logs.configure("json", "INFO", _log_stream[-1])
+    for value in (PASSWORD, PREVIOUS, "sim-password", "sim-client-secret"):
+        assert value not in out + err, f"a secret leaked from {args}"
+    return code, out, err
+
+
+def last_json(out: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(
+    port: int,
+    body: bytes,
+    *,
+    path: str = f"/callbacks/{ACCOUNT}",
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def envelope(message: Any, *, password: str = PASSWORD, **extra: Any) -> bytes:
+    body = {
+        "username": USER,
+        "password": password,
+        "requestId": "7f1c1a6e-0000-4000-8000-000000000001",
+        "deviceIds": message.get("deviceIds") if isinstance(message, dict) else None,
+        "enhancedConnectivityResponse": message,
+        "callbackCount": 1,
+        "maxCallbackThreshold": 4,
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def probe(url: str) -> int:
+    """The status of a GET, 0 while nothing listens yet."""
+    try:
+        return e2e.http_get(url)[0]
+    except urllib.error.URLError:
+        return 0
+
+
+def sample(metrics: callback_metrics.CallbackMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+# --- the flows -------------------------------------------------------------------
+
+
+def test_register_start_delivery_and_every_pushed_message_is_stored_once(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """register, start-delivery, 120 messages pushed: 120 rows, source 'push', the queue empty."""
+    sent = messages(120)
+    push_sim.inject(ACCOUNT, sent)
+    with running_receiver(db.connector(db_url)) as r:
+        port = r.port
+        env = env_for(push_sim, db_url, port)
+        code, out, err = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)
+        assert code == 0, err
+        assert last_json(out)["url"] == f"http://127.0.0.1:{r.port}/callbacks/{ACCOUNT}"
+        code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)
+        assert code == 0, out
+        assert push_sim.push.wait_idle(60)
+        assert (
+            sample(r.metrics, "thingspace_sync_callbacks_stored_total", account=ACCOUNT, shape="envelope")
+            == 120
+        )
+    assert history(db_url) == sorted((m, "push") for m in canonical(sent))
+    assert push_sim.queued(ACCOUNT) == []
+    assert canonical(push_sim.pushed(ACCOUNT)) == canonical(sent)
+    assert count(db_url, "sms_callback") == 120
+    # Messages that arrive after startCallbacks are pushed, not queued.
+    late = messages(5, start=500)
+    with running_receiver(db.connector(db_url), port=port):
+        push_sim.inject(ACCOUNT, late)
+        assert push_sim.push.wait_idle(30)
+    assert len(history(db_url)) == 125
+
+
+def test_receiver_down_for_a_while_loses_nothing_retried_or_requeued_and_polled(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deliveries to a receiver that is down fail; those retried after it came up are stored, those
+    that ran out of attempts go back to the queue, and a poll pass stores them: 80 messages, 80 rows."""
+    push_sim.config.callback_retry_seconds = 0.3
+    push_sim.config.callback_attempts = 4
+    sent = messages(80)
+    push_sim.inject(ACCOUNT, sent)
+    port = free_port()
+    env = env_for(push_sim, db_url, port)
+    code, out, _ = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)
+    assert code == 0, out
+    code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)
+    assert code == 0, out
+    # Every message failed at least once before the receiver comes up.
+    assert push_sim.push.wait_for(lambda c: c.failed_attempts >= len(sent), 60)
+    with running_receiver(db.connector(db_url), port=port):
+        assert push_sim.push.wait_idle(60)
+    counters = push_sim.push.counters
+    assert counters.delivered + counters.requeued == len(sent)
+    code, out, _ = run_cli(capsys, env, "once")
+    assert code == 0, out
+    rows = history(db_url)
+    assert [m for m, _ in rows] == canonical(sent)
+    assert sum(1 for _, source in rows if source == "poll") == counters.requeued
+    assert push_sim.queued(ACCOUNT) == []
+
+
+def test_duplicated_and_reordered_pushes_store_each_message_once(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every callback delivered twice, in shuffled order: 60 rows, 60 redeliveries absorbed."""
+    push_sim.config.callback_duplicate_rate = 1.0
+    push_sim.config.callback_reorder = True
+    sent = messages(60)
+    push_sim.inject(ACCOUNT, sent)
+    with running_receiver(db.connector(db_url)) as r:
+        env = env_for(push_sim, db_url, r.port)
+        assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert push_sim.push.wait_idle(60)
+        assert push_sim.push.counters.duplicates == 60
+        assert sample(r.metrics, "thingspace_sync_callback_messages_replayed_total", account=ACCOUNT) == 60
+    assert history(db_url) == sorted((m, "push") for m in canonical(sent))
+    with psycopg.connect(db_url) as conn:
+        seen = conn.execute("SELECT seen_count, count(*) FROM sms_callback GROUP BY 1").fetchall()
+    assert seen == [(2, 60)]
+
+
+def test_a_pushed_message_whose_2xx_was_lost_is_polled_too_and_stored_once(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stored by the receiver, its 2xx lost, re-queued and polled: the message key collides, one row."""
+    push_sim.config.callback_attempts = 1
+    sent = messages(30)
+    push_sim.inject(ACCOUNT, sent)
+    push_sim.push.lose_answers(30)
+    with running_receiver(db.connector(db_url)) as r:
+        env = env_for(push_sim, db_url, r.port)
+        assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert push_sim.push.wait_idle(60)
+    assert push_sim.push.counters.requeued == 30
+    assert len(push_sim.queued(ACCOUNT)) == 30
+    code, out, _ = run_cli(capsys, env, "once")
+    assert code == 0, out
+    result = last_json(out)
+    assert (result["received"], result["inserted"]) == (30, 0)
+    assert history(db_url) == sorted((m, "push") for m in canonical(sent))
+
+
+def test_database_down_answers_503_and_the_retried_delivery_is_stored(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Postgres cut the receiver answers 503 (nothing acknowledged); after it is back, the
+    platform's next attempt is stored."""
+    push_sim.config.callback_retry_seconds = 0.2
+    push_sim.config.callback_attempts = 10
+    sent = messages(3)
+    with proxy.PgProxy(db_url) as pg, running_receiver(db.connector(pg.conninfo())) as r:
+        env = env_for(push_sim, db_url, r.port)
+        assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        pg.cut()
+        push_sim.inject(ACCOUNT, sent)
+        assert push_sim.push.wait_for(lambda c: c.failed_attempts >= 3, 60)
+        assert (
+            sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="database_unavailable")
+            >= 3
+        )
+        assert count(db_url, "sms_history") == 0
+        pg.restore()
+        assert push_sim.push.wait_idle(60)
+    assert history(db_url) == sorted((m, "push") for m in canonical(sent))
+    assert push_sim.push.counters.requeued == 0
+
+
+# --- refusals, replays, unknown shapes -------------------------------------------------
+
+
+def test_refusals_store_nothing_and_never_log_the_body_or_password(
+    db_url: str, log_buffer: io.StringIO
+) -> None:
+    """Wrong password, foreign account, account mismatch, oversized, non-JSON, wrong media type,
+    no such route: each refused with its status, nothing stored, the sent password in no log."""
+    good = messages(1)[0]
+    wrong = "not-the-password-9876"
+    with running_receiver(db.connector(db_url)) as r:
+        cases = [
+            (post(r.port, envelope(good, password=wrong)), 403),
+            (post(r.port, envelope(good), path=f"/callbacks/{OTHER}"), 403),
+            (post(r.port, envelope(good, accountName=OTHER)), 403),
+            (post(r.port, b"{" + b" " * 70_000 + b"}"), 413),
+            (post(r.port, b"username=a&password=b"), 400),
+            (post(r.port, envelope(good), content_type="text/plain"), 415),
+            (post(r.port, envelope(good), path="/elsewhere"), 404),
+        ]
+        for (status, body), expected in cases:
+            assert (status, body) == (expected, {"status": "refused"})
+        refused = {
+            reason: sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason=reason)
+            for reason in (
+                "bad_credentials",
+                "account_not_served",
+                "account_mismatch",
+                "body_too_large",
+                "not_json",
+                "not_json_media_type",
+                "no_such_route",
+            )
+        }
+    assert set(refused.values()) == {1.0}
+    assert count(db_url, "sms_history") == 0
+    assert count(db_url, "sms_callback") == 0
+    logged = log_buffer.getvalue()
+    assert logged.count('"callback_refused"') == len(cases)
+    assert wrong not in logged
+    assert PASSWORD not in logged
+    assert good["message"] not in logged
+
+
+def test_source_allowlist_refuses_other_addresses_before_reading(db_url: str) -> None:
+    """With only 10.0.0.0/8 allowed, a loopback caller with the right credentials gets 403."""
+    with running_receiver(db.connector(db_url), allowed=("10.0.0.0/8",)) as r:
+        assert post(r.port, envelope(messages(1)[0])) == (403, {"status": "refused"})
+        assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason="source_not_allowed") == 1
+    assert count(db_url, "sms_history") == 0
+
+
+def test_previous_password_is_accepted_during_rotation(db_url: str) -> None:
+    """Both the new and the previous password are accepted while the rotation window is open."""
+    with running_receiver(db.connector(db_url), previous=PREVIOUS) as r:
+        first, second = messages(2)
+        assert post(r.port, envelope(first))[0] == 200
+        assert post(r.port, envelope(second, password=PREVIOUS))[0] == 200
+    assert len(history(db_url)) == 2
+
+
+def test_a_replayed_callback_changes_nothing_in_the_history(db_url: str) -> None:
+    """The same body twice: one row, the second answer inserts nothing, the kept body is seen twice."""
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 0})
+    assert len(history(db_url)) == 1
+    with psycopg.connect(db_url) as conn:
+        kept = conn.execute("SELECT seen_count, body, body_exact FROM sms_callback").fetchall()
+    assert len(kept) == 1
+    seen_count, stored_body, exact = kept[0]
+    assert (seen_count, exact) == (2, True)
+    # Byte for byte but the password value.
+    assert bytes(stored_body) == body.replace(PASSWORD.encode(), callbacks.REDACTED.encode())
+
+
+def test_an_unknown_shape_is_kept_reported_and_answered_200(db_url: str, log_buffer: io.StringIO) -> None:
+    """A body with credentials but no message shape we know: 200, kept in sms_callback, reported."""
+    body = json.dumps(
+        {"username": USER, "password": PASSWORD, "requestId": "r-1", "somethingNew": {"payload": [1, 2]}}
+    ).encode()
+    with running_receiver(db.connector(db_url)) as r:
+        status, answer = post(r.port, body)
+        assert (status, answer["status"]) == (200, "kept")
+        assert sample(r.metrics, "thingspace_sync_callbacks_kept_unknown_total", account=ACCOUNT) == 1
+    assert count(db_url, "sms_history") == 0
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT shape, problem, request_id FROM sms_callback").fetchone()
+    assert row == ("unknown", "no known message shape (keys: requestId, somethingNew)", "r-1")
+    assert '"callback_kept_unknown_shape"' in log_buffer.getvalue()
+
+
+def test_flat_callbacks_without_timestamp_are_stored_with_what_identity_they_have(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The published SOAP-like shape (no timestamp, no requestId): every delivery is a row, flagged."""
+    push_sim.config.callback_shape = "flat"
+    sent = messages(5)
+    push_sim.inject(ACCOUNT, sent)
+    with running_receiver(db.connector(db_url)) as r:
+        env = env_for(push_sim, db_url, r.port)
+        assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert push_sim.push.wait_idle(30)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT message, received_at, problems FROM sms_history ORDER BY message"
+        ).fetchall()
+    assert [r[0] for r in rows] == sorted(m["message"] for m in sent)
+    assert all(r[1] is None and any("receipt time" in p for p in r[2]) for r in rows)
+
+
+# --- the registration commands -------------------------------------------------------
+
+
+def test_register_refuses_a_foreign_listener_list_hides_passwords_remove_guards_too(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """register refuses to replace another listener without --replace; list shows no password;
+    remove refuses a foreign listener without --force and removes ours."""
+    env = env_for(push_sim, db_url, 9005)
+    foreign = "https://someone-else.example.com/hook"
+    env_other = {**env, "SYNC_CALLBACK_PASSWORD": "their-password-123"}
+    code, out, _ = run_cli(capsys, env_other, "callbacks", "register", "--account", ACCOUNT, "--url", foreign)
+    assert code == 0, out
+    code, _, err = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)
+    assert code == 2
+    assert "--replace" in err and foreign in err
+    code, out, _ = run_cli(capsys, env, "callbacks", "list", "--account", ACCOUNT, "--json")
+    assert code == 0
+    listed = last_json(out)["listeners"]
+    assert [(item["url"], item["password"]) for item in listed] == [(foreign, "(set)")]
+    assert "their-password-123" not in out
+    code, _, err = run_cli(capsys, env, "callbacks", "remove", "--account", ACCOUNT)
+    assert code == 2 and "--force" in err
+    code, out, _ = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT, "--replace")
+    assert code == 0 and last_json(out)["replaced"] == foreign
+    code, out, _ = run_cli(capsys, env, "callbacks", "remove", "--account", ACCOUNT)
+    assert code == 0 and last_json(out)["removed"] == f"http://127.0.0.1:9005/callbacks/{ACCOUNT}"
+    code, out, _ = run_cli(capsys, env, "callbacks", "list", "--account", ACCOUNT, "--json")
+    assert last_json(out) == {"listeners": []}
+
+
+def test_receive_command_serves_callbacks_health_and_metrics_and_stops_on_sigterm(db_url: str) -> None:
+    """`sync-worker receive`: /healthz and /readyz 200, a callback stored and counted in /metrics,
+    SIGTERM exits 0; no secret in its output."""
+    callback_port, metrics_port = free_port(), free_port()
+    env = simulator.worker_env(
+        "http://127.0.0.1:1/api",
+        accounts=[ACCOUNT],
+        database_url=db_url,
+        inherit=True,
+        SYNC_CALLBACK_USERNAME=USER,
+        SYNC_CALLBACK_PASSWORD=PASSWORD,
+        SYNC_CALLBACK_HOST="127.0.0.1",
+        SYNC_CALLBACK_PORT=str(callback_port),
+        SYNC_METRICS_PORT=str(metrics_port),
+        SYNC_LOG_FORMAT="json",
+    )
+    worker = crash.Worker(["receive"], env, "receiver")
+    try:
+        base = f"http://127.0.0.1:{metrics_port}"
+        crash.wait_until(lambda: probe(base + "/healthz") == 200, 30, "the receiver's /healthz")
+        assert e2e.http_get(base + "/readyz")[0] == 200
+        assert post(callback_port, envelope(messages(1)[0])) == (
+            200,
+            {"status": "stored", "messages": 1, "inserted": 1},
+        )
+        _, text = e2e.http_get(base + "/metrics")
+        assert f'thingspace_sync_callbacks_stored_total{{account="{ACCOUNT}",shape="envelope"}} 1.0' in text
+        worker.proc.send_signal(signal.SIGTERM)
+    finally:
+        code = worker.wait(30)
+    assert code == 0, worker.stderr
+    assert PASSWORD not in worker.stdout + worker.stderr
+    assert '"callback_stored"' in worker.stdout
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
+
+
+def test_removing_the_listener_switches_back_to_polling_without_loss(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """callbacks remove while pushes are failing: they go back to the queue, later messages are queued,
+    and a poll pass stores all of them."""
+    push_sim.config.callback_retry_seconds = 0.2
+    sent = messages(20)
+    push_sim.inject(ACCOUNT, sent)
+    env = env_for(push_sim, db_url, free_port())
+    assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+    assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+    code, out, _ = run_cli(capsys, env, "callbacks", "remove", "--account", ACCOUNT)
+    assert code == 0, out
+    assert push_sim.push.wait_idle(60)
+    later = messages(5, start=100)
+    push_sim.inject(ACCOUNT, later)
+    assert push_sim.push.counters.delivered == 0
+    assert len(push_sim.queued(ACCOUNT)) == 25
+    code, out, _ = run_cli(capsys, env, "once")
+    assert code == 0, out
+    assert history(db_url) == sorted((m, "poll") for m in canonical(sent + later))
+
+
+def test_callbacks_kept_lists_unknown_shapes_without_their_body(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`callbacks kept --json` lists the kept unknown-shape callback: id, problem, size; no body."""
+    body = json.dumps({"username": USER, "password": PASSWORD, "mystery": 1}).encode()
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body)[0] == 200
+    env = {"SYNC_DATABASE_URL": db_url, "SYNC_LOG_FORMAT": "json"}
+    code, out, _ = run_cli(capsys, env, "callbacks", "kept", "--json")
+    assert code == 0
+    (kept,) = last_json(out)["kept"]
+    assert (kept["account_name"], kept["problem"]) == (ACCOUNT, "no known message shape (keys: mystery)")
+    assert kept["body_size"] == len(body.replace(PASSWORD.encode(), callbacks.REDACTED.encode()))
+    assert "body" not in kept
