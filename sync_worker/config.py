@@ -205,7 +205,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _choice_variable(
         "SYNC_LOG_FORMAT",
         "auto",
-        "auto (JSON unless stdout is a terminal), json or console.",
+        "auto (JSON unless the log stream is a terminal: stderr for commands, stdout for the daemon `run`), json or console.",
         "log_format",
         LOG_FORMATS,
         upper=False,
