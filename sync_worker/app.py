@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from sync_worker import client, config, db, guard, migrations, retry, scheduler, sync
+from sync_worker import client, config, db, guard, migrations, retry, scheduler, status, sync
 
 _log = structlog.get_logger(__name__)
 
@@ -133,9 +133,11 @@ def sync_once(
     ``settings`` (tests inject theirs).
     """
     connect = connect or connector(settings)
+    names = list(accounts) if accounts is not None else list(settings.account_names)
     with connect() as conn:
         migrations.check_schema(conn)
-    names = list(accounts) if accounts is not None else list(settings.account_names)
+        if metrics is not None:
+            _announce(conn, names, metrics)
     with contextlib.ExitStack() as stack:
         if api is None:
             api, _ = stack.enter_context(
@@ -156,6 +158,18 @@ def sync_once(
     passed = sync.PassResult(results)
     _log.info("sync_pass", **passed.summary())
     return passed
+
+
+def _announce(conn: db.Connection, names: Sequence[str], metrics: sync.MetricsSink) -> None:
+    """Every account of the pass gets its series, with its last success from the database, so a
+    pass's written metrics carry the real last success even when this pass failed."""
+    last = {
+        s.account_name: s.last_success_at.timestamp()
+        for s in status.account_status(conn)
+        if s.last_success_at is not None
+    }
+    for name in names:
+        metrics.account_configured(name, last.get(name))
 
 
 def run_daemon(

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,9 @@ from sync_worker import (
     status,
     store,
 )
+
+# The Pushgateway job of `once` (the daemon is scraped instead); alert rules select on it.
+PUSH_JOB = "thingspace-sms-sync-once"
 
 
 class Context:
@@ -143,12 +147,35 @@ def cmd_once(ctx: Context) -> int:
     with _connection(settings):
         pass
     stop = threading.Event()
-    progress = metrics.ProgressMetrics(sys.stderr) if sys.stderr.isatty() else None
+    exported = settings.metrics_textfile is not None or settings.metrics_pushgateway is not None
+    pass_metrics: metrics.Metrics | None = None
+    if sys.stderr.isatty():
+        pass_metrics = metrics.ProgressMetrics(sys.stderr, one_pass=True)
+    elif exported:
+        pass_metrics = metrics.Metrics(one_pass=True)
     with signals.stop_on_signals(stop):
-        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=progress)
+        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=pass_metrics)
+    if exported and pass_metrics is not None:
+        _export_pass_metrics(settings, pass_metrics)
     # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
     ctx.print(json.dumps(report.jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
     return int(result.exit_code)
+
+
+def _export_pass_metrics(settings: config.Settings, pass_metrics: metrics.Metrics) -> None:
+    """The pass's metrics to the textfile and/or the Pushgateway. A failure is logged, not fatal:
+    the messages are stored, and the alert on the age of the last pass notices the silence."""
+    log = logs.get_logger(__name__)
+    if settings.metrics_textfile is not None:
+        try:
+            pass_metrics.write_textfile(settings.metrics_textfile)
+        except errors.SyncWorkerError as exc:
+            log.error("metrics_textfile_failed", error=str(exc))
+    if settings.metrics_pushgateway is not None:
+        try:
+            pass_metrics.push(settings.metrics_pushgateway, job=PUSH_JOB, instance=socket.gethostname())
+        except errors.SyncWorkerError as exc:
+            log.error("metrics_push_failed", error=str(exc))
 
 
 def cmd_status(ctx: Context) -> int:

@@ -4,12 +4,17 @@ and a real Postgres."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client import parser
 
 from sync_worker import models, simulator, store
 from tests.integration.test_cli_e2e import ACCOUNTS, cli, worker_env
@@ -210,3 +215,62 @@ def test_start_delivery_asks_first(simulator: simulator.Simulator, db_url: str) 
     done = cli(_env(simulator, db_url), "start-delivery", "--account", ACCOUNTS[0], "--yes")
     assert done.returncode == 0
     assert "callback" in done.stderr and json.loads(done.stdout)["success"] is True
+
+
+class _Pushgateway(http.server.ThreadingHTTPServer):
+    """Records what a Pushgateway would receive: (method, path, body)."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str]] = []
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+                gateway.received.append(("PUT", self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_once_writes_the_textfile_and_pushes_to_the_pushgateway(
+    simulator: simulator.Simulator, db_url: str, tmp_path: Path
+) -> None:
+    """With SYNC_METRICS_TEXTFILE and SYNC_METRICS_PUSHGATEWAY, a pass leaves a parseable .prom file
+    (nothing else in its directory) and PUTs the same metrics to job thingspace-sms-sync-once."""
+    simulator.seed(ACCOUNTS[0], 120, seed=9)
+    gateway = _Pushgateway()
+    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
+    thread.start()
+    try:
+        textfile = tmp_path / "thingspace-sms-sync.prom"
+        env = _env(
+            simulator,
+            db_url,
+            SYNC_ACCOUNTS=ACCOUNTS[0],
+            SYNC_METRICS_TEXTFILE=str(textfile),
+            SYNC_METRICS_PUSHGATEWAY=f"http://127.0.0.1:{gateway.server_address[1]}",
+        )
+        once = cli(env, "once")
+        assert once.returncode == 0, once.stderr
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+        thread.join(timeout=5)
+    assert [p.name for p in tmp_path.iterdir()] == [textfile.name]
+    written = {
+        s.name: s for f in parser.text_string_to_metric_families(textfile.read_text()) for s in f.samples
+    }
+    assert written["thingspace_sync_messages_inserted_total"].value == 120
+    assert "thingspace_sync_last_success_timestamp_seconds" in written
+    assert not any(name.startswith("process_") or name.endswith("_created") for name in written)
+    ((method, path, body),) = gateway.received
+    assert method == "PUT"
+    assert path == f"/metrics/job/thingspace-sms-sync-once/instance/{socket.gethostname()}"
+    pushed = {s.name for f in parser.text_string_to_metric_families(body) for s in f.samples}
+    assert pushed == set(written)
