@@ -47,8 +47,8 @@ def load_yaml(path: Path) -> list[Any]:
 
 def k8s_docs() -> list[dict[str, Any]]:
     """Every Kubernetes object (the kustomization file is tooling, not an object)."""
-    docs = [doc for path in sorted(DEPLOY.glob("kubernetes/*.yaml")) for doc in load_yaml(path)]
-    return [doc for doc in docs if doc["kind"] != "Kustomization"]
+    docs = [doc for path in sorted(DEPLOY.glob("kubernetes/**/*.yaml")) for doc in load_yaml(path)]
+    return [doc for doc in docs if doc["kind"] not in ("Kustomization", "Component")]
 
 
 def compose() -> dict[str, Any]:
@@ -134,7 +134,8 @@ def test_expected_files_exist() -> None:
         "kubernetes/configmap.yaml",
         "kubernetes/secret.example.yaml",
         "kubernetes/service.yaml",
-        "kubernetes/servicemonitor.yaml",
+        "kubernetes/components/servicemonitor/servicemonitor.yaml",
+        "kubernetes-prometheus-operator/kustomization.yaml",
         "prometheus/alerts.yml",
         "grafana/thingspace-sms-sync.json",
     ):
