@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         p.set_defaults(func=func)
         return p
 
-    add("migrate", "cmd_migrate", "create or upgrade the database schema (safe to run concurrently)")
+    p = add("migrate", "cmd_migrate", "create or upgrade the database schema (safe to run concurrently)")
+    p.add_argument(
+        "--create-database",
+        action="store_true",
+        help="first create the database SYNC_DATABASE_URL names if it does not exist (needs CREATEDB)",
+    )
     add("run", "cmd_run", "run the daemon: sync every account on its interval until SIGTERM/SIGINT")
     p = add("once", "cmd_once", "one pass over the accounts (each drained to its final block), then exit")
     p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")

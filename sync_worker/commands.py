@@ -26,6 +26,7 @@ from sync_worker import (
     app,
     auth,
     config,
+    db,
     demo,
     errors,
     exitcodes,
@@ -82,6 +83,12 @@ def _connection(settings: config.Settings, *, check_schema: bool = True) -> Iter
 
 def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
+    if ctx.args.create_database:
+        created = db.create_database(
+            settings.database_url, failure=f"SYNC_DATABASE_URL: {settings.redacted_database_url()}"
+        )
+        if created is not None:
+            logs.get_logger(__name__).info("database_created", database=created)
     with _connection(settings, check_schema=False) as conn:
         applied = migrations.migrate(conn)
     logs.get_logger(__name__).info("migrated", applied=list(applied))
