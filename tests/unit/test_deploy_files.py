@@ -525,20 +525,8 @@ def test_dockerfile_install_steps_in_a_clean_venv(tmp_path: Path) -> None:
     _run([builder_py, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), "."], src)
     built = sorted(dist.glob("*.whl"))
     assert [w.name for w in built] == [f"thingspace_sms_sync-{VERSION}-py3-none-any.whl"]
-    _run(
-        [
-            builder_py,
-            "-m",
-            "pip",
-            "wheel",
-            "--constraint",
-            "deploy/constraints.txt",
-            "--wheel-dir",
-            str(wheels),
-        ]
-        + [str(built[0])],
-        src,
-    )
+    constraint = ["--constraint", "deploy/constraints.txt"]
+    _run([builder_py, "-m", "pip", "wheel", *constraint, "--wheel-dir", str(wheels), str(built[0])], src)
 
     # Runtime stage: offline install from the builder's wheels only.
     _run([sys.executable, "-m", "venv", str(tmp_path / "runtime")], tmp_path)

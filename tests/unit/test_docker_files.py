@@ -21,8 +21,8 @@ OPERATIONS = (ROOT / "docs/operations.md").read_text()
 
 def _pins() -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in (DEPLOY / "constraints.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, sep, version = line.partition("==")
             assert sep, f"not an exact pin: {line}"
