@@ -99,8 +99,8 @@ def create_database(dsn: str, *, failure: str, connect_timeout: int = 10) -> str
             row = conn.execute(queries.get("database_exists"), {"name": name}).fetchone()
             if row is not None and row[0]:
                 return None
-            statement = pg_sql.SQL(queries.get("create_database")).format(name=pg_sql.Identifier(str(name)))
-            conn.execute(statement)
+            # CREATE DATABASE takes no bind parameters: the name goes in as a quoted identifier.
+            conn.execute(pg_sql.SQL(queries.get("create_database")).format(name=pg_sql.Identifier(str(name))))
         except psycopg.errors.DuplicateDatabase:
             return None  # created by a concurrent migrate
         except psycopg.Error as exc:

@@ -73,7 +73,11 @@ def test_dockerfile_builds_with_the_constraints_and_says_buildkit() -> None:
 def test_docker_run_examples_stop_slower_than_the_worker_shuts_down() -> None:
     """Every documented `docker run` of the daemon passes --stop-timeout above the shutdown timeout."""
     shutdown = float(next(v.default for v in config.VARIABLES if v.name == "SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
-    runs = [c for c in re.findall(r"docker run[^\n]*(?:\\\n[^\n]*)*", OPERATIONS) if " migrate" not in c]
+    runs = [
+        c
+        for c in re.findall(r"^docker run[^\n]*(?:\\\n[^\n]*)*", OPERATIONS, re.MULTILINE)
+        if " migrate" not in c
+    ]
     assert runs
     for command in runs:
         found = re.search(r"--stop-timeout[ =](\d+)", command)
