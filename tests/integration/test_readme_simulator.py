@@ -25,7 +25,7 @@ def _block() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Trying it against the simulator", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
-    return block.splitlines()
+    return str(block).splitlines()
 
 
 def _port_free(port: int) -> bool:
