@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -56,16 +57,20 @@ def plain_http_port() -> Iterator[int]:
                 conn, _ = server.accept()
             except OSError:
                 return
-            with conn:
+            with conn, contextlib.suppress(OSError):
                 conn.recv(4096)
                 conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield int(server.getsockname()[1])
+    port = int(server.getsockname()[1])
+    yield port
     stop.set()
-    server.close()
+    # accept() does not return when the socket is closed under it: one last connection wakes it.
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
     thread.join(timeout=5)
+    server.close()
+    assert not thread.is_alive()
 
 
 def test_dns_failure_names_the_host_and_says_dns() -> None:
