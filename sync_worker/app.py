@@ -30,6 +30,7 @@ from sync_worker import (
     receiver,
     retry,
     scheduler,
+    status,
     sync,
 )
 
@@ -147,9 +148,11 @@ def sync_once(
     ``settings`` (tests inject theirs).
     """
     connect = connect or connector(settings)
+    names = list(accounts) if accounts is not None else list(settings.account_names)
     with connect() as conn:
         migrations.check_schema(conn)
-    names = list(accounts) if accounts is not None else list(settings.account_names)
+        if metrics is not None:
+            _announce(conn, names, metrics)
     with contextlib.ExitStack() as stack:
         if api is None:
             api, _ = stack.enter_context(
@@ -170,6 +173,18 @@ def sync_once(
     passed = sync.PassResult(results)
     _log.info("sync_pass", **passed.summary())
     return passed
+
+
+def _announce(conn: db.Connection, names: Sequence[str], metrics: sync.MetricsSink) -> None:
+    """Every account of the pass gets its series, with its last success from the database, so a
+    pass's written metrics carry the real last success even when this pass failed."""
+    last = {
+        s.account_name: s.last_success_at.timestamp()
+        for s in status.account_status(conn)
+        if s.last_success_at is not None
+    }
+    for name in names:
+        metrics.account_configured(name, last.get(name))
 
 
 def run_daemon(

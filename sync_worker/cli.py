@@ -64,12 +64,30 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         p.set_defaults(func=func)
         return p
 
-    add("migrate", "cmd_migrate", "create or upgrade the database schema (safe to run concurrently)")
+    p = add("migrate", "cmd_migrate", "create or upgrade the database schema (safe to run concurrently)")
+    p.add_argument(
+        "--create-database",
+        action="store_true",
+        help="first create the database SYNC_DATABASE_URL names if it does not exist (needs CREATEDB)",
+    )
     add("run", "cmd_run", "run the daemon: sync every account on its interval until SIGTERM/SIGINT")
     p = add("once", "cmd_once", "one pass over the accounts (each drained to its final block), then exit")
     p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
     p = add("status", "cmd_status", "per account: cursor, last success, lag, rows, last error")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit {exitcodes.UNHEALTHY} if an account is stale, failing or quarantined, or the login "
+        "guard is tripped (for Nagios-style checks and scripts); prints each problem",
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --check: an account without a success for longer is stale (default: 1800)",
+    )
 
     cursor = sub.add_parser("cursor", help="show or reset the stored history cursors")
     cursor_sub = cursor.add_subparsers(dest="cursor_command", metavar="ACTION", required=True)
@@ -82,8 +100,29 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         "forget an account's cursor: the next sync starts at the head",
         cursor_sub,
     )
+    p.add_argument("--account", required=True, metavar="A", help="a configured or known account")
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
+
+    acc = sub.add_parser("accounts", help="list the accounts the database knows, or forget one")
+    acc_sub = acc.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
+    p = add("list", "cmd_accounts_list", "configured accounts and accounts the database knows", acc_sub)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add(
+        "forget",
+        "cmd_accounts_forget",
+        "remove an account's cursor, runs and failure streak (history kept unless --with-history)",
+        acc_sub,
+    )
     p.add_argument("--account", required=True, metavar="A")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--with-history", action="store_true", help="also delete its stored messages and quarantined blocks"
+    )
+    p.add_argument(
+        "--even-if-configured",
+        action="store_true",
+        help="forget an account that is still configured (its next run starts at the head of the queue)",
+    )
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
 
     auth = sub.add_parser("auth", help="the login lock-out guard")
     auth_sub = auth.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
@@ -131,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "start-delivery",
         "cmd_start_delivery",
-        "ask ThingSpace to push the account's queue to its callback URL",
+        "ask ThingSpace to push the account's queue to its callback URL (away from this worker)",
     )
     p.add_argument("--account", required=True, metavar="A")
+    p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
 
     callbacks = sub.add_parser("callbacks", help="the account's callback listener (push mode)")
     cb_sub = callbacks.add_subparsers(dest="callbacks_command", metavar="ACTION", required=True)

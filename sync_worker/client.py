@@ -51,6 +51,8 @@ import email.utils
 import json
 import math
 import re
+import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -177,12 +179,12 @@ class ThingSpaceClient:
         except requests.Timeout as exc:
             self._observe(operation, None, started)
             raise errors.ApiTransientError(
-                f"request timed out ({type(exc).__name__})", operation=operation
+                f"request to {_host_port(url)} timed out ({type(exc).__name__})", operation=operation
             ) from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             self._observe(operation, None, started)
             raise errors.ApiTransientError(
-                f"connection failed ({type(exc).__name__})", operation=operation
+                f"connection to {_host_port(url)} failed: {network_cause(exc)}", operation=operation
             ) from exc
         except requests.RequestException as exc:
             self._observe(operation, None, started)
@@ -804,3 +806,57 @@ def _error_fields(response: requests.Response) -> tuple[str | None, str | None]:
         description = body.get("error_description")
         return body["error"], description if isinstance(description, str) else None
     return None, None
+
+
+# --- network errors ------------------------------------------------------------
+
+
+def _host_port(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    return f"{parts.hostname}:{port}" if port else str(parts.hostname)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps: causes, contexts, and urllib3's ``reason``/``args``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+
+
+# Most specific first: a TLS failure is also an OSError, a DNS failure too.
+_CAUSES: Final[tuple[tuple[type[BaseException], Callable[[Any], str]], ...]] = (
+    (socket.gaierror, lambda e: f"DNS lookup failed ({e.strerror or e})"),
+    (ssl.SSLCertVerificationError, lambda e: f"TLS certificate verification failed ({e.verify_message})"),
+    (ssl.SSLError, lambda e: f"TLS handshake failed ({e.reason or type(e).__name__})"),
+    (
+        ConnectionRefusedError,
+        lambda _: "connection refused (nothing listens there, or a firewall rejects it)",
+    ),
+    (ConnectionResetError, lambda _: "connection reset by the peer"),
+    (TimeoutError, lambda _: "timed out"),
+)
+
+
+def network_cause(exc: BaseException) -> str:
+    """What went wrong below HTTP, in words an operator can act on: DNS, refused, TLS, reset..."""
+    chain = list(_chain(exc))
+    for kind, describe in _CAUSES:
+        for e in chain:
+            if isinstance(e, kind):
+                return describe(e)
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut off (ChunkedEncodingError)"
+    if any(type(e).__name__ == "RemoteDisconnected" for e in chain):
+        return "the server closed the connection without an answer"
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return str(e.strerror)
+    return type(exc).__name__

@@ -15,16 +15,19 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from sync_worker import (
+    accounts,
     app,
     auth,
     callback_metrics,
     config,
+    db,
     demo,
     errors,
     exitcodes,
@@ -43,6 +46,9 @@ from sync_worker import (
     store,
 )
 
+# The Pushgateway job of `once` (the daemon is scraped instead); alert rules select on it.
+PUSH_JOB = "thingspace-sms-sync-once"
+
 
 class Context:
     """What every command gets: the parsed arguments and where to write."""
@@ -54,12 +60,13 @@ class Context:
         self.err = err
         self.logging = False
 
-    def settings(self, *, credentials: bool, accounts: bool, logs_to_stderr: bool = False) -> config.Settings:
+    def settings(self, *, credentials: bool, accounts: bool, daemon: bool = False) -> config.Settings:
         settings = config.load(
             self.env, self.args.config, require_credentials=credentials, require_accounts=accounts
         )
-        # Commands whose stdout is data (quarantine list/show) keep their logs off it.
-        logs.configure(settings.log_format, settings.log_level, self.err if logs_to_stderr else self.out)
+        # A command's stdout is its data (`send ... | jq`, `once | tail -1`), so its logs go to
+        # stderr. The daemon has no data: its log stream is stdout, as the deployment docs say.
+        logs.configure(settings.log_format, settings.log_level, self.out if daemon else self.err)
         self.logging = True
         return settings
 
@@ -77,6 +84,12 @@ def _connection(settings: config.Settings, *, check_schema: bool = True) -> Iter
 
 def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
+    if ctx.args.create_database:
+        created = db.create_database(
+            settings.database_url, failure=f"SYNC_DATABASE_URL: {settings.redacted_database_url()}"
+        )
+        if created is not None:
+            logs.get_logger(__name__).info("database_created", database=created)
     with _connection(settings, check_schema=False) as conn:
         applied = migrations.migrate(conn)
     logs.get_logger(__name__).info("migrated", applied=list(applied))
@@ -85,7 +98,7 @@ def cmd_migrate(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
-    settings = ctx.settings(credentials=True, accounts=True)
+    settings = ctx.settings(credentials=True, accounts=True, daemon=True)
     with _connection(settings):
         pass
     m = metrics.Metrics()
@@ -142,32 +155,124 @@ def cmd_once(ctx: Context) -> int:
     with _connection(settings):
         pass
     stop = threading.Event()
-    progress = metrics.ProgressMetrics(sys.stderr) if sys.stderr.isatty() else None
+    exported = settings.metrics_textfile is not None or settings.metrics_pushgateway is not None
+    pass_metrics: metrics.Metrics | None = None
+    if sys.stderr.isatty():
+        pass_metrics = metrics.ProgressMetrics(sys.stderr, one_pass=True)
+    elif exported:
+        pass_metrics = metrics.Metrics(one_pass=True)
     with signals.stop_on_signals(stop):
-        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=progress)
+        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=pass_metrics)
+    if exported and pass_metrics is not None:
+        _export_pass_metrics(settings, pass_metrics)
     # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
     ctx.print(json.dumps(report.jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
     return int(result.exit_code)
+
+
+def _export_pass_metrics(settings: config.Settings, pass_metrics: metrics.Metrics) -> None:
+    """The pass's metrics to the textfile and/or the Pushgateway. A failure is logged, not fatal:
+    the messages are stored, and the alert on the age of the last pass notices the silence."""
+    log = logs.get_logger(__name__)
+    if settings.metrics_textfile is not None:
+        try:
+            pass_metrics.write_textfile(settings.metrics_textfile)
+        except errors.SyncWorkerError as exc:
+            log.error("metrics_textfile_failed", error=str(exc))
+    if settings.metrics_pushgateway is not None:
+        try:
+            pass_metrics.push(settings.metrics_pushgateway, job=PUSH_JOB, instance=socket.gethostname())
+        except errors.SyncWorkerError as exc:
+            log.error("metrics_push_failed", error=str(exc))
 
 
 def cmd_status(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     with _connection(settings) as conn:
         rows = report.status_rows(conn)
+    if not ctx.args.check:
+        if ctx.args.json:
+            ctx.print(json.dumps({"accounts": report.jsonable(rows)}, sort_keys=True))
+        else:
+            ctx.print(report.status_table(rows))
+        return exitcodes.OK
+    problems = report.status_problems(rows, settings.account_names, stale_after=ctx.args.stale_after)
+    guard_problem = _guard_problem(settings)
+    if guard_problem is not None:
+        problems.append({"account": None, "problem": "login_guard", "detail": guard_problem})
     if ctx.args.json:
-        ctx.print(json.dumps({"accounts": report.jsonable(rows)}, sort_keys=True))
+        shown = {"accounts": report.jsonable(rows), "problems": problems, "healthy": not problems}
+        ctx.print(json.dumps(shown, sort_keys=True))
+    elif problems:
+        ctx.print(f"UNHEALTHY: {len(problems)} problem(s)")
+        for p in problems:
+            ctx.print(f"{p['account'] or '(all accounts)'}: {p['problem']}: {p['detail']}")
     else:
-        ctx.print(report.status_table(rows))
-    return exitcodes.OK
+        ctx.print(
+            f"OK: {len(rows)} account(s) synced within {ctx.args.stale_after:g} s, none failing or "
+            "quarantined; login guard ok"
+        )
+    return exitcodes.UNHEALTHY if problems else exitcodes.OK
+
+
+def _guard_problem(settings: config.Settings) -> str | None:
+    """Why the configured user cannot log in now, or None (also when no user is configured)."""
+    if not settings.username:
+        return None
+    login_guard = app.login_guard(settings, app.connector(settings))
+    if settings.client_id and settings.client_secret and settings.password:
+        return login_guard.status(app.current_fingerprint(settings)).problem
+    # No credentials here (a monitoring host): judge by the recorded count alone.
+    state = login_guard.state()
+    if state.failures >= settings.login_guard_threshold:
+        return f"login guard tripped: {state.failures} failed logins in a row recorded"
+    return None
+
+
+def _confirm(ctx: Context, statement: str, question: str, command: str) -> bool:
+    """Say what the command is about to do (stderr), then take ``--yes`` or a terminal's yes.
+
+    False: the operator declined. Off a terminal without ``--yes``: ``errors.ConfigError``.
+    """
+    ctx.err.write(statement + "\n")
+    ctx.err.flush()
+    if ctx.args.yes:
+        return True
+    _can_confirm(ctx, command)
+    answer = input(f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _can_confirm(ctx: Context, command: str) -> None:
+    """Refuse before any work when no confirmation can come: no --yes and no terminal to ask on."""
+    if not ctx.args.yes and not sys.stdin.isatty():
+        raise errors.ConfigError(f"{command}: pass --yes to confirm when not on a terminal")
+
+
+def _check_known(conn: store.Connection, settings: config.Settings, name: str, where: str) -> str:
+    """``name`` if it is a valid account name that is configured or known to the database.
+
+    A mistyped name must not answer "head of queue" nor create a row that ``status`` then
+    shows forever.
+    """
+    config.validate_account_name(name, where)
+    if name in settings.account_names or accounts.is_known(conn, name):
+        return name
+    raise errors.ValidationError(
+        f"{where}: account {name} is neither configured (SYNC_ACCOUNTS / --config) nor known to the "
+        "database; `sync-worker accounts list` shows the known ones"
+    )
 
 
 def cmd_cursor_show(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
+    for name in ctx.args.account or ():
+        config.validate_account_name(name, "--account")
     with _connection(settings) as conn:
         if ctx.args.account:
-            names = list(ctx.args.account)
+            names = [_check_known(conn, settings, name, "--account") for name in ctx.args.account]
         else:
-            names = list(settings.account_names) or [str(r["account_name"]) for r in report.status_rows(conn)]
+            names = list(settings.account_names) or [a.account_name for a in accounts.known(conn)]
         cursors = {name: store.get_cursor(conn, name) for name in names}
     if ctx.args.json:
         ctx.print(json.dumps(cursors, sort_keys=True))
@@ -179,17 +284,19 @@ def cmd_cursor_show(ctx: Context) -> int:
 
 def cmd_cursor_reset(ctx: Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
+    _can_confirm(ctx, "cursor reset")
     settings = ctx.settings(credentials=False, accounts=False)
-    if not ctx.args.yes:
-        if not sys.stdin.isatty():
-            raise errors.ConfigError("cursor reset: pass --yes to confirm when not on a terminal")
-        answer = input(
-            f"Forget the stored cursor of {account}? The next sync restarts at the head of the queue "
-            "(the current block is fetched again; nothing is lost). [y/N] "
-        )
-        if answer.strip().lower() not in ("y", "yes"):
-            ctx.print("cancelled")
-            return exitcodes.CONFIG
+    with _connection(settings) as conn:
+        _check_known(conn, settings, account, "--account")
+    if not _confirm(
+        ctx,
+        f"cursor reset forgets the stored cursor of {account}: its next sync restarts at the head of "
+        "the queue (the current block is fetched again and deduplicated; nothing is lost).",
+        f"Forget the stored cursor of {account}?",
+        "cursor reset",
+    ):
+        ctx.print("cancelled")
+        return exitcodes.CONFIG
     with _connection(settings) as conn:
         store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
     logs.get_logger(__name__).warning("cursor_reset", account=account)
@@ -197,11 +304,73 @@ def cmd_cursor_reset(ctx: Context) -> int:
     return exitcodes.OK
 
 
+def cmd_accounts_list(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    with _connection(settings) as conn:
+        found = {a.account_name: a for a in accounts.known(conn)}
+    rows = []
+    for name in sorted(set(found) | set(settings.account_names)):
+        known = found.get(name)
+        rows.append(
+            {
+                "account_name": name,
+                "configured": name in settings.account_names,
+                "in_database": known is not None,
+                "cursor_present": known is not None and known.cursor_present,
+                "last_success_at": known.last_success_at if known else None,
+                "last_run_at": known.last_run_at if known else None,
+                "runs": known.runs if known else 0,
+            }
+        )
+    if ctx.args.json:
+        ctx.print(json.dumps({"accounts": report.jsonable(rows)}, sort_keys=True))
+    elif rows:
+        ctx.print(report.table(rows, report.ACCOUNT_COLUMNS))
+    else:
+        ctx.print("(no accounts configured or known to the database)")
+    return exitcodes.OK
+
+
+def cmd_accounts_forget(ctx: Context) -> int:
+    account = config.validate_account_name(ctx.args.account, "--account")
+    _can_confirm(ctx, "accounts forget")
+    settings = ctx.settings(credentials=False, accounts=False)
+    if account in settings.account_names and not ctx.args.even_if_configured:
+        raise errors.ValidationError(
+            f"account {account} is still configured (SYNC_ACCOUNTS / --config): the next run would "
+            "start it again at the head of the queue. Remove it from the configuration first, or "
+            "pass --even-if-configured"
+        )
+    with _connection(settings) as conn:
+        _check_known(conn, settings, account, "--account")
+    data = bool(ctx.args.with_history)
+    what = "its cursor, its run records and its failure streak" + (
+        ", AND every stored message (sms_history) and quarantined block of it" if data else ""
+    )
+    kept = (
+        "" if data else " Its stored messages and quarantined blocks are kept (--with-history removes them)."
+    )
+    if not _confirm(
+        ctx,
+        f"accounts forget removes account {account} from the database: {what}.{kept} A later sync of "
+        "it starts at the head of the queue.",
+        f"Forget account {account}?",
+        "accounts forget",
+    ):
+        ctx.print("cancelled")
+        return exitcodes.CONFIG
+    with _connection(settings) as conn:
+        removed = accounts.forget(conn, account, data=data)
+    logs.get_logger(__name__).warning("account_forgotten", **dataclasses.asdict(removed))
+    ctx.print(json.dumps(dataclasses.asdict(removed), sort_keys=True))
+    return exitcodes.OK
+
+
 def cmd_quarantine_list(ctx: Context) -> int:
     account = ctx.args.account
     if account is not None:
         config.validate_account_name(account, "--account")
-    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=False, accounts=False)
     with _connection(settings) as conn:
         blocks = status.list_quarantine(conn, account, include_resolved=ctx.args.all)
     rows = [report.quarantine_dict(b) for b in blocks]
@@ -215,7 +384,7 @@ def cmd_quarantine_list(ctx: Context) -> int:
 
 
 def cmd_quarantine_show(ctx: Context) -> int:
-    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=False, accounts=False)
     with _connection(settings) as conn:
         found = status.show_quarantine(conn, ctx.args.id)
     if found is None:
@@ -236,7 +405,7 @@ def cmd_quarantine_show(ctx: Context) -> int:
 
 
 def cmd_quarantine_replay(ctx: Context) -> int:
-    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=False, accounts=False)
     log = logs.get_logger(__name__)
     results = []
     with _connection(settings) as conn:
@@ -352,15 +521,39 @@ def cmd_send(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=False)
     with _api_client(settings) as api:
         result = api.sms.send_sms_to_device(request)
+    # The audit trail of who sent what where; the text stays out of logs (it may be a command or a PIN).
+    logs.get_logger(__name__).info(
+        "sms_sent",
+        audit=True,
+        request_id=result.request_id,
+        account=request.account_name,
+        devices=len(request.device_ids),
+        encoding=request.data_encoding,
+        username=settings.username,
+    )
     ctx.print(json.dumps({"requestId": result.request_id}))
     return exitcodes.OK
 
 
 def cmd_start_delivery(ctx: Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
+    _can_confirm(ctx, "start-delivery")
     settings = ctx.settings(credentials=True, accounts=False)
+    if not _confirm(
+        ctx,
+        f"start-delivery asks ThingSpace to push the whole SMS queue of account {account} to the "
+        "callback URL registered for it. Pushed messages leave the queue this worker reads: they "
+        "reach sms_history only if the callback's receiver stores them.",
+        f"Divert the queue of {account} to its callback?",
+        "start-delivery",
+    ):
+        ctx.print("cancelled")
+        return exitcodes.CONFIG
     with _api_client(settings) as api:
         result = api.sms.start_queued_sms_delivery(account)
+    logs.get_logger(__name__).warning(
+        "queued_delivery_started", audit=True, account=account, success=result.success
+    )
     ctx.print(json.dumps({"account": account, "success": result.success}))
     return exitcodes.OK if result.success else exitcodes.FAILED
 
@@ -376,7 +569,7 @@ def _listener_url(ctx: Context, settings: config.Settings, account: str) -> str:
 
 def cmd_callbacks_list(ctx: Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
-    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=True, accounts=False)
     with _api_client(settings) as api:
         listeners = api.callbacks.list_registered_callbacks(account)
     # The API returns each listener's password in clear text: only whether one is set is shown.
@@ -401,7 +594,7 @@ def cmd_callbacks_list(ctx: Context) -> int:
 
 def cmd_callbacks_register(ctx: Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
-    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=True, accounts=False)
     url = _listener_url(ctx, settings, account)
     if not settings.callback_username or not settings.callback_password:
         raise errors.ConfigError(
@@ -448,7 +641,7 @@ def cmd_callbacks_register(ctx: Context) -> int:
 
 def cmd_callbacks_remove(ctx: Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
-    settings = ctx.settings(credentials=True, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=True, accounts=False)
     ours = ctx.args.url or app.listener_url(settings, account)
     with _api_client(settings) as api:
         existing = [
@@ -473,7 +666,7 @@ def cmd_callbacks_remove(ctx: Context) -> int:
 
 
 def cmd_callbacks_kept(ctx: Context) -> int:
-    settings = ctx.settings(credentials=False, accounts=False, logs_to_stderr=True)
+    settings = ctx.settings(credentials=False, accounts=False)
     with _connection(settings) as conn:
         rows = status.unknown_callbacks(conn, ctx.args.account)
     if ctx.args.json:
@@ -490,7 +683,7 @@ def cmd_callbacks_kept(ctx: Context) -> int:
 
 
 def cmd_receive(ctx: Context) -> int:
-    settings = ctx.settings(credentials=False, accounts=True)
+    settings = ctx.settings(credentials=False, accounts=True, daemon=True)
     with _connection(settings):
         pass
     m = metrics.Metrics()

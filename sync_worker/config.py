@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -81,10 +82,17 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_DATABASE_URL",
         "(libpq PG* variables)",
         "Postgres connection string (URL or key=value). Empty: libpq's PGHOST, PGUSER, PGPASSWORD, "
-        "PGDATABASE... are used.",
+        "PGDATABASE... are used. Or SYNC_DATABASE_URL_FILE: a file holding it.",
         ("database_url",),
         "",
-        lambda env: _database_url(_get(env, "SYNC_DATABASE_URL")),
+        lambda env: _database_url(_database_url_value(env)),
+    ),
+    Variable(
+        "SYNC_DATABASE_URL_FILE",
+        "",
+        "Path of a file holding the connection string, password included (one trailing newline is "
+        "stripped), e.g. a Kubernetes or Docker secret. Read once at start-up.",
+        ("database_url",),
     ),
     Variable(
         "THINGSPACE_BASE_URL",
@@ -206,10 +214,30 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         None,
         lambda env: _optional_int(env, "SYNC_METRICS_PORT", 0, 65535),
     ),
+    Variable(
+        "SYNC_METRICS_TEXTFILE",
+        "(unset: off)",
+        "once: after each pass, write its metrics to this file for node_exporter's textfile "
+        "collector (atomically; the name must end in .prom), e.g. "
+        "/var/lib/node_exporter/textfile/thingspace-sms-sync.prom.",
+        ("metrics_textfile",),
+        None,
+        lambda env: _textfile(env, "SYNC_METRICS_TEXTFILE"),
+    ),
+    Variable(
+        "SYNC_METRICS_PUSHGATEWAY",
+        "(unset: off)",
+        "once: after each pass, push its metrics to this Prometheus Pushgateway (http(s)://host:port; "
+        "job thingspace-sms-sync-once, instance = host name), replacing the previous pass's.",
+        ("metrics_pushgateway",),
+        None,
+        lambda env: _pushgateway(env, "SYNC_METRICS_PUSHGATEWAY"),
+    ),
     _choice_variable(
         "SYNC_LOG_FORMAT",
         "auto",
-        "auto (JSON unless stdout is a terminal), json or console.",
+        "auto (JSON unless the log stream is a terminal), json or console. Logs go to stderr (a "
+        "command's stdout is its data), the daemon's (`run`) to stdout.",
         "log_format",
         LOG_FORMATS,
         upper=False,
@@ -386,6 +414,8 @@ class Settings:
     shutdown_timeout_seconds: float = dataclasses.field(default=_default("SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
     login_guard_threshold: int = dataclasses.field(default=_default("SYNC_LOGIN_GUARD_THRESHOLD"))
     metrics_port: int | None = dataclasses.field(default=_default("SYNC_METRICS_PORT"))
+    metrics_textfile: str | None = dataclasses.field(default=_default("SYNC_METRICS_TEXTFILE"))
+    metrics_pushgateway: str | None = dataclasses.field(default=_default("SYNC_METRICS_PUSHGATEWAY"))
     log_format: LogFormat = dataclasses.field(default=_default("SYNC_LOG_FORMAT"))
     log_level: str = dataclasses.field(default=_default("SYNC_LOG_LEVEL"))
     http_connect_timeout: float = dataclasses.field(default=_default("THINGSPACE_CONNECT_TIMEOUT"))
@@ -522,6 +552,27 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
         except ValueError:
             raise errors.ConfigError(f"{name}: {text!r} is not an IP address or CIDR network") from None
     return tuple(found)
+
+
+def _textfile(env: Mapping[str, str], name: str) -> str | None:
+    raw = _get(env, name)
+    if not raw:
+        return None
+    if not raw.endswith(".prom"):
+        raise errors.ConfigError(f"{name}={raw!r} must end in .prom (node_exporter reads only *.prom)")
+    if not Path(raw).parent.is_dir():
+        raise errors.ConfigError(f"{name}={raw!r}: the directory {str(Path(raw).parent)!r} does not exist")
+    return raw
+
+
+def _pushgateway(env: Mapping[str, str], name: str) -> str | None:
+    raw = _get(env, name)
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise errors.ConfigError(f"{name} must be an http(s)://host:port URL without credentials")
+    return raw
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:
@@ -699,6 +750,12 @@ def _read_config_file(path: Path) -> dict[str, dict[str, float]]:
 
 
 # --- the database ----------------------------------------------------------
+
+
+def _database_url_value(env: Mapping[str, str]) -> str:
+    if _get(env, "SYNC_DATABASE_URL_FILE"):
+        return _secret(env, "SYNC_DATABASE_URL").reveal().strip()
+    return _get(env, "SYNC_DATABASE_URL")
 
 
 def _database_url(raw: str) -> str:

@@ -9,14 +9,17 @@ never the password.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
+import psycopg.errors
 import psycopg.rows
 from psycopg import conninfo
+from psycopg import sql as pg_sql
 
-from sync_worker import errors, secret
+from sync_worker import errors, queries, secret
 
 Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[tuple[Any, ...]]
@@ -81,6 +84,31 @@ def connector(
             raise errors.DatabaseUnavailableError(f"{failure}: {reason}") from exc
 
     return connect
+
+
+def create_database(dsn: str, *, failure: str, connect_timeout: int = 10) -> str | None:
+    """Create the database ``dsn`` names unless it exists, connected to the server's maintenance
+    database (``postgres``) with the same host, user and password. Returns the name created, or
+    None when it existed. The user needs CREATEDB (or to be a superuser)."""
+    name = conninfo.conninfo_to_dict(dsn).get("dbname") or os.environ.get("PGDATABASE")
+    if not name:
+        raise errors.ConfigError(f"{failure}: the connection string names no database to create")
+    maintenance = conninfo.make_conninfo(dsn, dbname="postgres")
+    with connector(maintenance, failure=failure, connect_timeout=connect_timeout)() as conn:
+        try:
+            row = conn.execute(queries.get("database_exists"), {"name": name}).fetchone()
+            if row is not None and row[0]:
+                return None
+            # CREATE DATABASE takes no bind parameters: the name goes in as a quoted identifier.
+            conn.execute(pg_sql.SQL(queries.get("create_database")).format(name=pg_sql.Identifier(str(name))))
+        except psycopg.errors.DuplicateDatabase:
+            return None  # created by a concurrent migrate
+        except psycopg.Error as exc:
+            reason = secret.scrub(str(exc).strip()) or type(exc).__name__
+            raise errors.DatabaseUnavailableError(
+                f"{failure}: cannot create database {name}: {reason}"
+            ) from exc
+    return str(name)
 
 
 @contextlib.contextmanager

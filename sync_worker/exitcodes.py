@@ -16,6 +16,7 @@ CONFIG: Final = 2
 DATABASE: Final = 3
 AUTH: Final = 4
 QUARANTINED: Final = 5
+UNHEALTHY: Final = 6
 INTERRUPTED: Final = 130
 
 TABLE: Final[tuple[tuple[int, str], ...]] = (
@@ -28,6 +29,11 @@ TABLE: Final[tuple[tuple[int, str], ...]] = (
         QUARANTINED,
         "every account drained, but some block was quarantined (`sync-worker quarantine list`); for "
         "`quarantine replay`: some block is still not wholly readable",
+    ),
+    (
+        UNHEALTHY,
+        "`status --check`: some account is stale, its last run failed or it has quarantined blocks, or "
+        "the login guard is tripped (each problem is printed)",
     ),
     (INTERRUPTED, "aborted by a second Ctrl-C (the first one stops cleanly after the block in flight)"),
 )

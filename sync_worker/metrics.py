@@ -20,11 +20,36 @@ import prometheus_client
 from prometheus_client import core
 from prometheus_client import registry as prom_registry
 
-from sync_worker import secret
+from sync_worker import errors, secret
 
 PREFIX: Final = "thingspace_sync_"
 CONTENT_TYPE: Final = prometheus_client.CONTENT_TYPE_LATEST
 _MAX_LABEL_LENGTH: Final = 64
+
+# Every label value known in advance, so each series exists at 0 from the start: rate() and
+# increase() cannot see a counter's first event when the series only appears with it.
+# Kept equal to sync.Outcome, sync's error kinds and the scheduler's kinds by tests/unit/test_metrics.py.
+RUN_OUTCOMES: Final = ("succeeded", "quarantined", "failed", "interrupted", "guard_tripped")
+ERROR_KINDS: Final = (
+    "database",
+    "login_guard",
+    "auth",
+    "rate_limited",
+    "invalid_cursor",
+    "transient",
+    "permanent",
+    "internal",
+    "malformed_block",
+    "job_error",
+)
+SCHEDULER_EVENT_KINDS: Final = ("missed", "max_instances", "lock_busy", "lock_held_long", "job_error")
+API_OPERATIONS: Final = (
+    "oauth_token",
+    "session_login",
+    "list_devices_sms_messages",
+    "send_sms_to_device",
+    "start_queued_sms_delivery",
+)
 
 # API latency spans a fast simulator (milliseconds) up to the 60 s read timeout.
 _LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -100,7 +125,14 @@ class Metrics:
         registry: prometheus_client.CollectorRegistry | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        one_pass: bool = False,
     ) -> None:
+        """``one_pass``: the metrics of one ``once`` pass, written out when it ends (textfile,
+        Pushgateway): no ``process_*`` series and no scrape-time freshness, whose values would
+        freeze at the moment of writing and mislead (alerts use the timestamps instead)."""
+        # The _created series double the series count and no rule here reads them. Process-wide,
+        # like prometheus_client's own switch (PROMETHEUS_DISABLE_CREATED_SERIES).
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
         self.clock = clock
         self._started_at = clock()
@@ -197,9 +229,25 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.last_run_outcome = prometheus_client.Gauge(
+            PREFIX + "last_run_outcome",
+            "1 for the outcome of the account's last finished run, 0 for the other outcomes "
+            "(works for the daemon and for one-pass deployments alike).",
+            ["account", "outcome"],
+            registry=r,
+        )
         self.build_info.labels(_version()).set(1)
         self.login_guard_tripped.set(0)
-        r.register(_FreshnessCollector(self))
+        for operation in API_OPERATIONS:
+            self.api_retry_wait_seconds.labels(operation)
+        for kind in SCHEDULER_EVENT_KINDS:
+            self.scheduler_events.labels(kind, "")
+        self.errors.labels("", "job_error")
+        if not one_pass:
+            r.register(_FreshnessCollector(self))
+            prometheus_client.ProcessCollector(registry=r)
+            prometheus_client.PlatformCollector(registry=r)
+            prometheus_client.GCCollector(registry=r)
 
     # --- called by sync / scheduler ---------------------------------------
 
@@ -216,6 +264,12 @@ class Metrics:
         self.messages_malformed.labels(name)
         self.blocks.labels(name)
         self.last_run_quarantined.labels(name)
+        for outcome in RUN_OUTCOMES:
+            self.runs.labels(name, outcome)
+        for kind in ERROR_KINDS:
+            self.errors.labels(name, kind)
+        for kind in SCHEDULER_EVENT_KINDS:
+            self.scheduler_events.labels(kind, name)
 
     def block_committed(
         self, account: str, received: int, inserted: int, replays: int, malformed: int
@@ -231,6 +285,8 @@ class Metrics:
         name = _label(account)
         self.runs.labels(name, _label(outcome)).inc()
         self.last_run.labels(name).set(finished_at)
+        for known in {*RUN_OUTCOMES, _label(outcome)}:
+            self.last_run_outcome.labels(name, known).set(1 if known == _label(outcome) else 0)
         with self._lock:
             self._known_accounts.add(name)
             if succeeded and finished_at > self._last_success.get(name, float("-inf")):
@@ -266,12 +322,34 @@ class Metrics:
         """The Prometheus text exposition of this registry."""
         return prometheus_client.generate_latest(self.registry)
 
+    def write_textfile(self, path: str) -> None:
+        """Write the registry for node_exporter's textfile collector, atomically (a temporary file
+        in the same directory, then a rename), so the collector never reads half a file."""
+        try:
+            prometheus_client.write_to_textfile(path, self.registry)
+        except OSError as exc:
+            raise errors.ConfigError(
+                f"SYNC_METRICS_TEXTFILE={path!r} cannot be written: {exc.strerror}"
+            ) from exc
+
+    def push(self, gateway: str, *, job: str, instance: str, timeout: float = 10.0) -> None:
+        """Replace this job+instance's group on a Prometheus Pushgateway with the registry."""
+        try:
+            prometheus_client.push_to_gateway(
+                gateway, job=job, registry=self.registry, grouping_key={"instance": instance}, timeout=timeout
+            )
+        except OSError as exc:
+            # urllib's errors name the URL and the reason, never a credential we hold.
+            raise errors.TransientError(
+                f"SYNC_METRICS_PUSHGATEWAY={gateway!r}: push failed: {secret.scrub(str(exc))}"
+            ) from exc
+
 
 class ProgressMetrics(Metrics):
     """Metrics that also print one line per committed block (``once`` on a terminal)."""
 
-    def __init__(self, out: TextIO) -> None:
-        super().__init__()
+    def __init__(self, out: TextIO, *, one_pass: bool = False) -> None:
+        super().__init__(one_pass=one_pass)
         self._out = out
         self._totals: dict[str, list[int]] = {}
         self._print_lock = threading.Lock()

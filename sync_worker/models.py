@@ -16,11 +16,11 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-from sync_worker import errors, secret, urls
+from sync_worker import errors, gsm, secret, urls
 
 DATA_ENCODINGS: Final = ("7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA")
 DataEncoding = Literal["7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA"]
-# 160 characters in the 7-bit alphabet, 140 octets otherwise (shared API doc).
+# 160 septets of the GSM 7-bit alphabet (an extension character takes two), 140 octets otherwise.
 MAX_LENGTH: Final[Mapping[str, int]] = {
     "7-bit": 160,
     "8-bit-ASCII": 140,
@@ -85,11 +85,19 @@ class SMSSendRequest:
                 f"dataEncoding {self.data_encoding!r} is not one of {', '.join(DATA_ENCODINGS)}"
             )
         limit = MAX_LENGTH[self.data_encoding]
-        length = (
-            len(self.sms_message.encode("utf-8"))
-            if self.data_encoding == "8-bit-UTF-8"
-            else len(self.sms_message)
-        )
+        if self.data_encoding == "7-bit":
+            try:
+                length = gsm.septets(self.sms_message)
+            except ValueError as exc:
+                raise errors.ValidationError(
+                    f"smsMessage cannot be sent as 7-bit: {exc}; use --encoding 8-bit-UTF-8"
+                ) from exc
+        elif self.data_encoding == "8-bit-UTF-8":
+            length = len(self.sms_message.encode("utf-8"))
+        elif self.data_encoding == "8-bit-ASCII" and not self.sms_message.isascii():
+            raise errors.ValidationError("smsMessage is not ASCII; use --encoding 8-bit-UTF-8")
+        else:
+            length = len(self.sms_message)
         if length > limit:
             raise errors.ValidationError(
                 f"smsMessage is {length} long; {self.data_encoding} allows at most {limit}"

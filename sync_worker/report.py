@@ -22,6 +22,15 @@ STATUS_COLUMNS: Final = (
     ("quarantined", "quarantined"),
     ("last_error", "last error"),
 )
+ACCOUNT_COLUMNS: Final = (
+    "account_name",
+    "configured",
+    "in_database",
+    "cursor_present",
+    "last_success_at",
+    "last_run_at",
+    "runs",
+)
 QUARANTINE_COLUMNS: Final = (
     "id",
     "account_name",
@@ -84,6 +93,53 @@ def status_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in renamed:
         row["cursor"] = "stored" if row["cursor"] else "head"
     return table(renamed, [title for _, title in STATUS_COLUMNS])
+
+
+# Last-run outcomes that mean the account is not being synced.
+FAILING_OUTCOMES: Final = frozenset({"failed", "guard_tripped"})
+
+
+def status_problems(
+    rows: Sequence[dict[str, Any]], configured: Sequence[str], *, stale_after: float
+) -> list[dict[str, Any]]:
+    """What ``status --check`` reports: per account, each reason it needs an operator.
+
+    A configured account the database has never seen counts as stale: it never synced.
+    """
+    problems: list[dict[str, Any]] = []
+    seen = {str(r["account_name"]) for r in rows}
+    for name in sorted(set(configured) - seen):
+        problems.append({"account": name, "problem": "stale", "detail": "never synced"})
+    for row in rows:
+        name = str(row["account_name"])
+        lag = row.get("lag_seconds")
+        if lag is None:
+            problems.append({"account": name, "problem": "stale", "detail": "no successful run recorded"})
+        elif lag > stale_after:
+            problems.append(
+                {
+                    "account": name,
+                    "problem": "stale",
+                    "detail": f"last success {lag:.0f} s ago (> {stale_after:g})",
+                }
+            )
+        if row.get("last_run_outcome") in FAILING_OUTCOMES:
+            problems.append(
+                {
+                    "account": name,
+                    "problem": "failing",
+                    "detail": f"last run {row['last_run_outcome']}: {row.get('last_error') or '-'}",
+                }
+            )
+        if row.get("quarantined"):
+            problems.append(
+                {
+                    "account": name,
+                    "problem": "quarantined",
+                    "detail": f"{row['quarantined']} unresolved quarantined blocks (`quarantine list`)",
+                }
+            )
+    return problems
 
 
 def quarantine_dict(block: Any) -> dict[str, Any]:

@@ -22,3 +22,10 @@ SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY versi
 
 -- name: record
 INSERT INTO schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: database_exists
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s);
+
+-- name: create_database
+-- {name}: a quoted identifier composed by the caller (CREATE DATABASE takes no parameters).
+CREATE DATABASE {name};

@@ -49,14 +49,15 @@ def serve(
         if seed_messages:
             for i, account in enumerate(cfg.accounts):
                 sim.seed(account, seed_messages, seed=seed + i)
-        # The simulator's credentials are fixed, public test values: printing them is the point,
-        # so the exports can be pasted as they are.
+        # The simulator's credentials are fixed, public test values: printing them is the point.
+        # Every line is shell (comments and exports), so the output can be sourced or eval-ed:
+        # `sync-worker simulate > sim.env &` then `. ./sim.env`.
         lines = [
-            f"ThingSpace simulator listening on {sim.base_url}",
-            f"seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)}",
-            "point the worker at it with:",
-            *(f"  export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
-            "Ctrl-C stops it.",
+            f"# ThingSpace simulator listening on {sim.base_url}",
+            f"# seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)}",
+            "# the variables that point the worker at it:",
+            *(f"export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
+            "# Ctrl-C (or SIGTERM) stops it.",
         ]
         print("\n".join(lines), file=stream, flush=True)
         if ready is not None:

@@ -247,7 +247,7 @@ def test_send_and_start_delivery(simulator: simulator.Simulator, db_url: str) ->
         {"id": "15551234567", "kind": "msisdn"},
     ]
 
-    started = cli(env, "start-delivery", "--account", ACCOUNTS[0])
+    started = cli(env, "start-delivery", "--account", ACCOUNTS[0], "--yes")
     assert started.returncode == 0, started.stderr
     assert json.loads(started.stdout.strip().splitlines()[-1]) == {"account": ACCOUNTS[0], "success": True}
     assert simulator.stats.start_callbacks == 1

@@ -207,7 +207,7 @@ def test_register_start_delivery_and_every_pushed_message_is_stored_once(
         code, out, err = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)
         assert code == 0, err
         assert last_json(out)["url"] == f"http://127.0.0.1:{r.port}/callbacks/{ACCOUNT}"
-        code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)
+        code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")
         assert code == 0, out
         assert push_sim.push.wait_idle(60)
         assert (
@@ -239,7 +239,7 @@ def test_receiver_down_for_a_while_loses_nothing_retried_or_requeued_and_polled(
     env = env_for(push_sim, db_url, port)
     code, out, _ = run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)
     assert code == 0, out
-    code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)
+    code, out, _ = run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")
     assert code == 0, out
     # Every message failed at least once before the receiver comes up.
     assert push_sim.push.wait_for(lambda c: c.failed_attempts >= len(sent), 60)
@@ -266,7 +266,7 @@ def test_duplicated_and_reordered_pushes_store_each_message_once(
     with running_receiver(db.connector(db_url)) as r:
         env = env_for(push_sim, db_url, r.port)
         assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
-        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
         assert push_sim.push.wait_idle(60)
         assert push_sim.push.counters.duplicates == 60
         assert sample(r.metrics, "thingspace_sync_callback_messages_replayed_total", account=ACCOUNT) == 60
@@ -287,7 +287,7 @@ def test_a_pushed_message_whose_2xx_was_lost_is_polled_too_and_stored_once(
     with running_receiver(db.connector(db_url)) as r:
         env = env_for(push_sim, db_url, r.port)
         assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
-        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
         assert push_sim.push.wait_idle(60)
     assert push_sim.push.counters.requeued == 30
     assert len(push_sim.queued(ACCOUNT)) == 30
@@ -309,7 +309,7 @@ def test_database_down_answers_503_and_the_retried_delivery_is_stored(
     with proxy.PgProxy(db_url) as pg, running_receiver(db.connector(pg.conninfo())) as r:
         env = env_for(push_sim, db_url, r.port)
         assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
-        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
         pg.cut()
         push_sim.inject(ACCOUNT, sent)
         assert push_sim.push.wait_for(lambda c: c.failed_attempts >= 3, 60)
@@ -427,7 +427,7 @@ def test_flat_callbacks_without_timestamp_are_stored_with_what_identity_they_hav
     with running_receiver(db.connector(db_url)) as r:
         env = env_for(push_sim, db_url, r.port)
         assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
-        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
         assert push_sim.push.wait_idle(30)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
@@ -514,7 +514,7 @@ def test_removing_the_listener_switches_back_to_polling_without_loss(
     push_sim.inject(ACCOUNT, sent)
     env = env_for(push_sim, db_url, free_port())
     assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
-    assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT)[0] == 0
+    assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
     code, out, _ = run_cli(capsys, env, "callbacks", "remove", "--account", ACCOUNT)
     assert code == 0, out
     assert push_sim.push.wait_idle(60)

@@ -571,7 +571,7 @@ def test_serve_prints_pasteable_exports_serves_seeded_traffic_and_returns_on_sto
         assert ready.wait(10)
         (sim,) = started
         text = out.getvalue()
-        assert text.splitlines()[0] == f"ThingSpace simulator listening on {sim.base_url}"
+        assert text.splitlines()[0] == f"# ThingSpace simulator listening on {sim.base_url}"
         assert _exports(text) == sim.worker_env(accounts=accounts)
         assert [len(sim.queued(a)) for a in accounts] == [120, 120]
         # Each account gets its own seed, so the two backlogs differ.

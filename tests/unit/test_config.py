@@ -300,3 +300,35 @@ def test_unreachable_database_names_the_variable_and_hides_the_password() -> Non
         app.connector(s, connect_timeout=5)()
     assert "SYNC_DATABASE_URL" in str(exc_info.value)
     assert "db-secret-77" not in str(exc_info.value)
+
+
+def test_database_url_file_is_read_and_its_password_registered(tmp_path: Path) -> None:
+    """SYNC_DATABASE_URL_FILE gives the connection string (one newline stripped); its password is
+    then scrubbed like any secret; setting both variables is ambiguous."""
+    url_file = tmp_path / "database-url"
+    url_file.write_text("postgresql://sync:file-db-pw-9@db.example:5432/sms\n")
+    settings = config.load(env(SYNC_DATABASE_URL_FILE=str(url_file)))
+    assert settings.database_url == "postgresql://sync:file-db-pw-9@db.example:5432/sms"
+    assert "file-db-pw-9" not in secret.scrub("password file-db-pw-9")
+    assert "file-db-pw-9" not in settings.redacted_database_url()
+    with pytest.raises(errors.ConfigError, match="not both"):
+        config.load(env(SYNC_DATABASE_URL="postgresql://x/y", SYNC_DATABASE_URL_FILE=str(url_file)))
+    with pytest.raises(errors.ConfigError, match="SYNC_DATABASE_URL_FILE"):
+        config.load(env(SYNC_DATABASE_URL_FILE=str(tmp_path / "missing")))
+
+
+def test_metrics_export_settings_are_checked(tmp_path: Path) -> None:
+    """SYNC_METRICS_TEXTFILE must be a .prom file in an existing directory; SYNC_METRICS_PUSHGATEWAY
+    an http(s) URL without credentials."""
+    good = config.load(
+        env(SYNC_METRICS_TEXTFILE=str(tmp_path / "s.prom"), SYNC_METRICS_PUSHGATEWAY="http://pgw:9091")
+    )
+    assert (good.metrics_textfile, good.metrics_pushgateway) == (str(tmp_path / "s.prom"), "http://pgw:9091")
+    for name, value in (
+        ("SYNC_METRICS_TEXTFILE", str(tmp_path / "s.txt")),
+        ("SYNC_METRICS_TEXTFILE", str(tmp_path / "nodir" / "s.prom")),
+        ("SYNC_METRICS_PUSHGATEWAY", "pgw:9091"),
+        ("SYNC_METRICS_PUSHGATEWAY", "http://user:pw@pgw:9091"),
+    ):
+        with pytest.raises(errors.ConfigError, match=name):
+            config.load(env(**{name: value}))

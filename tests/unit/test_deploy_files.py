@@ -45,10 +45,10 @@ def load_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def k8s_docs() -> list[dict[str, Any]]:
+def k8s_docs(pattern: str = "kubernetes/**/*.yaml") -> list[dict[str, Any]]:
     """Every Kubernetes object (the kustomization file is tooling, not an object)."""
-    docs = [doc for path in sorted(DEPLOY.glob("kubernetes/*.yaml")) for doc in load_yaml(path)]
-    return [doc for doc in docs if doc["kind"] != "Kustomization"]
+    docs = [doc for path in sorted(DEPLOY.glob(pattern)) for doc in load_yaml(path)]
+    return [doc for doc in docs if doc["kind"] not in ("Kustomization", "Component")]
 
 
 def compose() -> dict[str, Any]:
@@ -134,7 +134,8 @@ def test_expected_files_exist() -> None:
         "kubernetes/configmap.yaml",
         "kubernetes/secret.example.yaml",
         "kubernetes/service.yaml",
-        "kubernetes/servicemonitor.yaml",
+        "kubernetes/components/servicemonitor/servicemonitor.yaml",
+        "kubernetes-prometheus-operator/kustomization.yaml",
         "prometheus/alerts.yml",
         "grafana/thingspace-sms-sync.json",
     ):
@@ -336,7 +337,7 @@ def test_compose_uses_the_simulators_demo_credentials() -> None:
 
 def test_kubernetes_workload_policies() -> None:
     """Deployment has 2 replicas and a grace period above the shutdown timeout; CronJob forbids overlap."""
-    docs = {d["kind"]: d for d in k8s_docs()}
+    docs = {d["kind"]: d for d in k8s_docs("kubernetes/*.yaml")}
     deployment, cronjob, job = docs["Deployment"], docs["CronJob"], docs["Job"]
     assert deployment["spec"]["replicas"] == 2
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -454,6 +455,36 @@ def test_systemd_units_have_the_required_hardening() -> None:
     assert "Unit=thingspace-sms-sync-once.service" in timer
 
 
+def test_systemd_security_exposure_is_at_most_1_2() -> None:
+    """`systemd-analyze security --offline=yes` rates both services at an exposure of 1.2 or less."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not available on this machine")
+    for unit in ("thingspace-sms-sync.service", "thingspace-sms-sync-once.service"):
+        result = subprocess.run(
+            [analyze, "security", "--offline=yes", "--no-pager", str(DEPLOY / "systemd" / unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+        if found is None and "--offline" in result.stderr:
+            pytest.skip("this systemd-analyze has no --offline mode")
+        assert found is not None, result.stdout + result.stderr
+        assert float(found.group(1)) <= 1.2, f"{unit}: {found.group(1)}\n{result.stdout}"
+
+
+def test_journal_summary_command_matches_the_unit() -> None:
+    """The documented journalctl command selects the once unit's own identifier, so systemd's lines
+    about the unit (Finished, Consumed) do not come after the summary."""
+    unit = (DEPLOY / "systemd/thingspace-sms-sync-once.service").read_text()
+    assert "SyslogIdentifier=thingspace-sms-sync-once" in unit.splitlines()
+    operations = (ROOT / "docs/operations.md").read_text()
+    assert "journalctl -t thingspace-sms-sync-once -o cat -n 1" in operations
+    assert "journalctl -u thingspace-sms-sync-once -o cat -n 1" not in operations
+
+
 # --- the Dockerfile's install, without Docker -------------------------------------------------
 
 
@@ -473,7 +504,7 @@ def test_dockerfile_install_steps_in_a_clean_venv(tmp_path: Path) -> None:
     # The exact commands exercised below; a change in the Dockerfile must be mirrored here.
     assert build == (
         "python -m pip wheel --no-deps --wheel-dir /dist . "
-        "&& python -m pip wheel --wheel-dir /wheels /dist/*.whl"
+        "&& python -m pip wheel --constraint deploy/constraints.txt --wheel-dir /wheels /dist/*.whl"
     )
     assert install == (
         "--mount=type=bind,from=builder,source=/wheels,target=/wheels "
@@ -483,7 +514,8 @@ def test_dockerfile_install_steps_in_a_clean_venv(tmp_path: Path) -> None:
     # Builder stage: only the files the Dockerfile copies.
     src = tmp_path / "src"
     src.mkdir()
-    for rel in ("pyproject.toml", "README.md"):
+    (src / "deploy").mkdir()
+    for rel in ("pyproject.toml", "README.md", "deploy/constraints.txt"):
         shutil.copy(ROOT / rel, src / rel)
     for rel in ("sync_worker", "sql"):
         shutil.copytree(ROOT / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
@@ -493,7 +525,8 @@ def test_dockerfile_install_steps_in_a_clean_venv(tmp_path: Path) -> None:
     _run([builder_py, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), "."], src)
     built = sorted(dist.glob("*.whl"))
     assert [w.name for w in built] == [f"thingspace_sms_sync-{VERSION}-py3-none-any.whl"]
-    _run([builder_py, "-m", "pip", "wheel", "--wheel-dir", str(wheels), str(built[0])], src)
+    constraint = ["--constraint", "deploy/constraints.txt"]
+    _run([builder_py, "-m", "pip", "wheel", *constraint, "--wheel-dir", str(wheels), str(built[0])], src)
 
     # Runtime stage: offline install from the builder's wheels only.
     _run([sys.executable, "-m", "venv", str(tmp_path / "runtime")], tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import prometheus_client
 import pytest
 from prometheus_client import parser
@@ -159,12 +161,88 @@ def test_labels_never_carry_registered_secrets() -> None:
 
 
 def test_every_metric_name_is_prefixed() -> None:
-    """All exposed metric families start with thingspace_sync_."""
+    """All the worker's own metric families start with thingspace_sync_; the rest are the standard
+    process_* and python_* ones."""
     m = metrics.Metrics()
     m.block_committed("a", 1, 1, 0, 0)
     names = [family.name for family in m.registry.collect()]
     assert names
-    assert all(name.startswith("thingspace_sync_") for name in names), names
+    own = [n for n in names if not n.startswith(("process_", "python_"))]
+    assert all(name.startswith("thingspace_sync_") for name in own), names
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(names)
+
+
+def test_every_series_exists_at_zero_for_configured_accounts() -> None:
+    """A configured account has runs/errors/scheduler series at 0 for every known label value, so
+    increase() sees the first failure, quarantine or skipped run."""
+    m = metrics.Metrics()
+    m.account_configured("acct-1")
+    for outcome in metrics.RUN_OUTCOMES:
+        assert value(m, "thingspace_sync_runs_total", account="acct-1", outcome=outcome) == 0
+    for kind in metrics.ERROR_KINDS:
+        assert value(m, "thingspace_sync_errors_total", account="acct-1", kind=kind) == 0
+    for kind in metrics.SCHEDULER_EVENT_KINDS:
+        assert value(m, "thingspace_sync_scheduler_events_total", kind=kind, account="acct-1") == 0
+    assert value(m, "thingspace_sync_api_retry_wait_seconds_total", operation="session_login") == 0
+
+
+def test_no_created_series() -> None:
+    """No *_created series are exposed (they would double the series count)."""
+    m = metrics.Metrics()
+    m.account_configured("acct-1")
+    m.run_finished("acct-1", "failed", 5.0, False)
+    assert "_created" not in m.render().decode()
+
+
+def test_known_label_values_match_the_code_that_uses_them() -> None:
+    """RUN_OUTCOMES, ERROR_KINDS and the API operations are exactly the values sync, scheduler and
+    client use (a new one must be pre-created too)."""
+    import inspect  # noqa: PLC0415
+    import typing  # noqa: PLC0415
+
+    from sync_worker import client, scheduler, sync  # noqa: PLC0415
+
+    outcomes = set(typing.get_args(sync.Outcome)) - {"skipped_locked"}  # a skip is no finished run
+    assert set(metrics.RUN_OUTCOMES) == outcomes
+    kinds = {kind for _, kind in sync._ERROR_KINDS} | {"internal", "malformed_block", "job_error"}
+    assert set(metrics.ERROR_KINDS) == kinds
+    scheduler_src = inspect.getsource(scheduler) + inspect.getsource(sync)
+    for kind in metrics.SCHEDULER_EVENT_KINDS:
+        assert f'"{kind}"' in scheduler_src
+    client_src = inspect.getsource(client)
+    for operation in metrics.API_OPERATIONS:
+        assert f'operation = "{operation}"' in client_src
+
+
+def test_last_run_outcome_is_one_for_the_last_outcome_only() -> None:
+    """thingspace_sync_last_run_outcome is 1 for the last run's outcome and 0 for the others."""
+    m = metrics.Metrics()
+    m.run_finished("a", "failed", 10.0, False)
+    assert value(m, "thingspace_sync_last_run_outcome", account="a", outcome="failed") == 1
+    m.run_finished("a", "succeeded", 20.0, True)
+    assert value(m, "thingspace_sync_last_run_outcome", account="a", outcome="failed") == 0
+    assert value(m, "thingspace_sync_last_run_outcome", account="a", outcome="succeeded") == 1
+
+
+def test_one_pass_metrics_have_no_process_or_freshness_series() -> None:
+    """once's metrics (written out after the pass) carry no process_* nor scrape-time freshness."""
+    m = metrics.Metrics(one_pass=True)
+    m.account_configured("a", 100.0)
+    text = m.render().decode()
+    assert "process_" not in text and "seconds_since_last_success" not in text
+    assert 'thingspace_sync_last_success_timestamp_seconds{account="a"} 100.0' in text
+
+
+def test_textfile_is_written_atomically_and_parses(tmp_path: Path) -> None:
+    """write_textfile leaves exactly the .prom file (no temporary one), in Prometheus text format."""
+    m = metrics.Metrics(one_pass=True)
+    m.account_configured("a")
+    m.run_finished("a", "succeeded", 50.0, True)
+    target = tmp_path / "sync.prom"
+    m.write_textfile(str(target))
+    assert [p.name for p in target.parent.iterdir()] == ["sync.prom"]
+    families = {f.name for f in parser.text_string_to_metric_families(target.read_text())}
+    assert "thingspace_sync_last_run_outcome" in families
 
 
 def test_render_is_prometheus_text() -> None:

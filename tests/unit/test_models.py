@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import errors, models
+from sync_worker import errors, gsm, models
 
 DEVICE = models.DeviceId(id="0123456789", kind="imei")
 
@@ -58,6 +58,29 @@ def test_length_limits_are_inclusive() -> None:
     """Exactly 160 (7-bit) and 140 (8-bit) characters are allowed."""
     request(sms_message="x" * 160).validate()
     request(sms_message="x" * 140, data_encoding="8-bit-DATA").validate()
+
+
+@pytest.mark.parametrize("text", ["温度", "temp 20°C", "naïve", "\u00a0x", "emoji \U0001f600", "`tick`"])
+def test_seven_bit_refuses_characters_outside_the_gsm_alphabet(text: str) -> None:
+    """A 7-bit message with a character outside GSM 03.38 (basic set + extension) is refused, named."""
+    with pytest.raises(errors.ValidationError, match="GSM 7-bit alphabet"):
+        request(sms_message=text).validate()
+
+
+def test_seven_bit_accepts_the_gsm_alphabet_and_counts_extension_characters_twice() -> None:
+    """GSM-only characters pass; each extension character (e.g. €, [) takes two of the 160 septets."""
+    request(sms_message="Ünïts: 20 °", data_encoding="8-bit-UTF-8").validate()
+    request(sms_message="@£$¥èéùìòÇØøÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ!\"#¤%&'()*+,-./:;<=>?¡ÄÖÑÜ§¿äöñüà").validate()
+    request(sms_message="€" * 80).validate()
+    with pytest.raises(errors.ValidationError, match="161"):
+        request(sms_message="€" * 80 + "x").validate()
+    assert gsm.septets("[a]{}") == 9
+
+
+def test_eight_bit_ascii_refuses_non_ascii() -> None:
+    """8-bit-ASCII carries only ASCII: a non-ASCII character is refused before sending."""
+    with pytest.raises(errors.ValidationError, match="not ASCII"):
+        request(sms_message="温度", data_encoding="8-bit-ASCII").validate()
 
 
 def test_group_name_replaces_device_ids() -> None:

@@ -1,0 +1,78 @@
+"""README's "Trying it against the simulator", run word for word in bash (only the database URL of its
+first line replaced by a test server's, naming a database that does not exist yet)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sync_worker import simulator
+from tests.fixtures.database import DatabaseServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _block() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Trying it against the simulator", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    return str(block).splitlines()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_readme_simulator_steps_work_word_for_word(pg_server: DatabaseServer, tmp_path: Path) -> None:
+    """The README's steps create the database, migrate, sync every seeded message and show status;
+    `simulate`'s output is sourced as shell and the simulator is stopped by the last line."""
+    if not _port_free(simulator.DEFAULT_PORT):
+        pytest.skip(f"port {simulator.DEFAULT_PORT} (the simulator's default, used by the README) is busy")
+    lines = _block()
+    assert lines[0].startswith("export SYNC_DATABASE_URL=postgresql://")
+    name = f"readme_{uuid.uuid4().hex[:10]}"
+    url = psycopg.conninfo.make_conninfo(pg_server.admin_url, dbname=name)
+    script = "\n".join(["set -e", f"export SYNC_DATABASE_URL={shlex.quote(url)}", *lines[1:]])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
+    env["TMPDIR"] = str(tmp_path)
+    try:
+        ran = subprocess.run(
+            ["bash", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        with psycopg.connect(url) as conn:
+            inserted = conn.execute(
+                "SELECT account_name, sum(rows_inserted) FROM sync_run WHERE outcome = 'succeeded' GROUP BY 1"
+            ).fetchall()
+            stored = conn.execute("SELECT account_name, count(*) FROM sms_history GROUP BY 1").fetchall()
+        # The seeded backlog (5000 per account; exact duplicates in it are one message by design).
+        assert sorted(inserted) == sorted(stored)
+        assert sorted(a for a, _ in stored) == sorted(simulator.DEFAULT_ACCOUNTS)
+        assert all(4_800 < n <= 5_000 for _, n in stored), stored
+        assert "0252012345-00001" in ran.stdout  # the status table
+        sourced = (tmp_path / "thingspace-sim.env").read_text().splitlines()
+        assert all(line.startswith(("#", "export ")) for line in sourced)
+    finally:
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    assert _port_free(simulator.DEFAULT_PORT)  # `kill $!` stopped the simulator
