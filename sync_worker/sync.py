@@ -627,6 +627,20 @@ def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
+def _partitions_ahead(connect: ConnectionFactory) -> None:
+    """This month's and next month's history partitions, before any block needs them.
+
+    Best effort: a block whose partition is missing creates it itself, so a failure here
+    (the database down, a lock wait given up) only costs that block a retry of its statement.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        with db.session(connect) as conn:
+            store.ensure_partitions(conn, [now, now + datetime.timedelta(days=32)])
+    except errors.SyncWorkerError as exc:
+        _log.warning("partitions_ahead_failed", error=_describe(exc))
+
+
 def run_accounts(
     api: HistoryApi,
     names: Sequence[str],
@@ -664,6 +678,7 @@ def run_accounts(
 
     if not names:
         return []
+    _partitions_ahead(connect)
     workers = max(1, min(concurrency, len(names)))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sync") as pool:
         return list(pool.map(one, names))

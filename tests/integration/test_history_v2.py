@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -9,7 +10,8 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import models, rows, store
+from sync_worker import db as database
+from sync_worker import models, rows, store, sync
 
 # Text a message can carry: every code point Postgres text can hold (no NUL, no lone surrogate).
 _TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40)
@@ -67,3 +69,38 @@ def test_every_stored_original_reads_back_byte_for_byte(
     assert stored == {r.message_key: r.raw_json for r in built}
     rebuilt = db.execute("SELECT count(*) FROM sms_message WHERE raw_kept IS NULL").fetchone()
     assert rebuilt is not None and rebuilt[0] == sum(1 for r in built if r.raw_kept is None)
+
+
+def test_a_pass_creates_this_and_next_months_partitions(db: psycopg.Connection[Any], db_url: str) -> None:
+    """A sync pass creates the current and the next month's partitions before any block needs them."""
+    now = dt.datetime.now(dt.UTC)
+    ahead = (now.replace(day=1) + dt.timedelta(days=32)).strftime("%Y%m")
+    for name in (f"sms_message_p{ahead}", f"sms_message_device_p{ahead}"):
+        db.execute(f"DROP TABLE IF EXISTS {name}")  # the template made it at migration time
+    sync.run_accounts(_NoApi(), ["acct-none"], database.connector(db_url), concurrency=1, budget_seconds=1)
+    row = db.execute("SELECT to_regclass(%s) IS NOT NULL", (f"sms_message_p{ahead}",)).fetchone()
+    assert row == (True,)
+
+
+class _NoApi:
+    """An API whose account fails at once: the pass still prepares the partitions first."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("no API in this test")
+
+
+def test_a_message_dated_in_a_new_month_creates_its_partition(db: psycopg.Connection[Any]) -> None:
+    """A block holding a message of a month without partition creates it and stores the block once."""
+    wire = {"deviceIds": [{"id": "1", "kind": "imei"}], "message": "far", "timestamp": "2087-06-05T04:03:02Z"}
+    page = models.HistoryPage(
+        account_name="acct-far",
+        messages=(models.SMSMessage.from_wire(wire),),
+        has_more_data=False,
+        status=200,
+        next=None,
+    )
+    run_id = store.start_run(db, "acct-far")
+    assert store.commit_block(db, run_id, page).inserted == 1
+    assert store.commit_block(db, run_id, page).inserted == 0
+    row = db.execute("SELECT tableoid::regclass::text FROM sms_message WHERE message = 'far'").fetchone()
+    assert row == ("sms_message_p208706",)
