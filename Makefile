@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick schema-doc clean
+.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
 	@echo "make test              run the whole test suite (unit + integration, embedded Postgres)"
 	@echo "make test-unit         tests without a database"
 	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
+	@echo "make test-migration-1m migration 0006 in place on 1,000,000 v1 rows, timed (JSON line)"
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
@@ -42,6 +43,13 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The in-place migration test at the size the issue names; prints (and appends to
+# MIGRATION_REPORT) one JSON line with the migration's time per million rows.
+MIGRATION_REPORT ?= bench/results/migration-1m.jsonl
+test-migration-1m: $(STAMP)
+	SYNC_TEST_MIGRATION_ROWS=1000000 SYNC_TEST_MIGRATION_REPORT=$(MIGRATION_REPORT) \
+		$(BIN)/python -m pytest tests/integration/test_migration_v2.py -s -k resumes --timeout=3600 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sync_worker tests bench

@@ -145,9 +145,11 @@ $fn$;
 
 -- v1 rows move in place: partitions for every month they cover (and this one and the next), rows loaded
 -- before the indexes exist (a sorted build per partition beats a million index inserts), keys kept.
+-- Months are UTC months, as the partitions are: truncated in the session's TimeZone (a server set to
+-- local time), a row's month could map to the partition before it and leave its own uncreated.
 SELECT sms_history_ensure_partition(m)
 FROM (
-    SELECT DISTINCT date_trunc('month', received_at) AS m FROM sms_history_v1 WHERE received_at IS NOT NULL
+    SELECT DISTINCT date_trunc('month', received_at, 'UTC') AS m FROM sms_history_v1 WHERE received_at IS NOT NULL
     UNION SELECT now() UNION SELECT now() + interval '1 month'
 ) months;
 

@@ -100,15 +100,11 @@ def test_replayed_block_changes_nothing_and_counts_replays(db: psycopg.Connectio
     page = _page(account, [_wire(i) for i in range(100)])
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, page)
-    before = db.execute(
-        "SELECT message_key, first_stored_at FROM sms_history ORDER BY message_key"
-    ).fetchall()
+    keys = "SELECT message_key, first_stored_at FROM sms_history ORDER BY message_key"
+    before = db.execute(keys).fetchall()
     second = store.commit_block(db, run_id, page)
     assert (second.received, second.inserted, second.replays) == (100, 0, 100)
-    assert (
-        db.execute("SELECT message_key, first_stored_at FROM sms_history ORDER BY message_key").fetchall()
-        == before
-    )
+    assert db.execute(keys).fetchall() == before
     assert _count(db, "sms_by_device") == 100
     assert _run_row(db, run_id)[:4] == (2, 200, 100, 100)
 
