@@ -421,6 +421,8 @@ def _backend_cpu(conn: psycopg.Connection[Any], pid: int | None = None) -> tuple
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         pid = int(row[0]) if row else 0
     try:
+        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None  # a server elsewhere: that pid is not its backend
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
@@ -471,6 +473,7 @@ def test_v1_history_migrates_in_place_and_the_worker_resumes(
         assert counted is not None
         count = int(counted[0])
         assert count >= ROWS
+        assert conn.execute("SHOW TimeZone").fetchone() == (LOCAL_ZONE,)
         keys_before = _key_sets(conn, "sms_history")
         conn.execute(SNAPSHOT_SQL)
 
