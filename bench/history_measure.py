@@ -264,7 +264,9 @@ def explain_block(conn: psycopg.Connection[Any], run_id: int, page: Any) -> str:
     built = rows.build_rows(page.account_name, page.messages)
     params = store._block_params(page.account_name, built, run_id=run_id, next_token=page.next)
     with conn.transaction(force_rollback=True):
-        plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + queries.get("commit_block"), params).fetchall()
+        plan = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, WAL) " + queries.get("commit_block"), params
+        ).fetchall()
     return "\n".join(str(r[0]) for r in plan)
 
 
@@ -508,20 +510,43 @@ def _forget_growth_rows(dsn: str) -> None:
             conn.execute("CHECKPOINT")
 
 
-def _timed_commits(dsn: str, page_list: Sequence[Any], built: Sequence[Any]) -> list[float]:
-    """Per-block wall time (ms) of ``store.commit_block`` over prebuilt rows."""
+def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    return str(row[0]) if row else "0/0"
+
+
+def _wal_bytes(conn: psycopg.Connection[Any], since: str) -> int:
+    row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)", (since,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _timed_commits(dsn: str, page_list: Sequence[Any], built: Sequence[Any]) -> tuple[list[float], int]:
+    """Per-block wall time (ms) of ``store.commit_block`` over prebuilt rows, and the WAL written.
+
+    The WAL is the server's (other databases' writes would count too; nothing else runs here)."""
     from sync_worker import store
 
     pg.checkpoint(dsn)
     out: list[float] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         run_id = store.start_run(conn, page_list[0].account_name)
+        lsn = _wal_lsn(conn)
         with scenarios._prebuilt_rows(list(page_list), list(built)):
             for page in page_list:
                 t0 = time.perf_counter()
                 store.commit_block(conn, run_id, page)
                 out.append((time.perf_counter() - t0) * 1000)
-    return out
+        wal = _wal_bytes(conn, lsn)
+    return out, wal
+
+
+def _explain_probe(dsn: str, page: Any) -> str:
+    from sync_worker import store
+
+    _ensure_partitions(dsn, _built([page]))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        run_id = store.start_run(conn, page.account_name)
+        return explain_block(conn, run_id, page)
 
 
 def task_growth(spec: Spec) -> dict[str, Any]:
@@ -545,6 +570,8 @@ def task_growth(spec: Spec) -> dict[str, Any]:
         empty_dsn = pg.fresh_database(admin, "hs_growth_empty")
         empty: list[float] = []
         big: list[float] = []
+        wal: dict[str, list[float]] = {"empty": [], "big": []}
+        plans: dict[str, str] = {}
         try:
             for rep in range(reps):
                 account = f"{GROWTH_ACCOUNT_PREFIX}{rep}"
@@ -555,9 +582,14 @@ def task_growth(spec: Spec) -> dict[str, Any]:
                 # Alternate which database goes first so drift on a shared machine hits both alike.
                 order = [("empty", empty_dsn), ("big", big_dsn)]
                 for label, dsn in order if rep % 2 == 0 else order[::-1]:
-                    times = _timed_commits(dsn, page_list, built)
+                    times, wal_bytes = _timed_commits(dsn, page_list, built)
                     (empty if label == "empty" else big).append(statistics.median(times))
+                    wal[label].append(wal_bytes / n_blocks)
                 _log(f"    growth rep {rep + 1}: empty {empty[-1]:.3f} ms, {present:,} rows {big[-1]:.3f} ms")
+            # Where a difference comes from: buffers read vs hit, WAL (full-page images after the
+            # checkpoint), per node, for one more fresh block in each database.
+            probe = next(pages(f"{GROWTH_ACCOUNT_PREFIX}explain", BLOCK, seed=799))
+            plans = {"empty": _explain_probe(empty_dsn, probe), "big": _explain_probe(big_dsn, probe)}
         finally:
             _forget_growth_rows(big_dsn)
             pg.drop_database(admin, "hs_growth_empty")
@@ -568,6 +600,8 @@ def task_growth(spec: Spec) -> dict[str, Any]:
         "empty_ms": empty,
         "big_ms": big,
         "ratio": [b / e for b, e in zip(big, empty, strict=True)],
+        "wal_bytes_per_block": wal,
+        "explain": plans,
         "database": big_name,
         "provenance": provenance,
         "setup_seconds": setup_seconds,

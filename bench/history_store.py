@@ -209,6 +209,17 @@ def step_growth(run: Run) -> None:
             + str(out["provenance"]),
         )
     )
+    for label in ("empty", "big"):
+        run.results.add(
+            harness.Figure(
+                f"growth_wal_{label}",
+                f"3. WAL per block, {label} database",
+                "bytes",
+                tuple(out["wal_bytes_per_block"][label]),
+                False,
+                note="from the last CHECKPOINT (full-page images included)",
+            )
+        )
     run.results.add(
         harness.Figure(
             "growth_ratio",
@@ -344,13 +355,24 @@ def render(results: harness.Results, raw: dict[str, Any], command: str) -> str:
             f"The {growth['rows_present']:,}-row database: {_mib(big['total'])} MiB in the history tables "
             f"({big['total'] / max(1, growth['rows_present']):.0f} bytes/row, SQL-generated rows).",
         ]
+    for label, plan in (growth or {}).get("explain", {}).items():
+        lines += [
+            "",
+            f"**EXPLAIN (ANALYZE, BUFFERS, WAL) of commit_block into the {label} database** "
+            "(one more fresh block after the timed ones, rolled back)",
+            "",
+            "```",
+            str(plan).rstrip(),
+            "```",
+        ]
     for variant in ("before", "after"):
         outs = raw.get("cpu", {}).get(variant)
         if outs:
             lines += [
                 "",
-                f"**EXPLAIN (ANALYZE, BUFFERS) of commit_block, {variant}** (one fresh block of 100 into the "
-                f"database of the last repetition, {outs[-1]['inserted']:,} rows present, rolled back)",
+                f"**EXPLAIN (ANALYZE, BUFFERS, WAL) of commit_block, {variant}** "
+                "(one fresh block of 100 into the database of the last repetition, "
+                f"{outs[-1]['inserted']:,} rows present, rolled back)",
                 "",
                 "```",
                 str(outs[-1]["explain"]).rstrip(),
