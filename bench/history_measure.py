@@ -15,6 +15,7 @@ for the EXPLAIN, ``store._block_params`` with ``queries.get("commit_block")``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -308,7 +309,8 @@ def task_cpu(spec: Spec) -> dict[str, Any]:
         "partitions_created_untimed": partitioned,
         "pg_cpu_ms_per_block": pg_cpu / n_blocks * 1000,
         "pg_backend_cpu_ms_per_block": backend / n_blocks * 1000,
-        "pg_other_cpu_ms_per_block": (pg_cpu - backend) / n_blocks * 1000,
+        # psutil reads CPU in clock ticks (10 ms): a difference below that is noise, not negative.
+        "pg_other_cpu_ms_per_block": round(max(0.0, pg_cpu - backend) / n_blocks * 1000, 3),
         "client_cpu_ms_per_block": cpu.spent.get("worker", float("nan")) / n_blocks * 1000,
         "wall_ms_per_block": cpu.wall / n_blocks * 1000,
         "wall_ms_median_block": statistics.median(per_block),
@@ -520,24 +522,35 @@ def _wal_bytes(conn: psycopg.Connection[Any], since: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _timed_commits(dsn: str, page_list: Sequence[Any], built: Sequence[Any]) -> tuple[list[float], int]:
-    """Per-block wall time (ms) of ``store.commit_block`` over prebuilt rows, and the WAL written.
-
-    The WAL is the server's (other databases' writes would count too; nothing else runs here)."""
+def _paired_commits(
+    dsns: dict[str, str], page_list: Sequence[Any], built: Sequence[Any]
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Each block committed into every database back to back, the order alternating per block, so
+    drift on a shared machine hits them alike. Per database: each block's wall time (ms) of
+    ``store.commit_block`` over prebuilt rows, and the WAL its commits wrote (the server's insert
+    position read between commits, untimed: the bench is the only writer)."""
     from sync_worker import store
 
-    pg.checkpoint(dsn)
-    out: list[float] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        run_id = store.start_run(conn, page_list[0].account_name)
-        lsn = _wal_lsn(conn)
-        with scenarios._prebuilt_rows(list(page_list), list(built)):
-            for page in page_list:
+    labels = list(dsns)
+    for dsn in dsns.values():
+        pg.checkpoint(dsn)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    wal = dict.fromkeys(labels, 0)
+    with contextlib.ExitStack() as stack:
+        conns = {
+            label: stack.enter_context(psycopg.connect(dsns[label], autocommit=True)) for label in labels
+        }
+        runs = {label: store.start_run(conns[label], page_list[0].account_name) for label in labels}
+        stack.enter_context(scenarios._prebuilt_rows(list(page_list), list(built)))
+        for i, page in enumerate(page_list):
+            for label in labels if i % 2 == 0 else labels[::-1]:
+                conn = conns[label]
+                lsn = _wal_lsn(conn)
                 t0 = time.perf_counter()
-                store.commit_block(conn, run_id, page)
-                out.append((time.perf_counter() - t0) * 1000)
-        wal = _wal_bytes(conn, lsn)
-    return out, wal
+                store.commit_block(conn, runs[label], page)
+                times[label].append((time.perf_counter() - t0) * 1000)
+                wal[label] += _wal_bytes(conn, lsn)
+    return times, wal
 
 
 def _explain_probe(dsn: str, page: Any) -> str:
@@ -579,12 +592,16 @@ def task_growth(spec: Spec) -> dict[str, Any]:
                 built = _built(page_list)
                 _ensure_partitions(empty_dsn, built)
                 _ensure_partitions(big_dsn, built)
-                # Alternate which database goes first so drift on a shared machine hits both alike.
-                order = [("empty", empty_dsn), ("big", big_dsn)]
-                for label, dsn in order if rep % 2 == 0 else order[::-1]:
-                    times, wal_bytes = _timed_commits(dsn, page_list, built)
-                    (empty if label == "empty" else big).append(statistics.median(times))
-                    wal[label].append(wal_bytes / n_blocks)
+                dsns = (
+                    {"empty": empty_dsn, "big": big_dsn}
+                    if rep % 2 == 0
+                    else {"big": big_dsn, "empty": empty_dsn}
+                )
+                times, wal_bytes = _paired_commits(dsns, page_list, built)
+                empty.append(statistics.median(times["empty"]))
+                big.append(statistics.median(times["big"]))
+                for label in dsns:
+                    wal[label].append(wal_bytes[label] / n_blocks)
                 _log(f"    growth rep {rep + 1}: empty {empty[-1]:.3f} ms, {present:,} rows {big[-1]:.3f} ms")
             # Where a difference comes from: buffers read vs hit, WAL (full-page images after the
             # checkpoint), per node, for one more fresh block in each database.

@@ -195,7 +195,8 @@ def step_growth(run: Run) -> None:
             "ms",
             tuple(out["empty_ms"]),
             False,
-            note=f"median of {sz.growth_blocks} blocks per repetition",
+            note=f"median of {sz.growth_blocks} blocks per repetition; each block goes into both databases "
+            "back to back, order alternating",
         )
     )
     run.results.add(
@@ -217,7 +218,7 @@ def step_growth(run: Run) -> None:
                 "bytes",
                 tuple(out["wal_bytes_per_block"][label]),
                 False,
-                note="from the last CHECKPOINT (full-page images included)",
+                note="each block's own WAL, full-page images included (a CHECKPOINT starts each repetition)",
             )
         )
     run.results.add(
