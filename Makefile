@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
+BENCH_STORE_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick schema-doc clean
+.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick bench-store schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -19,6 +20,8 @@ help:
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
 	@echo "make schema-doc        regenerate docs/schema.md's tables and query plans from a migrated database"
+	@echo "make bench-store       history store before (v1) / after (v2): bytes, Postgres CPU, 30M rows"
+	@echo "                       (BENCH_STORE_ARGS=--quick for a short run)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +71,9 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --quick
+
+bench-store: $(BENCH_STAMP)
+	$(BIN)/python -m bench.history_store $(BENCH_STORE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

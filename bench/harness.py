@@ -199,8 +199,10 @@ def fmt_value(value: float, unit: str) -> str:
         return f"{value:.3f}" if value < 10 else f"{value:.1f}"
     if unit == "s":
         return f"{value:.2f}"
-    if unit == "us":
-        return f"{value:.0f}"
+    if unit in ("us", "bytes"):
+        return f"{value:,.0f}"
+    if unit == "x":
+        return f"{value:.3f}"
     return f"{value:.3g}"
 
 
@@ -270,13 +272,13 @@ def render_markdown(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme_section(readme: Path, body: str) -> None:
+def write_readme_section(readme: Path, body: str, begin: str = README_BEGIN, end: str = README_END) -> None:
     """Replace only the text between our markers; other sections belong to others."""
     text = readme.read_text() if readme.exists() else ""
-    block = f"{README_BEGIN}\n{body}{README_END}"
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        _, tail = rest.split(README_END, 1)
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
