@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         help="with --check: an account without a success for longer is stale (default: 1800)",
     )
 
+    p = add(
+        "retention",
+        "cmd_retention",
+        "remove history older than SYNC_RETENTION_DAYS (whole months) and old runs; a dry run unless --apply",
+    )
+    p.add_argument("--days", type=int, metavar="N", help="the window in days (default: SYNC_RETENTION_DAYS)")
+    p.add_argument("--apply", action="store_true", help="remove what the dry run lists")
+    p.add_argument("--batch", type=int, default=10_000, metavar="ROWS", help="rows per delete batch")
+
     cursor = sub.add_parser("cursor", help="show or reset the stored history cursors")
     cursor_sub = cursor.add_subparsers(dest="cursor_command", metavar="ACTION", required=True)
     p = add("show", "cmd_cursor_show", "print the stored cursor of each account", cursor_sub)

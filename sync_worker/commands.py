@@ -38,6 +38,7 @@ from sync_worker import (
     models,
     quarantine,
     report,
+    retention,
     scheduler,
     secret,
     signals,
@@ -301,6 +302,25 @@ def cmd_cursor_reset(ctx: Context) -> int:
         store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
     logs.get_logger(__name__).warning("cursor_reset", account=account)
     ctx.print(f"{account}: cursor cleared; the next sync starts at the head of the queue")
+    return exitcodes.OK
+
+
+def cmd_retention(ctx: Context) -> int:
+    settings = ctx.settings(credentials=False, accounts=False)
+    days = ctx.args.days if ctx.args.days is not None else settings.retention_days
+    if days is None or days < 1:
+        raise errors.ValidationError("no retention window: set SYNC_RETENTION_DAYS or pass --days N (N >= 1)")
+    if ctx.args.batch < 1:
+        raise errors.ValidationError("--batch must be at least 1")
+    with _connection(settings) as conn:
+        todo = retention.plan(conn, retention.cutoff(days))
+        summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days, **todo.as_dict()}
+        if ctx.args.apply:
+            done = retention.apply(conn, todo, batch=ctx.args.batch)
+            summary.update(done.as_dict())
+            logs.get_logger(__name__).info("retention_applied", days=days, **done.as_dict())
+    # The plan (and what was done) is the command's data: one JSON object on stdout.
+    ctx.print(json.dumps(summary, sort_keys=True))
     return exitcodes.OK
 
 

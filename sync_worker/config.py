@@ -207,6 +207,16 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         maximum=auth.CEILING,
     ),
     Variable(
+        "SYNC_RETENTION_DAYS",
+        "(unset: keep everything)",
+        "History older than this many days (by the message's timestamp; undated messages by when they "
+        "were stored) and older finished sync_run rows are removed by `sync-worker retention --apply`, "
+        "and once a day by the daemon. Whole months are dropped, so up to a month more is kept.",
+        ("retention_days",),
+        None,
+        lambda env: _optional_int(env, "SYNC_RETENTION_DAYS", 1, 36_500),
+    ),
+    Variable(
         "SYNC_METRICS_PORT",
         "(unset: off)",
         "Port of the Prometheus /metrics, /healthz and /readyz server (daemon).",
@@ -413,6 +423,7 @@ class Settings:
     max_blocks_per_run: int = dataclasses.field(default=_default("SYNC_MAX_BLOCKS_PER_RUN"))
     shutdown_timeout_seconds: float = dataclasses.field(default=_default("SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
     login_guard_threshold: int = dataclasses.field(default=_default("SYNC_LOGIN_GUARD_THRESHOLD"))
+    retention_days: int | None = dataclasses.field(default=_default("SYNC_RETENTION_DAYS"))
     metrics_port: int | None = dataclasses.field(default=_default("SYNC_METRICS_PORT"))
     metrics_textfile: str | None = dataclasses.field(default=_default("SYNC_METRICS_TEXTFILE"))
     metrics_pushgateway: str | None = dataclasses.field(default=_default("SYNC_METRICS_PUSHGATEWAY"))

@@ -22,7 +22,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, db, errors, exitcodes, migrations, signals, status, sync
+from sync_worker import config, db, errors, exitcodes, migrations, retention, signals, status, sync
 
 _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
@@ -206,11 +206,45 @@ def _build_scheduler(
             # next regular run is closer, so skip (and say so via the listener).
             misfire_grace_time=max(1, int(acct.interval_seconds / 2)),
         )
+    # Housekeeping on the same pool: next month's partitions exist before its first message, and
+    # retention (when a window is set) runs at start and then daily.
+    scheduler.add_job(
+        sync.partitions_ahead,
+        trigger=IntervalTrigger(hours=1),
+        args=(connect,),
+        id="partitions",
+        name="history partitions ahead",
+        next_run_time=now,
+        max_instances=1,
+        coalesce=True,
+    )
+    if settings.retention_days is not None:
+        scheduler.add_job(
+            _retention_job,
+            trigger=IntervalTrigger(hours=24),
+            kwargs={"connect": connect, "days": settings.retention_days, "stop": stop},
+            id="retention",
+            name="retention",
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.add_listener(
         functools.partial(_on_event, metrics=metrics),
         events.EVENT_JOB_MISSED | events.EVENT_JOB_MAX_INSTANCES | events.EVENT_JOB_ERROR,
     )
     return scheduler
+
+
+def _retention_job(*, connect: db.ConnectionFactory, days: int, stop: threading.Event) -> None:
+    try:
+        with db.session(connect) as conn:
+            done = retention.apply(conn, retention.plan(conn, retention.cutoff(days)), stop_event=stop)
+    except errors.SyncWorkerError as exc:
+        # Next day's run tries again; nothing half-done is left (each drop and batch is its own transaction).
+        _log.warning("retention_failed", days=days, error=str(exc))
+        return
+    _log.info("retention_applied", days=days, **done.as_dict())
 
 
 def _account_job(

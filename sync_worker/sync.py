@@ -627,7 +627,7 @@ def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
-def _partitions_ahead(connect: ConnectionFactory) -> None:
+def partitions_ahead(connect: ConnectionFactory) -> None:
     """This month's and next month's history partitions, before any block needs them.
 
     Best effort: a block whose partition is missing creates it itself, so a failure here
@@ -678,7 +678,7 @@ def run_accounts(
 
     if not names:
         return []
-    _partitions_ahead(connect)
+    partitions_ahead(connect)
     workers = max(1, min(concurrency, len(names)))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sync") as pool:
         return list(pool.map(one, names))

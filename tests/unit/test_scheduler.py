@@ -54,7 +54,7 @@ def test_one_job_per_account_with_safe_defaults() -> None:
         inflight=scheduler._InFlight(),
     )
     jobs = {job.id: job for job in sched.get_jobs()}
-    assert set(jobs) == {f"sync:{a}" for a in ACCOUNTS}
+    assert set(jobs) == {f"sync:{a}" for a in ACCOUNTS} | {"partitions"}
     first, second = jobs[f"sync:{ACCOUNTS[0]}"], jobs[f"sync:{ACCOUNTS[1]}"]
     assert first.max_instances == 1
     assert first.coalesce is True
@@ -64,6 +64,27 @@ def test_one_job_per_account_with_safe_defaults() -> None:
     assert first.trigger.jitter == 30.0
     assert second.trigger.jitter is None
     assert sched._executors["default"]._pool._max_workers == 3
+
+
+def test_housekeeping_jobs_prepare_partitions_hourly_and_apply_retention_daily_when_set() -> None:
+    """The daemon creates next month's partitions every hour and, with SYNC_RETENTION_DAYS, applies
+    retention at start and then daily; without a window it never deletes anything."""
+    jobs_by_window = {}
+    for days in (None, 400):
+        sched = scheduler._build_scheduler(
+            dataclasses.replace(settings(), retention_days=days),
+            api=None,  # type: ignore[arg-type]
+            connect=None,  # type: ignore[arg-type]
+            stop=threading.Event(),
+            metrics=None,
+            inflight=scheduler._InFlight(),
+        )
+        jobs_by_window[days] = {job.id: job for job in sched.get_jobs()}
+    assert "retention" not in jobs_by_window[None]
+    assert jobs_by_window[None]["partitions"].trigger.interval == datetime.timedelta(hours=1)
+    kept = jobs_by_window[400]["retention"]
+    assert kept.trigger.interval == datetime.timedelta(hours=24)
+    assert kept.kwargs["days"] == 400 and kept.max_instances == 1
 
 
 def test_listener_reports_missed_busy_and_failed_jobs() -> None:
@@ -189,6 +210,7 @@ def test_a_run_later_than_the_grace_time_is_reported_missed() -> None:
     # half-interval grace.
     late = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=40)
     sched.modify_job(f"sync:{ACCOUNTS[0]}", next_run_time=late)
+    sched.remove_job("partitions")  # it would connect at once; this test is about the account job
     with structlog.testing.capture_logs() as logs:
         sched.start()
         try:

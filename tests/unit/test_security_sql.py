@@ -13,7 +13,9 @@ EXECUTORS = frozenset({"execute", "executemany", "copy", "stream"})
 # CREATE DATABASE takes no bind parameters: named SQL with the name composed by psycopg.sql as a
 # quoted identifier (psycopg.sql.Identifier), never as text.
 ALLOWED_BUILT: set[tuple[str, str]] = {
-    ("db.py", 'queries.get("create_database")).format(name=pg_sql.Identifier(')
+    ("db.py", 'queries.get("create_database")).format(name=pg_sql.Identifier('),
+    # The partition name is composed the same way, the line before (`ident = sql.Identifier(...)`).
+    ("retention.py", 'queries.get("retention_drop_partition")).format(name=ident)'),
 }
 
 
