@@ -139,8 +139,10 @@ def test_two_replicas_sync_each_account_once_per_interval(
     for account in ACCOUNTS:
         gaps = [(b2 - b1).total_seconds() for b1, b2 in itertools.pairwise(starts[account])]
         assert len(gaps) >= 2
-        # Once per interval across both replicas (0.1 s: the two clocks are the database's own).
-        assert min(gaps) >= interval - 0.1, (account, gaps)
+        # Once per interval across both replicas: claims are an interval apart exactly, and a
+        # run's started_at follows its claim by a connection and a lock (slower under load). Two
+        # replicas each on their own timer would start runs back to back (or skip on the lock).
+        assert min(gaps) >= interval * 0.75, (account, gaps)
         assert stored_raw(db, account) == canonical(simulator.acknowledged(account))
         assert simulator.queued(account) == []
 
