@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick clean
+.PHONY: help venv run demo test test-unit test-integration lint fmt bench bench-quick bench-scale clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
+	@echo "make bench-scale       replicas sharing 1,000 accounts, one killed halfway (~4 min; SCALE_ARGS=...)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# SCALE_ARGS="--accounts 10000 --interval 120 ..." scales it (python -m bench.scale --help).
+bench-scale: $(BENCH_STAMP)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
