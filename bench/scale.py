@@ -53,7 +53,7 @@ class Plan:
     lease: float = 5.0
     duration: float = 180.0
     kill_at: float = 0.5  # share of the duration after which one replica is killed
-    latency: float = 0.05
+    latency: float = 0.1
     seed_each: int = 20  # messages queued per account before the start
     trickle: int = 50  # accounts that get a few new messages every few seconds
 
