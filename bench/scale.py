@@ -70,13 +70,28 @@ class Samples:
     waiting: list[int] = dataclasses.field(default_factory=list)
     sessions: list[int] = dataclasses.field(default_factory=list)
     load: list[float] = dataclasses.field(default_factory=list)
+    waited: dict[str, int] = dataclasses.field(default_factory=dict)  # lock kind -> samples seen waiting
+
+    def take(self, conn: psycopg.Connection[Any], elapsed: float) -> None:
+        row = conn.execute(_PG_SAMPLE).fetchone()
+        assert row is not None
+        self.t.append(elapsed)
+        self.xacts.append(int(row[0]))
+        self.advisory.append(int(row[1]))
+        self.waiting.append(int(row[2]))
+        self.sessions.append(int(row[3]))
+        for kind in str(row[4] or "").split(", "):
+            if kind:
+                self.waited[kind] = self.waited.get(kind, 0) + 1
+        self.load.append(os.getloadavg()[0])
 
 
 _PG_SAMPLE = """
 SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted),
        (SELECT count(*) FROM pg_locks WHERE NOT granted),
-       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
+       (SELECT string_agg(locktype || ' ' || mode, ', ') FROM pg_locks WHERE NOT granted)
 """
 
 
@@ -127,14 +142,7 @@ def run(plan: Plan, log: Any = print) -> dict[str, Any]:
                 cpu_before = _cpu(replicas, sim.pid(), pg_pid)
                 next_trickle = t0 + 5.0
                 while (elapsed := time.monotonic() - t0) < plan.duration:
-                    row = conn.execute(_PG_SAMPLE).fetchone()
-                    assert row is not None
-                    samples.t.append(elapsed)
-                    samples.xacts.append(int(row[0]))
-                    samples.advisory.append(int(row[1]))
-                    samples.waiting.append(int(row[2]))
-                    samples.sessions.append(int(row[3]))
-                    samples.load.append(os.getloadavg()[0])
+                    samples.take(conn, elapsed)
                     _merge_cpu(cpu, _cpu(replicas, sim.pid(), pg_pid))
                     if not killed and elapsed >= plan.duration * plan.kill_at:
                         killed = _kill(conn, replicas[0])
@@ -178,7 +186,17 @@ def _db_now(conn: psycopg.Connection[Any]) -> datetime.datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
+_HELD = "SELECT count(*) FROM sync_schedule WHERE split_part(claimed_by, ':', 2) = %s"
+
+
 def _kill(conn: psycopg.Connection[Any], replica: subprocess.Popen[bytes]) -> dict[str, Any]:
+    # Killed while it holds claims (runs in flight), so the takeover after the lease is exercised.
+    until = time.monotonic() + 10.0
+    while time.monotonic() < until:
+        row = conn.execute(_HELD, (str(replica.pid),)).fetchone()
+        if row is not None and row[0] > 0:
+            break
+        time.sleep(0.02)
     replica.kill()
     replica.wait()
     at = _db_now(conn)
@@ -295,6 +313,7 @@ def _pg_load(s: Samples) -> dict[str, Any]:
         "advisory_locks_held_max": max(s.advisory),
         "locks_waiting_max": max(s.waiting),
         "sessions_max": max(s.sessions),
+        "locks_waited_by_kind": s.waited,
     }
 
 
@@ -329,7 +348,8 @@ def render(result: dict[str, Any]) -> str:
         f"| Postgres transactions/s (mean, peak) | {pgl.get('transactions_per_second_mean')}, "
         f"{pgl.get('transactions_per_second_peak')} |",
         f"| advisory locks held (max); locks waited on (max); sessions (max) | "
-        f"{pgl.get('advisory_locks_held_max')}; {pgl.get('locks_waiting_max')}; {pgl.get('sessions_max')} |",
+        f"{pgl.get('advisory_locks_held_max')}; {pgl.get('locks_waiting_max')} "
+        f"({pgl.get('locks_waited_by_kind')}); {pgl.get('sessions_max')} |",
         f"| CPU seconds | {r['cpu_seconds']} |",
         f"| replica exit codes (the killed one: -9) | {r['exit_codes']} |",
     ]
