@@ -71,6 +71,7 @@ class Samples:
     sessions: list[int] = dataclasses.field(default_factory=list)
     load: list[float] = dataclasses.field(default_factory=list)
     waited: dict[str, int] = dataclasses.field(default_factory=dict)  # lock kind -> samples seen waiting
+    waiters: dict[str, int] = dataclasses.field(default_factory=dict)  # statement -> samples seen waiting
 
     def take(self, conn: psycopg.Connection[Any], elapsed: float) -> None:
         row = conn.execute(_PG_SAMPLE).fetchone()
@@ -83,15 +84,20 @@ class Samples:
         for kind in str(row[4] or "").split(", "):
             if kind:
                 self.waited[kind] = self.waited.get(kind, 0) + 1
+        for query in str(row[5] or "").split(" | "):
+            if query:
+                self.waiters[query] = self.waiters.get(query, 0) + 1
         self.load.append(os.getloadavg()[0])
 
 
-_PG_SAMPLE = """
+_PG_SAMPLE = r"""
 SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted),
        (SELECT count(*) FROM pg_locks WHERE NOT granted),
        (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
-       (SELECT string_agg(locktype || ' ' || mode, ', ') FROM pg_locks WHERE NOT granted)
+       (SELECT string_agg(locktype || ' ' || mode, ', ') FROM pg_locks WHERE NOT granted),
+       (SELECT string_agg(left(regexp_replace(query, '\s+', ' ', 'g'), 60), ' | ')
+        FROM pg_stat_activity WHERE wait_event_type = 'Lock')
 """
 
 
@@ -314,6 +320,7 @@ def _pg_load(s: Samples) -> dict[str, Any]:
         "locks_waiting_max": max(s.waiting),
         "sessions_max": max(s.sessions),
         "locks_waited_by_kind": s.waited,
+        "statements_seen_waiting": s.waiters,
     }
 
 

@@ -40,6 +40,8 @@ _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
 # How often an idle replica looks for due accounts (a busy one also claims as each run ends).
 CLAIM_POLL_SECONDS: Final = 1.0
+# How often the daemon reads the login guard (how the tripped gauge notices an `auth reset` elsewhere).
+GUARD_OBSERVE_SECONDS: Final = 5.0
 _T = TypeVar("_T")
 
 
@@ -113,8 +115,8 @@ def run_daemon(
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
     timeout. ``app.run_daemon`` builds ``api`` and ``connect`` from the settings;
-    ``observe_guard`` is called at each account run (how the login-guard gauge
-    notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
+    ``observe_guard`` is called every ``GUARD_OBSERVE_SECONDS`` (how the login-guard
+    gauge notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
     the scheduler's start until shutdown begins. ``holder`` names this replica's
     claims (default: host, pid and a random part).
     """
@@ -218,7 +220,7 @@ class Dispatcher:
         self._stop = stop
         self._metrics = metrics
         self._inflight = inflight
-        self._observe_guard = observe_guard
+        self.observe_guard = observe_guard
         self._lease = settings.claim_lease_seconds
         self._pool = concurrent.futures.ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sync")
         self._conn: db.Connection | None = None
@@ -292,7 +294,6 @@ class Dispatcher:
                 lock_report_after=sync.lock_report_after(self._accounts[account].interval_seconds),
                 stop=self._stop,
                 metrics=self._metrics,
-                observe_guard=self._observe_guard,
             )
         except Exception as exc:
             # A bug must end this account's run, not the daemon.
@@ -395,6 +396,19 @@ def _build_scheduler(
         coalesce=True,
         misfire_grace_time=None,
     )
+    if dispatcher.observe_guard is not None:
+        scheduler.add_job(
+            functools.partial(_observe_guard, dispatcher.observe_guard),
+            # Not at every run: the read locks the user's one login_guard row, and thousands of
+            # runs a minute across replicas would queue on it.
+            trigger=IntervalTrigger(seconds=GUARD_OBSERVE_SECONDS),
+            id=_JOB_PREFIX + "guard",
+            name="observe the login guard",
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
     scheduler.add_listener(
         functools.partial(_on_event, metrics=metrics),
         events.EVENT_JOB_MISSED | events.EVENT_JOB_MAX_INSTANCES | events.EVENT_JOB_ERROR,
@@ -423,12 +437,9 @@ def _account_job(
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
     lock_report_after: float | None = None,
     metrics: sync.MetricsSink | None,
-    observe_guard: Callable[[], object] | None = None,
 ) -> sync.AccountResult | None:
     if stop.is_set():
         return None
-    if observe_guard is not None:
-        _observe_guard(observe_guard)
     return sync.sync_account(
         api,
         account,
