@@ -18,6 +18,7 @@ from sync_worker import app, claims, config, models, simulator
 from sync_worker.simulator import hooks as sim_hooks
 from tests.integration.test_scheduler import RecordingMetrics
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
+from tests.reliability import proxy
 
 ACCOUNTS = [f"0252012345-0010{i}" for i in range(6)]
 
@@ -148,12 +149,13 @@ def test_two_replicas_sync_each_account_once_per_interval(
 
 
 class Parking:
-    """Parks the first run that reaches its first block until ``release``; ``parked`` says it did."""
+    """Parks the first ``runs`` runs before their first request until ``release``; ``parked`` is set
+    once all of them are parked."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: Any, runs: int = 1) -> None:
         self._api = api
         self._lock = threading.Lock()
-        self._used = False
+        self._left = runs
         self.parked = threading.Event()
         self.release = threading.Event()
         self.sms = self
@@ -162,9 +164,11 @@ class Parking:
         self, account_name: str, next: str | None = None, *, deadline: float | None = None
     ) -> Iterator[models.HistoryPage]:
         with self._lock:
-            park, self._used = not self._used, True
+            park = self._left > 0
+            self._left -= 1
+            if self._left == 0:
+                self.parked.set()
         if park:
-            self.parked.set()
             assert self.release.wait(timeout=60)
         yield from self._api.sms.iter_history_blocks(account_name, next, deadline=deadline)
 
@@ -268,3 +272,52 @@ def test_a_killed_replicas_accounts_are_taken_over_after_the_lease(
         assert lease * 2 / 3 - 0.5 <= waited <= lease + 5, waited
         assert stored_raw(db, account) == canonical(simulator.acknowledged(account))
         assert simulator.queued(account) == []
+
+
+def test_a_replica_cut_off_from_the_database_is_taken_over_after_the_lease(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """A replica whose database connections are cut mid-run (its claims and locks held) cannot renew;
+    another replica takes every account over once the lease ran out and drains it exactly, and the
+    cut-off replica's runs, once they go on, store and acknowledge nothing twice."""
+    accounts = ACCOUNTS[:2]
+    for i, account in enumerate(accounts):
+        backlog(simulator, account, 250, seed=500 + i)
+    lease = 3.0
+    env = {
+        "SYNC_INTERVAL_SECONDS": "3600",
+        "SYNC_JITTER_SECONDS": "0",
+        "SYNC_CONCURRENCY": "2",
+        "SYNC_CLAIM_LEASE_SECONDS": str(lease),
+    }
+    api = make_client(simulator)
+    parking = Parking(api, runs=len(accounts))
+    tally = Tally()
+    with proxy.PgProxy(db_url) as pg_proxy:
+        cut_off = make_settings(simulator, pg_proxy.conninfo(), accounts, **env)
+        try:
+            with Daemon(cut_off, api=parking, metrics=tally.sink("cut", accounts)):
+                assert parking.parked.wait(timeout=30)
+                assert all(r.claimed_by is not None for r in claims.rows(db))
+                pg_proxy.cut()
+                cut_at = db.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+                with Daemon(
+                    make_settings(simulator, db_url, accounts, **env), metrics=tally.sink("b", accounts)
+                ):
+                    assert tally.wait_rounds(accounts, 1, timeout=60)
+                parking.release.set()
+        finally:
+            parking.release.set()
+            api.close()
+    assert {(replica, outcome) for replica, _, outcome in tally.runs if replica == "b"} == {
+        ("b", "succeeded")
+    }
+    for account in accounts:
+        (started,) = db.execute(
+            "SELECT min(started_at) FROM sync_run WHERE account_name = %s AND outcome = 'succeeded'",
+            (account,),
+        ).fetchone() or (None,)
+        waited = (started - cut_at).total_seconds()
+        assert lease * 2 / 3 - 0.5 <= waited <= lease + 5, waited
+        assert stored_raw(db, account) == canonical(simulator.acknowledged(account))
+        assert len(stored_raw(db, account)) == 250
