@@ -229,6 +229,8 @@ class Dispatcher:
         self._claim_lock = threading.Lock()
         self._running_lock = threading.Lock()
         self._running: set[str] = set()
+        self._started = time.monotonic()
+        self._closed = False
 
     def running_accounts(self) -> list[str]:
         with self._running_lock:
@@ -236,6 +238,9 @@ class Dispatcher:
 
     def _on_connection(self, work: Callable[[db.Connection], _T]) -> _T:
         with self._conn_lock:
+            if self._closed:
+                # A claim job still finishing after the stop must not open a connection nobody closes.
+                raise errors.DatabaseUnavailableError("the daemon is stopping")
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
             try:
@@ -267,7 +272,10 @@ class Dispatcher:
 
     def _start(self, item: claims.Claimed) -> None:
         interval = self._accounts[item.account].interval_seconds
-        if item.late_seconds > interval / 2:
+        # In the first interval after a start everything overdue is late (a restart after
+        # downtime, a new deployment): that is catching up, not a shortage of capacity.
+        warmed_up = time.monotonic() - self._started > interval
+        if item.late_seconds > interval / 2 and warmed_up:
             # Claimed more than half an interval after it was due: this replica set is
             # short of capacity (or was away); the account is still synced now.
             _log.warning("run_late", account=item.account, late_seconds=round(item.late_seconds, 1))
@@ -354,6 +362,7 @@ class Dispatcher:
             with contextlib.suppress(errors.SyncWorkerError):
                 self._on_connection(lambda conn: claims.release_all(conn, holder=self.holder))
         with self._conn_lock:
+            self._closed = True
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     self._conn.close()
