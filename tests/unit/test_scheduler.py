@@ -183,3 +183,32 @@ def test_liveness_follows_the_scheduler() -> None:
     assert liveness() is False
     liveness.detach()
     assert liveness() is False
+
+
+def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Claimed over half an interval after it was due: `missed` (the replicas are short of capacity),
+    except in the replica's first interval, when everything overdue is catching up after a start."""
+    late = [claims.Claimed(ACCOUNTS[1], late_seconds=45.0)]  # interval 60 s
+    monkeypatch.setattr(claims, "claim", lambda *a, **k: list(late))
+    metrics = Recorder()
+    d = scheduler.Dispatcher(
+        settings(),
+        api=None,  # type: ignore[arg-type]
+        connect=FakeConnection,  # type: ignore[arg-type]
+        stop=threading.Event(),
+        metrics=metrics,
+        inflight=scheduler._InFlight(),
+        observe_guard=None,
+        holder="test-holder",
+    )
+    submitted: list[Any] = []
+    monkeypatch.setattr(d._pool, "submit", lambda fn, *args: submitted.append(args))
+    assert d.claim_due() == 1
+    assert ("scheduler_event", ("missed", ACCOUNTS[1])) not in metrics.calls
+    d._started -= 61.0
+    assert d.claim_due() == 1
+    assert metrics.calls.count(("scheduler_event", ("missed", ACCOUNTS[1]))) == 1
+    assert submitted == [(ACCOUNTS[1],), (ACCOUNTS[1],)]
+    d.close(clean=True)
