@@ -381,7 +381,7 @@ def _build_scheduler(
     metrics: sync.MetricsSink | None,
 ) -> Any:
     scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        executors={"default": ThreadPoolExecutor(max_workers=3)},
         timezone=datetime.UTC,
     )
     now = datetime.datetime.now(datetime.UTC)
