@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 BENCH_STORE_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick bench-store schema-doc clean
+.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick bench-store bench-scale schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -22,6 +22,7 @@ help:
 	@echo "make schema-doc        regenerate docs/schema.md's tables and query plans from a migrated database"
 	@echo "make bench-store       history store before (v1) / after (v2): bytes, Postgres CPU, 30M rows"
 	@echo "                       (BENCH_STORE_ARGS=--quick for a short run)"
+	@echo "make bench-scale       replicas sharing 1,000 accounts, one killed halfway (~4 min; SCALE_ARGS=...)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +75,10 @@ bench-quick: $(BENCH_STAMP)
 
 bench-store: $(BENCH_STAMP)
 	$(BIN)/python -m bench.history_store $(BENCH_STORE_ARGS)
+
+# SCALE_ARGS="--accounts 10000 --interval 120 ..." scales it (python -m bench.scale --help).
+bench-scale: $(BENCH_STAMP)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

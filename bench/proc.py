@@ -158,6 +158,9 @@ class SimHost:
     def stats(self) -> dict[str, Any]:
         return self.call("stats")
 
+    def history_by_account(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.call("stats", by_account=True)["counts"].items()}
+
     def reset(self) -> None:
         self.call("reset")
 

@@ -29,6 +29,7 @@ ORDER: tuple[tuple[str, Callable[[scenarios.Context], None]], ...] = (
     ("one_account", scenarios.one_account),
     ("many_accounts", scenarios.many_accounts),
     ("latency", scenarios.latency),
+    ("latency_wide", scenarios.latency_wide),
     ("memory", scenarios.memory),
     ("growth", scenarios.growth),
     ("peer", scenarios.peer),
@@ -111,14 +112,26 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
         out.append(
             harness.Verdict(
                 "4. latency",
-                "wall <= 1.10 x ideal; worker time per block << 5% of latency",
+                "wall <= 1.05 x ideal (issue 14); worker time per block << 5% of latency",
                 f"{wall.median:.2f} s = {within:.3f} x ideal {ideal:.2f} s; {over.median:.2f} ms/block "
                 f"= {share:.1f}% of {sizes.latency * 1000:.0f} ms",
-                within <= 1.10 and share < 5,
+                within <= 1.05 and share < 5,
             )
         )
     else:
         out.append(harness.Verdict("4. latency", "wall <= 1.10 x ideal", "n/a", None))
+    wide, floor = f("wide_ratio"), f("wide_cpu_floor")
+    out.append(
+        harness.Verdict(
+            "4b. latency, many accounts",
+            "wall <= 1.10 x ideal",
+            "n/a"
+            if wide is None or floor is None
+            else f"{wide.median:.2f} x ideal; the CPU alone is {floor.median:.2f} x ideal on this machine"
+            + _busy("wide"),
+            None if wide is None else wide.median <= 1.10,
+        )
+    )
     small, large = f("memory_small"), f("memory_large")
     if small and large:
         growth = large.median / small.median

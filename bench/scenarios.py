@@ -40,6 +40,9 @@ class Sizes:
     latency_accounts: int
     latency_each: int
     latency_concurrency: int
+    wide_accounts: int  # scenario 4b: many small accounts at high concurrency (issue 14)
+    wide_each: int
+    wide_concurrency: int
     memory_small: int  # scenario 5
     memory_large: int
     big_table: int  # scenario 6: rows already present
@@ -58,6 +61,9 @@ FULL = Sizes(
     latency_accounts=50,
     latency_each=2_000,
     latency_concurrency=10,
+    wide_accounts=500,
+    wide_each=200,
+    wide_concurrency=64,
     memory_small=10_000,
     memory_large=1_000_000,
     big_table=10_000_000,
@@ -75,6 +81,9 @@ QUICK = Sizes(
     latency_accounts=10,
     latency_each=500,
     latency_concurrency=5,
+    wide_accounts=64,
+    wide_each=100,
+    wide_concurrency=32,
     memory_small=2_000,
     memory_large=20_000,
     big_table=200_000,
@@ -367,6 +376,60 @@ def latency(ctx: Context) -> None:
         )
     )
     ctx.results.environment.setdefault("workload", {})["latency_ideal_s"] = round(ideal, 3)
+
+
+def latency_wide(ctx: Context) -> None:
+    """4b: many small accounts (a daemon's steady state) at high concurrency, 100 ms per request.
+
+    The per-account costs (connection, lock, run row, cursor, finish) weigh here as much as the
+    blocks; the CPU figures show the floor the machine sets: every process's CPU seconds over the
+    cores, against the ideal wall time.
+    """
+    sz = ctx.sizes
+    blocks = max(1, math.ceil(sz.wide_each / BLOCK))
+    rounds = math.ceil(sz.wide_accounts / sz.wide_concurrency)
+    ideal = blocks * sz.latency * rounds
+    walls: list[float] = []
+    samples = []
+    floors: list[float] = []
+    cores = os.cpu_count() or 1
+    ctx.sim.set_latency(sz.latency)
+    try:
+        for rep in range(sz.reps):
+            accounts = [ctx.name("wide") for _ in range(sz.wide_accounts)]
+            seconds, received, spent = _sync_pass(ctx, accounts, sz.wide_each, sz.wide_concurrency, 600 + rep)
+            walls.append(seconds / ideal)
+            samples.append((seconds, received, spent))
+            floors.append(sum(spent.values()) / cores / ideal)
+            ctx.log(f"  wide rep {rep + 1}: {seconds:.2f} s (ideal {ideal:.2f} s), CPU {spent}")
+    finally:
+        ctx.sim.set_latency(0.0)
+    label = (
+        f"4b. {sz.wide_accounts} accounts x {sz.wide_each:,} at {sz.latency * 1000:.0f} ms, "
+        f"concurrency {sz.wide_concurrency}"
+    )
+    r = ctx.results
+    r.add(
+        harness.Figure(
+            "wide_ratio",
+            f"{label}: wall / ideal",
+            "x",
+            tuple(walls),
+            False,
+            note=f"ideal {ideal:.2f} s = {blocks} blocks x {sz.latency} s x {rounds} rounds",
+        )
+    )
+    r.add(
+        harness.Figure(
+            "wide_cpu_floor",
+            f"{label}: CPU floor / ideal (CPU seconds of worker + simulator + postgres / cores)",
+            "x",
+            tuple(floors),
+            False,
+            note="no scheduling on these cores can beat this ratio",
+        )
+    )
+    _cpu_figures(ctx, "wide", label, samples)
 
 
 # --- 5. memory ------------------------------------------------------------------

@@ -17,6 +17,16 @@ def _answer(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _history_by_account(sim: Any) -> dict[str, int]:
+    """History requests per account, from the request log (the scale bench)."""
+    counts: dict[str, int] = {}
+    for rec in list(sim.stats.requests):
+        if rec.kind == "history":
+            account = rec.path.rstrip("/").split("/")[-2]
+            counts[account] = counts.get(account, 0) + 1
+    return counts
+
+
 def main(argv: list[str]) -> int:
     from sync_worker import simulator
 
@@ -47,7 +57,8 @@ def main(argv: list[str]) -> int:
                     sim.faults.latency = float(cmd["seconds"])
                     _answer({"ok": True})
                 elif op == "stats":
-                    _answer({"stats": sim.stats.as_dict()})
+                    by_account = {"counts": _history_by_account(sim)} if cmd.get("by_account") else {}
+                    _answer({"stats": sim.stats.as_dict(), **by_account})
                 else:
                     _answer({"error": f"unknown op {op!r}"})
             except Exception as exc:  # the parent must see the failure, not a hang

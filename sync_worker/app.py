@@ -46,6 +46,16 @@ def connector(settings: config.Settings, *, connect_timeout: int = 10) -> db.Con
     )
 
 
+@contextlib.contextmanager
+def pooled(settings: config.Settings) -> Iterator[db.Pool]:
+    """``connector`` with the connections of finished account runs kept for the next ones."""
+    pool = db.Pool(connector(settings), keep=settings.concurrency)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 def client_config(
     settings: config.Settings,
     *,
@@ -71,6 +81,9 @@ def client_config(
         credentials=settings.credentials,
         allow_insecure_loopback=settings.allow_insecure_loopback,
         observer=observer,
+        # One kept-alive connection per concurrent account run: a smaller pool makes the extra
+        # runs open (and drop) a TCP connection for every request.
+        pool_size=max(10, settings.concurrency),
     )
 
 
@@ -147,13 +160,14 @@ def sync_once(
     ``api`` and ``connect`` replace the client and the connections built from
     ``settings`` (tests inject theirs).
     """
-    connect = connect or connector(settings)
-    names = list(accounts) if accounts is not None else list(settings.account_names)
-    with connect() as conn:
-        migrations.check_schema(conn)
-        if metrics is not None:
-            _announce(conn, names, metrics)
     with contextlib.ExitStack() as stack:
+        if connect is None:
+            connect = stack.enter_context(pooled(settings))
+        names = list(accounts) if accounts is not None else list(settings.account_names)
+        with db.session(connect) as conn:
+            migrations.check_schema(conn)
+            if metrics is not None:
+                _announce(conn, names, metrics)
         if api is None:
             api, _ = stack.enter_context(
                 api_client(settings, connect, metrics=metrics, stop_event=stop_event)
@@ -199,8 +213,9 @@ def run_daemon(
 ) -> int:
     """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here."""
     stop = stop_event if stop_event is not None else threading.Event()
-    connect = connect or connector(settings)
     with contextlib.ExitStack() as stack:
+        if connect is None:
+            connect = stack.enter_context(pooled(settings))
         observe_guard: Callable[[], object] | None = None
         if api is None:
             api, the_guard = stack.enter_context(

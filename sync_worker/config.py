@@ -196,6 +196,14 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         minimum=0.0,
     ),
     _number(
+        "SYNC_CLAIM_LEASE_SECONDS",
+        60,
+        "Daemon replicas share the accounts through claims in Postgres; a claim the holder stops "
+        "renewing (it died or lost the database) is taken over after this many seconds.",
+        "claim_lease_seconds",
+        minimum=1.0,
+    ),
+    _number(
         "SYNC_LOGIN_GUARD_THRESHOLD",
         3,
         "Failed logins in a row of the ThingSpace user (counted in Postgres across processes, "
@@ -422,6 +430,7 @@ class Settings:
     run_budget_seconds: float = dataclasses.field(default=_default("SYNC_RUN_BUDGET_SECONDS"))
     max_blocks_per_run: int = dataclasses.field(default=_default("SYNC_MAX_BLOCKS_PER_RUN"))
     shutdown_timeout_seconds: float = dataclasses.field(default=_default("SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
+    claim_lease_seconds: float = dataclasses.field(default=_default("SYNC_CLAIM_LEASE_SECONDS"))
     login_guard_threshold: int = dataclasses.field(default=_default("SYNC_LOGIN_GUARD_THRESHOLD"))
     retention_days: int | None = dataclasses.field(default=_default("SYNC_RETENTION_DAYS"))
     metrics_port: int | None = dataclasses.field(default=_default("SYNC_METRICS_PORT"))

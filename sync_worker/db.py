@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -113,17 +114,83 @@ def create_database(dsn: str, *, failure: str, connect_timeout: int = 10) -> str
 
 @contextlib.contextmanager
 def session(connect: ConnectionFactory) -> Iterator[Connection]:
-    """A connection from ``connect``, closed on exit.
+    """A connection from ``connect``, closed on exit (given back instead when ``connect`` is a ``Pool``).
 
     Closing a connection the server already dropped can fail; that failure is no news (the
     work on it failed already, with its own error) and the server has released the session.
     """
+    if isinstance(connect, Pool):
+        with connect.session() as pooled:
+            yield pooled
+        return
     conn = connect()
     try:
         yield conn
     finally:
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
+        _close(conn)
+
+
+def _close(conn: Connection) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
+
+
+class Pool:
+    """Keeps up to ``keep`` idle connections of ``connect`` for ``session`` to reuse.
+
+    A new server session costs more than the work of a short account run (a backend process
+    and cold catalog caches: ~8 ms of server CPU measured, against ~4 ms for a block commit),
+    so runs reuse them. Calling the pool itself still gives a fresh connection the caller
+    closes. A connection is given back only when it is healthy and idle, and with every
+    session-level advisory lock released: a lock left behind on an idle connection would keep
+    its account from ever being synced.
+    """
+
+    def __init__(self, connect: ConnectionFactory, keep: int) -> None:
+        self._connect = connect
+        self._keep = keep
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> Connection:
+        return self._connect()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        reusable = False
+        try:
+            yield conn
+            reusable = True
+        finally:
+            self._give_back(conn, reusable=reusable)
+
+    def _give_back(self, conn: Connection, *, reusable: bool) -> None:
+        if reusable and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                reusable = False
+        else:
+            reusable = False
+        if reusable:
+            with self._lock:
+                if not self._closed and len(self._idle) < self._keep:
+                    self._idle.append(conn)
+                    return
+        _close(conn)
+
+    def close(self) -> None:
+        """Close the idle connections; connections in use are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close(conn)
 
 
 @contextlib.contextmanager

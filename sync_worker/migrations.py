@@ -118,9 +118,10 @@ def check_schema(conn: psycopg.Connection[Any], directory: Path | None = None) -
         raise errors.SchemaError(str(exc)) from exc
     missing = [m.filename for m in shipped if m.version not in recorded]
     if missing:
+        # The remedy first: readiness probes and one-line logs may cut a long message short.
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise errors.SchemaError(
-            f"the database schema is older than this code needs (missing {', '.join(missing)}); "
-            "run `sync-worker migrate`"
+            f"the database schema is older than this code needs; run `sync-worker migrate` (missing {shown})"
         )
 
 

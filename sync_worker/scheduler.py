@@ -1,4 +1,13 @@
-"""The long-running daemon: one APScheduler interval job per account.
+"""The long-running daemon: replicas share the accounts through claims in Postgres.
+
+Each replica registers its configured accounts in ``sync_schedule`` and, on a short APScheduler
+poll (and right after each of its runs ends), claims the earliest due accounts nobody holds, as
+many as it has free slots (``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
+released when it ends, with the account next due one interval (plus jitter) after the claim began.
+So each account is synced once per interval whatever the number of replicas, a replica that joins
+takes a share by claiming, and one that dies or is cut off hands its accounts over when its leases
+run out (``SYNC_CLAIM_LEASE_SECONDS``). ``claims`` has the SQL side; the account advisory lock
+(``sync``) still keeps two runs of one account from ever overlapping.
 
 Shutdown has a single source of truth, a ``threading.Event``. SIGTERM/SIGINT
 handlers only set it (installed only when running in the main thread, the only
@@ -8,13 +17,16 @@ it between blocks, so the block in flight is committed before they return.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import functools
+import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from apscheduler import events  # type: ignore[import-untyped,unused-ignore]
@@ -22,10 +34,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import config, db, errors, exitcodes, migrations, retention, signals, status, sync
+from sync_worker import claims, config, db, errors, exitcodes, migrations, retention, signals, status, sync
 
 _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
+# How often an idle replica looks for due accounts (a busy one also claims as each run ends).
+CLAIM_POLL_SECONDS: Final = 1.0
+# How often the daemon reads the login guard (how the tripped gauge notices an `auth reset` elsewhere).
+GUARD_OBSERVE_SECONDS: Final = 5.0
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass
@@ -88,6 +105,7 @@ def run_daemon(
     observe_guard: Callable[[], object] | None = None,
     install_signal_handlers: bool = True,
     liveness: Liveness | None = None,
+    holder: str | None = None,
 ) -> int:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
 
@@ -97,26 +115,31 @@ def run_daemon(
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
     timeout. ``app.run_daemon`` builds ``api`` and ``connect`` from the settings;
-    ``observe_guard`` is called at each account run (how the login-guard gauge
-    notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
-    the scheduler's start until shutdown begins.
+    ``observe_guard`` is called every ``GUARD_OBSERVE_SECONDS`` (how the login-guard
+    gauge notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
+    the scheduler's start until shutdown begins. ``holder`` names this replica's
+    claims (default: host, pid and a random part).
     """
     stop = stop_event if stop_event is not None else threading.Event()
-    with connect() as conn:
+    with db.session(connect) as conn:
         migrations.check_schema(conn)
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
+        claims.register(conn, settings.account_names)
 
     inflight = _InFlight()
-    scheduler = _build_scheduler(
+    dispatcher = Dispatcher(
         settings,
         api,
-        connect=connect,
+        connect,
         stop=stop,
         metrics=metrics,
         inflight=inflight,
         observe_guard=observe_guard,
+        holder=holder or claims.holder_id(),
     )
+    scheduler = _build_scheduler(settings, dispatcher, metrics=metrics)
+    clean = False
     try:
         with signals.stop_on_signals(stop, enabled=install_signal_handlers):
             scheduler.start()
@@ -126,6 +149,7 @@ def run_daemon(
                 "daemon_started",
                 accounts=list(settings.account_names),
                 concurrency=settings.concurrency,
+                holder=dispatcher.holder,
             )
             # A bounded wait keeps the main thread responsive to signals on
             # every platform; the event is still the only stop signal.
@@ -134,7 +158,7 @@ def run_daemon(
             if liveness is not None:
                 liveness.detach()
             _log.info("daemon_stopping", running=inflight.running)
-            # No new runs from here on; running ones see the stop event.
+            # No new claims from here on; running runs see the stop event.
             scheduler.shutdown(wait=False)
             clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
     finally:
@@ -142,6 +166,7 @@ def run_daemon(
             liveness.detach()
         if scheduler.running:
             scheduler.shutdown(wait=False)
+        dispatcher.close(clean=clean)
     if not clean:
         _log.error(
             "daemon_shutdown_timeout",
@@ -166,52 +191,243 @@ def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.Metri
         metrics.account_configured(name, last.get(name))
 
 
+class Dispatcher:
+    """Claims due accounts for this replica and runs them on a bounded pool.
+
+    One connection (reopened after a failure) carries the claims, renewals and releases; account
+    runs use their own (``sync``). A slot is taken when an account is claimed and given back when
+    its run has released the claim, so a replica never claims more than it can start.
+    """
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        api: sync.HistoryApi,
+        connect: db.ConnectionFactory,
+        *,
+        stop: threading.Event,
+        metrics: sync.MetricsSink | None,
+        inflight: _InFlight,
+        observe_guard: Callable[[], object] | None,
+        holder: str,
+    ) -> None:
+        self.holder = holder
+        self._settings = settings
+        self._accounts = {acct.name: acct for acct in settings.accounts}
+        self._names = list(self._accounts)
+        self._api = api
+        self._connect = connect
+        self._stop = stop
+        # The housekeeping jobs (partitions, retention) use the same database and stop event.
+        self.connect = connect
+        self.stop = stop
+        self._metrics = metrics
+        self._inflight = inflight
+        self.observe_guard = observe_guard
+        self._lease = settings.claim_lease_seconds
+        self._pool = concurrent.futures.ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sync")
+        self._conn: db.Connection | None = None
+        self._conn_lock = threading.Lock()
+        # One claimer at a time: two would both count the same free slots.
+        self._claim_lock = threading.Lock()
+        self._running_lock = threading.Lock()
+        self._running: set[str] = set()
+        self._started = time.monotonic()
+        self._closed = False
+
+    def running_accounts(self) -> list[str]:
+        with self._running_lock:
+            return sorted(self._running)
+
+    def _on_connection(self, work: Callable[[db.Connection], _T]) -> _T:
+        with self._conn_lock:
+            if self._closed:
+                # A claim job still finishing after the stop must not open a connection nobody closes.
+                raise errors.DatabaseUnavailableError("the daemon is stopping")
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            try:
+                return work(self._conn)
+            except errors.DatabaseUnavailableError:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+                raise
+
+    def claim_due(self) -> int:
+        """Claim due accounts for every free slot and start them; return how many started."""
+        if self._stop.is_set() or not self._claim_lock.acquire(blocking=False):
+            return 0
+        try:
+            free = self._settings.concurrency - self._inflight.running
+            if free <= 0:
+                return 0
+            claimed = self._on_connection(
+                lambda conn: claims.claim(
+                    conn, self._names, holder=self.holder, limit=free, lease_seconds=self._lease
+                )
+            )
+            for item in claimed:
+                self._start(item)
+            return len(claimed)
+        finally:
+            self._claim_lock.release()
+
+    def _start(self, item: claims.Claimed) -> None:
+        interval = self._accounts[item.account].interval_seconds
+        # In the first interval after a start everything overdue is late (a restart after
+        # downtime, a new deployment): that is catching up, not a shortage of capacity.
+        warmed_up = time.monotonic() - self._started > interval
+        if item.late_seconds > interval / 2 and warmed_up:
+            # Claimed more than half an interval after it was due: this replica set is
+            # short of capacity (or was away); the account is still synced now.
+            _log.warning("run_late", account=item.account, late_seconds=round(item.late_seconds, 1))
+            if self._metrics is not None:
+                self._metrics.scheduler_event("missed", item.account)
+        self._inflight.enter()
+        with self._running_lock:
+            self._running.add(item.account)
+        try:
+            self._pool.submit(self._run, item.account)
+        except RuntimeError:
+            # The pool is shut down (stopping): hand the account back at once.
+            self._finished(item.account, None)
+
+    def _run(self, account: str) -> None:
+        result: sync.AccountResult | None = None
+        try:
+            result = _account_job(
+                api=self._api,
+                account=account,
+                connect=self._connect,
+                budget_seconds=self._settings.run_budget_seconds,
+                max_blocks=self._settings.max_blocks_per_run,
+                lock_report_after=sync.lock_report_after(self._accounts[account].interval_seconds),
+                stop=self._stop,
+                metrics=self._metrics,
+            )
+        except Exception as exc:
+            # A bug must end this account's run, not the daemon.
+            _log.exception("job_error", account=account, error=f"{type(exc).__name__}: {exc}")
+            if self._metrics is not None:
+                self._metrics.error(account, "job_error")
+                self._metrics.scheduler_event("job_error", account)
+            result = sync.AccountResult(account, "failed", error=type(exc).__name__)
+        finally:
+            self._finished(account, result)
+        # A slot just became free: fill it now rather than at the next poll.
+        with contextlib.suppress(errors.SyncWorkerError):
+            self.claim_due()
+
+    def _finished(self, account: str, result: sync.AccountResult | None) -> None:
+        acct = self._accounts[account]
+        try:
+            if result is None or result.outcome == "interrupted":
+                # Stopping: the account is due again at once, for another replica.
+                delay, from_now = 0.0, True
+            elif result.outcome == "skipped_locked":
+                # Another process (a `once` run, a replica cut off mid-run) runs it: look again
+                # soon, but not in a loop.
+                delay, from_now = min(acct.interval_seconds, self._lease), True
+            else:
+                delay, from_now = next_delay(acct), False
+            self._on_connection(
+                lambda conn: claims.release(
+                    conn, account, holder=self.holder, delay_seconds=delay, from_now=from_now
+                )
+            )
+        except errors.SyncWorkerError as exc:
+            # The claim expires by itself after the lease; the account is then due again.
+            _log.warning("claim_release_failed", account=account, error=type(exc).__name__)
+        finally:
+            with self._running_lock:
+                self._running.discard(account)
+            self._inflight.leave()
+
+    def renew(self) -> None:
+        """Extend the claims of the running accounts (the APScheduler renew job)."""
+        running = self.running_accounts()
+        if not running:
+            return
+        try:
+            self._on_connection(
+                lambda conn: claims.renew(conn, running, holder=self.holder, lease_seconds=self._lease)
+            )
+        except errors.SyncWorkerError as exc:
+            # Cut off: the claims will expire and other replicas take the accounts over; the
+            # advisory lock keeps them from running an account this replica still drains.
+            _log.warning("claim_renew_failed", running=len(running), error=type(exc).__name__)
+
+    def close(self, *, clean: bool) -> None:
+        """Stop the pool; hand back claims still held (runs cut short by the shutdown timeout)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if not clean:
+            with contextlib.suppress(errors.SyncWorkerError):
+                self._on_connection(lambda conn: claims.release_all(conn, holder=self.holder))
+        with self._conn_lock:
+            self._closed = True
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+
+def next_delay(acct: config.AccountSettings, rand: Callable[[], float] = random.random) -> float:
+    """Seconds from a claim to the account's next due time: the interval plus up to the jitter."""
+    return acct.interval_seconds + rand() * acct.jitter_seconds
+
+
 def _build_scheduler(
     settings: config.Settings,
-    api: sync.HistoryApi,
+    dispatcher: Dispatcher,
     *,
-    connect: db.ConnectionFactory,
-    stop: threading.Event,
     metrics: sync.MetricsSink | None,
-    inflight: _InFlight,
-    observe_guard: Callable[[], object] | None = None,
 ) -> Any:
     scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=settings.concurrency)},
+        # claim, renew, guard, partitions, retention: a long retention run never delays claims.
+        executors={"default": ThreadPoolExecutor(max_workers=5)},
         timezone=datetime.UTC,
     )
     now = datetime.datetime.now(datetime.UTC)
-    for acct in settings.accounts:
+    scheduler.add_job(
+        _guarded(dispatcher.claim_due),
+        trigger=IntervalTrigger(seconds=CLAIM_POLL_SECONDS),
+        id=_JOB_PREFIX + "claim",
+        name="claim due accounts",
+        next_run_time=now,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    scheduler.add_job(
+        dispatcher.renew,
+        # Three renewals per lease: one lost renewal does not lose a claim.
+        trigger=IntervalTrigger(seconds=max(0.2, settings.claim_lease_seconds / 3)),
+        id=_JOB_PREFIX + "renew",
+        name="renew claims",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    if dispatcher.observe_guard is not None:
         scheduler.add_job(
-            _account_job,
-            trigger=IntervalTrigger(seconds=acct.interval_seconds, jitter=acct.jitter_seconds or None),
-            kwargs={
-                "api": api,
-                "account": acct.name,
-                "connect": connect,
-                "budget_seconds": settings.run_budget_seconds,
-                "max_blocks": settings.max_blocks_per_run,
-                "lock_report_after": sync.LOCK_REPORT_INTERVALS * acct.interval_seconds,
-                "stop": stop,
-                "metrics": metrics,
-                "inflight": inflight,
-                "observe_guard": observe_guard,
-            },
-            id=_JOB_PREFIX + acct.name,
-            name=f"sync {acct.name}",
+            functools.partial(_observe_guard, dispatcher.observe_guard),
+            # Not at every run: the read locks the user's one login_guard row, and thousands of
+            # runs a minute across replicas would queue on it.
+            trigger=IntervalTrigger(seconds=GUARD_OBSERVE_SECONDS),
+            id=_JOB_PREFIX + "guard",
+            name="observe the login guard",
             next_run_time=now,
             max_instances=1,
             coalesce=True,
-            # Late by up to half an interval still runs; later than that the
-            # next regular run is closer, so skip (and say so via the listener).
-            misfire_grace_time=max(1, int(acct.interval_seconds / 2)),
+            misfire_grace_time=None,
         )
     # Housekeeping on the same pool: next month's partitions exist before its first message, and
     # retention (when a window is set) runs at start and then daily.
     scheduler.add_job(
         sync.partitions_ahead,
         trigger=IntervalTrigger(hours=1),
-        args=(connect,),
+        args=(dispatcher.connect,),
         id="partitions",
         name="history partitions ahead",
         next_run_time=now,
@@ -222,7 +438,7 @@ def _build_scheduler(
         scheduler.add_job(
             _retention_job,
             trigger=IntervalTrigger(hours=24),
-            kwargs={"connect": connect, "days": settings.retention_days, "stop": stop},
+            kwargs={"connect": dispatcher.connect, "days": settings.retention_days, "stop": dispatcher.stop},
             id="retention",
             name="retention",
             next_run_time=now,
@@ -247,6 +463,17 @@ def _retention_job(*, connect: db.ConnectionFactory, days: int, stop: threading.
     _log.info("retention_applied", days=days, **done.as_dict())
 
 
+def _guarded(claim: Callable[[], int]) -> Callable[[], None]:
+    def job() -> None:
+        try:
+            claim()
+        except errors.SyncWorkerError as exc:
+            # The database is away: nothing can be claimed; the next poll tries again.
+            _log.warning("claim_failed", error=f"{type(exc).__name__}: {exc}")
+
+    return job
+
+
 def _account_job(
     *,
     api: sync.HistoryApi,
@@ -257,27 +484,19 @@ def _account_job(
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
     lock_report_after: float | None = None,
     metrics: sync.MetricsSink | None,
-    inflight: _InFlight,
-    observe_guard: Callable[[], object] | None = None,
 ) -> sync.AccountResult | None:
-    inflight.enter()
-    try:
-        if stop.is_set():
-            return None
-        if observe_guard is not None:
-            _observe_guard(observe_guard)
-        return sync.sync_account(
-            api,
-            account,
-            connect,
-            deadline=time.monotonic() + budget_seconds,
-            stop_event=stop,
-            metrics=metrics,
-            max_blocks=max_blocks,
-            lock_report_after=lock_report_after,
-        )
-    finally:
-        inflight.leave()
+    if stop.is_set():
+        return None
+    return sync.sync_account(
+        api,
+        account,
+        connect,
+        deadline=time.monotonic() + budget_seconds,
+        stop_event=stop,
+        metrics=metrics,
+        max_blocks=max_blocks,
+        lock_report_after=lock_report_after,
+    )
 
 
 def _observe_guard(observe: Callable[[], object]) -> None:
@@ -291,24 +510,24 @@ def _observe_guard(observe: Callable[[], object]) -> None:
 
 
 def _on_event(event: Any, *, metrics: sync.MetricsSink | None) -> None:
-    job_id = str(getattr(event, "job_id", ""))
-    account = job_id[len(_JOB_PREFIX) :] if job_id.startswith(_JOB_PREFIX) else None
+    # Only the claim and renew jobs run on APScheduler; account runs report their own outcomes.
+    job = str(getattr(event, "job_id", ""))
     if event.code == events.EVENT_JOB_MISSED:
         kind = "missed"
-        _log.warning("job_missed", account=account, scheduled=str(event.scheduled_run_time))
+        _log.warning("job_missed", job=job, scheduled=str(event.scheduled_run_time))
     elif event.code == events.EVENT_JOB_MAX_INSTANCES:
         kind = "max_instances"
-        _log.warning("job_still_running", account=account, action="this run skipped")
+        _log.warning("job_still_running", job=job, action="this run skipped")
     else:
         kind = "job_error"
         exc = getattr(event, "exception", None)
         _log.error(
             "job_error",
-            account=account,
+            job=job,
             error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
             traceback=getattr(event, "traceback", None),
         )
         if metrics is not None:
-            metrics.error(account, "job_error")
+            metrics.error(None, "job_error")
     if metrics is not None:
-        metrics.scheduler_event(kind, account)
+        metrics.scheduler_event(kind, None)

@@ -23,18 +23,20 @@ SELECT EXISTS (SELECT 1 FROM sync_cursor WHERE account_name = %(account_name)s)
     OR EXISTS (SELECT 1 FROM sms_quarantine WHERE account_name = %(account_name)s);
 
 -- name: forget_state
--- The account's sync state: cursor, runs (history rows keep their messages; run_id becomes NULL)
--- and the failure streak. Quarantined blocks and history are data: kept unless asked (forget_data).
+-- The account's sync state: cursor, runs (history rows keep their messages and their run_id),
+-- the failure streak and its schedule row (a daemon configured for it registers it again). Quarantined blocks and history are data: kept unless asked (forget_data).
 WITH cursor_gone AS (
     DELETE FROM sync_cursor WHERE account_name = %(account_name)s RETURNING 1
 ), streak_gone AS (
     DELETE FROM sync_block_failure WHERE account_name = %(account_name)s RETURNING 1
 ), runs_gone AS (
     DELETE FROM sync_run WHERE account_name = %(account_name)s RETURNING 1
+), schedule_gone AS (
+    DELETE FROM sync_schedule WHERE account_name = %(account_name)s RETURNING 1
 )
 SELECT (SELECT count(*) FROM cursor_gone) AS cursors,
        (SELECT count(*) FROM streak_gone) AS streaks,
-       (SELECT count(*) FROM runs_gone) AS runs;
+       (SELECT count(*) FROM runs_gone) + 0 * (SELECT count(*) FROM schedule_gone) AS runs;
 
 -- name: forget_data
 -- Rare and deliberate, so a plain delete (retention drops whole partitions instead).

@@ -75,7 +75,7 @@ def test_existing_database_at_0001_is_upgraded(make_database: Callable[..., str]
         conn.execute(
             "INSERT INTO login_guard (principal, fingerprint, consecutive_failures) VALUES ('user', 'f', 2)"
         )
-        with pytest.raises(errors.SchemaError, match=r"0002_quarantine\.sql.*sync-worker migrate"):
+        with pytest.raises(errors.SchemaError, match=r"sync-worker migrate.*0002_quarantine\.sql"):
             migrations.check_schema(conn)
         later = [m.version for m in migrations.available() if m.version > "0001"]
         assert migrations.migrate(conn) == later

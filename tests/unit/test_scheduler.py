@@ -1,4 +1,4 @@
-"""Scheduler pieces without a database: job configuration, listeners, signal handling, shutdown wait."""
+"""Scheduler pieces without a database: poll and renew jobs, due times, free slots, listeners, shutdown."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import datetime
 import threading
 from typing import Any
 
+import pytest
 import structlog
 from apscheduler import events
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import config, errors, scheduler, secret
+from sync_worker import claims, config, scheduler, secret
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -43,27 +44,74 @@ def settings() -> config.Settings:
     )
 
 
-def test_one_job_per_account_with_safe_defaults() -> None:
-    """One interval job per account: max_instances=1, coalesce, half-interval grace, bounded pool."""
-    sched = scheduler._build_scheduler(
-        settings(),
+def dispatcher(sets: config.Settings | None = None, **kwargs: Any) -> scheduler.Dispatcher:
+    return scheduler.Dispatcher(
+        sets or settings(),
         api=None,  # type: ignore[arg-type]
-        connect=None,  # type: ignore[arg-type]
-        stop=threading.Event(),
+        connect=kwargs.pop("connect", None),
+        stop=kwargs.pop("stop", threading.Event()),
         metrics=None,
-        inflight=scheduler._InFlight(),
+        inflight=kwargs.pop("inflight", scheduler._InFlight()),
+        observe_guard=None,
+        holder="test-holder",
     )
+
+
+def test_the_scheduler_polls_for_due_accounts_and_renews_claims() -> None:
+    """A one-second claim poll and a renewal three times per lease (with the hourly partitions job), all
+    max_instances=1 and coalesced; account runs go to a pool of SYNC_CONCURRENCY threads."""
+    sets = dataclasses.replace(settings(), claim_lease_seconds=30.0)
+    d = dispatcher(sets)
+    sched = scheduler._build_scheduler(sets, d, metrics=None)
     jobs = {job.id: job for job in sched.get_jobs()}
-    assert set(jobs) == {f"sync:{a}" for a in ACCOUNTS} | {"partitions"}
-    first, second = jobs[f"sync:{ACCOUNTS[0]}"], jobs[f"sync:{ACCOUNTS[1]}"]
-    assert first.max_instances == 1
-    assert first.coalesce is True
-    assert first.misfire_grace_time == 150
-    assert second.misfire_grace_time == 30
-    assert first.trigger.interval == datetime.timedelta(seconds=300)
-    assert first.trigger.jitter == 30.0
-    assert second.trigger.jitter is None
-    assert sched._executors["default"]._pool._max_workers == 3
+    assert set(jobs) == {"sync:claim", "sync:renew", "partitions"}
+    assert jobs["sync:claim"].trigger.interval == datetime.timedelta(seconds=scheduler.CLAIM_POLL_SECONDS)
+    assert jobs["sync:renew"].trigger.interval == datetime.timedelta(seconds=10)
+    assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
+    assert d._pool._max_workers == 3
+    d.close(clean=True)
+
+
+def test_next_due_is_one_interval_plus_up_to_the_jitter() -> None:
+    """A run's account is next due its interval plus a random share of its jitter after the claim."""
+    acct = config.AccountSettings(ACCOUNTS[0], 300.0, 30.0)
+    assert scheduler.next_delay(acct, rand=lambda: 0.0) == 300.0
+    assert scheduler.next_delay(acct, rand=lambda: 0.5) == 315.0
+    assert scheduler.next_delay(config.AccountSettings(ACCOUNTS[1], 60.0, 0.0)) == 60.0
+
+
+def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """claim_due asks for exactly the free slots, and not at all when none is free or after the stop."""
+    asked: list[int] = []
+
+    def fake_claim(conn: Any, accounts: Any, *, holder: str, limit: int, lease_seconds: float) -> list[Any]:
+        asked.append(limit)
+        return []
+
+    monkeypatch.setattr(claims, "claim", fake_claim)
+    inflight, stop = scheduler._InFlight(), threading.Event()
+    d = dispatcher(connect=FakeConnection, inflight=inflight, stop=stop)
+    assert d.claim_due() == 0
+    inflight.enter()
+    assert d.claim_due() == 0
+    for _ in range(2):
+        inflight.enter()
+    assert d.claim_due() == 0  # 3 of 3 slots busy: no query at all
+    stop.set()
+    for _ in range(3):
+        inflight.leave()
+    assert d.claim_due() == 0
+    assert asked == [3, 2]
+    d.close(clean=True)
+
+
+class FakeConnection:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_housekeeping_jobs_prepare_partitions_hourly_and_apply_retention_daily_when_set() -> None:
@@ -71,15 +119,11 @@ def test_housekeeping_jobs_prepare_partitions_hourly_and_apply_retention_daily_w
     retention at start and then daily; without a window it never deletes anything."""
     jobs_by_window = {}
     for days in (None, 400):
-        sched = scheduler._build_scheduler(
-            dataclasses.replace(settings(), retention_days=days),
-            api=None,  # type: ignore[arg-type]
-            connect=None,  # type: ignore[arg-type]
-            stop=threading.Event(),
-            metrics=None,
-            inflight=scheduler._InFlight(),
-        )
+        sets = dataclasses.replace(settings(), retention_days=days)
+        d = dispatcher(sets)
+        sched = scheduler._build_scheduler(sets, d, metrics=None)
         jobs_by_window[days] = {job.id: job for job in sched.get_jobs()}
+        d.close(clean=True)
     assert "retention" not in jobs_by_window[None]
     assert jobs_by_window[None]["partitions"].trigger.interval == datetime.timedelta(hours=1)
     kept = jobs_by_window[400]["retention"]
@@ -88,7 +132,7 @@ def test_housekeeping_jobs_prepare_partitions_hourly_and_apply_retention_daily_w
 
 
 def test_listener_reports_missed_busy_and_failed_jobs() -> None:
-    """Missed runs, runs skipped while the previous one runs, and job errors become logs and metrics."""
+    """Missed polls, polls skipped while the previous one runs, and job errors become logs and metrics."""
     metrics = Recorder()
     when = datetime.datetime.now(datetime.UTC)
     with structlog.testing.capture_logs() as logs:
@@ -105,10 +149,10 @@ def test_listener_reports_missed_busy_and_failed_jobs() -> None:
             ),
             metrics=metrics,
         )
-    assert ("scheduler_event", ("missed", "A1")) in metrics.calls
-    assert ("scheduler_event", ("max_instances", "A1")) in metrics.calls
-    assert ("scheduler_event", ("job_error", "A2")) in metrics.calls
-    assert ("error", ("A2", "job_error")) in metrics.calls
+    assert ("scheduler_event", ("missed", None)) in metrics.calls
+    assert ("scheduler_event", ("max_instances", None)) in metrics.calls
+    assert ("scheduler_event", ("job_error", None)) in metrics.calls
+    assert ("error", (None, "job_error")) in metrics.calls
     assert [e["event"] for e in logs] == ["job_missed", "job_still_running", "job_error"]
     assert logs[2]["log_level"] == "error"
 
@@ -158,65 +202,30 @@ def test_liveness_follows_the_scheduler() -> None:
     assert liveness() is False
 
 
-def test_a_run_skipped_because_the_previous_one_is_busy_is_counted() -> None:
-    """With a run in flight, a second due run of the same account fires max_instances: logged and counted."""
-    entered, release = threading.Event(), threading.Event()
-
-    def blocking_connect() -> Any:
-        entered.set()
-        assert release.wait(30)
-        raise errors.DatabaseUnavailableError("test: no database")
-
-    metrics = SignallingRecorder("max_instances")
-    sched = scheduler._build_scheduler(
-        one_account_settings(),
+def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Claimed over half an interval after it was due: `missed` (the replicas are short of capacity),
+    except in the replica's first interval, when everything overdue is catching up after a start."""
+    late = [claims.Claimed(ACCOUNTS[1], late_seconds=45.0)]  # interval 60 s
+    monkeypatch.setattr(claims, "claim", lambda *a, **k: list(late))
+    metrics = Recorder()
+    d = scheduler.Dispatcher(
+        settings(),
         api=None,  # type: ignore[arg-type]
-        connect=blocking_connect,
+        connect=FakeConnection,  # type: ignore[arg-type]
         stop=threading.Event(),
         metrics=metrics,
         inflight=scheduler._InFlight(),
+        observe_guard=None,
+        holder="test-holder",
     )
-    with structlog.testing.capture_logs() as logs:
-        sched.start()
-        try:
-            assert entered.wait(30)
-            sched.modify_job(f"sync:{ACCOUNTS[0]}", next_run_time=datetime.datetime.now(datetime.UTC))
-            assert metrics.seen.wait(30)
-        finally:
-            release.set()
-            sched.shutdown(wait=True)
-    assert ("scheduler_event", ("max_instances", ACCOUNTS[0])) in metrics.calls
-    assert any(e["event"] == "job_still_running" and e["account"] == ACCOUNTS[0] for e in logs)
-
-
-def test_a_run_later_than_the_grace_time_is_reported_missed() -> None:
-    """A run due longer ago than misfire_grace_time is not run but reported: job_missed log and metric."""
-    ran = threading.Event()
-
-    def connect() -> Any:
-        ran.set()
-        raise errors.DatabaseUnavailableError("test: no database")
-
-    metrics = SignallingRecorder("missed")
-    sched = scheduler._build_scheduler(
-        one_account_settings(interval=3600.0),
-        api=None,  # type: ignore[arg-type]
-        connect=connect,
-        stop=threading.Event(),
-        metrics=metrics,
-        inflight=scheduler._InFlight(),
-    )
-    # Within one interval (so coalescing has no later run time to fall back to) but past the
-    # half-interval grace.
-    late = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=40)
-    sched.modify_job(f"sync:{ACCOUNTS[0]}", next_run_time=late)
-    sched.remove_job("partitions")  # it would connect at once; this test is about the account job
-    with structlog.testing.capture_logs() as logs:
-        sched.start()
-        try:
-            assert metrics.seen.wait(30)
-        finally:
-            sched.shutdown(wait=True)
-    assert not ran.is_set()
-    assert ("scheduler_event", ("missed", ACCOUNTS[0])) in metrics.calls
-    assert any(e["event"] == "job_missed" and e["log_level"] == "warning" for e in logs)
+    submitted: list[Any] = []
+    monkeypatch.setattr(d._pool, "submit", lambda fn, *args: submitted.append(args))
+    assert d.claim_due() == 1
+    assert ("scheduler_event", ("missed", ACCOUNTS[1])) not in metrics.calls
+    d._started -= 61.0
+    assert d.claim_due() == 1
+    assert metrics.calls.count(("scheduler_event", ("missed", ACCOUNTS[1]))) == 1
+    assert submitted == [(ACCOUNTS[1],), (ACCOUNTS[1],)]
+    d.close(clean=True)

@@ -1,0 +1,107 @@
+"""Which replica starts which account run, and when: per-account due times and claims in Postgres.
+
+Every replica registers the accounts it is configured for (``register``) and then, whenever it has
+free capacity, claims the earliest due accounts nobody else holds (``claim``). A claim is a lease:
+the holder renews it while its runs go on (``renew``); a replica that dies or is cut off stops
+renewing, and its accounts become claimable by the others once the lease ran out. When a run ends
+the holder releases the claim and the account is next due one interval (plus jitter) after the
+claim began (``release``). So each account is synced once per interval across all replicas, and a
+replica that joins simply starts claiming. The account advisory lock (``store.try_account_lock``)
+stays the guarantee that two runs of one account never overlap: a claim only decides who starts
+which run. SQL lives in ``sql/queries/schedule.sql``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+
+from sync_worker import db, queries
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    account: str
+    late_seconds: float  # how long after its due time the account was claimed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    account_name: str
+    due_at: datetime.datetime
+    claimed_by: str | None
+    claim_expires_at: datetime.datetime | None
+    last_claimed_by: str | None
+    last_finished_at: datetime.datetime | None
+
+
+def holder_id() -> str:
+    """A name for this process's claims: host and pid for people, a random part for uniqueness
+    (a restarted container can reuse the pid of the process it replaced)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def register(conn: db.Connection, accounts: Sequence[str]) -> None:
+    """Make ``accounts`` known to the schedule; a new account is due at once."""
+    with db.transaction(conn, single_statement=True) as cur:
+        cur.execute(queries.get("schedule_register"), {"accounts": list(accounts)})
+
+
+def claim(
+    conn: db.Connection, accounts: Sequence[str], *, holder: str, limit: int, lease_seconds: float
+) -> list[Claimed]:
+    """Claim up to ``limit`` of ``accounts`` that are due and not held by a live claim."""
+    if limit <= 0 or not accounts:
+        return []
+    with db.transaction(conn, single_statement=True) as cur:
+        rows = cur.execute(
+            queries.get("schedule_claim"),
+            {"accounts": list(accounts), "holder": holder, "limit": limit, "lease": float(lease_seconds)},
+        ).fetchall()
+    return [Claimed(str(r[0]), max(0.0, float(r[1]))) for r in rows]
+
+
+def renew(conn: db.Connection, accounts: Sequence[str], *, holder: str, lease_seconds: float) -> None:
+    """Extend ``holder``'s claims of ``accounts`` (its running ones) by one lease from now."""
+    if not accounts:
+        return
+    with db.transaction(conn, single_statement=True) as cur:
+        cur.execute(
+            queries.get("schedule_renew"),
+            {"accounts": list(accounts), "holder": holder, "lease": float(lease_seconds)},
+        )
+
+
+def release(
+    conn: db.Connection, account: str, *, holder: str, delay_seconds: float, from_now: bool = False
+) -> bool:
+    """End ``holder``'s claim of ``account``: the next run is due ``delay_seconds`` after the claim
+    began (or after now with ``from_now``). False: the claim had expired and another holds it."""
+    with db.transaction(conn, single_statement=True) as cur:
+        cur.execute(
+            queries.get("schedule_release"),
+            {
+                "account_name": account,
+                "holder": holder,
+                "delay": float(delay_seconds),
+                "from_now": from_now,
+            },
+        )
+        return cur.rowcount == 1
+
+
+def release_all(conn: db.Connection, *, holder: str) -> None:
+    """Hand back every claim ``holder`` still has, due at once for the other replicas."""
+    with db.transaction(conn, single_statement=True) as cur:
+        cur.execute(queries.get("schedule_release_all"), {"holder": holder})
+
+
+def rows(conn: db.Connection) -> list[ScheduleRow]:
+    """The whole schedule, by account (for tests, benchmarks and operators)."""
+    with db.transaction(conn, single_statement=True) as cur:
+        found = cur.execute(queries.get("schedule_rows")).fetchall()
+    return [ScheduleRow(*r) for r in found]
