@@ -98,37 +98,6 @@ def count_rows(dsn: str, table: str = "sms_history") -> int:
         return int(row[0]) if row else 0
 
 
-_TABLES = ("sms_history", "sms_history_device")
-
-_HEAP_INSERT = """
-INSERT INTO sms_history (account_name, message_key, occurrence, device_ids, device_kind,
-                         device_id, device_count, message, received_at, timestamp_raw,
-                         raw_json, raw, problems, first_stored_at, run_id)
-SELECT g.acct, g.key, 0, g.dev, 'imei', g.devid, 1, g.msg, g.ts, g.stamp,
-       r.raw::text, r.raw, '{}', now(), NULL
-FROM (
-    SELECT 'bulk-' || lpad((i %% %(accounts)s::int)::text, 4, '0') AS acct,
-           encode(sha256(('bulk-' || i)::bytea), 'hex') AS key,
-           jsonb_build_array(jsonb_build_object('id', lpad((i %% 50000)::text, 15, '0'),
-                                                'kind', 'imei')) AS dev,
-           lpad((i %% 50000)::text, 15, '0') AS devid,
-           'reading ' || i || ' temp=' || (i %% 40) || ' batt=' || (i %% 100) AS msg,
-           timestamptz '2024-01-01 00:00:00+00' + i * interval '3 seconds' AS ts,
-           to_char((timestamptz '2024-01-01 00:00:00+00' + i * interval '3 seconds') AT TIME ZONE 'UTC',
-                   'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS stamp
-    FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
-) g
-CROSS JOIN LATERAL (
-    SELECT jsonb_build_object('deviceIds', g.dev, 'message', g.msg, 'timestamp', g.stamp) AS raw
-) r
-"""
-_DEVICE_INSERT = """
-INSERT INTO sms_history_device (history_id, position, account_name, device_kind, device_id, received_at)
-SELECT id, 0, account_name, device_kind, device_id, received_at FROM sms_history
-WHERE id %% 2 = %(part)s
-"""
-
-
 def _loader(dsn: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(dsn, autocommit=True)
     # Setup, not a measured write: this session alone skips the commit flush.
@@ -136,87 +105,6 @@ def _loader(dsn: str) -> psycopg.Connection[Any]:
     conn.execute("SET maintenance_work_mem = '512MB'")
     conn.execute("SET work_mem = '128MB'")
     return conn
-
-
-def _both(dsn: str, statement: str, params: list[dict[str, Any]]) -> None:
-    """Run ``statement`` once per params set, on two sessions at once (one per core)."""
-    import concurrent.futures
-
-    def one(p: dict[str, Any]) -> None:
-        with _loader(dsn) as conn:
-            conn.execute(statement, p)
-
-    with concurrent.futures.ThreadPoolExecutor(len(params)) as pool:
-        for fut in [pool.submit(one, p) for p in params]:
-            fut.result()
-
-
-def bulk_load(dsn: str, n_rows: int, accounts: int = 20, log: Any = None) -> float:
-    """Fill ``sms_history`` (and its device rows) with ``n_rows`` realistic rows; return seconds.
-
-    Constraints and indexes are dropped for the load and rebuilt from their own
-    catalog definitions afterwards, so the table ends up with exactly the
-    migrated schema at a fraction of the cost of 10 million index inserts.
-    """
-    say = log or (lambda _msg: None)
-    started = time.perf_counter()
-    with _loader(dsn) as conn:
-        cons = conn.execute(
-            """
-            SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.contype
-            FROM pg_constraint c
-            WHERE c.conrelid = ANY(%s::regclass[]) AND c.contype IN ('p', 'u', 'f')
-            """,
-            (list(_TABLES),),
-        ).fetchall()
-        idx = conn.execute(
-            """
-            SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-            FROM pg_index i
-            WHERE i.indrelid = ANY(%s::regclass[])
-              AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-            """,
-            (list(_TABLES),),
-        ).fetchall()
-        # Foreign keys first (they depend on the primary key), then the rest.
-        for table, name, _, _kind in sorted(cons, key=lambda c: c[3] != "f"):
-            conn.execute(
-                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                    sql.Identifier(table), sql.Identifier(name)
-                )
-            )
-        for name, _ in idx:
-            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
-    half = n_rows // 2
-    t = time.perf_counter()
-    _both(
-        dsn,
-        _HEAP_INSERT,
-        [{"accounts": accounts, "lo": 1, "hi": half}, {"accounts": accounts, "lo": half + 1, "hi": n_rows}],
-    )
-    say(f"    heap rows: {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    _both(dsn, _DEVICE_INSERT, [{"part": 0}, {"part": 1}])
-    say(f"    device rows: {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    with _loader(dsn) as conn:
-        for table, name, definition, _kind in sorted(cons, key=lambda c: c[3] == "f"):
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                    sql.Identifier(table),
-                    sql.Identifier(name),
-                    sql.SQL(definition),
-                )
-            )
-        for _, definition in idx:
-            conn.execute(definition)
-        say(f"    constraints and indexes: {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        conn.execute("ANALYZE sms_history")
-        conn.execute("ANALYZE sms_history_device")
-        conn.execute("CHECKPOINT")
-        say(f"    analyze + checkpoint: {time.perf_counter() - t:.1f} s")
-    return time.perf_counter() - started
 
 
 def schema_fingerprint() -> str:
@@ -261,7 +149,10 @@ def big_database(admin_dsn: str, n_rows: int, log: Any = None) -> tuple[str, str
                 (f"loaded {meta['loaded_at']} in {meta['seconds']:.0f} s by an earlier run, reused"),
             )
     dsn = fresh_database(admin_dsn, name)
-    seconds = bulk_load(dsn, n_rows, log=log)
+    # The v2 loader of the history-store bench (monthly partitions, indexes built after the load).
+    from bench import history_measure  # history_measure imports this module
+
+    seconds = history_measure.bulk_load(dsn, n_rows)
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
     meta_text = json.dumps({"complete": True, "loaded_at": stamp, "seconds": round(seconds, 1)})
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
