@@ -50,6 +50,7 @@ import datetime
 import email.utils
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -61,6 +62,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import requests
 import requests.adapters
+import requests.utils
 import structlog
 
 from sync_worker import auth, errors, models, retry, secret, urls
@@ -120,6 +122,7 @@ class ThingSpaceClient:
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=cfg.pool_size)
             self._http.mount("https://", adapter)
             self._http.mount("http://", adapter)
+            _environment_once(self._http, self._base)
         # A CA bundle path from a caller's session is honoured; verify=False never is.
         bundle = self._http.verify
         self._verify: bool | str = bundle if isinstance(bundle, str) and bundle else True
@@ -718,6 +721,22 @@ def next_token_from_location(location: str, base_url: str) -> str:
 
 
 # --- private -----------------------------------------------------------------
+
+
+def _environment_once(session: requests.Session, base_url: str) -> None:
+    """Read what requests takes from the environment once, not at every request.
+
+    requests looks up the proxy variables (``HTTPS_PROXY``, ``NO_PROXY``...), the CA bundle
+    variables (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) and ``~/.netrc`` on every call: a
+    third of the client's CPU per history block. Every request goes to the base URL's host,
+    so its proxies and bundle are settled here, with requests' own rules. ``~/.netrc`` is not
+    read at all: its credentials would replace the bearer in ``Authorization``.
+    """
+    session.proxies = dict(requests.utils.get_environ_proxies(base_url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
 
 
 def _checked_base_url(cfg: ClientConfig) -> str:
