@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
+import functools
 import json
 import math
 import os
@@ -73,6 +74,8 @@ _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9]+")
 _SESSION_EXPIRED_SUFFIX: Final = "SessionToken.Expired"
 _UPPER_CATEGORY_RE: Final = re.compile(r"^[A-Z0-9_]+$")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# What str.isspace() calls whitespace, the C0 controls and DEL: none belongs in a Location.
+_UNSAFE_LOCATION_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]")
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -691,11 +694,11 @@ def valid_token(token: str) -> bool:
 
 def next_token_from_location(location: str, base_url: str) -> str:
     """The ``next`` query value of a history ``Location``; the rest of it is never used."""
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in location):
+    if _UNSAFE_LOCATION_RE.search(location) is not None:
         raise errors.UnsafeLocationError("Location contains whitespace or control characters")
     try:
         target = urllib.parse.urlsplit(location)
-        base = urllib.parse.urlsplit(base_url)
+        base = _split_base(base_url)
         foreign = (
             target.scheme.lower() != base.scheme.lower()
             or (target.hostname or "") != (base.hostname or "")
@@ -721,6 +724,12 @@ def next_token_from_location(location: str, base_url: str) -> str:
 
 
 # --- private -----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _split_base(base_url: str) -> urllib.parse.SplitResult:
+    # The base URL is the same for every block a client pages through.
+    return urllib.parse.urlsplit(base_url)
 
 
 def _environment_once(session: requests.Session, base_url: str) -> None:
