@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+import structlog
 
-from sync_worker import cli, models, retention, store
+from sync_worker import cli, logs, models, retention, store
 
 ACCOUNT = "0252012345-00001"
 NOW = dt.datetime.now(dt.UTC)
@@ -35,6 +38,15 @@ def _commit(db: psycopg.Connection[Any], wires: list[dict[str, Any]]) -> None:
     run_id = store.start_run(db, ACCOUNT)
     store.commit_block(db, run_id, page)
     store.finish_run(db, run_id, "succeeded", None)
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_usable() -> Iterator[None]:
+    """The CLI points logging at this test's captured stream, which pytest closes afterwards: later
+    tests (a daemon's threads) would die writing to it."""
+    yield
+    logs.configure("json", "INFO", io.StringIO())
+    structlog.reset_defaults()
 
 
 @pytest.fixture
