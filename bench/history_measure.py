@@ -262,8 +262,16 @@ def explain_block(conn: psycopg.Connection[Any], run_id: int, page: Any) -> str:
     """EXPLAIN ANALYZE of the ``commit_block`` statement for one fresh block, rolled back."""
     from sync_worker import queries, rows, store
 
-    built = rows.build_rows(page.account_name, page.messages)
-    params = store._block_params(page.account_name, built, run_id=run_id, next_token=page.next)
+    if hasattr(rows, "build_block"):
+        # Issue 14 on: the statement's columns straight from the messages, arrays packed.
+        from sync_worker import pgarrays
+
+        pgarrays.register(conn.adapters)
+        block = rows.build_block(page.account_name, page.messages)
+        params = store._block_params(conn, page.account_name, block, run_id=run_id, next_token=page.next)
+    else:
+        built = rows.build_rows(page.account_name, page.messages)
+        params = store._block_params(page.account_name, built, run_id=run_id, next_token=page.next)  # type: ignore[call-arg, arg-type]
     with conn.transaction(force_rollback=True):
         plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, WAL) " + queries.get("commit_block"), params

@@ -6,6 +6,9 @@ paginating the history endpoint with a small custom paginator that reads the
 ``write_disposition="merge"`` on the message key, loaded into the same Postgres.
 dlt is pinned (``dlt[postgres]==1.31.0`` in the bench extra).
 
+Two loaders are measured: dlt's default for Postgres (``insert_values``, multi-row INSERT
+statements) and its CSV loader (``loader_file_format="csv"``, ``COPY``).
+
 Note what the peer does differently by design: dlt extracts the whole backlog
 before it loads anything, so every block is acknowledged (the next GET sent)
 long before its rows are durable. It is faster to write and measure, and it
@@ -22,7 +25,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
@@ -138,8 +141,13 @@ def run_peer(
     headers: dict[str, str],
     key_fn: KeyFn = fallback_keys,
     dataset: str = "dlt_peer",
+    loader_file_format: Literal["csv"] | None = None,
 ) -> PeerResult:
-    """Drain ``account`` from the simulator into Postgres with dlt; return the timings."""
+    """Drain ``account`` from the simulator into Postgres with dlt; return the timings.
+
+    ``loader_file_format`` None is dlt's default for Postgres (``insert_values``: INSERT
+    statements); ``"csv"`` loads with ``COPY``, its faster loader.
+    """
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     import dlt
@@ -175,7 +183,7 @@ def run_peer(
             pipelines_dir=pipelines_dir,
         )
         started = time.perf_counter()
-        pipeline.extract(history())
+        pipeline.extract(history(), loader_file_format=loader_file_format)
         extracted = time.perf_counter()
         pipeline.normalize()
         pipeline.load()

@@ -50,8 +50,9 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
         return None if fa is None or fb is None or fb.median == 0 else fa.median / fb.median
 
     def _vs_peer(key: str) -> str:
-        r = ratio(key, "peer")
-        return "" if r is None else f"; {r:.2f} x dlt"
+        r, r_csv = ratio(key, "peer"), ratio(key, "peer_csv")
+        text = "" if r is None else f"; {r:.2f} x dlt"
+        return text + ("" if r_csv is None else f" ({r_csv:.2f} x its CSV loader)")
 
     def _busy(prefix: str) -> str:
         busy = f(f"{prefix}_busy")
@@ -158,16 +159,26 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
             None if r6 is None else r6 <= 1.20,
         )
     )
-    r7 = ratio("one_account", "peer")
-    peer = f("peer")
+    r7, r7_csv = ratio("one_account", "peer"), ratio("one_account", "peer_csv")
+    peer, peer_csv = f("peer"), f("peer_csv")
     out.append(
         harness.Verdict(
             "7. dlt peer",
-            "(side by side, same backlog)",
+            "one account >= 2.5 x dlt's default loader and >= 1.5 x its CSV loader (issue 14)",
             "n/a"
-            if r7 is None or peer is None
-            else f"dlt {peer.median:,.0f} rows/s; the worker is {r7:.2f} x dlt",
-            None,
+            if r7 is None or peer is None or r7_csv is None or peer_csv is None
+            else f"dlt {peer.median:,.0f} rows/s (CSV loader {peer_csv.median:,.0f}); the worker is "
+            f"{r7:.2f} x dlt and {r7_csv:.2f} x its CSV loader",
+            None if r7 is None or r7_csv is None else r7 >= 2.5 and r7_csv >= 1.5,
+        )
+    )
+    cpu = f("one_cpu_worker")
+    out.append(
+        harness.Verdict(
+            "2b. worker CPU",
+            "<= 1.2 ms per block of 100, one account (issue 14)",
+            "n/a" if cpu is None else f"{cpu.median:.2f} ms per block",
+            None if cpu is None else cpu.median <= 1.2,
         )
     )
     return out

@@ -184,16 +184,183 @@ def build_rows(account: str, messages: Iterable[models.SMSMessage]) -> list[Row]
     """Rows for one block, numbering identical messages so each becomes its own row."""
     prefix = _basis_prefix(account)
     seen: dict[str, int] = {}
-    out: list[Row] = []
+    return [_any_row(account, prefix, message, seen) for message in messages]
+
+
+def _any_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[str, int]) -> Row:
+    row = None if message.problems else _plain_row(account, prefix, message, seen)
+    if row is None:
+        basis, parsed_at = _key_basis(account, prefix, message)
+        occurrence = seen.get(basis, 0)
+        seen[basis] = occurrence + 1
+        row = _row(account, message, _hash(basis, occurrence), occurrence, parsed_at)
+    return row
+
+
+# One row of a Block before the columns are split: the write statement's per-row arrays, in order.
+_Columns = tuple[
+    bytes, int, "str | None", "str | None", int, "str | None", "dt.datetime | None", "str | None",
+    "str | None", bool, "str | None",
+]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Block:
+    """One block's rows as the columns the write statement takes (``store.commit_block``).
+
+    Row ``i`` of the block is element ``i`` of every per-row column; ``problems`` holds a row's
+    problems joined by ``PROBLEM_SEPARATOR`` (None: well formed). Devices after a row's first are
+    the ``dev_*`` columns, tied to their row by ``dev_message_key``. Equal, column for column, to
+    ``from_rows(build_rows(...))``.
+    """
+
+    message_key: Sequence[bytes]
+    occurrence: Sequence[int]
+    device_kind: Sequence[str | None]
+    device_id: Sequence[str | None]
+    device_count: Sequence[int]
+    message: Sequence[str | None]
+    received_at: Sequence[dt.datetime | None]
+    timestamp_raw: Sequence[str | None]
+    raw_kept: Sequence[str | None]
+    raw_is_jsonb: Sequence[bool]
+    problems: Sequence[str | None]
+    dev_message_key: Sequence[bytes] = ()
+    dev_position: Sequence[int] = ()
+    dev_kind: Sequence[str] = ()
+    dev_id: Sequence[str] = ()
+
+    def __len__(self) -> int:
+        return len(self.message_key)
+
+    @property
+    def malformed(self) -> tuple[tuple[int, tuple[str, ...]], ...]:
+        """(index in the block, problems) of every row that did not fit the model."""
+        sep = PROBLEM_SEPARATOR
+        return tuple((i, tuple(p.split(sep))) for i, p in enumerate(self.problems) if p is not None)
+
+    @classmethod
+    def from_rows(cls, built: Sequence[Row]) -> Block:
+        return _block([_columns_of(r) for r in built], built)
+
+
+def build_block(account: str, messages: Sequence[models.SMSMessage]) -> Block:
+    """``Block.from_rows(build_rows(account, messages))``, without a ``Row`` per common message.
+
+    The write path's one pass over a block: a message of the common shape (one device, fields
+    in wire order, clean text) goes straight to its columns; any other takes ``build_rows``'s
+    own path, with the same occurrence numbering, so keys and every column are the same.
+    """
+    prefix = _basis_prefix(account)
+    seen: dict[str, int] = {}
+    columns: list[_Columns] = []
+    others: list[Row] = []
     for message in messages:
-        row = None if message.problems else _plain_row(account, prefix, message, seen)
-        if row is None:
-            basis, parsed_at = _key_basis(account, prefix, message)
-            occurrence = seen.get(basis, 0)
-            seen[basis] = occurrence + 1
-            row = _row(account, message, _hash(basis, occurrence), occurrence, parsed_at)
-        out.append(row)
-    return out
+        found = None if message.problems else _common_columns(prefix, message, seen)
+        if found is None:
+            row = _any_row(account, prefix, message, seen)
+            found = _columns_of(row)
+            if len(row.devices) > 1:
+                others.append(row)
+        columns.append(found)
+    return _block(columns, others)
+
+
+def _block(columns: list[_Columns], rows_with_devices: Iterable[Row]) -> Block:
+    dev_key: list[bytes] = []
+    dev_position: list[int] = []
+    dev_kind: list[str] = []
+    dev_id: list[str] = []
+    for r in rows_with_devices:
+        # The first device lives in the message row; only the rare others need rows of their own.
+        key = bytes.fromhex(r.message_key)
+        for position in range(1, len(r.devices)):
+            kind, ident = r.devices[position]
+            dev_key.append(key)
+            dev_position.append(position)
+            dev_kind.append(kind)
+            dev_id.append(ident)
+    if not columns:
+        return Block((), (), (), (), (), (), (), (), (), (), ())
+    c = list(zip(*columns, strict=True))
+    return Block(
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10],
+        dev_key, dev_position, dev_kind, dev_id,
+    )  # fmt: skip
+
+
+def _columns_of(r: Row) -> _Columns:
+    return (
+        bytes.fromhex(r.message_key),
+        r.occurrence,
+        r.device_kind,
+        r.device_id,
+        len(r.devices),
+        r.message,
+        r.received_at,
+        r.timestamp_raw,
+        r.raw_kept,
+        r.raw_is_jsonb,
+        PROBLEM_SEPARATOR.join(r.problems) if r.problems else None,
+    )
+
+
+def _common_columns(prefix: str, message: models.SMSMessage, seen: dict[str, int]) -> _Columns | None:
+    """``_plain_row``'s result as columns for its most common case: one device, fields in wire
+    order; None for anything else (then ``_plain_row`` or ``_row`` decide)."""
+    raw = message.raw
+    if type(raw) is not dict or tuple(raw) != _WIRE_KEYS:
+        return None
+    items = raw["deviceIds"]
+    text = raw["message"]
+    stamp = raw["timestamp"]
+    if type(items) is not list or len(items) != 1 or type(text) is not str or type(stamp) is not str:
+        return None
+    if text is not message.message or stamp is not message.timestamp:
+        return None
+    item = items[0]
+    devices = message.device_ids
+    if type(item) is not dict or tuple(item) != _DEVICE_KEYS or len(devices) != 1:
+        return None
+    ident = item["id"]
+    kind = item["kind"]
+    device = devices[0]
+    if type(ident) is not str or type(kind) is not str or device.id is not ident:
+        return None
+    lower = kind.lower()
+    if lower not in models.DEVICE_KINDS or device.kind != lower:
+        return None
+    probe = f"{text}{stamp}{ident}{kind}"
+    if "\x00" in probe or not (probe.isascii() or _utf8_encodable(probe)):
+        return None
+    received_at, problem = parse_timestamp(stamp)
+    text_json = _encode_str(text)
+    ident_json = _encode_str(ident)
+    lower_json = _encode_str(lower)
+    stamp_json = f'"{received_at.isoformat()}"' if received_at is not None else _encode_str(stamp)
+    basis = f"{prefix}[[{lower_json},{ident_json}]],{stamp_json},{text_json}"
+    occurrence = seen.get(basis, 0)
+    seen[basis] = occurrence + 1
+    kept = None
+    if lower != kind:
+        # The database rebuilds raw with the stored (lowered) kind: keep the original.
+        kept = (
+            f'{{"deviceIds":[{{"id":{ident_json},"kind":{_encode_str(kind)}}}],'
+            f'"message":{text_json},"timestamp":{_encode_str(stamp)}}}'
+        )
+    return (
+        hashlib.sha256(f"{basis},{occurrence}]".encode("ascii")).digest(),
+        occurrence,
+        lower,
+        ident,
+        1,
+        text,
+        received_at,
+        stamp,
+        kept,
+        True,
+        None if problem is None else problem.replace(PROBLEM_SEPARATOR, " "),
+    )
 
 
 # The canonical forms below are built from pieces, but they are exactly the text of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -10,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import errors, migrations, models, secret, store
+from sync_worker import errors, migrations, models, pgarrays, secret, store
 from sync_worker import status as status_tables
 
 
@@ -481,3 +482,25 @@ def test_finish_run_with_a_note_still_records_success(db: psycopg.Connection[Any
     assert status.last_run_outcome == "succeeded"
     assert status.last_success_at is not None
     assert status.last_error == "quarantined 1 unreadable block(s)"
+
+
+def test_packed_arrays_read_back_as_the_values_sent(db: psycopg.Connection[Any]) -> None:
+    """Postgres reads every packed array type (NULLs, empty, non-ASCII, far instants) as the values packed."""
+    instants = [
+        dt.datetime(1, 1, 2, tzinfo=dt.UTC),
+        None,
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    ]
+    cases: list[tuple[Any, list[Any], str]] = [
+        (pgarrays.text, ["a", "caf\u00e9 \U0001f600", None, ""], "text[]"),
+        (pgarrays.text, [], "text[]"),
+        (pgarrays.int4, [0, -(2**31), 2**31 - 1], "integer[]"),
+        (pgarrays.boolean, [True, False], "boolean[]"),
+        (pgarrays.bytea, [bytes(32), None, b""], "bytea[]"),
+        (pgarrays.timestamptz, instants, "timestamptz[]"),
+    ]
+    with db.cursor() as cur:
+        pgarrays.register(cur.adapters)
+        for pack, values, kind in cases:
+            row = cur.execute(f"SELECT %b::{kind}", [pack(values)]).fetchone()
+            assert row is not None and row[0] == values, kind

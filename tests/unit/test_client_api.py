@@ -826,3 +826,25 @@ def test_errors_never_contain_tokens_or_passwords(fake: FakeApi, make: Any) -> N
         for value in (PASSWORD, CLIENT_SECRET, "bearer-1-tok", "sess-2-tok", "bearer-3-tok"):
             assert value not in text
     assert "bearer-1-tok" in secret.known_values()
+
+
+def test_environment_proxies_and_ca_bundle_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy and CA-bundle variables still apply (read at start, not per request); ~/.netrc never does."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "other.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/private-ca.pem")
+    cfg = client.ClientConfig(
+        base_url=BASE,
+        client_id="cid",
+        client_secret=secret.Secret(CLIENT_SECRET),
+        username="user",
+        password=secret.Secret(PASSWORD),
+    )
+    with client.ThingSpaceClient(cfg) as api:
+        http = api._http
+        assert http.proxies.get("https") == "http://proxy.internal:3128"
+        assert http.verify == "/etc/ssl/private-ca.pem" and api._verify == "/etc/ssl/private-ca.pem"
+        assert http.trust_env is False
+    monkeypatch.setenv("NO_PROXY", "ts.example")
+    with client.ThingSpaceClient(cfg) as api:
+        assert "https" not in api._http.proxies

@@ -160,3 +160,12 @@ def test_any_location_yields_a_safe_token_or_unsafe_location_error(location: str
 def test_every_valid_token_round_trips(token: str, path: str) -> None:
     """Any 1-64 letters/digits token in a relative Location is returned unchanged."""
     assert client.next_token_from_location(f"{path}?next={token}", BASE) == token
+
+
+def test_exactly_whitespace_and_control_characters_make_a_location_unsafe() -> None:
+    """The one-regex check refuses every code point str.isspace() or C0/DEL covers, and no other."""
+    refused = [c for c in range(0x110000) if client._UNSAFE_LOCATION_RE.search(chr(c))]
+    assert refused == [c for c in range(0x110000) if chr(c).isspace() or c < 0x20 or c == 0x7F]
+    for ch in ("\u2028", "\x85", "\x1c", "\x7f", "\u3000"):
+        with pytest.raises(errors.UnsafeLocationError, match="whitespace or control"):
+            client.next_token_from_location(f"/api/h?next=ab{ch}", "https://ts.example/api")

@@ -338,3 +338,58 @@ def test_clean_messages_take_the_fast_path_and_dirty_ones_do_not() -> None:
         assert rows._plain_row(_PINNED_ACCOUNT, prefix, _msg(clean), {}) is not None
     for dirty in (_wire("a\x00b"), _wire("x\ud800"), {**_wire(), "extra": 1}):
         assert rows._plain_row(_PINNED_ACCOUNT, prefix, _msg(dirty), {}) is None
+
+
+_malformed = st.one_of(
+    st.fixed_dictionaries({"message": _texts}),
+    st.fixed_dictionaries({"deviceIds": st.just([]), "message": _texts, "timestamp": _stamps}),
+    st.fixed_dictionaries({"deviceIds": st.just([{"id": 1, "kind": "imei"}]), "message": st.integers(0, 2)}),
+    st.integers(0, 3),
+    st.none(),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(st.one_of(_near_plain(), _near_plain(), _malformed), min_size=0, max_size=5))
+@example(
+    [
+        _wire(),
+        _wire(),
+        {**_wire(), "deviceIds": [{"id": "1", "kind": "IMEI"}]},
+        _wire(ts="2016-01-01T12:29:49"),
+    ]
+)
+def test_block_columns_equal_the_rows(block: list[Any]) -> None:
+    """build_block (the write path) equals Block.from_rows(build_rows) in every column: keys, raw_kept..."""
+    block = [*block, *block[:1]]
+    messages = [_msg(m) for m in block]
+    assert rows.build_block(_PINNED_ACCOUNT, messages) == rows.Block.from_rows(
+        rows.build_rows(_PINNED_ACCOUNT, messages)
+    )
+
+
+def test_common_messages_skip_the_row_objects() -> None:
+    """The equivalence above compares something: one-device messages in wire order take the column path."""
+    prefix = rows._basis_prefix(_PINNED_ACCOUNT)
+    for common in (
+        _wire(),
+        _wire("caf\u00e9 \U0001f600"),
+        _wire(ts="2016-01-01T12:29:49"),
+        _wire(ts="not a time"),
+    ):
+        assert rows._common_columns(prefix, _msg(common), {}) is not None
+    upper = {**_wire(), "deviceIds": [{"id": "0042", "kind": "IMEI"}]}
+    assert rows._common_columns(prefix, _msg(upper), {}) is not None
+    for other in (
+        _wire("a\x00b"),
+        {**_wire(), "extra": 1},
+        {**_wire(), "deviceIds": [{"kind": "imei", "id": "1"}]},
+    ):
+        assert rows._common_columns(prefix, _msg(other), {}) is None
+
+
+@pytest.mark.parametrize(("wire", "key0", "key2"), _PINNED_KEYS)
+def test_block_keys_match_those_already_stored(wire: Any, key0: str, key2: str) -> None:
+    """The write path's keys are, bit for bit, the pinned keys earlier versions stored."""
+    block = rows.build_block(_PINNED_ACCOUNT, [_msg(wire), _msg(wire), _msg(wire)])
+    assert [block.message_key[0].hex(), block.message_key[2].hex()] == [key0, key2]
