@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,46 +116,3 @@ def schema_fingerprint() -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
-
-
-def big_database(admin_dsn: str, n_rows: int, log: Any = None) -> tuple[str, str, str]:
-    """The database with ``n_rows`` already in ``sms_history``: (name, dsn, how it was obtained).
-
-    Loading 10 million rows costs minutes on a 2-core machine, so the loaded
-    database is kept on the benchmark's server and reused while the migrations
-    are unchanged; a schema change or another size builds it again.
-    """
-    import json
-
-    name = f"bench_big_{n_rows}_{schema_fingerprint()}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-        stale = conn.execute(
-            # Same size, older schema: never useful again. Other sizes (--quick) stay.
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
-            (f"bench_big_{n_rows}_", name),
-        ).fetchall()
-    for (old,) in stale:
-        drop_database(admin_dsn, old)
-    if row is not None and row[0]:
-        meta = json.loads(row[0])
-        if meta.get("complete"):
-            return (
-                name,
-                dsn_for(admin_dsn, name),
-                (f"loaded {meta['loaded_at']} in {meta['seconds']:.0f} s by an earlier run, reused"),
-            )
-    dsn = fresh_database(admin_dsn, name)
-    # The v2 loader of the history-store bench (monthly partitions, indexes built after the load).
-    from bench import history_measure  # history_measure imports this module
-
-    seconds = history_measure.bulk_load(dsn, n_rows)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-    meta_text = json.dumps({"complete": True, "loaded_at": stamp, "seconds": round(seconds, 1)})
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(meta_text))
-        )
-    return name, dsn, f"bulk-loaded in this run in {seconds:.0f} s (setup, not measured)"

@@ -540,7 +540,10 @@ def growth(ctx: Context) -> None:
     sz = ctx.sizes
     empty_name, empty_dsn = ctx.fresh_db("growth_empty")
     ctx.log(f"  the {sz.big_table:,}-row database ...")
-    _, big_dsn, provenance = pg.big_database(ctx.admin_dsn, sz.big_table, log=ctx.log)
+    # The history-store bench's loader and cache of big databases (it imports this module).
+    from bench import history_measure
+
+    _, big_dsn, provenance = history_measure.big_database(ctx.admin_dsn, sz.big_table)
     present = pg.count_rows(big_dsn)
     ctx.log(f"  {present:,} rows present: {provenance}")
     empty: list[float] = []

@@ -341,13 +341,8 @@ def _common_columns(prefix: str, message: models.SMSMessage, seen: dict[str, int
     basis = f"{prefix}[[{lower_json},{ident_json}]],{stamp_json},{text_json}"
     occurrence = seen.get(basis, 0)
     seen[basis] = occurrence + 1
-    kept = None
-    if lower != kind:
-        # The database rebuilds raw with the stored (lowered) kind: keep the original.
-        kept = (
-            f'{{"deviceIds":[{{"id":{ident_json},"kind":{_encode_str(kind)}}}],'
-            f'"message":{text_json},"timestamp":{_encode_str(stamp)}}}'
-        )
+    # The database rebuilds raw with the stored (lowered) kind: an upper-case original is kept.
+    kept = None if lower == kind else rebuild_raw(ident, kind, text, stamp)
     return (
         hashlib.sha256(f"{basis},{occurrence}]".encode("ascii")).digest(),
         occurrence,

@@ -216,9 +216,7 @@ class Dispatcher:
         self._accounts = {acct.name: acct for acct in settings.accounts}
         self._names = list(self._accounts)
         self._api = api
-        self._connect = connect
-        self._stop = stop
-        # The housekeeping jobs (partitions, retention) use the same database and stop event.
+        # Public: the housekeeping jobs (partitions, retention) use the same database and stop event.
         self.connect = connect
         self.stop = stop
         self._metrics = metrics
@@ -245,7 +243,7 @@ class Dispatcher:
                 # A claim job still finishing after the stop must not open a connection nobody closes.
                 raise errors.DatabaseUnavailableError("the daemon is stopping")
             if self._conn is None or self._conn.closed:
-                self._conn = self._connect()
+                self._conn = self.connect()
             try:
                 return work(self._conn)
             except errors.DatabaseUnavailableError:
@@ -256,7 +254,7 @@ class Dispatcher:
 
     def claim_due(self) -> int:
         """Claim due accounts for every free slot and start them; return how many started."""
-        if self._stop.is_set() or not self._claim_lock.acquire(blocking=False):
+        if self.stop.is_set() or not self._claim_lock.acquire(blocking=False):
             return 0
         try:
             free = self._settings.concurrency - self._inflight.running
@@ -299,11 +297,11 @@ class Dispatcher:
             result = _account_job(
                 api=self._api,
                 account=account,
-                connect=self._connect,
+                connect=self.connect,
                 budget_seconds=self._settings.run_budget_seconds,
                 max_blocks=self._settings.max_blocks_per_run,
                 lock_report_after=sync.lock_report_after(self._accounts[account].interval_seconds),
-                stop=self._stop,
+                stop=self.stop,
                 metrics=self._metrics,
             )
         except Exception as exc:

@@ -112,14 +112,15 @@ def ensure_partitions(conn: Connection, times: Iterable[dt.datetime | None]) -> 
     The daemon calls it ahead of need for this month and the next, so the write path meets a
     missing partition only for messages dated elsewhere (a device clock off, a late backlog).
     """
-    months = _months(times)
+    with db.transaction(conn) as cur:
+        _ensure_partitions(cur, times)
+
+
+def _ensure_partitions(cur: db.Cursor, times: Iterable[dt.datetime | None]) -> None:
+    # One call per UTC month: the function itself takes any instant of the month.
+    months = sorted({t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times if t})
     if months:
-        with db.transaction(conn) as cur:
-            cur.execute(queries.get("ensure_partitions"), {"times": months})
-
-
-def _months(times: Iterable[dt.datetime | None]) -> list[dt.datetime]:
-    return sorted({t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times if t})
+        cur.execute(queries.get("ensure_partitions"), {"times": months})
 
 
 def quarantine_block(
@@ -273,7 +274,7 @@ def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: s
     if not built:
         return 0
     # The partitions come first: a failed statement would end the caller's transaction.
-    cur.execute(queries.get("ensure_partitions"), {"times": _months(r.received_at for r in built)})
+    _ensure_partitions(cur, (r.received_at for r in built))
     params = _block_params(
         cur.connection,
         account,

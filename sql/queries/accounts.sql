@@ -24,7 +24,9 @@ SELECT EXISTS (SELECT 1 FROM sync_cursor WHERE account_name = %(account_name)s)
 
 -- name: forget_state
 -- The account's sync state: cursor, runs (history rows keep their messages and their run_id),
--- the failure streak and its schedule row (a daemon configured for it registers it again). Quarantined blocks and history are data: kept unless asked (forget_data).
+-- the failure streak and its schedule row (a daemon configured for it registers it again).
+-- Quarantined blocks and history are data: kept unless asked (forget_data). A data-modifying
+-- WITH runs to completion whether or not the final SELECT reads it.
 WITH cursor_gone AS (
     DELETE FROM sync_cursor WHERE account_name = %(account_name)s RETURNING 1
 ), streak_gone AS (
@@ -36,7 +38,7 @@ WITH cursor_gone AS (
 )
 SELECT (SELECT count(*) FROM cursor_gone) AS cursors,
        (SELECT count(*) FROM streak_gone) AS streaks,
-       (SELECT count(*) FROM runs_gone) + 0 * (SELECT count(*) FROM schedule_gone) AS runs;
+       (SELECT count(*) FROM runs_gone) AS runs;
 
 -- name: forget_data
 -- Rare and deliberate, so a plain delete (retention drops whole partitions instead).
@@ -47,5 +49,5 @@ WITH history_gone AS (
 ), quarantine_gone AS (
     DELETE FROM sms_quarantine WHERE account_name = %(account_name)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM history_gone) + 0 * (SELECT count(*) FROM devices_gone) AS history,
+SELECT (SELECT count(*) FROM history_gone) AS history,
        (SELECT count(*) FROM quarantine_gone) AS quarantined;
