@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench import harness
+from bench import harness, in_tree
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
@@ -89,10 +89,7 @@ def export_baseline(commit: str, dest: Path) -> tuple[Path, str]:
 
 def run_child(tree: Path, spec: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
     """``bench.history_measure`` with ``sync_worker`` imported from ``tree``; its JSON result."""
-    env = dict(os.environ)
-    # The tree first: it shadows this checkout's sync_worker (the editable install's path
-    # entry comes after PYTHONPATH); this checkout second, for ``bench``.
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])
+    env = in_tree.env_for(tree)
     argv = [sys.executable, "-m", "bench.history_measure", json.dumps({**spec, "tree": str(tree)})]
     done = subprocess.run(
         argv, check=False, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout
