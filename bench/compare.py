@@ -137,19 +137,49 @@ def _drains(
     return samples
 
 
-def _zero_latency(run: Run, key: str, prefix: str, label: str, samples: dict[str, list[Sample]]) -> None:
+def step_startup(run: Run) -> None:
+    """0. A pass with nothing to fetch: what a worker process costs before and around its blocks."""
+    samples = _drains(run, "idle", accounts=1, each=0, concurrency=1, seed=100)
+    label = "0. `once` with one account and nothing to fetch (start, login, one request, exit)"
+    for side, ctx in run.sides.items():
+        walls = tuple(s for s, _, _ in samples[side])
+        cpus = tuple(spent["worker"] * 1000 for _, _, spent in samples[side])
+        ctx.results.add(harness.Figure("startup_wall", f"{label}: wall", "s", walls, False))
+        ctx.results.add(harness.Figure("startup_cpu", f"{label}: worker CPU", "ms", cpus, False))
+
+
+def _zero_latency(run: Run, key: str, prefix: str, samples: dict[str, list[Sample]], *, short: str) -> None:
+    sz = run.sizes
+    each = sz.one_account if prefix == "one" else sz.many_each
+    label = f"{short} x {each:,}, zero latency" + (
+        f", concurrency {sz.many_concurrency}" if prefix == "many" else ""
+    )
     for side, ctx in run.sides.items():
         rates = tuple(n / s for s, n, _ in samples[side])
         ctx.results.add(harness.Figure(key, label, "rows/s", rates, note="whole process, start to exit"))
-        scenarios._cpu_figures(ctx, prefix, label.split(",", maxsplit=1)[0], samples[side])
+        scenarios._cpu_figures(ctx, prefix, short, samples[side])
+        fixed = ctx.results.get("startup_cpu")
+        if fixed is not None:
+            net = tuple(
+                (spent["worker"] * 1000 - fixed.median) / (n / scenarios.BLOCK)
+                for _, n, spent in samples[side]
+            )
+            ctx.results.add(
+                harness.Figure(
+                    f"{prefix}_cpu_worker_net",
+                    f"{short}: worker CPU per block, net of step 0's fixed cost",
+                    "ms",
+                    net,
+                    False,
+                    note="(worker CPU - median of step 0) / blocks",
+                )
+            )
 
 
 def step_one(run: Run) -> None:
     sz = run.sizes
     samples = _drains(run, "one", accounts=1, each=sz.one_account, concurrency=1, seed=200)
-    _zero_latency(
-        run, "one_account", "one", f"2. one account, zero latency, backlog {sz.one_account:,}", samples
-    )
+    _zero_latency(run, "one_account", "one", samples, short="2. one account")
 
 
 def step_many(run: Run) -> None:
@@ -157,10 +187,7 @@ def step_many(run: Run) -> None:
     samples = _drains(
         run, "many", accounts=sz.many_accounts, each=sz.many_each, concurrency=sz.many_concurrency, seed=300
     )
-    label = (
-        f"3. {sz.many_accounts} accounts x {sz.many_each:,}, zero latency, concurrency {sz.many_concurrency}"
-    )
-    _zero_latency(run, "many_accounts", "many", label, samples)
+    _zero_latency(run, "many_accounts", "many", samples, short=f"3. {sz.many_accounts} accounts")
 
 
 def _latency_bound(run: Run, prefix: str, *, accounts: int, each: int, concurrency: int) -> None:
@@ -282,6 +309,7 @@ def step_peer(run: Run) -> None:
 
 
 STEPS: Final[dict[str, Callable[[Run], None]]] = {
+    "startup": step_startup,
     "one_account": step_one,
     "many_accounts": step_many,
     "latency": step_latency,
@@ -299,8 +327,10 @@ def _m(results: harness.Results, key: str) -> float | None:
     return None if fig is None else fig.median
 
 
-def targets(side: harness.Results, peer: harness.Results) -> list[tuple[str, str, str, bool | None]]:
-    """(measure, target, result, met) for one side, issue 14's targets."""
+def targets(
+    side: harness.Results, peer: harness.Results, sizes: scenarios.Sizes
+) -> list[tuple[str, str, str, bool | None]]:
+    """(measure, target, result, met) for one side, issue 14's targets (at this run's sizes)."""
     out: list[tuple[str, str, str, bool | None]] = []
     cpu = _m(side, "one_cpu_worker")
     if cpu is not None:
@@ -317,12 +347,14 @@ def targets(side: harness.Results, peer: harness.Results) -> list[tuple[str, str
         )
     many = _m(side, "many_accounts")
     if many is not None:
-        out.append(("8 accounts", ">= 30,000 rows/s", f"{many:,.0f} rows/s", many >= 30_000))
+        out.append(
+            (f"{sizes.many_accounts} accounts", ">= 30,000 rows/s", f"{many:,.0f} rows/s", many >= 30_000)
+        )
     small, large = _m(side, "memory_small"), _m(side, "memory_large")
     if small is not None and large is not None:
         out.append(
             (
-                "peak RSS, 10k vs 1M backlog",
+                f"peak RSS, {sizes.memory_small:,} vs {sizes.memory_large:,} backlog",
                 "<= 80 MiB, flat (within 10%)",
                 f"{small:.1f} / {large:.1f} MiB",
                 max(small, large) <= 80 and large <= 1.1 * small,
@@ -330,7 +362,7 @@ def targets(side: harness.Results, peer: harness.Results) -> list[tuple[str, str
         )
     for key, name, limit in (
         ("latency_ratio", "4. latency-bound", 1.05),
-        ("wide_ratio", "4b. 500 accounts", 1.1),
+        ("wide_ratio", f"4b. {sizes.wide_accounts} accounts", 1.1),
     ):
         ratio = _m(side, key)
         if ratio is not None:
@@ -367,8 +399,8 @@ def render(run: Run, env: dict[str, Any], notes: list[str], command: str) -> str
                 f"- {key.replace('_', ' ').capitalize()}: " + ", ".join(f"{k}={v}" for k, v in value.items())
             )
     lines += ["", "| issue 14 target | target | before | after | met (after) |", "|---|---|---|---|---|"]
-    was = {name: result for name, _, result, _ in targets(before, run.peer)}
-    for name, target, result, met in targets(after, run.peer):
+    was = {name: result for name, _, result, _ in targets(before, run.peer, run.sizes)}
+    for name, target, result, met in targets(after, run.peer, run.sizes):
         verdict = "n/a" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {name} | {target} | {was.get(name, '')} | {result} | {verdict} |")
     lines += [
