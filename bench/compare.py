@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
-import json
 import os
-import signal
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -435,36 +433,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", action="append", choices=list(STEPS), help="run only these steps (repeatable)"
     )
-    parser.add_argument(
-        "--readme",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write the table into bench/README.md (default: on for a full run of every step)",
-    )
+    harness.add_readme_option(parser)
     return parser
-
-
-def _interruptible() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the simulator and the embedded server are stopped."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
-def _run_steps(run: Run, steps: Sequence[str]) -> None:
-    for step in steps:
-        t0 = time.perf_counter()
-        _log(f"[{step}] ...")
-        try:
-            STEPS[step](run)
-        except Exception as exc:  # one broken step must not lose the others
-            traceback.print_exc()
-            run.skipped.append(f"{step}: failed: {type(exc).__name__}: {exc}")
-        run.load_by_step[step] = round(os.getloadavg()[0], 2)
-        _log(f"[{step}] done in {time.perf_counter() - t0:.0f} s (load average {run.load_by_step[step]})")
 
 
 def measure(
@@ -472,15 +442,13 @@ def measure(
 ) -> Run:
     """Export the baseline, start a server and the simulator, build both templates, run ``steps``."""
     env = results().environment
-    head = history_store._git("rev-parse", "--short", "HEAD").decode().strip()
-    dirty = bool(history_store._git("status", "--porcelain", "--", "sync_worker", "sql").strip())
     serial = itertools.count(1)
     with tempfile.TemporaryDirectory(prefix="compare-baseline-") as tmp, pg.server(None) as admin_dsn:
         before, full = history_store.export_baseline(baseline, Path(tmp))
         trees = {"before": before, "after": in_tree.ROOT}
         env["sides"] = {
             "before": f"{full[:7]} (git archive of sync_worker/ and sql/)",
-            "after": f"working tree at {head}{' + uncommitted changes' if dirty else ''}",
+            "after": history_store.working_tree(),
         }
         env["postgres_settings"] = pg.settings(admin_dsn)
         env["workload"] = {
@@ -508,7 +476,9 @@ def measure(
                     _serial=serial,
                 )
             run = Run(sides=sides, peer=results(), sizes=sizes)
-            _run_steps(run, steps)
+            harness.run_steps(
+                [(s, functools.partial(STEPS[s], run)) for s in steps], run.skipped, run.load_by_step, _log
+            )
     return run
 
 
@@ -521,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_readme = args.readme if args.readme is not None else (not args.quick and not args.only)
     given = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python -m bench.compare", *given])
-    _interruptible()
+    harness.interruptible()
 
     started = time.perf_counter()
     stamp = harness.now_utc()
@@ -547,15 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peer": run.peer.as_dict(),
         "raw": run.raw,
     }
-    name = f"compare-{stamp.replace(' ', 'T').replace(':', '')}{'-quick' if args.quick else ''}.json"
-    path = HERE / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(text)
-    if write_readme:
-        harness.write_readme_section(HERE / "README.md", text, begin=README_BEGIN, end=README_END)
-        _log("bench/README.md updated")
-    _log(f"results: {path}")
+    path = harness.results_path("compare-", stamp, args.quick)
+    harness.publish(text, payload, path, _log, (README_BEGIN, README_END) if write_readme else None)
     return 0
 
 
