@@ -105,6 +105,9 @@ def drain(ctx: scenarios.Context, accounts: list[str], each: int, concurrency: i
     expected = each * len(accounts)
     if summary.get("received") != expected or summary.get("failed"):
         raise RuntimeError(f"expected {expected} received and no failure; summary {summary}")
+    left = sum(ctx.sim.queued(account) for account in accounts)
+    if left:
+        raise RuntimeError(f"{left} messages still queued at the simulator after the pass")
     stored = pg.count_rows(dsn)
     if stored != summary.get("inserted"):
         raise RuntimeError(f"{stored} rows in sms_history, the pass reported {summary.get('inserted')}")
