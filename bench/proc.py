@@ -1,8 +1,8 @@
-"""Child processes: a measured runner (wall time + peak RSS) and the simulator host.
+"""Child processes: a measured runner (wall time, CPU, peak RSS) and the simulator host.
 
-Peak RSS is the child's own ``VmHWM`` (the kernel's high-water mark of its
-address space), read from ``/proc/<pid>/status`` while it runs. ``wait4``'s
-``ru_maxrss`` is not used: Linux carries the pre-exec high-water mark of the
+CPU is the child's own user + system time from ``wait4``'s rusage. Peak RSS is the
+child's own ``VmHWM`` (the kernel's high-water mark of its address space), read from
+``/proc/<pid>/status`` while it runs. ``wait4``'s ``ru_maxrss`` is not used: Linux carries the pre-exec high-water mark of the
 forked copy of the parent into it, so a child of a 190 MiB parent reports at
 least 190 MiB whatever it does.
 
@@ -36,7 +36,7 @@ class ChildRun:
     stdout: str
     stderr: str
     # The child's own user + system CPU (all its threads), from wait4's rusage.
-    cpu_seconds: float = 0.0
+    cpu_seconds: float
 
     @property
     def peak_rss_mib(self) -> float:
