@@ -2,9 +2,9 @@
 
 CPU is the child's own user + system time from ``wait4``'s rusage. Peak RSS is the
 child's own ``VmHWM`` (the kernel's high-water mark of its address space), read from
-``/proc/<pid>/status`` while it runs. ``wait4``'s ``ru_maxrss`` is not used: Linux carries the pre-exec high-water mark of the
-forked copy of the parent into it, so a child of a 190 MiB parent reports at
-least 190 MiB whatever it does.
+``/proc/<pid>/status`` while it runs. ``wait4``'s ``ru_maxrss`` is not used: Linux
+carries the pre-exec high-water mark of the forked copy of the parent into it, so a
+child of a 190 MiB parent reports at least 190 MiB whatever it does.
 
 The simulator runs in its own process so that serving (and holding) a backlog
 of a million messages neither shares the worker's GIL nor counts in its RSS.
