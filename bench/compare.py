@@ -316,9 +316,12 @@ def step_peer(run: Run) -> None:
             (f"{key}_rss", f"7. dlt {label}: peak RSS", "MiB", [x["rss_mib"] for x in o], False),
         )
         for fkey, flabel, unit, values, higher in figures:
-            run.peer.add(
-                harness.Figure(fkey, flabel, unit, tuple(values), higher, note="whole process, start to exit")
+            note = "whole process, start to exit" + (
+                "; dlt extracts everything before loading: it acknowledges blocks before they are durable"
+                if fkey == key
+                else ""
             )
+            run.peer.add(harness.Figure(fkey, flabel, unit, tuple(values), higher, note=note))
     run.raw["peer"] = outs
 
 
@@ -421,19 +424,23 @@ def render(run: Run, env: dict[str, Any], notes: list[str], command: str) -> str
         lines.append(f"| {name} | {target} | {was.get(name, '')} | {result} | {verdict} |")
     lines += [
         "",
-        "| figure (median, min..max of the repetitions) | before | after | after / before |",
-        "|---|---|---|---|",
+        "| figure (median, min..max of the repetitions) | before | after | after / before | note |",
+        "|---|---|---|---|---|",
     ]
     for key, fig in after.figures.items():
         old = before.get(key)
         ratio = "" if old is None or old.median == 0 else f"{fig.median / old.median:.2f}"
-        lines.append(f"| {fig.label} | {_cell(old)} | {_cell(fig)} | {ratio} |")
+        lines.append(f"| {fig.label} | {_cell(old)} | {_cell(fig)} | {ratio} | {fig.note} |")
     for key, fig in before.figures.items():
         if key not in after.figures:
-            lines.append(f"| {fig.label} | {_cell(fig)} | | |")
+            lines.append(f"| {fig.label} | {_cell(fig)} | | | {fig.note} |")
     if run.peer.figures:
-        lines += ["", "| dlt, same run (compared with both sides) | median (min..max) |", "|---|---|"]
-        lines.extend(f"| {fig.label} | {_cell(fig)} |" for fig in run.peer.figures.values())
+        lines += [
+            "",
+            "| dlt, same run (compared with both sides) | median (min..max) | note |",
+            "|---|---|---|",
+        ]
+        lines.extend(f"| {fig.label} | {_cell(fig)} | {fig.note} |" for fig in run.peer.figures.values())
     if run.skipped:
         lines += ["", "**Not measured in this run**", ""] + [f"- {s}" for s in run.skipped]
     lines += ["", "**Notes**", ""] + [f"- {n}" for n in notes]
