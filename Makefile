@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 BENCH_STORE_ARGS ?=
+COMPARE_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick bench-store bench-scale schema-doc clean
+.PHONY: help venv run demo test test-unit test-integration test-migration-1m lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -19,6 +20,8 @@ help:
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
+	@echo "make bench-compare     issue 14 before (9cc31ed) / after in one run, every side a whole process"
+	@echo "                       (~15 min; COMPARE_ARGS=--quick for ~3 min, --baseline REV, --only STEP)"
 	@echo "make schema-doc        regenerate docs/schema.md's tables and query plans from a migrated database"
 	@echo "make bench-store       history store before (v1) / after (v2): bytes, Postgres CPU, 30M rows"
 	@echo "                       (BENCH_STORE_ARGS=--quick for a short run)"
@@ -72,6 +75,9 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --quick
+
+bench-compare: $(BENCH_STAMP)
+	$(BIN)/python -m bench.compare $(COMPARE_ARGS)
 
 bench-store: $(BENCH_STAMP)
 	$(BIN)/python -m bench.history_store $(BENCH_STORE_ARGS)

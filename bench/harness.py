@@ -7,14 +7,17 @@ ratios between figures measured in the same run are what the README compares.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
+import signal
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -301,3 +304,68 @@ def print_table(results: Results, out: Callable[[str], object] = print) -> None:
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def run_steps(
+    steps: Sequence[tuple[str, Callable[[], None]]],
+    skipped: list[str],
+    load_by_step: dict[str, float],
+    log: Callable[[str], object],
+) -> None:
+    """Each step in turn, with the 1-minute load average after it; a failing step is listed in
+    ``skipped`` with its error and the others still run."""
+    for name, step in steps:
+        t0 = time.perf_counter()
+        log(f"[{name}] ...")
+        try:
+            step()
+        except Exception as exc:  # one broken measurement must not lose the others
+            traceback.print_exc()
+            skipped.append(f"{name}: failed: {type(exc).__name__}: {exc}")
+        load = os.getloadavg()[0]
+        load_by_step[name] = round(load, 2)
+        log(f"[{name}] done in {time.perf_counter() - t0:.1f} s (load average {load:.2f})")
+
+
+def results_path(prefix: str, started_at: str, quick: bool) -> Path:
+    """``bench/results/<prefix><timestamp>[-quick].json`` (gitignored)."""
+    stamp = started_at.replace(" ", "T").replace(":", "")
+    return Path(__file__).resolve().parent / "results" / f"{prefix}{stamp}{'-quick' if quick else ''}.json"
+
+
+def publish(
+    text: str,
+    payload: Mapping[str, Any],
+    path: Path,
+    log: Callable[[str], object],
+    readme_markers: tuple[str, str] | None = None,
+) -> None:
+    """Raw results to ``path``, the table to stdout and, with markers, into bench/README.md."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(text)
+    if readme_markers is not None:
+        write_readme_section(Path(__file__).resolve().parent / "README.md", text, *readme_markers)
+        log("bench/README.md updated")
+    log(f"results: {path}")
+
+
+def add_readme_option(parser: argparse.ArgumentParser) -> None:
+    """``--readme/--no-readme``: None unless given, so each benchmark picks its own default."""
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the table into bench/README.md (default: on for a full run of every step)",
+    )
+
+
+def interruptible() -> None:
+    """Ctrl-C and SIGTERM unwind normally, so the simulator, the worker child and the
+    embedded server are stopped (a shell starts background jobs with SIGINT ignored)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

@@ -32,7 +32,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from bench import pg, proc, scenarios
+from bench import in_tree, pg, proc, scenarios
 
 BLOCK: Final = 100
 # Every table of either layout that holds history; views (v2's sms_history) are not counted.
@@ -52,17 +52,6 @@ Spec = dict[str, Any]
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def identity() -> dict[str, str]:
-    """Where ``sync_worker`` and its ``sql/`` were imported from: proof of which tree is measured."""
-    import sync_worker
-    from sync_worker import queries
-
-    return {
-        "sync_worker": str(Path(sync_worker.__file__).resolve().parent),
-        "sql_root": str(queries.sql_root().resolve()),
-    }
 
 
 def pages(account: str, n: int, seed: int) -> Iterator[Any]:
@@ -640,10 +629,7 @@ TASKS: Final = {"bytes": task_bytes, "cpu": task_cpu, "growth": task_growth}
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     spec: Spec = json.loads(args[0])
-    found = identity()
-    expected = Path(spec["tree"]).resolve()
-    if Path(found["sync_worker"]) != expected / "sync_worker" or Path(found["sql_root"]) != expected / "sql":
-        raise RuntimeError(f"measuring the wrong tree: expected {expected}, imported {found}")
+    found = in_tree.check(Path(spec["tree"]))
     scenarios._quiet_production_logging()
     result = TASKS[spec["task"]](spec)
     result["identity"] = found

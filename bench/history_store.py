@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -33,12 +34,11 @@ import sys
 import tarfile
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench import harness
+from bench import harness, in_tree
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
@@ -76,6 +76,13 @@ def _git(*args: str) -> bytes:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, stdout=subprocess.PIPE).stdout
 
 
+def working_tree() -> str:
+    """``working tree at <HEAD>``, and whether ``sync_worker/`` or ``sql/`` differ from it."""
+    head = _git("rev-parse", "--short", "HEAD").decode().strip()
+    dirty = bool(_git("status", "--porcelain", "--", "sync_worker", "sql").strip())
+    return f"working tree at {head}{' + uncommitted changes' if dirty else ''}"
+
+
 def export_baseline(commit: str, dest: Path) -> tuple[Path, str]:
     """``sync_worker/`` and ``sql/`` of ``commit`` under ``dest``; (tree, full commit id).
 
@@ -89,10 +96,7 @@ def export_baseline(commit: str, dest: Path) -> tuple[Path, str]:
 
 def run_child(tree: Path, spec: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
     """``bench.history_measure`` with ``sync_worker`` imported from ``tree``; its JSON result."""
-    env = dict(os.environ)
-    # The tree first: it shadows this checkout's sync_worker (the editable install's path
-    # entry comes after PYTHONPATH); this checkout second, for ``bench``.
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])
+    env = in_tree.env_for(tree)
     argv = [sys.executable, "-m", "bench.history_measure", json.dumps({**spec, "tree": str(tree)})]
     done = subprocess.run(
         argv, check=False, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout
@@ -398,36 +402,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--growth-rows", type=int, help="step 3: rows already stored")
     parser.add_argument("--growth-blocks", type=int, help="step 3: blocks timed per repetition")
     parser.add_argument("--baseline", default=BASELINE, help="the 'before' commit (default %(default)s)")
-    parser.add_argument(
-        "--readme",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write the table into bench/README.md (default: on for a full run of every step)",
-    )
+    harness.add_readme_option(parser)
     return parser
 
 
-def _run_steps(run: Run, steps: Sequence[str]) -> None:
-    results = run.results
-    for step in steps:
-        t0 = time.perf_counter()
-        _log(f"[{step}] ...")
-        try:
-            STEP_FUNCTIONS[step](run)
-        except Exception as exc:  # one broken step must not lose the others
-            traceback.print_exc()
-            results.skipped.append(f"{step}: failed: {type(exc).__name__}: {exc}")
-        load = os.getloadavg()[0]
-        results.load_by_step[step] = round(load, 2)
-        _log(f"[{step}] done in {time.perf_counter() - t0:.0f} s (load average {load:.2f})")
-
-
 def _environment(results: harness.Results, sizes: Sizes, baseline: str) -> None:
-    head = _git("rev-parse", "--short", "HEAD").decode().strip()
-    dirty = bool(_git("status", "--porcelain", "--", "sync_worker", "sql").strip())
     results.environment["variants"] = {
         "before": f"{baseline[:7]} (v1: sms_history + sms_history_device)",
-        "after": f"working tree at {head}{' + uncommitted changes' if dirty else ''}",
+        "after": working_tree(),
     }
     results.environment["workload"] = {
         "block_size": 100,
@@ -469,7 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         before, full = export_baseline(args.baseline, Path(tmp))
         _environment(results, sizes, full)
         run = Run(sizes=sizes, trees={"before": before, "after": ROOT}, data_dir=data_dir, results=results)
-        _run_steps(run, steps)
+        harness.run_steps(
+            [(s, functools.partial(STEP_FUNCTIONS[s], run)) for s in steps],
+            results.skipped,
+            results.load_by_step,
+            _log,
+        )
     for out in run.raw.get("cpu", {}).get("after", [])[:1]:
         results.environment["postgres_settings"] = out["postgres_settings"]
     if "growth" not in steps:
@@ -481,16 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results.notes.append(f"whole run took {time.perf_counter() - started:.0f} s")
     text = render(results, run.raw, command)
-    stamp = results.started_at.replace(" ", "T").replace(":", "")
-    payload = {**results.as_dict(), "raw": run.raw, "sizes": dataclasses.asdict(sizes)}
-    path = HERE / "results" / f"history-store-{stamp}{'-quick' if args.quick else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(text)
-    if write_readme:
-        harness.write_readme_section(HERE / "README.md", text, begin=README_BEGIN, end=README_END)
-        _log("bench/README.md updated")
-    _log(f"results: {path}")
+    harness.publish(
+        text,
+        {**results.as_dict(), "raw": run.raw, "sizes": dataclasses.asdict(sizes)},
+        harness.results_path("history-store-", results.started_at, args.quick),
+        _log,
+        (README_BEGIN, README_END) if write_readme else None,
+    )
     return 0
 
 

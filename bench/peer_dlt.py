@@ -17,6 +17,7 @@ would lose the backlog on a crash; the worker commits each block first.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ import os
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import requests
@@ -198,3 +199,46 @@ def run_peer(
         extract_seconds=extracted - started,
         load_seconds=finished - extracted,
     )
+
+
+def worker_keys(account: str, raw: list[Any]) -> list[str]:
+    """The worker's own identity rule (``rows.build_rows``), so both sides deduplicate on the same key."""
+    from sync_worker import models, rows
+
+    return [r.message_key for r in rows.build_rows(account, [models.SMSMessage.from_wire(m) for m in raw])]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One drain as a whole process: log in, drain ``--account`` into ``--database-url``, print JSON.
+
+    ``bench.compare`` times this process from start to exit (dlt's import and the login included,
+    as the worker's are); the API's address and credentials come from the environment the
+    simulator hands out (``THINGSPACE_*``)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.peer_dlt", description=main.__doc__)
+    parser.add_argument("--account", required=True)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--csv", action="store_true", help="dlt's CSV loader (COPY) instead of its default")
+    args = parser.parse_args(argv)
+    env = os.environ
+    base_url = env["THINGSPACE_BASE_URL"]
+    headers = login(
+        base_url,
+        env["THINGSPACE_CLIENT_ID"],
+        env["THINGSPACE_CLIENT_SECRET"],
+        env["THINGSPACE_USERNAME"],
+        env["THINGSPACE_PASSWORD"],
+    )
+    result = run_peer(
+        base_url=base_url,
+        account=args.account,
+        database_url=args.database_url,
+        headers=headers,
+        key_fn=worker_keys,
+        loader_file_format="csv" if args.csv else None,
+    )
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

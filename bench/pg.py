@@ -75,12 +75,12 @@ def ensure_template(admin_dsn: str) -> None:
         migrations.migrate(conn)
 
 
-def fresh_database(admin_dsn: str, name: str) -> str:
-    """Drop ``name`` if present, clone the migrated template into it, return its DSN."""
+def fresh_database(admin_dsn: str, name: str, template: str = TEMPLATE) -> str:
+    """Drop ``name`` if present, clone ``template`` (default: the migrated one) into it, return its DSN."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE))
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         )
     return dsn_for(admin_dsn, name)
 

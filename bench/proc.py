@@ -1,10 +1,10 @@
-"""Child processes: a measured runner (wall time + peak RSS) and the simulator host.
+"""Child processes: a measured runner (wall time, CPU, peak RSS) and the simulator host.
 
-Peak RSS is the child's own ``VmHWM`` (the kernel's high-water mark of its
-address space), read from ``/proc/<pid>/status`` while it runs. ``wait4``'s
-``ru_maxrss`` is not used: Linux carries the pre-exec high-water mark of the
-forked copy of the parent into it, so a child of a 190 MiB parent reports at
-least 190 MiB whatever it does.
+CPU is the child's own user + system time from ``wait4``'s rusage. Peak RSS is the
+child's own ``VmHWM`` (the kernel's high-water mark of its address space), read from
+``/proc/<pid>/status`` while it runs. ``wait4``'s ``ru_maxrss`` is not used: Linux
+carries the pre-exec high-water mark of the forked copy of the parent into it, so a
+child of a 190 MiB parent reports at least 190 MiB whatever it does.
 
 The simulator runs in its own process so that serving (and holding) a backlog
 of a million messages neither shares the worker's GIL nor counts in its RSS.
@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ class ChildRun:
     peak_rss_kib: int
     stdout: str
     stderr: str
+    # The child's own user + system CPU (all its threads), from wait4's rusage.
+    cpu_seconds: float
 
     @property
     def peak_rss_mib(self) -> float:
@@ -54,39 +57,52 @@ class ChildRun:
 
 
 def run_measured(
-    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 1800.0
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 1800.0,
+    cwd: Path = ROOT,
 ) -> ChildRun:
-    """Run a child to completion; return its wall time and peak RSS (VmHWM, KiB)."""
+    """Run a child to completion: wall time from start to exit, peak RSS (VmHWM, KiB), CPU seconds.
+
+    The child is reaped with ``wait4`` so its rusage is its own (a parent-wide
+    RUSAGE_CHILDREN delta would mix in children reaped meanwhile by other threads).
+    """
     child_env = dict(os.environ if env is None else env)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=child_env, cwd=ROOT)
-        deadline = started + timeout
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=child_env, cwd=cwd)
+        reaped: dict[str, float] = {}
+
+        def reap() -> None:
+            _, status, usage = os.wait4(proc.pid, 0)
+            reaped["ended"] = time.perf_counter()
+            reaped["returncode"] = os.waitstatus_to_exitcode(status)
+            reaped["cpu"] = usage.ru_utime + usage.ru_stime
+
+        reaper = threading.Thread(target=reap, name="reap-child", daemon=True)
+        reaper.start()
         peak = 0
         try:
-            while True:
+            while reaper.is_alive():
                 # VmHWM only grows, so the last reading before exit is the peak
                 # (short of a spike in the final 10 ms, when the process is tearing down).
                 hwm = vm_hwm_kib(proc.pid)
                 if hwm is not None:
                     peak = max(peak, hwm)
-                try:
-                    proc.wait(timeout=0.01)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.perf_counter() > deadline:
+                reaper.join(0.01)
+                if reaper.is_alive() and time.perf_counter() - started > timeout:
                     proc.kill()
-                    proc.wait()
-                    break
         finally:
-            if proc.poll() is None:
+            if reaper.is_alive():
                 proc.kill()
-                proc.wait()
-        wall = time.perf_counter() - started
+                reaper.join()
+        proc.returncode = int(reaped["returncode"])
         out.seek(0)
         err.seek(0)
-        return ChildRun(int(proc.returncode), wall, peak, out.read(), err.read())
+        return ChildRun(
+            proc.returncode, reaped["ended"] - started, peak, out.read(), err.read(), reaped["cpu"]
+        )
 
 
 def vm_hwm_kib(pid: int | str = "self") -> int | None:

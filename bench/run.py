@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
-import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -184,17 +183,6 @@ def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.V
     return out
 
 
-def _interruptible() -> None:
-    """Ctrl-C and SIGTERM unwind normally, so the simulator, the worker child and the
-    embedded server are stopped (a shell starts background jobs with SIGINT ignored)."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for development (~2 min)")
@@ -207,12 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reps", type=int, default=None, help="repetitions per figure (min 3 for the README)"
     )
-    parser.add_argument(
-        "--readme",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write the table into bench/README.md (default: on for a full run of everything)",
-    )
+    harness.add_readme_option(parser)
     parser.add_argument(
         "--fresh-server",
         action="store_true",
@@ -229,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = [(n, fn) for n, fn in selected if n != "profile"]
     write_readme = args.readme if args.readme is not None else (not args.quick and not args.only)
 
-    _interruptible()
+    harness.interruptible()
     started = time.perf_counter()
     results = harness.Results(
         started_at=harness.now_utc(), quick=args.quick, environment=harness.environment()
@@ -255,17 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile=not args.no_profile,
                 pg_pid=proc.postmaster_pid(admin_dsn),
             )
-            for name, fn in selected:
-                t0 = time.perf_counter()
-                _log(f"[{name}] ...")
-                try:
-                    fn(ctx)
-                except Exception as exc:  # one broken measurement must not lose the others
-                    traceback.print_exc()
-                    results.skipped.append(f"{name}: failed: {type(exc).__name__}: {exc}")
-                load = os.getloadavg()[0]
-                results.load_by_step[name] = round(load, 2)
-                _log(f"[{name}] done in {time.perf_counter() - t0:.1f} s (load average {load:.2f})")
+            harness.run_steps(
+                [(name, functools.partial(fn, ctx)) for name, fn in selected],
+                results.skipped,
+                results.load_by_step,
+                _log,
+            )
     results.verdicts = verdicts(results, sizes)
     results.notes.append(
         "1-minute load average after each step (2 CPUs; other work on the machine inflates every figure): "

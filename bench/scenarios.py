@@ -15,17 +15,40 @@ import io
 import itertools
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Final, Literal
 from unittest import mock
 
 import psycopg
 
-from bench import harness, pg, proc
+from bench import harness, in_tree, pg, proc
 
 BLOCK = 100
+
+
+# Round trips every pass makes before its first history request and no client can avoid: the
+# OAuth token and the M2M session login. The ideals count them.
+LOGIN_ROUND_TRIPS: Final = 2
+
+
+def latency_ideal(accounts: int, each: int, concurrency: int, latency: float) -> tuple[float, float, str]:
+    """Scenarios 4 and 4b's ideal wall time: (with the login, blocks only, how it is made up).
+
+    Every block of an account is one request, in sequence (a block is acknowledged by the next
+    request); ``concurrency`` accounts run at once, so ``ceil(accounts / concurrency)`` rounds;
+    the login's round trips come first.
+    """
+    blocks = max(1, math.ceil(each / BLOCK))
+    rounds = math.ceil(accounts / concurrency)
+    bare = blocks * latency * rounds
+    ideal = bare + LOGIN_ROUND_TRIPS * latency
+    how = (
+        f"ideal {ideal:.2f} s = {blocks} blocks x {latency} s x {rounds} rounds "
+        f"+ {LOGIN_ROUND_TRIPS} login round trips"
+    )
+    return ideal, bare, how
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +124,10 @@ class Context:
     log: Callable[[str], None]
     profile: bool = False
     pg_pid: int | None = None
+    # The tree whose worker runs as a process, and the database its schema is cloned from
+    # (bench.compare sets an older tree and a template that tree's own migrations built).
+    tree: Path = in_tree.ROOT
+    template: str = pg.TEMPLATE
     # next() on a count is atomic under the GIL: names stay unique across threads.
     _serial: Iterator[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
 
@@ -123,7 +150,7 @@ class Context:
 
     def fresh_db(self, prefix: str = "bench") -> tuple[str, str]:
         name = self.name(prefix).replace("-", "_")
-        return name, pg.fresh_database(self.admin_dsn, name)
+        return name, pg.fresh_database(self.admin_dsn, name, self.template)
 
 
 def _settings(env: Mapping[str, str]) -> Any:
@@ -458,10 +485,10 @@ def _memory_run(ctx: Context, n: int, seed: int) -> tuple[float, float]:
         account = ctx.name("mem")
         sim.seed(account, n, seed=seed)
         name, dsn = ctx.fresh_db("mem")
-        env = dict(os.environ)
+        env = in_tree.env_for(ctx.tree)
         env.update(ctx.worker_env(dsn, [account], 1))
         env["THINGSPACE_BASE_URL"] = sim.base_url
-        run = proc.run_measured([sys.executable, "-m", "sync_worker", "once"], env=env, timeout=3600)
+        run = proc.run_measured(in_tree.argv(ctx.tree, "once"), env=env, timeout=3600, cwd=ctx.tree)
         if run.returncode != 0:
             raise RuntimeError(f"worker exited {run.returncode}: {run.stderr[-2000:]}")
         summary = run.last_json()
@@ -591,13 +618,6 @@ def growth(ctx: Context) -> None:
 
 def peer(ctx: Context) -> None:
     from bench import peer_dlt
-    from sync_worker import models, rows
-
-    def keys(account: str, raw: list[Any]) -> list[str]:
-        # The worker's own identity rule, so both sides deduplicate on the same key.
-        return [
-            r.message_key for r in rows.build_rows(account, [models.SMSMessage.from_wire(m) for m in raw])
-        ]
 
     sz = ctx.sizes
     env = ctx.sim.env
@@ -627,7 +647,7 @@ def peer(ctx: Context) -> None:
                 account=account,
                 database_url=dsn,
                 headers=headers,
-                key_fn=keys,
+                key_fn=peer_dlt.worker_keys,
                 loader_file_format=file_format,
             )
             if ctx.sim.queued(account) != 0:
