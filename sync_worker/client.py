@@ -28,8 +28,9 @@
   (``next`` is None) whatever ``hasMoreData`` says. A disagreement is logged.
 * ``Location`` is never followed: only its ``next`` query value is taken, the path
   is ignored, and an absolute ``Location`` must name the base URL's scheme, host
-  and port. Redirects are never followed either (``allow_redirects=False``): a 3xx
-  would carry the bearer and session tokens wherever it pointed.
+  and port. Redirects are never followed either (a request goes straight to the
+  session's mounted adapter, which never follows one): a 3xx would carry the bearer
+  and session tokens wherever it pointed.
 * Every session login goes through the login guard (``cfg.login_guard``, else an
   in-process ``auth.MemoryLoginGuard`` with threshold 1): counted before it is
   sent, then reported as succeeded, refused (a 4xx other than 408/429: raises
@@ -63,6 +64,9 @@ from typing import Any, Final, Protocol, TypeVar
 
 import requests
 import requests.adapters
+import requests.cookies
+import requests.hooks
+import requests.structures
 import requests.utils
 import structlog
 
@@ -76,6 +80,9 @@ _UPPER_CATEGORY_RE: Final = re.compile(r"^[A-Z0-9_]+$")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # What str.isspace() calls whitespace, the C0 controls and DEL: none belongs in a Location.
 _UNSAFE_LOCATION_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]")
+
+# Sent with every request (after the session's own headers, before the call's).
+_FIXED_HEADERS: Final = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -129,6 +136,16 @@ class ThingSpaceClient:
         # A CA bundle path from a caller's session is honoured; verify=False never is.
         bundle = self._http.verify
         self._verify: bool | str = bundle if isinstance(bundle, str) and bundle else True
+        # Proxies, CA bundle and client certificate, as Session.request merged them on every
+        # call: every request goes to the base URL's host, so once is enough. For a caller's
+        # session that trusts the environment this reads it here, by requests' own rules.
+        settings = self._http.merge_environment_settings(self._base, {}, False, self._verify, None)
+        self._send_settings: dict[str, Any] = {
+            "stream": False,
+            "verify": settings["verify"],
+            "proxies": settings["proxies"],
+            "cert": settings["cert"],
+        }
         self._bearer = auth.BearerTokenCache(
             self._fetch_bearer, margin=cfg.token_expiry_margin, clock=cfg.clock
         )
@@ -168,20 +185,19 @@ class ThingSpaceClient:
     # --- one HTTP exchange --------------------------------------------------
 
     def _exchange(
-        self, operation: str, method: str, url: str, headers: dict[str, str], **kwargs: Any
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        data: dict[str, str] | None = None,
+        json_body: Any = None,
+        auth: tuple[str, str] | None = None,
     ) -> requests.Response:
-        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         started = time.perf_counter()
         try:
-            response = self._http.request(
-                method,
-                url,
-                headers=all_headers,
-                timeout=self._cfg.timeout,
-                allow_redirects=False,
-                verify=self._verify,
-                **kwargs,
-            )
+            response = self._send(method, url, headers, data=data, json_body=json_body, auth=auth)
         except requests.Timeout as exc:
             self._observe(operation, None, started)
             raise errors.ApiTransientError(
@@ -198,6 +214,58 @@ class ThingSpaceClient:
                 f"request could not be made ({type(exc).__name__})", operation=operation
             ) from exc
         self._observe(operation, response.status_code, started)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        data: dict[str, str] | None,
+        json_body: Any,
+        auth: tuple[str, str] | None,
+    ) -> requests.Response:
+        """What ``Session.request`` did, through the session's mounted adapter, minus its per-call merges.
+
+        ``Session.request`` merged the environment, session settings and cookies again on every
+        call (a third of the client's CPU per history block once the environment was settled);
+        those are fixed for the client's life and settled in ``__init__``. Kept from the session
+        as before: its headers (ours win), params, auth (the request's wins), cookies (sent, and
+        updated from ``Set-Cookie``), response hooks, and the adapter mounted for the URL, which
+        raises requests' own exceptions. Redirects are not followed, as before; the body is read
+        here so a connection cut mid-body is the same network error as before.
+        """
+        http = self._http
+        merged = requests.structures.CaseInsensitiveDict(http.headers)
+        merged.update(_FIXED_HEADERS)
+        merged.update(headers)
+        for name in [k for k, v in merged.items() if v is None]:
+            del merged[name]  # a session header set to None is removed, as requests does
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=method,
+            url=url,
+            headers=merged,
+            data=data or {},
+            json=json_body,
+            params=http.params or None,
+            auth=auth if auth is not None else http.auth,
+            cookies=http.cookies,
+            hooks=http.hooks,
+        )
+        started = time.perf_counter()
+        response = http.get_adapter(url).send(prepared, timeout=self._cfg.timeout, **self._send_settings)
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        hooked: requests.Response = requests.hooks.dispatch_hook(  # type: ignore[no-untyped-call]
+            "response", prepared.hooks, response
+        )
+        response = hooked
+        if "Set-Cookie" in response.headers:
+            requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
+                http.cookies, prepared, response.raw
+            )
+        _ = response.content  # read now: a body cut short fails inside _exchange's handlers
         return response
 
     def _observe(self, operation: str, status: int | None, started: float) -> None:
@@ -262,7 +330,7 @@ class ThingSpaceClient:
                 "POST",
                 f"{self._base}/m2m/v1/session/login",
                 {"Authorization": f"Bearer {bearer}"},
-                json={"username": creds.username, "password": creds.password.reveal()},
+                json_body={"username": creds.username, "password": creds.password.reveal()},
             )
             status = response.status_code
             if status in (408, 429):
@@ -362,13 +430,12 @@ class ThingSpaceClient:
             while True:
                 bearer = self._bearer.get()
                 session_token = self._session.get(deadline)
-                kwargs: dict[str, Any] = {} if json_body is None else {"json": json_body}
                 response = self._exchange(
                     operation,
                     method,
                     url,
                     {"Authorization": f"Bearer {bearer}", "VZ-M2M-Token": session_token},
-                    **kwargs,
+                    json_body=json_body,
                 )
                 if 200 <= response.status_code < 300:
                     return read(response)

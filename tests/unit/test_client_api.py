@@ -6,6 +6,7 @@ request goes through the real client code and only the socket is replaced.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import json
@@ -184,8 +185,11 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert page.status == 200 and page.next is None and len(page.messages) == 1
     (tok, tok_kw), (login, _), (api, api_kw) = fake.log
     assert tok.method == "POST" and tok.path_url == "/api/ts/v1/oauth2/token"
-    assert tok.headers["Authorization"].startswith("Basic ")
+    basic = base64.b64encode(f"cid:{CLIENT_SECRET}".encode()).decode()
+    assert tok.headers["Authorization"] == f"Basic {basic}"
+    assert tok.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert tok.body == "grant_type=client_credentials"
+    assert login.headers["Content-Type"] == "application/json"
     assert login.path_url == "/api/m2m/v1/session/login"
     assert login.headers["Authorization"] == "Bearer bearer-1-tok"
     assert json.loads(login.body or b"") == {"username": "user", "password": PASSWORD}
@@ -195,6 +199,7 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert api.headers["User-Agent"] == client.USER_AGENT
     assert api_kw["timeout"] == (5.0, 60.0) and tok_kw["timeout"] == (5.0, 60.0)
     assert api_kw["verify"] not in (False, None, "")
+    assert api_kw["cert"] is None and api_kw["stream"] is False
 
 
 def test_tls_verification_cannot_be_switched_off_by_the_session(fake: FakeApi, make: Any) -> None:
