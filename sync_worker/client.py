@@ -626,7 +626,7 @@ def _read_history(
         except errors.UnsafeLocationError as exc:
             paging_error = errors.UnsafeLocationError(str(exc), status=status, operation=operation)
     try:
-        result = _parse(response, operation, models.SMSMessagesQueryResult.from_wire)
+        raw_messages, has_more_data = _parse(response, operation, models.history_envelope)
     except errors.ResponseFormatError as exc:
         problem = str(exc.args[0]) if exc.args else "history body does not have the documented shape"
         block = errors.MalformedBlockError(
@@ -649,17 +649,18 @@ def _read_history(
         ) from exc
     if paging_error is not None:
         raise paging_error
-    if result.has_more_data != (status == 202):
+    if has_more_data != (status == 202):
         _log.warning(
             "thingspace_history_status_disagrees",
             status=status,
-            has_more_data=result.has_more_data,
+            has_more_data=has_more_data,
             account=account_name,
         )
     return models.HistoryPage(
         account_name=account_name,
-        messages=result.messages,
-        has_more_data=result.has_more_data,
+        # Read into SMSMessage objects only when someone asks; the write path reads the records.
+        messages=models.Messages(raw_messages),
+        has_more_data=has_more_data,
         status=status,
         next=new_next,
         request_next=request_next,
