@@ -83,6 +83,7 @@ _UNSAFE_LOCATION_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]")
 
 # Sent with every request (after the session's own headers, before the call's).
 _FIXED_HEADERS: Final = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+_HEADER_CACHE_SIZE: Final = 8
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -140,6 +141,7 @@ class ThingSpaceClient:
         # call: every request goes to the base URL's host, so once is enough. For a caller's
         # session that trusts the environment this reads it here, by requests' own rules.
         settings = self._http.merge_environment_settings(self._base, {}, False, self._verify, None)
+        self._header_cache: dict[tuple[Any, ...], requests.structures.CaseInsensitiveDict[Any]] = {}
         self._send_settings: dict[str, Any] = {
             "stream": False,
             "verify": settings["verify"],
@@ -237,23 +239,16 @@ class ThingSpaceClient:
         here so a connection cut mid-body is the same network error as before.
         """
         http = self._http
-        merged = requests.structures.CaseInsensitiveDict(http.headers)
-        merged.update(_FIXED_HEADERS)
-        merged.update(headers)
-        for name in [k for k, v in merged.items() if v is None]:
-            del merged[name]  # a session header set to None is removed, as requests does
         prepared = requests.PreparedRequest()
-        prepared.prepare(
-            method=method,
-            url=url,
-            headers=merged,
-            data=data or {},
-            json=json_body,
-            params=http.params or None,
-            auth=auth if auth is not None else http.auth,
-            cookies=http.cookies,
-            hooks=http.hooks,
-        )
+        # PreparedRequest.prepare's steps, in its order; the headers come checked from a cache.
+        prepared.prepare_method(method)
+        prepared.prepare_url(url, http.params or None)
+        prepared.headers = self._checked_headers(headers)
+        if len(http.cookies):  # an empty jar adds no Cookie header
+            prepared.prepare_cookies(http.cookies)
+        prepared.prepare_body(data or {}, None, json_body)
+        prepared.prepare_auth(auth if auth is not None else http.auth, url)
+        prepared.prepare_hooks(http.hooks)
         started = time.perf_counter()
         response = http.get_adapter(url).send(prepared, timeout=self._cfg.timeout, **self._send_settings)
         response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
@@ -267,6 +262,30 @@ class ThingSpaceClient:
             )
         _ = response.content  # read now: a body cut short fails inside _exchange's handlers
         return response
+
+    def _checked_headers(self, headers: dict[str, str]) -> requests.structures.CaseInsensitiveDict[Any]:
+        """The session's headers, ours, then the call's, checked as requests checks them; a copy.
+
+        The same few combinations recur on every call (the tokens change rarely), and checking
+        each header's validity cost more than the rest of preparing a request: checked ones are
+        kept (a handful at most). A header requests refuses raises ``InvalidHeader`` every time.
+        """
+        session_headers = self._http.headers
+        key = (tuple(session_headers.items()), tuple(headers.items()))
+        checked = self._header_cache.get(key)
+        if checked is None:
+            merged = requests.structures.CaseInsensitiveDict(session_headers)
+            merged.update(_FIXED_HEADERS)
+            merged.update(headers)
+            for name in [k for k, v in merged.items() if v is None]:
+                del merged[name]  # a session header set to None is removed, as requests does
+            probe = requests.PreparedRequest()
+            probe.prepare_headers(merged)
+            checked = probe.headers
+            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
+                self._header_cache.clear()  # old tokens: their combinations never come back
+            self._header_cache[key] = checked
+        return checked.copy()
 
     def _observe(self, operation: str, status: int | None, started: float) -> None:
         if self._cfg.observer is not None:

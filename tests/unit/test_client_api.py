@@ -853,3 +853,28 @@ def test_environment_proxies_and_ca_bundle_are_read_once(monkeypatch: pytest.Mon
     monkeypatch.setenv("NO_PROXY", "ts.example")
     with client.ThingSpaceClient(cfg) as api:
         assert "https" not in api._http.proxies
+
+
+def test_headers_follow_the_session_and_tokens_and_bad_ones_are_refused_every_time(
+    fake: FakeApi, make: Any
+) -> None:
+    """Checked headers are reused, yet a changed session header or token is sent; a bad one always fails."""
+    session = requests.Session()
+    session.mount("https://", fake)
+    api = make(session=session)
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    session.headers["X-Trace"] = "t-2"
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    api._session.invalidate("sess-2-tok")
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    sent = [r for r, _ in fake.log if r.path_url.endswith("/history")]
+    assert ["X-Trace" in r.headers for r in sent] == [False, True, True]
+    assert [r.headers["VZ-M2M-Token"] for r in sent] == ["sess-2-tok", "sess-2-tok", "sess-3-tok"]
+    assert all(r.headers["Authorization"] == "Bearer bearer-1-tok" for r in sent)
+    assert sent[0].headers is not sent[1].headers  # each request gets its own copy
+    fake.login.append(reply(200, {"sessionToken": "bad\ntoken"}))
+    api._session.invalidate("sess-3-tok")
+    for _ in range(2):
+        with pytest.raises(errors.ApiPermanentError, match="InvalidHeader"):
+            api.sms.list_devices_sms_messages(ACCOUNT)
+    assert len([r for r, _ in fake.log if r.path_url.endswith("/history")]) == 3
