@@ -270,22 +270,27 @@ class ThingSpaceClient:
         each header's validity cost more than the rest of preparing a request: checked ones are
         kept (a handful at most). A header requests refuses raises ``InvalidHeader`` every time.
         """
-        session_headers = self._http.headers
-        key = (tuple(session_headers.items()), tuple(headers.items()))
-        checked = self._header_cache.get(key)
+        key = (tuple(self._http.headers.items()), tuple(headers.items()))
+        try:
+            checked = self._header_cache.get(key)
+        except TypeError:  # an unhashable header value: requests refuses it, as before
+            return self._merged_and_checked(headers)
         if checked is None:
-            merged = requests.structures.CaseInsensitiveDict(session_headers)
-            merged.update(_FIXED_HEADERS)
-            merged.update(headers)
-            for name in [k for k, v in merged.items() if v is None]:
-                del merged[name]  # a session header set to None is removed, as requests does
-            probe = requests.PreparedRequest()
-            probe.prepare_headers(merged)
-            checked = probe.headers
+            checked = self._merged_and_checked(headers)
             if len(self._header_cache) >= _HEADER_CACHE_SIZE:
                 self._header_cache.clear()  # old tokens: their combinations never come back
             self._header_cache[key] = checked
         return checked.copy()
+
+    def _merged_and_checked(self, headers: dict[str, str]) -> requests.structures.CaseInsensitiveDict[Any]:
+        merged = requests.structures.CaseInsensitiveDict(self._http.headers)
+        merged.update(_FIXED_HEADERS)
+        merged.update(headers)
+        for name in [k for k, v in merged.items() if v is None]:
+            del merged[name]  # a session header set to None is removed, as requests does
+        probe = requests.PreparedRequest()
+        probe.prepare_headers(merged)
+        return probe.headers
 
     def _observe(self, operation: str, status: int | None, started: float) -> None:
         if self._cfg.observer is not None:

@@ -878,3 +878,13 @@ def test_headers_follow_the_session_and_tokens_and_bad_ones_are_refused_every_ti
         with pytest.raises(errors.ApiPermanentError, match="InvalidHeader"):
             api.sms.list_devices_sms_messages(ACCOUNT)
     assert len([r for r, _ in fake.log if r.path_url.endswith("/history")]) == 3
+
+
+def test_a_session_header_requests_refuses_is_a_permanent_error(fake: FakeApi, make: Any) -> None:
+    """A caller's session header of a type requests refuses fails the call as before, never a TypeError."""
+    session = requests.Session()
+    session.mount("https://", fake)
+    session.headers["X-Bad"] = ["a", "list"]  # type: ignore[assignment]
+    with pytest.raises(errors.ApiPermanentError, match="InvalidHeader"):
+        make(session=session).sms.list_devices_sms_messages(ACCOUNT)
+    assert fake.log == []
