@@ -249,21 +249,36 @@ def build_block(account: str, messages: Sequence[models.SMSMessage]) -> Block:
 
     The write path's one pass over a block: a message of the common shape (one device, fields
     in wire order, clean text) goes straight to its columns; any other takes ``build_rows``'s
-    own path, with the same occurrence numbering, so keys and every column are the same.
+    own path, with the same occurrence numbering, so keys and every column are the same. A
+    ``models.Messages`` (the client's pages) is read from its decoded records: a common one
+    needs no ``SMSMessage`` at all, any other is made one here.
     """
     prefix = _basis_prefix(account)
     seen: dict[str, int] = {}
     columns: list[_Columns] = []
     others: list[Row] = []
-    for message in messages:
-        found = None if message.problems else _common_columns(prefix, message, seen)
-        if found is None:
-            row = _any_row(account, prefix, message, seen)
-            found = _columns_of(row)
-            if len(row.devices) > 1:
-                others.append(row)
-        columns.append(found)
+    if isinstance(messages, models.Messages):
+        for record in messages.records:
+            found = _record_columns(prefix, record, seen)
+            if found is None:
+                found = _other_columns(account, prefix, models.SMSMessage.from_wire(record), seen, others)
+            columns.append(found)
+    else:
+        for message in messages:
+            found = None if message.problems else _common_columns(prefix, message, seen)
+            if found is None:
+                found = _other_columns(account, prefix, message, seen, others)
+            columns.append(found)
     return _block(columns, others)
+
+
+def _other_columns(
+    account: str, prefix: str, message: models.SMSMessage, seen: dict[str, int], others: list[Row]
+) -> _Columns:
+    row = _any_row(account, prefix, message, seen)
+    if len(row.devices) > 1:
+        others.append(row)
+    return _columns_of(row)
 
 
 def _block(columns: list[_Columns], rows_with_devices: Iterable[Row]) -> Block:
@@ -309,6 +324,30 @@ def _common_columns(prefix: str, message: models.SMSMessage, seen: dict[str, int
     """``_plain_row``'s result as columns for its most common case: one device, fields in wire
     order; None for anything else (then ``_plain_row`` or ``_row`` decide)."""
     raw = message.raw
+    devices = message.device_ids
+    if type(raw) is not dict or len(devices) != 1:
+        return None
+    # The model must hold the very values of raw (a hand-built message may not).
+    items = raw.get("deviceIds")
+    if raw.get("message") is not message.message or raw.get("timestamp") is not message.timestamp:
+        return None
+    if type(items) is not list or len(items) != 1 or type(items[0]) is not dict:
+        return None
+    kind = items[0].get("kind")
+    device = devices[0]
+    if items[0].get("id") is not device.id or type(kind) is not str or device.kind != kind.lower():
+        return None
+    return _record_columns(prefix, raw, seen)
+
+
+def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | None:
+    """The columns of a decoded message of the common shape, or None for any other.
+
+    Common: an object with exactly ``deviceIds``, ``message``, ``timestamp`` in wire order,
+    one device object of exactly ``id`` and ``kind`` (a known kind, any case), string values,
+    clean text. ``SMSMessage.from_wire`` finds no problem in such a message and keeps these
+    very strings, so the columns equal ``_plain_row``'s.
+    """
     if type(raw) is not dict or tuple(raw) != _WIRE_KEYS:
         return None
     items = raw["deviceIds"]
@@ -316,19 +355,15 @@ def _common_columns(prefix: str, message: models.SMSMessage, seen: dict[str, int
     stamp = raw["timestamp"]
     if type(items) is not list or len(items) != 1 or type(text) is not str or type(stamp) is not str:
         return None
-    if text is not message.message or stamp is not message.timestamp:
-        return None
     item = items[0]
-    devices = message.device_ids
-    if type(item) is not dict or tuple(item) != _DEVICE_KEYS or len(devices) != 1:
+    if type(item) is not dict or tuple(item) != _DEVICE_KEYS:
         return None
     ident = item["id"]
     kind = item["kind"]
-    device = devices[0]
-    if type(ident) is not str or type(kind) is not str or device.id is not ident:
+    if type(ident) is not str or type(kind) is not str:
         return None
     lower = kind.lower()
-    if lower not in models.DEVICE_KINDS or device.kind != lower:
+    if lower not in models.DEVICE_KINDS:
         return None
     probe = f"{text}{stamp}{ident}{kind}"
     if "\x00" in probe or not (probe.isascii() or _utf8_encodable(probe)):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from sync_worker import client, errors, models, retry, secret
 from sync_worker import simulator as sim_mod
@@ -268,3 +269,35 @@ def test_unknown_account_is_permanent(simulator: sim_mod.Simulator, api: client.
         api.sms.list_devices_sms_messages("0999999999-00001")
     assert info.value.error_code == "REQUEST_FAILED.AccountNotFound"
     assert simulator.stats.history_requests == 1
+
+
+def test_session_cookies_headers_and_hooks_still_apply(
+    simulator: sim_mod.Simulator, fake_time: FakeTime
+) -> None:
+    """Sent through the mounted adapter, a request still carries what Session.request added.
+
+    A caller's session keeps its headers (the client's own win), a cookie the server set is
+    stored and sent back on later requests, and the session's response hooks still run.
+    """
+
+    def set_cookie(request: sim_mod.Request, answer: sim_mod.Answer) -> sim_mod.Answer | None:
+        return answer.with_header("Set-Cookie", "lb=node-7; Path=/") if request.kind == "token" else None
+
+    simulator.hooks.rewrite = set_cookie
+    simulator.seed(ACCOUNT, 3)
+    seen: list[requests.PreparedRequest] = []
+    session = requests.Session()
+    session.headers["X-Trace"] = "trace-1"
+    session.headers["User-Agent"] = "not-ours"
+    session.hooks["response"].append(lambda r, **_: seen.append(r.request))
+    with make_client(simulator, fake_time, session=session) as api:
+        page = api.sms.list_devices_sms_messages(ACCOUNT)
+    assert len(page.messages) == 3
+    assert session.cookies.get("lb") == "node-7"
+    assert [r.path_url.rsplit("/", 1)[-1] for r in seen] == ["token", "login", "history"]
+    token, login, history = seen
+    assert "Cookie" not in token.headers
+    assert login.headers["Cookie"] == history.headers["Cookie"] == "lb=node-7"
+    for sent in seen:
+        assert sent.headers["X-Trace"] == "trace-1"
+        assert sent.headers["User-Agent"] == client.USER_AGENT

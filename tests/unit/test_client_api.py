@@ -6,6 +6,7 @@ request goes through the real client code and only the socket is replaced.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import json
@@ -184,8 +185,11 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert page.status == 200 and page.next is None and len(page.messages) == 1
     (tok, tok_kw), (login, _), (api, api_kw) = fake.log
     assert tok.method == "POST" and tok.path_url == "/api/ts/v1/oauth2/token"
-    assert tok.headers["Authorization"].startswith("Basic ")
+    basic = base64.b64encode(f"cid:{CLIENT_SECRET}".encode()).decode()
+    assert tok.headers["Authorization"] == f"Basic {basic}"
+    assert tok.headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert tok.body == "grant_type=client_credentials"
+    assert login.headers["Content-Type"] == "application/json"
     assert login.path_url == "/api/m2m/v1/session/login"
     assert login.headers["Authorization"] == "Bearer bearer-1-tok"
     assert json.loads(login.body or b"") == {"username": "user", "password": PASSWORD}
@@ -195,6 +199,7 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert api.headers["User-Agent"] == client.USER_AGENT
     assert api_kw["timeout"] == (5.0, 60.0) and tok_kw["timeout"] == (5.0, 60.0)
     assert api_kw["verify"] not in (False, None, "")
+    assert api_kw["cert"] is None and api_kw["stream"] is False
 
 
 def test_tls_verification_cannot_be_switched_off_by_the_session(fake: FakeApi, make: Any) -> None:
@@ -848,3 +853,38 @@ def test_environment_proxies_and_ca_bundle_are_read_once(monkeypatch: pytest.Mon
     monkeypatch.setenv("NO_PROXY", "ts.example")
     with client.ThingSpaceClient(cfg) as api:
         assert "https" not in api._http.proxies
+
+
+def test_headers_follow_the_session_and_tokens_and_bad_ones_are_refused_every_time(
+    fake: FakeApi, make: Any
+) -> None:
+    """Checked headers are reused, yet a changed session header or token is sent; a bad one always fails."""
+    session = requests.Session()
+    session.mount("https://", fake)
+    api = make(session=session)
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    session.headers["X-Trace"] = "t-2"
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    api._session.invalidate("sess-2-tok")
+    api.sms.list_devices_sms_messages(ACCOUNT)
+    sent = [r for r, _ in fake.log if r.path_url.endswith("/history")]
+    assert ["X-Trace" in r.headers for r in sent] == [False, True, True]
+    assert [r.headers["VZ-M2M-Token"] for r in sent] == ["sess-2-tok", "sess-2-tok", "sess-3-tok"]
+    assert all(r.headers["Authorization"] == "Bearer bearer-1-tok" for r in sent)
+    assert sent[0].headers is not sent[1].headers  # each request gets its own copy
+    fake.login.append(reply(200, {"sessionToken": "bad\ntoken"}))
+    api._session.invalidate("sess-3-tok")
+    for _ in range(2):
+        with pytest.raises(errors.ApiPermanentError, match="InvalidHeader"):
+            api.sms.list_devices_sms_messages(ACCOUNT)
+    assert len([r for r, _ in fake.log if r.path_url.endswith("/history")]) == 3
+
+
+def test_a_session_header_requests_refuses_is_a_permanent_error(fake: FakeApi, make: Any) -> None:
+    """A caller's session header of a type requests refuses fails the call as before, never a TypeError."""
+    session = requests.Session()
+    session.mount("https://", fake)
+    session.headers["X-Bad"] = ["a", "list"]  # type: ignore[assignment]
+    with pytest.raises(errors.ApiPermanentError, match="InvalidHeader"):
+        make(session=session).sms.list_devices_sms_messages(ACCOUNT)
+    assert fake.log == []

@@ -137,6 +137,31 @@ def test_history_envelope_tolerates_bad_messages() -> None:
     assert result.has_more_data is True
 
 
+@pytest.mark.parametrize("body", [[], "x", {"messages": {}}, {"messages": [], "hasMoreData": "yes"}])
+def test_history_envelope_alone_refuses_the_same_bodies(body: Any) -> None:
+    """The client's envelope check (messages left unread) refuses what from_wire refuses."""
+    with pytest.raises(errors.ResponseFormatError):
+        models.history_envelope(body)
+
+
+def test_lazy_messages_read_like_the_parsed_tuple() -> None:
+    """A client page's Messages gives the very SMSMessage values from_wire gives, problems included."""
+    good = {"deviceIds": [{"id": "00042", "kind": "IMEI"}], "message": "m", "timestamp": "t"}
+    records = [good, 1, {"message": "x"}]
+    parsed = models.SMSMessagesQueryResult.from_wire({"messages": records}).messages
+    lazy = models.Messages(records)
+    assert len(lazy) == 3 and lazy._built is None  # nothing built for len()
+    assert lazy == parsed and parsed == lazy and lazy == models.Messages(records)
+    assert list(lazy) == list(parsed) and lazy[1:] == parsed[1:] and lazy[-1] == parsed[-1]
+    assert lazy[0].device_ids == (models.DeviceId("00042", "imei"),) and lazy[0].raw is good
+    assert lazy[1].problems and lazy[2].problems
+    assert lazy * 2 == parsed * 2 and lazy + parsed == parsed + parsed and parsed + lazy == parsed * 2
+    assert repr(lazy) == repr(parsed)
+    assert lazy != [*parsed]  # like a tuple: not equal to a list
+    page = models.HistoryPage("acct", lazy, False, 200, None)
+    assert page == models.HistoryPage("acct", parsed, False, 200, None)
+
+
 @pytest.mark.parametrize("body", [{}, {"requestId": 5}, []])
 def test_send_result_requires_request_id(body: Any) -> None:
     """A send response without a string requestId is a format error."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypedDict, Unpack
+from unittest import mock
 
 import pytest
+import tenacity
 
 from sync_worker import errors, retry
 from tests.fakes import FakeTime
@@ -130,6 +132,32 @@ def test_call_raises_instead_of_sleeping_past_the_deadline() -> None:
         policy(t).call(fn, operation="op", retry_on=lambda e: True, deadline=t.now + 10)
     assert len(calls) == 1
     assert t.sleeps == []
+
+
+def test_a_first_attempt_that_succeeds_never_sets_up_tenacity() -> None:
+    """The happy path runs fn once and returns its value without building tenacity's machinery."""
+    t = FakeTime()
+    calls, fn = failing([])
+    with mock.patch.object(tenacity, "Retrying", side_effect=AssertionError("tenacity used")):
+        assert policy(t).call(fn, operation="op", retry_on=lambda e: True) == "ok"
+    assert len(calls) == 1 and t.sleeps == []
+
+
+def test_a_failed_first_attempt_counts_as_tenacitys_first() -> None:
+    """After a first failure tenacity carries on as attempt 2: same attempts, waits and callbacks."""
+    t, rec = FakeTime(), Recorder()
+    first, last = transient(503), transient(502)
+    calls, fn = failing([first, transient(500), last])
+    with pytest.raises(errors.ApiTransientError) as info:
+        policy(t, max_attempts=3).call(fn, operation="op", retry_on=lambda e: True, observer=rec)
+    assert info.value is last and len(calls) == 3
+    assert t.sleeps == [0.5, 1.0]
+    assert rec.retries == [("op", "http_503", 0.5), ("op", "http_500", 1.0)]
+    refused = errors.LoginFailedError("no", status=400)
+    calls, fn = failing([refused])
+    with pytest.raises(errors.LoginFailedError) as refusal:
+        policy(t).call(fn, operation="op", retry_on=lambda e: False, observer=rec)
+    assert refusal.value is refused and len(calls) == 1 and len(rec.retries) == 2
 
 
 def test_reason_for_a_missing_response() -> None:

@@ -363,9 +363,23 @@ def test_block_columns_equal_the_rows(block: list[Any]) -> None:
     """build_block (the write path) equals Block.from_rows(build_rows) in every column: keys, raw_kept..."""
     block = [*block, *block[:1]]
     messages = [_msg(m) for m in block]
-    assert rows.build_block(_PINNED_ACCOUNT, messages) == rows.Block.from_rows(
-        rows.build_rows(_PINNED_ACCOUNT, messages)
-    )
+    expected = rows.Block.from_rows(rows.build_rows(_PINNED_ACCOUNT, messages))
+    assert rows.build_block(_PINNED_ACCOUNT, messages) == expected
+    # A client page's messages are read from the decoded records: the same columns.
+    assert rows.build_block(_PINNED_ACCOUNT, models.Messages(block)) == expected
+
+
+def test_client_pages_build_no_message_objects_for_common_messages() -> None:
+    """build_block reads a page's records: only the odd message becomes an SMSMessage, the rest none."""
+    odd = {**_wire(), "extra": 1}
+    records = [_wire(), _wire("b"), odd, {**_wire(), "deviceIds": [{"id": "7", "kind": "IMEI"}]}]
+    lazy = models.Messages(records)
+    real = models.SMSMessage.from_wire
+    with mock.patch.object(models.SMSMessage, "from_wire", side_effect=real) as made:
+        block = rows.build_block(_PINNED_ACCOUNT, lazy)
+    assert [c.args[0] for c in made.call_args_list] == [odd]
+    assert lazy._built is None
+    assert block == rows.Block.from_rows(rows.build_rows(_PINNED_ACCOUNT, [real(r) for r in records]))
 
 
 def test_common_messages_skip_the_row_objects() -> None:
@@ -386,6 +400,12 @@ def test_common_messages_skip_the_row_objects() -> None:
         {**_wire(), "deviceIds": [{"kind": "imei", "id": "1"}]},
     ):
         assert rows._common_columns(prefix, _msg(other), {}) is None
+        assert rows._record_columns(prefix, other, {}) is None
+    # A hand-built message whose model does not hold raw's values is not read from raw.
+    wire = _wire()
+    assert rows._record_columns(prefix, wire, {}) is not None
+    changed = models.SMSMessage((models.DeviceId("other", "imei"),), wire["message"], wire["timestamp"], wire)
+    assert rows._common_columns(prefix, changed, {}) is None
 
 
 @pytest.mark.parametrize(("wire", "key0", "key2"), _PINNED_KEYS)
