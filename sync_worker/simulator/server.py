@@ -60,6 +60,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
     # True from the first byte of a reply until its request is in the log (see Simulator._settle).
     replying = False
+    # time.monotonic() when the current request's head was read: the latency fault counts from it.
+    arrived = 0.0
 
     def setup(self) -> None:
         super().setup()

@@ -477,6 +477,24 @@ def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) 
     assert simulator.stats.faults["latency"] == 1
 
 
+def test_latency_includes_the_servers_own_work(api: Api, simulator: sim_mod.Simulator) -> None:
+    """A request takes its latency at the server, work included: slow processing is not added on top."""
+    simulator.faults.latency = 0.5
+    worked: list[float] = []
+
+    def slow(request: sim_mod.Request, answer: sim_mod.Answer) -> None:
+        # 0.4 s of server work inside the 0.5 s the request takes.
+        time.sleep(0.4)
+        worked.append(time.monotonic())
+
+    simulator.hooks.rewrite = slow
+    started = time.monotonic()
+    assert api.history().status_code in (200, 202)
+    elapsed = time.monotonic() - started
+    assert worked
+    assert 0.5 <= elapsed < 0.85, elapsed
+
+
 # --- send and callbacks -----------------------------------------------------
 
 
