@@ -29,6 +29,10 @@ class Server(http.server.ThreadingHTTPServer):
     """Hands every request to ``dispatch(handler, method)``."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a worker opening its pool's connections at once
+    # (SYNC_CONCURRENCY of them) overflowed it, and each dropped SYN cost that connection a
+    # 1 s retransmit (TcpExtListenOverflows). The kernel caps it at net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(
         self, address: tuple[str, int], dispatch: Dispatch, log_requests: Callable[[], bool]

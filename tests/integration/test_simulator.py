@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shlex
+import socket
 import threading
 import time
 import urllib.parse
@@ -16,6 +17,7 @@ import requests
 
 from sync_worker import config
 from sync_worker import simulator as sim_mod
+from sync_worker.simulator import server as sim_server
 
 ACCOUNT = "0252012345-00001"
 
@@ -760,3 +762,20 @@ def test_unknown_account_views_are_empty(simulator: sim_mod.Simulator) -> None:
     assert simulator.queued("nobody") == []
     assert simulator.acknowledged("nobody") == []
     assert "nobody" not in simulator.accounts()
+
+
+def test_listen_backlog_takes_a_whole_pool_of_connections_at_once() -> None:
+    """64 connections opened at once all complete their handshake before any is accepted: a worker's
+    pool connecting together loses no SYN (each lost one costs a 1 s retransmit)."""
+    srv = sim_server.Server(("127.0.0.1", 0), lambda h, method: None, lambda: False)
+    clients: list[socket.socket] = []
+    try:
+        port = srv.server_address[1]
+        for _ in range(64):
+            # Nothing accepts yet: only the kernel's backlog holds these.
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+        assert len(clients) == 64
+    finally:
+        for c in clients:
+            c.close()
+        srv.server_close()
