@@ -61,6 +61,9 @@ class Server(http.server.ThreadingHTTPServer):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Replies go out at once (TCP_NODELAY): with a client across a real network, Nagle could hold
+    # a reply's last segment until the previous one is acknowledged (up to a delayed-ACK timer).
+    disable_nagle_algorithm = True
     server: Server
     # True from the first byte of a reply until its request is in the log (see Simulator._settle).
     replying = False

@@ -779,3 +779,24 @@ def test_listen_backlog_takes_a_whole_pool_of_connections_at_once() -> None:
         for c in clients:
             c.close()
         srv.server_close()
+
+
+def test_replies_are_sent_without_nagle_delay() -> None:
+    """The simulator's accepted sockets have TCP_NODELAY: a reply is never held for an ACK."""
+    seen: list[int] = []
+
+    def dispatch(h: sim_server.Handler, method: str) -> None:
+        seen.append(h.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        h.write_reply(200, b"{}", [("Content-Type", "application/json")])
+
+    srv = sim_server.Server(("127.0.0.1", 0), dispatch, lambda: False)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with requests.Session() as http:
+            assert http.get(f"http://127.0.0.1:{srv.server_address[1]}/x", timeout=5).status_code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    assert seen and seen[0] != 0
