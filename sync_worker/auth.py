@@ -19,7 +19,6 @@ record does not show.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import threading
@@ -61,12 +60,26 @@ class Credentials:
         )
 
 
-@functools.lru_cache(maxsize=8)
+# Fingerprints already computed (at most _FINGERPRINTS_KEPT, oldest dropped first), and the lock
+# that makes a caller wait for a computation in progress instead of starting a second one: a
+# pass computes its fingerprint ahead, while it starts up, and the login then waits for that.
+_FINGERPRINTS_KEPT: Final = 8
+_fingerprints: dict[tuple[str, ...], str] = {}
+_fingerprints_lock = threading.Lock()
+
+
 def _fingerprint(*parts: str) -> str:
-    # JSON keeps the parts unambiguous ("ab"+"c" differs from "a"+"bc").
-    material = json.dumps(list(parts), ensure_ascii=False).encode("utf-8")
-    digest = hashlib.pbkdf2_hmac("sha256", material, _FINGERPRINT_SALT, _FINGERPRINT_ITERATIONS)
-    return digest.hex()
+    with _fingerprints_lock:
+        found = _fingerprints.get(parts)
+        if found is None:
+            # JSON keeps the parts unambiguous ("ab"+"c" differs from "a"+"bc").
+            material = json.dumps(list(parts), ensure_ascii=False).encode("utf-8")
+            digest = hashlib.pbkdf2_hmac("sha256", material, _FINGERPRINT_SALT, _FINGERPRINT_ITERATIONS)
+            found = digest.hex()
+            if len(_fingerprints) >= _FINGERPRINTS_KEPT:
+                del _fingerprints[next(iter(_fingerprints))]
+            _fingerprints[parts] = found
+        return found
 
 
 def check_threshold(threshold: int) -> int:

@@ -344,8 +344,9 @@ class ThingSpaceClient:
     def _log_in(self, deadline: float | None) -> str:
         operation = "session_login"
         creds = self._credentials()
-        fingerprint = creds.fingerprint(self._base)
         bearer = self._bearer.get()
+        # After the token request: a pass computes the (slow) fingerprint ahead, meanwhile.
+        fingerprint = creds.fingerprint(self._base)
         attempt = self._guard.begin(fingerprint, deadline=deadline)
         outcome: auth.Outcome = "unknown"
         failure: BaseException | None = None

@@ -51,20 +51,61 @@ class QuarantineResult:
 
 def get_cursor(conn: Connection, account: str) -> str | None:
     """The stored ``next`` token of ``account`` (None: start at the head of the queue)."""
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("get_cursor"), {"account_name": account}).fetchone()
     return None if row is None else row[0]
 
 
 def start_run(conn: Connection, account: str) -> int:
     """Open a ``sync_run`` row and return its id."""
-    with db.transaction(conn) as cur:
-        row = cur.execute(
-            queries.get("start_run"),
-            {"account_name": account, "worker_host": socket.gethostname(), "worker_pid": os.getpid()},
-        ).fetchone()
+    with db.transaction(conn, single_statement=True) as cur:
+        row = cur.execute(queries.get("start_run"), _run_params(account)).fetchone()
     assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
     return int(row[0])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunStart:
+    """What ``begin_run`` found: the run's id and the stored cursor, or None when another holds the lock."""
+
+    run_id: int
+    cursor: str | None
+
+
+def begin_run(conn: Connection, account: str) -> RunStart | None:
+    """Take ``account``'s advisory lock, open its run and read its cursor, in one round trip.
+
+    None when another session holds the lock (no run row is made). The lock is session-level,
+    like ``try_account_lock``'s: closing the connection, ``release_account_lock`` or a
+    ``db.Pool`` taking the connection back releases it. The cursor is read by a statement of its
+    own after the lock was taken (pipelined, so no extra round trip): the lock's own statement
+    took its snapshot before the lock was taken, and that snapshot could predate the previous
+    holder's last committed block.
+    """
+    with (
+        db.transaction(conn, single_statement=True) as cur,
+        conn.cursor(row_factory=psycopg.rows.tuple_row) as after,
+    ):
+        with conn.pipeline():
+            cur.execute(
+                queries.get("begin_run"),
+                {
+                    **_run_params(account),
+                    "namespace": ACCOUNT_LOCK_NAMESPACE,
+                    "key": account_lock_key(account),
+                },
+            )
+            after.execute(queries.get("get_cursor"), {"account_name": account})
+        row = cur.fetchone()
+        cursor = after.fetchone()
+    assert row is not None  # noqa: S101  # for mypy: the lock's row is always there
+    if not row[0]:
+        return None
+    return RunStart(run_id=int(row[1]), cursor=None if cursor is None else cursor[0])
+
+
+def _run_params(account: str) -> dict[str, Any]:
+    return {"account_name": account, "worker_host": socket.gethostname(), "worker_pid": os.getpid()}
 
 
 def commit_block(
@@ -187,7 +228,7 @@ def record_block_failure(
 
 
 def clear_failure_streak(conn: Connection, account: str) -> None:
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         cur.execute(queries.get("clear_block_failure"), {"account_name": account})
 
 
@@ -290,29 +331,39 @@ def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: s
     return int(counted[0])
 
 
-def finish_run(conn: Connection, run_id: int, outcome: str, error: str | None) -> None:
+def finish_run(
+    conn: Connection,
+    run_id: int,
+    outcome: str,
+    error: str | None,
+    *,
+    clear_failure_streak: bool = False,
+) -> None:
     """Close a run; a successful outcome sets ``last_success_at``, an error ``last_error``.
 
     Both can happen at once: a run that drained its queue but quarantined a
     block succeeded, and its note (``error``) still reaches ``last_error``.
+    ``clear_failure_streak`` also ends the account's failure streak (what a
+    succeeded run does). One statement, so one round trip.
     """
-    error_text = _error_text(error)
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(
-            queries.get("finish_run"), {"run_id": run_id, "outcome": outcome, "error": error_text}
+            queries.get("finish_run"),
+            {
+                "run_id": run_id,
+                "outcome": outcome,
+                "error": _error_text(error),
+                "succeeded": outcome == "succeeded",
+                "clear_failure_streak": clear_failure_streak,
+            },
         ).fetchone()
-        if row is None:
-            raise errors.StoreError(f"sync_run {run_id} does not exist")
-        account = row[0]
-        if outcome == "succeeded":
-            cur.execute(queries.get("cursor_success"), {"account_name": account})
-        if error_text is not None:
-            cur.execute(queries.get("cursor_error"), {"account_name": account, "error": error_text})
+    if row is None:
+        raise errors.StoreError(f"sync_run {run_id} does not exist")
 
 
 def clear_cursor(conn: Connection, account: str, reason: str) -> None:
     """Forget the stored token: the next run starts at the head of the queue."""
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         cur.execute(queries.get("clear_cursor"), {"account_name": account, "reason": _error_text(reason)})
 
 
@@ -323,7 +374,7 @@ def account_lock_key(account: str) -> int:
 
 def try_account_lock(conn: Connection, account: str) -> bool:
     """Take the session-level lock of ``account`` without waiting; False when another holds it."""
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(
             queries.get("try_account_lock"),
             {"namespace": ACCOUNT_LOCK_NAMESPACE, "key": account_lock_key(account)},
@@ -332,7 +383,7 @@ def try_account_lock(conn: Connection, account: str) -> bool:
 
 
 def release_account_lock(conn: Connection, account: str) -> None:
-    with db.transaction(conn) as cur:
+    with db.transaction(conn, single_statement=True) as cur:
         cur.execute(
             queries.get("release_account_lock"),
             {"namespace": ACCOUNT_LOCK_NAMESPACE, "key": account_lock_key(account)},

@@ -54,7 +54,6 @@ account quarantined a block.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -263,19 +262,17 @@ class _AccountRun:
     def run(self) -> AccountResult:
         try:
             with db.session(self.connect) as conn:
+                # The account's advisory lock, the run row and the cursor in one round trip.
+                # The lock is not released here: db.session does it when the run ends (a
+                # pooled connection is given back only after pg_advisory_unlock_all, any
+                # other one is closed), after the run's last statement committed.
                 try:
-                    locked = store.try_account_lock(conn, self.account)
+                    begun = store.begin_run(conn, self.account)
                 except errors.SyncWorkerError as exc:
                     return self.finish("failed", exc)
-                if not locked:
+                if begun is None:
                     return self.skipped(conn)
-                try:
-                    return self.locked(conn)
-                finally:
-                    # Closing the connection releases the lock too; releasing
-                    # first keeps a reused connection honest.
-                    with contextlib.suppress(errors.SyncWorkerError):
-                        store.release_account_lock(conn, self.account)
+                return self.locked(conn, begun)
         except errors.SyncWorkerError as exc:
             return self.finish("failed", exc)
 
@@ -301,13 +298,8 @@ class _AccountRun:
                 self.metrics.scheduler_event("lock_held_long", self.account)
         return self.finish("skipped_locked", error=note)
 
-    def locked(self, conn: db.Connection) -> AccountResult:
-        try:
-            run_id = store.start_run(conn, self.account)
-            cursor = store.get_cursor(conn, self.account)
-        except errors.SyncWorkerError as exc:
-            return self.finish("failed", exc)
-
+    def locked(self, conn: db.Connection, begun: store.RunStart) -> AccountResult:
+        run_id, cursor = begun.run_id, begun.cursor
         outcome: Outcome = "succeeded"
         failure: BaseException | None = None
         deferred = False
@@ -345,9 +337,6 @@ class _AccountRun:
                     "; the final answer was unreadable, so whether more messages wait is "
                     "unknown until the next run"
                 )
-        if outcome == "succeeded":
-            with contextlib.suppress(errors.SyncWorkerError):
-                store.clear_failure_streak(conn, self.account)
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
         self.record_finish(
@@ -358,14 +347,16 @@ class _AccountRun:
     def record_finish(
         self, conn: db.Connection, run_id: int, outcome: Outcome, error: str | None, *, lost: bool
     ) -> None:
+        # A succeeded run ends the account's failure streak in the same statement.
+        clear = outcome == "succeeded"
         try:
             if not lost:
-                store.finish_run(conn, run_id, outcome, error)
+                store.finish_run(conn, run_id, outcome, error, clear_failure_streak=clear)
                 return
             # The run's own connection is gone; a fresh one (if the database is
             # back) keeps `status` from showing the run as still going.
             with self.connect() as fresh:
-                store.finish_run(fresh, run_id, outcome, error)
+                store.finish_run(fresh, run_id, outcome, error, clear_failure_streak=clear)
         except errors.SyncWorkerError as exc:
             _log.warning("finish_run_failed", error=_describe(exc))
 

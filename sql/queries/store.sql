@@ -111,22 +111,59 @@ INSERT INTO sync_run (account_name, worker_host, worker_pid)
 VALUES (%(account_name)s, %(worker_host)s, %(worker_pid)s)
 RETURNING id;
 
+-- name: begin_run
+-- The account's session-level advisory lock and, only when it was taken, the run's row: one
+-- round trip instead of two transactions. The CTE calls a volatile function and is read twice,
+-- so Postgres evaluates it exactly once. store.begin_run reads the cursor with get_cursor in the
+-- same pipeline, as a statement of its own: a statement's snapshot is taken before it runs, and
+-- only a snapshot taken after the lock is sure to see the previous holder's last block.
+WITH lock AS (
+    SELECT pg_try_advisory_lock(%(namespace)s, %(key)s) AS taken
+),
+run AS (
+    INSERT INTO sync_run (account_name, worker_host, worker_pid)
+    SELECT %(account_name)s, %(worker_host)s, %(worker_pid)s FROM lock WHERE lock.taken
+    RETURNING id
+)
+SELECT l.taken, (SELECT id FROM run) FROM lock l;
+
 -- name: finish_run
-UPDATE sync_run
-SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
-WHERE id = %(run_id)s
-RETURNING account_name;
-
--- name: cursor_success
-INSERT INTO sync_cursor (account_name, last_success_at)
-VALUES (%(account_name)s, now())
-ON CONFLICT (account_name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at;
-
--- name: cursor_error
-INSERT INTO sync_cursor (account_name, last_error, last_error_at)
-VALUES (%(account_name)s, %(error)s, now())
-ON CONFLICT (account_name) DO UPDATE
-    SET last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at;
+-- Closes a run and notes it on the account's cursor row in one statement: last_success_at for a
+-- succeeded run, last_error for any error text (both for a run that succeeded with a note), and,
+-- when asked (a succeeded run), the end of the account's failure streak.
+WITH finished AS (
+    UPDATE sync_run
+    SET finished_at = now(), outcome = %(outcome)s, error = %(error)s::text
+    WHERE id = %(run_id)s
+    RETURNING account_name
+),
+noted AS (
+    INSERT INTO sync_cursor AS c (account_name, last_success_at, last_error, last_error_at)
+    SELECT f.account_name,
+           CASE WHEN %(succeeded)s THEN now() END,
+           %(error)s::text,
+           CASE WHEN %(error)s::text IS NOT NULL THEN now() END
+    FROM finished f
+    WHERE %(succeeded)s OR %(error)s::text IS NOT NULL
+    ON CONFLICT (account_name) DO UPDATE
+        SET last_success_at = CASE WHEN %(succeeded)s THEN EXCLUDED.last_success_at
+                                   ELSE c.last_success_at END,
+            last_error = CASE WHEN %(error)s::text IS NOT NULL THEN EXCLUDED.last_error
+                              ELSE c.last_error END,
+            last_error_at = CASE WHEN %(error)s::text IS NOT NULL THEN EXCLUDED.last_error_at
+                                 ELSE c.last_error_at END
+    RETURNING 1
+),
+streak_cleared AS (
+    DELETE FROM sync_block_failure b
+    USING finished f
+    WHERE %(clear_failure_streak)s AND b.account_name = f.account_name
+    RETURNING 1
+)
+SELECT f.account_name,
+       (SELECT count(*) FROM noted) AS cursor_rows,
+       (SELECT count(*) FROM streak_cleared) AS streaks_cleared
+FROM finished f;
 
 -- name: clear_cursor
 INSERT INTO sync_cursor (account_name, next_token, moved_at, cleared_at, cleared_reason)

@@ -22,8 +22,9 @@ Paths, status codes, headers and body shapes follow ``docs`` / the shared API no
 
 Control and observation (the whole public surface; nothing else is meant to be overridden):
 
-* ``Simulator.faults`` (``Faults``): latency, random error/timeout/429/unreadable rates, one-shot
-  scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
+* ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
+  own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
+  rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
   ``Mangle``, ``gateway_error_after_processing()``).
 * ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
   (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written

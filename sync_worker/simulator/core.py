@@ -13,6 +13,7 @@ harness and the hostile-input tests override; keep their signatures.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterable
@@ -227,6 +228,8 @@ class Simulator:
     # -- request handling --
 
     def _handle(self, h: server.Handler, method: str) -> None:
+        # The request line and headers are in: the request's time at the server starts here.
+        h.arrived = time.monotonic()
         split = urllib.parse.urlsplit(h.path)
         route = server.route(method, split.path)
         kind = route[0] if route else "unknown"
@@ -274,10 +277,11 @@ class Simulator:
     def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912  # the request router
         kind, account, query, body = request.kind, request.account, request.query, request.body
         faults = self.faults
+        # Latency is the time a request takes at the server, its own work included: the answer
+        # leaves at arrival + latency, not after latency + the time it took to build it.
+        ready_at = h.arrived + faults.latency
         if faults.latency > 0:
             self.stats.fault("latency")
-            if self._stopping.wait(faults.latency):
-                raise server.Dropped
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
         unreadable: faultmod.Mangle | None = None
@@ -297,6 +301,7 @@ class Simulator:
                 self.stats.fault(step)
                 self._expire("session" if step == "expire_session" else "bearer")
             else:
+                self._hold(ready_at, drop_on_stop=True)
                 return self._fault_reply(h, step)
         self._begin_reply(h)
         status, reply_body, headers, after_write = self._process(h, kind, account, query, body)
@@ -306,6 +311,8 @@ class Simulator:
             if replaced is not None:
                 status, reply_body, headers = replaced.status, replaced.body, list(replaced.headers)
                 after_write = None
+        # Processed already (a block may be acknowledged): a stop only cuts the wait short.
+        self._hold(ready_at, drop_on_stop=False)
         if lose:
             raise server.Dropped
         if tamper is not None:
@@ -322,6 +329,12 @@ class Simulator:
         if after_write is not None:
             after_write()
         return status
+
+    def _hold(self, until: float, *, drop_on_stop: bool) -> None:
+        """Wait until ``until`` (monotonic); a stop ends the wait, and drops the request if asked."""
+        remaining = until - time.monotonic()
+        if remaining > 0 and self._stopping.wait(remaining) and drop_on_stop:
+            raise server.Dropped
 
     def _begin_reply(self, h: server.Handler) -> None:
         if not h.replying:

@@ -80,6 +80,8 @@ class Faults:
     ``Raw``.
     """
 
+    # Seconds every request takes at the server, its own work included: the answer leaves at
+    # arrival + latency (a fault reply too; "timeout" waits its timeout_seconds after that).
     latency: float = 0.0
     error_rate: float = 0.0
     error_statuses: tuple[int, ...] = (500, 502, 503)

@@ -29,6 +29,10 @@ class Server(http.server.ThreadingHTTPServer):
     """Hands every request to ``dispatch(handler, method)``."""
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a worker opening its pool's connections at once
+    # (SYNC_CONCURRENCY of them) overflowed it, and each dropped SYN cost that connection a
+    # 1 s retransmit (TcpExtListenOverflows). The kernel caps it at net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(
         self, address: tuple[str, int], dispatch: Dispatch, log_requests: Callable[[], bool]
@@ -57,9 +61,14 @@ class Server(http.server.ThreadingHTTPServer):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Replies go out at once (TCP_NODELAY): with a client across a real network, Nagle could hold
+    # a reply's last segment until the previous one is acknowledged (up to a delayed-ACK timer).
+    disable_nagle_algorithm = True
     server: Server
     # True from the first byte of a reply until its request is in the log (see Simulator._settle).
     replying = False
+    # time.monotonic() when the current request's head was read: the latency fault counts from it.
+    arrived = 0.0
 
     def setup(self) -> None:
         super().setup()

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shlex
+import socket
 import threading
 import time
 import urllib.parse
@@ -16,6 +17,7 @@ import requests
 
 from sync_worker import config
 from sync_worker import simulator as sim_mod
+from sync_worker.simulator import server as sim_server
 
 ACCOUNT = "0252012345-00001"
 
@@ -477,6 +479,24 @@ def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) 
     assert simulator.stats.faults["latency"] == 1
 
 
+def test_latency_includes_the_servers_own_work(api: Api, simulator: sim_mod.Simulator) -> None:
+    """A request takes its latency at the server, work included: slow processing is not added on top."""
+    simulator.faults.latency = 0.5
+    worked: list[float] = []
+
+    def slow(request: sim_mod.Request, answer: sim_mod.Answer) -> None:
+        # 0.4 s of server work inside the 0.5 s the request takes.
+        time.sleep(0.4)
+        worked.append(time.monotonic())
+
+    simulator.hooks.rewrite = slow
+    started = time.monotonic()
+    assert api.history().status_code in (200, 202)
+    elapsed = time.monotonic() - started
+    assert worked
+    assert 0.5 <= elapsed < 0.85, elapsed
+
+
 # --- send and callbacks -----------------------------------------------------
 
 
@@ -742,3 +762,41 @@ def test_unknown_account_views_are_empty(simulator: sim_mod.Simulator) -> None:
     assert simulator.queued("nobody") == []
     assert simulator.acknowledged("nobody") == []
     assert "nobody" not in simulator.accounts()
+
+
+def test_listen_backlog_takes_a_whole_pool_of_connections_at_once() -> None:
+    """64 connections opened at once all complete their handshake before any is accepted: a worker's
+    pool connecting together loses no SYN (each lost one costs a 1 s retransmit)."""
+    srv = sim_server.Server(("127.0.0.1", 0), lambda h, method: None, lambda: False)
+    clients: list[socket.socket] = []
+    try:
+        port = srv.server_address[1]
+        for _ in range(64):
+            # Nothing accepts yet: only the kernel's backlog holds these.
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+        assert len(clients) == 64
+    finally:
+        for c in clients:
+            c.close()
+        srv.server_close()
+
+
+def test_replies_are_sent_without_nagle_delay() -> None:
+    """The simulator's accepted sockets have TCP_NODELAY: a reply is never held for an ACK."""
+    seen: list[int] = []
+
+    def dispatch(h: sim_server.Handler, method: str) -> None:
+        seen.append(h.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        h.write_reply(200, b"{}", [("Content-Type", "application/json")])
+
+    srv = sim_server.Server(("127.0.0.1", 0), dispatch, lambda: False)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with requests.Session() as http:
+            assert http.get(f"http://127.0.0.1:{srv.server_address[1]}/x", timeout=5).status_code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    assert seen and seen[0] != 0

@@ -336,6 +336,59 @@ def test_account_lock_is_exclusive_per_account(db_url: str) -> None:
         assert store.try_account_lock(b, "acct-1")
 
 
+def test_begin_run_locks_opens_the_run_and_reads_the_cursor(db_url: str) -> None:
+    """begin_run takes the account lock, opens a run row and returns the stored cursor; another
+    session then gets None and leaves no run row behind."""
+    with psycopg.connect(db_url, autocommit=True) as a, psycopg.connect(db_url, autocommit=True) as b:
+        earlier = store.start_run(a, "acct-begin")
+        store.commit_block(a, earlier, _page("acct-begin", [_wire(1)], next_token="tok-stored"))
+        begun = store.begin_run(a, "acct-begin")
+        assert begun is not None
+        assert begun.cursor == "tok-stored"
+        assert begun.run_id > earlier
+        assert _run_row(a, begun.run_id)[5] == "running"
+        assert store.begin_run(b, "acct-begin") is None
+        assert _count(a, "sync_run") == 2
+        assert not store.try_account_lock(b, "acct-begin")
+        # Another account is free; an account never synced has no cursor.
+        other = store.begin_run(b, "acct-other")
+        assert other is not None and other.cursor is None
+
+
+def test_begin_run_sees_the_cursor_committed_just_before_the_lock(db_url: str) -> None:
+    """The cursor begin_run returns is the one the previous lock holder committed last."""
+    with psycopg.connect(db_url, autocommit=True) as a, psycopg.connect(db_url, autocommit=True) as b:
+        first = store.begin_run(a, "acct-handover")
+        assert first is not None
+        store.commit_block(a, first.run_id, _page("acct-handover", [_wire(1)], next_token="tok-1"))
+        store.commit_block(a, first.run_id, _page("acct-handover", [_wire(2)], next_token="tok-2"))
+        store.finish_run(a, first.run_id, "succeeded", None)
+        store.release_account_lock(a, "acct-handover")
+        second = store.begin_run(b, "acct-handover")
+        assert second is not None and second.cursor == "tok-2"
+
+
+def test_finish_run_clears_the_failure_streak_only_when_asked(db: psycopg.Connection[Any]) -> None:
+    """finish_run ends the account's failure streak with clear_failure_streak, and keeps it otherwise."""
+    account = "acct-streak"
+    failure = {"request_token": "t", "body_sha256": "00", "error_kind": "StoreError", "error": "boom"}
+    store.record_block_failure(db, account, **failure)
+    failed = store.start_run(db, account)
+    store.finish_run(db, failed, "failed", "boom")
+    assert _count(db, "sync_block_failure") == 1
+    succeeded = store.start_run(db, account)
+    store.finish_run(db, succeeded, "succeeded", None, clear_failure_streak=True)
+    assert _count(db, "sync_block_failure") == 0
+    assert _run_row(db, succeeded)[5:] == ("succeeded", None)
+
+
+def test_finish_run_of_an_unknown_run_is_an_error(db: psycopg.Connection[Any]) -> None:
+    """Closing a run that does not exist raises StoreError and writes nothing."""
+    with pytest.raises(errors.StoreError, match="does not exist"):
+        store.finish_run(db, 987654, "succeeded", "note", clear_failure_streak=True)
+    assert _count(db, "sync_cursor") == 0
+
+
 def test_lost_connection_is_database_unavailable(db_url: str) -> None:
     """A connection the server dropped surfaces as DatabaseUnavailableError, not a psycopg error."""
     with (

@@ -305,6 +305,30 @@ def test_account_lock_busy_skips_and_says_so(
     assert len(simulator.queued(ACCOUNT)) == 10
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_account_lock_is_released_when_the_run_ends(
+    simulator: simulator.Simulator, db_url: str, conn: psycopg.Connection[Any], pooled: bool
+) -> None:
+    """After a run, pooled or not, the account's lock is free and its run row is closed."""
+    backlog(simulator, ACCOUNT, 150, seed=3)
+    api = make_client(simulator)
+    pool = database.Pool(database.connector(db_url), keep=2)
+    try:
+        result = sync.sync_account(api, ACCOUNT, pool if pooled else database.connector(db_url))
+        assert result.outcome == "succeeded", result.error
+        assert store.try_account_lock(conn, ACCOUNT)
+        store.release_account_lock(conn, ACCOUNT)
+        # The kept connection carries no lock into the next run.
+        again = sync.sync_account(api, ACCOUNT, pool if pooled else database.connector(db_url))
+        assert again.outcome == "succeeded", again.error
+        assert store.try_account_lock(conn, ACCOUNT)
+    finally:
+        pool.close()
+        api.close()
+    open_runs = conn.execute("SELECT count(*) FROM sync_run WHERE finished_at IS NULL").fetchone()
+    assert open_runs == (0,)
+
+
 def test_database_gone_mid_run_fails_the_account_only(simulator: simulator.Simulator, db_url: str) -> None:
     """Losing the database mid-run ends the run as failed (DatabaseUnavailableError) without raising."""
     backlog(simulator, ACCOUNT, 300, seed=17)

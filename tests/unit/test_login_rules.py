@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker import auth, errors
+from sync_worker import auth, errors, secret
 
 
 @pytest.mark.parametrize(
@@ -76,3 +79,41 @@ def test_vendor_count_never_reaches_the_lock(
         assert vendor < 5
         g.finish(attempt, fingerprint, seen)  # type: ignore[arg-type]
         assert vendor <= g.failures <= auth.CEILING
+
+
+def test_concurrent_fingerprints_of_the_same_credentials_are_computed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Callers asking while a fingerprint is being computed wait for it instead of hashing again
+    (the pass computes it ahead; the login must not redo 200,000 iterations beside it)."""
+    calls: list[bytes] = []
+    started = threading.Event()
+    release = threading.Event()
+    real = hashlib.pbkdf2_hmac
+
+    def slow(name: str, material: bytes, salt: bytes, iterations: int) -> bytes:
+        calls.append(material)
+        started.set()
+        release.wait(5)
+        return real(name, material, salt, 1)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", slow)
+    creds = auth.Credentials("id-ahead", secret.Secret("s"), "user", secret.Secret("pw-ahead"))
+    results: list[str] = []
+
+    def fingerprint() -> None:
+        results.append(creds.fingerprint("https://ahead.example/api"))
+
+    first = threading.Thread(target=fingerprint)
+    first.start()
+    assert started.wait(5)
+    others = [threading.Thread(target=fingerprint) for _ in range(3)]
+    for t in others:
+        t.start()
+    release.set()
+    for t in [first, *others]:
+        t.join(5)
+    assert len(calls) == 1
+    assert len(results) == 4 and len(set(results)) == 1
+    other = auth.Credentials("id-ahead", secret.Secret("s"), "user", secret.Secret("pw-other"))
+    assert other.fingerprint("https://ahead.example/api") != results[0]

@@ -70,23 +70,27 @@ def journal(monkeypatch: pytest.MonkeyPatch) -> Journal:
         j.events.append("clear")
         j.cursor = None
 
-    monkeypatch.setattr(store, "try_account_lock", lambda conn, account: j.locked)
-    monkeypatch.setattr(store, "release_account_lock", lambda conn, account: None)
+    def begin_run(conn: Any, account: str) -> store.RunStart | None:
+        return store.RunStart(1, j.cursor) if j.locked else None
+
+    def finish_run(
+        conn: Any, run_id: int, outcome: str, error: str | None, *, clear_failure_streak: bool = False
+    ) -> None:
+        j.finished.append((outcome, error))
+        if clear_failure_streak:
+            j.failures.clear()
+
+    monkeypatch.setattr(store, "begin_run", begin_run)
     monkeypatch.setattr(status, "lock_holder", lambda conn, account: None)
-    monkeypatch.setattr(store, "start_run", lambda conn, account: 1)
-    monkeypatch.setattr(store, "get_cursor", lambda conn, account: j.cursor)
     monkeypatch.setattr(store, "commit_block", commit_block)
     monkeypatch.setattr(store, "clear_cursor", clear_cursor)
-    monkeypatch.setattr(
-        store, "finish_run", lambda conn, run_id, outcome, error: j.finished.append((outcome, error))
-    )
+    monkeypatch.setattr(store, "finish_run", finish_run)
 
     def record_block_failure(conn: Any, account: str, **block: Any) -> int:
         j.failures.append(block)
         return sum(1 for f in j.failures if f == block)
 
     monkeypatch.setattr(store, "record_block_failure", record_block_failure)
-    monkeypatch.setattr(store, "clear_failure_streak", lambda conn, account: j.failures.clear())
     return j
 
 
