@@ -39,10 +39,12 @@ def environment_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list of add_argument calls
+    # Built once, not per command: wrapping every variable's text 24 times cost every start ~25 ms.
+    epilog = environment_help()
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Keeps a Postgres copy of every SMS that IoT devices send through Verizon ThingSpace.",
-        epilog=environment_help(),
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
             name,
             help=help_text,
             description=help_text,
-            epilog=environment_help(),
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)

@@ -183,6 +183,24 @@ def test_help_is_fast_and_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_once_loads_no_module_only_other_commands_need() -> None:
+    """Loading the commands (what `once` imports) loads no scheduler, Prometheus, receiver or simulator."""
+    code = (
+        "import sys\n"
+        "from sync_worker import cli, commands\n"
+        "cli.build_parser()\n"
+        "unneeded = ('apscheduler', 'prometheus_client', 'sync_worker.scheduler', 'sync_worker.metrics',\n"
+        "    'sync_worker.health', 'sync_worker.receiver', 'sync_worker.callbacks',\n"
+        "    'sync_worker.callback_metrics', 'sync_worker.simulator', 'sync_worker.demo',\n"
+        "    'sync_worker.embedded')\n"
+        "loaded = [m for m in unneeded if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        # The check itself must see the modules `once` does load.
+        "assert 'sync_worker.sync' in sys.modules and 'requests' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_format_table_aligns_columns() -> None:
     """The status table pads every column to its widest cell and shows None as '-'."""
     text = report.table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
