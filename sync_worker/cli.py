@@ -8,6 +8,7 @@ once a command is about to run.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import textwrap
@@ -253,6 +254,13 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
         return int(exc.code) if isinstance(exc.code, int) else exitcodes.CONFIG
     # Imported here, not at the top: see the module docstring.
     from sync_worker import commands  # noqa: PLC0415
+
+    if argv is None:
+        # The process's own command line, so the process is ours: what it imported lives until it
+        # exits. Frozen, those objects are skipped by every full collection, and by the one at
+        # interpreter exit, which traversed them all (~60-90 ms of CPU for every `once`). Not done
+        # for a caller's argv (tests): their garbage of the moment would never be collected.
+        gc.freeze()
 
     ctx = commands.Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
     try:

@@ -201,6 +201,25 @@ def test_once_loads_no_module_only_other_commands_need() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_only_the_process_own_command_line_freezes_the_start_up_objects() -> None:
+    """`sync-worker` run from the process's own command line moves what it imported out of the
+    collector's sight (cheap full collections and exit); a caller's argv (tests) freezes nothing."""
+    code = (
+        "import gc, sys\n"
+        "from sync_worker import cli\n"
+        "assert cli.main(['once'], env={}) == 2\n"
+        "assert gc.get_freeze_count() == 0, gc.get_freeze_count()\n"
+        "sys.argv = ['sync-worker', 'once']\n"
+        "assert cli.main(env={}) == 2\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True
+    )
+    # Every module, class and function imported by then: tens of thousands of objects.
+    assert int(done.stdout.strip()) > 10_000
+
+
 def test_format_table_aligns_columns() -> None:
     """The status table pads every column to its widest cell and shows None as '-'."""
     text = report.table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
