@@ -14,25 +14,27 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sync_worker import (
-    callback_metrics,
-    callbacks,
     client,
     config,
     db,
     errors,
     guard,
     migrations,
-    receiver,
     retry,
-    scheduler,
     status,
     sync,
 )
+
+if TYPE_CHECKING:
+    from sync_worker import callback_metrics, receiver, scheduler
+
+# The daemon's scheduler (apscheduler) and the callback receiver are imported where they are
+# built: `once`, which needs neither, starts without their import cost.
 
 _log = structlog.get_logger(__name__)
 
@@ -235,6 +237,8 @@ def run_daemon(
     liveness: scheduler.Liveness | None = None,
 ) -> int:
     """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here."""
+    from sync_worker import scheduler  # noqa: PLC0415  # see the imports above
+
     stop = stop_event if stop_event is not None else threading.Event()
     with contextlib.ExitStack() as stack:
         if connect is None:
@@ -268,6 +272,8 @@ def callback_receiver(
     metrics: callback_metrics.CallbackMetrics,
 ) -> receiver.Receiver:
     """The callback receiver of ``SYNC_ACCOUNTS`` (not started)."""
+    from sync_worker import callbacks, receiver  # noqa: PLC0415  # see the imports above
+
     if not settings.callback_username or not settings.callback_password:
         raise errors.ConfigError(
             "SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD (or SYNC_CALLBACK_PASSWORD_FILE) are "
@@ -295,4 +301,6 @@ def listener_url(settings: config.Settings, account: str) -> str | None:
     """The URL this deployment registers for ``account`` (None without ``SYNC_CALLBACK_URL``)."""
     if not settings.callback_url:
         return None
+    from sync_worker import receiver  # noqa: PLC0415  # see the imports above
+
     return f"{settings.callback_url}{receiver.PATH_PREFIX}{urllib.parse.quote(account, safe='')}"

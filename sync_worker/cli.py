@@ -8,6 +8,7 @@ once a command is about to run.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import textwrap
@@ -39,10 +40,12 @@ def environment_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list of add_argument calls
+    # Built once, not per command: wrapping every variable's text 24 times cost every start ~25 ms.
+    epilog = environment_help()
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Keeps a Postgres copy of every SMS that IoT devices send through Verizon ThingSpace.",
-        epilog=environment_help(),
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
             name,
             help=help_text,
             description=help_text,
-            epilog=environment_help(),
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
@@ -251,6 +254,13 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
         return int(exc.code) if isinstance(exc.code, int) else exitcodes.CONFIG
     # Imported here, not at the top: see the module docstring.
     from sync_worker import commands  # noqa: PLC0415
+
+    if argv is None:
+        # The process's own command line, so the process is ours: what it imported lives until it
+        # exits. Frozen, those objects are skipped by every full collection, and by the one at
+        # interpreter exit, which traversed them all (~60-90 ms of CPU for every `once`). Not done
+        # for a caller's argv (tests): their garbage of the moment would never be collected.
+        gc.freeze()
 
     ctx = commands.Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
     try:

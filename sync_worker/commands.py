@@ -19,33 +19,33 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sync_worker import (
     accounts,
     app,
     auth,
-    callback_metrics,
     config,
     db,
-    demo,
     errors,
     exitcodes,
-    health,
     logs,
-    metrics,
     migrations,
     models,
     quarantine,
     report,
     retention,
-    scheduler,
     secret,
     signals,
-    simulator,
     status,
     store,
 )
+
+if TYPE_CHECKING:
+    from sync_worker import metrics
+
+# The modules only some commands need (the scheduler, Prometheus, the HTTP servers, the simulator)
+# are imported inside those commands: every `once` of a cron job would pay their import otherwise.
 
 # The Pushgateway job of `once` (the daemon is scraped instead); alert rules select on it.
 PUSH_JOB = "thingspace-sms-sync-once"
@@ -99,6 +99,8 @@ def cmd_migrate(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
+    from sync_worker import health, metrics, scheduler  # noqa: PLC0415  # see the imports above
+
     settings = ctx.settings(credentials=True, accounts=True, daemon=True)
     with _connection(settings):
         pass
@@ -153,15 +155,18 @@ def cmd_once(ctx: Context) -> int:
     for name in only:
         config.validate_account_name(name, "--account")
     settings = ctx.settings(credentials=True, accounts=not only)
-    with _connection(settings):
-        pass
+    # No connection of its own first: sync_once checks the connection and the schema before any
+    # API call (exit 3), and a second connection here cost every pass a connect and a query.
     stop = threading.Event()
     exported = settings.metrics_textfile is not None or settings.metrics_pushgateway is not None
     pass_metrics: metrics.Metrics | None = None
-    if sys.stderr.isatty():
-        pass_metrics = metrics.ProgressMetrics(sys.stderr, one_pass=True)
-    elif exported:
-        pass_metrics = metrics.Metrics(one_pass=True)
+    if sys.stderr.isatty() or exported:
+        from sync_worker import metrics  # noqa: PLC0415  # see the imports above
+
+        if sys.stderr.isatty():
+            pass_metrics = metrics.ProgressMetrics(sys.stderr, one_pass=True)
+        else:
+            pass_metrics = metrics.Metrics(one_pass=True)
     with signals.stop_on_signals(stop):
         result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=pass_metrics)
     if exported and pass_metrics is not None:
@@ -703,6 +708,8 @@ def cmd_callbacks_kept(ctx: Context) -> int:
 
 
 def cmd_receive(ctx: Context) -> int:
+    from sync_worker import callback_metrics, health, metrics  # noqa: PLC0415  # see the imports above
+
     settings = ctx.settings(credentials=False, accounts=True, daemon=True)
     with _connection(settings):
         pass
@@ -734,6 +741,8 @@ def cmd_receive(ctx: Context) -> int:
 
 
 def cmd_simulate(ctx: Context) -> int:
+    from sync_worker import simulator  # noqa: PLC0415  # see the imports above
+
     args = ctx.args
     names = args.accounts.split(",") if args.accounts is not None else simulator.DEFAULT_ACCOUNTS
     accounts = [config.validate_account_name(a.strip(), "--accounts") for a in names if a.strip()]
@@ -750,6 +759,8 @@ def cmd_simulate(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
+    from sync_worker import demo  # noqa: PLC0415  # see the imports above
+
     if ctx.args.push:
         return demo.run_push(out=ctx.out)
     return demo.run(out=ctx.out)

@@ -139,13 +139,20 @@ def test_backlog_of_10000_over_3_accounts_lands_exactly_and_a_second_once_insert
 def test_migrate_then_status_on_an_empty_database(
     simulator: simulator.Simulator, make_database: Callable[..., str]
 ) -> None:
-    """`status` refuses an unmigrated database (exit 3, says migrate); `migrate` fixes it, idempotently."""
+    """`status` and `once` refuse an unmigrated database (exit 3, says migrate, nothing sent to the API);
+    `migrate` fixes it, idempotently."""
     url = make_database(migrated=False)
     env = worker_env(simulator, url)
 
     before = cli(env, "status", "--json")
     assert before.returncode == 3
     assert "migrate" in before.stderr
+    # `once` too, and before it logs in or asks the API anything.
+    refused = cli(worker_env(simulator, url, SYNC_ACCOUNTS="0252012345-00001"), "once")
+    assert refused.returncode == 3, refused.stderr
+    assert "migrate" in refused.stderr
+    assert simulator.stats.login_attempts == 0
+    assert not simulator.stats.requests
 
     migrated = cli(env, "migrate")
     assert migrated.returncode == 0, migrated.stderr

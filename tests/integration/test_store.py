@@ -557,3 +557,28 @@ def test_packed_arrays_read_back_as_the_values_sent(db: psycopg.Connection[Any])
         for pack, values, kind in cases:
             row = cur.execute(f"SELECT %b::{kind}", [pack(values)]).fetchone()
             assert row is not None and row[0] == values, kind
+
+
+def test_packed_arrays_are_registered_once_per_connection(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection registers the packed-array dumpers once, before its first block, and every
+    block on it (and on a second, fresh connection) still stores its rows."""
+    registered: list[object] = []
+    real_register = pgarrays.register
+
+    def counting(adapters: Any) -> None:
+        registered.append(adapters)
+        real_register(adapters)
+
+    monkeypatch.setattr(pgarrays, "register", counting)
+    account = "acct-adapters"
+    with psycopg.connect(db_url, autocommit=True) as a, psycopg.connect(db_url, autocommit=True) as b:
+        run_id = store.start_run(a, account)
+        store.commit_block(a, run_id, _page(account, [_wire(i) for i in range(0, 10)], next_token="t1"))
+        store.commit_block(a, run_id, _page(account, [_wire(i) for i in range(10, 20)], next_token="t2"))
+        assert registered == [a.adapters]
+        store.commit_block(b, run_id, _page(account, [_wire(i) for i in range(20, 30)], next_token="t3"))
+        assert registered == [a.adapters, b.adapters]
+        assert _count(a, "sms_history") == 30
+        assert store.get_cursor(b, account) == "t3"

@@ -183,6 +183,43 @@ def test_help_is_fast_and_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_once_loads_no_module_only_other_commands_need() -> None:
+    """Loading the commands (what `once` imports) loads no scheduler, Prometheus, receiver or simulator."""
+    code = (
+        "import sys\n"
+        "from sync_worker import cli, commands\n"
+        "cli.build_parser()\n"
+        "unneeded = ('apscheduler', 'prometheus_client', 'sync_worker.scheduler', 'sync_worker.metrics',\n"
+        "    'sync_worker.health', 'sync_worker.receiver', 'sync_worker.callbacks',\n"
+        "    'sync_worker.callback_metrics', 'sync_worker.simulator', 'sync_worker.demo',\n"
+        "    'sync_worker.embedded')\n"
+        "loaded = [m for m in unneeded if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        # The check itself must see the modules `once` does load.
+        "assert 'sync_worker.sync' in sys.modules and 'requests' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_only_the_process_own_command_line_freezes_the_start_up_objects() -> None:
+    """`sync-worker` run from the process's own command line moves what it imported out of the
+    collector's sight (cheap full collections and exit); a caller's argv (tests) freezes nothing."""
+    code = (
+        "import gc, sys\n"
+        "from sync_worker import cli\n"
+        "assert cli.main(['once'], env={}) == 2\n"
+        "assert gc.get_freeze_count() == 0, gc.get_freeze_count()\n"
+        "sys.argv = ['sync-worker', 'once']\n"
+        "assert cli.main(env={}) == 2\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True
+    )
+    # Every module, class and function imported by then: tens of thousands of objects.
+    assert int(done.stdout.strip()) > 10_000
+
+
 def test_format_table_aligns_columns() -> None:
     """The status table pads every column to its widest cell and shows None as '-'."""
     text = report.table([{"a": "x", "b": None}, {"a": "longer", "b": 2}], ["a", "b"])
