@@ -170,35 +170,47 @@ def test_exit_code_mapping(error: errors.SyncWorkerError, expected: int) -> None
     assert exitcodes.for_error(error) == expected
 
 
-def test_help_is_fast_and_light() -> None:
-    """Building the parser imports neither the HTTP stack, the scheduler nor the simulator."""
+def _assert_not_imported(setup: str, modules: tuple[str, ...], must_load: tuple[str, ...] = ()) -> None:
+    """Run ``setup`` in a fresh interpreter; none of ``modules`` may be loaded, all of ``must_load`` must."""
     code = (
         "import sys\n"
-        "from sync_worker import cli\n"
-        "cli.build_parser().format_help()\n"
-        "heavy = ('requests', 'apscheduler', 'sync_worker.simulator', 'psycopg')\n"
-        "heavy = [m for m in heavy if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
+        f"{setup}\n"
+        f"loaded = [m for m in {modules!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        f"missing = [m for m in {must_load!r} if m not in sys.modules]\n"
+        "assert not missing, missing\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_help_is_fast_and_light() -> None:
+    """Building the parser imports neither the HTTP stack, the scheduler nor the simulator."""
+    _assert_not_imported(
+        "from sync_worker import cli\ncli.build_parser().format_help()",
+        ("requests", "apscheduler", "sync_worker.simulator", "psycopg"),
+    )
 
 
 def test_once_loads_no_module_only_other_commands_need() -> None:
     """Loading the commands (what `once` imports) loads no scheduler, Prometheus, receiver or simulator."""
-    code = (
-        "import sys\n"
-        "from sync_worker import cli, commands\n"
-        "cli.build_parser()\n"
-        "unneeded = ('apscheduler', 'prometheus_client', 'sync_worker.scheduler', 'sync_worker.metrics',\n"
-        "    'sync_worker.health', 'sync_worker.receiver', 'sync_worker.callbacks',\n"
-        "    'sync_worker.callback_metrics', 'sync_worker.simulator', 'sync_worker.demo',\n"
-        "    'sync_worker.embedded')\n"
-        "loaded = [m for m in unneeded if m in sys.modules]\n"
-        "assert not loaded, loaded\n"
+    _assert_not_imported(
+        "from sync_worker import cli, commands\ncli.build_parser()",
+        (
+            "apscheduler",
+            "prometheus_client",
+            "sync_worker.scheduler",
+            "sync_worker.metrics",
+            "sync_worker.health",
+            "sync_worker.receiver",
+            "sync_worker.callbacks",
+            "sync_worker.callback_metrics",
+            "sync_worker.simulator",
+            "sync_worker.demo",
+            "sync_worker.embedded",
+        ),
         # The check itself must see the modules `once` does load.
-        "assert 'sync_worker.sync' in sys.modules and 'requests' in sys.modules\n"
+        must_load=("sync_worker.sync", "requests"),
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_only_the_process_own_command_line_freezes_the_start_up_objects() -> None:
