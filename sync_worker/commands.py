@@ -160,13 +160,13 @@ def cmd_once(ctx: Context) -> int:
     stop = threading.Event()
     exported = settings.metrics_textfile is not None or settings.metrics_pushgateway is not None
     pass_metrics: metrics.Metrics | None = None
-    if sys.stderr.isatty() or exported:
+    progress = sys.stderr.isatty()
+    if progress or exported:
         from sync_worker import metrics  # noqa: PLC0415  # see the imports above
 
-        if sys.stderr.isatty():
-            pass_metrics = metrics.ProgressMetrics(sys.stderr, one_pass=True)
-        else:
-            pass_metrics = metrics.Metrics(one_pass=True)
+        pass_metrics = (
+            metrics.ProgressMetrics(sys.stderr, one_pass=True) if progress else metrics.Metrics(one_pass=True)
+        )
     with signals.stop_on_signals(stop):
         result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=pass_metrics)
     if exported and pass_metrics is not None:

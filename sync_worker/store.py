@@ -236,11 +236,6 @@ def record_block_failure(
     return int(row[0])
 
 
-def clear_failure_streak(conn: Connection, account: str) -> None:
-    with db.transaction(conn, single_statement=True) as cur:
-        cur.execute(queries.get("clear_block_failure"), {"account_name": account})
-
-
 def replay_quarantined(
     conn: Connection,
     quarantine_id: int,

@@ -23,9 +23,6 @@ SET streak = CASE
     last_failed_at = now()
 RETURNING streak;
 
--- name: clear_block_failure
-DELETE FROM sync_block_failure WHERE account_name = %(account_name)s;
-
 -- name: quarantine_list
 SELECT id, account_name, http_status, problem, body_size, body_sha256, first_stored_at, seen_count,
        resolved_at, replayed_at, replay_messages, replay_inserted, replay_problem

@@ -7,17 +7,22 @@ import subprocess
 import sys
 
 
-def test_demo_runs_clean_without_any_configuration() -> None:
-    """The demo needs no variables or credentials, stores every delivered message, and exits 0."""
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sync_worker demo ARGS` with no SYNC_/THINGSPACE_/PG variable set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sync_worker", "demo"],
+    return subprocess.run(
+        [sys.executable, "-m", "sync_worker", "demo", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def test_demo_runs_clean_without_any_configuration() -> None:
+    """The demo needs no variables or credentials, stores every delivered message, and exits 0."""
+    proc = _demo()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "demo OK" in out
@@ -32,15 +37,7 @@ def test_demo_runs_clean_without_any_configuration() -> None:
 
 def test_push_demo_runs_clean_and_stores_pushed_and_requeued_messages_once() -> None:
     """`demo --push`: every message pushed, the lost answers' messages polled, each stored once, exit 0."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sync_worker", "demo", "--push"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = _demo("--push")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "demo OK" in out
