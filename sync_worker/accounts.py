@@ -51,7 +51,9 @@ def is_known(conn: db.Connection, account: str) -> bool:
     return bool(row is not None and row[0])
 
 
-def forget(conn: db.Connection, account: str, *, data: bool = False, even_if_served: bool = False) -> Forgotten:
+def forget(
+    conn: db.Connection, account: str, *, data: bool = False, even_if_served: bool = False
+) -> Forgotten:
     """Remove ``account``'s cursor, runs, failure streak and schedule row (with ``data``: its
     history and quarantined blocks too), in one transaction, while holding the account's run lock.
 

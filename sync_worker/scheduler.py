@@ -127,7 +127,9 @@ def run_daemon(
         migrations.check_schema(conn)
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
-        claims.register(conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds)
+        claims.register(
+            conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
+        )
 
     inflight = _InFlight()
     dispatcher = Dispatcher(

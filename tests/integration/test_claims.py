@@ -69,7 +69,9 @@ def test_renewal_extends_only_the_renewing_holders_claims(db: psycopg.Connection
         "UPDATE sync_schedule SET claim_expires_at = now() - interval '1 second' WHERE account_name = %s",
         (account,),
     )
-    assert [c.account for c in claims.claim(db, [account], holder="new", limit=1, lease_seconds=5)] == [account]
+    assert [c.account for c in claims.claim(db, [account], holder="new", limit=1, lease_seconds=5)] == [
+        account
+    ]
     new_lease = _rows(db)[account].claim_expires_at
     assert new_lease is not None
     # The stale replica still runs both and renews both, with a lease far longer than the new one's.
@@ -376,10 +378,16 @@ def test_a_running_daemon_keeps_syncing_an_account_forgotten_or_unscheduled_unde
     account = ACCOUNTS[0]
     backlog(simulator, account, 30, seed=600)
     lease = 3.0  # a heartbeat every second
-    env = {"SYNC_INTERVAL_SECONDS": "3600", "SYNC_JITTER_SECONDS": "0", "SYNC_CLAIM_LEASE_SECONDS": str(lease)}
+    env = {
+        "SYNC_INTERVAL_SECONDS": "3600",
+        "SYNC_JITTER_SECONDS": "0",
+        "SYNC_CLAIM_LEASE_SECONDS": str(lease),
+    }
     shell = simulator.worker_env(accounts=[account], database_url=db_url, inherit=True)
     tally = Tally()
-    with Daemon(make_settings(simulator, db_url, [account], **env), metrics=tally.sink("a", [account])) as daemon:
+    with Daemon(
+        make_settings(simulator, db_url, [account], **env), metrics=tally.sink("a", [account])
+    ) as daemon:
         assert tally.wait_rounds([account], 1)
         crash.wait_until(lambda: _claimed_by(db, account) is None, 30, "the first run's release")
         forgot = cli(shell, "accounts", "forget", "--account", account, "--even-if-configured", "--yes")
@@ -410,7 +418,11 @@ def test_forget_is_refused_while_a_replica_serves_the_account_whatever_the_shell
     account, elsewhere = ACCOUNTS[:2]
     backlog(simulator, account, 30, seed=700)
     lease = 3.0
-    env = {"SYNC_INTERVAL_SECONDS": "3600", "SYNC_JITTER_SECONDS": "0", "SYNC_CLAIM_LEASE_SECONDS": str(lease)}
+    env = {
+        "SYNC_INTERVAL_SECONDS": "3600",
+        "SYNC_JITTER_SECONDS": "0",
+        "SYNC_CLAIM_LEASE_SECONDS": str(lease),
+    }
     shell = simulator.worker_env(accounts=[elsewhere], database_url=db_url, inherit=True)
     tally = Tally()
     with Daemon(make_settings(simulator, db_url, [account], **env), metrics=tally.sink("a", [account])):
