@@ -1,9 +1,9 @@
 """The long-running daemon: replicas share the accounts through claims in Postgres.
 
 Each replica registers its configured accounts in ``sync_schedule`` (at start and every third of
-the lease, so a deleted row comes back) and, on a short APScheduler
-poll (and right after each of its runs ends), claims the earliest due accounts nobody holds, as
-many as it has free slots (``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
+the lease, so a deleted row comes back) and, on a short APScheduler poll (and right after each of
+its runs ends), claims the earliest due accounts nobody holds, as many as it has free slots
+(``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
 released when it ends, with the account next due one interval (plus jitter) after the claim began.
 So each account is synced once per interval whatever the number of replicas, a replica that joins
 takes a share by claiming, and one that dies or is cut off hands its accounts over when its leases
@@ -382,7 +382,8 @@ class Dispatcher:
             # advisory lock keeps them from running an account this replica still drains.
             _log.warning("claim_renew_failed", running=len(running), error=type(exc).__name__)
             return
-        lost = sorted(set(running) - set(renewed))
+        # Still running after the renewal: a run that ended meanwhile released its claim itself.
+        lost = sorted((set(running) - set(renewed)) & set(self.running_accounts()))
         if lost:
             # Taken over after this replica's lease ran out (or forgotten): the run goes on under
             # the advisory lock, but the claim is the other holder's now.
