@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "reset",
         "cmd_cursor_reset",
-        "forget an account's cursor: the next sync starts at the head",
+        "forget an account's cursor: the next sync starts at the head (exit 2 while a run of it holds "
+        "its lock)",
         cursor_sub,
     )
     p.add_argument("--account", required=True, metavar="A", help="a configured or known account")
@@ -122,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "forget",
         "cmd_accounts_forget",
-        "remove an account's cursor, runs and failure streak (history kept unless --with-history)",
+        "remove an account's cursor, runs, failure streak and schedule row (history kept unless "
+        "--with-history); exit 2 while a run of it holds its lock, or while it is configured here or "
+        "on a daemon replica seen within its lease (SYNC_CLAIM_LEASE_SECONDS)",
         acc_sub,
     )
     p.add_argument("--account", required=True, metavar="A")
@@ -132,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument(
         "--even-if-configured",
         action="store_true",
-        help="forget an account that is still configured (its next run starts at the head of the queue)",
+        help="forget it even while configured here or on a running daemon replica: its state goes, and "
+        "the replicas keep syncing it (they register it again within a third of their lease, due at "
+        "once) from the head of its queue",
     )
     p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
 

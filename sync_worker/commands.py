@@ -304,7 +304,8 @@ def cmd_cursor_reset(ctx: Context) -> int:
         ctx.print("cancelled")
         return exitcodes.CONFIG
     with _connection(settings) as conn:
-        store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
+        # Under the account's run lock: a drain running now would write its next token over the reset.
+        accounts.reset_cursor(conn, account, "operator: sync-worker cursor reset")
     logs.get_logger(__name__).warning("cursor_reset", account=account)
     ctx.print(f"{account}: cursor cleared; the next sync starts at the head of the queue")
     return exitcodes.OK
@@ -368,6 +369,10 @@ def cmd_accounts_forget(ctx: Context) -> int:
         )
     with _connection(settings) as conn:
         _check_known(conn, settings, account, "--account")
+        if not ctx.args.even_if_configured:
+            # This shell's configuration may lack the account a running daemon serves: ask the
+            # database which replicas serve it (asked again under the lock by accounts.forget).
+            accounts.refuse_if_served(conn, account)
     data = bool(ctx.args.with_history)
     what = "its cursor, its run records and its failure streak" + (
         ", AND every stored message (sms_history) and quarantined block of it" if data else ""
@@ -385,7 +390,7 @@ def cmd_accounts_forget(ctx: Context) -> int:
         ctx.print("cancelled")
         return exitcodes.CONFIG
     with _connection(settings) as conn:
-        removed = accounts.forget(conn, account, data=data)
+        removed = accounts.forget(conn, account, data=data, even_if_served=bool(ctx.args.even_if_configured))
     logs.get_logger(__name__).warning("account_forgotten", **dataclasses.asdict(removed))
     ctx.print(json.dumps(dataclasses.asdict(removed), sort_keys=True))
     return exitcodes.OK

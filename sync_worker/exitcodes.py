@@ -22,7 +22,12 @@ INTERRUPTED: Final = 130
 TABLE: Final[tuple[tuple[int, str], ...]] = (
     (OK, "success (every account synced)"),
     (FAILED, "some account failed (the others were synced; see the summary and logs)"),
-    (CONFIG, "usage or configuration error (the message names the variable)"),
+    (
+        CONFIG,
+        "usage or configuration error (the message names the variable); for `cursor reset` and "
+        "`accounts forget`: refused, the account is being synced right now (its lock is held) or, for "
+        "`forget`, still configured here or on a running daemon replica",
+    ),
     (DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
     (AUTH, 'login guard tripped or credentials refused (README: "The login guard")'),
     (

@@ -1,8 +1,9 @@
 """The long-running daemon: replicas share the accounts through claims in Postgres.
 
-Each replica registers its configured accounts in ``sync_schedule`` and, on a short APScheduler
-poll (and right after each of its runs ends), claims the earliest due accounts nobody holds, as
-many as it has free slots (``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
+Each replica registers its configured accounts in ``sync_schedule`` (at start and every third of
+the lease, so a deleted row comes back) and, on a short APScheduler poll (and right after each of
+its runs ends), claims the earliest due accounts nobody holds, as many as it has free slots
+(``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
 released when it ends, with the account next due one interval (plus jitter) after the claim began.
 So each account is synced once per interval whatever the number of replicas, a replica that joins
 takes a share by claiming, and one that dies or is cut off hands its accounts over when its leases
@@ -121,11 +122,14 @@ def run_daemon(
     claims (default: host, pid and a random part).
     """
     stop = stop_event if stop_event is not None else threading.Event()
+    holder = holder or claims.holder_id()
     with db.session(connect) as conn:
         migrations.check_schema(conn)
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
-        claims.register(conn, settings.account_names)
+        claims.register(
+            conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
+        )
 
     inflight = _InFlight()
     dispatcher = Dispatcher(
@@ -136,7 +140,7 @@ def run_daemon(
         metrics=metrics,
         inflight=inflight,
         observe_guard=observe_guard,
-        holder=holder or claims.holder_id(),
+        holder=holder,
     )
     scheduler = _build_scheduler(settings, dispatcher, metrics=metrics)
     clean = False
@@ -342,19 +346,48 @@ class Dispatcher:
                 self._running.discard(account)
             self._inflight.leave()
 
+    def heartbeat(self) -> None:
+        """The APScheduler renew job: register the configured accounts again, then renew the claims
+        of the running ones."""
+        self.register()
+        self.renew()
+
+    def register(self) -> None:
+        """Put back any configured account whose schedule row is gone (``accounts forget``, a
+        hand-made delete: it would otherwise never be claimed again until a restart) and record
+        this replica as serving its accounts, which ``forget`` refuses. One statement per
+        heartbeat whatever the number of accounts; nothing is added to the claim poll."""
+        try:
+            restored = self._on_connection(
+                lambda conn: claims.register(conn, self._names, holder=self.holder, lease_seconds=self._lease)
+            )
+        except errors.SyncWorkerError as exc:
+            # The next heartbeat tries again; a missing row only waits until then.
+            _log.warning("register_failed", error=type(exc).__name__)
+            return
+        if restored:
+            _log.warning("schedule_rows_restored", accounts=restored)
+
     def renew(self) -> None:
-        """Extend the claims of the running accounts (the APScheduler renew job)."""
+        """Extend the claims of the running accounts."""
         running = self.running_accounts()
         if not running:
             return
         try:
-            self._on_connection(
+            renewed = self._on_connection(
                 lambda conn: claims.renew(conn, running, holder=self.holder, lease_seconds=self._lease)
             )
         except errors.SyncWorkerError as exc:
             # Cut off: the claims will expire and other replicas take the accounts over; the
             # advisory lock keeps them from running an account this replica still drains.
             _log.warning("claim_renew_failed", running=len(running), error=type(exc).__name__)
+            return
+        # Still running after the renewal: a run that ended meanwhile released its claim itself.
+        lost = sorted((set(running) - set(renewed)) & set(self.running_accounts()))
+        if lost:
+            # Taken over after this replica's lease ran out (or forgotten): the run goes on under
+            # the advisory lock, but the claim is the other holder's now.
+            _log.warning("claim_lost", accounts=lost)
 
     def close(self, *, clean: bool) -> None:
         """Stop the pool; hand back claims still held (runs cut short by the shutdown timeout)."""
@@ -398,11 +431,11 @@ def _build_scheduler(
         misfire_grace_time=None,
     )
     scheduler.add_job(
-        dispatcher.renew,
+        dispatcher.heartbeat,
         # Three renewals per lease: one lost renewal does not lose a claim.
         trigger=IntervalTrigger(seconds=max(0.2, settings.claim_lease_seconds / 3)),
         id=_JOB_PREFIX + "renew",
-        name="renew claims",
+        name="register accounts, renew claims",
         max_instances=1,
         coalesce=True,
         misfire_grace_time=None,
