@@ -25,6 +25,7 @@ daily jobs and an operator's ``--apply`` never work at once. SQL lives in ``sql/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -197,9 +198,9 @@ def run(
         todo = plan(conn, days, now=now)
         return todo, apply(conn, todo, batch=batch, stop_event=stop_event)
     finally:
-        if not conn.closed:
-            with db.transaction(conn) as cur:
-                cur.execute(queries.get("retention_unlock"), _LOCK)
+        # A lost connection took its session, and the lock with it; its error is already on its way.
+        with contextlib.suppress(errors.DatabaseUnavailableError), db.transaction(conn) as cur:
+            cur.execute(queries.get("retention_unlock"), _LOCK)
 
 
 def apply(

@@ -366,6 +366,27 @@ def test_a_row_stored_after_the_plan_keeps_its_partition(db: psycopg.Connection[
     assert _messages(db) == {"old", "arrived since"}
 
 
+def test_a_drop_gives_up_on_a_long_reader_and_leaves_the_range_for_the_next_run(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """A long analyst query holds the history: the drop waits 5 s for its lock, then lists the range
+    as busy and removes nothing of it; the next run drops it."""
+    _commit(db, [_wire("old", dt.datetime(2016, 6, 1, tzinfo=dt.UTC))])
+    _stored(db, ["old"], f"now() - interval '{LONG_AGO}'")
+    with psycopg.connect(db_url) as analyst:
+        analyst.execute("SELECT count(*) FROM sms_history").fetchone()  # its transaction stays open
+        outcome = retention.run(db, 30)
+    assert outcome is not None
+    assert (outcome[1].dropped, outcome[1].busy) == (
+        (),
+        ("sms_message_p201606", "sms_message_device_p201606"),
+    )
+    assert _messages(db) == {"old"}
+    again = retention.run(db, 30)
+    assert again is not None and len(again[1].dropped) == 2
+    assert _messages(db) == set()
+
+
 def test_one_retention_at_a_time(
     db: psycopg.Connection[Any], db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

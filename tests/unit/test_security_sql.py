@@ -16,7 +16,7 @@ ALLOWED_BUILT: set[tuple[str, str]] = {
     ("db.py", 'queries.get("create_database")).format(name=pg_sql.Identifier('),
     # Partition names from the catalog are composed the same way: retention._composed takes a query
     # name and psycopg.sql.Identifier values only.
-    ("retention.py", '(_composed("retention_'),
+    ("retention.py", '_composed("retention_'),
     ("retention.py", "cur.execute(paired, params)"),
     ("retention.py", "cur.execute(query, params)"),
 }
