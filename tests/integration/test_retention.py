@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import structlog
+from psycopg import sql
 
-from sync_worker import cli, models, retention, store
+from sync_worker import cli, models, queries, retention, scheduler, store
 
 ACCOUNT = "0252012345-00001"
 NOW = dt.datetime.now(dt.UTC)
@@ -387,6 +389,33 @@ def test_a_drop_gives_up_on_a_long_reader_and_leaves_the_range_for_the_next_run(
     assert _messages(db) == set()
 
 
+def test_the_check_under_the_lock_reads_the_index_on_a_partition_never_analysed(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The drop's last check, made while the whole history waits, reads the first_stored_at index of a
+    month never analysed (EXISTS was planned there as a sequential scan of the month)."""
+    db.execute("SELECT sms_history_ensure_partition('2016-06-01')")
+    db.execute("ALTER TABLE sms_message_p201606 SET (autovacuum_enabled = off)")
+    db.execute(
+        "INSERT INTO sms_message (received_at, first_stored_at, occurrence, device_count, account_name,"
+        " message_key, message) SELECT '2016-06-01'::timestamptz + g * interval '1 second',"
+        " now() - interval '100 days', 0, 1, 'a', sha256(g::text::bytea), 'x'"
+        " FROM generate_series(1, 50000) g"
+    )
+    assert db.execute("SELECT reltuples FROM pg_class WHERE relname = 'sms_message_p201606'").fetchone() == (
+        -1,
+    )
+    check = sql.SQL(queries.get("retention_stored_since")).format(
+        partition=sql.Identifier("sms_message_p201606")
+    )
+    plan = "\n".join(
+        str(r[0])
+        for r in db.execute(sql.SQL("EXPLAIN ") + check, {"cutoff": retention.cutoff(30)}).fetchall()
+    )
+    assert "Index Only Scan Backward using sms_message_p201606_first_stored_at_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
 def test_one_retention_at_a_time(
     db: psycopg.Connection[Any], db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -400,6 +429,35 @@ def test_one_retention_at_a_time(
     assert code == 1
     assert "another retention run is in progress" in capsys.readouterr().err
     assert _messages(db) == {"old"}
+
+
+def test_the_daemons_daily_job_applies_retention_one_run_at_a_time(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """The daemon's job removes nothing while another process holds the retention lock, then applies it."""
+    _commit(
+        db,
+        [
+            _wire("old", dt.datetime(2016, 6, 1, tzinfo=dt.UTC)),
+            _wire("new", dt.datetime(2016, 6, 2, tzinfo=dt.UTC)),
+        ],
+    )
+    _stored(db, ["old"], f"now() - interval '{LONG_AGO}'")
+    _stored(db, ["new"], "now() - interval '1 day'")
+    _commit(db, [_wire("gone", dt.datetime(2015, 6, 2, tzinfo=dt.UTC))])
+    _stored(db, ["gone"], f"now() - interval '{LONG_AGO}'")
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(db_url, autocommit=True)
+
+    with connect() as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [retention.LOCK_NAMESPACE, retention.LOCK_KEY])
+        scheduler._retention_job(connect=connect, days=30, stop=threading.Event())
+        assert _messages(db) == {"old", "new", "gone"}
+    scheduler._retention_job(connect=connect, days=30, stop=threading.Event())
+    # June 2015 is dropped; June 2016 holds a row stored a day ago: only its old row goes.
+    assert _messages(db) == {"new"}
+    assert db.execute("SELECT to_regclass('sms_message_p201506')").fetchone() == (None,)
 
 
 def test_a_late_message_of_a_dropped_month_is_stored_again(history: psycopg.Connection[Any]) -> None:
