@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "retention",
         "cmd_retention",
-        "remove history older than SYNC_RETENTION_DAYS (whole months) and old runs; a dry run unless --apply",
+        "remove history older than SYNC_RETENTION_DAYS (by timestamp and by when it was stored; "
+        "whole months) and old runs; a dry run unless --apply",
     )
     p.add_argument("--days", type=int, metavar="N", help="the window in days (default: SYNC_RETENTION_DAYS)")
     p.add_argument("--apply", action="store_true", help="remove what the dry run lists")

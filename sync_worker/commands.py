@@ -318,12 +318,19 @@ def cmd_retention(ctx: Context) -> int:
         raise errors.ValidationError("no retention window: set SYNC_RETENTION_DAYS or pass --days N (N >= 1)")
     if ctx.args.batch < 1:
         raise errors.ValidationError("--batch must be at least 1")
+    summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days}
     with _connection(settings) as conn:
-        todo = retention.plan(conn, retention.cutoff(days))
-        summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days, **todo.as_dict()}
-        if ctx.args.apply:
-            done = retention.apply(conn, todo, batch=ctx.args.batch)
-            summary.update(done.as_dict())
+        if not ctx.args.apply:
+            summary.update(retention.plan(conn, days).as_dict())
+        else:
+            outcome = retention.run(conn, days, batch=ctx.args.batch)
+            if outcome is None:
+                raise errors.StoreError(
+                    "another retention run is in progress (a daemon's daily job or another --apply); "
+                    "nothing was removed: try again when it has finished"
+                )
+            todo, done = outcome
+            summary.update({**todo.as_dict(), **done.as_dict()})
             logs.get_logger(__name__).info("retention_applied", days=days, **done.as_dict())
     # The plan (and what was done) is the command's data: one JSON object on stdout.
     ctx.print(json.dumps(summary, sort_keys=True))

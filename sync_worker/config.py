@@ -217,9 +217,11 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_RETENTION_DAYS",
         "(unset: keep everything)",
-        "History older than this many days (by the message's timestamp; undated messages by when they "
-        "were stored) and older finished sync_run rows are removed by `sync-worker retention --apply`, "
-        "and once a day by the daemon. Whole months are dropped, so up to a month more is kept.",
+        "History older than this many days and older finished sync_run rows are removed by "
+        "`sync-worker retention --apply`, and once a day by the daemon. A message goes only when both its "
+        "timestamp and the time it was stored are older (a message stored today stays this many days, "
+        "whatever its timestamp); undated messages by when they were stored. Whole months are dropped, so "
+        "up to a month more is kept.",
         ("retention_days",),
         None,
         lambda env: _optional_int(env, "SYNC_RETENTION_DAYS", 1, 36_500),

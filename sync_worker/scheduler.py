@@ -486,12 +486,15 @@ def _build_scheduler(
 def _retention_job(*, connect: db.ConnectionFactory, days: int, stop: threading.Event) -> None:
     try:
         with db.session(connect) as conn:
-            done = retention.apply(conn, retention.plan(conn, retention.cutoff(days)), stop_event=stop)
+            outcome = retention.run(conn, days, stop_event=stop)
     except errors.SyncWorkerError as exc:
         # Next day's run tries again; nothing half-done is left (each drop and batch is its own transaction).
         _log.warning("retention_failed", days=days, error=str(exc))
         return
-    _log.info("retention_applied", days=days, **done.as_dict())
+    if outcome is None:
+        _log.info("retention_skipped", days=days, reason="another replica is applying retention")
+        return
+    _log.info("retention_applied", days=days, **outcome[1].as_dict())
 
 
 def _guarded(claim: Callable[[], int]) -> Callable[[], None]:
