@@ -227,9 +227,13 @@ def test_idle_connections_beyond_the_cap_make_room_and_probes_still_answer(flags
     threads_before = threading.active_count()
     with srv, contextlib.ExitStack() as stack:
         clients = []
-        for n in range(cap + extra):
+        for held in [*range(1, cap + 1), *[cap] * extra]:
             clients.append(stack.enter_context(_idle_connection(srv)))
-            crash.wait_until(lambda: srv.open_connections == min(n + 1, cap), timeout=5, what="the accept")
+
+            def accepted(n: int = held) -> bool:
+                return srv.open_connections == n
+
+            crash.wait_until(accepted, timeout=5, what="the accept")
         started = time.monotonic()
         assert all(_closed_by_server(c) for c in clients[:extra])
         assert time.monotonic() - started < 5
