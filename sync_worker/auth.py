@@ -153,7 +153,7 @@ class BearerTokenCache:
             now = self._clock()
             if self._token is None or now >= self._valid_until:
                 token, expires_in = self._fetch()
-                secret.register(token)
+                secret.replace(self._token, token)
                 # A lifetime shorter than the margin would mean a fetch per call;
                 # using half of it still renews well before expiry.
                 lifetime = expires_in - self._margin if expires_in > self._margin * 2 else expires_in / 2
@@ -165,6 +165,7 @@ class BearerTokenCache:
         """Forget ``stale`` (the token a 401 came back for) unless another thread already replaced it."""
         with self._lock:
             if self._token is not None and self._token.reveal() == stale:
+                secret.unregister(self._token)
                 self._token = None
 
     def __repr__(self) -> str:
@@ -193,6 +194,7 @@ class SessionTokenCache:
         """Forget ``stale`` (the token the platform called expired) unless already replaced."""
         with self._lock:
             if self._token is not None and self._token.reveal() == stale:
+                secret.unregister(self._token)
                 self._token = None
 
     def __repr__(self) -> str:

@@ -365,7 +365,9 @@ class ThingSpaceClient:
                     "session login throttled: not a verdict on the credentials, not counted; "
                     "logging in again after a pause",
                     status=status,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    retry_after=parse_retry_after(
+                        response.headers.get("Retry-After"), now=_server_date(response)
+                    ),
                     operation=operation,
                 )
             if 400 <= status < 500:

@@ -218,3 +218,30 @@ def transaction(
         raise errors.DatabaseUnavailableError(f"database unavailable ({type(exc).__name__}: {exc})") from exc
     except psycopg.Error as exc:
         raise errors.StoreError(f"database error ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """``conn.pipeline()``, minus psycopg's warning about a pipeline on a lost connection.
+
+    When a statement inside fails because the connection is gone (a pooled connection whose
+    server restarted or whose backend was killed), leaving the pipeline syncs on the dead socket
+    and fails the same way; psycopg logs that second failure as a warning ("error ignored
+    terminating <psycopg.Pipeline [BAD]>") beside the error the caller gets anyway, one per lost
+    connection. Here the pipeline is left without it, and only the statement's error is raised.
+    Any other failure leaves through psycopg's own exit, unchanged.
+    """
+    manager = conn.pipeline()
+    manager.__enter__()
+    try:
+        yield
+    except BaseException as exc:
+        if conn.broken:
+            # Leaving cleans up psycopg's pipeline state; its sync fails on the dead socket.
+            with contextlib.suppress(psycopg.Error):
+                manager.__exit__(None, None, None)
+            raise
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)

@@ -72,14 +72,19 @@ def start_run(conn: Connection, account: str) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunStart:
-    """What ``begin_run`` found: the run's id and the stored cursor, or None when another holds the lock."""
+    """What ``begin_run`` found: the run's id and the stored cursor, or None when another holds the lock.
+
+    ``abandoned``: earlier runs of the account it found still open and closed (their worker died).
+    """
 
     run_id: int
     cursor: str | None
+    abandoned: int = 0
 
 
 def begin_run(conn: Connection, account: str) -> RunStart | None:
-    """Take ``account``'s advisory lock, open its run and read its cursor, in one round trip.
+    """Take ``account``'s advisory lock, close its abandoned runs, open its run and read its cursor,
+    in one round trip.
 
     None when another session holds the lock (no run row is made). The lock is session-level,
     like ``try_account_lock``'s: closing the connection, ``release_account_lock`` or a
@@ -92,7 +97,7 @@ def begin_run(conn: Connection, account: str) -> RunStart | None:
         db.transaction(conn, single_statement=True) as cur,
         conn.cursor(row_factory=psycopg.rows.tuple_row) as after,
     ):
-        with conn.pipeline():
+        with db.pipeline(conn):
             cur.execute(
                 queries.get("begin_run"),
                 {
@@ -107,7 +112,7 @@ def begin_run(conn: Connection, account: str) -> RunStart | None:
     assert row is not None  # noqa: S101  # for mypy: the lock's row is always there
     if not row[0]:
         return None
-    return RunStart(run_id=int(row[1]), cursor=None if cursor is None else cursor[0])
+    return RunStart(run_id=int(row[1]), cursor=None if cursor is None else cursor[0], abandoned=int(row[2]))
 
 
 def _run_params(account: str) -> dict[str, Any]:

@@ -300,6 +300,8 @@ class _AccountRun:
 
     def locked(self, conn: db.Connection, begun: store.RunStart) -> AccountResult:
         run_id, cursor = begun.run_id, begun.cursor
+        if begun.abandoned:
+            _log.warning("abandoned_runs_closed", runs=begun.abandoned)
         outcome: Outcome = "succeeded"
         failure: BaseException | None = None
         deferred = False

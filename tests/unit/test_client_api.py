@@ -340,6 +340,26 @@ def test_throttled_login_is_not_a_verdict_and_is_retried_after_retry_after(
     assert len(fake.paths("/session/login")) == 2
 
 
+def test_throttled_login_retry_after_date_is_measured_against_the_answers_date(
+    fake: FakeApi, make: Any, clock: Clock
+) -> None:
+    """A login 429 whose Retry-After is an HTTP-date waits its distance from the answer's Date header."""
+    # The server's clock says 2001; ours says today: only the server's Date gives the right 30 s.
+    fake.login.append(
+        reply(
+            429,
+            "slow down",
+            Retry_After="Mon, 01 Jan 2001 00:00:30 GMT",
+            Date="Mon, 01 Jan 2001 00:00:00 GMT",
+        )
+    )
+    guard = Guard()
+    page = make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert page.status == 200
+    assert guard.events == ["before", "throttled", "before", "succeeded"]
+    assert clock.sleeps == [30.0]
+
+
 def test_token_failure_is_not_a_login_attempt(fake: FakeApi, make: Any) -> None:
     """An OAuth token request that fails never reaches the guard: no session login was tried."""
     fake.token.append(reply(503, "<html>down</html>"))
