@@ -163,12 +163,13 @@ def started(connect: ConnectionFactory, first: Callable[[Connection], _T]) -> It
 
     A kept connection may have died or gone stale while idle (a database restart, a failover): when
     a reused one fails ``first`` with a project error, it is retired and ``first`` runs once more on
-    a fresh connection, as nothing of it can have happened on the dead one. A fresh connection's
-    failure is raised. Errors of the work inside the ``with`` are never retried here.
+    a new connection (not another kept one), as nothing of it can have happened on the dead one. A
+    new connection's failure is raised. Errors of the work inside the ``with`` are never retried here.
     """
     for attempt in range(2):
         with contextlib.ExitStack() as stack:
-            conn, reused = stack.enter_context(_checkout(connect))
+            # The retry never takes another kept connection: after a restart they are all dead.
+            conn, reused = stack.enter_context(_checkout(connect, fresh=attempt > 0))
             try:
                 value = first(conn)
             except errors.SyncWorkerError:
@@ -189,10 +190,11 @@ def ping(conn: Connection) -> None:
 
 
 @contextlib.contextmanager
-def _checkout(connect: ConnectionFactory) -> Iterator[tuple[Connection, bool]]:
-    """A connection and whether it was reused from a ``Pool`` (a reused one may have died since)."""
+def _checkout(connect: ConnectionFactory, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
+    """A connection and whether it was reused from a ``Pool`` (a reused one may have died since);
+    ``fresh``: a new one even when the pool keeps one."""
     if isinstance(connect, Pool):
-        with connect.checkout() as pooled:
+        with connect.checkout(fresh=fresh) as pooled:
             yield pooled
         return
     conn = connect()
@@ -245,9 +247,9 @@ class Pool:
             yield conn
 
     @contextlib.contextmanager
-    def checkout(self) -> Iterator[tuple[Connection, bool]]:
-        """A connection and whether it was kept from an earlier session."""
-        conn = self._take_idle()
+    def checkout(self, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
+        """A connection and whether it was kept from an earlier session (``fresh``: a new one)."""
+        conn = None if fresh else self._take_idle()
         reused = conn is not None
         if conn is None:
             conn = self._connect()

@@ -90,12 +90,15 @@ class Liveness:
     ``run_daemon`` attaches its scheduler and claim loop once started and detaches them when shutdown
     begins; the dispatcher reports each poll. Alive (``__call__``): attached, the scheduler and the
     loop threads alive, and the loop came round within ``WEDGED_LOOP_SECONDS`` (a wedged loop is
-    exactly when a restart helps). Ready (``check_claims``): a poll succeeded within
-    ``STALE_POLL_SECONDS``.
+    exactly when a restart helps). Ready (``check_claims``): a poll succeeded within ``stale_after``
+    seconds (``STALE_POLL_SECONDS``).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, stale_after: float = STALE_POLL_SECONDS
+    ) -> None:
         self._clock = clock
+        self._stale_after = stale_after
         self._lock = threading.Lock()
         self._scheduler: Any = None
         self._loops: tuple[threading.Thread, ...] = ()
@@ -157,7 +160,7 @@ class Liveness:
         with self._lock:
             last_ok, error = self._last_ok, self._last_error
         age = self.seconds_since_poll()
-        if last_ok is not None and age <= STALE_POLL_SECONDS:
+        if last_ok is not None and age <= self._stale_after:
             return
         when = (
             "no claim poll has succeeded yet"

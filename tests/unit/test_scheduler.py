@@ -144,7 +144,7 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
 class FakeConnection:
     closed = False
 
-    class info:  # noqa: N801  # the shape of psycopg's ConnectionInfo that db.usable reads
+    class info:  # the shape of psycopg's ConnectionInfo that db.usable reads
         transaction_status = psycopg.pq.TransactionStatus.IDLE
 
     def close(self) -> None:
