@@ -13,7 +13,7 @@ import structlog
 from apscheduler import events
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import claims, config, errors, scheduler, secret
+from sync_worker import claims, config, errors, scheduler, secret, sync
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -142,7 +142,8 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
 
 
 class FakeConnection:
-    closed = False
+    def __init__(self) -> None:
+        self.closed = False
 
     class info:  # the shape of psycopg's ConnectionInfo that db.usable reads
         transaction_status = psycopg.pq.TransactionStatus.IDLE
@@ -325,4 +326,65 @@ def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
     assert d.claim_due() == 1
     assert metrics.calls.count(("scheduler_event", ("missed", ACCOUNTS[1]))) == 1
     assert submitted == [(ACCOUNTS[1],), (ACCOUNTS[1],)]
+    d.close(clean=True)
+
+
+def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose first statement failed (begun=False) releases its claim due START_RETRY_SECONDS from
+    now (or its interval, if shorter); a run that began and failed waits for its interval."""
+    released: list[tuple[str, float, bool]] = []
+
+    def release(
+        conn: Any, account: str, *, holder: str, delay_seconds: float, from_now: bool = False
+    ) -> bool:
+        released.append((account, delay_seconds, from_now))
+        return True
+
+    monkeypatch.setattr(claims, "release", release)
+    inflight = scheduler._InFlight()
+    d = dispatcher(connect=FakeConnection, inflight=inflight)
+    for account, begun in ((ACCOUNTS[0], False), (ACCOUNTS[1], False), (ACCOUNTS[0], True)):
+        inflight.enter()
+        d._finished(account, sync.AccountResult(account, "failed", error="x", begun=begun))
+    assert released[0] == (ACCOUNTS[0], scheduler.START_RETRY_SECONDS, True)
+    assert released[1] == (ACCOUNTS[1], min(60.0, scheduler.START_RETRY_SECONDS), True)
+    account, delay, from_now = released[2]
+    assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
+    d.close(clean=True)
+
+
+def test_the_claim_connection_is_replaced_after_any_error_and_the_statement_tried_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error of any kind on the dispatcher's kept connection (a read-only session's refusal too)
+    closes it and the statement runs once more on a new connection; a new connection's error is raised
+    and the next statement gets another new one."""
+    made: list[FakeConnection] = []
+
+    def connect() -> FakeConnection:
+        made.append(FakeConnection())
+        return made[-1]
+
+    refusals: list[errors.StoreError] = []
+
+    def claim(conn: Any, accounts: Any, **kwargs: Any) -> list[Any]:
+        if refusals:
+            raise refusals.pop()
+        return []
+
+    monkeypatch.setattr(claims, "claim", claim)
+    d = dispatcher(connect=connect)
+    assert d.claim_due() == 0
+    assert len(made) == 1
+    refusals.append(errors.StoreError("ReadOnlySqlTransaction"))
+    assert d.claim_due() == 0  # the kept one refused: closed, and the claim ran on a new one
+    assert len(made) == 2 and made[0].closed and not made[1].closed
+    refusals.extend([errors.StoreError("again"), errors.StoreError("again")])
+    with pytest.raises(errors.StoreError):
+        d.claim_due()
+    assert len(made) == 3 and all(conn.closed for conn in made)
+    assert d.claim_due() == 0
+    assert len(made) == 4
     d.close(clean=True)
