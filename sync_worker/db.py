@@ -201,12 +201,22 @@ def _checkout(connect: ConnectionFactory, *, fresh: bool = False) -> Iterator[tu
     try:
         yield conn, False
     finally:
-        _close(conn)
+        _unlock_and_close(conn)
 
 
 def _close(conn: Connection) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.close()
+
+
+def _unlock_and_close(conn: Connection) -> None:
+    """Close ``conn``, its session-level advisory locks released first where it still can: the
+    server ends a closed session (and frees its locks) a moment after ``close`` returns, and the
+    next run of the account must not find its lock still held."""
+    if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock_all()")
+    _close(conn)
 
 
 class Pool:
@@ -289,7 +299,9 @@ class Pool:
                 if not self._closed and len(self._idle) < self._keep:
                     self._idle.append(conn)
                     return
-        _close(conn)
+            _close(conn)  # its locks were released just above
+            return
+        _unlock_and_close(conn)
 
     def close(self) -> None:
         """Close the idle connections; connections in use are closed when given back."""
