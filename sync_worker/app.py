@@ -236,10 +236,19 @@ def run_daemon(
     install_signal_handlers: bool = True,
     liveness: scheduler.Liveness | None = None,
 ) -> int:
-    """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here."""
+    """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here.
+
+    ``liveness`` (made here when not given) also feeds ``seconds_since_last_claim_poll`` when
+    ``metrics`` is a ``metrics.Metrics``.
+    """
+    from sync_worker import metrics as metrics_mod  # noqa: PLC0415  # see the imports above
     from sync_worker import scheduler  # noqa: PLC0415  # see the imports above
 
     stop = stop_event if stop_event is not None else threading.Event()
+    if liveness is None:
+        liveness = scheduler.Liveness()
+    if isinstance(metrics, metrics_mod.Metrics):
+        metrics.watch_claim_poll(liveness.seconds_since_poll)
     with contextlib.ExitStack() as stack:
         if connect is None:
             connect = stack.enter_context(pooled(settings))

@@ -124,7 +124,13 @@ def cmd_run(ctx: Context) -> int:
             settings.metrics_port,
             m,
             live=liveness,
-            ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
+            ready=health.checks(
+                [
+                    ("database", database_ready),
+                    ("login_guard", guard_ready),
+                    ("claims", liveness.check_claims),
+                ]
+            ),
         ).start()
     try:
         code = app.run_daemon(settings, metrics=m, liveness=liveness)

@@ -313,8 +313,10 @@ class LoginGuard:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[db.Cursor]:
-        # Connecting fails closed: not knowing the count must not risk a lock-out.
-        with db.session(self._connect) as conn, db.transaction(conn) as cur:
+        # Connecting fails closed: not knowing the count must not risk a lock-out. A kept
+        # connection that died while idle (a database restart) is replaced before the transaction
+        # begins; an error inside it retires the connection (db.transaction).
+        with db.started(self._connect, db.ping) as (conn, _), db.transaction(conn) as cur:
             yield cur
 
     def _report(self, blocked: bool) -> None:

@@ -139,6 +139,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._last_success: dict[str, float] = {}
         self._known_accounts: set[str] = set()
+        self._claim_poll_gauge: prometheus_client.Gauge | None = None
         r = self.registry
 
         self.messages_received = prometheus_client.Counter(
@@ -307,6 +308,21 @@ class Metrics:
 
     def api_observer(self) -> ApiObserver:
         return ApiObserver(self)
+
+    def watch_claim_poll(self, seconds_since: Callable[[], float]) -> None:
+        """Export the daemon's ``seconds_since_last_claim_poll``, read from ``seconds_since`` at each
+        scrape (a stored value would freeze exactly when the claim loop stops). The daemon only: a
+        ``once`` pass does not claim."""
+        with self._lock:
+            if self._claim_poll_gauge is None:
+                self._claim_poll_gauge = prometheus_client.Gauge(
+                    PREFIX + "seconds_since_last_claim_poll",
+                    "Seconds since the daemon's last successful claim poll (monotonic; since process "
+                    "start before the first). Above a few seconds the replica cannot claim, so it syncs "
+                    "nothing (/readyz says why).",
+                    registry=self.registry,
+                )
+        self._claim_poll_gauge.set_function(seconds_since)
 
     # --- read side ----------------------------------------------------------
 

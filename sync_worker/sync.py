@@ -56,6 +56,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import hashlib
 import threading
 import time
@@ -131,6 +132,9 @@ class AccountResult:
     # The errors class name, so the CLI can tell refused credentials (exit 4)
     # from an outage (exit 1) without parsing text.
     error_kind: str | None = None
+    # False: the run could not start (no connection, or its first statement failed), so no
+    # sync_run row records it; the daemon makes the account due again soon, not an interval later.
+    begun: bool = True
 
     @property
     def ok(self) -> bool:
@@ -261,20 +265,23 @@ class _AccountRun:
 
     def run(self) -> AccountResult:
         try:
-            with db.session(self.connect) as conn:
-                # The account's advisory lock, the run row and the cursor in one round trip.
-                # The lock is not released here: db.session does it when the run ends (a
-                # pooled connection is given back only after pg_advisory_unlock_all, any
-                # other one is closed), after the run's last statement committed.
-                try:
-                    begun = store.begin_run(conn, self.account)
-                except errors.SyncWorkerError as exc:
-                    return self.finish("failed", exc)
+            # The account's advisory lock, the run row and the cursor in one round trip, retried
+            # once on a fresh connection when a kept one fails it (it died while idle: a database
+            # restart). The lock is not released here: the session does it when the run ends (a
+            # pooled connection is given back only after pg_advisory_unlock_all, any other one is
+            # closed), after the run's last statement committed.
+            with db.started(self.connect, functools.partial(store.begin_run, account=self.account)) as (
+                conn,
+                begun,
+            ):
                 if begun is None:
                     return self.skipped(conn)
                 return self.locked(conn, begun)
         except errors.SyncWorkerError as exc:
-            return self.finish("failed", exc)
+            # No connection, or the run's first statement failed on a fresh one: there is no
+            # sync_run row to record it in (the database refused the very write that makes one).
+            # The log event, the metrics and the result (begun=False) say so instead.
+            return self.finish("failed", exc, begun=False)
 
     def skipped(self, conn: db.Connection) -> AccountResult:
         """Another process syncs this account now; say who, and loudly when it has for long."""
@@ -512,6 +519,7 @@ class _AccountRun:
         error: str | None = None,
         *,
         deferred: bool = False,
+        begun: bool = True,
     ) -> AccountResult:
         if error is None and exc is not None:
             error = _describe(exc)
@@ -527,6 +535,7 @@ class _AccountRun:
             duration_seconds=round(self.clock() - self.started, 6),
             error=error,
             error_kind=None if exc is None else type(exc).__name__,
+            begun=begun,
         )
         _log_run(result, deferred=deferred)
         if self.metrics is not None:
@@ -591,6 +600,8 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
     }
     if deferred:
         fields["deferred"] = True
+    if not result.begun:
+        fields["begun"] = False
     if result.error is not None:
         fields["error"] = result.error
     if result.outcome in ("succeeded", "skipped_locked", "interrupted"):
