@@ -77,6 +77,7 @@ Raw = faults.Raw
 Mangle = faults.Mangle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
+ENVELOPE_KINDS = faults.ENVELOPE_KINDS
 ScriptStep = faults.ScriptStep
 gateway_error_after_processing = faults.gateway_error_after_processing
 Hooks = hooks.Hooks
