@@ -145,7 +145,9 @@ def test_a_middle_block_that_is_not_the_block_is_quarantined_before_anything_pas
         assert replayed[0].problem and stored == delivered - block
 
 
-@pytest.mark.parametrize("kind", ["no_messages", "renamed_messages", "duplicate_messages", "has_more_true_200"])
+@pytest.mark.parametrize(
+    "kind", ["no_messages", "renamed_messages", "duplicate_messages", "has_more_true_200"]
+)
 def test_a_final_block_that_is_not_the_block_stays_queued_and_is_read_later(db_url: str, kind: str) -> None:
     """A bad shape on the final 200: quarantined, exit 5 (whether more waits is unknown), and the next run
     stores that block: every message exactly once."""

@@ -76,7 +76,11 @@ def test_nested_messages_are_not_the_block_not_resolved_nothing_stored(
 
 def test_top_level_messages_are_read_whole_and_resolved(db: psycopg.Connection[Any]) -> None:
     """A kept body with a top-level messages list (an odd envelope around it): every message stored, resolved."""
-    body = {"meta": {"messages": [_message(9)]}, "hasMoreData": "true", "messages": [_message(1), _message(2)]}
+    body = {
+        "meta": {"messages": [_message(9)]},
+        "hasMoreData": "true",
+        "messages": [_message(1), _message(2)],
+    }
     result = _replay(db, _keep(db, json.dumps(body).encode()))
     assert (result.resolved, result.messages, result.inserted, result.problem) == (True, 2, 2, None)
     assert _stored(db) == ["replay #1", "replay #2"]
@@ -88,7 +92,11 @@ def test_cut_short_body_stores_the_complete_top_level_messages_and_stays_open(
     """A body cut inside its top-level list (after a nested decoy): the complete messages before the cut are
     stored, the block stays unresolved."""
     whole = json.dumps(
-        {"meta": {"messages": [_message(9)]}, "hasMoreData": True, "messages": [_message(i) for i in range(5)]}
+        {
+            "meta": {"messages": [_message(9)]},
+            "hasMoreData": True,
+            "messages": [_message(i) for i in range(5)],
+        }
     ).encode()
     cut = whole.index(b"replay #3")
     result = _replay(db, _keep(db, whole[:cut]))
