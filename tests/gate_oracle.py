@@ -83,38 +83,13 @@ def answers(draw: st.DrawFn, status: int, members: list[tuple[str, Any]]) -> Ans
     keep_location = True
     messages = dict(members).get("messages", [])
     for _ in range(draw(st.integers(0, 3))):
-        op = draw(
-            st.sampled_from(
-                ["drop", "rename", "retype", "duplicate", "extra", "status", "flip_more", "location", "empty"]
-            )
-        )
-        names = [k for k, _ in members]
-        if op in ("drop", "rename", "retype", "duplicate") and not names:
-            continue
-        if op == "drop":
-            del members[draw(st.integers(0, len(members) - 1))]
-        elif op == "rename":
-            i = draw(st.integers(0, len(members) - 1))
-            members[i] = (draw(_ODD_NAMES), members[i][1])
-        elif op == "retype":
-            i = draw(st.integers(0, len(members) - 1))
-            members[i] = (members[i][0], draw(_ODD_VALUES | st.just({"messages": messages})))
-        elif op == "duplicate":
-            name = draw(st.sampled_from(names))
-            value = draw(st.sampled_from([[], messages, True, False, dict(members)[name]]))
-            members.insert(draw(st.integers(0, len(members))), (name, value))
-        elif op == "extra":
-            name = draw(_ODD_NAMES | st.sampled_from(["requestId", "meta", "x"]))
-            value = draw(_ODD_VALUES | st.just({"messages": messages}) | st.just([{"messages": []}]))
-            members.insert(draw(st.integers(0, len(members))), (name, value))
-        elif op == "status":
+        op = draw(st.sampled_from(_OPS))
+        if op == "status":
             status = 200 if status == 202 else 202
-        elif op == "flip_more":
-            members = [(k, (not v) if k == "hasMoreData" and type(v) is bool else v) for k, v in members]
         elif op == "location":
             keep_location = not keep_location
         else:
-            members = [(k, [] if k == "messages" else v) for k, v in members]
+            members = _members_op(draw, op, members, messages)
     body = envelope_body(members, spaced=draw(st.booleans()))
     whole = draw(st.sampled_from(["keep"] * 8 + ["cut", "replace"]))
     if whole == "cut":
@@ -122,3 +97,34 @@ def answers(draw: st.DrawFn, status: int, members: list[tuple[str, Any]]) -> Ans
     elif whole == "replace":
         body = draw(st.sampled_from([b"", b"{}", b"null", b"[]", b"<html>502</html>", b'{"messages":[]}']))
     return Answer(status, body, keep_location)
+
+
+_OPS = ("drop", "rename", "retype", "duplicate", "extra", "status", "flip_more", "location", "empty")
+
+
+def _members_op(
+    draw: st.DrawFn, op: str, members: list[tuple[str, Any]], messages: Any
+) -> list[tuple[str, Any]]:
+    members = list(members)
+    if op == "flip_more":
+        return [(k, (not v) if k == "hasMoreData" and type(v) is bool else v) for k, v in members]
+    if op == "empty":
+        return [(k, [] if k == "messages" else v) for k, v in members]
+    if op == "extra":
+        name = draw(_ODD_NAMES | st.sampled_from(["requestId", "meta", "x"]))
+        value: Any = draw(_ODD_VALUES | st.just({"messages": messages}) | st.just([{"messages": []}]))
+        members.insert(draw(st.integers(0, len(members))), (name, value))
+        return members
+    if not members:
+        return members
+    i = draw(st.integers(0, len(members) - 1))
+    if op == "drop":
+        del members[i]
+    elif op == "rename":
+        members[i] = (draw(_ODD_NAMES), members[i][1])
+    elif op == "retype":
+        members[i] = (members[i][0], draw(_ODD_VALUES | st.just({"messages": messages})))
+    else:  # duplicate: the same name again, before or after, with the same or another value
+        value = draw(st.sampled_from([[], messages, True, False, members[i][1]]))
+        members.insert(draw(st.integers(0, len(members))), (members[i][0], value))
+    return members

@@ -518,7 +518,7 @@ def test_200_with_has_more_data_true_is_asked_again_and_never_stored(db_url: str
 
 
 def test_202_with_an_empty_block_is_asked_again_and_its_token_never_sent(db_url: str) -> None:
-    """A 202 with no messages is not a block: the same request again, its token never sent, the queue drains."""
+    """A 202 with no messages is not a block: the same request again, its token never sent; it drains."""
     sim = _sim()
     with sim:
         sim.inject(ACCOUNT, crash.make_messages(ACCOUNT, 0, 250, seed=5))

@@ -64,7 +64,7 @@ def _stored(db: psycopg.Connection[Any]) -> list[str]:
 def test_nested_messages_are_not_the_block_not_resolved_nothing_stored(
     db: psycopg.Connection[Any], body: dict[str, Any]
 ) -> None:
-    """A kept body whose only "messages":[...] is nested (or in a string): replay stores nothing, stays open."""
+    """A kept body whose only "messages":[...] is nested (or in a string): nothing stored, stays open."""
     quarantine_id = _keep(db, json.dumps(body).encode())
     result = _replay(db, quarantine_id)
     assert (result.resolved, result.messages, result.inserted) == (False, 0, 0)
@@ -75,7 +75,7 @@ def test_nested_messages_are_not_the_block_not_resolved_nothing_stored(
 
 
 def test_top_level_messages_are_read_whole_and_resolved(db: psycopg.Connection[Any]) -> None:
-    """A kept body with a top-level messages list (an odd envelope around it): every message stored, resolved."""
+    """A kept body with a top-level messages list (odd envelope around it): every message stored, resolved."""
     body = {
         "meta": {"messages": [_message(9)]},
         "hasMoreData": "true",

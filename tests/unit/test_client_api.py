@@ -722,7 +722,7 @@ def test_202_without_location_is_unsafe(fake: FakeApi, make: Any) -> None:
 def test_status_has_more_data_disagreement_is_unreadable(
     fake: FakeApi, make: Any, status: int, body: dict[str, Any], token: str | None
 ) -> None:
-    """Status, hasMoreData and the message count disagreeing: retried, then a MalformedBlockError; never paged."""
+    """Status, hasMoreData and message count disagreeing: retried, then a MalformedBlockError; never paged."""
     fake.api.extend([reply(status, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
     with pytest.raises(errors.MalformedBlockError) as info:
         make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")

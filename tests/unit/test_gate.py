@@ -44,7 +44,7 @@ def _mutated(draw: st.DrawFn) -> tuple[int, bytes, str | None]:
 def test_gate_recognises_exactly_what_the_documented_rules_accept(
     answer: tuple[int, bytes, str | None],
 ) -> None:
-    """On mutated envelopes, recognise() accepts an answer iff the oracle does, with the very messages listed."""
+    """On mutated envelopes, recognise() accepts an answer iff the oracle does, with the messages listed."""
     status, body, token = answer
     expected = gate_oracle.recognised(status, body, token)
     try:
