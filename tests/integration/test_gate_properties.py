@@ -148,7 +148,8 @@ class _Stack:
                 plan.lost.update(crash._canon(m) for m in last.original)
         else:
             kept = self.watch.execute(
-                "SELECT count(*) FROM sms_quarantine WHERE account_name = %s AND body = %s AND next_token = %s",
+                "SELECT count(*) FROM sms_quarantine"
+                " WHERE account_name = %s AND body = %s AND next_token = %s",
                 (plan.account, last.body, token),
             ).fetchone()
             if kept is None or kept[0] != 1:
