@@ -28,7 +28,8 @@ class Raw:
 
 @dataclasses.dataclass(frozen=True)
 class Mangle:
-    """A history request processed as usual whose answer is then made unreadable (``UNREADABLE_KINDS``).
+    """A history request processed as usual whose answer is then made unreadable (``UNREADABLE_KINDS``,
+    or one of ``ENVELOPE_KINDS``: JSON that the acknowledgement gate does not take for the block).
 
     Like any reply the client could not read, it is not treated as delivered: a final block stays queued.
     """
