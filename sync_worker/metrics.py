@@ -84,6 +84,10 @@ class ApiObserver:
         self._metrics.api_retries.labels(_label(operation), _label(reason)).inc()
         self._metrics.api_retry_wait_seconds.labels(_label(operation)).inc(max(wait, 0.0))
 
+    def on_unknown_member(self, member: str) -> None:
+        # ``member`` comes capped from gate.unknown_member_label: at most a few dozen series.
+        self._metrics.history_unknown_members.labels(_label(member)).inc()
+
 
 class _FreshnessCollector(prom_registry.Collector):
     """Seconds since each account's last success, computed when scraped.
@@ -192,6 +196,13 @@ class Metrics:
             PREFIX + "api_retry_wait_seconds",
             "Seconds spent waiting before API retries.",
             ["operation"],
+            registry=r,
+        )
+        self.history_unknown_members = prometheus_client.Counter(
+            PREFIX + "history_unknown_members",
+            "History answers read as a block although they carried this unknown top-level member "
+            "(the first 32 names by name, later ones as 'other').",
+            ["member"],
             registry=r,
         )
         self.last_success = prometheus_client.Gauge(

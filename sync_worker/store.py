@@ -23,7 +23,7 @@ import psycopg
 import psycopg.errors
 import psycopg.rows
 
-from sync_worker import db, errors, models, pgarrays, queries, rows, secret
+from sync_worker import db, errors, gate, models, pgarrays, queries, rows, secret
 
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
@@ -140,6 +140,10 @@ def commit_block(
         # (the failed statement changed nothing).
         ensure_partitions(conn, block.received_at)
         inserted = _write_block(conn, params)
+    if page.ticket is not None:
+        # Committed: every message the body listed is in this transaction, so the gate may let
+        # the request that acknowledges the block go out.
+        page.ticket.committed(len(block))
     return BlockResult(
         received=len(block), inserted=inserted, replays=len(block) - inserted, malformed=block.malformed
     )
@@ -179,14 +183,19 @@ def _ensure_partitions(cur: db.Cursor, times: Iterable[dt.datetime | None]) -> N
 
 
 def quarantine_block(
-    conn: Connection, run_id: int, account: str, block: models.KeptBlock
+    conn: Connection,
+    run_id: int,
+    account: str,
+    block: models.KeptBlock,
+    ticket: gate.Ticket | None = None,
 ) -> QuarantineResult:
     """Keep an unreadable block's body, move the cursor past it and count it, atomically.
 
     The cursor moves to ``block.next_token`` (NULL after a final 200), exactly as
     ``commit_block`` would have: the request that acknowledges the block is sent
-    only after this transaction committed, so a crash in between replays the
-    block, which maps onto the same ``sms_quarantine`` row.
+    only after this transaction committed (``ticket`` is settled here, for
+    ``gate.release``), so a crash in between replays the block, which maps onto
+    the same ``sms_quarantine`` row.
     """
     params = {
         "account_name": account,
@@ -203,6 +212,8 @@ def quarantine_block(
     with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("quarantine_block"), params).fetchone()
     assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
+    if ticket is not None:
+        ticket.quarantined()
     return QuarantineResult(quarantine_id=int(row[0]), inserted=bool(row[1]))
 
 

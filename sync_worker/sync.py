@@ -2,9 +2,11 @@
 
 The history endpoint is a queue: the request that carries block N's ``next``
 token acknowledges (dequeues) block N. So a block's rows and its token are
-committed in one transaction *before* the iterator is asked for block N+1. A
-crash between the commit and that request only replays block N, which the
-idempotent upsert absorbs.
+committed in one transaction *before* the iterator is asked for block N+1, and
+the iterator sends the token only through the acknowledgement gate
+(``gate.release``), which lets it out once ``store.commit_block`` or
+``store.quarantine_block`` settled the block's ticket. A crash between the
+commit and that request only replays block N, which the idempotent upsert absorbs.
 
 A ``next`` token the API rejects (a stale stored one, or a single-use token
 re-sent by a retry after a lost response) clears the stored cursor with a
@@ -65,7 +67,7 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from sync_worker import config, db, errors, exitcodes, logs, models, status, store
+from sync_worker import config, db, errors, exitcodes, gate, logs, models, status, store
 
 Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = db.ConnectionFactory
@@ -391,12 +393,13 @@ class _AccountRun:
                 # Every attempt came back unreadable (the client retried the same
                 # request first). Failing here would leave the block unacknowledged,
                 # and a platform that keeps serving it would stop the queue forever.
-                # Its bytes are kept and can be replayed, so moving on loses nothing.
-                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc))
+                # Its bytes are kept and reported; only then does the gate let its token out.
+                ticket = gate.Ticket(exc.next_token, None)
+                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc), ticket)
                 if exc.next_token is None:
                     self.end_unknown = True
                     return
-                cursor = exc.next_token
+                cursor = gate.release(ticket)
             except errors.InvalidCursorError:
                 # Restarting at the head is always safe: every block a rejected
                 # token could acknowledge is committed already, and whatever is
@@ -443,7 +446,7 @@ class _AccountRun:
         except Exception as exc:
             if not self.failed_again(conn, page, exc):
                 raise
-            self.quarantine(conn, run_id, _unstorable(page, exc))
+            self.quarantine(conn, run_id, _unstorable(page, exc), page.ticket)
             return
         malformed = len(result.malformed)
         self.blocks += 1
@@ -490,8 +493,10 @@ class _AccountRun:
         )
         return streak >= FAILURE_STREAK_LIMIT and bool(page.body)
 
-    def quarantine(self, conn: db.Connection, run_id: int, block: models.KeptBlock) -> None:
-        result = store.quarantine_block(conn, run_id, self.account, block)
+    def quarantine(
+        self, conn: db.Connection, run_id: int, block: models.KeptBlock, ticket: gate.Ticket | None
+    ) -> None:
+        result = store.quarantine_block(conn, run_id, self.account, block, ticket)
         self.quarantined += 1
         _log.error(
             "block_quarantined",

@@ -25,7 +25,10 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
   own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
   rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
-  ``Mangle``, ``gateway_error_after_processing()``).
+  ``Mangle``, ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)`` makes an answer
+  unreadable (``UNREADABLE_KINDS``) or well-formed JSON that is still not the block (``ENVELOPE_KINDS``:
+  ``messages`` missing or renamed, ``{}``, a duplicate ``messages``, ``hasMoreData`` missing, not a boolean
+  or disagreeing with the status, a 202 with no message), e.g. from a ``hooks.rewrite``.
 * ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
   (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written
   out, or a bearer/session token ``issued``. Documented in ``hooks``.
@@ -77,6 +80,7 @@ Raw = faults.Raw
 Mangle = faults.Mangle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
+ENVELOPE_KINDS = faults.ENVELOPE_KINDS
 ScriptStep = faults.ScriptStep
 gateway_error_after_processing = faults.gateway_error_after_processing
 Hooks = hooks.Hooks
@@ -115,6 +119,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_SEED_MESSAGES",
+    "ENVELOPE_KINDS",
     "ERR_PREFIX",
     "PATH_KINDS",
     "UNREADABLE_KINDS",
