@@ -82,6 +82,17 @@ def _fingerprint(*parts: str) -> str:
         return found
 
 
+def user_key(username: str) -> str:
+    """The user as the vendor counts failed logins: the login guard's key.
+
+    Case-folded: if the vendor tells ``Ops`` from ``ops`` apart, counting them as one
+    user only stops the guard early; if it does not, two counts would let the user be
+    locked. No base URL either: the same user reached through two spellings of the
+    platform's address is one count at the vendor.
+    """
+    return username.casefold()
+
+
 def check_threshold(threshold: int) -> int:
     if not 1 <= threshold <= CEILING:
         raise errors.ConfigError(

@@ -2,7 +2,9 @@
 
 Bearers expire ``bearer_ttl`` after issue; sessions expire after ``session_idle_timeout`` without
 use; ``max_failed_logins`` consecutive failures lock the user (even against the right password)
-until ``unlock``.
+until ``unlock``. A user is its case-folded name: the count, the lock and the password check treat
+``Sim-User`` and ``sim-user`` as one user (the safe assumption about the vendor, which the login
+guard mirrors), whatever host name or port spelling the request came through.
 """
 
 from __future__ import annotations
@@ -46,17 +48,17 @@ class AuthState:
             if username is None:
                 self._failures.clear()
             else:
-                self._failures.pop(username, None)
+                self._failures.pop(_user(username), None)
 
     def failed_streak(self, username: str) -> int:
         """Consecutive failed logins of ``username`` now (the vendor's count)."""
         with self._lock:
-            return self._failures.get(username, 0)
+            return self._failures.get(_user(username), 0)
 
     def peak_failed_streak(self, username: str) -> int:
         """The highest the count of ``username`` ever was (``unlock`` does not lower it)."""
         with self._lock:
-            return self._peak.get(username, 0)
+            return self._peak.get(_user(username), 0)
 
     def bearer_ok(self, cfg: settings.SimConfig, header: str | None) -> bool:
         if not header or header[:7].lower() != "bearer ":
@@ -124,22 +126,22 @@ class AuthState:
             return wire.json_reply(400, wire.m2m_error(wire.CODE_INVALID_REQUEST, "Malformed request body."))
         ok = False
         token = ""
-        username = creds.get("username")
+        user = _user(str(creds.get("username")))
         password = creds.get("password")
         with self._lock:
-            failures = self._failures.get(str(username), 0)
+            failures = self._failures.get(user, 0)
             if failures >= cfg.max_failed_logins:
                 locked = True
             else:
                 locked = False
-                ok = username == cfg.username and password == cfg.password.reveal()
+                ok = user == _user(cfg.username) and password == cfg.password.reveal()
                 if ok:
-                    self._failures.pop(str(username), None)
+                    self._failures.pop(user, None)
                     token = wire.new_token(32)
                     self._sessions[token] = cfg.clock()
                 else:
-                    self._failures[str(username)] = failures + 1
-                    self._peak[str(username)] = max(self._peak.get(str(username), 0), failures + 1)
+                    self._failures[user] = failures + 1
+                    self._peak[user] = max(self._peak.get(user, 0), failures + 1)
         if locked:
             self._stats.bump("failed_logins")
             message = "User account is locked. Contact support to unlock it."
@@ -151,3 +153,7 @@ class AuthState:
         self._stats.bump("logins")
         self._issued("session", token)
         return wire.json_reply(200, wire.dumps({"sessionToken": token}))
+
+
+def _user(username: str) -> str:
+    return username.casefold()
