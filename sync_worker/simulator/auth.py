@@ -1,16 +1,20 @@
 """The platform's auth model: OAuth bearer tokens, M2M session tokens and the login lock-out.
 
-Bearers expire ``bearer_ttl`` after issue; sessions expire after ``session_idle_timeout`` without
-use; ``max_failed_logins`` consecutive failures lock the user (even against the right password)
-until ``unlock``. A user is its case-folded name: the count, the lock and the password check treat
-``Sim-User`` and ``sim-user`` as one user (the safe assumption about the vendor, which the login
-guard mirrors), whatever host name or port spelling the request came through.
+Bearers expire ``bearer_ttl`` after issue; with ``oauth_same_token_for_hour`` a token request
+during that time returns the same token (``expires_in`` counting down), as the vendor does, until
+it expires or is revoked (``POST /api/ts/v1/oauth2/revoke``, form ``token=...``). Sessions expire
+after ``session_idle_timeout`` without use. ``max_failed_logins`` consecutive failures lock the
+user (even against the right password) until ``unlock``. A user is its case-folded name: the
+count, the lock and the password check treat ``Sim-User`` and ``sim-user`` as one user (the safe
+assumption about the vendor, which the login guard mirrors), whatever host name or port spelling
+the request came through.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -30,6 +34,8 @@ class AuthState:
         self._issued = issued
         self._lock = threading.Lock()
         self._bearers: dict[str, float] = {}
+        # With oauth_same_token_for_hour: the token each client id was last issued.
+        self._current: dict[str, str] = {}
         self._sessions: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         # The longest run of failed logins each user ever had: what a test asserts stays below the lock.
@@ -42,6 +48,7 @@ class AuthState:
                 self._sessions.clear()
             else:
                 self._bearers.clear()
+                self._current.clear()
 
     def unlock(self, username: str | None = None) -> None:
         with self._lock:
@@ -87,16 +94,9 @@ class AuthState:
 
     def token(self, cfg: settings.SimConfig, authorization: str, body: bytes) -> wire.Reply:
         """``POST /oauth2/token``: Basic client credentials, ``grant_type=client_credentials``."""
-        client_id = client_secret = None
-        if authorization[:6].lower() == "basic ":
-            try:
-                decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
-                client_id, _, client_secret = decoded.partition(":")
-            except ValueError:
-                pass
-        if client_id != cfg.client_id or client_secret != cfg.client_secret.reveal():
-            error = {"error": "invalid_client", "error_description": "Client authentication failed"}
-            return wire.json_reply(401, wire.dumps(error))
+        refused = _client_refused(cfg, authorization)
+        if refused is not None:
+            return refused
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         if form.get("grant_type") != ["client_credentials"]:
             error = {
@@ -104,17 +104,39 @@ class AuthState:
                 "error_description": "grant_type must be client_credentials",
             }
             return wire.json_reply(400, wire.dumps(error))
-        token = wire.new_token(32)
+        now = cfg.clock()
         with self._lock:
-            self._bearers[token] = cfg.clock() + cfg.bearer_ttl
+            token = self._current.get(cfg.client_id, "") if cfg.oauth_same_token_for_hour else ""
+            expiry = self._bearers.get(token)
+            fresh = expiry is None or expiry <= now
+            if fresh:
+                token = wire.new_token(32)
+                expiry = now + cfg.bearer_ttl
+                self._bearers[token] = expiry
+                self._current[cfg.client_id] = token
+        assert expiry is not None  # noqa: S101  # for mypy: set above when missing
         payload = {
             "access_token": token,
             "scope": "default",
             "token_type": "bearer",
-            "expires_in": int(cfg.bearer_ttl),
+            # Whole seconds left, rounded down like a countdown: 0 in the token's last second.
+            "expires_in": max(math.floor(expiry - now), 0),
         }
-        self._issued("bearer", token)
+        if fresh:
+            self._issued("bearer", token)
         return wire.json_reply(200, wire.dumps(payload))
+
+    def revoke(self, cfg: settings.SimConfig, authorization: str, body: bytes) -> wire.Reply:
+        """``POST /oauth2/revoke``: Basic client credentials, form ``token``; 200 whether it was known."""
+        refused = _client_refused(cfg, authorization)
+        if refused is not None:
+            return refused
+        token = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
+        with self._lock:
+            self._bearers.pop(token, None)
+            if self._current.get(cfg.client_id) == token:
+                del self._current[cfg.client_id]
+        return wire.json_reply(200, b"{}")
 
     def login(self, cfg: settings.SimConfig, body: bytes) -> wire.Reply:
         """``POST /session/login``: JSON ``{username, password}``, counted against the lock-out."""
@@ -153,6 +175,21 @@ class AuthState:
         self._stats.bump("logins")
         self._issued("session", token)
         return wire.json_reply(200, wire.dumps({"sessionToken": token}))
+
+
+def _client_refused(cfg: settings.SimConfig, authorization: str) -> wire.Reply | None:
+    """The 401 for a request whose Basic client credentials are not the configured ones."""
+    client_id = client_secret = None
+    if authorization[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+            client_id, _, client_secret = decoded.partition(":")
+        except ValueError:
+            pass
+    if client_id != cfg.client_id or client_secret != cfg.client_secret.reveal():
+        error = {"error": "invalid_client", "error_description": "Client authentication failed"}
+        return wire.json_reply(401, wire.dumps(error))
+    return None
 
 
 def _user(username: str) -> str:

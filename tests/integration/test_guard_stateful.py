@@ -115,8 +115,8 @@ class GuardMachine(RuleBasedStateMachine):
         self.vendor = Vendor()
         self.threshold = 3
         self.guards: dict[tuple[str, str], guard.LoginGuard] = {}
-        # The one login in flight: (process's guard, fingerprint, username, password, attempt id).
-        self.in_flight: tuple[guard.LoginGuard, str, str, str, str] | None = None
+        # Logins in flight: (process's guard, fingerprint, username, password, attempt id).
+        self.in_flight: list[tuple[guard.LoginGuard, str, str, str, str]] = []
 
     @initialize(threshold=st.integers(1, auth.CEILING))
     def fresh_database(self, threshold: int) -> None:
@@ -143,31 +143,26 @@ class GuardMachine(RuleBasedStateMachine):
         except errors.LoginGuardTrippedError:
             return
         except errors.TransientError:
-            assert self.in_flight is not None, "the guard made a login wait for nothing in flight"
+            assert self.in_flight, "the guard made a login wait for nothing in flight"
             return
-        assert self.in_flight is None, "two logins of one user in flight at once"
-        self.in_flight = (g, fp, name, password, attempt)
+        self.in_flight.append((g, fp, name, password, attempt))
 
-    @precondition(lambda self: self.in_flight is not None)
-    @rule(outcome=st.sampled_from(sorted(OUTCOMES)))
-    def end_login(self, outcome: str) -> None:
-        """The login in flight reaches the vendor (or not) and its process records what it learnt."""
-        assert self.in_flight is not None
-        g, fp, name, password, attempt = self.in_flight
-        self.in_flight = None
+    @precondition(lambda self: bool(self.in_flight))
+    @rule(outcome=st.sampled_from(sorted(OUTCOMES)), which=st.integers(0, 3))
+    def end_login(self, outcome: str, which: int) -> None:
+        """A login in flight reaches the vendor (or not) and its process records what it learnt."""
+        g, fp, name, password, attempt = self.in_flight.pop(which % len(self.in_flight))
         judged, seen = OUTCOMES[outcome]
         accepted = self.vendor.judge(name, password) if judged else False
         if seen is None:
             seen = "succeeded" if accepted else "refused"
         g.finish(attempt, fp, seen)
 
-    @precondition(lambda self: self.in_flight is not None)
-    @rule(judged=st.booleans())
-    def kill_process_mid_login(self, judged: bool) -> None:
-        """The process making the login dies before recording anything (its lease names a dead pid)."""
-        assert self.in_flight is not None
-        _, _, name, password, attempt = self.in_flight
-        self.in_flight = None
+    @precondition(lambda self: bool(self.in_flight))
+    @rule(judged=st.booleans(), which=st.integers(0, 3))
+    def kill_process_mid_login(self, judged: bool, which: int) -> None:
+        """The process making a login dies before recording anything (its lease names a dead pid)."""
+        _, _, name, password, attempt = self.in_flight.pop(which % len(self.in_flight))
         if judged:
             self.vendor.judge(name, password)
         self.conn.execute(
@@ -183,6 +178,10 @@ class GuardMachine(RuleBasedStateMachine):
     @invariant()
     def the_user_is_never_locked(self) -> None:
         assert self.vendor.count < LOCKED_AT
+
+    @invariant()
+    def one_login_of_the_user_at_a_time(self) -> None:
+        assert len(self.in_flight) <= 1
 
     @invariant()
     def no_process_presumes_fewer_failures_than_the_vendor_counted(self) -> None:
