@@ -287,9 +287,7 @@ def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url:
     connect = database.connector(db_url)
     vanished = guard.LoginGuard(connect, username="u", threshold=3, lease_seconds=1)
     vanished.begin("fp-dead")  # never finished: the process "died"
-    other = guard.LoginGuard(
-        connect, username="u", threshold=3, max_wait_seconds=30
-    )
+    other = guard.LoginGuard(connect, username="u", threshold=3, max_wait_seconds=30)
     assert other.state().pending_live
     attempt = other.begin("fp-live")  # waits for the lease to run out
     state = other.state()
@@ -364,7 +362,8 @@ def test_url_spellings_and_username_case_never_lock_the_user(
     # Each spelling's fingerprint is new credentials to the soft stop, so the ceiling is what holds.
     assert simulator.stats.login_attempts == 4
     assert simulator.peak_failed_login_streak(user.upper()) == 4
-    assert guard_of(wrong_password(simulator, db_url, THINGSPACE_USERNAME=user.title()), db_url).state().failures == 4
+    another_case = wrong_password(simulator, db_url, THINGSPACE_USERNAME=user.title())
+    assert guard_of(another_case, db_url).state().failures == 4
 
 
 def test_a_row_merged_under_another_folding_of_the_name_is_adopted(

@@ -181,8 +181,8 @@ def test_0009_merges_a_users_rows_into_one_that_never_counts_lower(
         migrations.migrate(conn, before)
         conn.execute(
             """
-            INSERT INTO login_guard (base_url, username, consecutive_failures, failed_fingerprints, last_outcome,
-                                     last_attempt_at, last_failure_at, last_error, tripped_at,
+            INSERT INTO login_guard (base_url, username, consecutive_failures, failed_fingerprints,
+                                     last_outcome, last_attempt_at, last_failure_at, last_error, tripped_at,
                                      pending_attempt, pending_fingerprint, pending_until, pending_holder)
             VALUES ('http://127.0.0.1:1/api', 'ops', 2, '{fp-a}', 'refused',
                     '2024-01-01T10:00Z', '2024-01-01T10:00Z', 'first', NULL, NULL, NULL, NULL, NULL),
