@@ -225,6 +225,8 @@ def test_auth_reset_confirms_before_acting(simulator: simulator.Simulator, db_ur
     assert status.returncode == 4
     shown = json.loads(status.stdout)
     assert (shown["failures"], shown["tripped"], shown["ceiling"]) == (3, True, 4)
+    assert shown["counted_as_user"] == simulator.config.username.casefold()
+    assert "whatever the base URL" in cli(env, "auth", "status").stdout
     refused = cli(env, "auth", "reset")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr

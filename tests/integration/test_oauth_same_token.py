@@ -146,3 +146,16 @@ def test_a_refused_token_handed_back_again_costs_a_bounded_number_of_token_reque
         api.sms.list_devices_sms_messages(ACCOUNT)
     assert simulator.stats.token_requests == 4
     assert simulator.stats.login_attempts == 1
+
+
+def test_a_renewal_that_brings_the_same_token_back_is_not_repeated(
+    simulator: sim_mod.Simulator, clock: Clock, api: client.ThingSpaceClient, issued: list[str]
+) -> None:
+    """The renewal 60 s before expiry gets the same token back (60 s left): no further request until the
+    hour is over, then one for a fresh token: three token requests over calls every second to 3,610 s."""
+    api.sms.list_devices_sms_messages(ACCOUNT)  # t = 0: the token's hour starts
+    for second in range(3530, 3611):
+        clock.now = float(second)
+        api.sms.list_devices_sms_messages(ACCOUNT)
+    assert simulator.stats.token_requests == 3
+    assert len(issued) == 2
