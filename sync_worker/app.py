@@ -96,10 +96,9 @@ def login_guard(
     stop_event: threading.Event | None = None,
     on_state: Callable[[bool], None] | None = None,
 ) -> guard.LoginGuard:
-    """The login guard of the configured user."""
+    """The login guard of the configured user (one count per user, whatever ``base_url`` says)."""
     return guard.LoginGuard(
         connect,
-        base_url=settings.base_url,
         username=settings.username,
         threshold=settings.login_guard_threshold,
         # A login cannot take longer than one connect and one read timeout; the margin

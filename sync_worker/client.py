@@ -348,9 +348,15 @@ class ThingSpaceClient:
         expires_in = body.get("expires_in", 3600)
         if isinstance(expires_in, str) and expires_in.isdigit():
             expires_in = int(expires_in)
-        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
+        # 0 is the platform's countdown in a token's last second (the same token until its hour ends).
+        if (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, (int, float))
+            or not math.isfinite(expires_in)
+            or expires_in < 0
+        ):
             raise errors.ResponseFormatError(
-                "token response 'expires_in' is not a positive number",
+                "token response 'expires_in' is not a number of seconds",
                 status=response.status_code,
                 operation=operation,
             )

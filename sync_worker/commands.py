@@ -489,12 +489,15 @@ def cmd_auth_status(ctx: Context) -> int:
         app.current_fingerprint(settings)
     )
     if ctx.args.json:
-        ctx.print(json.dumps({"username": settings.username, **guard_status.as_dict()}, sort_keys=True))
+        shown = {"username": settings.username, "counted_as_user": auth.user_key(settings.username)}
+        ctx.print(json.dumps({**shown, **guard_status.as_dict()}, sort_keys=True))
     else:
         state = guard_status.state
         ctx.print(
-            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace "
-            f"(this worker stops at {guard_status.threshold} for the same credentials, "
+            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace, "
+            f"counted per user ({auth.user_key(settings.username)!r}, any letter case) whatever the "
+            f"base URL, as the vendor counts (this worker stops at {guard_status.threshold} for the "
+            "same credentials, "
             f"{guard_status.ceiling} for any; "
             f"the vendor locks the user at {auth.VENDOR_LOCKOUT_AT})"
         )

@@ -5,6 +5,10 @@ Paths, status codes, headers and body shapes follow ``docs`` / the shared API no
 * ``POST /api/ts/v1/oauth2/token``: Basic ``client_id:client_secret``, form
   ``grant_type=client_credentials`` -> ``{access_token, token_type: "bearer", expires_in: 3600}``.
   Bad client -> 401 ``{"error": "invalid_client", ...}``; other grant -> 400 ``unsupported_grant_type``.
+  With ``SimConfig.oauth_same_token_for_hour`` (the vendor's rule) a request during a token's hour
+  gets the same token back, ``expires_in`` counting down from its first issue (whole seconds, 0 in
+  the last one). ``POST /api/ts/v1/oauth2/revoke`` (Basic client, form ``token``) -> 200 ``{}``: that
+  token is refused from then on and the next request gets a new one.
 * ``POST /api/m2m/v1/session/login``: bearer, JSON ``{username, password}`` -> ``{sessionToken}``.
   A wrong password -> 400 ``UnifiedWebService.REQUEST_FAILED.InvalidCredentials``. After
   ``SimConfig.max_failed_logins`` (5) consecutive failures the user is locked like on the real

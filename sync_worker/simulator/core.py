@@ -384,11 +384,13 @@ class Simulator:
             )
         return step
 
-    def _process(
+    def _process(  # noqa: PLR0912  # the endpoint router
         self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes
     ) -> wire.Reply:
         if kind == "token":
             return self._token(h, body)
+        if kind == "revoke":
+            return self._auth.revoke(self.config, h.headers.get("Authorization") or "", body)
         if not self._auth.bearer_ok(self.config, h.headers.get("Authorization")):
             return wire.json_reply(401, wire.BEARER_FAULT_BODY)
         if kind == "login":

@@ -111,6 +111,8 @@ def route(method: str, path: str) -> tuple[str, str | None] | None:
     """(kind, account) for a known endpoint; None otherwise."""
     if path == "/api/ts/v1/oauth2/token":
         return ("token", None) if method == "POST" else None
+    if path == "/api/ts/v1/oauth2/revoke":
+        return ("revoke", None) if method == "POST" else None
     if not path.startswith(_M2M + "/"):
         return None
     rest = path[len(_M2M) :]
