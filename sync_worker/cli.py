@@ -235,12 +235,32 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "simulate", "cmd_simulate", "run the ThingSpace simulator (for trying the worker without an account)"
     )
-    # None: the simulator's own defaults (simulator.DEFAULT_*), applied where it is loaded.
-    p.add_argument("--host", help="default: loopback")
-    p.add_argument("--port", type=int, help="default: the simulator's fixed port")
-    p.add_argument("--seed-messages", type=int, metavar="N", help="per account (default: the simulator's)")
-    p.add_argument("--accounts", metavar="A,B,...", help="default: the simulator's two demo accounts")
-    p.add_argument("--block-size", type=int, metavar="N", help="messages per history block (default: 100)")
+    # The simulator's defaults (simulator.DEFAULT_*, a test keeps them equal) spelled out here:
+    # importing the simulator would load its HTTP stack for every `--help`.
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8480, help="port to listen on, 0: any free one (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed-messages",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="messages queued on each account at start (default: %(default)s)",
+    )
+    p.add_argument(
+        "--accounts",
+        default="0252012345-00001,0252012345-00002",
+        metavar="A,B,...",
+        help="the accounts it serves (default: %(default)s)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="messages per history block (default: %(default)s)",
+    )
     p = add(
         "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"
     )

@@ -765,13 +765,16 @@ def cmd_simulate(ctx: Context) -> int:
     from sync_worker import simulator  # noqa: PLC0415  # see the imports above
 
     args = ctx.args
-    names = args.accounts.split(",") if args.accounts is not None else simulator.DEFAULT_ACCOUNTS
-    accounts = [config.validate_account_name(a.strip(), "--accounts") for a in names if a.strip()]
+    accounts = [
+        config.validate_account_name(a.strip(), "--accounts") for a in args.accounts.split(",") if a.strip()
+    ]
+    if not 0 <= args.port <= 65535:
+        raise errors.ValidationError(f"--port {args.port}: a port is 0-65535")
     logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
     simulator.serve(
-        args.host or simulator.DEFAULT_HOST,
-        simulator.DEFAULT_PORT if args.port is None else args.port,
-        simulator.DEFAULT_SEED_MESSAGES if args.seed_messages is None else args.seed_messages,
+        args.host,
+        args.port,
+        args.seed_messages,
         accounts,
         block_size=args.block_size,
         out=ctx.out,

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Final, TextIO
 
-from sync_worker import signals
+from sync_worker import errors, signals
 from sync_worker.simulator import core, settings
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -36,7 +36,8 @@ def serve(
     Account ``i`` gets ``seed_messages`` messages from ``seed_messages(n, seed + i)``. ``port=0``
     picks a free port (the printed URL names it). ``ready(sim)`` runs once it listens and is seeded.
     Signals are handled as by every long-running command (``signals.stop_on_signals``: a second
-    Ctrl-C aborts) when called on the main thread.
+    Ctrl-C aborts) when called on the main thread. An address it cannot listen on (a busy port, an
+    unknown host): ``errors.ConfigError`` naming it, before anything is printed.
     """
     cfg = config or settings.SimConfig()
     cfg.host, cfg.port, cfg.accounts = host, port, tuple(accounts)
@@ -44,22 +45,33 @@ def serve(
         cfg.block_size = block_size
     stream = out or sys.stdout
     stop_event = stop or threading.Event()
-    # Installed before the first line is printed: a caller may signal as soon as it reads one.
-    with signals.stop_on_signals(stop_event), core.Simulator(cfg) as sim:
-        if seed_messages:
-            for i, account in enumerate(cfg.accounts):
-                sim.seed(account, seed_messages, seed=seed + i)
-        # The simulator's credentials are fixed, public test values: printing them is the point.
-        # Every line is shell (comments and exports), so the output can be sourced or eval-ed:
-        # `sync-worker simulate > sim.env &` then `. ./sim.env`.
-        lines = [
-            f"# ThingSpace simulator listening on {sim.base_url}",
-            f"# seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)}",
-            "# the variables that point the worker at it:",
-            *(f"export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
-            "# Ctrl-C (or SIGTERM) stops it.",
-        ]
-        print("\n".join(lines), file=stream, flush=True)
-        if ready is not None:
-            ready(sim)
-        stop_event.wait()
+    sim = core.Simulator(cfg)
+    try:
+        sim.start()
+    except OSError as exc:
+        raise errors.ConfigError(
+            f"the simulator cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(another simulator running? pass --port P, or --port 0 for any free port)"
+        ) from exc
+    try:
+        # Installed before the first line is printed: a caller may signal as soon as it reads one.
+        with signals.stop_on_signals(stop_event):
+            if seed_messages:
+                for i, account in enumerate(cfg.accounts):
+                    sim.seed(account, seed_messages, seed=seed + i)
+            # The simulator's credentials are fixed, public test values: printing them is the point.
+            # Every line is shell (comments and exports), so the output can be sourced or eval-ed:
+            # `sync-worker simulate > sim.env &` then `. ./sim.env`.
+            lines = [
+                f"# ThingSpace simulator listening on {sim.base_url}",
+                f"# seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)}",
+                "# the variables that point the worker at it:",
+                *(f"export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
+                "# Ctrl-C (or SIGTERM) stops it.",
+            ]
+            print("\n".join(lines), file=stream, flush=True)
+            if ready is not None:
+                ready(sim)
+            stop_event.wait()
+    finally:
+        sim.stop()
