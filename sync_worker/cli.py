@@ -270,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     return parser
 
 
+def report_failure(ctx: Any, message: str, *, kind: str, code: int) -> None:
+    """The one form of a failed command, whichever it is and wherever it failed.
+
+    People get one line on stderr, always the last: ``sync-worker: error: MESSAGE``. When the logs
+    are JSON (``SYNC_LOG_FORMAT=json``, or ``auto`` off a terminal) the log stream also gets one
+    ``command_failed`` event for machines, also when the command failed before loading its
+    settings; console logs get nothing more (the line says it all).
+    """
+    # One line: libpq's messages carry a tab-indented hint line of their own.
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    if ctx.log_json is None:
+        fmt = ctx.env.get("SYNC_LOG_FORMAT", "").strip().lower()
+        ctx.configure_logs(fmt if fmt in ("json", "console") else "auto", "INFO", ctx.err)
+    if ctx.log_json:
+        logs.get_logger(__name__).error("command_failed", error=message, kind=kind, exit_code=code)
+    print(f"sync-worker: error: {secret.scrub(message)}", file=ctx.err, flush=True)
+
+
 def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None) -> int:
     """Run one command; returns the exit code (see ``exitcodes.TABLE``)."""
     parser = build_parser()
@@ -293,11 +311,11 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
         return int(getattr(commands, args.func)(ctx))
     except errors.SyncWorkerError as exc:
         code = exitcodes.for_error(exc)
-        if ctx.logging:
-            logs.get_logger(__name__).error(
-                "command_failed", error=str(exc), kind=type(exc).__name__, exit_code=code
-            )
-        print(f"sync-worker: error: {secret.scrub(str(exc))}", file=ctx.err, flush=True)
+        message = str(exc)
+        if isinstance(exc, errors.StoreError) and ctx.database and ctx.database not in message:
+            # "run sync-worker migrate" must not send anyone to migrate the wrong database.
+            message = f"{message} [database: {ctx.database}]"
+        report_failure(ctx, message, kind=type(exc).__name__, code=code)
         return code
     except KeyboardInterrupt:
         print("sync-worker: interrupted", file=ctx.err, flush=True)

@@ -59,7 +59,12 @@ class Context:
         self.env = env
         self.out = out
         self.err = err
-        self.logging = False
+        # Whether the logs are JSON: None until the command configured them (cli reports a failure
+        # in the log stream only as JSON, for machines; people read the one `error:` line).
+        self.log_json: bool | None = None
+        # Which database the command uses (db.describe), once its settings are loaded: named in
+        # every database error, since libpq's defaults may have chosen an unexpected one.
+        self.database: str | None = None
 
     def settings(self, *, credentials: bool, accounts: bool, daemon: bool = False) -> config.Settings:
         settings = config.load(
@@ -67,9 +72,12 @@ class Context:
         )
         # A command's stdout is its data (`send ... | jq`, `once | tail -1`), so its logs go to
         # stderr. The daemon has no data: its log stream is stdout, as the deployment docs say.
-        logs.configure(settings.log_format, settings.log_level, self.out if daemon else self.err)
-        self.logging = True
+        self.configure_logs(settings.log_format, settings.log_level, self.out if daemon else self.err)
+        self.database = db.describe(settings.database_url)
         return settings
+
+    def configure_logs(self, fmt: str, level: str, stream: TextIO) -> None:
+        self.log_json = logs.configure(fmt, level, stream) == "json"
 
     def print(self, text: str = "") -> None:
         print(secret.scrub(text), file=self.out, flush=True)
@@ -87,7 +95,7 @@ def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     if ctx.args.create_database:
         created = db.create_database(
-            settings.database_url, failure=f"SYNC_DATABASE_URL: {settings.redacted_database_url()}"
+            settings.database_url, failure=f"SYNC_DATABASE_URL: {db.describe(settings.database_url)}"
         )
         if created is not None:
             logs.get_logger(__name__).info("database_created", database=created)
@@ -770,7 +778,7 @@ def cmd_simulate(ctx: Context) -> int:
     ]
     if not 0 <= args.port <= 65535:
         raise errors.ValidationError(f"--port {args.port}: a port is 0-65535")
-    logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
+    ctx.configure_logs(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
     simulator.serve(
         args.host,
         args.port,

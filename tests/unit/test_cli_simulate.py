@@ -46,6 +46,7 @@ def test_simulate_on_a_busy_port_exits_2_with_one_line() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_"))}
+        env["SYNC_LOG_FORMAT"] = "console"  # as on a terminal (JSON logs add a command_failed event)
         ran = subprocess.run(
             [sys.executable, "-m", "sync_worker", "simulate", "--port", str(port), "--seed-messages", "1"],
             cwd=ROOT,
