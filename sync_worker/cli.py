@@ -168,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add("show", "cmd_quarantine_show", "one quarantined block", q_sub)
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE")
+    p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE, a new file")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --body: replace FILE if it exists (never writes through a symlink)",
+    )
     p = add(
         "replay",
         "cmd_quarantine_replay",

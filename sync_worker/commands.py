@@ -17,8 +17,10 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sync_worker import (
@@ -444,7 +446,7 @@ def cmd_quarantine_show(ctx: Context) -> int:
     shown = {**report.quarantine_dict(block), **extra}
     if ctx.args.body is not None:
         assert block.body is not None  # noqa: S101  # for mypy: show_quarantine loads the body
-        ctx.args.body.write_bytes(block.body)
+        _write_body(ctx.args.body, block.body, replace=ctx.args.force)
         shown["body_written_to"] = str(ctx.args.body)
     if ctx.args.json:
         ctx.print(json.dumps(report.jsonable(shown), sort_keys=True))
@@ -453,6 +455,35 @@ def cmd_quarantine_show(ctx: Context) -> int:
         for key, value in shown.items():
             ctx.print(f"{key.ljust(width)}  {report.jsonable(value) if value is not None else '-'}")
     return exitcodes.OK
+
+
+def _write_body(path: Path, data: bytes, *, replace: bool) -> None:
+    """``data`` into a new file at ``path``; an existing name only with ``replace``.
+
+    Never through a symlink: the file is created exclusively (O_EXCL refuses any existing name,
+    a dangling symlink included), or, with ``replace``, written beside it and renamed over the
+    name itself. A path that cannot be written is a usage error, not a traceback.
+    """
+    try:
+        if not replace:
+            with open(path, "xb") as new:  # O_CREAT | O_EXCL
+                new.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as new:
+                new.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except FileExistsError:
+        raise errors.ValidationError(
+            f"--body {path}: exists already (nothing written); pass --force to replace it"
+        ) from None
+    except OSError as exc:
+        raise errors.ValidationError(f"--body {path}: {exc.strerror or exc} (nothing written)") from None
 
 
 def cmd_quarantine_replay(ctx: Context) -> int:
