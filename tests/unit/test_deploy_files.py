@@ -45,8 +45,8 @@ def load_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def k8s_docs(pattern: str = "kubernetes/**/*.yaml") -> list[dict[str, Any]]:
-    """Every Kubernetes object (the kustomization file is tooling, not an object)."""
+def k8s_docs(pattern: str = "kubernetes*/**/*.yaml") -> list[dict[str, Any]]:
+    """Every Kubernetes object of the base and its overlays (a kustomization is tooling, not an object)."""
     docs = [doc for path in sorted(DEPLOY.glob(pattern)) for doc in load_yaml(path)]
     return [doc for doc in docs if doc["kind"] not in ("Kustomization", "Component")]
 
