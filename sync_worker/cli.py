@@ -19,14 +19,26 @@ from typing import Any
 from sync_worker import config, errors, exitcodes, logs, secret
 
 
-def environment_help() -> str:
-    """The ``--help`` epilog: every variable (from ``config.VARIABLES``) and every exit code."""
-    lines = ["environment variables:"]
-    for var in config.VARIABLES:
-        lines.append(f"  {var.name}  [default: {var.default or '-'}]")
-        lines.extend(
-            textwrap.wrap(var.description, width=96, initial_indent="      ", subsequent_indent="      ")
-        )
+def environment_help(command: str | None = None, wrapped: dict[str, list[str]] | None = None) -> str:
+    """The ``--help`` epilog: the variables ``command`` reads (``config.variables_of``; every one
+    for ``sync-worker --help``) and every exit code. ``wrapped`` caches each variable's lines."""
+    variables = config.VARIABLES if command is None else config.variables_of(command)
+    cache = {} if wrapped is None else wrapped
+    if variables:
+        lines = ["environment variables" + ("" if command is None else f" read by {command}") + ":"]
+    else:
+        lines = [f"environment variables: none (`{command}` brings its own settings)"]
+    for var in variables:
+        if var.name not in cache:
+            cache[var.name] = [
+                f"  {var.name}  [default: {var.default or '-'}]",
+                *textwrap.wrap(
+                    var.description, width=96, initial_indent="      ", subsequent_indent="      "
+                ),
+            ]
+        lines.extend(cache[var.name])
+    if command is not None:
+        lines.append("(`sync-worker --help` lists every variable.)")
     lines.append("")
     lines.append('--config FILE: a TOML file with per-account tables, e.g. [accounts."0252012345-00001"]')
     lines.append("  interval_seconds = 600 / jitter_seconds = 60.")
@@ -36,18 +48,42 @@ def environment_help() -> str:
     return "\n".join(lines)
 
 
+def version() -> str:
+    """The installed package's version (what ``sync-worker --version`` prints)."""
+    import importlib.metadata  # noqa: PLC0415  # only --version needs it
+
+    try:
+        return importlib.metadata.version("thingspace-sms-sync")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (``--help`` and commands never pay for it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(f"{parser.prog} {version()}", flush=True)
+        parser.exit()
+
+
 # --- the parser ----------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list of add_argument calls
-    # Built once, not per command: wrapping every variable's text 24 times cost every start ~25 ms.
-    epilog = environment_help()
+    # Each variable's text is wrapped once, not per command: wrapping all of them for each of 24
+    # commands cost every start ~25 ms.
+    wrapped: dict[str, list[str]] = {}
+    epilog = environment_help(wrapped=wrapped)
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Keeps a Postgres copy of every SMS that IoT devices send through Verizon ThingSpace.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument(
         "--config",
         type=Path,
@@ -58,12 +94,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     def add(name: str, func: str, help_text: str, parent: Any = sub) -> Any:
         p = parent.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        # "sync-worker cursor show" -> "cursor show": the variables this command reads.
+        p.epilog = environment_help(p.prog.removeprefix(parser.prog).strip(), wrapped)
         p.set_defaults(func=func)
         return p
 
