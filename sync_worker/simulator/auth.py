@@ -2,7 +2,8 @@
 
 Bearers expire ``bearer_ttl`` after issue; sessions expire after ``session_idle_timeout`` without
 use; ``max_failed_logins`` consecutive failures lock the user (even against the right password)
-until ``unlock``.
+until ``unlock``. With ``username_case_insensitive`` the count is kept per case-folded user name
+(``user_key``), and a login's user name matches whatever its case.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import urllib.parse
 from collections.abc import Callable
 
 from sync_worker.simulator import counters, settings, wire
+
+
+def user_key(cfg: settings.SimConfig, username: object) -> str:
+    """The key failed logins are counted under: the user name, case-folded when names are caseless."""
+    name = str(username)
+    return name.casefold() if cfg.username_case_insensitive else name
 
 
 class AuthState:
@@ -126,20 +133,25 @@ class AuthState:
         token = ""
         username = creds.get("username")
         password = creds.get("password")
+        key = user_key(cfg, username)
         with self._lock:
-            failures = self._failures.get(str(username), 0)
+            failures = self._failures.get(key, 0)
             if failures >= cfg.max_failed_logins:
                 locked = True
             else:
                 locked = False
-                ok = username == cfg.username and password == cfg.password.reveal()
+                ok = (
+                    isinstance(username, str)
+                    and key == user_key(cfg, cfg.username)
+                    and password == cfg.password.reveal()
+                )
                 if ok:
-                    self._failures.pop(str(username), None)
+                    self._failures.pop(key, None)
                     token = wire.new_token(32)
                     self._sessions[token] = cfg.clock()
                 else:
-                    self._failures[str(username)] = failures + 1
-                    self._peak[str(username)] = max(self._peak.get(str(username), 0), failures + 1)
+                    self._failures[key] = failures + 1
+                    self._peak[key] = max(self._peak.get(key, 0), failures + 1)
         if locked:
             self._stats.bump("failed_logins")
             message = "User account is locked. Contact support to unlock it."

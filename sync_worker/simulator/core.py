@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from sync_worker import serving
@@ -215,15 +215,17 @@ class Simulator:
 
     def failed_login_streak(self, username: str | None = None) -> int:
         """The vendor's count of consecutive failed logins of ``username`` (default: the configured user)."""
-        return self._auth.failed_streak(username if username is not None else self.config.username)
+        name = username if username is not None else self.config.username
+        return self._auth.failed_streak(auth.user_key(self.config, name))
 
     def peak_failed_login_streak(self, username: str | None = None) -> int:
         """The highest that count ever was: 5 (``max_failed_logins``) means the user got locked."""
-        return self._auth.peak_failed_streak(username if username is not None else self.config.username)
+        name = username if username is not None else self.config.username
+        return self._auth.peak_failed_streak(auth.user_key(self.config, name))
 
     def unlock(self, username: str | None = None) -> None:
         """Reset the failed-login count (what vendor support does for a locked user)."""
-        self._auth.unlock(username)
+        self._auth.unlock(None if username is None else auth.user_key(self.config, username))
 
     # -- request handling --
 
@@ -285,9 +287,13 @@ class Simulator:
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
         unreadable: faultmod.Mangle | None = None
+        trickle: faultmod.Trickle | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Mangle):
+            if isinstance(step, faultmod.Trickle):
+                self.stats.fault("trickle")
+                trickle = step
+            elif isinstance(step, faultmod.Mangle):
                 self.stats.fault(f"unreadable_{step.kind}")
                 unreadable = step
             elif isinstance(step, faultmod.Raw) and (step.body is None or step.process):
@@ -325,10 +331,21 @@ class Simulator:
         if unreadable is not None and status in (200, 202):
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
-        h.write_reply(status, reply_body, headers)
+        if trickle is not None:
+            h.write_reply(status, reply_body, headers, chunk=trickle.chunk, pause=self._trickle_pause(trickle))
+        else:
+            h.write_reply(status, reply_body, headers)
         if after_write is not None:
             after_write()
         return status
+
+    def _trickle_pause(self, step: faultmod.Trickle) -> Callable[[], None]:
+        def pause() -> None:
+            # A stop cuts a trickle off like any connection the server drops.
+            if self._stopping.wait(step.gap):
+                raise server.Dropped
+
+        return pause
 
     def _hold(self, until: float, *, drop_on_stop: bool) -> None:
         """Wait until ``until`` (monotonic); a stop ends the wait, and drops the request if asked."""

@@ -36,6 +36,15 @@ class Mangle:
     kind: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Trickle:
+    """A request processed as usual whose answer's body is then written ``chunk`` bytes at a time,
+    ``gap`` seconds apart: each read comes well within a read timeout, the whole answer is slow."""
+
+    chunk: int = 64
+    gap: float = 0.05
+
+
 UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
 _HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
@@ -66,7 +75,7 @@ def mangle(
     raise ValueError(f"unknown unreadable kind {kind!r}; one of {', '.join(UNREADABLE_KINDS)}")
 
 
-ScriptStep = int | str | Raw | Mangle
+ScriptStep = int | str | Raw | Mangle | Trickle
 
 
 @dataclasses.dataclass
@@ -76,8 +85,8 @@ class Faults:
     Script steps: an HTTP status (200 = no fault; 429 carries ``retry_after``; 5xx bodies are HTML
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
-    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), or a
-    ``Raw``.
+    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), a
+    ``Raw``, a ``Mangle`` or a ``Trickle``.
     """
 
     # Seconds every request takes at the server, its own work included: the answer leaves at

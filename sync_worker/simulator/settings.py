@@ -30,6 +30,9 @@ class SimConfig:
     username: str = "sim-user"
     password: secret.Secret = dataclasses.field(default_factory=lambda: secret.Secret("sim-password"))
     max_failed_logins: int = 5
+    # True: user names match and failed logins count case-insensitively (one count per case-folded
+    # user), the safe model of a vendor whose user names are not case-sensitive.
+    username_case_insensitive: bool = False
     bearer_ttl: float = 3600.0
     # The platform drops a session after 20 minutes without use.
     session_idle_timeout: float = 1200.0
