@@ -77,6 +77,7 @@ class Databases:
         self._server = database.DatabaseServer(admin_url)
         self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=max(1, ahead))
         self._closed = threading.Event()
+        self._drops: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._fill, name="chaos-databases", daemon=True)
         self._thread.start()
 
@@ -107,9 +108,18 @@ class Databases:
         with contextlib.suppress(psycopg.Error):
             self._server.drop_database(url)
 
+    def drop_later(self, url: str) -> None:
+        """Drop ``url``'s database on a thread of its own: nothing waits for it."""
+        thread = threading.Thread(target=self.drop, args=(url,), name="chaos-drop", daemon=False)
+        thread.start()
+        self._drops.append(thread)
+        self._drops = [t for t in self._drops if t.is_alive()]
+
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=30)
+        for thread in self._drops:
+            thread.join(timeout=30)
         while not self._ready.empty():
             made = self._ready.get_nowait()
             if isinstance(made, str):

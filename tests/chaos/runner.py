@@ -211,34 +211,46 @@ def _report(
     for code, seeds in sorted(by_code.items()):
         shown = ", ".join(str(s) for s in seeds[:12]) + (" ..." if len(seeds) > 12 else "")
         print(f"  {code}: {len(seeds)} schedule(s), seeds {shown}", file=out)
-    shrunk = 0
+    shrunk: dict[int, tuple[str, set[str]]] = {}  # seed -> (file, codes its shrunk schedule breaks)
     for code, seeds in sorted(by_code.items()):
-        if shrunk >= args.shrink_max or args.shrink_seconds <= 0 or code == "error":
+        if len(shrunk) >= args.shrink_max or args.shrink_seconds <= 0 or code == "error":
             continue
-        shrunk += 1
+        earlier = shrunk.get(seeds[0])
+        if earlier is not None and code in earlier[1]:
+            print(f"{code} seed {seeds[0]}: the shrunk schedule above ({earlier[0]}) breaks it too", file=out)
+            continue
         first = next(r for r in failing if r.seed == seeds[0])
-        _shrink_and_print(pool, first, code, args, out)
+        shrunk[seeds[0]] = _shrink_and_print(pool, first, code, args, out)
     return 1 if failing else 0
 
 
-def _shrink_and_print(pool: Pool, result: execute.Result, code: str, args: argparse.Namespace, out: TextIO) -> None:
+def _shrink_and_print(
+    pool: Pool, result: execute.Result, code: str, args: argparse.Namespace, out: TextIO
+) -> tuple[str, set[str]]:
     original = sched.Schedule.from_json(result.schedule)
 
     def fails(candidate: sched.Schedule) -> bool:
         return code in pool.run(candidate).codes()
 
     outcome = shrink.shrink(original, fails, seconds=args.shrink_seconds)
+    # Once more, to show it fails again on its own and which promises it breaks.
+    again = pool.run(outcome.schedule)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"seed-{original.seed}-{code}.json"
     path.write_text(outcome.schedule.dumps() + "\n", encoding="utf-8")
     print(
-        f"{code} seed {original.seed}: shrunk from {len(original.events)} to {len(outcome.schedule.events)} "
-        f"event(s) in {outcome.runs} runs ({outcome.seconds:.0f} s{', time up' if outcome.timed_out else ''}):",
+        f"{code} seed {original.seed}: shrunk from {len(original.events)} event(s) in {original.passes} "
+        f"fault pass(es) to {len(outcome.schedule.events)} in {outcome.schedule.passes} ({outcome.runs} runs, "
+        f"{outcome.seconds:.0f} s{', time up' if outcome.timed_out else ''}); run again it breaks "
+        f"{', '.join(sorted(again.codes())) or 'nothing (flaky)'}:",
         file=out,
     )
+    for v in again.violations:
+        print(f"    {v.line()}", file=out)
     print(f"  {outcome.schedule.dumps()}", file=out)
-    print(f"  replay the seed:      {PYTHON} -m tests.chaos --seed {original.seed}", file=out)
+    print(f"  replay the seed:       {PYTHON} -m tests.chaos --seed {original.seed}", file=out)
     print(f"  replay the shrunk one: {PYTHON} -m tests.chaos --schedule {path}", file=out)
+    return str(path), again.codes()
 
 
 def _print_result(result: execute.Result, out: TextIO) -> None:

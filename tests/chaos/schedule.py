@@ -113,6 +113,15 @@ class Schedule:
         kept = tuple(e for i, e in enumerate(self.events) if i not in gone)
         return dataclasses.replace(self, events=kept)
 
+    def without_pass(self, number: int) -> Schedule:
+        """This schedule minus fault pass ``number`` and its events (later passes move up one)."""
+        kept = tuple(
+            dataclasses.replace(e, pass_no=e.pass_no - (e.pass_no > number))
+            for e in self.events
+            if e.pass_no != number
+        )
+        return dataclasses.replace(self, passes=self.passes - 1, events=kept)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "seed": self.seed,

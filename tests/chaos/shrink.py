@@ -1,8 +1,7 @@
 """Greedy delta debugging: the fewest events of a failing schedule that still break the same promise.
 
 Chunks of events are dropped while the schedule still fails (halves first, then smaller pieces,
-down to single events: ddmin's complement steps), then fault passes left without events are
-dropped from the end. A failure then reads as two or three events, and becomes a regression test
+down to single events: ddmin's complement steps), then whole fault passes (with their events). A failure then reads as two or three events, and becomes a regression test
 in minutes. Every try is a whole run of the candidate, so the search stops when ``seconds`` are up
 and returns the smallest schedule found so far.
 """
@@ -56,12 +55,11 @@ def shrink(
             if size == 1:
                 break
             pieces = min(len(current.events), pieces * 2)
-    while current.passes > 1 and not out_of_time():
-        used = max((e.pass_no for e in current.events), default=-1)
-        if used >= current.passes - 1:
-            break
-        candidate = dataclasses.replace(current, passes=current.passes - 1)
-        if not still_fails(candidate):
-            break
-        current = candidate
+    number = 0
+    while number < current.passes and current.passes > 1 and not out_of_time():
+        candidate = current.without_pass(number)
+        if still_fails(candidate):
+            current = candidate
+        else:
+            number += 1
     return Shrunk(current, runs, time.monotonic() - started, out_of_time())

@@ -161,7 +161,7 @@ class World:
         self.proxy.close()
         if self._observer is not None:
             self._observer.close()
-        self.dbs.drop(self.db_url)
+        self.dbs.drop_later(self.db_url)
 
     # --- passes ------------------------------------------------------------------
 
@@ -320,7 +320,8 @@ class World:
     def _rewrite(self, request: simulator.Request, answer: simulator.Answer) -> simulator.Answer | None:
         event: sched.Event | None = getattr(self._local, "rewrite", None)
         self._local.rewrite = None
-        if event is None or request.kind != "history":
+        if event is None or request.kind != "history" or answer.status not in (200, 202):
+            # Only a block's answer has an envelope and a Location to play with.
             return None
         variant = int(event.number("variant"))
         if event.action == "envelope":
