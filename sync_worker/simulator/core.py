@@ -276,7 +276,7 @@ class Simulator:
             answered(request, status)
         return status
 
-    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912  # the request router
+    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912, PLR0915  # the request router
         kind, account, query, body = request.kind, request.account, request.query, request.body
         faults = self.faults
         # Latency is the time a request takes at the server, its own work included: the answer
@@ -332,7 +332,9 @@ class Simulator:
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
         if trickle is not None:
-            h.write_reply(status, reply_body, headers, chunk=trickle.chunk, pause=self._trickle_pause(trickle))
+            h.write_reply(
+                status, reply_body, headers, chunk=trickle.chunk, pause=self._trickle_pause(trickle)
+            )
         else:
             h.write_reply(status, reply_body, headers)
         if after_write is not None:

@@ -93,7 +93,7 @@ def run(schedule: sched.Schedule, dbs: pg.Databases) -> Result:
             if last.exit_code == exitcodes.OK and checker.drained():
                 drained = True
                 break
-        assert last is not None  # noqa: S101  # DRAIN_PASSES >= 1
+        assert last is not None  # DRAIN_PASSES >= 1
         violations += checker.final(drained, last)
         platform_lost = checker.platform_lost()
         acknowledged = sum(world.acknowledged().values())

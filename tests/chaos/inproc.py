@@ -91,8 +91,8 @@ def install() -> None:
             raise worldmod.Crash("a dead process starts no other account")
         return real_sync_account(*args, **kwargs)
 
-    store.commit_block = commit_block  # type: ignore[assignment]
-    sync.sync_account = sync_account  # type: ignore[assignment]
+    store.commit_block = commit_block
+    sync.sync_account = sync_account
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,9 @@ def _apply_logs() -> None:
         logs.configure("json", "INFO", _log_stream)
 
 
-class _Null(io.TextIOBase):
+class _Null(io.StringIO):
+    """A stream that keeps nothing."""
+
     def write(self, text: str) -> int:
         return len(text)
 

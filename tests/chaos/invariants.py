@@ -117,7 +117,11 @@ class Checker:
         missing, stored = self._missing()
         doubled = {k for k, n in stored.items() if n > 1}
         if doubled:
-            out.append(Violation("I1", None, f"{len(doubled)} message(s) stored more than once: {_examples(doubled)}"))
+            out.append(
+                Violation(
+                    "I1", None, f"{len(doubled)} message(s) stored more than once: {_examples(doubled)}"
+                )
+            )
         lost = missing - self.world.at_risk() - self.removed_reported
         if lost:
             out.append(

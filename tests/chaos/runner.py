@@ -44,7 +44,7 @@ def _init(admin_url: str, template: str, verbose: bool) -> None:
 
 
 def _run(schedule_json: dict[str, Any]) -> execute.Result:
-    assert _dbs is not None  # noqa: S101  # _init ran
+    assert _dbs is not None  # _init ran
     return execute.run(sched.Schedule.from_json(schedule_json), _dbs)
 
 
@@ -91,7 +91,7 @@ class Pool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.chaos",
-        description="Seeded fault schedules against the real worker; checks invariants I1-I4 (docs/testing.md).",
+        description="Seeded fault schedules against the real worker; invariants I1-I4 (docs/testing.md).",
     )
     p.add_argument("--schedules", type=int, default=200, help="CI mode: this many seeds (default 200)")
     p.add_argument("--minutes", type=float, help="long mode: new seeds until this many minutes are up")
@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="schedules run side by side (default 2)")
     p.add_argument("--shrink-seconds", type=float, default=60.0, help="time to shrink each failure (0: off)")
     p.add_argument("--shrink-max", type=int, default=4, help="failing seeds shrunk per run (default 4)")
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "chaos", help="where shrunk schedules go")
+    p.add_argument(
+        "--out", type=Path, default=Path(tempfile.gettempdir()) / "chaos", help="where shrunk schedules go"
+    )
     p.add_argument("--report", type=Path, help="also write every schedule's result as JSON lines here")
     p.add_argument("--verbose", action="store_true", help="the in-process worker's logs to stderr")
     return p
@@ -142,7 +144,10 @@ def _replay(pool: Pool, schedules: list[sched.Schedule], out: TextIO) -> int:
         for note in result.notes:
             print(f"  event  {note}", file=out)
         for p in result.passes:
-            print(f"  pass   {p['number']} ({p['phase']}): exit {p['exit_code']}, failed {list(p['failed'])}", file=out)
+            print(
+                f"  pass   {p['number']} ({p['phase']}): exit {p['exit_code']}, failed {list(p['failed'])}",
+                file=out,
+            )
         _print_result(result, out)
         failed = failed or result.failed
     return 1 if failed else 0
@@ -184,7 +189,11 @@ def _campaign(pool: Pool, args: argparse.Namespace, started: float, out: TextIO)
                 if result.failed:
                     _print_result(result, out)
                 if len(results) % 25 == 0:
-                    print(f"chaos: {len(results)} schedules, {time.monotonic() - started:.0f} s", file=out, flush=True)
+                    print(
+                        f"chaos: {len(results)} schedules, {time.monotonic() - started:.0f} s",
+                        file=out,
+                        flush=True,
+                    )
     finally:
         if report is not None:
             report.close()
@@ -240,7 +249,8 @@ def _shrink_and_print(
     path.write_text(outcome.schedule.dumps() + "\n", encoding="utf-8")
     print(
         f"{code} seed {original.seed}: shrunk from {len(original.events)} event(s) in {original.passes} "
-        f"fault pass(es) to {len(outcome.schedule.events)} in {outcome.schedule.passes} ({outcome.runs} runs, "
+        f"fault pass(es) to {len(outcome.schedule.events)} in {outcome.schedule.passes} "
+        f"({outcome.runs} runs, "
         f"{outcome.seconds:.0f} s{', time up' if outcome.timed_out else ''}); run again it breaks "
         f"{', '.join(sorted(again.codes())) or 'nothing (flaky)'}:",
         file=out,
@@ -277,4 +287,3 @@ def _summary(result: execute.Result) -> dict[str, Any]:
         "acknowledged": result.acknowledged,
         "platform_lost": result.platform_lost,
     }
-

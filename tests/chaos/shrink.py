@@ -1,9 +1,10 @@
 """Greedy delta debugging: the fewest events of a failing schedule that still break the same promise.
 
 Chunks of events are dropped while the schedule still fails (halves first, then smaller pieces,
-down to single events: ddmin's complement steps), then whole fault passes (with their events). A failure then reads as two or three events, and becomes a regression test
-in minutes. Every try is a whole run of the candidate, so the search stops when ``seconds`` are up
-and returns the smallest schedule found so far.
+down to single events: ddmin's complement steps), then whole fault passes (with their events). A
+failure then reads as two or three events, and becomes a regression test in minutes. Every try is
+a whole run of the candidate, so the search stops when ``seconds`` are up and returns the smallest
+schedule found so far.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ class Shrunk:
     timed_out: bool
 
 
-def shrink(
-    original: sched.Schedule, fails: Callable[[sched.Schedule], bool], *, seconds: float
-) -> Shrunk:
+def shrink(original: sched.Schedule, fails: Callable[[sched.Schedule], bool], *, seconds: float) -> Shrunk:
     """``original`` with as many events dropped as possible while ``fails`` stays true."""
     started = time.monotonic()
     runs = 0

@@ -55,7 +55,7 @@ Key = tuple[str, str]  # (account, message text): every generated text is unique
 Operator = Callable[[list[str], dict[str, str]], int]
 
 
-class Crash(BaseException):  # noqa: N818  # a process death, not an error anything may catch
+class Crash(BaseException):  # a process death, not an error anything may catch
     """The in-process worker died at a named crash point; like a SIGKILL, nothing may handle it.
 
     A ``BaseException`` so that the worker's own ``except Exception`` (which turns a bug into a
@@ -85,7 +85,9 @@ def make_messages(account: str, start: int, n: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(start, start + n):
         message: dict[str, Any] = {
-            "deviceIds": [{"id": f"00{(i * 7919) % 10**13:013d}", "kind": ("imei", "iccid", "MSISDN")[i % 3]}],
+            "deviceIds": [
+                {"id": f"00{(i * 7919) % 10**13:013d}", "kind": ("imei", "iccid", "MSISDN")[i % 3]}
+            ],
             "message": f"{account} #{i} t={i % 97} \u00e9",
         }
         stamp = _STAMPS[i % len(_STAMPS)]
@@ -192,18 +194,23 @@ class World:
         if number is not None:
             for event in self._triggers.get((number, "start", 0), []):
                 if event.action == "process":
-                    host, case, password = event.text("base_url"), event.text("username"), event.text("password")
+                    host, case, password = (
+                        event.text("base_url"),
+                        event.text("username"),
+                        event.text("password"),
+                    )
                     slash = bool(event.get("slash"))
         username = {"as_is": USERNAME, "upper": USERNAME.upper(), "title": USERNAME.title()}[case]
-        return self.sim.worker_env(
+        env = self.sim.worker_env(
             accounts=self.schedule.accounts,
             database_url=self.proxy.conninfo(),
             THINGSPACE_BASE_URL=f"http://{host}:{self.sim.port}/api" + ("/" if slash else ""),
             THINGSPACE_USERNAME=username,
             THINGSPACE_PASSWORD=PASSWORD if password == "right" else STALE_PASSWORD,
             SYNC_CONCURRENCY="1",
-            **extra,
         )
+        env.update(extra)
+        return env
 
     def operator_env(self) -> dict[str, str]:
         """An operator's shell: canonical settings, straight to the database (no proxy)."""
@@ -395,11 +402,9 @@ class World:
         by the database faults; a lost one is opened again)."""
         for attempt in range(2):
             if self._observer is None or self._observer.closed:
-                self._observer = psycopg.connect(
-                    self.db_url, autocommit=True, application_name=pg.OBSERVER
-                )
+                self._observer = psycopg.connect(self.db_url, autocommit=True, application_name=pg.OBSERVER)
             try:
-                return self._observer.execute(statement).fetchall()  # type: ignore[arg-type]
+                return self._observer.execute(statement).fetchall()
             except psycopg.OperationalError:
                 self._observer.close()
                 if attempt:
