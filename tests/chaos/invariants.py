@@ -28,7 +28,7 @@ _EXAMPLES: Final = 3
 
 @dataclasses.dataclass(frozen=True)
 class Violation:
-    code: str  # I1 .. I4
+    code: str  # I1-lost, I1-removed, I1-doubled, I2, I3, I4-lost, I4-quarantined
     pass_no: int | None
     detail: str
 
@@ -70,16 +70,16 @@ class Checker:
                 )
             )
         missing, stored = self._missing()
-        new = missing - self.missing_before
+        new = missing - self.missing_before - self.removed_reported
         by_operator = {k: why for k, why in self.world.removed.items() if k not in self.removed_reported}
         removed = (new & self.stored_ever) | set(by_operator)
         if removed:
             causes = sorted(set(by_operator.values())) or ["not by an operator command"]
             out.append(
                 Violation(
-                    "I1",
+                    "I1-removed",
                     record.number,
-                    f"{len(removed)} acknowledged message(s) stored minutes ago were removed "
+                    f"{len(removed)} message(s) stored minutes ago were removed "
                     f"({'; '.join(causes)}): {_examples(removed)}",
                 )
             )
@@ -88,7 +88,7 @@ class Checker:
             if record.quarantined_after > record.quarantined_before:
                 out.append(
                     Violation(
-                        "I4",
+                        "I4-quarantined",
                         record.number,
                         f"exit 0, but {record.quarantined_after - record.quarantined_before} block(s) "
                         "were quarantined in this pass",
@@ -98,7 +98,7 @@ class Checker:
             if lost:
                 out.append(
                     Violation(
-                        "I4",
+                        "I4-lost",
                         record.number,
                         f"exit 0, but {len(lost)} message(s) acknowledged in this pass are neither "
                         f"stored nor quarantined: {_examples(lost)}",
@@ -119,14 +119,16 @@ class Checker:
         if doubled:
             out.append(
                 Violation(
-                    "I1", None, f"{len(doubled)} message(s) stored more than once: {_examples(doubled)}"
+                    "I1-doubled",
+                    None,
+                    f"{len(doubled)} message(s) stored more than once: {_examples(doubled)}",
                 )
             )
         lost = missing - self.world.at_risk() - self.removed_reported
         if lost:
             out.append(
                 Violation(
-                    "I1",
+                    "I1-lost",
                     None,
                     f"{len(lost)} message(s) the platform counts as acknowledged are neither in sms_history "
                     f"nor kept in sms_quarantine: {_examples(lost)}",
