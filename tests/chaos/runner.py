@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
 import tempfile
@@ -41,6 +42,9 @@ def _init(admin_url: str, template: str, verbose: bool) -> None:
     inproc.install()
     inproc.configure_logs(sys.stderr if verbose else None)
     _dbs = pg.Databases(admin_url, template)
+    # A pool's worker process ends through multiprocessing's exit path, which runs its finalizers
+    # (not atexit): the database made ahead and the drops still running are cleaned up there.
+    multiprocessing.util.Finalize(None, _done, exitpriority=10)
 
 
 def _run(schedule_json: dict[str, Any]) -> execute.Result:
@@ -49,8 +53,10 @@ def _run(schedule_json: dict[str, Any]) -> execute.Result:
 
 
 def _done() -> None:
+    global _dbs  # noqa: PLW0603  # closed once
     if _dbs is not None:
         _dbs.close()
+        _dbs = None
 
 
 class Pool:
@@ -81,8 +87,6 @@ class Pool:
 
     def close(self) -> None:
         if self._executor is not None:
-            for _ in range(self.jobs):
-                self._executor.submit(_done)
             self._executor.shutdown(wait=True, cancel_futures=True)
         else:
             _done()
@@ -220,16 +224,16 @@ def _report(
     for code, seeds in sorted(by_code.items()):
         shown = ", ".join(str(s) for s in seeds[:12]) + (" ..." if len(seeds) > 12 else "")
         print(f"  {code}: {len(seeds)} schedule(s), seeds {shown}", file=out)
-    shrunk: dict[int, tuple[str, set[str]]] = {}  # seed -> (file, codes its shrunk schedule breaks)
+    shrunk: list[tuple[int, str, set[str]]] = []  # (seed, file, codes its shrunk schedule breaks)
     for code, seeds in sorted(by_code.items()):
         if len(shrunk) >= args.shrink_max or args.shrink_seconds <= 0 or code == "error":
             continue
-        earlier = shrunk.get(seeds[0])
-        if earlier is not None and code in earlier[1]:
-            print(f"{code} seed {seeds[0]}: the shrunk schedule above ({earlier[0]}) breaks it too", file=out)
+        earlier = next((path for seed, path, codes in shrunk if seed == seeds[0] and code in codes), None)
+        if earlier is not None:
+            print(f"{code} seed {seeds[0]}: the shrunk schedule above ({earlier}) breaks it too", file=out)
             continue
         first = next(r for r in failing if r.seed == seeds[0])
-        shrunk[seeds[0]] = _shrink_and_print(pool, first, code, args, out)
+        shrunk.append((seeds[0], *_shrink_and_print(pool, first, code, args, out)))
     return 1 if failing else 0
 
 
