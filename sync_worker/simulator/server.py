@@ -96,7 +96,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.server.dispatch(self, "DELETE")
 
-    def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+    def write_reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: Iterable[tuple[str, str]],
+        *,
+        chunk: int = 0,
+        pause: Callable[[], None] | None = None,
+    ) -> None:
+        """Write the reply at once, or with ``chunk`` > 0 the body ``chunk`` bytes at a time with
+        ``pause()`` before each piece (a trickled answer: every read is quick, the whole is slow)."""
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
@@ -104,7 +114,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.close_connection:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        self.wfile.write(b"".join(head) + body)
+        if chunk <= 0 or pause is None:
+            self.wfile.write(b"".join(head) + body)
+            return
+        self.wfile.write(b"".join(head))
+        for start in range(0, len(body), chunk):
+            pause()
+            self.wfile.write(body[start : start + chunk])
 
 
 def route(method: str, path: str) -> tuple[str, str | None] | None:
