@@ -4,6 +4,7 @@ and the routing table from path to request kind."""
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import http.server
 import logging
 import socket
@@ -98,8 +99,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        dated = False
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            dated = dated or name.lower() == "date"
+        if not dated:
+            # Like any origin server with a clock (RFC 9110, 6.6.1); a harness may send its own.
+            head.append(f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("latin-1"))
         head.append(b"Content-Length: %d\r\n" % len(body))
         if self.close_connection:
             head.append(b"Connection: close\r\n")
