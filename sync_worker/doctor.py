@@ -179,7 +179,7 @@ def examine(
     schema_ok = db_ok and _schema(found, connect)
     if not db_ok:
         found.add(Check("schema", "skipped", "the database cannot be reached"))
-    dates = _DateSamples()
+    dates = DateSamples()
     if not credentials:
         reason = "no ThingSpace credentials configured"
         for name in ("oauth", "login", "clock"):
@@ -200,7 +200,7 @@ def examine(
                 for account in settings.account_names:
                     found.add(_callbacks(api, settings, account))
         found.checks.insert(_index_after(found, "login"), dates.check())
-    found.add(_callback_url(settings))
+    found.add(callback_url_check(settings))
     return found
 
 
@@ -247,17 +247,17 @@ def _database(
     try:
         with connect() as conn:
             info = conn.info
-            where = {
+            version = int(info.server_version)
+            where: dict[str, Any] = {
                 "host": info.host,
                 "port": info.port,
                 "dbname": info.dbname,
                 "user": info.user,
-                "server_version": info.server_version,
+                "server_version": version,
             }
     except errors.SyncWorkerError as exc:
         found.add(Check("database", "fail", str(exc), code=exitcodes.DATABASE))
         return False
-    version = int(where["server_version"])
     shown = f"host={where['host']} port={where['port']} dbname={where['dbname']} user={where['user']}"
     summary = f"{shown} (PostgreSQL {version // 10000}.{version % 10000})"
     verdict: Verdict = "ok"
@@ -707,7 +707,7 @@ def _callbacks(api: client.ThingSpaceClient, settings: config.Settings, account:
     )
 
 
-def _callback_url(settings: config.Settings) -> Check:
+def callback_url_check(settings: config.Settings) -> Check:
     if not settings.callback_url:
         return Check("callback_url", "skipped", "SYNC_CALLBACK_URL is not set (push mode not configured)")
     parts = urllib.parse.urlsplit(settings.callback_url)
@@ -735,7 +735,7 @@ def _callback_url(settings: config.Settings) -> Check:
 # --- the clock ------------------------------------------------------------------------------
 
 
-class _DateSamples:
+class DateSamples:
     """The API answers' ``Date`` headers against this host's clock, noted by a response hook."""
 
     def __init__(self, now: Callable[[], float] = time.time) -> None:
@@ -746,13 +746,13 @@ class _DateSamples:
     @contextlib.contextmanager
     def session(self) -> Iterator[requests.Session]:
         http = requests.Session()
-        http.hooks["response"].append(self._note)
+        http.hooks["response"].append(self.note)
         try:
             yield http
         finally:
             http.close()
 
-    def _note(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    def note(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         received = self._now()
         skew = skew_seconds(response.headers.get("Date"), received, response.elapsed.total_seconds())
         if skew is not None:

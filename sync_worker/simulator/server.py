@@ -4,7 +4,6 @@ and the routing table from path to request kind."""
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import http.server
 import logging
 import socket
@@ -105,7 +104,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             dated = dated or name.lower() == "date"
         if not dated:
             # Like any origin server with a clock (RFC 9110, 6.6.1); a harness may send its own.
-            head.append(f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("latin-1"))
+            head.append(f"Date: {wire.http_date(0)}\r\n".encode("latin-1"))
         head.append(b"Content-Length: %d\r\n" % len(body))
         if self.close_connection:
             head.append(b"Connection: close\r\n")
