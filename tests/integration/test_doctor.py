@@ -265,6 +265,29 @@ _FAILURES = {
 }
 
 
+def _failing_env(
+    case: str, simulator: sim_mod.Simulator, db_url: str, make_database: Callable[..., str]
+) -> dict[str, str]:
+    """The environment (and simulator hooks) of one failure case of ``_FAILURES``."""
+    env = _env(simulator, db_url, A)
+    if case == "database_unreachable":
+        env["SYNC_DATABASE_URL"] = _closed_port_url(db_url)
+    elif case == "schema_missing":
+        env["SYNC_DATABASE_URL"] = make_database(migrated=False)
+    elif case == "invalid_setting":
+        env["SYNC_CONCURRENCY"] = "0"
+    elif case == "password_missing":
+        env["THINGSPACE_PASSWORD"] = ""
+    elif case == "head_unreadable":
+        env["THINGSPACE_RETRY_MAX_ATTEMPTS"] = "1"
+        simulator.hooks.rewrite = lambda r, a: (
+            dataclasses.replace(a, body=b"<html>busy</html>") if r.kind == "history" else None
+        )
+    elif case == "account_unknown_to_the_api":
+        env["SYNC_ACCOUNTS"] = f"{A},0999999999-00009"  # configured here, unknown at the platform
+    return env
+
+
 @pytest.mark.parametrize("case", sorted(_FAILURES))
 def test_exit_codes_name_the_most_basic_failing_check(
     simulator: sim_mod.Simulator, db_url: str, make_database: Callable[..., str], case: str
@@ -272,27 +295,9 @@ def test_exit_codes_name_the_most_basic_failing_check(
     """Each failure exits with its documented code, the failing check says fail, and no login is made
     without a usable login guard (no database, no schema): the API sees no login attempt then."""
     simulator.seed(A, 150, seed=6)
-    extra: dict[str, str] = {}
-    url = db_url
-    if case == "database_unreachable":
-        url = _closed_port_url(db_url)
-    elif case == "schema_missing":
-        url = make_database(migrated=False)
-    elif case == "invalid_setting":
-        extra["SYNC_CONCURRENCY"] = "0"
-    elif case == "password_missing":
-        extra["THINGSPACE_PASSWORD"] = ""
-    elif case == "head_unreadable":
-        extra["THINGSPACE_RETRY_MAX_ATTEMPTS"] = "1"
-        simulator.hooks.rewrite = lambda r, a: (
-            dataclasses.replace(a, body=b"<html>busy</html>") if r.kind == "history" else None
-        )
+    env = _failing_env(case, simulator, db_url, make_database)
     code, failing = _FAILURES[case]
     before = _tables(db_url)
-
-    env = _env(simulator, url, A, **extra)
-    if case == "account_unknown_to_the_api":
-        env["SYNC_ACCOUNTS"] = f"{A},0999999999-00009"  # configured here, unknown at the platform
 
     proc, report = _doctor(env)
 
@@ -383,4 +388,23 @@ def test_an_account_whose_run_lock_is_held_is_not_read(simulator: sim_mod.Simula
     assert _check(report, "head_block", B)["verdict"] == "ok"
     assert [r.path for r in simulator.stats.requests if r.kind == "history"] == [
         f"/api/m2m/v1/sms/{B}/history"
+    ]
+
+
+def test_no_history_reads_no_head_block_and_writes_only_the_guard(
+    simulator: sim_mod.Simulator, db_url: str
+) -> None:
+    """`--no-history` on a queue whose head is a final block: no history request, the block stays queued,
+    and the login guard's row is the only table that changes."""
+    simulator.seed(A, 40, seed=9)
+    before = _tables(db_url)
+
+    proc, report = _doctor(_env(simulator, db_url, A), "--no-history")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _check(report, "head_block", A)["verdict"] == "skipped"
+    assert simulator.stats.history_requests == 0 and len(simulator.queued(A)) == 40
+    after = _tables(db_url)
+    assert sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n)) == [
+        "public.login_guard"
     ]
