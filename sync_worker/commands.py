@@ -761,6 +761,19 @@ def cmd_receive(ctx: Context) -> int:
     return exitcodes.OK
 
 
+def cmd_doctor(ctx: Context) -> int:
+    from sync_worker import doctor  # noqa: PLC0415  # see the imports above
+
+    try:
+        settings = ctx.settings(credentials=False, accounts=False)
+    except errors.ConfigError as exc:
+        found = doctor.config_failed(exc)
+    else:
+        found = doctor.examine(settings, ctx.env, ctx.args.config, history=not ctx.args.no_history)
+    ctx.print(found.to_json() if ctx.args.json else found.table())
+    return found.exit_code
+
+
 def cmd_simulate(ctx: Context) -> int:
     from sync_worker import simulator  # noqa: PLC0415  # see the imports above
 
