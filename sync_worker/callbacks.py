@@ -33,7 +33,7 @@ import json
 import re
 from typing import Any, Final
 
-from sync_worker import errors, models, secret
+from sync_worker import errors, models, rows, secret
 
 REDACTED: Final = "**********"
 SHAPES: Final = ("envelope", "messages", "flat", "unknown")
@@ -41,6 +41,9 @@ SHAPES: Final = ("envelope", "messages", "flat", "unknown")
 # can only match a real member (of the envelope or of a nested object).
 _PASSWORD_MEMBER_RE: Final = re.compile(rb'("password"\s*:\s*")((?:[^"\\]|\\.)*)(")')
 _MAX_KEYS_REPORTED: Final = 20
+# sms_callback.callback_count is a Postgres integer.
+_INT4_MIN: Final = -(2**31)
+_INT4_MAX: Final = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,13 @@ class Callback:
     request_id: str | None
     callback_count: int | None
     problem: str | None  # why the shape is unknown; None otherwise
+    # Envelope fields that could not be kept as sent (cleaned text, a number out of range).
+    notes: tuple[str, ...] = ()
+
+    def report(self) -> str | None:
+        """What ``sms_callback.problem`` keeps: why the shape is unknown, then the notes."""
+        parts = ([self.problem] if self.problem else []) + list(self.notes)
+        return "; ".join(parts) or None
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -114,9 +124,7 @@ def read(
         raise errors.CallbackRefusedError(
             403, "account_mismatch", "the callback body names another account than its URL"
         )
-    request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
-    count = obj.get("callbackCount")
-    callback_count = count if isinstance(count, int) and not isinstance(count, bool) else None
+    request_id, callback_count, notes = _envelope_fields(obj)
     shape, raws = _find_messages(obj)
     if shape == "unknown":
         keys = sorted(str(k) for k in obj if k not in ("username", "password"))
@@ -128,9 +136,37 @@ def read(
             request_id,
             callback_count,
             f"no known message shape (keys: {shown or 'none'})",
+            notes,
         )
     messages = tuple(_message(raw, request_id, received_at) for raw in raws)
-    return Callback(account, shape, messages, request_id, callback_count, None)
+    return Callback(account, shape, messages, request_id, callback_count, None, notes)
+
+
+def _envelope_fields(obj: dict[str, Any]) -> tuple[str | None, int | None, tuple[str, ...]]:
+    """``requestId`` and ``callbackCount`` as the database can hold them, and notes on what changed.
+
+    An authenticated callback must never be unstorable (every retry would fail the same way, and
+    the platform would give up on it): text with NUL or lone surrogates is cleaned like message
+    text, and a count outside a Postgres integer is kept as NULL.
+    """
+    notes: list[str] = []
+    raw_id = obj.get("requestId")
+    request_id: str | None = None
+    if isinstance(raw_id, str):
+        request_id, changed = rows.clean_text(raw_id)
+        if changed:
+            notes.append("requestId had NUL or lone surrogate characters; replaced with U+FFFD")
+    count = obj.get("callbackCount")
+    callback_count: int | None = None
+    if isinstance(count, int) and not isinstance(count, bool):
+        if _INT4_MIN <= count <= _INT4_MAX:
+            callback_count = count
+        else:
+            # Its size, not its digits: printing a huge int is what Python limits.
+            notes.append(
+                f"callbackCount ({count.bit_length()} bits) is out of range of an integer; kept as NULL"
+            )
+    return request_id, callback_count, tuple(notes)
 
 
 def redact(body: bytes, obj: dict[str, Any]) -> tuple[bytes, bool]:

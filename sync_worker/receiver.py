@@ -29,6 +29,7 @@ import ipaddress
 import json
 import sys
 import threading
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -165,8 +166,17 @@ class Receiver:
     # -- one request --
 
     def handle(self, request: _Incoming) -> Answer:
-        """Check, read and store one request; every outcome is an ``Answer``."""
+        """Check, read and store one request; every outcome is an ``Answer``, a failure of this
+        code too (a deliberate 500, never a dropped connection)."""
         self.metrics.received.inc()
+        try:
+            return self._handle(request)
+        except Exception as exc:
+            self.metrics.store_failures.labels("unexpected").inc()
+            _log.error("callback_receiver_failed", kind=type(exc).__name__, where=_where(exc))
+            return Answer(500, {"status": "error"})
+
+    def _handle(self, request: _Incoming) -> Answer:
         source = self._source(request)
         account: str | None = None
         try:
@@ -201,7 +211,7 @@ class Receiver:
         kept = models.KeptCallback(
             account_name=callback.account_name,
             shape=callback.shape,
-            problem=callback.problem,
+            problem=callback.report(),
             request_id=callback.request_id,
             callback_count=callback.callback_count,
             body=kept_body,
@@ -216,9 +226,15 @@ class Receiver:
             self.metrics.store_failures.labels("database_unavailable").inc()
             _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
             return Answer(503, {"status": "unavailable"})
-        except errors.StoreError as exc:
-            self.metrics.store_failures.labels("store_error").inc()
-            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
+        except Exception as exc:
+            # Whatever else went wrong (a database error, a bug): the body is kept, unread, so
+            # nothing authenticated is lost, and the 500 makes the platform retry (then re-queue
+            # the message for polling).
+            kind = "store_error" if isinstance(exc, errors.StoreError) else "unexpected"
+            self.metrics.store_failures.labels(kind).inc()
+            error = str(exc) if kind == "store_error" else type(exc).__name__
+            _log.error("callback_store_failed", account=account, kind=kind, error=error, where=_where(exc))
+            self._keep_unread(kept, f"the receiver could not store it ({kind}: {type(exc).__name__})")
             return Answer(500, {"status": "error"})
         self.metrics.stored.labels(account, callback.shape).inc()
         self.metrics.messages_inserted.labels(account).inc(result.inserted)
@@ -239,6 +255,24 @@ class Receiver:
             return Answer(200, {"status": "kept", "callbackId": result.callback_id})
         _log.info("callback_stored", **fields)
         return Answer(200, {"status": "stored", "messages": result.messages, "inserted": result.inserted})
+
+    def _keep_unread(self, kept: models.KeptCallback, why: str) -> None:
+        """Keep the body as an unknown shape (no messages) after storing it failed; log either way."""
+        problem = "; ".join(p for p in (why + "; answered 500", kept.problem) if p)
+        unread = dataclasses.replace(kept, shape="unknown", problem=problem)
+        try:
+            result = self._commit(unread, ())
+        except Exception as exc:
+            _log.error(
+                "callback_not_kept",
+                account=kept.account_name,
+                kind=type(exc).__name__,
+                where=_where(exc),
+                body_size=kept.body_size,
+                body_sha256=kept.body_sha256,
+            )
+            return
+        _log.warning("callback_kept_unread", account=kept.account_name, callback_id=result.callback_id)
 
     def _commit(
         self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
@@ -309,6 +343,15 @@ class _Incoming:
     content_type: str | None
     forwarded_for: str | None
     read: Callable[[int], bytes]
+
+
+def _where(exc: BaseException) -> str | None:
+    """Where ``exc`` was raised (file:line in function): the exception's text may quote the body."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -541,3 +541,72 @@ def test_callbacks_kept_lists_unknown_shapes_without_their_body(
     assert (kept["account_name"], kept["problem"]) == (ACCOUNT, "no known message shape (keys: mystery)")
     assert kept["body_size"] == len(body.replace(PASSWORD.encode(), callbacks.REDACTED.encode()))
     assert "body" not in kept
+
+
+# --- nothing authenticated is unstorable ---------------------------------------------
+
+
+def kept_rows(db_url: str) -> list[tuple[Any, ...]]:
+    """(shape, problem, request_id, callback_count, messages) of every kept callback, by id."""
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT shape, problem, request_id, callback_count, messages FROM sms_callback ORDER BY id"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"], ids=["nul", "lone-surrogate"])
+def test_a_request_id_postgres_cannot_hold_is_cleaned_noted_and_the_callback_stored(
+    db_url: str, bad: str
+) -> None:
+    """A requestId with NUL or a lone surrogate: 200, the message stored, the id kept with U+FFFD, noted."""
+    body = envelope(messages(1)[0], requestId=f"req{bad}1")
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
+    ((shape, problem, request_id, _, stored),) = kept_rows(db_url)
+    assert (shape, request_id, stored) == ("envelope", "req\ufffd1", 1)
+    assert problem == "requestId had NUL or lone surrogate characters; replaced with U+FFFD"
+
+
+def test_a_callback_count_beyond_an_integer_is_kept_null_with_a_note(db_url: str) -> None:
+    """callbackCount 2^31: 200, the message stored, callback_count NULL and the reason in problem."""
+    body = envelope(messages(1)[0], callbackCount=2**31)
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body)[0] == 200
+    assert len(history(db_url)) == 1
+    ((shape, problem, _, callback_count, _),) = kept_rows(db_url)
+    assert (shape, callback_count) == ("envelope", None)
+    assert problem == "callbackCount (32 bits) is out of range of an integer; kept as NULL"
+
+
+def test_an_unexpected_failure_answers_500_keeps_the_body_and_a_redelivery_stores_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, log_buffer: io.StringIO
+) -> None:
+    """A bug while storing: a deliberate 500, the body kept unread (shape unknown, the failure named);
+    the platform's redelivery of the same body, read fine, stores the message and upgrades the row."""
+    from sync_worker import rows  # noqa: PLC0415  # only this test patches it
+
+    real = rows.build_rows
+
+    def broken(account: str, found: Any) -> list[rows.Row]:
+        found = list(found)
+        if found:
+            raise RuntimeError("a bug the receiver did not foresee")
+        return real(account, found)
+
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url)) as r:
+        monkeypatch.setattr(rows, "build_rows", broken)
+        assert post(r.port, body) == (500, {"status": "error"})
+        assert sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="unexpected") == 1
+        assert count(db_url, "sms_history") == 0
+        ((shape, problem, *_),) = kept_rows(db_url)
+        assert shape == "unknown"
+        assert problem == "the receiver could not store it (unexpected: RuntimeError); answered 500"
+        monkeypatch.setattr(rows, "build_rows", real)
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
+    assert kept_rows(db_url) == [("envelope", None, "7f1c1a6e-0000-4000-8000-000000000001", 1, 1)]
+    logged = log_buffer.getvalue()
+    assert '"callback_kept_unread"' in logged
+    assert "a bug the receiver did not foresee" not in logged
