@@ -177,9 +177,10 @@ class Receiver:
             return Answer(500, {"status": "error"})
 
     def _handle(self, request: _Incoming) -> Answer:
-        source = self._source(request)
+        source = _text(_address(request.peer))
         account: str | None = None
         try:
+            source = self._source(request)
             account = self._check_route(request, source)
             body = self._read_body(request)
             obj = callbacks.decode(body)
@@ -314,15 +315,23 @@ class Receiver:
         return body
 
     def _source(self, request: _Incoming) -> str | None:
+        """The caller's address: the peer, or from a trusted proxy its ``X-Forwarded-For``.
+
+        ``forwarded_for`` is every header line joined in order (what RFC 9110 makes of repeated
+        lines): reading only the first line let a caller put an allowed address first and have the
+        proxy's own line ignored. Walked from the right, the first hop no trusted proxy vouches for
+        is the client; a hop on that walk that is not a plain address is refused (400), never
+        guessed around.
+        """
         peer = _address(request.peer)
-        if peer is None or not request.forwarded_for or not _in(peer, self.config.trusted_proxies):
-            return str(peer) if peer is not None else None
-        # Walk X-Forwarded-For from the right: the first hop no trusted proxy vouches for is the client.
-        hops = [h.strip() for h in request.forwarded_for.split(",") if h.strip()]
-        for hop in reversed(hops):
-            address = _address(hop)
+        if peer is None or request.forwarded_for is None or not _in(peer, self.config.trusted_proxies):
+            return _text(peer)
+        for hop in reversed(request.forwarded_for.split(",")):
+            address = _address(hop.strip())
             if address is None:
-                return None
+                raise errors.CallbackRefusedError(
+                    400, "forwarded_for_unreadable", "X-Forwarded-For holds something else than addresses"
+                )
             if not _in(address, self.config.trusted_proxies):
                 return str(address)
         return str(peer)
@@ -352,6 +361,10 @@ def _where(exc: BaseException) -> str | None:
         return None
     last = frames[-1]
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
+    return None if address is None else str(address)
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -426,7 +439,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             peer=self.client_address[0] if self.client_address else None,
             length=length,
             content_type=self.headers.get("Content-Type"),
-            forwarded_for=self.headers.get("X-Forwarded-For"),
+            # Every line, in order: a proxy may add its own line instead of extending the first.
+            forwarded_for=", ".join(self.headers.get_all("X-Forwarded-For") or []) or None,
             read=self.rfile.read,
         )
         answer = self.server.receiver.handle(incoming)

@@ -66,6 +66,7 @@ def running_receiver(
     accounts: tuple[str, ...] = (ACCOUNT,),
     previous: str | None = None,
     allowed: tuple[str, ...] = (),
+    trusted: tuple[str, ...] = (),
 ) -> Iterator[receiver.Receiver]:
     import ipaddress  # noqa: PLC0415  # only this helper needs it
 
@@ -77,6 +78,7 @@ def running_receiver(
         credentials=credentials,
         port=port,
         allowed_sources=tuple(ipaddress.ip_network(a) for a in allowed),
+        trusted_proxies=tuple(ipaddress.ip_network(a) for a in trusted),
     )
     metrics = callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry())
     with receiver.Receiver(config, connect, metrics) as started:
@@ -374,6 +376,51 @@ def test_source_allowlist_refuses_other_addresses_before_reading(db_url: str) ->
         assert post(r.port, envelope(messages(1)[0])) == (403, {"status": "refused"})
         assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason="source_not_allowed") == 1
     assert count(db_url, "sms_history") == 0
+
+
+def post_forwarded(port: int, body: bytes, lines: list[str]) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` with one ``X-Forwarded-For`` header line per item of ``lines``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", f"/callbacks/{ACCOUNT}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        for line in lines:
+            conn.putheader("X-Forwarded-For", line)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_every_forwarded_for_line_is_read_so_an_allowed_first_line_does_not_bypass_the_allowlist(
+    db_url: str,
+) -> None:
+    """Behind a trusted proxy that adds its own X-Forwarded-For line, a caller's forged first line
+    naming an allowed address is not believed: the proxy's line names the caller, refused 403."""
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url), allowed=("10.0.0.0/8",), trusted=("127.0.0.1/32",)) as r:
+        assert post_forwarded(r.port, body, ["10.1.2.3", "203.0.113.9"]) == (403, {"status": "refused"})
+        assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason="source_not_allowed") == 1
+        # The same caller really at an allowed address, through the proxy: accepted.
+        assert post_forwarded(r.port, body, ["203.0.113.9", "10.1.2.3"])[0] == 200
+    assert len(history(db_url)) == 1
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [["10.1.2.3, unknown"], ["10.1.2.3", ""], ["10.1.2.3:4711"], ["10.1.2.3,,127.0.0.1"]],
+    ids=["word", "empty-line", "port", "empty-hop"],
+)
+def test_a_forwarded_for_that_cannot_be_read_unambiguously_is_refused(db_url: str, lines: list[str]) -> None:
+    """From a trusted proxy, an X-Forwarded-For hop that is not a plain address where the client is
+    read: 400 forwarded_for_unreadable, nothing stored, even with no allowlist."""
+    with running_receiver(db.connector(db_url), trusted=("127.0.0.1/32",)) as r:
+        assert post_forwarded(r.port, envelope(messages(1)[0]), lines) == (400, {"status": "refused"})
+        reason = "forwarded_for_unreadable"
+        assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason=reason) == 1
+    assert count(db_url, "sms_callback") == 0
 
 
 def test_previous_password_is_accepted_during_rotation(db_url: str) -> None:
