@@ -9,8 +9,11 @@ The JSON of a device-originated SMS callback is not published, so ``read`` depen
 field being there. It recognises, in this order (the first that matches wins):
 
 * ``envelope``: the Connectivity callback envelope with a history-shaped message (an object
-  with ``message``) under a ``...Response`` key; the envelope's ``deviceIds`` and ``timestamp``
-  fill in what the inner object lacks;
+  with ``message``) under a ``...Response`` key, directly or inside other ``...Response``
+  objects (the NIDD callback nests two); the levels around it, innermost first, then the
+  envelope fill in the ``deviceIds`` and ``timestamp`` it lacks. Device kinds arrive upper case
+  (``IMEI``) where the history has them lower case: the message key reads kinds case-folded
+  (``rows.message_key``), so a message pushed with a timestamp and polled too is one row;
 * ``messages``: a ``messages`` list of history-shaped messages (the history body's shape);
 * ``flat``: ``message`` (or ``smsMessage``) text at the top level with ``deviceIds`` (the only
   published SMS example, from the old SOAP API: no timestamp, no request id);
@@ -41,6 +44,8 @@ SHAPES: Final = ("envelope", "messages", "flat", "unknown")
 # can only match a real member (of the envelope or of a nested object).
 _PASSWORD_MEMBER_RE: Final = re.compile(rb'("password"\s*:\s*")((?:[^"\\]|\\.)*)(")')
 _MAX_KEYS_REPORTED: Final = 20
+# ...Response objects nested in one another; a deeper one is not looked for.
+_MAX_RESPONSE_DEPTH: Final = 4
 # sms_callback.callback_count is a Postgres integer.
 _INT4_MIN: Final = -(2**31)
 _INT4_MAX: Final = 2**31 - 1
@@ -119,11 +124,12 @@ def read(
     """
     if not credentials.accepts(obj.get("username"), obj.get("password")):
         raise errors.CallbackRefusedError(403, "bad_credentials", "the callback credentials are not ours")
-    named = obj.get("accountName")
-    if named is not None and named != account:
-        raise errors.CallbackRefusedError(
-            403, "account_mismatch", "the callback body names another account than its URL"
-        )
+    for level in [obj, *(_response_path(obj) or [])]:
+        named = level.get("accountName")
+        if named is not None and named != account:
+            raise errors.CallbackRefusedError(
+                403, "account_mismatch", "the callback body names another account than its URL"
+            )
     request_id, callback_count, notes = _envelope_fields(obj)
     shape, raws = _find_messages(obj)
     if shape == "unknown":
@@ -215,21 +221,19 @@ def _reserialised(obj: dict[str, Any]) -> bytes:
 
 
 def _find_messages(obj: dict[str, Any]) -> tuple[str, list[Any]]:
-    for key, value in obj.items():
-        if (
-            isinstance(key, str)
-            and key.endswith("Response")
-            and isinstance(value, dict)
-            and "message" in value
-        ):
-            merged: dict[str, Any] = {}
-            for field in ("deviceIds", "message", "timestamp"):
-                if field in value:
-                    merged[field] = value[field]
-                elif field in obj:
-                    merged[field] = obj[field]
-            merged.update({k: v for k, v in value.items() if k not in merged})
-            return "envelope", [merged]
+    path = _response_path(obj)
+    if path is not None:
+        # The innermost level that has a field gives it: the message object, then the
+        # ...Response objects around it, then the envelope.
+        inner = path[-1]
+        merged: dict[str, Any] = {}
+        for field in ("deviceIds", "message", "timestamp"):
+            for level in reversed(path):
+                if field in level:
+                    merged[field] = level[field]
+                    break
+        merged.update({k: v for k, v in inner.items() if k not in merged})
+        return "envelope", [merged]
     messages = obj.get("messages")
     if isinstance(messages, list) and messages:
         return "messages", list(messages)
@@ -240,6 +244,29 @@ def _find_messages(obj: dict[str, Any]) -> tuple[str, list[Any]]:
             flat["timestamp"] = obj["timestamp"]
         return "flat", [flat]
     return "unknown", []
+
+
+def _response_path(obj: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The envelope and the ``...Response`` objects down to the first holding ``message``.
+
+    A device-originated NIDD callback nests one ``...Response`` in another (``niddResponse`` ->
+    ``niddMONotificationResponse``); the SMS one may well do the same, so any depth up to
+    ``_MAX_RESPONSE_DEPTH`` is searched, depth first in the body's key order. None: no such object.
+    """
+    stack: list[list[dict[str, Any]]] = [[obj]]
+    while stack:
+        path = stack.pop()
+        children = [
+            value
+            for key, value in path[-1].items()
+            if isinstance(key, str) and key.endswith("Response") and isinstance(value, dict)
+        ]
+        for child in children:
+            if "message" in child:
+                return [*path, child]
+        if len(path) <= _MAX_RESPONSE_DEPTH:
+            stack.extend([*path, child] for child in reversed(children))
+    return None
 
 
 def _message(raw: Any, request_id: str | None, received_at: dt.datetime) -> models.SMSMessage:

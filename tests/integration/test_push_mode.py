@@ -657,3 +657,32 @@ def test_an_unexpected_failure_answers_500_keeps_the_body_and_a_redelivery_store
     logged = log_buffer.getvalue()
     assert '"callback_kept_unread"' in logged
     assert "a bug the receiver did not foresee" not in logged
+
+
+def test_a_nested_upper_case_push_and_the_polled_lower_case_copy_are_one_row(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message pushed in the NIDD nesting with upper-case kinds, then polled with lower-case ones
+    (its 2xx lost, say): one row, source 'push'; the poll counts it as a replay."""
+    (polled,) = messages(1)
+    inner = {**polled, "deviceIds": [{"id": d["id"], "kind": d["kind"].upper()} for d in polled["deviceIds"]]}
+    body = json.dumps(
+        {
+            "username": USER,
+            "password": PASSWORD,
+            "requestId": "595f5c44-c31c-4552-8670-020a1545a84d",
+            "deviceIds": inner["deviceIds"],
+            "niddResponse": {"niddMONotificationResponse": {"accountName": ACCOUNT, **inner}},
+            "callbackCount": 1,
+            "maxCallbackThreshold": 2,
+        }
+    ).encode()
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    push_sim.inject(ACCOUNT, [polled])
+    code, out, _ = run_cli(capsys, env_for(push_sim, db_url, free_port()), "once")
+    assert code == 0, out
+    assert (last_json(out)["received"], last_json(out)["inserted"]) == (1, 0)
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("SELECT device_kind, message, source FROM sms_history").fetchall()
+    assert stored == [("imei", polled["message"], "push")]
