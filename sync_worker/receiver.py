@@ -24,22 +24,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import http.server
+import http
 import ipaddress
 import json
-import sys
 import threading
 import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
+import waitress.server
+import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, models, serving, store
+from sync_worker import callback_metrics, callbacks, db, errors, models, store
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
+_MAX_HEADER_BYTES: Final = 16 * 1024
 _log = structlog.get_logger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,15 +56,25 @@ class ReceiverConfig:
     max_body_bytes: int = 65536
     allowed_sources: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
-    # A client that stops sending mid-request must not hold a thread for long.
+    # A connection that sends nothing for this long is closed (waitress's channel_timeout): a
+    # client that stops mid-request holds no worker (the body is read before the handler runs),
+    # only one of connection_limit's slots, and not for long.
     read_timeout: float = 30.0
     pool_size: int = 4
+    # Worker threads: each handles one request at a time, from a whole body to the answer.
+    threads: int = 32
+    # Open connections at most; beyond it waitress stops accepting until some close. Well above
+    # the platform's concurrency, so a crowd of stalled clients does not lock it out at once.
+    connection_limit: int = 2000
+    # How long stop() waits for the requests being handled to answer.
+    drain_timeout: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Answer:
     status: int
     body: dict[str, Any]
+    retry_after: int | None = None
 
 
 class _Pool:
@@ -118,8 +130,10 @@ class Receiver:
         self.metrics = metrics
         self._pool = _Pool(connect, config.pool_size)
         self._clock = clock
-        self._server: _Server | None = None
+        self._server: waitress.server.TcpWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._in_flight = 0
         for account in sorted(config.accounts):
             metrics.account_served(account)
 
@@ -128,23 +142,56 @@ class Receiver:
     def start(self) -> Receiver:
         if self._server is not None:
             return self
-        address = (self.config.host, self.config.port)
+        cfg = self.config
         try:
-            self._server = _Server(address, self)
+            server = waitress.server.create_server(
+                self.wsgi,
+                host=cfg.host,
+                port=cfg.port,
+                threads=cfg.threads,
+                connection_limit=cfg.connection_limit,
+                channel_timeout=cfg.read_timeout,
+                # waitress reads a body whole before the application runs; one declared longer
+                # than this is refused by waitress itself (413) without reading it. Up to twice
+                # our own limit it is read, so the refusal is the receiver's (logged, counted).
+                max_request_body_size=2 * cfg.max_body_bytes,
+                max_request_header_size=_MAX_HEADER_BYTES,
+                # select() stops at 1,024 descriptors; connection_limit is above it.
+                asyncore_use_poll=True,
+                # How often idle channels are checked against channel_timeout.
+                cleanup_interval=max(1, int(cfg.read_timeout // 2)),
+                ident="thingspace-sms-sync",
+                # X-Forwarded-For is read by the receiver itself (_source), not removed.
+                clear_untrusted_proxy_headers=False,
+                expose_tracebacks=False,
+                log_socket_errors=False,
+            )
         except OSError as exc:
             raise errors.ConfigError(
-                f"cannot listen on {address[0]}:{address[1]} for callbacks (SYNC_CALLBACK_PORT): "
+                f"cannot listen on {cfg.host}:{cfg.port} for callbacks (SYNC_CALLBACK_PORT): "
                 f"{exc.strerror or exc}"
             ) from exc
-        self._thread = serving.start(self._server, name="callback-receiver", poll_interval=0.2)
-        _log.info("callback_receiver_started", host=self.config.host, port=self.port)
+        assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
+        self._server = server
+        self._thread = threading.Thread(target=server.run, name="callback-receiver", daemon=True)
+        self._thread.start()
+        _log.info("callback_receiver_started", host=cfg.host, port=self.port)
         return self
 
     def stop(self) -> None:
+        """Stop accepting, let the requests being handled answer, then close every connection."""
         server, thread = self._server, self._thread
         if server is None:
             return
-        serving.stop(server, thread, join_timeout=5)
+        # waitress's typing stubs miss these attributes (trigger, effective_port, the map).
+        loop = cast(Any, server)
+        loop.trigger.pull_trigger(lambda: _close_listener(server))
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.config.drain_timeout)
+        loop.trigger.pull_trigger(lambda: _close_channels(server))
+        if thread is not None:
+            thread.join(timeout=5)
+        server.task_dispatcher.shutdown(timeout=5)
         self._server = self._thread = None
         self._pool.close()
 
@@ -155,13 +202,39 @@ class Receiver:
     def port(self) -> int:
         if self._server is None:
             return self.config.port
-        return int(self._server.server_address[1])
+        return int(cast(Any, self._server).effective_port)
 
     def __enter__(self) -> Receiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- the WSGI application --
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """The receiver as a plain WSGI application (waitress serves it; tests may call it directly).
+
+        The server has read the whole body (within its size limit) before this runs.
+        """
+        with self._idle:
+            self._in_flight += 1
+        try:
+            answer = self.handle(_incoming(environ))
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+        payload = json.dumps(answer.body).encode() + b"\n"
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+        ]
+        if answer.retry_after is not None:
+            headers.append(("Retry-After", str(answer.retry_after)))
+        start_response(f"{answer.status} {http.HTTPStatus(answer.status).phrase}", headers)
+        return [payload]
 
     # -- one request --
 
@@ -383,80 +456,45 @@ def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[
     return any(address.version == n.version and address in n for n in networks)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _incoming(environ: dict[str, Any]) -> _Incoming:
+    raw_length = environ.get("CONTENT_LENGTH")
+    length: int | None
+    try:
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        length = None
+    if length is not None and length < 0:
+        length = None
+    stream = environ["wsgi.input"]
+    # WSGI hands the path as latin-1 decoded bytes; account names are ASCII either way.
+    path = str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "replace")
+    return _Incoming(
+        method=str(environ.get("REQUEST_METHOD") or "GET"),
+        path=path,
+        peer=environ.get("REMOTE_ADDR"),
+        length=length,
+        content_type=environ.get("CONTENT_TYPE"),
+        # waitress joins repeated header lines with ", " in order (RFC 9110's reading).
+        forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") or None,
+        read=stream.read,
+    )
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
-        super().__init__(address, _Handler)
-        self.receiver = receiver
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A caller that hangs up (after its answer, or mid-request) is not a receiver fault.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        _log.error("callback_receiver_request_crashed", kind=type(sys.exc_info()[1]).__name__)
+def _close_listener(server: waitress.server.TcpWSGIServer) -> None:
+    """In the server's loop: stop accepting (the trigger stays, to deliver ``_close_channels``)."""
+    server.accepting = False
+    waitress.wasyncore.dispatcher.close(server)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "thingspace-sms-sync"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        # StreamRequestHandler.timeout is a class attribute; per server, the socket is set here.
-        self.connection.settimeout(self.server.receiver.config.read_timeout)
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        raw_length = self.headers.get("Content-Length")
-        length: int | None
-        try:
-            length = int(raw_length) if raw_length is not None else None
-        except ValueError:
-            length = None
-        if length is not None and length < 0:
-            length = None
-        if self.headers.get("Transfer-Encoding"):
-            # Chunked bodies are not read: the size check needs the length up front.
-            length = None
-        incoming = _Incoming(
-            method=method,
-            path=self.path,
-            peer=self.client_address[0] if self.client_address else None,
-            length=length,
-            content_type=self.headers.get("Content-Type"),
-            # Every line, in order: a proxy may add its own line instead of extending the first.
-            forwarded_for=", ".join(self.headers.get_all("X-Forwarded-For") or []) or None,
-            read=self.rfile.read,
-        )
-        answer = self.server.receiver.handle(incoming)
-        if answer.status >= 400 and answer.status not in (500, 503):
-            # A refused request's body may be unread: the connection cannot carry another.
-            self.close_connection = True
-        payload = json.dumps(answer.body).encode() + b"\n"
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        # Every request is logged by the receiver as its own event; the access line adds nothing.
-        return
+def _close_channels(server: waitress.server.TcpWSGIServer) -> None:
+    """In the server's loop: flush what is ready to go and close every connection, the trigger
+    last; the loop ends once nothing is left in its map."""
+    loop = cast(Any, server)
+    for channel in list(loop._map.values()):
+        if channel is loop.trigger:
+            continue
+        with contextlib.suppress(OSError):
+            if channel.writable():
+                channel.handle_write()
+        channel.handle_close()
+    loop.trigger.handle_close()

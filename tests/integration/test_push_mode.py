@@ -67,6 +67,7 @@ def running_receiver(
     previous: str | None = None,
     allowed: tuple[str, ...] = (),
     trusted: tuple[str, ...] = (),
+    **tuning: Any,
 ) -> Iterator[receiver.Receiver]:
     import ipaddress  # noqa: PLC0415  # only this helper needs it
 
@@ -79,6 +80,7 @@ def running_receiver(
         port=port,
         allowed_sources=tuple(ipaddress.ip_network(a) for a in allowed),
         trusted_proxies=tuple(ipaddress.ip_network(a) for a in trusted),
+        **tuning,
     )
     metrics = callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry())
     with receiver.Receiver(config, connect, metrics) as started:
@@ -686,3 +688,24 @@ def test_a_nested_upper_case_push_and_the_polled_lower_case_copy_are_one_row(
     with psycopg.connect(db_url) as conn:
         stored = conn.execute("SELECT device_kind, message, source FROM sms_history").fetchall()
     assert stored == [("imei", polled["message"], "push")]
+
+
+# --- the HTTP server --------------------------------------------------------------------
+
+
+def test_stalled_half_sent_requests_hold_no_worker_thread_and_callbacks_still_pass(db_url: str) -> None:
+    """200 clients that send half a request and stall: no thread each (the server reads a body before a
+    worker sees it), and a real callback beside them is stored at once."""
+    import threading  # noqa: PLC0415  # only this test counts threads
+
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url), threads=4) as r, contextlib.ExitStack() as stack:
+        before = threading.active_count()
+        for _ in range(200):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", r.port), timeout=10))
+            head = f"POST /callbacks/{ACCOUNT} HTTP/1.1\r\nContent-Type: application/json\r\n"
+            sock.sendall((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:20])
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+        # No thread per stalled client: at most a helper or two started since (old server: 200 more).
+        assert threading.active_count() <= before + 2
+    assert len(history(db_url)) == 1
