@@ -33,11 +33,14 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Final, cast
 
+import psycopg
+import psycopg.errors
+import psycopg_pool
 import structlog
 import waitress.server
 import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, models, store
+from sync_worker import callback_metrics, callbacks, db, errors, models, queries, store
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
@@ -60,7 +63,16 @@ class ReceiverConfig:
     # client that stops mid-request holds no worker (the body is read before the handler runs),
     # only one of connection_limit's slots, and not for long.
     read_timeout: float = 30.0
+    # Database connections at most, whatever the load.
     pool_size: int = 4
+    # A callback that gets no connection within this answers 503 + Retry-After. With the lock and
+    # statement timeouts, every answer comes well within the ~4 s after which the platform sends
+    # the same callback again, concurrently.
+    acquire_timeout: float = 1.0
+    lock_timeout: float = 1.5
+    statement_timeout: float = 2.5
+    # Seconds the 503's Retry-After asks for (the platform was seen retrying after 1.2-1.7 s).
+    retry_after: int = 2
     # Worker threads: each handles one request at a time, from a whole body to the answer.
     threads: int = 32
     # Open connections at most; beyond it waitress stops accepting until some close. Well above
@@ -77,42 +89,99 @@ class Answer:
     retry_after: int | None = None
 
 
-class _Pool:
-    """A few idle connections for reuse; a connection that failed is closed, never reused."""
+class _Busy(Exception):
+    """No connection, or the database waited on a lock or ran too long: answer 503 + Retry-After.
 
-    def __init__(self, connect: db.ConnectionFactory, size: int) -> None:
-        self._connect = connect
-        self._size = size
-        self._idle: list[db.Connection] = []
-        self._lock = threading.Lock()
+    ``kind`` labels ``callback_store_failures``: ``busy`` (every connection in use, a lock or the
+    statement timeout) or ``database_unavailable`` (no connection can be made).
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+class _DatabasePool:
+    """The receiver's connections: psycopg_pool with a hard maximum and a short acquire timeout.
+
+    A push burst must never take more than ``size`` of the server's connections (the daemons' runs,
+    claims and login guard share ``max_connections``), nor wait long: the platform sends a second,
+    concurrent delivery when an answer takes more than about 4 s, so a callback that gets no
+    connection within ``acquire_timeout`` is answered 503 at once. Every session has
+    ``lock_timeout`` and ``statement_timeout`` set (a maintenance lock or a retention drop on the
+    history makes the callback statement fail fast instead of piling up behind it). A connection
+    an error happened on (``db.retire``) is closed, not given back.
+    """
+
+    def __init__(self, connect: db.ConnectionFactory, config: ReceiverConfig) -> None:
+        self._acquire_timeout = config.acquire_timeout
+        timeouts = {
+            "lock_timeout": f"{int(config.lock_timeout * 1000)}ms",
+            "statement_timeout": f"{int(config.statement_timeout * 1000)}ms",
+        }
+
+        def configure(conn: db.Connection) -> None:
+            conn.execute(queries.get("callback_session_timeouts"), timeouts)
+
+        # Whether the latest attempt to open a connection failed: tells a database that cannot
+        # be reached from one whose connections are all in use.
+        self.connect_failing = False
+
+        def connect_noting() -> db.Connection:
+            try:
+                conn = connect()
+            except Exception:
+                self.connect_failing = True
+                raise
+            self.connect_failing = False
+            return conn
+
+        self._pool = psycopg_pool.ConnectionPool(
+            connection_class=_made_by(connect_noting),
+            min_size=1,
+            max_size=config.pool_size,
+            open=False,
+            configure=configure,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="callback-receiver",
+            timeout=config.acquire_timeout,
+            max_lifetime=db.MAX_CONNECTION_AGE_SECONDS,
+            num_workers=2,
+        )
+
+    def open(self) -> None:
+        # Not waiting: a receiver whose database is down starts and answers 503 until it is back.
+        self._pool.open(wait=False)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[tuple[db.Connection, bool]]:
-        """A connection and whether it was reused (a reused one may have died since)."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        reused = conn is not None
-        if conn is None:
-            conn = self._connect()
-        healthy = False
+    def connection(self) -> Iterator[db.Connection]:
         try:
-            yield conn, reused
-            healthy = True
+            conn = self._pool.getconn(timeout=self._acquire_timeout)
+        except psycopg_pool.PoolTimeout:
+            kind = "database_unavailable" if self.connect_failing else "busy"
+            raise _Busy(kind, f"no database connection within {self._acquire_timeout:g} s") from None
+        try:
+            yield conn
         finally:
-            with self._lock:
-                keep = healthy and not conn.closed and len(self._idle) < self._size
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
+            if not db.usable(conn):
                 with contextlib.suppress(Exception):
                     conn.close()
+            self._pool.putconn(conn)
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._pool.close(timeout=5)
+
+
+def _made_by(connect: db.ConnectionFactory) -> type[db.Connection]:
+    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``db.connector``'s
+    liveness settings and secret-free errors, the caller's application name)."""
+
+    class _Made(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            return connect()
+
+    return _Made
 
 
 class Receiver:
@@ -128,7 +197,7 @@ class Receiver:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._pool = _Pool(connect, config.pool_size)
+        self._pool = _DatabasePool(connect, config)
         self._clock = clock
         self._server: waitress.server.TcpWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -172,6 +241,7 @@ class Receiver:
                 f"{exc.strerror or exc}"
             ) from exc
         assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
+        self._pool.open()
         self._server = server
         self._thread = threading.Thread(target=server.run, name="callback-receiver", daemon=True)
         self._thread.start()
@@ -296,10 +366,11 @@ class Receiver:
         account = callback.account_name
         try:
             result = self._commit(kept, callback.messages)
-        except errors.DatabaseUnavailableError as exc:
-            self.metrics.store_failures.labels("database_unavailable").inc()
-            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
-            return Answer(503, {"status": "unavailable"})
+        except (_Busy, errors.DatabaseUnavailableError) as exc:
+            kind = exc.kind if isinstance(exc, _Busy) else "database_unavailable"
+            self.metrics.store_failures.labels(kind).inc()
+            _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
+            return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after)
         except Exception as exc:
             # Whatever else went wrong (a database error, a bug): the body is kept, unread, so
             # nothing authenticated is lost, and the 500 makes the platform retry (then re-queue
@@ -351,17 +422,13 @@ class Receiver:
     def _commit(
         self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
     ) -> store.CallbackResult:
-        # A reused connection may have died while idle (a database restart): one more try
-        # on a fresh one before answering 503.
-        for attempt in range(2):
-            reused = False
+        with self._pool.connection() as conn:
             try:
-                with self._pool.connection() as (conn, reused):
-                    return store.store_callback(conn, kept, messages)
-            except errors.DatabaseUnavailableError:
-                if attempt or not reused:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                return store.store_callback(conn, kept, messages)
+            except errors.DatabaseUnavailableError as exc:
+                if isinstance(exc.__cause__, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
+                    raise _Busy("busy", str(exc)) from exc
+                raise
 
     def _check_route(self, request: _Incoming, source: str | None) -> str:
         if not self._source_allowed(source):

@@ -32,3 +32,10 @@ ORDER BY id;
 -- name: history_source_counts
 -- Rows of one account by source (the push demo, operators comparing the two modes).
 SELECT source, count(*) FROM sms_history WHERE account_name = %(account_name)s GROUP BY source ORDER BY source;
+
+-- name: callback_session_timeouts
+-- Set once per receiver connection (psycopg_pool's configure): a callback statement that waits on a
+-- lock or runs long fails fast, and the receiver answers 503 instead of holding the platform past
+-- the ~4 s after which it delivers the same callback again.
+SELECT set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('statement_timeout', %(statement_timeout)s, false);

@@ -709,3 +709,71 @@ def test_stalled_half_sent_requests_hold_no_worker_thread_and_callbacks_still_pa
         # No thread per stalled client: at most a helper or two started since (old server: 200 more).
         assert threading.active_count() <= before + 2
     assert len(history(db_url)) == 1
+
+
+# --- bounded database use -----------------------------------------------------------------
+
+
+def post_full(port: int, body: bytes) -> tuple[int, dict[str, Any], str | None]:
+    """POST a callback: status, JSON answer and its Retry-After header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", f"/callbacks/{ACCOUNT}", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def sessions(db_url: str, application_name: str) -> int:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("table", ["sms_callback", "sms_message"])
+def test_a_held_lock_gets_503_with_retry_after_never_more_connections_than_the_pool_then_recovers(
+    db_url: str, table: str
+) -> None:
+    """With a lock held on the history or the callback table, 24 concurrent callbacks each get 503 and
+    Retry-After within the timeouts, the receiver never holds more than its 3 connections; after
+    the lock is gone the same 24 callbacks are all stored."""
+    import concurrent.futures  # noqa: PLC0415  # only this test runs callbacks concurrently
+    import threading  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    name = f"receiver-{uuid.uuid4().hex[:12]}"
+    bodies = [envelope(m, requestId=f"r-{i}") for i, m in enumerate(messages(24))]
+    with (
+        running_receiver(db.connector(db_url, application_name=name), pool_size=3) as r,
+        psycopg.connect(db_url) as holder,
+        concurrent.futures.ThreadPoolExecutor(24) as callers,
+    ):
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # fixed names
+        most = 0
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, sessions(db_url, name))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            answers = list(callers.map(lambda b: post_full(r.port, b), bodies))
+        finally:
+            done.set()
+            watcher.join()
+        holder.rollback()
+        assert [(a[0], a[1], a[2]) for a in answers] == [(503, {"status": "unavailable"}, "2")] * 24
+        assert 1 <= most <= 3
+        assert sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="busy") == 24
+        assert count(db_url, "sms_history") == 0
+        again = list(callers.map(lambda b: post_full(r.port, b)[0], bodies))
+        assert again == [200] * 24
+        assert sessions(db_url, name) <= 3
+    assert len(history(db_url)) == 24
