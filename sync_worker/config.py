@@ -370,7 +370,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _number(
         "SYNC_CALLBACK_MAX_BODY_BYTES",
         65536,
-        "Largest callback body accepted; a longer one is refused with 413 before it is read.",
+        "Largest callback body accepted; a longer one is refused with 413 (one declared longer than twice "
+        "this before it is read).",
         "callback_max_body_bytes",
         minimum=1024,
         maximum=16 * 1024 * 1024,
