@@ -479,7 +479,9 @@ def _identity_members(message: models.SMSMessage) -> tuple[str, str | None]:
     extras = None
     if type(raw) is dict:
         found = {
-            k: v for k, v in raw.items() if k not in _CORE_MEMBERS and k not in _NOT_IDENTITY and v is not None
+            k: v
+            for k, v in raw.items()
+            if k not in _CORE_MEMBERS and k not in _NOT_IDENTITY and v is not None
         }
         if found:
             extras = _dumps(found, sort_keys=True)

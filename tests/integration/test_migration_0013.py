@@ -146,7 +146,8 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
             assert new_key[rows.dump_raw(wire)] != old_key[rows.dump_raw(wire)], wire
         assert [new_key[rows.dump_raw(w)] for w in ONE_BLOCK] == _new_keys(ONE_BLOCK)
         junk = conn.execute(
-            "SELECT received_at, message_key, problems FROM sms_history WHERE raw_json = %s", (rows.dump_raw(JUNK),)
+            "SELECT received_at, message_key, problems FROM sms_history WHERE raw_json = %s",
+            (rows.dump_raw(JUNK),),
         ).fetchone()
         assert junk is not None and junk[0] is None and junk[1] == _new_keys([JUNK])[0]
         assert any("not ISO-8601" in p for p in junk[2])
@@ -170,7 +171,9 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
         assert [_store(conn, block) for block in BLOCKS] == [0] * len(BLOCKS)
 
 
-def test_0013_keeps_a_row_whose_new_key_another_row_holds(make_database: Callable[..., str], tmp_path: Path) -> None:
+def test_0013_keeps_a_row_whose_new_key_another_row_holds(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
     """A plain message stored in two blocks under the old rules (the second copy as occurrence 2,
     behind copies with messageIds) cannot take the new occurrence-0 key the first copy holds: it keeps
     its key, every row reads back, and the blocks delivered again store only the absorbed messageId."""
