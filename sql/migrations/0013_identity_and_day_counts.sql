@@ -223,9 +223,16 @@ block_rows AS (
                AS raw
     FROM blocks b
     JOIN sms_message m
-      ON m.account_name = b.account_name AND m.first_stored_at = b.first_stored_at
-     AND m.run_id IS NOT DISTINCT FROM b.run_id AND m.pushed = b.pushed
-     AND (m.received_at = b.received_at OR (m.received_at IS NULL AND b.received_at IS NULL))
+      -- Equality on (account_name, received_at) first: the unique key's index finds the few rows.
+      ON m.account_name = b.account_name AND m.received_at = b.received_at
+     AND m.first_stored_at = b.first_stored_at AND m.run_id IS NOT DISTINCT FROM b.run_id AND m.pushed = b.pushed
+    UNION ALL
+    SELECT m.account_name, m.received_at, m.first_stored_at, m.message_key, m.occurrence, m.problems,
+           coalesce(m.raw_kept, sms_history_rebuild_raw(m.device_id, m.device_kind, m.message, m.timestamp_raw))
+    FROM blocks b
+    JOIN sms_message m
+      ON m.account_name = b.account_name AND m.received_at IS NULL AND b.received_at IS NULL
+     AND m.first_stored_at = b.first_stored_at AND m.run_id IS NOT DISTINCT FROM b.run_id AND m.pushed = b.pushed
 ),
 based AS (
     SELECT r.*, sms_0013_basis(r.account_name, r.raw, r.received_at, false) AS old_basis,
