@@ -57,6 +57,16 @@ ODD = [
     {"deviceIds": [{"id": "7", "kind": "Serial", "extra": 1}], "message": "", "timestamp": "not a time"},
     _msg("a\x00b", "2024-05-01T14:00:00.123456789Z"),
     _msg(
+        'caf\u00e9 \U0001f600 "q"',
+        "2024-05-01T09:00:00.5-05:00",
+        [
+            {"kind": "MSISDN", "id": "9"},
+            {"id": "0042", "kind": "IMEI"},
+            {"id": "1", "kind": "imei", "slot": None},
+        ],
+        messageId={"b": [1, 2.5, None], "a": "\u05e9"},
+    ),
+    _msg(
         "twice",
         "2024-05-01T15:00:00Z",
         [
@@ -125,7 +135,7 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
         with mock.patch.object(rows, "build_block", rows_0012.build_block):
             old_inserted = [_store(conn, block) for block in BLOCKS]
         # What the old rules lost: 2 sub-microsecond instants, 2 messageIds, the clean message.
-        assert old_inserted == [len(PLAIN), 1, 0, 1, 0, 1, 0, 0, 3, 1, 0, 3]
+        assert old_inserted == [len(PLAIN), 1, 0, 1, 0, 1, 0, 0, 3, 1, 0, len(ODD)]
         before = _rows(conn)
         device_rows_before = conn.execute("SELECT count(*) FROM sms_message_device").fetchone()
 
@@ -141,7 +151,7 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
             raw_json = rows.dump_raw(plain)
             assert new_key[raw_json] == old_key[raw_json] == key, plain
         # Re-keyed rows now hold the key the new code gives them.
-        for wire in [SUB_MICRO[0], SUB_MICRO[2], MESSAGE_IDS[0], ODD[0], ODD[1]]:
+        for wire in [SUB_MICRO[0], SUB_MICRO[2], MESSAGE_IDS[0], ODD[0], ODD[1], ODD[2]]:
             assert new_key[rows.dump_raw(wire)] == _new_keys([wire])[0], wire
             assert new_key[rows.dump_raw(wire)] != old_key[rows.dump_raw(wire)], wire
         assert [new_key[rows.dump_raw(w)] for w in ONE_BLOCK] == _new_keys(ONE_BLOCK)
