@@ -69,6 +69,24 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+DOCTOR_DESCRIPTION = """\
+Answers "will this work, and what does the real API send us?" before the daemon runs, one verdict per
+check (ok, warn, fail, or skipped with the reason): the configuration; which database (host, port,
+name, user; never the password) and its schema version (never migrated); OAuth; the session login
+through the login guard (no login when the guard refuses, and why); the clock against the API's Date
+header; for each account the head block of its history queue, summarised (status, messages, top-level
+and message members known and unknown, timestamp forms, device kinds, whether it reads as a block);
+its registered callback listeners (passwords never shown); whether SYNC_CALLBACK_URL resolves.
+
+It never sends an SMS, never sends a next token (nothing is acknowledged), never migrates. It writes
+only (1) the login guard's row: the login is counted before it is sent and its verdict recorded, which
+is what keeps any login from being the one that locks the user; (2) a final head block (200) with
+messages: the platform may dequeue a final block once it is handed over, so it is stored as a sync
+stores it (an unreadable final answer is quarantined). A 202 head block stays queued and unwritten.
+--no-history skips the head blocks. Exit code: that of the most basic failing check (2 configuration,
+3 database or schema, 4 OAuth or login refused or guard tripped, 1 any other); warnings exit 0."""
+
+
 # --- the parser ----------------------------------------------------------------
 
 
@@ -272,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     )
 
     p = add(
+        "doctor",
+        "cmd_doctor",
+        "before the daemon: check the configuration, the database, OAuth, the login (through the login "
+        "guard), the clock, each account's head block (read, never acknowledged) and callback listeners",
+    )
+    p.description = DOCTOR_DESCRIPTION
+    p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not read the head blocks (then the login guard's row is all doctor writes)",
+    )
+    p = add(
         "simulate", "cmd_simulate", "run the ThingSpace simulator (for trying the worker without an account)"
     )
     # The simulator's defaults (simulator.DEFAULT_*, a test keeps them equal) spelled out here:
@@ -347,7 +378,11 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
 
     ctx = commands.Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
     try:
-        return int(getattr(commands, args.func)(ctx))
+        code = int(getattr(commands, args.func)(ctx))
+        if code != exitcodes.OK and ctx.failure is not None:
+            message, kind = ctx.failure
+            report_failure(ctx, message, kind=kind, code=code)
+        return code
     except errors.SyncWorkerError as exc:
         code = exitcodes.for_error(exc)
         message = str(exc)

@@ -426,6 +426,20 @@ class ThingSpaceClient:
         finally:
             self._guard.finish(attempt, fingerprint, outcome, failure)
 
+    # --- the two credentials on their own (``sync-worker doctor``) -------------
+
+    def fetch_bearer(self) -> None:
+        """Get the OAuth token now, as the first API call would (no login; the guard sees nothing).
+
+        Lets a caller tell an OAuth failure from a login failure before any data call.
+        """
+        self._bearer.get()
+
+    def log_in(self, deadline: float | None = None) -> None:
+        """Start the session now, through the login guard exactly as the first API call would
+        (nothing is done when a session is held already)."""
+        self._session.get(deadline)
+
     # --- an authenticated API call -------------------------------------------
 
     def call(

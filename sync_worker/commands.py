@@ -67,6 +67,9 @@ class Context:
         # Which database the command uses (db.describe), once its settings are loaded: named in
         # every database error, since libpq's defaults may have chosen an unexpected one.
         self.database: str | None = None
+        # (message, kind) of a command that fails without raising, after printing its data (doctor's
+        # report): cli reports it in the one form of a failure.
+        self.failure: tuple[str, str] | None = None
 
     def settings(self, *, credentials: bool, accounts: bool, daemon: bool = False) -> config.Settings:
         settings = config.load(
@@ -798,6 +801,21 @@ def cmd_receive(ctx: Context) -> int:
                 server.stop()
     logs.get_logger(__name__).info("callback_receiver_stopped")
     return exitcodes.OK
+
+
+def cmd_doctor(ctx: Context) -> int:
+    from sync_worker import doctor  # noqa: PLC0415  # see the imports above
+
+    try:
+        settings = ctx.settings(credentials=False, accounts=False)
+    except errors.ConfigError as exc:
+        found = doctor.config_failed(exc)
+    else:
+        found = doctor.examine(settings, ctx.env, ctx.args.config, history=not ctx.args.no_history)
+    ctx.print(found.to_json() if ctx.args.json else found.table())
+    if found.exit_code != exitcodes.OK:
+        ctx.failure = (found.failure(), "DoctorCheckFailed")
+    return found.exit_code
 
 
 def cmd_simulate(ctx: Context) -> int:

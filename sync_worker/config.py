@@ -370,7 +370,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _number(
         "SYNC_CALLBACK_MAX_BODY_BYTES",
         65536,
-        "Largest callback body accepted; a longer one is refused with 413 before it is read.",
+        "Largest callback body accepted; a longer one is refused with 413 (one declared longer than twice "
+        "this before it is read).",
         "callback_max_body_bytes",
         minimum=1024,
         maximum=16 * 1024 * 1024,
@@ -496,6 +497,8 @@ COMMAND_VARIABLES: Final[Mapping[str, frozenset[str]]] = {
     "callbacks remove": _LOGS | _DATABASE | _API | {"SYNC_CALLBACK_URL"},
     "callbacks kept": _LOGS | _DATABASE,
     "receive": _LOGS | _DATABASE | _RECEIVER,
+    # The login and head blocks as `once` makes them (within one run budget), then the callback URL.
+    "doctor": _LOGS | _DATABASE | _API | {"SYNC_ACCOUNTS", "SYNC_RUN_BUDGET_SECONDS", "SYNC_CALLBACK_URL"},
     # The simulator and the demo bring their own settings; `simulate` only formats its logs.
     "simulate": frozenset({"SYNC_LOG_FORMAT"}),
     "demo": frozenset(),

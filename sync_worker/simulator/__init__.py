@@ -29,10 +29,11 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
   own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
   rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
-  ``Mangle``, ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)`` makes an answer
-  unreadable (``UNREADABLE_KINDS``) or well-formed JSON that is still not the block (``ENVELOPE_KINDS``:
-  ``messages`` missing or renamed, ``{}``, a duplicate ``messages``, ``hasMoreData`` missing, not a boolean
-  or disagreeing with the status, a 202 with no message), e.g. from a ``hooks.rewrite``.
+  ``Mangle``, ``Trickle``, ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)``
+  makes an answer unreadable (``UNREADABLE_KINDS``) or well-formed JSON that is still not the block
+  (``ENVELOPE_KINDS``: ``messages`` missing or renamed, ``{}``, a duplicate ``messages``, ``hasMoreData``
+  missing, not a boolean or disagreeing with the status, a 202 with no message), e.g. from a
+  ``hooks.rewrite``.
 * ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
   (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written
   out, or a bearer/session token ``issued``. Documented in ``hooks``.
@@ -82,6 +83,7 @@ PushCounters = push.PushCounters
 Faults = faults.Faults
 Raw = faults.Raw
 Mangle = faults.Mangle
+Trickle = faults.Trickle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
 ENVELOPE_KINDS = faults.ENVELOPE_KINDS
@@ -147,6 +149,7 @@ __all__ = [
     "Simulator",
     "Stats",
     "TokenMode",
+    "Trickle",
     "gateway_error_after_processing",
     "http_date",
     "mangle",

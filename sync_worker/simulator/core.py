@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from sync_worker import serving
@@ -277,7 +277,7 @@ class Simulator:
             answered(request, status)
         return status
 
-    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912  # the request router
+    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912, PLR0915  # the request router
         kind, account, query, body = request.kind, request.account, request.query, request.body
         faults = self.faults
         # Latency is the time a request takes at the server, its own work included: the answer
@@ -288,9 +288,13 @@ class Simulator:
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
         unreadable: faultmod.Mangle | None = None
+        trickle: faultmod.Trickle | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Mangle):
+            if isinstance(step, faultmod.Trickle):
+                self.stats.fault("trickle")
+                trickle = step
+            elif isinstance(step, faultmod.Mangle):
                 self.stats.fault(f"unreadable_{step.kind}")
                 unreadable = step
             elif isinstance(step, faultmod.Raw) and (step.body is None or step.process):
@@ -328,10 +332,23 @@ class Simulator:
         if unreadable is not None and status in (200, 202):
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
-        h.write_reply(status, reply_body, headers)
+        if trickle is not None:
+            h.write_reply(
+                status, reply_body, headers, chunk=trickle.chunk, pause=self._trickle_pause(trickle)
+            )
+        else:
+            h.write_reply(status, reply_body, headers)
         if after_write is not None:
             after_write()
         return status
+
+    def _trickle_pause(self, step: faultmod.Trickle) -> Callable[[], None]:
+        def pause() -> None:
+            # A stop cuts a trickle off like any connection the server drops.
+            if self._stopping.wait(step.gap):
+                raise server.Dropped
+
+        return pause
 
     def _hold(self, until: float, *, drop_on_stop: bool) -> None:
         """Wait until ``until`` (monotonic); a stop ends the wait, and drops the request if asked."""

@@ -37,6 +37,15 @@ class Mangle:
     kind: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Trickle:
+    """A request processed as usual whose answer's body is then written ``chunk`` bytes at a time,
+    ``gap`` seconds apart: each read comes well within a read timeout, the whole answer is slow."""
+
+    chunk: int = 64
+    gap: float = 0.05
+
+
 UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
 # Well-formed JSON that still is not the block (``gate.recognise`` refuses each). Those named
 # ``*_202`` / ``*_200`` fit an answer of that status; the others fit either.
@@ -117,7 +126,7 @@ def _envelope(
     return 202, b"{" + _MORE_TRUE + b',"messages":[]}', kept
 
 
-ScriptStep = int | str | Raw | Mangle
+ScriptStep = int | str | Raw | Mangle | Trickle
 
 
 @dataclasses.dataclass
@@ -127,8 +136,8 @@ class Faults:
     Script steps: an HTTP status (200 = no fault; 429 carries ``retry_after``; 5xx bodies are HTML
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
-    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), or a
-    ``Raw``.
+    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), a
+    ``Raw``, a ``Mangle`` or a ``Trickle``.
     """
 
     # Seconds every request takes at the server, its own work included: the answer leaves at

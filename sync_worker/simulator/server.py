@@ -96,15 +96,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.server.dispatch(self, "DELETE")
 
-    def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+    def write_reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: Iterable[tuple[str, str]],
+        *,
+        chunk: int = 0,
+        pause: Callable[[], None] | None = None,
+    ) -> None:
+        """Write the reply at once, or with ``chunk`` > 0 the body ``chunk`` bytes at a time with
+        ``pause()`` before each piece (a trickled answer: every read is quick, the whole is slow)."""
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        dated = False
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            dated = dated or name.lower() == "date"
+        if not dated:
+            # Like any origin server with a clock (RFC 9110, 6.6.1); a harness may send its own.
+            head.append(f"Date: {wire.http_date(0)}\r\n".encode("latin-1"))
         head.append(b"Content-Length: %d\r\n" % len(body))
         if self.close_connection:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        self.wfile.write(b"".join(head) + body)
+        if chunk <= 0 or pause is None:
+            self.wfile.write(b"".join(head) + body)
+            return
+        self.wfile.write(b"".join(head))
+        for start in range(0, len(body), chunk):
+            pause()
+            self.wfile.write(body[start : start + chunk])
 
 
 def route(method: str, path: str) -> tuple[str, str | None] | None:

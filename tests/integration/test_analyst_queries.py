@@ -3,6 +3,9 @@ dataset, and the plans the page shows are the ones this test saw."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import datetime as dt
 import io
 import json
 import os
@@ -28,10 +31,16 @@ BUSY_DEVICE: Final = "990000862471854"
 # A sort of more rows than this (or a sequential scan reading any history row) fails the query.
 MAX_SORTED_ROWS: Final = 1000
 FUTURE_MINUTES: Final = 31 * 24 * 60
+# BI tools and JDBC drivers set the session's TimeZone: every query must answer the same in each. Los
+# Angeles runs a day behind UTC for part of it and changes to DST on 2024-03-10, Berlin on 2024-03-31:
+# both inside DST_SPAN, the span of a second dataset fixed to those dates (the one above moves with now(),
+# so which DST changes it holds depends on the day the test runs).
+ZONES: Final = ("UTC", "America/Los_Angeles", "Europe/Berlin")
+DST_SPAN: Final = ("2024-03-01", "2024-04-15")
 _HISTORY_RE: Final = re.compile(r"^sms_message")
+# A message a minute from {start} (an SQL expression for an instant) on, the skew as described above.
 _SEED_SQL: Final = """
-SELECT sms_history_ensure_partition(date_trunc('month', now() - ({rows} - {future}) * interval '1 minute')
-                                    + m * interval '1 month')
+SELECT sms_history_ensure_partition(date_trunc('month', {start}) + m * interval '1 month')
 FROM generate_series(0, ({rows} / 40000) + 1) AS m;
 INSERT INTO sms_message (received_at, occurrence, device_count, account_name, message_key, device_kind,
                          device_id, message, timestamp_raw, problems)
@@ -43,7 +52,7 @@ SELECT ts, 0, CASE WHEN g % 50 = 0 THEN 2 ELSE 1 END,
        CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END
 FROM generate_series(1, {rows}) AS g,
      LATERAL (SELECT CASE WHEN g % 500 = 7 THEN NULL
-                          ELSE now() - ({rows} - {future} - g) * interval '1 minute' END AS ts) AS t;
+                          ELSE {start} + g * interval '1 minute' END AS ts) AS t;
 INSERT INTO sms_message_device (received_at, first_stored_at, position, account_name, message_key,
                                 device_kind, device_id, message, timestamp_raw)
 SELECT received_at, first_stored_at, 1, account_name, message_key, 'msisdn',
@@ -53,19 +62,62 @@ FROM sms_message WHERE device_count = 2;
 """
 
 
-@pytest.fixture(scope="module")
-def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
-    # One dataset for the module: building it is most of the time these tests take.
+def _seeded_database(
+    pg_server: Any, pg_template: str, start: str, rows: int
+) -> Iterator[psycopg.Connection[Any]]:
     url = pg_server.create_database(pg_template)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             # Constants only: a multi-statement script takes no parameters.
-            conn.execute(_SEED_SQL.format(rows=int(ROWS), busy=BUSY_DEVICE, future=FUTURE_MINUTES))
+            conn.execute(_SEED_SQL.format(start=start, rows=int(rows), busy=BUSY_DEVICE))
             conn.execute("VACUUM ANALYZE sms_message")
             conn.execute("VACUUM ANALYZE sms_message_device")
             yield conn
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
+    # One dataset for the module: building it is most of the time these tests take. It ends
+    # FUTURE_MINUTES after now().
+    start = f"now() - ({int(ROWS)} - {FUTURE_MINUTES}) * interval '1 minute'"
+    yield from _seeded_database(pg_server, pg_template, start, ROWS)
+
+
+@pytest.fixture(scope="module")
+def dst_seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
+    # Every minute of DST_SPAN's days (UTC), whatever day the test runs.
+    first, last = (dt.date.fromisoformat(d) for d in DST_SPAN)
+    start = f"timestamptz '{first} 00:00:00+00'"
+    yield from _seeded_database(pg_server, pg_template, start, ((last - first).days + 1) * 24 * 60)
+
+
+@contextlib.contextmanager
+def _in_zone(conn: psycopg.Connection[Any], zone: str) -> Iterator[psycopg.Connection[Any]]:
+    conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+    try:
+        yield conn
+    finally:
+        conn.execute("SET TimeZone = 'UTC'")
+
+
+@pytest.fixture(params=ZONES)
+def zoned(
+    seeded: psycopg.Connection[Any], request: pytest.FixtureRequest
+) -> Iterator[psycopg.Connection[Any]]:
+    """The dataset's connection with the session TimeZone set to each of ZONES in turn."""
+    with _in_zone(seeded, request.param) as conn:
+        yield conn
+
+
+@pytest.fixture(params=ZONES)
+def dst_zoned(
+    dst_seeded: psycopg.Connection[Any], request: pytest.FixtureRequest
+) -> Iterator[psycopg.Connection[Any]]:
+    """The DST_SPAN dataset's connection with the session TimeZone set to each of ZONES in turn."""
+    with _in_zone(dst_seeded, request.param) as conn:
+        yield conn
 
 
 def documented() -> list[tuple[str, str, str]]:
@@ -136,13 +188,14 @@ def _shape(node: dict[str, Any], depth: int) -> list[str]:
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in documented()])
-def test_documented_query_is_index_backed(seeded: psycopg.Connection[Any], name: str) -> None:
-    """The documented query reads the history through indexes: no sequential scan reads a history row
-    and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding 20% of the traffic."""
+def test_documented_query_is_index_backed(zoned: psycopg.Connection[Any], name: str) -> None:
+    """The documented query reads the history through indexes in every session zone: no sequential
+    scan reads a history row and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding
+    20% of the traffic."""
     [(_, _, sql)] = [q for q in documented() if q[0] == name]
-    plan = explain(seeded, sql)
+    plan = explain(zoned, sql)
     assert violations(plan) == [], summary(plan)
-    assert seeded.execute(sql).fetchall()  # the dataset answers every query
+    assert zoned.execute(sql).fetchall()  # the dataset answers every query
 
 
 def test_last_messages_of_a_device_are_the_newest(seeded: psycopg.Connection[Any]) -> None:
@@ -158,8 +211,10 @@ def test_last_messages_of_a_device_are_the_newest(seeded: psycopg.Connection[Any
     assert newest is not None and stamps[0] == newest[0]
 
 
-def test_daily_counts_equal_the_views(seeded: psycopg.Connection[Any]) -> None:
-    """The index-backed day-range functions give the same counts as the whole-history views."""
+def test_daily_counts_equal_the_views(zoned: psycopg.Connection[Any]) -> None:
+    """The index-backed day-range functions give the same counts as the whole-history views, in every
+    session zone."""
+    seeded = zoned
     by_function = seeded.execute(
         "SELECT day_utc, messages, malformed FROM sms_account_daily_counts('0252012345-00001',"
         " current_date - 30, current_date - 1) ORDER BY 1"
@@ -248,3 +303,45 @@ def test_documented_queries_answer_on_simulator_data(db_url: str) -> None:
             "SELECT count(*) FROM sms_history WHERE cardinality(problems) > 0"
         ).fetchone()
     assert malformed is not None and malformed[0] > 0
+
+
+def _utc_days(stamps: list[tuple[Any, ...]]) -> dict[dt.date, int]:
+    """Messages per UTC day, counted in Python from the instants the database returned."""
+    return dict(collections.Counter(r[0].astimezone(dt.UTC).date() for r in stamps))
+
+
+def test_daily_counts_are_per_utc_day_in_every_session_zone(dst_zoned: psycopg.Connection[Any]) -> None:
+    """Across both DST changes, each day_utc label and count is the UTC day's, whatever the session's
+    TimeZone: the account's, its malformed ones' and the busy device's (its two tables together)."""
+    first, last = (dt.date.fromisoformat(d) for d in DST_SPAN)
+    days = [first + dt.timedelta(n) for n in range((last - first).days + 1)]
+    window = (f"{first}T00:00:00Z", f"{last + dt.timedelta(1)}T00:00:00Z")
+    account = "0252012345-00001"
+    stamps = dst_zoned.execute(
+        "SELECT received_at, problems IS NOT NULL FROM sms_message WHERE account_name = %s"
+        " AND received_at >= %s AND received_at < %s",
+        (account, *window),
+    ).fetchall()
+    messages = _utc_days(stamps)
+    malformed = _utc_days([r for r in stamps if r[1]])
+    got = dst_zoned.execute(
+        "SELECT day_utc, messages, malformed FROM sms_account_daily_counts(%s, %s, %s) ORDER BY 1",
+        (account, first, last),
+    ).fetchall()
+    assert got == [(d, messages.get(d, 0), malformed.get(d, 0)) for d in days]
+    device = _utc_days(
+        dst_zoned.execute(
+            "SELECT received_at FROM sms_message WHERE device_kind = 'imei' AND device_id = %s"
+            " AND received_at >= %s AND received_at < %s"
+            " UNION ALL SELECT received_at FROM sms_message_device WHERE device_kind = 'imei'"
+            " AND device_id = %s AND received_at >= %s AND received_at < %s",
+            (BUSY_DEVICE, *window, BUSY_DEVICE, *window),
+        ).fetchall()
+    )
+    got_device = dst_zoned.execute(
+        "SELECT day_utc, messages FROM sms_device_daily_counts('IMEI', %s, %s, %s) ORDER BY 1",
+        (BUSY_DEVICE, first, last),
+    ).fetchall()
+    assert got_device == [(d, device.get(d, 0)) for d in days]
+    # The data has messages every day of the span, and the days around each change are full ones.
+    assert all(n > 0 for _, n, _ in got) and len(got) == len(days)

@@ -110,3 +110,30 @@ def test_describe_of_an_unset_url_says_libpq_defaults_chose(monkeypatch: pytest.
     assert "dbname=root user=root" in text
     assert "host=(local socket)" in text
     assert "SYNC_DATABASE_URL is not set" in text
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_doctor_prints_its_report_then_the_one_error_line(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """A failing doctor keeps its report on stdout and then fails in the one form: the last stderr
+    line names every failed check, the most basic first, and JSON logs get one `command_failed` event
+    with doctor's exit code."""
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {
+        "SYNC_DATABASE_URL": unreachable,
+        "THINGSPACE_PASSWORD": "errors-password-1",
+        "SYNC_LOG_FORMAT": fmt,
+    }
+    assert cli.main(["doctor"], env=env) == 2  # the configuration (no client id) before the database
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("check ") and "exit 2" in out
+    lines = err.splitlines()
+    assert len(lines) == (2 if fmt == "json" else 1), err
+    assert lines[-1].startswith("sync-worker: error: doctor: 2 check(s) failed: configuration: ")
+    assert "; database: SYNC_DATABASE_URL: cannot connect to host=127.0.0.1" in lines[-1]
+    if fmt == "json":
+        event = json.loads(lines[0])
+        assert event["event"] == "command_failed" and event["exit_code"] == 2
+        assert lines[1] == f"sync-worker: error: {event['error']}"
+    assert "errors-db-secret-5" not in out + err and "errors-password-1" not in out + err

@@ -77,7 +77,9 @@ def test_registry_is_bounded_after_10000_session_renewals() -> None:
 def test_bearer_dropped_after_a_401_leaves_the_registry() -> None:
     """A bearer invalidated after a 401 is out of the live registry, in the grace list until pushed out."""
     fetch, issued = client_like_fetch()
-    cache = auth.BearerTokenCache(fetch, clock=lambda: 0.0)
+    # Each call half a minute after the last: past the cache's limit on token requests after a 401.
+    ticks = itertools.count(step=31.0)
+    cache = auth.BearerTokenCache(fetch, clock=lambda: float(next(ticks)))
     stale = cache.get()
     cache.invalidate(stale)
     assert secret.scrub(f"Bearer {stale}") == "Bearer **********"  # still in the grace list
