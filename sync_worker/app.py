@@ -72,6 +72,7 @@ def client_config(
         username=settings.username,
         password=settings.password,
         timeout=(settings.http_connect_timeout, settings.http_read_timeout),
+        total_timeout=settings.http_total_timeout,
         retry=retry.RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             max_backoff=settings.retry_max_wait_seconds,
@@ -102,9 +103,10 @@ def login_guard(
         base_url=settings.base_url,
         username=settings.username,
         threshold=settings.login_guard_threshold,
-        # A login cannot take longer than one connect and one read timeout; the margin
-        # covers a slow database. A process that vanished mid-login holds no longer.
-        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
+        # A login cannot take longer than the total timeout of one exchange (nor than one
+        # connect and one read timeout when nothing arrives); the margin covers a slow
+        # database. A process that vanished mid-login holds no longer.
+        lease_seconds=settings.http_total_timeout + 30.0,
         stop_event=stop_event,
         on_state=on_state,
     )

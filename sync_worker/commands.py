@@ -106,6 +106,7 @@ def cmd_run(ctx: Context) -> int:
         pass
     m = metrics.Metrics()
     liveness = scheduler.Liveness()
+    m.watch_overdue_runs(liveness.overdue_runs)
     server = None
     if settings.metrics_port is not None:
         # Each readiness probe also refreshes the tripped gauge from the database.
@@ -123,7 +124,7 @@ def cmd_run(ctx: Context) -> int:
         server = health.HealthServer(
             settings.metrics_port,
             m,
-            live=liveness,
+            live=liveness.check,
             ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
         ).start()
     try:

@@ -42,6 +42,9 @@ _JOB_PREFIX: Final = "sync:"
 CLAIM_POLL_SECONDS: Final = 1.0
 # How often the daemon reads the login guard (how the tripped gauge notices an `auth reset` elsewhere).
 GUARD_OBSERVE_SECONDS: Final = 5.0
+# What a run may take beyond its budget besides a token request and a login (which the budget
+# does not cut, each at most THINGSPACE_TOTAL_TIMEOUT): its last commit and bookkeeping.
+OVERDUE_SLACK_SECONDS: Final = 60.0
 _T = TypeVar("_T")
 
 
@@ -67,32 +70,59 @@ class _InFlight:
 
 
 class Liveness:
-    """Answers "is this process's scheduler running?" for ``/healthz``.
+    """Answers "is this process's scheduler running, and are its runs ending?" for ``/healthz``.
 
-    ``run_daemon`` attaches its scheduler once started and detaches it when
-    shutdown begins. A scheduler whose thread died (it never should) counts as
-    not running, which is exactly when a restart helps.
+    ``run_daemon`` attaches its scheduler (and the dispatcher's ``overdue_runs``) once started
+    and detaches it when shutdown begins. A scheduler whose thread died (it never should) counts
+    as not running, which is exactly when a restart helps. So does a run far past its budget
+    (``overdue_after``): every wait of a run is bounded, so it is stuck, and only a restart
+    frees its thread (what it committed stays; its claim and lock pass on).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._scheduler: Any = None
+        self._overdue: Callable[[], dict[str, float]] | None = None
 
     def __call__(self) -> bool:
-        with self._lock:
-            sched = self._scheduler
-        if sched is None or not sched.running:
-            return False
-        thread = getattr(sched, "_thread", None)
-        return thread is None or bool(thread.is_alive())
+        return self.check()[0]
 
-    def attach(self, sched: Any) -> None:
+    def check(self) -> tuple[bool, str]:
+        """(alive, reason): the reason names the overdue runs, if any."""
+        with self._lock:
+            sched, overdue = self._scheduler, self._overdue
+        if sched is None or not sched.running:
+            return False, "scheduler not running"
+        thread = getattr(sched, "_thread", None)
+        if thread is not None and not thread.is_alive():
+            return False, "scheduler not running"
+        late = overdue() if overdue is not None else {}
+        if late:
+            runs = ", ".join(f"{account} ({seconds:.0f} s)" for account, seconds in sorted(late.items()))
+            return False, f"runs past their budget and margin by: {runs}"
+        return True, "ok"
+
+    def overdue_runs(self) -> dict[str, float]:
+        """Seconds each in-flight run is past its budget and margin (only those that are)."""
+        with self._lock:
+            overdue = self._overdue
+        return overdue() if overdue is not None else {}
+
+    def attach(self, sched: Any, overdue: Callable[[], dict[str, float]] | None = None) -> None:
         with self._lock:
             self._scheduler = sched
+            self._overdue = overdue
 
     def detach(self) -> None:
         with self._lock:
             self._scheduler = None
+            self._overdue = None
+
+
+def overdue_after(settings: config.Settings) -> float:
+    """Seconds after its start from which a run is stuck: its budget, then a token request and a
+    login (never cut by the budget, each up to the total timeout) and a margin."""
+    return settings.run_budget_seconds + 2 * settings.http_total_timeout + OVERDUE_SLACK_SECONDS
 
 
 def run_daemon(
@@ -144,7 +174,7 @@ def run_daemon(
         with signals.stop_on_signals(stop, enabled=install_signal_handlers):
             scheduler.start()
             if liveness is not None:
-                liveness.attach(scheduler)
+                liveness.attach(scheduler, dispatcher.overdue_runs)
             _log.info(
                 "daemon_started",
                 accounts=list(settings.account_names),
@@ -210,8 +240,11 @@ class Dispatcher:
         inflight: _InFlight,
         observe_guard: Callable[[], object] | None,
         holder: str,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.holder = holder
+        self._clock = clock
+        self._overdue_after = overdue_after(settings)
         self._settings = settings
         self._accounts = {acct.name: acct for acct in settings.accounts}
         self._names = list(self._accounts)
@@ -229,13 +262,25 @@ class Dispatcher:
         # One claimer at a time: two would both count the same free slots.
         self._claim_lock = threading.Lock()
         self._running_lock = threading.Lock()
-        self._running: set[str] = set()
-        self._started = time.monotonic()
+        # Account -> when its run was claimed (clock()).
+        self._running: dict[str, float] = {}
+        self._started = clock()
         self._closed = False
 
     def running_accounts(self) -> list[str]:
         with self._running_lock:
             return sorted(self._running)
+
+    def overdue_runs(self) -> dict[str, float]:
+        """Seconds each in-flight run is past ``overdue_after`` (only the runs that are)."""
+        now = self._clock()
+        with self._running_lock:
+            started = list(self._running.items())
+        return {
+            account: now - since - self._overdue_after
+            for account, since in started
+            if now - since > self._overdue_after
+        }
 
     def _on_connection(self, work: Callable[[db.Connection], _T]) -> _T:
         with self._conn_lock:
@@ -275,7 +320,7 @@ class Dispatcher:
         interval = self._accounts[item.account].interval_seconds
         # In the first interval after a start everything overdue is late (a restart after
         # downtime, a new deployment): that is catching up, not a shortage of capacity.
-        warmed_up = time.monotonic() - self._started > interval
+        warmed_up = self._clock() - self._started > interval
         if item.late_seconds > interval / 2 and warmed_up:
             # Claimed more than half an interval after it was due: this replica set is
             # short of capacity (or was away); the account is still synced now.
@@ -284,7 +329,7 @@ class Dispatcher:
                 self._metrics.scheduler_event("missed", item.account)
         self._inflight.enter()
         with self._running_lock:
-            self._running.add(item.account)
+            self._running[item.account] = self._clock()
         try:
             self._pool.submit(self._run, item.account)
         except RuntimeError:
@@ -339,7 +384,7 @@ class Dispatcher:
             _log.warning("claim_release_failed", account=account, error=type(exc).__name__)
         finally:
             with self._running_lock:
-                self._running.discard(account)
+                self._running.pop(account, None)
             self._inflight.leave()
 
     def renew(self) -> None:

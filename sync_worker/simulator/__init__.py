@@ -25,7 +25,8 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
   own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
   rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
-  ``Mangle``, ``gateway_error_after_processing()``).
+  ``Mangle``, ``Trickle``: processed, then answered a byte at a time for ever,
+  ``gateway_error_after_processing()``).
 * ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
   (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written
   out, or a bearer/session token ``issued``. Documented in ``hooks``.
@@ -75,6 +76,7 @@ PushCounters = push.PushCounters
 Faults = faults.Faults
 Raw = faults.Raw
 Mangle = faults.Mangle
+Trickle = faults.Trickle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
 ScriptStep = faults.ScriptStep
@@ -134,6 +136,7 @@ __all__ = [
     "Simulator",
     "Stats",
     "TokenMode",
+    "Trickle",
     "gateway_error_after_processing",
     "http_date",
     "mangle",

@@ -274,7 +274,7 @@ class Simulator:
             answered(request, status)
         return status
 
-    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912  # the request router
+    def _answer(self, h: server.Handler, request: hooks.Request) -> int:  # noqa: PLR0912, PLR0915  # the request router
         kind, account, query, body = request.kind, request.account, request.query, request.body
         faults = self.faults
         # Latency is the time a request takes at the server, its own work included: the answer
@@ -285,9 +285,13 @@ class Simulator:
         step = faults.decide(kind)
         tamper: faultmod.Raw | None = None
         unreadable: faultmod.Mangle | None = None
+        trickle: faultmod.Trickle | None = None
         lose = False
         if step is not None and step != 200:
-            if isinstance(step, faultmod.Mangle):
+            if isinstance(step, faultmod.Trickle):
+                self.stats.fault("trickle")
+                trickle = step
+            elif isinstance(step, faultmod.Mangle):
                 self.stats.fault(f"unreadable_{step.kind}")
                 unreadable = step
             elif isinstance(step, faultmod.Raw) and (step.body is None or step.process):
@@ -325,6 +329,11 @@ class Simulator:
         if unreadable is not None and status in (200, 202):
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
+        if trickle is not None:
+            # Never delivered: a final block it stood for stays queued.
+            h.close_connection = True
+            h.trickle_reply(status, reply_body, headers, trickle, self._stopping)
+            raise server.Dropped
         h.write_reply(status, reply_body, headers)
         if after_write is not None:
             after_write()

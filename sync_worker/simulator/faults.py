@@ -36,6 +36,17 @@ class Mangle:
     kind: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Trickle:
+    """The request is processed (a login counts, a ``next`` acknowledges), then its answer is
+    written one byte every ``interval`` seconds and never ends: the head (at once, or trickled
+    too with ``head=True``), the body, then spaces for ever (``Content-Length`` promises a
+    gigabyte more). It stops when the client goes away or the simulator stops."""
+
+    interval: float = 0.2
+    head: bool = False
+
+
 UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
 _HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
@@ -66,7 +77,7 @@ def mangle(
     raise ValueError(f"unknown unreadable kind {kind!r}; one of {', '.join(UNREADABLE_KINDS)}")
 
 
-ScriptStep = int | str | Raw | Mangle
+ScriptStep = int | str | Raw | Mangle | Trickle
 
 
 @dataclasses.dataclass
@@ -76,8 +87,8 @@ class Faults:
     Script steps: an HTTP status (200 = no fault; 429 carries ``retry_after``; 5xx bodies are HTML
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
-    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), or a
-    ``Raw``.
+    ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), a
+    ``Raw``, or a ``Trickle`` (processed, then answered a byte at a time for ever).
     """
 
     # Seconds every request takes at the server, its own work included: the answer leaves at

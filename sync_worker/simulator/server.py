@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import itertools
 import logging
 import socket
 import sys
@@ -13,10 +14,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from sync_worker.simulator import wire
+from sync_worker.simulator import faults, wire
 
 _log = logging.getLogger("sync_worker.simulator")
 _M2M: Final = "/api/m2m/v1"
+# What a trickled answer's Content-Length promises beyond its body: it never ends.
+_TRICKLE_EXTRA: Final = 10**9
 
 Dispatch = Callable[["Handler", str], None]
 
@@ -97,14 +100,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.dispatch(self, "DELETE")
 
     def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+        self.wfile.write(self._head(status, len(body), headers) + body)
+
+    def trickle_reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: Iterable[tuple[str, str]],
+        trickle: faults.Trickle,
+        stopping: threading.Event,
+    ) -> None:
+        """A byte every ``trickle.interval`` s, for ever; returns when the simulator stops,
+        raises ``OSError`` when the client went away."""
+        head = self._head(status, len(body) + _TRICKLE_EXTRA, headers)
+        if not trickle.head:
+            self.wfile.write(head)
+        data = itertools.chain(head if trickle.head else b"", body, itertools.repeat(ord(" ")))
+        for byte in data:
+            self.wfile.write(bytes((byte,)))
+            self.wfile.flush()
+            if stopping.wait(trickle.interval):
+                return
+
+    def _head(self, status: int, length: int, headers: Iterable[tuple[str, str]]) -> bytes:
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        head.append(b"Content-Length: %d\r\n" % len(body))
+        head.append(b"Content-Length: %d\r\n" % length)
         if self.close_connection:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        self.wfile.write(b"".join(head) + body)
+        return b"".join(head)
 
 
 def route(method: str, path: str) -> tuple[str, str | None] | None:
