@@ -31,6 +31,12 @@
   and port. Redirects are never followed either (a request goes straight to the
   session's mounted adapter, which never follows one): a 3xx would carry the bearer
   and session tokens wherever it pointed.
+* Every exchange (token, login, API call) ends within ``total_timeout``, connect,
+  headers and body together, however slowly the answer trickles in (the read timeout
+  only bounds each wait): see "the total deadline of one exchange" below. An API call
+  is also cut at the run's ``deadline`` (and not sent past it); a token request or a
+  login never is. A timed-out exchange is an ``errors.ApiTransientError`` and its
+  connection is closed. A body over ``max_body_bytes`` is unreadable.
 * Every session login goes through the login guard (``cfg.login_guard``, else an
   in-process ``auth.MemoryLoginGuard`` with threshold 1): counted before it is
   sent, then reported as succeeded, refused (a 4xx other than 408/429: raises
