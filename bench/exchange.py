@@ -23,7 +23,7 @@ ACCOUNT = "0252012345-00001"
 
 
 def main(argv: list[str]) -> int:
-    from sync_worker import client, retry, secret  # noqa: PLC0415  # the tree under test, via PYTHONPATH
+    from sync_worker import client, retry, secret  # the tree under test, via PYTHONPATH
 
     parser = argparse.ArgumentParser(prog="python -m bench.exchange")
     parser.add_argument("--requests", type=int, default=2000)
