@@ -253,7 +253,8 @@ def _judge(
     outcomes: dict[str, int] = {}
     for account, rs in runs.items():
         for _, _, outcome in rs:
-            label = "unfinished (killed)" if outcome == "running" else str(outcome)
+            # A killed replica's run stays "running" until the account's next run closes it (abandoned).
+            label = "unfinished (killed)" if outcome in ("running", "abandoned") else str(outcome)
             outcomes[label] = outcomes.get(label, 0) + 1
         done = [f for _, f, o in rs if o == "succeeded" and f is not None and f <= ended]
         if done:

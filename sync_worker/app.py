@@ -97,10 +97,9 @@ def login_guard(
     stop_event: threading.Event | None = None,
     on_state: Callable[[bool], None] | None = None,
 ) -> guard.LoginGuard:
-    """The login guard of the configured user."""
+    """The login guard of the configured user (one count per user, whatever ``base_url`` says)."""
     return guard.LoginGuard(
         connect,
-        base_url=settings.base_url,
         username=settings.username,
         threshold=settings.login_guard_threshold,
         # A login cannot take longer than the total timeout of one exchange (nor than one
@@ -238,10 +237,20 @@ def run_daemon(
     install_signal_handlers: bool = True,
     liveness: scheduler.Liveness | None = None,
 ) -> int:
-    """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here."""
+    """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here.
+
+    ``liveness`` (made here when not given) also feeds ``seconds_since_last_claim_poll`` and
+    ``run_overdue_seconds`` when ``metrics`` is a ``metrics.Metrics``.
+    """
+    from sync_worker import metrics as metrics_mod  # noqa: PLC0415  # see the imports above
     from sync_worker import scheduler  # noqa: PLC0415  # see the imports above
 
     stop = stop_event if stop_event is not None else threading.Event()
+    if liveness is None:
+        liveness = scheduler.Liveness()
+    if isinstance(metrics, metrics_mod.Metrics):
+        metrics.watch_claim_poll(liveness.seconds_since_poll)
+        metrics.watch_overdue_runs(liveness.overdue_runs)
     with contextlib.ExitStack() as stack:
         if connect is None:
             connect = stack.enter_context(pooled(settings))

@@ -1,7 +1,8 @@
 """The two credentials every ThingSpace call carries, cached.
 
 * ``BearerTokenCache``: the OAuth access token, kept until ``expires_in`` minus a
-  margin, dropped early when the gateway answers 401.
+  margin, dropped early when the gateway answers 401; the platform's same-token-for-an-hour
+  rule cannot make it loop, and token requests are bounded per window.
 * ``SessionTokenCache``: the M2M session token (``VZ-M2M-Token``). There is no
   refresh endpoint and the platform says when a session expired, so it is kept
   until a caller reports that.
@@ -18,6 +19,7 @@ record does not show.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -38,6 +40,14 @@ Outcome = Literal["succeeded", "refused", "unknown", "throttled"]
 VENDOR_LOCKOUT_AT: Final = 5
 # The most failed logins in a row the guard ever lets exist: one more is the vendor's lock-out.
 CEILING: Final = VENDOR_LOCKOUT_AT - 1
+# Token requests allowed per window (``BearerTokenCache``): a renewal and one more after a 401
+# leave room for normal use; a platform that keeps handing back a token its gateway refuses
+# gets no more than that.
+TOKEN_REQUESTS_PER_WINDOW: Final = 2
+TOKEN_REQUEST_WINDOW: Final = 30.0
+# ``expires_in`` is whole seconds: a token handed back near its end is used until a second past
+# the expiry it announced, so the next request lands after the platform's hour.
+_EXPIRY_ROUNDING: Final = 1.0
 _FINGERPRINT_SALT: Final = b"thingspace-sms-sync/login-guard/v1"
 # Slow on purpose: the fingerprint is stored in the database, and a cheap hash of
 # a password is a cheap dictionary attack away from the password.
@@ -80,6 +90,17 @@ def _fingerprint(*parts: str) -> str:
                 del _fingerprints[next(iter(_fingerprints))]
             _fingerprints[parts] = found
         return found
+
+
+def user_key(username: str) -> str:
+    """The user as the vendor counts failed logins: the login guard's key.
+
+    Case-folded: if the vendor tells ``Ops`` from ``ops`` apart, counting them as one
+    user only stops the guard early; if it does not, two counts would let the user be
+    locked. No base URL either: the same user reached through two spellings of the
+    platform's address is one count at the vendor.
+    """
+    return username.casefold()
 
 
 def check_threshold(threshold: int) -> int:
@@ -132,7 +153,23 @@ class LoginGuard(Protocol):
 
 
 class BearerTokenCache:
-    """OAuth client-credentials token. ``fetch`` returns ``(access_token, expires_in)``."""
+    """OAuth client-credentials token. ``fetch`` returns ``(access_token, expires_in)``.
+
+    ThingSpace answers every token request during a token's hour with that *same* token, its
+    ``expires_in`` counting down from the first issue (to this process or any other using the
+    client id). Asking again shortly before expiry gets the nearly expired token back, not a fresh
+    one. So:
+
+    * a token is renewed ``margin`` seconds before it expires, unless that time has already come
+      when it arrives (a token another process got first, or a renewal that brought the held
+      token back): then it is used until it expires (plus a second: ``expires_in`` is whole
+      seconds) or is rejected, and the endpoint is not asked again meanwhile;
+    * a 401 drops the token (``invalidate``) and the next ``get`` asks for one;
+    * at most ``max_requests`` token requests per ``window`` seconds. Past that, ``get`` keeps
+      using the token it holds, or raises ``errors.ApiTransientError`` (operation
+      ``oauth_token``, with ``retry_after``) when it holds none: a token the gateway refuses
+      while the token endpoint keeps handing it back costs a bounded number of requests.
+    """
 
     def __init__(
         self,
@@ -140,32 +177,67 @@ class BearerTokenCache:
         *,
         margin: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        window: float = TOKEN_REQUEST_WINDOW,
+        max_requests: int = TOKEN_REQUESTS_PER_WINDOW,
     ) -> None:
         self._fetch = fetch
         self._margin = margin
         self._clock = clock
+        self._window = window
         self._lock = threading.Lock()
         self._token: secret.Secret | None = None
-        self._valid_until = 0.0
+        self._renew_at = 0.0
+        # The token a 401 came back for: handed back by the next request, it is no fresh token.
+        self._rejected: secret.Secret | None = None
+        self._requests: collections.deque[float] = collections.deque(maxlen=max(1, max_requests))
 
     def get(self) -> str:
         with self._lock:
             now = self._clock()
-            if self._token is None or now >= self._valid_until:
-                token, expires_in = self._fetch()
-                secret.register(token)
-                # A lifetime shorter than the margin would mean a fetch per call;
-                # using half of it still renews well before expiry.
-                lifetime = expires_in - self._margin if expires_in > self._margin * 2 else expires_in / 2
-                self._token = secret.Secret(token)
-                self._valid_until = now + max(lifetime, 0.0)
-            return self._token.reveal()
+            if self._token is not None and now < self._renew_at:
+                return self._token.reveal()
+            wait = self._wait(now)
+            if wait > 0:
+                if self._token is not None:
+                    return self._token.reveal()
+                raise errors.ApiTransientError(
+                    f"not asking for an OAuth token again yet: {len(self._requests)} token requests in the "
+                    f"last {self._window:g} s, and the platform refused the token they brought",
+                    operation="oauth_token",
+                    retry_after=wait,
+                )
+            self._requests.append(now)
+            token, expires_in = self._fetch()
+            # The token it replaces (or the refused one handed back) leaves the scrub registry.
+            secret.replace(self._token if self._token is not None else self._rejected, token)
+            # Measured once the answer is in: the countdown was read at the server before that,
+            # so the token cannot outlive this estimate by more than the rounding.
+            now = self._clock()
+            same = any(t is not None and t.reveal() == token for t in (self._token, self._rejected))
+            expires_at = now + max(expires_in, 0.0)
+            if same or expires_in <= self._margin:
+                # Asking again before it expires would only bring this token back.
+                self._renew_at = expires_at + _EXPIRY_ROUNDING
+                if same:
+                    _log.info("thingspace_bearer_unchanged", expires_in=expires_in)
+            else:
+                self._renew_at = expires_at - self._margin
+            self._token = secret.Secret(token)
+            self._rejected = None
+            return token
 
     def invalidate(self, stale: str) -> None:
         """Forget ``stale`` (the token a 401 came back for) unless another thread already replaced it."""
         with self._lock:
             if self._token is not None and self._token.reveal() == stale:
-                self._token = None
+                secret.unregister(self._token)
+                self._rejected, self._token = self._token, None
+
+    def _wait(self, now: float) -> float:
+        """Seconds until another token request is allowed (0: now)."""
+        if len(self._requests) < (self._requests.maxlen or 1):
+            return 0.0
+        return max(self._requests[0] + self._window - now, 0.0)
 
     def __repr__(self) -> str:
         return f"BearerTokenCache(cached={self._token is not None})"
@@ -193,6 +265,7 @@ class SessionTokenCache:
         """Forget ``stale`` (the token the platform called expired) unless already replaced."""
         with self._lock:
             if self._token is not None and self._token.reveal() == stale:
+                secret.unregister(self._token)
                 self._token = None
 
     def __repr__(self) -> str:

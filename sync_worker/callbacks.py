@@ -9,8 +9,11 @@ The JSON of a device-originated SMS callback is not published, so ``read`` depen
 field being there. It recognises, in this order (the first that matches wins):
 
 * ``envelope``: the Connectivity callback envelope with a history-shaped message (an object
-  with ``message``) under a ``...Response`` key; the envelope's ``deviceIds`` and ``timestamp``
-  fill in what the inner object lacks;
+  with ``message``) under a ``...Response`` key, directly or inside other ``...Response``
+  objects (the NIDD callback nests two); the levels around it, innermost first, then the
+  envelope fill in the ``deviceIds`` and ``timestamp`` it lacks. Device kinds arrive upper case
+  (``IMEI``) where the history has them lower case: the message key reads kinds case-folded
+  (``rows.message_key``), so a message pushed with a timestamp and polled too is one row;
 * ``messages``: a ``messages`` list of history-shaped messages (the history body's shape);
 * ``flat``: ``message`` (or ``smsMessage``) text at the top level with ``deviceIds`` (the only
   published SMS example, from the old SOAP API: no timestamp, no request id);
@@ -33,7 +36,7 @@ import json
 import re
 from typing import Any, Final
 
-from sync_worker import errors, models, secret
+from sync_worker import errors, models, rows, secret
 
 REDACTED: Final = "**********"
 SHAPES: Final = ("envelope", "messages", "flat", "unknown")
@@ -41,6 +44,11 @@ SHAPES: Final = ("envelope", "messages", "flat", "unknown")
 # can only match a real member (of the envelope or of a nested object).
 _PASSWORD_MEMBER_RE: Final = re.compile(rb'("password"\s*:\s*")((?:[^"\\]|\\.)*)(")')
 _MAX_KEYS_REPORTED: Final = 20
+# ...Response objects nested in one another; a deeper one is not looked for.
+_MAX_RESPONSE_DEPTH: Final = 4
+# sms_callback.callback_count is a Postgres integer.
+_INT4_MIN: Final = -(2**31)
+_INT4_MAX: Final = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,13 @@ class Callback:
     request_id: str | None
     callback_count: int | None
     problem: str | None  # why the shape is unknown; None otherwise
+    # Envelope fields that could not be kept as sent (cleaned text, a number out of range).
+    notes: tuple[str, ...] = ()
+
+    def report(self) -> str | None:
+        """What ``sms_callback.problem`` keeps: why the shape is unknown, then the notes."""
+        parts = ([self.problem] if self.problem else []) + list(self.notes)
+        return "; ".join(parts) or None
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -109,14 +124,13 @@ def read(
     """
     if not credentials.accepts(obj.get("username"), obj.get("password")):
         raise errors.CallbackRefusedError(403, "bad_credentials", "the callback credentials are not ours")
-    named = obj.get("accountName")
-    if named is not None and named != account:
-        raise errors.CallbackRefusedError(
-            403, "account_mismatch", "the callback body names another account than its URL"
-        )
-    request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
-    count = obj.get("callbackCount")
-    callback_count = count if isinstance(count, int) and not isinstance(count, bool) else None
+    for level in [obj, *(_response_path(obj) or [])]:
+        named = level.get("accountName")
+        if named is not None and named != account:
+            raise errors.CallbackRefusedError(
+                403, "account_mismatch", "the callback body names another account than its URL"
+            )
+    request_id, callback_count, notes = _envelope_fields(obj)
     shape, raws = _find_messages(obj)
     if shape == "unknown":
         keys = sorted(str(k) for k in obj if k not in ("username", "password"))
@@ -128,9 +142,37 @@ def read(
             request_id,
             callback_count,
             f"no known message shape (keys: {shown or 'none'})",
+            notes,
         )
     messages = tuple(_message(raw, request_id, received_at) for raw in raws)
-    return Callback(account, shape, messages, request_id, callback_count, None)
+    return Callback(account, shape, messages, request_id, callback_count, None, notes)
+
+
+def _envelope_fields(obj: dict[str, Any]) -> tuple[str | None, int | None, tuple[str, ...]]:
+    """``requestId`` and ``callbackCount`` as the database can hold them, and notes on what changed.
+
+    An authenticated callback must never be unstorable (every retry would fail the same way, and
+    the platform would give up on it): text with NUL or lone surrogates is cleaned like message
+    text, and a count outside a Postgres integer is kept as NULL.
+    """
+    notes: list[str] = []
+    raw_id = obj.get("requestId")
+    request_id: str | None = None
+    if isinstance(raw_id, str):
+        request_id, changed = rows.clean_text(raw_id)
+        if changed:
+            notes.append("requestId had NUL or lone surrogate characters; replaced with U+FFFD")
+    count = obj.get("callbackCount")
+    callback_count: int | None = None
+    if isinstance(count, int) and not isinstance(count, bool):
+        if _INT4_MIN <= count <= _INT4_MAX:
+            callback_count = count
+        else:
+            # Its size, not its digits: printing a huge int is what Python limits.
+            notes.append(
+                f"callbackCount ({count.bit_length()} bits) is out of range of an integer; kept as NULL"
+            )
+    return request_id, callback_count, tuple(notes)
 
 
 def redact(body: bytes, obj: dict[str, Any]) -> tuple[bytes, bool]:
@@ -179,21 +221,19 @@ def _reserialised(obj: dict[str, Any]) -> bytes:
 
 
 def _find_messages(obj: dict[str, Any]) -> tuple[str, list[Any]]:
-    for key, value in obj.items():
-        if (
-            isinstance(key, str)
-            and key.endswith("Response")
-            and isinstance(value, dict)
-            and "message" in value
-        ):
-            merged: dict[str, Any] = {}
-            for field in ("deviceIds", "message", "timestamp"):
-                if field in value:
-                    merged[field] = value[field]
-                elif field in obj:
-                    merged[field] = obj[field]
-            merged.update({k: v for k, v in value.items() if k not in merged})
-            return "envelope", [merged]
+    path = _response_path(obj)
+    if path is not None:
+        # The innermost level that has a field gives it: the message object, then the
+        # ...Response objects around it, then the envelope.
+        inner = path[-1]
+        merged: dict[str, Any] = {}
+        for field in ("deviceIds", "message", "timestamp"):
+            for level in reversed(path):
+                if field in level:
+                    merged[field] = level[field]
+                    break
+        merged.update({k: v for k, v in inner.items() if k not in merged})
+        return "envelope", [merged]
     messages = obj.get("messages")
     if isinstance(messages, list) and messages:
         return "messages", list(messages)
@@ -204,6 +244,29 @@ def _find_messages(obj: dict[str, Any]) -> tuple[str, list[Any]]:
             flat["timestamp"] = obj["timestamp"]
         return "flat", [flat]
     return "unknown", []
+
+
+def _response_path(obj: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The envelope and the ``...Response`` objects down to the first holding ``message``.
+
+    A device-originated NIDD callback nests one ``...Response`` in another (``niddResponse`` ->
+    ``niddMONotificationResponse``); the SMS one may well do the same, so any depth up to
+    ``_MAX_RESPONSE_DEPTH`` is searched, depth first in the body's key order. None: no such object.
+    """
+    stack: list[list[dict[str, Any]]] = [[obj]]
+    while stack:
+        path = stack.pop()
+        children = [
+            value
+            for key, value in path[-1].items()
+            if isinstance(key, str) and key.endswith("Response") and isinstance(value, dict)
+        ]
+        for child in children:
+            if "message" in child:
+                return [*path, child]
+        if len(path) <= _MAX_RESPONSE_DEPTH:
+            stack.extend([*path, child] for child in reversed(children))
+    return None
 
 
 def _message(raw: Any, request_id: str | None, received_at: dt.datetime) -> models.SMSMessage:

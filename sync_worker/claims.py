@@ -1,6 +1,7 @@
 """Which replica starts which account run, and when: per-account due times and claims in Postgres.
 
-Every replica registers the accounts it is configured for (``register``) and then, whenever it has
+Every replica registers the accounts it is configured for (``register``, at start and every third
+of the lease, which also records it as serving them: ``served_by``) and then, whenever it has
 free capacity, claims the earliest due accounts nobody else holds (``claim``). A claim is a lease:
 the holder renews it while its runs go on (``renew``); a replica that dies or is cut off stops
 renewing, and its accounts become claimable by the others once the lease ran out. When a run ends
@@ -8,7 +9,7 @@ the holder releases the claim and the account is next due one interval (plus jit
 claim began (``release``). So each account is synced once per interval across all replicas, and a
 replica that joins simply starts claiming. The account advisory lock (``store.try_account_lock``)
 stays the guarantee that two runs of one account never overlap: a claim only decides who starts
-which run. SQL lives in ``sql/queries/schedule.sql``.
+which run. SQL lives in ``sql/queries/schedule.sql`` (tables ``sync_schedule``, ``sync_replica``).
 """
 
 from __future__ import annotations
@@ -45,10 +46,35 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def register(conn: db.Connection, accounts: Sequence[str]) -> None:
-    """Make ``accounts`` known to the schedule; a new account is due at once."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Serving:
+    """A replica that serves an account: it listed it at a heartbeat whose lease has not passed."""
+
+    holder: str
+    serves_until: datetime.datetime
+
+
+def register(conn: db.Connection, accounts: Sequence[str], *, holder: str, lease_seconds: float) -> int:
+    """The replica ``holder``'s heartbeat: ``accounts`` are in the schedule (a missing row is due at
+    once; an existing one keeps its due time and claim) and ``holder`` serves them for one lease
+    from now (``served_by``). Return how many schedule rows were missing and created.
+
+    Run at start and every third of the lease: a row deleted meanwhile (``accounts forget``, by
+    hand) is back within that time, so a configured account is never left unscheduled.
+    """
     with db.transaction(conn, single_statement=True) as cur:
-        cur.execute(queries.get("schedule_register"), {"accounts": list(accounts)})
+        row = cur.execute(
+            queries.get("schedule_register"),
+            {"accounts": list(accounts), "holder": holder, "lease": float(lease_seconds)},
+        ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def served_by(conn: db.Connection, account: str) -> list[Serving]:
+    """The replicas serving ``account`` now (latest lease first); empty when none does."""
+    with db.transaction(conn, single_statement=True) as cur:
+        found = cur.execute(queries.get("schedule_served"), {"account_name": account}).fetchall()
+    return [Serving(str(r[0]), r[1]) for r in found]
 
 
 def claim(
@@ -65,15 +91,18 @@ def claim(
     return [Claimed(str(r[0]), max(0.0, float(r[1]))) for r in rows]
 
 
-def renew(conn: db.Connection, accounts: Sequence[str], *, holder: str, lease_seconds: float) -> None:
-    """Extend ``holder``'s claims of ``accounts`` (its running ones) by one lease from now."""
+def renew(conn: db.Connection, accounts: Sequence[str], *, holder: str, lease_seconds: float) -> list[str]:
+    """Extend ``holder``'s claims of ``accounts`` (its running ones) by one lease from now; return
+    the accounts renewed. An account missing from the answer is no longer ``holder``'s (its claim
+    expired and another replica took it, or it was forgotten): its lease is left alone."""
     if not accounts:
-        return
+        return []
     with db.transaction(conn, single_statement=True) as cur:
-        cur.execute(
+        found = cur.execute(
             queries.get("schedule_renew"),
             {"accounts": list(accounts), "holder": holder, "lease": float(lease_seconds)},
-        )
+        ).fetchall()
+    return sorted(str(r[0]) for r in found)
 
 
 def release(

@@ -36,6 +36,24 @@ def environment_help() -> str:
     return "\n".join(lines)
 
 
+DOCTOR_DESCRIPTION = """\
+Answers "will this work, and what does the real API send us?" before the daemon runs, one verdict per
+check (ok, warn, fail, or skipped with the reason): the configuration; which database (host, port,
+name, user; never the password) and its schema version (never migrated); OAuth; the session login
+through the login guard (no login when the guard refuses, and why); the clock against the API's Date
+header; for each account the head block of its history queue, summarised (status, messages, top-level
+and message members known and unknown, timestamp forms, device kinds, whether it reads as a block);
+its registered callback listeners (passwords never shown); whether SYNC_CALLBACK_URL resolves.
+
+It never sends an SMS, never sends a next token (nothing is acknowledged), never migrates. It writes
+only (1) the login guard's row: the login is counted before it is sent and its verdict recorded, which
+is what keeps any login from being the one that locks the user; (2) a final head block (200) with
+messages: the platform may dequeue a final block once it is handed over, so it is stored as a sync
+stores it (an unreadable final answer is quarantined). A 202 head block stays queued and unwritten.
+--no-history skips the head blocks. Exit code: that of the most basic failing check (2 configuration,
+3 database or schema, 4 OAuth or login refused or guard tripped, 1 any other); warnings exit 0."""
+
+
 # --- the parser ----------------------------------------------------------------
 
 
@@ -95,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "retention",
         "cmd_retention",
-        "remove history older than SYNC_RETENTION_DAYS (whole months) and old runs; a dry run unless --apply",
+        "remove history older than SYNC_RETENTION_DAYS (by timestamp and by when it was stored; "
+        "whole months) and old runs; a dry run unless --apply",
     )
     p.add_argument("--days", type=int, metavar="N", help="the window in days (default: SYNC_RETENTION_DAYS)")
     p.add_argument("--apply", action="store_true", help="remove what the dry run lists")
@@ -109,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "reset",
         "cmd_cursor_reset",
-        "forget an account's cursor: the next sync starts at the head",
+        "forget an account's cursor: the next sync starts at the head (exit 2 while a run of it holds "
+        "its lock)",
         cursor_sub,
     )
     p.add_argument("--account", required=True, metavar="A", help="a configured or known account")
@@ -122,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "forget",
         "cmd_accounts_forget",
-        "remove an account's cursor, runs and failure streak (history kept unless --with-history)",
+        "remove an account's cursor, runs, failure streak and schedule row (history kept unless "
+        "--with-history); exit 2 while a run of it holds its lock, or while it is configured here or "
+        "on a daemon replica seen within its lease (SYNC_CLAIM_LEASE_SECONDS)",
         acc_sub,
     )
     p.add_argument("--account", required=True, metavar="A")
@@ -132,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument(
         "--even-if-configured",
         action="store_true",
-        help="forget an account that is still configured (its next run starts at the head of the queue)",
+        help="forget it even while configured here or on a running daemon replica: its state goes, and "
+        "the replicas keep syncing it (they register it again within a third of their lease, due at "
+        "once) from the head of its queue",
     )
     p.add_argument("--yes", action="store_true", help="confirm without a prompt (required off a terminal)")
 
@@ -226,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         "serve the callback endpoint: store pushed SMS of SYNC_ACCOUNTS until SIGTERM/SIGINT",
     )
 
+    p = add(
+        "doctor",
+        "cmd_doctor",
+        "before the daemon: check the configuration, the database, OAuth, the login (through the login "
+        "guard), the clock, each account's head block (read, never acknowledged) and callback listeners",
+    )
+    p.description = DOCTOR_DESCRIPTION
+    p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not read the head blocks (then the login guard's row is all doctor writes)",
+    )
     p = add(
         "simulate", "cmd_simulate", "run the ThingSpace simulator (for trying the worker without an account)"
     )

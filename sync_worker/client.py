@@ -14,8 +14,12 @@
   detected with ``endswith("SessionToken.Expired")``, so either form matches.
   Gateway faults give their numeric ``fault.code`` as a string; OAuth errors
   give ``error``.
-* A 200/202 history body that cannot be decoded or has the wrong envelope (cut
-  short, not JSON, empty) is a transient fault first: ``errors.UnreadableAnswerError``
+* A 200/202 history answer counts as the block only when ``gate.recognise`` says so
+  (see ``gate``): one top-level object, no member twice, a ``messages`` list, a
+  boolean ``hasMoreData``, and status, ``hasMoreData`` and ``Location`` agreeing.
+  Any other answer (cut short, not JSON, empty, ``messages`` missing or renamed, a
+  202 with no message, a 200 with ``hasMoreData: true``...) is a transient fault
+  first: ``errors.UnreadableAnswerError``
   re-sends the *same* request under the retry policy, and the ``next`` token of
   the unreadable answer is never followed. Only when every attempt came back
   unreadable does it become ``errors.MalformedBlockError`` (raw bytes and the
@@ -23,9 +27,16 @@
   deadline cuts the attempts short the transient error is raised instead (the
   run fails and a later one asks again). A bad ``Location`` stays an
   ``errors.UnsafeLocationError`` (nothing could be acknowledged safely).
-* Paging: the HTTP status is authoritative. 202 means another block waits and
-  must carry a valid ``next`` token in ``Location``; 200 is the final block
-  (``next`` is None) whatever ``hasMoreData`` says. A disagreement is logged.
+* Paging: a 202 must carry a valid ``next`` token in ``Location``, ``hasMoreData:
+  true`` and at least one message; a 200 is the final block (``next`` is None) with
+  ``hasMoreData: false``. A disagreement makes the answer unreadable (above), so a
+  token is never followed on the word of an answer that contradicts itself. Unknown
+  extra top-level members are read past, logged once per process per name and
+  counted (``on_unknown_member`` of the observer, when it has one).
+* ``iter_history_blocks`` sends a block's ``next`` (which acknowledges it) only
+  through ``gate.release(page.ticket)``: after ``store.commit_block`` committed the
+  block's messages or ``store.quarantine_block`` kept it; otherwise it raises
+  ``errors.AcknowledgementRefusedError`` and sends nothing.
 * ``Location`` is never followed: only its ``next`` query value is taken, the path
   is ignored, and an absolute ``Location`` must name the base URL's scheme, host
   and port. Redirects are never followed either (a request goes straight to the
@@ -81,7 +92,7 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.poolmanager
 
-from sync_worker import auth, errors, models, retry, secret, urls
+from sync_worker import auth, errors, gate, models, retry, secret, urls
 
 USER_AGENT: Final = "thingspace-sms-sync/0.1"
 DEFAULT_TOTAL_TIMEOUT: Final = 120.0
@@ -179,6 +190,10 @@ class ThingSpaceClient:
     @property
     def base_url(self) -> str:
         return self._base
+
+    @property
+    def observer(self) -> Observer | None:
+        return self._cfg.observer
 
     @property
     def allow_insecure_loopback(self) -> bool:
@@ -390,9 +405,15 @@ class ThingSpaceClient:
         expires_in = body.get("expires_in", 3600)
         if isinstance(expires_in, str) and expires_in.isdigit():
             expires_in = int(expires_in)
-        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
+        # 0 is the platform's countdown in a token's last second (the same token until its hour ends).
+        if (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, (int, float))
+            or not math.isfinite(expires_in)
+            or expires_in < 0
+        ):
             raise errors.ResponseFormatError(
-                "token response 'expires_in' is not a positive number",
+                "token response 'expires_in' is not a number of seconds",
                 status=response.status_code,
                 operation=operation,
             )
@@ -422,7 +443,9 @@ class ThingSpaceClient:
                     "session login throttled: not a verdict on the credentials, not counted; "
                     "logging in again after a pause",
                     status=status,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    retry_after=parse_retry_after(
+                        response.headers.get("Retry-After"), now=_server_date(response)
+                    ),
                     operation=operation,
                 )
             if 400 <= status < 500:
@@ -459,6 +482,20 @@ class ThingSpaceClient:
             raise
         finally:
             self._guard.finish(attempt, fingerprint, outcome, failure)
+
+    # --- the two credentials on their own (``sync-worker doctor``) -------------
+
+    def fetch_bearer(self) -> None:
+        """Get the OAuth token now, as the first API call would (no login; the guard sees nothing).
+
+        Lets a caller tell an OAuth failure from a login failure before any data call.
+        """
+        self._bearer.get()
+
+    def log_in(self, deadline: float | None = None) -> None:
+        """Start the session now, through the login guard exactly as the first API call would
+        (nothing is done when a session is held already)."""
+        self._session.get(deadline)
 
     # --- an authenticated API call -------------------------------------------
 
@@ -607,7 +644,7 @@ class SmsController:
         operation = "list_devices_sms_messages"
 
         def read(response: requests.Response) -> models.HistoryPage:
-            return _read_history(response, account_name, next, self._client.base_url)
+            return _read_history(response, account_name, next, self._client.base_url, self._client.observer)
 
         try:
             page, _ = self._client.call_and_read(
@@ -632,14 +669,17 @@ class SmsController:
     def iter_history_blocks(
         self, account_name: str, next: str | None = None, *, deadline: float | None = None
     ) -> Iterator[models.HistoryPage]:
-        """Yield blocks; block N+1 (whose request acknowledges block N) is fetched only when asked for."""
+        """Yield blocks; block N+1 (whose request acknowledges block N) is fetched only when asked
+        for, and only once block N's ticket is settled (``gate.release``)."""
         token = next
         while True:
             page = self.list_devices_sms_messages(account_name, token, deadline=deadline)
             yield page
             if page.next is None:
                 return
-            token = page.next
+            # The request for the next block acknowledges this one: the gate lets its token
+            # out only once the caller committed (or quarantined) the block.
+            token = gate.release(page.ticket)
 
 
 class ConnectivityCallbacksController:
@@ -696,9 +736,14 @@ def _listeners(obj: Any) -> list[models.CallbackListener]:
 
 
 def _read_history(
-    response: requests.Response, account_name: str, request_next: str | None, base_url: str
+    response: requests.Response,
+    account_name: str,
+    request_next: str | None,
+    base_url: str,
+    observer: Observer | None = None,
 ) -> models.HistoryPage:
-    """One 2xx history answer as a page; an unreadable body is a transient ``UnreadableAnswerError``."""
+    """One 2xx history answer as a page, if ``gate.recognise`` says it is the block; anything
+    else is a transient ``UnreadableAnswerError``."""
     operation = "list_devices_sms_messages"
     status = response.status_code
     if status not in (200, 202):
@@ -715,13 +760,25 @@ def _read_history(
             new_next = next_token_from_location(location, base_url)
         except errors.UnsafeLocationError as exc:
             paging_error = errors.UnsafeLocationError(str(exc), status=status, operation=operation)
+    body = response.content
     try:
-        raw_messages, has_more_data = _parse(response, operation, models.history_envelope)
+        cap = body_over_cap(response)
+        if cap is not None:
+            # Only the first bytes were kept: whatever they parse as, they are not the block.
+            raise errors.ResponseFormatError(f"history body is larger than {cap} bytes")
+        envelope = gate.read_envelope(body)
+        if paging_error is not None:
+            # A readable body with a bad Location: nothing can be acknowledged safely, and
+            # asking again would not make the Location any safer.
+            raise paging_error
+        gate.check_paging(status, envelope, new_next)
+    except errors.UnsafeLocationError:
+        raise
     except errors.ResponseFormatError as exc:
         problem = str(exc.args[0]) if exc.args else "history body does not have the documented shape"
         block = errors.MalformedBlockError(
             f"history block body is unreadable: {problem}",
-            body=response.content,
+            body=body,
             problem=problem,
             next_token=new_next,
             request_next=request_next,
@@ -737,25 +794,27 @@ def _read_history(
             status=status,
             operation=operation,
         ) from exc
-    if paging_error is not None:
-        raise paging_error
-    if has_more_data != (status == 202):
-        _log.warning(
-            "thingspace_history_status_disagrees",
-            status=status,
-            has_more_data=has_more_data,
-            account=account_name,
-        )
+    if envelope.unknown:
+        _report_unknown(envelope.unknown, observer)
     return models.HistoryPage(
         account_name=account_name,
         # Read into SMSMessage objects only when someone asks; the write path reads the records.
-        messages=models.Messages(raw_messages),
-        has_more_data=has_more_data,
+        messages=models.Messages(envelope.messages),
+        has_more_data=envelope.has_more_data,
         status=status,
         next=new_next,
         request_next=request_next,
-        body=response.content,
+        body=body,
+        ticket=gate.Ticket(new_next, len(envelope.messages)),
     )
+
+
+def _report_unknown(names: tuple[str, ...], observer: Observer | None) -> None:
+    count = getattr(observer, "on_unknown_member", None)
+    for name in names:
+        label = gate.unknown_member_label(name)
+        if count is not None:
+            count(label)
 
 
 def _identity(response: requests.Response) -> requests.Response:

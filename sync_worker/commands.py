@@ -106,7 +106,6 @@ def cmd_run(ctx: Context) -> int:
         pass
     m = metrics.Metrics()
     liveness = scheduler.Liveness()
-    m.watch_overdue_runs(liveness.overdue_runs)
     server = None
     if settings.metrics_port is not None:
         # Each readiness probe also refreshes the tripped gauge from the database.
@@ -125,7 +124,13 @@ def cmd_run(ctx: Context) -> int:
             settings.metrics_port,
             m,
             live=liveness.check,
-            ready=health.checks([("database", database_ready), ("login_guard", guard_ready)]),
+            ready=health.checks(
+                [
+                    ("database", database_ready),
+                    ("login_guard", guard_ready),
+                    ("claims", liveness.check_claims),
+                ]
+            ),
         ).start()
     try:
         code = app.run_daemon(settings, metrics=m, liveness=liveness)
@@ -305,7 +310,8 @@ def cmd_cursor_reset(ctx: Context) -> int:
         ctx.print("cancelled")
         return exitcodes.CONFIG
     with _connection(settings) as conn:
-        store.clear_cursor(conn, account, "operator: sync-worker cursor reset")
+        # Under the account's run lock: a drain running now would write its next token over the reset.
+        accounts.reset_cursor(conn, account, "operator: sync-worker cursor reset")
     logs.get_logger(__name__).warning("cursor_reset", account=account)
     ctx.print(f"{account}: cursor cleared; the next sync starts at the head of the queue")
     return exitcodes.OK
@@ -318,12 +324,19 @@ def cmd_retention(ctx: Context) -> int:
         raise errors.ValidationError("no retention window: set SYNC_RETENTION_DAYS or pass --days N (N >= 1)")
     if ctx.args.batch < 1:
         raise errors.ValidationError("--batch must be at least 1")
+    summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days}
     with _connection(settings) as conn:
-        todo = retention.plan(conn, retention.cutoff(days))
-        summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days, **todo.as_dict()}
-        if ctx.args.apply:
-            done = retention.apply(conn, todo, batch=ctx.args.batch)
-            summary.update(done.as_dict())
+        if not ctx.args.apply:
+            summary.update(retention.plan(conn, days).as_dict())
+        else:
+            outcome = retention.run(conn, days, batch=ctx.args.batch)
+            if outcome is None:
+                raise errors.StoreError(
+                    "another retention run is in progress (a daemon's daily job or another --apply); "
+                    "nothing was removed: try again when it has finished"
+                )
+            todo, done = outcome
+            summary.update({**todo.as_dict(), **done.as_dict()})
             logs.get_logger(__name__).info("retention_applied", days=days, **done.as_dict())
     # The plan (and what was done) is the command's data: one JSON object on stdout.
     ctx.print(json.dumps(summary, sort_keys=True))
@@ -369,6 +382,10 @@ def cmd_accounts_forget(ctx: Context) -> int:
         )
     with _connection(settings) as conn:
         _check_known(conn, settings, account, "--account")
+        if not ctx.args.even_if_configured:
+            # This shell's configuration may lack the account a running daemon serves: ask the
+            # database which replicas serve it (asked again under the lock by accounts.forget).
+            accounts.refuse_if_served(conn, account)
     data = bool(ctx.args.with_history)
     what = "its cursor, its run records and its failure streak" + (
         ", AND every stored message (sms_history) and quarantined block of it" if data else ""
@@ -386,7 +403,7 @@ def cmd_accounts_forget(ctx: Context) -> int:
         ctx.print("cancelled")
         return exitcodes.CONFIG
     with _connection(settings) as conn:
-        removed = accounts.forget(conn, account, data=data)
+        removed = accounts.forget(conn, account, data=data, even_if_served=bool(ctx.args.even_if_configured))
     logs.get_logger(__name__).warning("account_forgotten", **dataclasses.asdict(removed))
     ctx.print(json.dumps(dataclasses.asdict(removed), sort_keys=True))
     return exitcodes.OK
@@ -472,12 +489,15 @@ def cmd_auth_status(ctx: Context) -> int:
         app.current_fingerprint(settings)
     )
     if ctx.args.json:
-        ctx.print(json.dumps({"username": settings.username, **guard_status.as_dict()}, sort_keys=True))
+        shown = {"username": settings.username, "counted_as_user": auth.user_key(settings.username)}
+        ctx.print(json.dumps({**shown, **guard_status.as_dict()}, sort_keys=True))
     else:
         state = guard_status.state
         ctx.print(
-            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace "
-            f"(this worker stops at {guard_status.threshold} for the same credentials, "
+            f"user {settings.username}: {state.failures} failed logins in a row presumed at ThingSpace, "
+            f"counted per user ({auth.user_key(settings.username)!r}, any letter case) whatever the "
+            f"base URL, as the vendor counts (this worker stops at {guard_status.threshold} for the "
+            "same credentials, "
             f"{guard_status.ceiling} for any; "
             f"the vendor locks the user at {auth.VENDOR_LOCKOUT_AT})"
         )
@@ -739,6 +759,19 @@ def cmd_receive(ctx: Context) -> int:
                 server.stop()
     logs.get_logger(__name__).info("callback_receiver_stopped")
     return exitcodes.OK
+
+
+def cmd_doctor(ctx: Context) -> int:
+    from sync_worker import doctor  # noqa: PLC0415  # see the imports above
+
+    try:
+        settings = ctx.settings(credentials=False, accounts=False)
+    except errors.ConfigError as exc:
+        found = doctor.config_failed(exc)
+    else:
+        found = doctor.examine(settings, ctx.env, ctx.args.config, history=not ctx.args.no_history)
+    ctx.print(found.to_json() if ctx.args.json else found.table())
+    return found.exit_code
 
 
 def cmd_simulate(ctx: Context) -> int:

@@ -26,6 +26,11 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Also the default of sync.sync_account for callers without settings.
 DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
+# Upper bounds of the schedule's durations: beyond them a due time or a lease, added to the
+# database's now(), leaves the timestamp range, and every claim statement would fail.
+MAX_INTERVAL_SECONDS: Final = 604_800.0
+MAX_JITTER_SECONDS: Final = 86_400.0
+MAX_CLAIM_LEASE_SECONDS: Final = 3_600.0
 
 
 Reader = Callable[[Mapping[str, str]], object]
@@ -58,13 +63,15 @@ def _number(
     *,
     minimum: float,
     maximum: int | None = None,
+    at_most: float = math.inf,
 ) -> Variable:
-    """A float, or a whole number when ``maximum`` is given (then ``minimum``..``maximum``)."""
+    """A float (``minimum``..``at_most``), or a whole number when ``maximum`` is given (then
+    ``minimum``..``maximum``)."""
 
     def read(env: Mapping[str, str]) -> object:
         if maximum is not None:
             return _int(env, name, int(value), int(minimum), maximum)
-        return _float(env, name, float(value), minimum=minimum)
+        return _float(env, name, float(value), minimum=minimum, maximum=at_most)
 
     return Variable(name, f"{value:g}", description, (field,), value, read)
 
@@ -153,16 +160,20 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _number(
         "SYNC_INTERVAL_SECONDS",
         300,
-        'Seconds between syncs of an account (daemon). Per account: interval_seconds in [accounts."NAME"].',
+        "Seconds between syncs of an account (daemon), 1-604800 (a week). Per account: interval_seconds "
+        'in [accounts."NAME"].',
         "interval_seconds",
         minimum=1.0,
+        at_most=MAX_INTERVAL_SECONDS,
     ),
     _number(
         "SYNC_JITTER_SECONDS",
         30,
-        "Random delay of up to this many seconds added to each scheduled sync (spreads accounts out).",
+        "Random delay of up to this many seconds added to each scheduled sync (spreads accounts out), "
+        "0-86400 (a day).",
         "jitter_seconds",
         minimum=0.0,
+        at_most=MAX_JITTER_SECONDS,
     ),
     _number(
         "SYNC_CONCURRENCY",
@@ -175,9 +186,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_RUN_BUDGET_SECONDS",
         "(the interval)",
-        "Time budget of one account run: a retry wait beyond it ends the run cleanly, and an API "
-        "call in flight when it ends is cut (the run fails; the next one resumes at the stored cursor). "
-        "The daemon's /healthz fails while a run is past it by twice THINGSPACE_TOTAL_TIMEOUT + 60 s.",
+        "Time budget of one account run. Reached between two blocks after the run stored some, the "
+        "run ends cleanly: outcome succeeded with the note 'run budget reached, more waiting' (the "
+        "cursor is committed; the daemon makes the account due again at once). A retry wait beyond "
+        "it ends the run (failed, deferred), and an API call in flight when it ends is cut (the run "
+        "fails); either way the next run resumes at the stored cursor. The daemon's /healthz fails "
+        "while a run is past it by twice THINGSPACE_TOTAL_TIMEOUT + 60 s.",
         ("run_budget_seconds",),
         300.0,
     ),
@@ -201,9 +215,10 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_CLAIM_LEASE_SECONDS",
         60,
         "Daemon replicas share the accounts through claims in Postgres; a claim the holder stops "
-        "renewing (it died or lost the database) is taken over after this many seconds.",
+        "renewing (it died or lost the database) is taken over after this many seconds, 1-3600.",
         "claim_lease_seconds",
         minimum=1.0,
+        at_most=MAX_CLAIM_LEASE_SECONDS,
     ),
     _number(
         "SYNC_LOGIN_GUARD_THRESHOLD",
@@ -219,9 +234,11 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_RETENTION_DAYS",
         "(unset: keep everything)",
-        "History older than this many days (by the message's timestamp; undated messages by when they "
-        "were stored) and older finished sync_run rows are removed by `sync-worker retention --apply`, "
-        "and once a day by the daemon. Whole months are dropped, so up to a month more is kept.",
+        "History older than this many days and older finished sync_run rows are removed by "
+        "`sync-worker retention --apply`, and once a day by the daemon. A message goes only when both its "
+        "timestamp and the time it was stored are older (a message stored today stays this many days, "
+        "whatever its timestamp); undated messages by when they were stored. Whole months are dropped, so "
+        "up to a month more is kept.",
         ("retention_days",),
         None,
         lambda env: _optional_int(env, "SYNC_RETENTION_DAYS", 1, 36_500),
@@ -373,7 +390,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _number(
         "SYNC_CALLBACK_MAX_BODY_BYTES",
         65536,
-        "Largest callback body accepted; a longer one is refused with 413 before it is read.",
+        "Largest callback body accepted; a longer one is refused with 413 (one declared longer than twice "
+        "this before it is read).",
         "callback_max_body_bytes",
         minimum=1024,
         maximum=16 * 1024 * 1024,
@@ -622,7 +640,9 @@ def _get(env: Mapping[str, str], name: str) -> str:
     return env.get(name, "").strip()
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float = math.inf
+) -> float:
     raw = _get(env, name)
     if not raw:
         return default
@@ -632,6 +652,8 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float)
         raise errors.ConfigError(f"{name}={raw!r} is not a number") from None
     if not math.isfinite(value) or value < minimum:
         raise errors.ConfigError(f"{name}={raw!r} must be a finite number >= {minimum:g}")
+    if value > maximum:
+        raise errors.ConfigError(f"{name}={raw!r} must be at most {maximum:g}")
     return value
 
 
@@ -748,7 +770,11 @@ def _accounts(
     return tuple(result)
 
 
-_ACCOUNT_KEYS: Final[Mapping[str, float]] = {"interval_seconds": 1.0, "jitter_seconds": 0.0}
+# Each per-account key: its lowest and highest value (those of its global variable).
+_ACCOUNT_KEYS: Final[Mapping[str, tuple[float, float]]] = {
+    "interval_seconds": (1.0, MAX_INTERVAL_SECONDS),
+    "jitter_seconds": (0.0, MAX_JITTER_SECONDS),
+}
 
 
 def _read_config_file(path: Path) -> dict[str, dict[str, float]]:
@@ -780,8 +806,9 @@ def _read_config_file(path: Path) -> dict[str, dict[str, float]]:
                 raise errors.ConfigError(f"{key_where} is not a known setting ({', '.join(_ACCOUNT_KEYS)})")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise errors.ConfigError(f"{key_where} must be a number")
-            if not math.isfinite(value) or value < _ACCOUNT_KEYS[key]:
-                raise errors.ConfigError(f"{key_where} must be a finite number >= {_ACCOUNT_KEYS[key]:g}")
+            low, high = _ACCOUNT_KEYS[key]
+            if not math.isfinite(value) or not low <= value <= high:
+                raise errors.ConfigError(f"{key_where} must be a finite number from {low:g} to {high:g}")
             values[key] = float(value)
         result[name] = values
     return result

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -25,6 +27,13 @@ from sync_worker import errors, queries, secret
 Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 ConnectionFactory = Callable[[], Connection]
+_T = TypeVar("_T")
+
+# How long a kept connection may serve. A session keeps what it was opened with: one opened while
+# the database was read-only (a failover, a standby being promoted) stays read-only after the
+# primary is writable again, one opened before a configuration change keeps the old values. Errors
+# retire such a connection as soon as it fails; the age limit also retires those that never fail.
+MAX_CONNECTION_AGE_SECONDS: Final = 600.0
 
 # A replica cut off from Postgres must lose its account locks within about a minute, so both
 # ends probe the TCP connection: libpq here, and the server (per session GUCs in `options`),
@@ -112,6 +121,31 @@ def create_database(dsn: str, *, failure: str, connect_timeout: int = 10) -> str
     return str(name)
 
 
+# Connections a database error happened on (``transaction`` adds them): never used again for new
+# work. Weak, so a closed and dropped connection leaves by itself.
+_failed: weakref.WeakSet[Connection] = weakref.WeakSet()
+_failed_lock = threading.Lock()
+
+
+def retire(conn: Connection) -> None:
+    """Mark ``conn`` as not to be reused: its current user may finish with it, nobody takes it next."""
+    with _failed_lock:
+        _failed.add(conn)
+
+
+def usable(conn: Connection) -> bool:
+    """Whether ``conn`` may carry new work: open, outside a transaction, and no error happened on it.
+
+    Any error retires a connection, not only a lost one: the session may be what is wrong (opened
+    read-only during a failover, in a state a bug left behind), and a new session is cheap.
+    """
+    with _failed_lock:
+        failed = conn in _failed
+    return (
+        not failed and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+
+
 @contextlib.contextmanager
 def session(connect: ConnectionFactory) -> Iterator[Connection]:
     """A connection from ``connect``, closed on exit (given back instead when ``connect`` is a ``Pool``).
@@ -119,20 +153,70 @@ def session(connect: ConnectionFactory) -> Iterator[Connection]:
     Closing a connection the server already dropped can fail; that failure is no news (the
     work on it failed already, with its own error) and the server has released the session.
     """
+    with _checkout(connect) as (conn, _):
+        yield conn
+
+
+@contextlib.contextmanager
+def started(connect: ConnectionFactory, first: Callable[[Connection], _T]) -> Iterator[tuple[Connection, _T]]:
+    """A ``session`` whose first statement is ``first(conn)``; yields the connection and its result.
+
+    A kept connection may have died or gone stale while idle (a database restart, a failover): when
+    a reused one fails ``first`` with a project error, it is retired and ``first`` runs once more on
+    a new connection (not another kept one), as nothing of it can have happened on the dead one. A
+    new connection's failure is raised. Errors of the work inside the ``with`` are never retried here.
+    """
+    for attempt in range(2):
+        with contextlib.ExitStack() as stack:
+            # The retry never takes another kept connection: after a restart they are all dead.
+            conn, reused = stack.enter_context(_checkout(connect, fresh=attempt > 0))
+            try:
+                value = first(conn)
+            except errors.SyncWorkerError:
+                retire(conn)
+                if reused and attempt == 0:
+                    continue
+                raise
+            # The ExitStack gives the connection back (or closes it) after the caller's work.
+            yield conn, value
+            return
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ping(conn: Connection) -> None:
+    """One round trip that proves ``conn`` works (a ``started`` first statement for work that has none)."""
+    with transaction(conn, single_statement=True) as cur:
+        cur.execute("SELECT 1")
+
+
+@contextlib.contextmanager
+def _checkout(connect: ConnectionFactory, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
+    """A connection and whether it was reused from a ``Pool`` (a reused one may have died since);
+    ``fresh``: a new one even when the pool keeps one."""
     if isinstance(connect, Pool):
-        with connect.session() as pooled:
+        with connect.checkout(fresh=fresh) as pooled:
             yield pooled
         return
     conn = connect()
     try:
-        yield conn
+        yield conn, False
     finally:
-        _close(conn)
+        _unlock_and_close(conn)
 
 
 def _close(conn: Connection) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.close()
+
+
+def _unlock_and_close(conn: Connection) -> None:
+    """Close ``conn``, its session-level advisory locks released first where it still can: the
+    server ends a closed session (and frees its locks) a moment after ``close`` returns, and the
+    next run of the account must not find its lock still held."""
+    if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock_all()")
+    _close(conn)
 
 
 class Pool:
@@ -141,15 +225,26 @@ class Pool:
     A new server session costs more than the work of a short account run (a backend process
     and cold catalog caches: ~8 ms of server CPU measured, against ~4 ms for a block commit),
     so runs reuse them. Calling the pool itself still gives a fresh connection the caller
-    closes. A connection is given back only when it is healthy and idle, and with every
+    closes. A connection is given back only when it is healthy and idle (``reusable``: no error
+    happened on it, whatever the error), younger than ``max_age`` seconds, and with every
     session-level advisory lock released: a lock left behind on an idle connection would keep
     its account from ever being synced.
     """
 
-    def __init__(self, connect: ConnectionFactory, keep: int) -> None:
+    def __init__(
+        self,
+        connect: ConnectionFactory,
+        keep: int,
+        *,
+        max_age: float = MAX_CONNECTION_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._connect = connect
         self._keep = keep
+        self._max_age = max_age
+        self._clock = clock
         self._idle: list[Connection] = []
+        self._born: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -158,31 +253,55 @@ class Pool:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Connection]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
+        with self.checkout() as (conn, _):
+            yield conn
+
+    @contextlib.contextmanager
+    def checkout(self, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
+        """A connection and whether it was kept from an earlier session (``fresh``: a new one)."""
+        conn = None if fresh else self._take_idle()
+        reused = conn is not None
         if conn is None:
             conn = self._connect()
-        reusable = False
+            with self._lock:
+                self._born[conn] = self._clock()
+        ok = False
         try:
-            yield conn
-            reusable = True
+            yield conn, reused
+            ok = True
         finally:
-            self._give_back(conn, reusable=reusable)
+            self._give_back(conn, reusable=ok)
+
+    def _take_idle(self) -> Connection | None:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                conn = self._idle.pop()
+            if not self._too_old(conn):
+                return conn
+            _close(conn)
+
+    def _too_old(self, conn: Connection) -> bool:
+        with self._lock:
+            born = self._born.get(conn)
+        return born is None or self._clock() - born >= self._max_age
 
     def _give_back(self, conn: Connection, *, reusable: bool) -> None:
-        if reusable and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        reusable = reusable and usable(conn) and not self._too_old(conn)
+        if reusable:
             try:
                 conn.execute("SELECT pg_advisory_unlock_all()")
             except psycopg.Error:
                 reusable = False
-        else:
-            reusable = False
         if reusable:
             with self._lock:
                 if not self._closed and len(self._idle) < self._keep:
                     self._idle.append(conn)
                     return
-        _close(conn)
+            _close(conn)  # its locks were released just above
+            return
+        _unlock_and_close(conn)
 
     def close(self) -> None:
         """Close the idle connections; connections in use are closed when given back."""
@@ -215,6 +334,35 @@ def transaction(
         with conn.transaction(), conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
             yield cur
     except psycopg.OperationalError as exc:
+        retire(conn)
         raise errors.DatabaseUnavailableError(f"database unavailable ({type(exc).__name__}: {exc})") from exc
     except psycopg.Error as exc:
+        retire(conn)
         raise errors.StoreError(f"database error ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """``conn.pipeline()``, minus psycopg's warning about a pipeline on a lost connection.
+
+    When a statement inside fails because the connection is gone (a pooled connection whose
+    server restarted or whose backend was killed), leaving the pipeline syncs on the dead socket
+    and fails the same way; psycopg logs that second failure as a warning ("error ignored
+    terminating <psycopg.Pipeline [BAD]>") beside the error the caller gets anyway, one per lost
+    connection. Here the pipeline is left without it, and only the statement's error is raised.
+    Any other failure leaves through psycopg's own exit, unchanged.
+    """
+    manager = conn.pipeline()
+    manager.__enter__()
+    try:
+        yield
+    except BaseException as exc:
+        if conn.broken:
+            # Leaving cleans up psycopg's pipeline state; its sync fails on the dead socket.
+            with contextlib.suppress(psycopg.Error):
+                manager.__exit__(None, None, None)
+            raise
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)

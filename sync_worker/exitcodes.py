@@ -21,10 +21,28 @@ INTERRUPTED: Final = 130
 
 TABLE: Final[tuple[tuple[int, str], ...]] = (
     (OK, "success (every account synced)"),
-    (FAILED, "some account failed (the others were synced; see the summary and logs)"),
-    (CONFIG, "usage or configuration error (the message names the variable)"),
-    (DATABASE, "database unreachable, or schema outdated: run `sync-worker migrate`"),
-    (AUTH, 'login guard tripped or credentials refused (README: "The login guard")'),
+    (
+        FAILED,
+        "some account failed (the others were synced; see the summary and logs); for `doctor`: a check "
+        "failed for another reason (the API unreachable, a head block unreadable, SYNC_CALLBACK_URL...)",
+    ),
+    (
+        CONFIG,
+        "usage or configuration error (the message names the variable); for `cursor reset` and "
+        "`accounts forget`: refused, the account is being synced right now (its lock is held) or, for "
+        "`forget`, still configured here or on a running daemon replica; for `doctor`: the configuration "
+        "check failed",
+    ),
+    (
+        DATABASE,
+        "database unreachable, or schema outdated: run `sync-worker migrate` (`doctor` too: it never "
+        "migrates)",
+    ),
+    (
+        AUTH,
+        'login guard tripped or credentials refused (README: "The login guard"), `doctor` included (at '
+        "OAuth or at the login)",
+    ),
     (
         QUARANTINED,
         "every account drained, but some block was quarantined (`sync-worker quarantine list`); for "

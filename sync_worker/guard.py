@@ -2,8 +2,11 @@
 
 ThingSpace locks a user after five failed session logins in a row, counted per
 user whatever credentials each attempt used, and only vendor support unlocks
-it. The guard keeps the vendor's *presumed* count for each user of each
-platform (base URL + username): every refusal, and every login whose outcome is
+it. The guard keeps the vendor's *presumed* count for each user, keyed by the
+case-folded username alone (``auth.user_key``): whatever base URL spelling
+reached the platform (``https://ThingSpace.verizon.com/api``, ``...:443/api``, a
+trailing slash), and whatever the case of the name, it is one count, because
+the vendor has one. It counts every refusal, and every login whose outcome is
 unknown (no answer, a lost connection, a 5xx, an unreadable answer, a process
 that died mid-login), since the last successful login seen by any process. The
 rules (``refusal``):
@@ -154,7 +157,6 @@ class LoginGuard:
         self,
         connect: ConnectionFactory,
         *,
-        base_url: str,
         username: str,
         threshold: int,
         lease_seconds: float = 95.0,
@@ -164,7 +166,9 @@ class LoginGuard:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
-        self._key = {"base_url": base_url, "username": username}
+        # The row is the user as the vendor counts it: no base URL, case folded. ``spelling``
+        # finds a row 0009 merged under another folding of the same name (guard_adopt_spelling).
+        self._key = {"username": auth.user_key(username), "spelling": username}
         self._username = username
         self._threshold = auth.check_threshold(threshold)
         self._lease_seconds = max(1.0, lease_seconds)
@@ -184,7 +188,7 @@ class LoginGuard:
 
     def state(self) -> GuardState:
         with self._transaction() as cur:
-            self._adopt_legacy(cur)
+            self._adopt_spelling(cur)
             row = cur.execute(queries.get("guard_state"), self._key).fetchone()
         return _state(row)
 
@@ -202,7 +206,7 @@ class LoginGuard:
     def reset(self) -> GuardState:
         """Record the operator's statement that the vendor's count is zero again."""
         with self._transaction() as cur:
-            cur.execute(queries.get("guard_reset_legacy"), {"username": self._username})
+            self._adopt_spelling(cur)
             cur.execute(queries.get("guard_ensure_row"), self._key)
             cur.execute(queries.get("guard_reset"), self._key)
             row = cur.execute(queries.get("guard_state"), self._key).fetchone()
@@ -276,7 +280,7 @@ class LoginGuard:
 
     def _try_begin(self, fingerprint: str) -> tuple[str | None, GuardState | None]:
         with self._transaction() as cur:
-            self._adopt_legacy(cur)
+            self._adopt_spelling(cur)
             cur.execute(queries.get("guard_ensure_row"), self._key)
             state = _state(cur.execute(queries.get("guard_state"), self._key).fetchone())
             if state.pending_live and not _holder_is_gone(state.pending_holder):
@@ -308,13 +312,15 @@ class LoginGuard:
             raise auth.tripped_error(reason, self._username)
         return attempt, None
 
-    def _adopt_legacy(self, cur: db.Cursor) -> None:
-        cur.execute(queries.get("guard_adopt_legacy"), self._key)
+    def _adopt_spelling(self, cur: db.Cursor) -> None:
+        cur.execute(queries.get("guard_adopt_spelling"), self._key)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[db.Cursor]:
-        # Connecting fails closed: not knowing the count must not risk a lock-out.
-        with db.session(self._connect) as conn, db.transaction(conn) as cur:
+        # Connecting fails closed: not knowing the count must not risk a lock-out. A kept
+        # connection that died while idle (a database restart) is replaced before the transaction
+        # begins; an error inside it retires the connection (db.transaction).
+        with db.started(self._connect, db.ping) as (conn, _), db.transaction(conn) as cur:
             yield cur
 
     def _report(self, blocked: bool) -> None:

@@ -4,7 +4,10 @@ Nothing is configured at import time; the CLI calls ``configure()`` once it
 knows the settings. Every event passes through ``scrub_secrets`` last, so a
 credential that slipped into a message or a field is still redacted.
 Standard-library loggers (APScheduler, urllib3, psycopg) are routed through
-the same pipeline.
+the same pipeline, and both reach the stream through one writer: each event is
+written whole, in one call under one lock, so concurrent events never share a line
+(structlog's printer writes the message and its newline in two calls, under a lock
+the stdlib handler does not know).
 """
 
 from __future__ import annotations
@@ -29,6 +32,48 @@ LEVELS: Final[Mapping[str, int]] = {
 }
 _lock = threading.Lock()
 _handler: logging.Handler | None = None
+_writer: _LineWriter | None = None
+
+
+class _LineWriter:
+    """The one writer of a log stream: a line and its newline in one write, under one lock."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class _StructlogLogger:
+    """What structlog hands its rendered events to: the stream's writer."""
+
+    def __init__(self, writer: _LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write_line(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _WriterHandler(logging.Handler):
+    """The stdlib side: records rendered by the handler's formatter, written by the stream's writer."""
+
+    def __init__(self, writer: _LineWriter, level: int) -> None:
+        super().__init__(level)
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.write_line(self.format(record))
+        except Exception:
+            # As StreamHandler does: a failed log write must not fail the code that logged.
+            self.handleError(record)
 
 
 def _scrub_value(value: Any) -> Any:
@@ -66,7 +111,7 @@ def _resolve_format(fmt: str, stream: TextIO) -> str:
 
 def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger; safe to call again (the last call wins)."""
-    global _handler  # noqa: PLW0603  # one process-wide logging configuration
+    global _handler, _writer  # one process-wide logging configuration
     out = sys.stdout if stream is None else stream
     numeric = LEVELS.get(level.upper())
     if numeric is None:
@@ -88,16 +133,20 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = No
         structlog.processors.format_exc_info,
     ]
     with _lock:
+        writer = _writer if _writer is not None and _writer.stream is out else _LineWriter(out)
         structlog.configure(
             processors=[*shared, scrub_secrets, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(numeric),
-            logger_factory=structlog.PrintLoggerFactory(file=out),
+            logger_factory=lambda *_args: _StructlogLogger(writer),
             cache_logger_on_first_use=False,
         )
         root = logging.getLogger()
         if _handler is not None:
             root.removeHandler(_handler)
-        handler = logging.StreamHandler(out)
+        # Library chatter below WARNING is noise unless the operator asked for DEBUG.
+        handler = _WriterHandler(
+            writer, numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING)
+        )
         handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -108,13 +157,11 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = No
                 ],
             )
         )
-        # Library chatter below WARNING is noise unless the operator asked for DEBUG.
-        handler.setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
         root.addHandler(handler)
         # Only ever lowered: other handlers on the root (test capture) keep what they asked for.
         if root.level == logging.NOTSET or root.level > handler.level:
             root.setLevel(handler.level)
-        _handler = handler
+        _handler, _writer = handler, writer
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -84,6 +84,10 @@ class ApiObserver:
         self._metrics.api_retries.labels(_label(operation), _label(reason)).inc()
         self._metrics.api_retry_wait_seconds.labels(_label(operation)).inc(max(wait, 0.0))
 
+    def on_unknown_member(self, member: str) -> None:
+        # ``member`` comes capped from gate.unknown_member_label: at most a few dozen series.
+        self._metrics.history_unknown_members.labels(_label(member)).inc()
+
 
 class _FreshnessCollector(prom_registry.Collector):
     """Seconds since each account's last success, computed when scraped.
@@ -164,6 +168,7 @@ class Metrics:
         self._last_success: dict[str, float] = {}
         self._known_accounts: set[str] = set()
         self._overdue_source: Callable[[], Mapping[str, float]] | None = None
+        self._claim_poll_gauge: prometheus_client.Gauge | None = None
         r = self.registry
 
         self.messages_received = prometheus_client.Counter(
@@ -216,6 +221,13 @@ class Metrics:
             PREFIX + "api_retry_wait_seconds",
             "Seconds spent waiting before API retries.",
             ["operation"],
+            registry=r,
+        )
+        self.history_unknown_members = prometheus_client.Counter(
+            PREFIX + "history_unknown_members",
+            "History answers read as a block although they carried this unknown top-level member "
+            "(the first 32 names by name, later ones as 'other').",
+            ["member"],
             registry=r,
         )
         self.last_success = prometheus_client.Gauge(
@@ -341,6 +353,21 @@ class Metrics:
     def overdue_runs(self) -> Mapping[str, float]:
         source = self._overdue_source
         return source() if source is not None else {}
+
+    def watch_claim_poll(self, seconds_since: Callable[[], float]) -> None:
+        """Export the daemon's ``seconds_since_last_claim_poll``, read from ``seconds_since`` at each
+        scrape (a stored value would freeze exactly when the claim loop stops). The daemon only: a
+        ``once`` pass does not claim."""
+        with self._lock:
+            if self._claim_poll_gauge is None:
+                self._claim_poll_gauge = prometheus_client.Gauge(
+                    PREFIX + "seconds_since_last_claim_poll",
+                    "Seconds since the daemon's last successful claim poll (monotonic; since process "
+                    "start before the first). Above a few seconds the replica cannot claim, so it syncs "
+                    "nothing (/readyz says why).",
+                    registry=self.registry,
+                )
+        self._claim_poll_gauge.set_function(seconds_since)
 
     # --- read side ----------------------------------------------------------
 

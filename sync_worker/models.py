@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, overload
 
-from sync_worker import errors, gsm, secret, urls
+from sync_worker import errors, gate, gsm, secret, urls
 
 DATA_ENCODINGS: Final = ("7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA")
 DataEncoding = Literal["7-bit", "8-bit-ASCII", "8-bit-UTF-8", "8-bit-DATA"]
@@ -279,11 +279,19 @@ class SMSMessagesQueryResult:
 
 
 def history_envelope(obj: Any) -> tuple[list[Any], bool]:
-    """A history body's ``messages`` (as decoded) and ``hasMoreData``; ``errors.ResponseFormatError``
-    when the envelope is wrong. The messages themselves are not looked at."""
+    """A decoded history body's ``messages`` and ``hasMoreData``; ``errors.ResponseFormatError``
+    when the envelope is wrong. The messages themselves are not looked at.
+
+    A model-level read of an already decoded value. Whether an *answer* holds the block (and may
+    be acknowledged) is decided on its bytes by ``gate.recognise``, which also refuses duplicate
+    members, a missing ``hasMoreData`` and paging that disagrees with the status.
+    """
     if not isinstance(obj, dict):
         raise errors.ResponseFormatError(f"history body is a JSON {_json_type(obj)}, not an object")
-    raw_messages = obj.get("messages", [])
+    if "messages" not in obj:
+        # Never an empty block by default: a body without the list does not hold the block.
+        raise errors.ResponseFormatError("history body has no top-level 'messages' member")
+    raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
         raise errors.ResponseFormatError(
             f"history body 'messages' is a JSON {_json_type(raw_messages)}, not a list"
@@ -335,6 +343,9 @@ class HistoryPage:
     # The answer's bytes as received, kept by reference (no copy) so a block that
     # cannot be stored can still be quarantined exactly.
     body: bytes = dataclasses.field(default=b"", repr=False, compare=False)
+    # The acknowledgement gate's record of this block (``gate.Ticket``): the client's pages carry
+    # one, and paging sends ``next`` only once it is settled (committed or quarantined).
+    ticket: gate.Ticket | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def is_final(self) -> bool:

@@ -24,21 +24,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import http.server
+import http
 import ipaddress
 import json
-import sys
 import threading
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import psycopg
+import psycopg.errors
+import psycopg_pool
 import structlog
+import waitress.server
+import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, models, serving, store
+from sync_worker import callback_metrics, callbacks, db, errors, models, queries, store
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
+_MAX_HEADER_BYTES: Final = 16 * 1024
 _log = structlog.get_logger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,53 +59,129 @@ class ReceiverConfig:
     max_body_bytes: int = 65536
     allowed_sources: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
-    # A client that stops sending mid-request must not hold a thread for long.
+    # A connection that sends nothing for this long is closed (waitress's channel_timeout): a
+    # client that stops mid-request holds no worker (the body is read before the handler runs),
+    # only one of connection_limit's slots, and not for long.
     read_timeout: float = 30.0
+    # Database connections at most, whatever the load.
     pool_size: int = 4
+    # A callback that gets no connection within this answers 503 + Retry-After. With the lock and
+    # statement timeouts, every answer comes well within the ~4 s after which the platform sends
+    # the same callback again, concurrently.
+    acquire_timeout: float = 1.0
+    lock_timeout: float = 1.5
+    statement_timeout: float = 2.5
+    # Seconds the 503's Retry-After asks for (the platform was seen retrying after 1.2-1.7 s).
+    retry_after: int = 2
+    # Worker threads: each handles one request at a time, from a whole body to the answer.
+    threads: int = 32
+    # Open connections at most; beyond it waitress stops accepting until some close. Well above
+    # the platform's concurrency, so a crowd of stalled clients does not lock it out at once.
+    connection_limit: int = 2000
+    # How long stop() waits for the requests being handled to answer.
+    drain_timeout: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Answer:
     status: int
     body: dict[str, Any]
+    retry_after: int | None = None
 
 
-class _Pool:
-    """A few idle connections for reuse; a connection that failed is closed, never reused."""
+class _Busy(Exception):
+    """No connection, or the database waited on a lock or ran too long: answer 503 + Retry-After.
 
-    def __init__(self, connect: db.ConnectionFactory, size: int) -> None:
-        self._connect = connect
-        self._size = size
-        self._idle: list[db.Connection] = []
-        self._lock = threading.Lock()
+    ``kind`` labels ``callback_store_failures``: ``busy`` (every connection in use, a lock or the
+    statement timeout) or ``database_unavailable`` (no connection can be made).
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+class _DatabasePool:
+    """The receiver's connections: psycopg_pool with a hard maximum and a short acquire timeout.
+
+    A push burst must never take more than ``size`` of the server's connections (the daemons' runs,
+    claims and login guard share ``max_connections``), nor wait long: the platform sends a second,
+    concurrent delivery when an answer takes more than about 4 s, so a callback that gets no
+    connection within ``acquire_timeout`` is answered 503 at once. Every session has
+    ``lock_timeout`` and ``statement_timeout`` set (a maintenance lock or a retention drop on the
+    history makes the callback statement fail fast instead of piling up behind it). A connection
+    an error happened on (``db.retire``) is closed, not given back.
+    """
+
+    def __init__(self, connect: db.ConnectionFactory, config: ReceiverConfig) -> None:
+        self._acquire_timeout = config.acquire_timeout
+        timeouts = {
+            "lock_timeout": f"{int(config.lock_timeout * 1000)}ms",
+            "statement_timeout": f"{int(config.statement_timeout * 1000)}ms",
+        }
+
+        def configure(conn: db.Connection) -> None:
+            conn.execute(queries.get("callback_session_timeouts"), timeouts)
+
+        # Whether the latest attempt to open a connection failed: tells a database that cannot
+        # be reached from one whose connections are all in use.
+        self.connect_failing = False
+
+        def connect_noting() -> db.Connection:
+            try:
+                conn = connect()
+            except Exception:
+                self.connect_failing = True
+                raise
+            self.connect_failing = False
+            return conn
+
+        self._pool = psycopg_pool.ConnectionPool(
+            connection_class=_made_by(connect_noting),
+            min_size=1,
+            max_size=config.pool_size,
+            open=False,
+            configure=configure,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="callback-receiver",
+            timeout=config.acquire_timeout,
+            max_lifetime=db.MAX_CONNECTION_AGE_SECONDS,
+            num_workers=2,
+        )
+
+    def open(self) -> None:
+        # Not waiting: a receiver whose database is down starts and answers 503 until it is back.
+        self._pool.open(wait=False)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[tuple[db.Connection, bool]]:
-        """A connection and whether it was reused (a reused one may have died since)."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        reused = conn is not None
-        if conn is None:
-            conn = self._connect()
-        healthy = False
+    def connection(self) -> Iterator[db.Connection]:
         try:
-            yield conn, reused
-            healthy = True
+            conn = self._pool.getconn(timeout=self._acquire_timeout)
+        except psycopg_pool.PoolTimeout:
+            kind = "database_unavailable" if self.connect_failing else "busy"
+            raise _Busy(kind, f"no database connection within {self._acquire_timeout:g} s") from None
+        try:
+            yield conn
         finally:
-            with self._lock:
-                keep = healthy and not conn.closed and len(self._idle) < self._size
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
+            if not db.usable(conn):
                 with contextlib.suppress(Exception):
                     conn.close()
+            self._pool.putconn(conn)
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._pool.close(timeout=5)
+
+
+def _made_by(connect: db.ConnectionFactory) -> type[db.Connection]:
+    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``db.connector``'s
+    liveness settings and secret-free errors, the caller's application name)."""
+
+    class _Made(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            return connect()
+
+    return _Made
 
 
 class Receiver:
@@ -115,10 +197,12 @@ class Receiver:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._pool = _Pool(connect, config.pool_size)
+        self._pool = _DatabasePool(connect, config)
         self._clock = clock
-        self._server: _Server | None = None
+        self._server: waitress.server.TcpWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._in_flight = 0
         for account in sorted(config.accounts):
             metrics.account_served(account)
 
@@ -127,23 +211,57 @@ class Receiver:
     def start(self) -> Receiver:
         if self._server is not None:
             return self
-        address = (self.config.host, self.config.port)
+        cfg = self.config
         try:
-            self._server = _Server(address, self)
+            server = waitress.server.create_server(
+                self.wsgi,
+                host=cfg.host,
+                port=cfg.port,
+                threads=cfg.threads,
+                connection_limit=cfg.connection_limit,
+                channel_timeout=cfg.read_timeout,
+                # waitress reads a body whole before the application runs; one declared longer
+                # than this is refused by waitress itself (413) without reading it. Up to twice
+                # our own limit it is read, so the refusal is the receiver's (logged, counted).
+                max_request_body_size=2 * cfg.max_body_bytes,
+                max_request_header_size=_MAX_HEADER_BYTES,
+                # select() stops at 1,024 descriptors; connection_limit is above it.
+                asyncore_use_poll=True,
+                # How often idle channels are checked against channel_timeout.
+                cleanup_interval=max(1, int(cfg.read_timeout // 2)),
+                ident="thingspace-sms-sync",
+                # X-Forwarded-For is read by the receiver itself (_source), not removed.
+                clear_untrusted_proxy_headers=False,
+                expose_tracebacks=False,
+                log_socket_errors=False,
+            )
         except OSError as exc:
             raise errors.ConfigError(
-                f"cannot listen on {address[0]}:{address[1]} for callbacks (SYNC_CALLBACK_PORT): "
+                f"cannot listen on {cfg.host}:{cfg.port} for callbacks (SYNC_CALLBACK_PORT): "
                 f"{exc.strerror or exc}"
             ) from exc
-        self._thread = serving.start(self._server, name="callback-receiver", poll_interval=0.2)
-        _log.info("callback_receiver_started", host=self.config.host, port=self.port)
+        assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
+        self._pool.open()
+        self._server = server
+        self._thread = threading.Thread(target=server.run, name="callback-receiver", daemon=True)
+        self._thread.start()
+        _log.info("callback_receiver_started", host=cfg.host, port=self.port)
         return self
 
     def stop(self) -> None:
+        """Stop accepting, let the requests being handled answer, then close every connection."""
         server, thread = self._server, self._thread
         if server is None:
             return
-        serving.stop(server, thread, join_timeout=5)
+        # waitress's typing stubs miss these attributes (trigger, effective_port, the map).
+        loop = cast(Any, server)
+        loop.trigger.pull_trigger(lambda: _close_listener(server))
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.config.drain_timeout)
+        loop.trigger.pull_trigger(lambda: _close_channels(server))
+        if thread is not None:
+            thread.join(timeout=5)
+        server.task_dispatcher.shutdown(timeout=5)
         self._server = self._thread = None
         self._pool.close()
 
@@ -154,7 +272,7 @@ class Receiver:
     def port(self) -> int:
         if self._server is None:
             return self.config.port
-        return int(self._server.server_address[1])
+        return int(cast(Any, self._server).effective_port)
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -162,14 +280,50 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- the WSGI application --
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """The receiver as a plain WSGI application (waitress serves it; tests may call it directly).
+
+        The server has read the whole body (within its size limit) before this runs.
+        """
+        with self._idle:
+            self._in_flight += 1
+        try:
+            answer = self.handle(_incoming(environ))
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+        payload = json.dumps(answer.body).encode() + b"\n"
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+        ]
+        if answer.retry_after is not None:
+            headers.append(("Retry-After", str(answer.retry_after)))
+        start_response(f"{answer.status} {http.HTTPStatus(answer.status).phrase}", headers)
+        return [payload]
+
     # -- one request --
 
     def handle(self, request: _Incoming) -> Answer:
-        """Check, read and store one request; every outcome is an ``Answer``."""
+        """Check, read and store one request; every outcome is an ``Answer``, a failure of this
+        code too (a deliberate 500, never a dropped connection)."""
         self.metrics.received.inc()
-        source = self._source(request)
+        try:
+            return self._handle(request)
+        except Exception as exc:
+            self.metrics.store_failures.labels("unexpected").inc()
+            _log.error("callback_receiver_failed", kind=type(exc).__name__, where=_where(exc))
+            return Answer(500, {"status": "error"})
+
+    def _handle(self, request: _Incoming) -> Answer:
+        source = _text(_address(request.peer))
         account: str | None = None
         try:
+            source = self._source(request)
             account = self._check_route(request, source)
             body = self._read_body(request)
             obj = callbacks.decode(body)
@@ -201,7 +355,7 @@ class Receiver:
         kept = models.KeptCallback(
             account_name=callback.account_name,
             shape=callback.shape,
-            problem=callback.problem,
+            problem=callback.report(),
             request_id=callback.request_id,
             callback_count=callback.callback_count,
             body=kept_body,
@@ -212,13 +366,20 @@ class Receiver:
         account = callback.account_name
         try:
             result = self._commit(kept, callback.messages)
-        except errors.DatabaseUnavailableError as exc:
-            self.metrics.store_failures.labels("database_unavailable").inc()
-            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
-            return Answer(503, {"status": "unavailable"})
-        except errors.StoreError as exc:
-            self.metrics.store_failures.labels("store_error").inc()
-            _log.error("callback_store_failed", account=account, kind=type(exc).__name__, error=str(exc))
+        except (_Busy, errors.DatabaseUnavailableError) as exc:
+            kind = exc.kind if isinstance(exc, _Busy) else "database_unavailable"
+            self.metrics.store_failures.labels(kind).inc()
+            _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
+            return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after)
+        except Exception as exc:
+            # Whatever else went wrong (a database error, a bug): the body is kept, unread, so
+            # nothing authenticated is lost, and the 500 makes the platform retry (then re-queue
+            # the message for polling).
+            kind = "store_error" if isinstance(exc, errors.StoreError) else "unexpected"
+            self.metrics.store_failures.labels(kind).inc()
+            error = str(exc) if kind == "store_error" else type(exc).__name__
+            _log.error("callback_store_failed", account=account, kind=kind, error=error, where=_where(exc))
+            self._keep_unread(kept, f"the receiver could not store it ({kind}: {type(exc).__name__})")
             return Answer(500, {"status": "error"})
         self.metrics.stored.labels(account, callback.shape).inc()
         self.metrics.messages_inserted.labels(account).inc(result.inserted)
@@ -240,20 +401,34 @@ class Receiver:
         _log.info("callback_stored", **fields)
         return Answer(200, {"status": "stored", "messages": result.messages, "inserted": result.inserted})
 
+    def _keep_unread(self, kept: models.KeptCallback, why: str) -> None:
+        """Keep the body as an unknown shape (no messages) after storing it failed; log either way."""
+        problem = "; ".join(p for p in (why + "; answered 500", kept.problem) if p)
+        unread = dataclasses.replace(kept, shape="unknown", problem=problem)
+        try:
+            result = self._commit(unread, ())
+        except Exception as exc:
+            _log.error(
+                "callback_not_kept",
+                account=kept.account_name,
+                kind=type(exc).__name__,
+                where=_where(exc),
+                body_size=kept.body_size,
+                body_sha256=kept.body_sha256,
+            )
+            return
+        _log.warning("callback_kept_unread", account=kept.account_name, callback_id=result.callback_id)
+
     def _commit(
         self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
     ) -> store.CallbackResult:
-        # A reused connection may have died while idle (a database restart): one more try
-        # on a fresh one before answering 503.
-        for attempt in range(2):
-            reused = False
+        with self._pool.connection() as conn:
             try:
-                with self._pool.connection() as (conn, reused):
-                    return store.store_callback(conn, kept, messages)
-            except errors.DatabaseUnavailableError:
-                if attempt or not reused:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                return store.store_callback(conn, kept, messages)
+            except errors.DatabaseUnavailableError as exc:
+                if isinstance(exc.__cause__, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
+                    raise _Busy("busy", str(exc)) from exc
+                raise
 
     def _check_route(self, request: _Incoming, source: str | None) -> str:
         if not self._source_allowed(source):
@@ -280,15 +455,23 @@ class Receiver:
         return body
 
     def _source(self, request: _Incoming) -> str | None:
+        """The caller's address: the peer, or from a trusted proxy its ``X-Forwarded-For``.
+
+        ``forwarded_for`` is every header line joined in order (what RFC 9110 makes of repeated
+        lines): reading only the first line let a caller put an allowed address first and have the
+        proxy's own line ignored. Walked from the right, the first hop no trusted proxy vouches for
+        is the client; a hop on that walk that is not a plain address is refused (400), never
+        guessed around.
+        """
         peer = _address(request.peer)
-        if peer is None or not request.forwarded_for or not _in(peer, self.config.trusted_proxies):
-            return str(peer) if peer is not None else None
-        # Walk X-Forwarded-For from the right: the first hop no trusted proxy vouches for is the client.
-        hops = [h.strip() for h in request.forwarded_for.split(",") if h.strip()]
-        for hop in reversed(hops):
-            address = _address(hop)
+        if peer is None or request.forwarded_for is None or not _in(peer, self.config.trusted_proxies):
+            return _text(peer)
+        for hop in reversed(request.forwarded_for.split(",")):
+            address = _address(hop.strip())
             if address is None:
-                return None
+                raise errors.CallbackRefusedError(
+                    400, "forwarded_for_unreadable", "X-Forwarded-For holds something else than addresses"
+                )
             if not _in(address, self.config.trusted_proxies):
                 return str(address)
         return str(peer)
@@ -311,6 +494,19 @@ class _Incoming:
     read: Callable[[int], bytes]
 
 
+def _where(exc: BaseException) -> str | None:
+    """Where ``exc`` was raised (file:line in function): the exception's text may quote the body."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
+    return None if address is None else str(address)
+
+
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not text:
         return None
@@ -327,79 +523,45 @@ def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[
     return any(address.version == n.version and address in n for n in networks)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _incoming(environ: dict[str, Any]) -> _Incoming:
+    raw_length = environ.get("CONTENT_LENGTH")
+    length: int | None
+    try:
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        length = None
+    if length is not None and length < 0:
+        length = None
+    stream = environ["wsgi.input"]
+    # WSGI hands the path as latin-1 decoded bytes; account names are ASCII either way.
+    path = str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "replace")
+    return _Incoming(
+        method=str(environ.get("REQUEST_METHOD") or "GET"),
+        path=path,
+        peer=environ.get("REMOTE_ADDR"),
+        length=length,
+        content_type=environ.get("CONTENT_TYPE"),
+        # waitress joins repeated header lines with ", " in order (RFC 9110's reading).
+        forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") or None,
+        read=stream.read,
+    )
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
-        super().__init__(address, _Handler)
-        self.receiver = receiver
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A caller that hangs up (after its answer, or mid-request) is not a receiver fault.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        _log.error("callback_receiver_request_crashed", kind=type(sys.exc_info()[1]).__name__)
+def _close_listener(server: waitress.server.TcpWSGIServer) -> None:
+    """In the server's loop: stop accepting (the trigger stays, to deliver ``_close_channels``)."""
+    server.accepting = False
+    waitress.wasyncore.dispatcher.close(server)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "thingspace-sms-sync"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        # StreamRequestHandler.timeout is a class attribute; per server, the socket is set here.
-        self.connection.settimeout(self.server.receiver.config.read_timeout)
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        raw_length = self.headers.get("Content-Length")
-        length: int | None
-        try:
-            length = int(raw_length) if raw_length is not None else None
-        except ValueError:
-            length = None
-        if length is not None and length < 0:
-            length = None
-        if self.headers.get("Transfer-Encoding"):
-            # Chunked bodies are not read: the size check needs the length up front.
-            length = None
-        incoming = _Incoming(
-            method=method,
-            path=self.path,
-            peer=self.client_address[0] if self.client_address else None,
-            length=length,
-            content_type=self.headers.get("Content-Type"),
-            forwarded_for=self.headers.get("X-Forwarded-For"),
-            read=self.rfile.read,
-        )
-        answer = self.server.receiver.handle(incoming)
-        if answer.status >= 400 and answer.status not in (500, 503):
-            # A refused request's body may be unread: the connection cannot carry another.
-            self.close_connection = True
-        payload = json.dumps(answer.body).encode() + b"\n"
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        # Every request is logged by the receiver as its own event; the access line adds nothing.
-        return
+def _close_channels(server: waitress.server.TcpWSGIServer) -> None:
+    """In the server's loop: flush what is ready to go and close every connection, the trigger
+    last; the loop ends once nothing is left in its map."""
+    loop = cast(Any, server)
+    for channel in list(loop._map.values()):
+        if channel is loop.trigger:
+            continue
+        with contextlib.suppress(OSError):
+            if channel.writable():
+                channel.handle_write()
+        channel.handle_close()
+    loop.trigger.handle_close()

@@ -1,18 +1,25 @@
 """The long-running daemon: replicas share the accounts through claims in Postgres.
 
-Each replica registers its configured accounts in ``sync_schedule`` and, on a short APScheduler
-poll (and right after each of its runs ends), claims the earliest due accounts nobody holds, as
-many as it has free slots (``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
+Each replica registers its configured accounts in ``sync_schedule`` (at start and every third of
+the lease, so a deleted row comes back) and, on a short poll on the monotonic clock (and right
+after each of its runs ends), claims the earliest due accounts nobody holds, as many as it has
+free slots (``SYNC_CONCURRENCY``). A run's claim is renewed while it goes on and
 released when it ends, with the account next due one interval (plus jitter) after the claim began.
 So each account is synced once per interval whatever the number of replicas, a replica that joins
 takes a share by claiming, and one that dies or is cut off hands its accounts over when its leases
 run out (``SYNC_CLAIM_LEASE_SECONDS``). ``claims`` has the SQL side; the account advisory lock
 (``sync``) still keeps two runs of one account from ever overlapping.
 
+Time inside the process is monotonic. The claim poll, the claim renewals and the login-guard
+observer are loops on threads of their own that wait for their next turn on the stop event
+(``Event.wait`` times out on the monotonic clock), so a step of the wall clock (NTP, a VM resumed)
+cannot stall them; leases and due times are the database's ``now()``. APScheduler keeps only the
+housekeeping (partitions hourly, retention daily), where wall-clock time is what is meant.
+
 Shutdown has a single source of truth, a ``threading.Event``. SIGTERM/SIGINT
 handlers only set it (installed only when running in the main thread, the only
-place Python delivers signals); the main thread waits on it; account runs check
-it between blocks, so the block in flight is committed before they return.
+place Python delivers signals); the main thread and the loops wait on it; account
+runs check it between blocks, so the block in flight is committed before they return.
 """
 
 from __future__ import annotations
@@ -45,6 +52,18 @@ GUARD_OBSERVE_SECONDS: Final = 5.0
 # What a run may take beyond its budget besides a token request and a login (which the budget
 # does not cut, each at most THINGSPACE_TOTAL_TIMEOUT): its last commit and bookkeeping.
 OVERDUE_SLACK_SECONDS: Final = 60.0
+# /readyz fails when the last successful claim poll is older than this: the replica cannot claim
+# (the database is away or refuses writes), so it syncs nothing.
+STALE_POLL_SECONDS: Final = 10 * CLAIM_POLL_SECONDS
+# /healthz fails when the claim loop has not come round for this long: it is wedged, and only a
+# restart helps. Far above the longest a poll may legitimately block (two connection attempts of
+# 10 s, a statement on a dead peer until the 45 s TCP user timeout).
+WEDGED_LOOP_SECONDS: Final = 120.0
+# A run that could not even start (no connection, its first statement refused) is due again after
+# this long (or its interval, if shorter), not a whole interval later.
+START_RETRY_SECONDS: Final = 10.0
+# How long shutdown waits for each loop thread (one blocked in a statement is left, as a daemon thread).
+_LOOP_JOIN_SECONDS: Final = 5.0
 _T = TypeVar("_T")
 
 
@@ -70,32 +89,52 @@ class _InFlight:
 
 
 class Liveness:
-    """Answers "is this process's scheduler running, and are its runs ending?" for ``/healthz``.
+    """What ``/healthz`` and ``/readyz`` learn from the daemon, on the monotonic clock.
 
-    ``run_daemon`` attaches its scheduler (and the dispatcher's ``overdue_runs``) once started
-    and detaches it when shutdown begins. A scheduler whose thread died (it never should) counts
-    as not running, which is exactly when a restart helps. So does a run far past its budget
-    (``overdue_after``): every wait of a run is bounded, so it is stuck, and only a restart
-    frees its thread (what it committed stays; its claim and lock pass on).
+    ``run_daemon`` attaches its scheduler, its loop threads and the dispatcher's ``overdue_runs``
+    once started and detaches them when shutdown begins; the dispatcher reports each claim poll.
+    Alive (``check``, ``__call__``) unless one of these, each with its own reason: not attached, or
+    the scheduler or a loop thread ended; the claim loop has not come round within
+    ``WEDGED_LOOP_SECONDS`` (wedged); a run is far past its budget (``overdue_after``: every wait
+    of a run is bounded, so it is stuck, and only a restart frees its thread; what it committed
+    stays, its claim and lock pass on). Each is exactly when a restart helps. Ready
+    (``check_claims``): a poll succeeded within ``stale_after`` seconds (``STALE_POLL_SECONDS``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, stale_after: float = STALE_POLL_SECONDS
+    ) -> None:
+        self._clock = clock
+        self._stale_after = stale_after
         self._lock = threading.Lock()
         self._scheduler: Any = None
+        self._loops: tuple[threading.Thread, ...] = ()
         self._overdue: Callable[[], dict[str, float]] | None = None
+        self._created = clock()
+        self._attached_at: float | None = None
+        self._last_round: float | None = None
+        self._last_ok: float | None = None
+        self._last_error: str | None = None
 
     def __call__(self) -> bool:
         return self.check()[0]
 
     def check(self) -> tuple[bool, str]:
-        """(alive, reason): the reason names the overdue runs, if any."""
+        """(alive, reason): why a restart would help, if it would."""
         with self._lock:
-            sched, overdue = self._scheduler, self._overdue
-        if sched is None or not sched.running:
+            sched, loops, overdue = self._scheduler, self._loops, self._overdue
+            since = self._last_round or self._attached_at
+        if sched is None or not sched.running or since is None:
             return False, "scheduler not running"
         thread = getattr(sched, "_thread", None)
         if thread is not None and not thread.is_alive():
             return False, "scheduler not running"
+        ended = [loop.name for loop in loops if not loop.is_alive()]
+        if ended:
+            return False, f"loop threads ended: {', '.join(ended)}"
+        idle = self._clock() - since
+        if idle >= WEDGED_LOOP_SECONDS:
+            return False, f"claim loop wedged: no round for {idle:.0f} s"
         late = overdue() if overdue is not None else {}
         if late:
             runs = ", ".join(f"{account} ({seconds:.0f} s)" for account, seconds in sorted(late.items()))
@@ -108,15 +147,62 @@ class Liveness:
             overdue = self._overdue
         return overdue() if overdue is not None else {}
 
-    def attach(self, sched: Any, overdue: Callable[[], dict[str, float]] | None = None) -> None:
+    def attach(
+        self,
+        sched: Any,
+        loops: tuple[threading.Thread, ...] = (),
+        *,
+        overdue: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
         with self._lock:
             self._scheduler = sched
+            self._loops = loops
             self._overdue = overdue
+            self._attached_at = self._clock()
 
     def detach(self) -> None:
         with self._lock:
             self._scheduler = None
+            self._loops = ()
             self._overdue = None
+
+    # --- reported by the dispatcher -----------------------------------------
+
+    def round_done(self) -> None:
+        """The claim loop came round (whatever the poll's outcome)."""
+        with self._lock:
+            self._last_round = self._clock()
+
+    def poll_succeeded(self) -> None:
+        with self._lock:
+            self._last_ok = self._clock()
+            self._last_error = None
+
+    def poll_failed(self, error: str) -> None:
+        with self._lock:
+            self._last_error = error
+
+    # --- read by the probes and the metric ---------------------------------------
+
+    def seconds_since_poll(self) -> float:
+        """Seconds since the last successful claim poll (since this object was made, before any)."""
+        with self._lock:
+            since = self._last_ok if self._last_ok is not None else self._created
+        return max(self._clock() - since, 0.0)
+
+    def check_claims(self) -> None:
+        """Raise ``errors.TransientError`` naming why when no claim poll succeeded lately."""
+        with self._lock:
+            last_ok, error = self._last_ok, self._last_error
+        age = self.seconds_since_poll()
+        if last_ok is not None and age <= self._stale_after:
+            return
+        when = (
+            "no claim poll has succeeded yet"
+            if last_ok is None
+            else f"no successful claim poll for {age:.0f} s"
+        )
+        raise errors.TransientError(when if error is None else f"{when} (last error: {error})")
 
 
 def overdue_after(settings: config.Settings) -> float:
@@ -146,16 +232,20 @@ def run_daemon(
     killed, so the caller should then leave with ``os._exit`` to honour the
     timeout. ``app.run_daemon`` builds ``api`` and ``connect`` from the settings;
     ``observe_guard`` is called every ``GUARD_OBSERVE_SECONDS`` (how the login-guard
-    gauge notices an ``auth reset`` made elsewhere). ``liveness`` reports True from
-    the scheduler's start until shutdown begins. ``holder`` names this replica's
-    claims (default: host, pid and a random part).
+    gauge notices an ``auth reset`` made elsewhere). ``liveness`` hears of every claim
+    poll and reports alive from the start until shutdown begins. ``holder`` names this
+    replica's claims (default: host, pid and a random part).
     """
     stop = stop_event if stop_event is not None else threading.Event()
+    holder = holder or claims.holder_id()
+    heartbeat = liveness if liveness is not None else Liveness()
     with db.session(connect) as conn:
         migrations.check_schema(conn)
         if metrics is not None:
             _announce_accounts(conn, settings, metrics)
-        claims.register(conn, settings.account_names)
+        claims.register(
+            conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
+        )
 
     inflight = _InFlight()
     dispatcher = Dispatcher(
@@ -166,15 +256,17 @@ def run_daemon(
         metrics=metrics,
         inflight=inflight,
         observe_guard=observe_guard,
-        holder=holder or claims.holder_id(),
+        holder=holder,
+        heartbeat=heartbeat,
     )
     scheduler = _build_scheduler(settings, dispatcher, metrics=metrics)
+    loops: tuple[threading.Thread, ...] = ()
     clean = False
     try:
         with signals.stop_on_signals(stop, enabled=install_signal_handlers):
             scheduler.start()
-            if liveness is not None:
-                liveness.attach(scheduler, dispatcher.overdue_runs)
+            loops = _start_loops(settings, dispatcher)
+            heartbeat.attach(scheduler, loops, overdue=dispatcher.overdue_runs)
             _log.info(
                 "daemon_started",
                 accounts=list(settings.account_names),
@@ -185,18 +277,20 @@ def run_daemon(
             # every platform; the event is still the only stop signal.
             while not stop.wait(1.0):
                 pass
-            if liveness is not None:
-                liveness.detach()
+            heartbeat.detach()
             _log.info("daemon_stopping", running=inflight.running)
-            # No new claims from here on; running runs see the stop event.
+            # No new claims from here on (the loops end on the stop event); running runs see it too.
             scheduler.shutdown(wait=False)
             clean = inflight.wait_idle(settings.shutdown_timeout_seconds)
     finally:
-        if liveness is not None:
-            liveness.detach()
+        # The loops end at the event; one still inside a statement finds the dispatcher closed.
+        stop.set()
+        heartbeat.detach()
         if scheduler.running:
             scheduler.shutdown(wait=False)
         dispatcher.close(clean=clean)
+        for loop in loops:
+            loop.join(timeout=_LOOP_JOIN_SECONDS)
     if not clean:
         _log.error(
             "daemon_shutdown_timeout",
@@ -224,9 +318,12 @@ def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.Metri
 class Dispatcher:
     """Claims due accounts for this replica and runs them on a bounded pool.
 
-    One connection (reopened after a failure) carries the claims, renewals and releases; account
-    runs use their own (``sync``). A slot is taken when an account is claimed and given back when
-    its run has released the claim, so a replica never claims more than it can start.
+    One connection carries the claims, renewals and releases; account runs use their own
+    (``sync``). Any error on it retires it (not only a lost connection: a session opened while the
+    database was read-only stays read-only), as does age (``db.MAX_CONNECTION_AGE_SECONDS``), and a
+    statement that fails on the kept connection is tried once more on a fresh one. A slot is taken
+    when an account is claimed and given back when its run has released the claim, so a replica
+    never claims more than it can start.
     """
 
     def __init__(
@@ -240,9 +337,11 @@ class Dispatcher:
         inflight: _InFlight,
         observe_guard: Callable[[], object] | None,
         holder: str,
+        heartbeat: Liveness | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.holder = holder
+        self.heartbeat = heartbeat if heartbeat is not None else Liveness()
         self._clock = clock
         self._overdue_after = overdue_after(settings)
         self._settings = settings
@@ -252,12 +351,13 @@ class Dispatcher:
         # Public: the housekeeping jobs (partitions, retention) use the same database and stop event.
         self.connect = connect
         self.stop = stop
-        self._metrics = metrics
+        self.metrics = metrics
         self._inflight = inflight
         self.observe_guard = observe_guard
         self._lease = settings.claim_lease_seconds
         self._pool = concurrent.futures.ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sync")
         self._conn: db.Connection | None = None
+        self._conn_born = 0.0
         self._conn_lock = threading.Lock()
         # One claimer at a time: two would both count the same free slots.
         self._claim_lock = threading.Lock()
@@ -287,15 +387,36 @@ class Dispatcher:
             if self._closed:
                 # A claim job still finishing after the stop must not open a connection nobody closes.
                 raise errors.DatabaseUnavailableError("the daemon is stopping")
-            if self._conn is None or self._conn.closed:
-                self._conn = self.connect()
-            try:
-                return work(self._conn)
-            except errors.DatabaseUnavailableError:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
-                raise
+            for attempt in range(2):
+                conn, reused = self._connection()
+                try:
+                    return work(conn)
+                except errors.SyncWorkerError:
+                    # Whatever the error, this session is suspect: the next statement gets a new one.
+                    self._drop_connection()
+                    if not reused or attempt:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connection(self) -> tuple[db.Connection, bool]:
+        """The kept connection if it may still serve, else a new one; and whether it was kept."""
+        conn = self._conn
+        if (
+            conn is not None
+            and db.usable(conn)
+            and self._clock() - self._conn_born < db.MAX_CONNECTION_AGE_SECONDS
+        ):
+            return conn, True
+        self._drop_connection()
+        self._conn = self.connect()
+        self._conn_born = self._clock()
+        return self._conn, False
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def claim_due(self) -> int:
         """Claim due accounts for every free slot and start them; return how many started."""
@@ -304,12 +425,19 @@ class Dispatcher:
         try:
             free = self._settings.concurrency - self._inflight.running
             if free <= 0:
+                # Nothing to claim with: the poll is fine, the replica is busy.
+                self.heartbeat.poll_succeeded()
                 return 0
-            claimed = self._on_connection(
-                lambda conn: claims.claim(
-                    conn, self._names, holder=self.holder, limit=free, lease_seconds=self._lease
+            try:
+                claimed = self._on_connection(
+                    lambda conn: claims.claim(
+                        conn, self._names, holder=self.holder, limit=free, lease_seconds=self._lease
+                    )
                 )
-            )
+            except errors.SyncWorkerError as exc:
+                self.heartbeat.poll_failed(f"{type(exc).__name__}: {exc}")
+                raise
+            self.heartbeat.poll_succeeded()
             for item in claimed:
                 self._start(item)
             return len(claimed)
@@ -325,8 +453,8 @@ class Dispatcher:
             # Claimed more than half an interval after it was due: this replica set is
             # short of capacity (or was away); the account is still synced now.
             _log.warning("run_late", account=item.account, late_seconds=round(item.late_seconds, 1))
-            if self._metrics is not None:
-                self._metrics.scheduler_event("missed", item.account)
+            if self.metrics is not None:
+                self.metrics.scheduler_event("missed", item.account)
         self._inflight.enter()
         with self._running_lock:
             self._running[item.account] = self._clock()
@@ -347,14 +475,14 @@ class Dispatcher:
                 max_blocks=self._settings.max_blocks_per_run,
                 lock_report_after=sync.lock_report_after(self._accounts[account].interval_seconds),
                 stop=self.stop,
-                metrics=self._metrics,
+                metrics=self.metrics,
             )
         except Exception as exc:
             # A bug must end this account's run, not the daemon.
             _log.exception("job_error", account=account, error=f"{type(exc).__name__}: {exc}")
-            if self._metrics is not None:
-                self._metrics.error(account, "job_error")
-                self._metrics.scheduler_event("job_error", account)
+            if self.metrics is not None:
+                self.metrics.error(account, "job_error")
+                self.metrics.scheduler_event("job_error", account)
             result = sync.AccountResult(account, "failed", error=type(exc).__name__)
         finally:
             self._finished(account, result)
@@ -367,6 +495,14 @@ class Dispatcher:
         try:
             if result is None or result.outcome == "interrupted":
                 # Stopping: the account is due again at once, for another replica.
+                delay, from_now = 0.0, True
+            elif not result.begun:
+                # The run could not start (the database refused its first statement): nothing was
+                # synced, so try again soon rather than an interval later.
+                delay, from_now = min(acct.interval_seconds, START_RETRY_SECONDS), True
+            elif result.more_waiting:
+                # The budget ended a run that was making progress, with more queued: go on at
+                # once (the claim order still serves accounts due earlier first).
                 delay, from_now = 0.0, True
             elif result.outcome == "skipped_locked":
                 # Another process (a `once` run, a replica cut off mid-run) runs it: look again
@@ -387,19 +523,59 @@ class Dispatcher:
                 self._running.pop(account, None)
             self._inflight.leave()
 
+    def register_and_renew(self) -> None:
+        """The renew loop: register the configured accounts again, then renew the claims of the
+        running ones."""
+        self.register()
+        self.renew()
+
+    def register(self) -> None:
+        """Put back any configured account whose schedule row is gone (``accounts forget``, a
+        hand-made delete: it would otherwise never be claimed again until a restart) and record
+        this replica as serving its accounts, which ``forget`` refuses. One statement per
+        heartbeat whatever the number of accounts; nothing is added to the claim poll."""
+        try:
+            restored = self._on_connection(
+                lambda conn: claims.register(conn, self._names, holder=self.holder, lease_seconds=self._lease)
+            )
+        except errors.SyncWorkerError as exc:
+            # The next heartbeat tries again; a missing row only waits until then.
+            _log.warning("register_failed", error=type(exc).__name__)
+            return
+        if restored:
+            _log.warning("schedule_rows_restored", accounts=restored)
+
     def renew(self) -> None:
-        """Extend the claims of the running accounts (the APScheduler renew job)."""
+        """Extend the claims of the running accounts."""
         running = self.running_accounts()
         if not running:
             return
         try:
-            self._on_connection(
+            renewed = self._on_connection(
                 lambda conn: claims.renew(conn, running, holder=self.holder, lease_seconds=self._lease)
             )
         except errors.SyncWorkerError as exc:
             # Cut off: the claims will expire and other replicas take the accounts over; the
             # advisory lock keeps them from running an account this replica still drains.
             _log.warning("claim_renew_failed", running=len(running), error=type(exc).__name__)
+            return
+        # Still running after the renewal: a run that ended meanwhile released its claim itself.
+        lost = sorted((set(running) - set(renewed)) & set(self.running_accounts()))
+        if lost:
+            # Taken over after this replica's lease ran out (or forgotten): the run goes on under
+            # the advisory lock, but the claim is the other holder's now.
+            _log.warning("claim_lost", accounts=lost)
+
+    def poll(self) -> None:
+        """One round of the claim loop: claim what is due, and tell the heartbeat the loop came round."""
+        try:
+            self.claim_due()
+        except errors.SyncWorkerError as exc:
+            # The database is away or refuses writes: nothing can be claimed; the next poll tries
+            # again (on a fresh connection), and /readyz says so once it lasts.
+            _log.warning("claim_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.heartbeat.round_done()
 
     def close(self, *, clean: bool) -> None:
         """Stop the pool; hand back claims still held (runs cut short by the shutdown timeout)."""
@@ -409,10 +585,7 @@ class Dispatcher:
                 self._on_connection(lambda conn: claims.release_all(conn, holder=self.holder))
         with self._conn_lock:
             self._closed = True
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-                self._conn = None
+            self._drop_connection()
 
 
 def next_delay(acct: config.AccountSettings, rand: Callable[[], float] = random.random) -> float:
@@ -427,44 +600,11 @@ def _build_scheduler(
     metrics: sync.MetricsSink | None,
 ) -> Any:
     scheduler = BackgroundScheduler(
-        # claim, renew, guard, partitions, retention: a long retention run never delays claims.
-        executors={"default": ThreadPoolExecutor(max_workers=5)},
+        # Partitions and retention: one never waits for the other.
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
         timezone=datetime.UTC,
     )
     now = datetime.datetime.now(datetime.UTC)
-    scheduler.add_job(
-        _guarded(dispatcher.claim_due),
-        trigger=IntervalTrigger(seconds=CLAIM_POLL_SECONDS),
-        id=_JOB_PREFIX + "claim",
-        name="claim due accounts",
-        next_run_time=now,
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=None,
-    )
-    scheduler.add_job(
-        dispatcher.renew,
-        # Three renewals per lease: one lost renewal does not lose a claim.
-        trigger=IntervalTrigger(seconds=max(0.2, settings.claim_lease_seconds / 3)),
-        id=_JOB_PREFIX + "renew",
-        name="renew claims",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=None,
-    )
-    if dispatcher.observe_guard is not None:
-        scheduler.add_job(
-            functools.partial(_observe_guard, dispatcher.observe_guard),
-            # Not at every run: the read locks the user's one login_guard row, and thousands of
-            # runs a minute across replicas would queue on it.
-            trigger=IntervalTrigger(seconds=GUARD_OBSERVE_SECONDS),
-            id=_JOB_PREFIX + "guard",
-            name="observe the login guard",
-            next_run_time=now,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
     # Housekeeping on the same pool: next month's partitions exist before its first message, and
     # retention (when a window is set) runs at start and then daily.
     scheduler.add_job(
@@ -498,23 +638,70 @@ def _build_scheduler(
 def _retention_job(*, connect: db.ConnectionFactory, days: int, stop: threading.Event) -> None:
     try:
         with db.session(connect) as conn:
-            done = retention.apply(conn, retention.plan(conn, retention.cutoff(days)), stop_event=stop)
+            outcome = retention.run(conn, days, stop_event=stop)
     except errors.SyncWorkerError as exc:
         # Next day's run tries again; nothing half-done is left (each drop and batch is its own transaction).
         _log.warning("retention_failed", days=days, error=str(exc))
         return
-    _log.info("retention_applied", days=days, **done.as_dict())
+    if outcome is None:
+        _log.info("retention_skipped", days=days, reason="another replica is applying retention")
+        return
+    _log.info("retention_applied", days=days, **outcome[1].as_dict())
 
 
-def _guarded(claim: Callable[[], int]) -> Callable[[], None]:
-    def job() -> None:
+def _start_loops(settings: config.Settings, dispatcher: Dispatcher) -> tuple[threading.Thread, ...]:
+    """The claim poll, the renewals and the guard observer, each a thread of its own."""
+    specs: list[tuple[str, float, Callable[[], None], bool]] = [
+        ("claim", CLAIM_POLL_SECONDS, dispatcher.poll, True),
+        # Three renewals per lease: one lost renewal does not lose a claim.
+        ("renew", max(0.2, settings.claim_lease_seconds / 3), dispatcher.register_and_renew, False),
+    ]
+    if dispatcher.observe_guard is not None:
+        # Not at every run: the read locks the user's one login_guard row, and thousands of runs a
+        # minute across replicas would queue on it.
+        observe = functools.partial(_observe_guard, dispatcher.observe_guard)
+        specs.append(("guard", GUARD_OBSERVE_SECONDS, observe, True))
+    loops = []
+    for name, every, work, at_once in specs:
+        thread = threading.Thread(
+            target=_every,
+            args=(every, work, dispatcher.stop),
+            kwargs={"metrics": dispatcher.metrics, "name": name, "at_once": at_once},
+            name=f"sync-{name}",
+            daemon=True,
+        )
+        thread.start()
+        loops.append(thread)
+    return tuple(loops)
+
+
+def _every(
+    seconds: float,
+    work: Callable[[], None],
+    stop: threading.Event,
+    *,
+    metrics: sync.MetricsSink | None,
+    name: str,
+    at_once: bool,
+) -> None:
+    """Call ``work`` every ``seconds`` (measured from the end of the previous call) until ``stop``.
+
+    ``Event.wait`` times out on the monotonic clock, so a wall-clock step neither stalls nor
+    hurries the loop. A call never overlaps the previous one; a slow one delays the next.
+    """
+    if not at_once and stop.wait(seconds):
+        return
+    while not stop.is_set():
         try:
-            claim()
-        except errors.SyncWorkerError as exc:
-            # The database is away: nothing can be claimed; the next poll tries again.
-            _log.warning("claim_failed", error=f"{type(exc).__name__}: {exc}")
-
-    return job
+            work()
+        except Exception as exc:
+            # A bug must not end the loop (the poll of the whole replica).
+            _log.exception("job_error", job=name, error=f"{type(exc).__name__}: {exc}")
+            if metrics is not None:
+                metrics.error(None, "job_error")
+                metrics.scheduler_event("job_error", None)
+        if stop.wait(seconds):
+            return
 
 
 def _account_job(
@@ -553,7 +740,7 @@ def _observe_guard(observe: Callable[[], object]) -> None:
 
 
 def _on_event(event: Any, *, metrics: sync.MetricsSink | None) -> None:
-    # Only the claim and renew jobs run on APScheduler; account runs report their own outcomes.
+    # Only the housekeeping jobs run on APScheduler; account runs report their own outcomes.
     job = str(getattr(event, "job_id", ""))
     if event.code == events.EVENT_JOB_MISSED:
         kind = "missed"

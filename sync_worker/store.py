@@ -23,7 +23,7 @@ import psycopg
 import psycopg.errors
 import psycopg.rows
 
-from sync_worker import db, errors, models, pgarrays, queries, rows, secret
+from sync_worker import db, errors, gate, models, pgarrays, queries, rows, secret
 
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
@@ -72,14 +72,19 @@ def start_run(conn: Connection, account: str) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunStart:
-    """What ``begin_run`` found: the run's id and the stored cursor, or None when another holds the lock."""
+    """What ``begin_run`` found: the run's id and the stored cursor, or None when another holds the lock.
+
+    ``abandoned``: earlier runs of the account it found still open and closed (their worker died).
+    """
 
     run_id: int
     cursor: str | None
+    abandoned: int = 0
 
 
 def begin_run(conn: Connection, account: str) -> RunStart | None:
-    """Take ``account``'s advisory lock, open its run and read its cursor, in one round trip.
+    """Take ``account``'s advisory lock, close its abandoned runs, open its run and read its cursor,
+    in one round trip.
 
     None when another session holds the lock (no run row is made). The lock is session-level,
     like ``try_account_lock``'s: closing the connection, ``release_account_lock`` or a
@@ -92,7 +97,7 @@ def begin_run(conn: Connection, account: str) -> RunStart | None:
         db.transaction(conn, single_statement=True) as cur,
         conn.cursor(row_factory=psycopg.rows.tuple_row) as after,
     ):
-        with conn.pipeline():
+        with db.pipeline(conn):
             cur.execute(
                 queries.get("begin_run"),
                 {
@@ -107,7 +112,7 @@ def begin_run(conn: Connection, account: str) -> RunStart | None:
     assert row is not None  # noqa: S101  # for mypy: the lock's row is always there
     if not row[0]:
         return None
-    return RunStart(run_id=int(row[1]), cursor=None if cursor is None else cursor[0])
+    return RunStart(run_id=int(row[1]), cursor=None if cursor is None else cursor[0], abandoned=int(row[2]))
 
 
 def _run_params(account: str) -> dict[str, Any]:
@@ -135,6 +140,10 @@ def commit_block(
         # (the failed statement changed nothing).
         ensure_partitions(conn, block.received_at)
         inserted = _write_block(conn, params)
+    if page.ticket is not None:
+        # Committed: every message the body listed is in this transaction, so the gate may let
+        # the request that acknowledges the block go out.
+        page.ticket.committed(len(block))
     return BlockResult(
         received=len(block), inserted=inserted, replays=len(block) - inserted, malformed=block.malformed
     )
@@ -174,14 +183,19 @@ def _ensure_partitions(cur: db.Cursor, times: Iterable[dt.datetime | None]) -> N
 
 
 def quarantine_block(
-    conn: Connection, run_id: int, account: str, block: models.KeptBlock
+    conn: Connection,
+    run_id: int,
+    account: str,
+    block: models.KeptBlock,
+    ticket: gate.Ticket | None = None,
 ) -> QuarantineResult:
     """Keep an unreadable block's body, move the cursor past it and count it, atomically.
 
     The cursor moves to ``block.next_token`` (NULL after a final 200), exactly as
     ``commit_block`` would have: the request that acknowledges the block is sent
-    only after this transaction committed, so a crash in between replays the
-    block, which maps onto the same ``sms_quarantine`` row.
+    only after this transaction committed (``ticket`` is settled here, for
+    ``gate.release``), so a crash in between replays the block, which maps onto
+    the same ``sms_quarantine`` row.
     """
     params = {
         "account_name": account,
@@ -198,6 +212,8 @@ def quarantine_block(
     with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("quarantine_block"), params).fetchone()
     assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
+    if ticket is not None:
+        ticket.quarantined()
     return QuarantineResult(quarantine_id=int(row[0]), inserted=bool(row[1]))
 
 

@@ -2,9 +2,11 @@
 
 The history endpoint is a queue: the request that carries block N's ``next``
 token acknowledges (dequeues) block N. So a block's rows and its token are
-committed in one transaction *before* the iterator is asked for block N+1. A
-crash between the commit and that request only replays block N, which the
-idempotent upsert absorbs.
+committed in one transaction *before* the iterator is asked for block N+1, and
+the iterator sends the token only through the acknowledgement gate
+(``gate.release``), which lets it out once ``store.commit_block`` or
+``store.quarantine_block`` settled the block's ticket. A crash between the
+commit and that request only replays block N, which the idempotent upsert absorbs.
 
 A ``next`` token the API rejects (a stale stored one, or a single-use token
 re-sent by a retry after a lost response) clears the stored cursor with a
@@ -14,7 +16,13 @@ acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 Outcomes of an account run (``AccountResult.outcome``):
 
 ``succeeded``
-    drained to the final block, every block stored.
+    drained to the final block, every block stored; or the run budget
+    (``deadline``) ended *between* two blocks after at least one was stored or
+    quarantined: the cursor is committed, the next block was not asked for,
+    ``more_waiting`` is set and ``error`` carries the note ``BUDGET_NOTE`` (the
+    daemon makes the account due again at once). A catch-up of a big backlog
+    is progress, not a failure. A budget that ends *inside* an exchange (an
+    answer still trickling in) cuts it: that run is ``failed``.
 ``quarantined``
     drained, but at least one block was *quarantined*: its exact bytes went to
     ``sms_quarantine``, the cursor moved past it, an error-level
@@ -56,6 +64,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import hashlib
 import threading
 import time
@@ -64,7 +73,7 @@ from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from sync_worker import config, db, errors, exitcodes, logs, models, status, store
+from sync_worker import config, db, errors, exitcodes, gate, logs, models, status, store
 
 Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
 ConnectionFactory = db.ConnectionFactory
@@ -77,6 +86,8 @@ FAILURE_STREAK_LIMIT: Final = 3
 LOCK_REPORT_INTERVALS: Final = 3
 # Restarts at the head of the queue after a rejected ``next`` token, per run.
 _MAX_CURSOR_RESTARTS: Final = 3
+# The note of a run the budget ended between two blocks (outcome succeeded, more_waiting).
+BUDGET_NOTE: Final = "run budget reached, more waiting: the next run resumes at the stored cursor"
 
 _log = structlog.get_logger(__name__)
 
@@ -131,6 +142,12 @@ class AccountResult:
     # The errors class name, so the CLI can tell refused credentials (exit 4)
     # from an outage (exit 1) without parsing text.
     error_kind: str | None = None
+    # False: the run could not start (no connection, or its first statement failed), so no
+    # sync_run row records it; the daemon makes the account due again soon, not an interval later.
+    begun: bool = True
+    # The run budget ended between two blocks (progress committed, the next block not asked for):
+    # more messages may wait, so the daemon makes the account due again at once.
+    more_waiting: bool = False
 
     @property
     def ok(self) -> bool:
@@ -185,6 +202,10 @@ class PassResult:
 
 class _Stopped(Exception):
     """Internal: the stop event was seen between blocks."""
+
+
+class _BudgetReached(Exception):
+    """The run budget ended between two blocks, after progress: the run ends cleanly."""
 
 
 class PagingLoopError(errors.ResponseFormatError):
@@ -258,23 +279,27 @@ class _AccountRun:
         self.started = clock()
         self.blocks = self.received = self.inserted = self.replays = self.malformed = 0
         self.quarantined = 0
+        self.more_waiting = False
 
     def run(self) -> AccountResult:
         try:
-            with db.session(self.connect) as conn:
-                # The account's advisory lock, the run row and the cursor in one round trip.
-                # The lock is not released here: db.session does it when the run ends (a
-                # pooled connection is given back only after pg_advisory_unlock_all, any
-                # other one is closed), after the run's last statement committed.
-                try:
-                    begun = store.begin_run(conn, self.account)
-                except errors.SyncWorkerError as exc:
-                    return self.finish("failed", exc)
+            # The account's advisory lock, the run row and the cursor in one round trip, retried
+            # once on a fresh connection when a kept one fails it (it died while idle: a database
+            # restart). The lock is not released here: the session does it when the run ends (a
+            # pooled connection is given back only after pg_advisory_unlock_all, any other one is
+            # closed), after the run's last statement committed.
+            with db.started(self.connect, functools.partial(store.begin_run, account=self.account)) as (
+                conn,
+                begun,
+            ):
                 if begun is None:
                     return self.skipped(conn)
                 return self.locked(conn, begun)
         except errors.SyncWorkerError as exc:
-            return self.finish("failed", exc)
+            # No connection, or the run's first statement failed on a fresh one: there is no
+            # sync_run row to record it in (the database refused the very write that makes one).
+            # The log event, the metrics and the result (begun=False) say so instead.
+            return self.finish("failed", exc, begun=False)
 
     def skipped(self, conn: db.Connection) -> AccountResult:
         """Another process syncs this account now; say who, and loudly when it has for long."""
@@ -300,6 +325,8 @@ class _AccountRun:
 
     def locked(self, conn: db.Connection, begun: store.RunStart) -> AccountResult:
         run_id, cursor = begun.run_id, begun.cursor
+        if begun.abandoned:
+            _log.warning("abandoned_runs_closed", runs=begun.abandoned)
         outcome: Outcome = "succeeded"
         failure: BaseException | None = None
         deferred = False
@@ -307,6 +334,9 @@ class _AccountRun:
             self.drain(conn, run_id, cursor)
         except _Stopped:
             outcome = "interrupted"
+        except _BudgetReached:
+            # Everything asked for is committed and nothing was sent that acknowledges more.
+            self.more_waiting = True
         except errors.LoginGuardTrippedError as exc:
             outcome, failure = "guard_tripped", exc
         except errors.TransientError as exc:
@@ -337,6 +367,8 @@ class _AccountRun:
                     "; the final answer was unreadable, so whether more messages wait is "
                     "unknown until the next run"
                 )
+        if self.more_waiting:
+            error_text = BUDGET_NOTE if error_text is None else f"{error_text}; {BUDGET_NOTE}"
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
         self.record_finish(
@@ -363,7 +395,7 @@ class _AccountRun:
     def drain(self, conn: db.Connection, run_id: int, cursor: str | None) -> None:
         restarts = 0
         while True:
-            self.check_stop()
+            self.between_blocks()
             blocks = self.api.sms.iter_history_blocks(self.account, cursor, deadline=self.deadline)
             first = True
             try:
@@ -376,18 +408,19 @@ class _AccountRun:
                     self.commit(conn, run_id, page)
                     if page.is_final:
                         return
-                    self.check_stop()
+                    self.between_blocks()
                 return
             except errors.MalformedBlockError as exc:
                 # Every attempt came back unreadable (the client retried the same
                 # request first). Failing here would leave the block unacknowledged,
                 # and a platform that keeps serving it would stop the queue forever.
-                # Its bytes are kept and can be replayed, so moving on loses nothing.
-                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc))
+                # Its bytes are kept and reported; only then does the gate let its token out.
+                ticket = gate.Ticket(exc.next_token, None)
+                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc), ticket)
                 if exc.next_token is None:
                     self.end_unknown = True
                     return
-                cursor = exc.next_token
+                cursor = gate.release(ticket)
             except errors.InvalidCursorError:
                 # Restarting at the head is always safe: every block a rejected
                 # token could acknowledge is committed already, and whatever is
@@ -434,7 +467,7 @@ class _AccountRun:
         except Exception as exc:
             if not self.failed_again(conn, page, exc):
                 raise
-            self.quarantine(conn, run_id, _unstorable(page, exc))
+            self.quarantine(conn, run_id, _unstorable(page, exc), page.ticket)
             return
         malformed = len(result.malformed)
         self.blocks += 1
@@ -481,8 +514,10 @@ class _AccountRun:
         )
         return streak >= FAILURE_STREAK_LIMIT and bool(page.body)
 
-    def quarantine(self, conn: db.Connection, run_id: int, block: models.KeptBlock) -> None:
-        result = store.quarantine_block(conn, run_id, self.account, block)
+    def quarantine(
+        self, conn: db.Connection, run_id: int, block: models.KeptBlock, ticket: gate.Ticket | None
+    ) -> None:
+        result = store.quarantine_block(conn, run_id, self.account, block, ticket)
         self.quarantined += 1
         _log.error(
             "block_quarantined",
@@ -503,6 +538,14 @@ class _AccountRun:
         if self.stop_event is not None and self.stop_event.is_set():
             raise _Stopped
 
+    def between_blocks(self) -> None:
+        """Before asking for the next block: stop if asked to, or end cleanly once the budget
+        ended after progress (a request sent now would only be cut, failing a healthy run)."""
+        self.check_stop()
+        progressed = self.blocks > 0 or self.quarantined > 0
+        if progressed and self.deadline is not None and self.clock() >= self.deadline:
+            raise _BudgetReached
+
     def finish(
         self,
         outcome: Outcome,
@@ -510,6 +553,7 @@ class _AccountRun:
         error: str | None = None,
         *,
         deferred: bool = False,
+        begun: bool = True,
     ) -> AccountResult:
         if error is None and exc is not None:
             error = _describe(exc)
@@ -525,6 +569,8 @@ class _AccountRun:
             duration_seconds=round(self.clock() - self.started, 6),
             error=error,
             error_kind=None if exc is None else type(exc).__name__,
+            begun=begun,
+            more_waiting=self.more_waiting,
         )
         _log_run(result, deferred=deferred)
         if self.metrics is not None:
@@ -589,6 +635,10 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
     }
     if deferred:
         fields["deferred"] = True
+    if result.more_waiting:
+        fields["more_waiting"] = True
+    if not result.begun:
+        fields["begun"] = False
     if result.error is not None:
         fields["error"] = result.error
     if result.outcome in ("succeeded", "skipped_locked", "interrupted"):

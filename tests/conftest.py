@@ -40,6 +40,7 @@ def pytest_collection_modifyitems(
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    logbook.remember_secrets()
     for title, content in report.sections:
         logbook.record(f"{report.nodeid} {title}", content)
 

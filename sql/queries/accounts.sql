@@ -24,7 +24,8 @@ SELECT EXISTS (SELECT 1 FROM sync_cursor WHERE account_name = %(account_name)s)
 
 -- name: forget_state
 -- The account's sync state: cursor, runs (history rows keep their messages and their run_id),
--- the failure streak and its schedule row (a daemon configured for it registers it again).
+-- the failure streak and its schedule row (a replica configured for it registers it again at its
+-- next heartbeat, within a third of its lease, due at once).
 -- Quarantined blocks and history are data: kept unless asked (forget_data). A data-modifying
 -- WITH runs to completion whether or not the final SELECT reads it.
 WITH cursor_gone AS (

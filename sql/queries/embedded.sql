@@ -16,3 +16,6 @@ ALTER SYSTEM SET full_page_writes = on;
 
 -- name: embedded_reload
 SELECT pg_reload_conf();
+
+-- name: embedded_data_directory
+SELECT current_setting('data_directory');

@@ -1,27 +1,41 @@
--- The login guard (sync_worker/guard.py): one row per ThingSpace user (base URL + username).
+-- The login guard (sync_worker/guard.py): one row per ThingSpace user, keyed by the case-folded
+-- username alone (%(username)s is auth.user_key(...)): the vendor counts per user, whatever base
+-- URL spelling reached it.
 -- consecutive_failures is the vendor's presumed count: refusals, unknown outcomes and logins
 -- still in flight since the last success. guard.py decides; these statements only record.
 
--- name: guard_adopt_legacy
--- A 0001 row ('' base URL) joins this user's row; the higher count wins.
-WITH legacy AS (
+-- name: guard_adopt_spelling
+-- 0009 merged each user's rows under lower(username); the guard's key is Python's casefold,
+-- which differs for some non-ASCII names (ß, and any non-ASCII letter on a C-locale database).
+-- Such a row joins the user's row the first time it is read: the counts add up (as in 0009),
+-- so an upgrade never forgets a failure. A no-op (one index probe) for every other name.
+WITH spelled AS (
     DELETE FROM login_guard
-    WHERE base_url = '' AND username = %(username)s AND %(base_url)s <> ''
-    RETURNING consecutive_failures, last_failure_at, last_error, tripped_at
+    WHERE username = lower(%(spelling)s) AND username <> %(username)s
+    RETURNING consecutive_failures,
+              failed_fingerprints || CASE WHEN pending_fingerprint IS NULL THEN '{}'::text[]
+                                          ELSE ARRAY[pending_fingerprint] END AS failed,
+              last_outcome, last_attempt_at, last_success_at, last_failure_at, last_error, tripped_at
 )
-INSERT INTO login_guard AS g (base_url, username, consecutive_failures, last_outcome,
-                              last_failure_at, last_error, tripped_at)
-SELECT %(base_url)s, %(username)s, consecutive_failures, 'refused', last_failure_at, last_error, tripped_at
-FROM legacy
-ON CONFLICT (base_url, username) DO UPDATE
-SET consecutive_failures = GREATEST(g.consecutive_failures, EXCLUDED.consecutive_failures),
-    failed_fingerprints = g.failed_fingerprints,
-    tripped_at = COALESCE(g.tripped_at, EXCLUDED.tripped_at);
+INSERT INTO login_guard AS g (username, consecutive_failures, failed_fingerprints, last_outcome,
+                              last_attempt_at, last_success_at, last_failure_at, last_error, tripped_at)
+SELECT %(username)s, consecutive_failures, failed, last_outcome,
+       last_attempt_at, last_success_at, last_failure_at, last_error, tripped_at
+FROM spelled
+ON CONFLICT (username) DO UPDATE
+SET consecutive_failures = g.consecutive_failures + EXCLUDED.consecutive_failures,
+    failed_fingerprints = ARRAY(SELECT DISTINCT f
+                                FROM unnest(g.failed_fingerprints || EXCLUDED.failed_fingerprints) AS f
+                                ORDER BY f),
+    last_attempt_at = GREATEST(g.last_attempt_at, EXCLUDED.last_attempt_at),
+    last_success_at = GREATEST(g.last_success_at, EXCLUDED.last_success_at),
+    last_failure_at = GREATEST(g.last_failure_at, EXCLUDED.last_failure_at),
+    tripped_at = LEAST(g.tripped_at, EXCLUDED.tripped_at);
 
 -- name: guard_ensure_row
-INSERT INTO login_guard (base_url, username)
-VALUES (%(base_url)s, %(username)s)
-ON CONFLICT (base_url, username) DO NOTHING;
+INSERT INTO login_guard (username)
+VALUES (%(username)s)
+ON CONFLICT (username) DO NOTHING;
 
 -- name: guard_state
 -- lease_left: seconds until a pending login's lease runs out (<= 0: expired). The row is locked
@@ -39,7 +53,7 @@ SELECT consecutive_failures,
        pending_holder,
        EXTRACT(EPOCH FROM (pending_until - now()))::float8 AS lease_left
 FROM login_guard
-WHERE base_url = %(base_url)s AND username = %(username)s
+WHERE username = %(username)s
 FOR UPDATE;
 
 -- name: guard_expire_pending
@@ -56,12 +70,12 @@ SET failed_fingerprints = CASE WHEN pending_fingerprint = ANY (failed_fingerprin
     pending_fingerprint = NULL,
     pending_until = NULL,
     pending_holder = NULL
-WHERE base_url = %(base_url)s AND username = %(username)s AND pending_attempt = %(attempt)s;
+WHERE username = %(username)s AND pending_attempt = %(attempt)s;
 
 -- name: guard_mark_tripped
 UPDATE login_guard
 SET tripped_at = COALESCE(tripped_at, now())
-WHERE base_url = %(base_url)s AND username = %(username)s;
+WHERE username = %(username)s;
 
 -- name: guard_reserve
 -- Counted before the request goes out: if its answer never comes, the failure stays.
@@ -72,7 +86,7 @@ SET consecutive_failures = consecutive_failures + 1,
     pending_fingerprint = %(fingerprint)s,
     pending_until = now() + make_interval(secs => %(lease_seconds)s),
     pending_holder = %(holder)s
-WHERE base_url = %(base_url)s AND username = %(username)s
+WHERE username = %(username)s
 RETURNING consecutive_failures;
 
 -- name: guard_succeeded
@@ -90,7 +104,7 @@ SET consecutive_failures = CASE WHEN pending_attempt IS NOT NULL AND pending_att
     pending_until = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_until END,
     pending_holder = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_holder END,
     pending_attempt = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_attempt END
-WHERE base_url = %(base_url)s AND username = %(username)s;
+WHERE username = %(username)s;
 
 -- name: guard_failed
 -- A refusal or an unknown outcome. Counted at reservation already; counted again only when
@@ -109,7 +123,7 @@ SET consecutive_failures = CASE WHEN pending_attempt IS NOT DISTINCT FROM %(atte
     pending_until = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_until END,
     pending_holder = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_holder END,
     pending_attempt = CASE WHEN pending_attempt = %(attempt)s THEN NULL ELSE pending_attempt END
-WHERE base_url = %(base_url)s AND username = %(username)s
+WHERE username = %(username)s
 RETURNING consecutive_failures;
 
 -- name: guard_not_judged
@@ -122,7 +136,7 @@ SET consecutive_failures = GREATEST(consecutive_failures - 1, 0),
     pending_until = NULL,
     pending_holder = NULL,
     pending_attempt = NULL
-WHERE base_url = %(base_url)s AND username = %(username)s AND pending_attempt = %(attempt)s;
+WHERE username = %(username)s AND pending_attempt = %(attempt)s;
 
 -- name: guard_reset
 -- The operator's statement that the vendor's count is zero again (a login that worked
@@ -133,7 +147,5 @@ SET consecutive_failures = CASE WHEN pending_attempt IS NOT NULL AND pending_unt
     last_outcome = 'reset',
     last_error = NULL,
     tripped_at = NULL
-WHERE base_url = %(base_url)s AND username = %(username)s;
+WHERE username = %(username)s;
 
--- name: guard_reset_legacy
-DELETE FROM login_guard WHERE base_url = '' AND username = %(username)s;

@@ -117,15 +117,29 @@ RETURNING id;
 -- so Postgres evaluates it exactly once. store.begin_run reads the cursor with get_cursor in the
 -- same pipeline, as a statement of its own: a statement's snapshot is taken before it runs, and
 -- only a snapshot taken after the lock is sure to see the previous holder's last block.
+-- With the lock taken, every run of the account still open is abandoned: runs are opened under
+-- this lock and closed before it is released, so an open one's worker died (killed, or cut off
+-- from the database) before closing it. They are closed here, as 'abandoned'. The statement's
+-- snapshot predates the lock, but a row the previous holder closed since then is re-checked
+-- against its newest version before the update (READ COMMITTED) and left alone.
 WITH lock AS (
     SELECT pg_try_advisory_lock(%(namespace)s, %(key)s) AS taken
+),
+abandoned AS (
+    UPDATE sync_run
+    SET finished_at = now(),
+        outcome = 'abandoned',
+        error = 'its worker stopped before closing the run (killed, or cut off from the database); '
+                || 'closed by the account''s next run'
+    WHERE account_name = %(account_name)s AND finished_at IS NULL AND (SELECT taken FROM lock)
+    RETURNING id
 ),
 run AS (
     INSERT INTO sync_run (account_name, worker_host, worker_pid)
     SELECT %(account_name)s, %(worker_host)s, %(worker_pid)s FROM lock WHERE lock.taken
     RETURNING id
 )
-SELECT l.taken, (SELECT id FROM run) FROM lock l;
+SELECT l.taken, (SELECT id FROM run), (SELECT count(*) FROM abandoned) FROM lock l;
 
 -- name: finish_run
 -- Closes a run and notes it on the account's cursor row in one statement: last_success_at for a

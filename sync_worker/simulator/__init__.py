@@ -5,6 +5,10 @@ Paths, status codes, headers and body shapes follow ``docs`` / the shared API no
 * ``POST /api/ts/v1/oauth2/token``: Basic ``client_id:client_secret``, form
   ``grant_type=client_credentials`` -> ``{access_token, token_type: "bearer", expires_in: 3600}``.
   Bad client -> 401 ``{"error": "invalid_client", ...}``; other grant -> 400 ``unsupported_grant_type``.
+  With ``SimConfig.oauth_same_token_for_hour`` (the vendor's rule) a request during a token's hour
+  gets the same token back, ``expires_in`` counting down from its first issue (whole seconds, 0 in
+  the last one). ``POST /api/ts/v1/oauth2/revoke`` (Basic client, form ``token``) -> 200 ``{}``: that
+  token is refused from then on and the next request gets a new one.
 * ``POST /api/m2m/v1/session/login``: bearer, JSON ``{username, password}`` -> ``{sessionToken}``.
   A wrong password -> 400 ``UnifiedWebService.REQUEST_FAILED.InvalidCredentials``. After
   ``SimConfig.max_failed_logins`` (5) consecutive failures the user is locked like on the real
@@ -25,8 +29,12 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
   own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
   rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
-  ``Mangle``, ``Trickle``: processed, then answered a byte at a time for ever,
-  ``gateway_error_after_processing()``).
+  ``Mangle``, ``Trickle`` (processed, then answered ``chunk`` bytes every ``gap`` s; ``endless`` for
+  ever), ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)``
+  makes an answer unreadable (``UNREADABLE_KINDS``) or well-formed JSON that is still not the block
+  (``ENVELOPE_KINDS``: ``messages`` missing or renamed, ``{}``, a duplicate ``messages``, ``hasMoreData``
+  missing, not a boolean or disagreeing with the status, a 202 with no message), e.g. from a
+  ``hooks.rewrite``.
 * ``Simulator.hooks`` (``Hooks``): ``drop`` a request unanswered, ``rewrite`` an answer
   (``Request``, ``Answer``), and be told when a request was ``answered``, a ``final_block`` written
   out, or a bearer/session token ``issued``. Documented in ``hooks``.
@@ -79,6 +87,7 @@ Mangle = faults.Mangle
 Trickle = faults.Trickle
 mangle = faults.mangle
 UNREADABLE_KINDS = faults.UNREADABLE_KINDS
+ENVELOPE_KINDS = faults.ENVELOPE_KINDS
 ScriptStep = faults.ScriptStep
 gateway_error_after_processing = faults.gateway_error_after_processing
 Hooks = hooks.Hooks
@@ -117,6 +126,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_SEED_MESSAGES",
+    "ENVELOPE_KINDS",
     "ERR_PREFIX",
     "PATH_KINDS",
     "UNREADABLE_KINDS",

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from sync_worker import serving
@@ -330,14 +330,23 @@ class Simulator:
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
         if trickle is not None:
-            # Never delivered: a final block it stood for stays queued.
-            h.close_connection = True
-            h.trickle_reply(status, reply_body, headers, trickle, self._stopping)
-            raise server.Dropped
-        h.write_reply(status, reply_body, headers)
+            # An endless one is never delivered (write_reply ends only by raising): a final block
+            # it stood for stays queued.
+            h.close_connection = h.close_connection or trickle.endless
+            h.write_reply(status, reply_body, headers, trickle=trickle, pause=self._trickle_pause(trickle))
+        else:
+            h.write_reply(status, reply_body, headers)
         if after_write is not None:
             after_write()
         return status
+
+    def _trickle_pause(self, step: faultmod.Trickle) -> Callable[[], None]:
+        def pause() -> None:
+            # A stop cuts a trickle off like any connection the server drops.
+            if self._stopping.wait(step.gap):
+                raise server.Dropped
+
+        return pause
 
     def _hold(self, until: float, *, drop_on_stop: bool) -> None:
         """Wait until ``until`` (monotonic); a stop ends the wait, and drops the request if asked."""
@@ -393,11 +402,13 @@ class Simulator:
             )
         return step
 
-    def _process(
+    def _process(  # noqa: PLR0912  # the endpoint router
         self, h: server.Handler, kind: str, account: str | None, query: str, body: bytes
     ) -> wire.Reply:
         if kind == "token":
             return self._token(h, body)
+        if kind == "revoke":
+            return self._auth.revoke(self.config, h.headers.get("Authorization") or "", body)
         if not self._auth.bearer_ok(self.config, h.headers.get("Authorization")):
             return wire.json_reply(401, wire.BEARER_FAULT_BODY)
         if kind == "login":

@@ -23,6 +23,7 @@ class Stats:
 
     COUNTERS: Final = (
         "token_requests",
+        "token_revocations",
         "login_attempts",
         "logins",
         "failed_logins",
@@ -41,6 +42,7 @@ class Stats:
         self._changed = threading.Condition(self._lock)
         self._settle = settle
         self.token_requests = 0
+        self.token_revocations = 0
         self.login_attempts = 0
         self.logins = 0
         self.failed_logins = 0
@@ -95,6 +97,7 @@ class Stats:
 # The counter each request kind bumps on arrival (faulted or not).
 COUNTER_FOR: Final = {
     "token": "token_requests",
+    "revoke": "token_revocations",
     "login": "login_attempts",
     "logout": "logouts",
     "send": "sends",

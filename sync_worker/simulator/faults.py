@@ -28,7 +28,8 @@ class Raw:
 
 @dataclasses.dataclass(frozen=True)
 class Mangle:
-    """A history request processed as usual whose answer is then made unreadable (``UNREADABLE_KINDS``).
+    """A history request processed as usual whose answer is then made unreadable (``UNREADABLE_KINDS``,
+    or one of ``ENVELOPE_KINDS``: JSON that the acknowledgement gate does not take for the block).
 
     Like any reply the client could not read, it is not treated as delivered: a final block stays queued.
     """
@@ -38,17 +39,37 @@ class Mangle:
 
 @dataclasses.dataclass(frozen=True)
 class Trickle:
-    """The request is processed (a login counts, a ``next`` acknowledges), then its answer is
-    written one byte every ``interval`` seconds and never ends: the head (at once, or trickled
-    too with ``head=True``), the body, then spaces for ever (``Content-Length`` promises a
-    gigabyte more). It stops when the client goes away or the simulator stops."""
+    """The request is processed as usual (a login counts, a ``next`` acknowledges), then its
+    answer is written ``chunk`` bytes at a time, ``gap`` seconds before each piece: each read
+    comes well within a read timeout, the whole answer is slow. The head goes at once, or is
+    trickled too with ``head=True``. ``endless=True``: the answer never ends (``Content-Length``
+    promises a gigabyte more, spaces follow the body for ever) and is never delivered, so a final
+    block it stood for stays queued; it stops when the client goes away or the simulator stops."""
 
-    interval: float = 0.2
+    chunk: int = 64
+    gap: float = 0.05
     head: bool = False
+    endless: bool = False
 
 
 UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
+# Well-formed JSON that still is not the block (``gate.recognise`` refuses each). Those named
+# ``*_202`` / ``*_200`` fit an answer of that status; the others fit either.
+ENVELOPE_KINDS = (
+    "no_messages",
+    "renamed_messages",
+    "empty_object",
+    "duplicate_messages",
+    "no_has_more",
+    "has_more_not_bool",
+    "has_more_false_202",
+    "has_more_true_200",
+    "no_messages_202",
+)
 _HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+_MESSAGES = b'"messages":'
+_MORE_TRUE = b'"hasMoreData":true'
+_MORE_FALSE = b'"hasMoreData":false'
 
 
 def mangle(
@@ -74,7 +95,41 @@ def mangle(
         return 200, b"", without_location
     if kind == "bare_202":
         return 202, b"", without_location
-    raise ValueError(f"unknown unreadable kind {kind!r}; one of {', '.join(UNREADABLE_KINDS)}")
+    if kind in ENVELOPE_KINDS:
+        return _envelope(kind, status, body, kept, without_location)
+    raise ValueError(
+        f"unknown unreadable kind {kind!r}; one of {', '.join(UNREADABLE_KINDS + ENVELOPE_KINDS)}"
+    )
+
+
+def _envelope(
+    kind: str,
+    status: int,
+    body: bytes,
+    kept: list[tuple[str, str]],
+    without_location: list[tuple[str, str]],
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """The answers of ``ENVELOPE_KINDS``, from the simulator's own ``{"hasMoreData":..,"messages":[..]}``."""
+    more = _MORE_TRUE if _MORE_TRUE in body else _MORE_FALSE
+    if kind == "no_messages":
+        return status, b"{" + more + b"}", kept
+    if kind == "renamed_messages":
+        return status, body.replace(_MESSAGES, b'"smsMessages":', 1), kept
+    if kind == "empty_object":
+        return status, b"{}", kept
+    if kind == "duplicate_messages":
+        # The real list first, then an empty one: a reader keeping the last member sees no message.
+        return status, body[:-1] + b',"messages":[]}', kept
+    if kind == "no_has_more":
+        return status, body.replace(more + b",", b"", 1), kept
+    if kind == "has_more_not_bool":
+        return status, body.replace(more, b'"hasMoreData":1', 1), kept
+    if kind == "has_more_false_202":
+        return 202, body.replace(_MORE_TRUE, _MORE_FALSE, 1), kept
+    if kind == "has_more_true_200":
+        return 200, body.replace(_MORE_FALSE, _MORE_TRUE, 1), without_location
+    # no_messages_202: the paging of a 202, with its list emptied.
+    return 202, b"{" + _MORE_TRUE + b',"messages":[]}', kept
 
 
 ScriptStep = int | str | Raw | Mangle | Trickle
@@ -88,7 +143,7 @@ class Faults:
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
     ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), a
-    ``Raw``, or a ``Trickle`` (processed, then answered a byte at a time for ever).
+    ``Raw``, a ``Mangle`` or a ``Trickle`` (processed, then answered slowly: see ``Trickle``).
     """
 
     # Seconds every request takes at the server, its own work included: the answer leaves at

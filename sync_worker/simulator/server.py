@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import itertools
 import logging
 import socket
 import sys
@@ -99,33 +98,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.server.dispatch(self, "DELETE")
 
-    def write_reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
-        self.wfile.write(self._head(status, len(body), headers) + body)
-
-    def trickle_reply(
+    def write_reply(
         self,
         status: int,
         body: bytes,
         headers: Iterable[tuple[str, str]],
-        trickle: faults.Trickle,
-        stopping: threading.Event,
+        *,
+        trickle: faults.Trickle | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> None:
-        """A byte every ``trickle.interval`` s, for ever; returns when the simulator stops,
-        raises ``OSError`` when the client went away."""
-        head = self._head(status, len(body) + _TRICKLE_EXTRA, headers)
+        """Write the reply at once, or with a ``trickle`` ``trickle.chunk`` bytes at a time with
+        ``pause()`` before each piece (every read is quick, the whole is slow): the body, or the head
+        too with ``trickle.head``. An ``endless`` one promises a gigabyte more than its body and
+        writes spaces after it until ``pause()`` raises or the client goes away (``OSError``)."""
+        endless = trickle is not None and trickle.endless
+        head = self._head(status, len(body) + (_TRICKLE_EXTRA if endless else 0), headers)
+        if trickle is None or pause is None:
+            self.wfile.write(head + body)
+            return
         if not trickle.head:
             self.wfile.write(head)
-        data = itertools.chain(head if trickle.head else b"", body, itertools.repeat(ord(" ")))
-        for byte in data:
-            self.wfile.write(bytes((byte,)))
             self.wfile.flush()
-            if stopping.wait(trickle.interval):
-                return
+            head = b""
+        data = head + body
+        step = max(1, trickle.chunk)
+        for start in range(0, len(data), step):
+            pause()
+            self.wfile.write(data[start : start + step])
+            self.wfile.flush()
+        padding = b" " * step
+        while endless:
+            pause()
+            self.wfile.write(padding)
+            self.wfile.flush()
 
     def _head(self, status: int, length: int, headers: Iterable[tuple[str, str]]) -> bytes:
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        dated = False
         for name, value in headers:
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
+            dated = dated or name.lower() == "date"
+        if not dated:
+            # Like any origin server with a clock (RFC 9110, 6.6.1); a harness may send its own.
+            head.append(f"Date: {wire.http_date(0)}\r\n".encode("latin-1"))
         head.append(b"Content-Length: %d\r\n" % length)
         if self.close_connection:
             head.append(b"Connection: close\r\n")
@@ -137,6 +152,8 @@ def route(method: str, path: str) -> tuple[str, str | None] | None:
     """(kind, account) for a known endpoint; None otherwise."""
     if path == "/api/ts/v1/oauth2/token":
         return ("token", None) if method == "POST" else None
+    if path == "/api/ts/v1/oauth2/revoke":
+        return ("revoke", None) if method == "POST" else None
     if not path.startswith(_M2M + "/"):
         return None
     rest = path[len(_M2M) :]

@@ -31,6 +31,10 @@ class SimConfig:
     password: secret.Secret = dataclasses.field(default_factory=lambda: secret.Secret("sim-password"))
     max_failed_logins: int = 5
     bearer_ttl: float = 3600.0
+    # The vendor's rule: a token request during a token's hour (``bearer_ttl``) gets that same token
+    # back, ``expires_in`` counting down from its first issue; only after it expired (or was revoked
+    # with ``POST /api/ts/v1/oauth2/revoke``) is a new one issued. Off: every request gets a new token.
+    oauth_same_token_for_hour: bool = False
     # The platform drops a session after 20 minutes without use.
     session_idle_timeout: float = 1200.0
     clock: Callable[[], float] = time.monotonic

@@ -14,6 +14,7 @@ from typing import Any, Final
 # Names used for stats, scripts and fault targeting.
 PATH_KINDS: Final = (
     "token",
+    "revoke",
     "login",
     "logout",
     "send",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -14,11 +15,12 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import app, claims, config, models, simulator
+from sync_worker import app, claims, config, exitcodes, models, simulator, store
 from sync_worker.simulator import hooks as sim_hooks
+from tests.integration.test_cli_e2e import cli
 from tests.integration.test_scheduler import RecordingMetrics
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
-from tests.reliability import proxy
+from tests.reliability import crash, proxy
 
 ACCOUNTS = [f"0252012345-0010{i}" for i in range(6)]
 
@@ -30,7 +32,7 @@ def _rows(db: psycopg.Connection[Any]) -> dict[str, claims.ScheduleRow]:
 def test_claim_skips_live_claims_and_takes_expired_ones(db: psycopg.Connection[Any]) -> None:
     """A claimed account is not claimed again until its lease runs out; only its holder releases it."""
     accounts = ACCOUNTS[:3]
-    claims.register(db, accounts)
+    claims.register(db, accounts, holder="a", lease_seconds=60)
     first = claims.claim(db, accounts, holder="a", limit=2, lease_seconds=60)
     assert len(first) == 2
     second = claims.claim(db, accounts, holder="b", limit=5, lease_seconds=60)
@@ -51,8 +53,37 @@ def test_claim_skips_live_claims_and_takes_expired_ones(db: psycopg.Connection[A
     assert [c.account for c in taken] == [first[1].account]
     assert not claims.release(db, first[1].account, holder="a", delay_seconds=0)
     # Registering again (a restart, another replica) changes nobody's due time or claim.
-    claims.register(db, accounts)
+    claims.register(db, accounts, holder="d", lease_seconds=60)
     assert _rows(db)[first[1].account].claimed_by == "c"
+
+
+def test_renewal_extends_only_the_renewing_holders_claims(db: psycopg.Connection[Any]) -> None:
+    """A stale replica whose claim expired and was taken over cannot extend the new holder's lease
+    (which would delay the next takeover): renewal touches only the renewer's own claims."""
+    account, other = ACCOUNTS[:2]
+    claims.register(db, [account, other], holder="stale", lease_seconds=60)
+    taken = claims.claim(db, [account, other], holder="stale", limit=2, lease_seconds=60)
+    assert sorted(c.account for c in taken) == [account, other]
+    # The stale replica was cut off past its lease on one account: "new" takes that one over.
+    db.execute(
+        "UPDATE sync_schedule SET claim_expires_at = now() - interval '1 second' WHERE account_name = %s",
+        (account,),
+    )
+    assert [c.account for c in claims.claim(db, [account], holder="new", limit=1, lease_seconds=5)] == [
+        account
+    ]
+    new_lease = _rows(db)[account].claim_expires_at
+    assert new_lease is not None
+    # The stale replica still runs both and renews both, with a lease far longer than the new one's.
+    assert claims.renew(db, [account, other], holder="stale", lease_seconds=3600) == [other]
+    row = _rows(db)[account]
+    assert row.claimed_by == "new" and row.claim_expires_at == new_lease
+    # Its own claim was extended by the full hour, and the new holder's renewal works on its own.
+    stale_lease = _rows(db)[other].claim_expires_at
+    assert stale_lease is not None and stale_lease > new_lease + datetime.timedelta(minutes=50)
+    assert claims.renew(db, [account], holder="new", lease_seconds=60) == [account]
+    renewed = _rows(db)[account].claim_expires_at
+    assert renewed is not None and renewed > new_lease
 
 
 class Tally:
@@ -321,3 +352,92 @@ def test_a_replica_cut_off_from_the_database_is_taken_over_after_the_lease(
         assert lease * 2 / 3 - 0.5 <= waited <= lease + 5, waited
         assert stored_raw(db, account) == canonical(simulator.acknowledged(account))
         assert len(stored_raw(db, account)) == 250
+
+
+def _claimed_by(db: psycopg.Connection[Any], account: str) -> str | None:
+    row = _rows(db).get(account)
+    assert row is not None, f"{account} has no schedule row"
+    return row.claimed_by
+
+
+def _runs(db: psycopg.Connection[Any], account: str) -> list[datetime.datetime]:
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT started_at FROM sync_run WHERE account_name = %s ORDER BY started_at", (account,)
+        ).fetchall()
+    ]
+
+
+def test_a_running_daemon_keeps_syncing_an_account_forgotten_or_unscheduled_under_it(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """`accounts forget --even-if-configured` (and a schedule row deleted by hand) under a running
+    daemon configured for the account: the daemon registers it again within a heartbeat and syncs
+    the new messages, no restart (df24dcc: never again until a restart)."""
+    account = ACCOUNTS[0]
+    backlog(simulator, account, 30, seed=600)
+    lease = 3.0  # a heartbeat every second
+    env = {
+        "SYNC_INTERVAL_SECONDS": "3600",
+        "SYNC_JITTER_SECONDS": "0",
+        "SYNC_CLAIM_LEASE_SECONDS": str(lease),
+    }
+    shell = simulator.worker_env(accounts=[account], database_url=db_url, inherit=True)
+    tally = Tally()
+    with Daemon(
+        make_settings(simulator, db_url, [account], **env), metrics=tally.sink("a", [account])
+    ) as daemon:
+        assert tally.wait_rounds([account], 1)
+        crash.wait_until(lambda: _claimed_by(db, account) is None, 30, "the first run's release")
+        forgot = cli(shell, "accounts", "forget", "--account", account, "--even-if-configured", "--yes")
+        assert forgot.returncode == exitcodes.OK, forgot.stderr
+        assert json.loads(forgot.stdout)["runs"] == 1
+        backlog(simulator, account, 20, seed=601)
+        # Due at once when it is back: the run follows within a heartbeat and a claim poll, not
+        # the hour of the interval.
+        assert tally.wait_rounds([account], 2, timeout=30)
+        crash.wait_until(lambda: _claimed_by(db, account) is None, 30, "the second run's release")
+        db.execute("DELETE FROM sync_schedule WHERE account_name = %s", (account,))
+        backlog(simulator, account, 10, seed=602)
+        assert tally.wait_rounds([account], 3, timeout=30)
+        assert daemon.thread.is_alive() and not daemon.code
+    assert {outcome for _, _, outcome in tally.runs} == {"succeeded"}
+    assert len(_runs(db, account)) == 2  # the forget removed the first run's record
+    assert len(stored_raw(db, account)) == 60
+    assert stored_raw(db, account) == canonical(simulator.acknowledged(account))
+    assert simulator.queued(account) == []
+
+
+def test_forget_is_refused_while_a_replica_serves_the_account_whatever_the_shell_configures(
+    simulator: simulator.Simulator, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """`accounts forget` from a shell whose configuration lacks the account is refused (exit 2,
+    naming the replica) while a daemon replica served it within its lease, and removes nothing;
+    once the replica stopped and its lease passed, the same command forgets it."""
+    account, elsewhere = ACCOUNTS[:2]
+    backlog(simulator, account, 30, seed=700)
+    lease = 3.0
+    env = {
+        "SYNC_INTERVAL_SECONDS": "3600",
+        "SYNC_JITTER_SECONDS": "0",
+        "SYNC_CLAIM_LEASE_SECONDS": str(lease),
+    }
+    shell = simulator.worker_env(accounts=[elsewhere], database_url=db_url, inherit=True)
+    tally = Tally()
+    with Daemon(make_settings(simulator, db_url, [account], **env), metrics=tally.sink("a", [account])):
+        assert tally.wait_rounds([account], 1)
+        crash.wait_until(lambda: _claimed_by(db, account) is None, 30, "the first run's release")
+        cursor = store.get_cursor(db, account)
+        refused = cli(shell, "accounts", "forget", "--account", account, "--yes")
+        assert refused.returncode == exitcodes.CONFIG, refused.stderr
+        assert "still configured on a running daemon replica" in refused.stderr
+        (serving,) = claims.served_by(db, account)
+        assert serving.holder in refused.stderr
+    assert store.get_cursor(db, account) == cursor
+    assert len(_runs(db, account)) == 1 and account in _rows(db)
+    # The replica stopped: it still counts as serving until its lease passed, then not.
+    crash.wait_until(lambda: not claims.served_by(db, account), lease + 10, "the stopped replica's lease")
+    forgot = cli(shell, "accounts", "forget", "--account", account, "--yes")
+    assert forgot.returncode == exitcodes.OK, forgot.stderr
+    assert _runs(db, account) == [] and account not in _rows(db)

@@ -10,14 +10,16 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from prometheus_client import parser
 
-from sync_worker import models, simulator, store
+from sync_worker import db, exitcodes, models, simulator, store, sync
 from tests.integration.test_cli_e2e import ACCOUNTS, cli, worker_env
+from tests.integration.test_sync import backlog, canonical, make_client, stored_raw
 
 STRANGER = "0999999999-00001"
 
@@ -191,6 +193,67 @@ def test_unknown_accounts_are_refused_and_forget_removes_state(
     assert json.loads(cli(env, "status", "--json").stdout) == {"accounts": []}
 
     assert cli(env, "accounts", "forget", "--account", STRANGER, "--yes").returncode == 2  # unknown now
+
+
+class _ParkAtSecondBlock:
+    """Wraps the client: the run parks once its second block is in hand (the first committed and
+    acknowledged, the account lock held) until ``release``; ``parked`` is set then."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self.parked = threading.Event()
+        self.release = threading.Event()
+        self.sms = self
+
+    def iter_history_blocks(
+        self, account_name: str, next: str | None = None, *, deadline: float | None = None
+    ) -> Iterator[models.HistoryPage]:
+        for i, page in enumerate(self._api.sms.iter_history_blocks(account_name, next, deadline=deadline)):
+            if i == 1:
+                self.parked.set()
+                assert self.release.wait(timeout=60)
+            yield page
+
+
+def test_cursor_reset_and_forget_are_refused_while_a_run_holds_the_account_lock(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """`cursor reset` (and `accounts forget`) while a drain holds the account's lock: refused with
+    exit 2 and the cursor unchanged (df24dcc cleared it and the drain wrote its token back); after
+    the run, the reset goes through."""
+    env = _env(simulator, db_url)
+    account = ACCOUNTS[0]
+    backlog(simulator, account, 250, seed=11)
+    api = make_client(simulator)
+    parking = _ParkAtSecondBlock(api)
+    results: list[sync.AccountResult] = []
+    run = threading.Thread(
+        target=lambda: results.append(sync.sync_account(parking, account, db.connector(db_url)))
+    )
+    run.start()
+    try:
+        assert parking.parked.wait(timeout=60)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            held = store.get_cursor(conn, account)
+            assert held is not None  # the first block's token, committed before its acknowledgement
+            reset = cli(env, "cursor", "reset", "--account", account, "--yes")
+            assert reset.returncode == exitcodes.CONFIG, reset.stderr
+            assert "being synced right now" in reset.stderr
+            assert store.get_cursor(conn, account) == held
+            forgot = cli(env, "accounts", "forget", "--account", account, "--even-if-configured", "--yes")
+            assert forgot.returncode == exitcodes.CONFIG and "being synced right now" in forgot.stderr
+            assert store.get_cursor(conn, account) == held
+    finally:
+        parking.release.set()
+        run.join(timeout=60)
+        api.close()
+    assert [r.outcome for r in results] == ["succeeded"]
+    reset = cli(env, "cursor", "reset", "--account", account, "--yes")
+    assert reset.returncode == exitcodes.OK, reset.stderr
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert store.get_cursor(conn, account) is None
+        assert stored_raw(conn, account) == canonical(simulator.acknowledged(account))
+    assert simulator.queued(account) == []
 
 
 def test_forget_with_history_deletes_the_messages(simulator: simulator.Simulator, db_url: str) -> None:

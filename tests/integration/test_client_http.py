@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -49,12 +50,22 @@ def message_texts(pages: list[models.HistoryPage]) -> list[Any]:
     return [m.raw for page in pages for m in page.messages]
 
 
+def read_through(blocks: Iterator[models.HistoryPage]) -> list[models.HistoryPage]:
+    """Every block, each let past the acknowledgement gate unstored (these tests keep nothing)."""
+    pages = []
+    for page in blocks:
+        assert page.ticket is not None
+        page.ticket.acknowledge_unstored()
+        pages.append(page)
+    return pages
+
+
 def test_pages_1000_messages_acknowledging_every_token_once(
     simulator: sim_mod.Simulator, api: client.ThingSpaceClient
 ) -> None:
     """1,000 queued messages arrive in 10 blocks of 100; each of the 9 tokens acknowledges exactly once."""
     seeded = simulator.seed(ACCOUNT, 1000)
-    pages = list(api.sms.iter_history_blocks(ACCOUNT))
+    pages = read_through(api.sms.iter_history_blocks(ACCOUNT))
     assert [len(p.messages) for p in pages] == [100] * 10
     assert [p.status for p in pages] == [202] * 9 + [200]
     assert pages[-1].is_final
@@ -76,9 +87,9 @@ def test_session_expiry_mid_paging_needs_exactly_one_relogin(
     """The session expiring between blocks costs one re-login; paging continues and loses nothing."""
     seeded = simulator.seed(ACCOUNT, 350)
     blocks = api.sms.iter_history_blocks(ACCOUNT)
-    pages = [next(blocks)]
+    pages = read_through(itertools.islice(blocks, 1))
     simulator.expire_session()
-    pages += list(blocks)
+    pages += read_through(blocks)
     assert message_texts(pages) == seeded
     assert simulator.stats.logins == 2
     assert simulator.stats.login_attempts == 2
@@ -229,9 +240,9 @@ def test_lost_response_on_next_is_retried_without_double_ack(
     """A dropped response to GET ?next is retried; with reusable tokens the block is acked once, none lost."""
     seeded = simulator.seed(ACCOUNT, 250)
     blocks = api.sms.iter_history_blocks(ACCOUNT)
-    pages = [next(blocks)]
+    pages = read_through(itertools.islice(blocks, 1))
     simulator.faults.script("history", ["lost_response"])
-    pages += list(blocks)
+    pages += read_through(blocks)
     assert message_texts(pages) == seeded
     assert set(simulator.token_acks(ACCOUNT).values()) == {1}
     assert len(fake_time.sleeps) == 1

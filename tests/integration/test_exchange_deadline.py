@@ -2,7 +2,8 @@
 
 requests' read timeout bounds each socket read; the client's total deadline per exchange (connect,
 headers and body together) and the run budget are kept by cutting the connection. The simulator's
-``Trickle`` fault processes the request, then writes its answer one byte every 0.2 s for ever.
+``Trickle`` fault (``endless``) processes the request, then writes its answer one byte every 0.2 s
+for ever.
 Every bound is an upper bound measured with ``time.monotonic``; nothing here sleeps.
 """
 
@@ -16,17 +17,18 @@ from typing import Any, TypeVar
 import pytest
 import urllib3.util.connection
 
-from sync_worker import app, errors, retry, status
+from sync_worker import app, errors, exitcodes, gate, retry, status, store, sync
 from sync_worker import db as database
 from sync_worker import simulator as sim_mod
 from tests.fakes import FakeTime
+from tests.integration import test_sync
 from tests.integration.test_client_http import make_client
 from tests.integration.test_sync import ACCOUNT, backlog, make_settings
 
 T = TypeVar("T")
 # What the cut, the error path and a loaded 2-core machine may add to a deadline.
 SLACK = 0.75
-TRICKLE = sim_mod.Trickle(interval=0.2)
+TRICKLE = sim_mod.Trickle(chunk=1, gap=0.2, endless=True)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,7 +71,7 @@ def test_a_trickled_history_answer_ends_at_the_total_deadline_on_a_new_connectio
     with make_client(simulator, fake_time, total_timeout=1.0, retry=_one_attempt(fake_time)) as api:
         assert len(api.sms.list_devices_sms_messages(ACCOUNT).messages) == 100  # token, login, warm
         connections = len(tcp_connects)
-        simulator.faults.script("history", [sim_mod.Trickle(interval=0.2, head=head)])
+        simulator.faults.script("history", [sim_mod.Trickle(chunk=1, gap=0.2, head=head, endless=True)])
         raised, elapsed = timed(lambda: api.sms.list_devices_sms_messages(ACCOUNT))
         assert isinstance(raised, errors.ApiTransientError), raised
         assert "timed out" in str(raised) and "total timeout" in str(raised)
@@ -101,15 +103,19 @@ def test_the_run_deadline_cuts_a_trickled_answer_too(simulator: sim_mod.Simulato
 def test_a_body_over_the_cap_is_unreadable_and_its_connection_is_dropped(
     simulator: sim_mod.Simulator, tcp_connects: list[object]
 ) -> None:
-    """A 202 whose body is over max_body_bytes is unreadable: retried, then a malformed block keeping
+    """A 202 whose body is over max_body_bytes is unreadable even when its first bytes are a whole
+    block (a real block, then padding and junk past the cap): retried, then a malformed block keeping
     its first bytes, each oversized answer's connection closed (never back to the pool half-read)."""
     simulator.seed(ACCOUNT, 150)  # 202 blocks: nothing leaves the queue unasked
-    big = b'{"messages":[' + b" " * 150_000 + b'],"hasMoreData":true}'
     location = [("Location", f"/sms/{ACCOUNT}/history?next=Tok2"), ("Content-Type", "application/json")]
     fake_time = FakeTime()
     policy = retry.RetryPolicy(max_attempts=2, sleep=fake_time.sleep, clock=fake_time.clock)
     with make_client(simulator, fake_time, max_body_bytes=100_000, retry=policy) as api:
-        assert len(api.sms.list_devices_sms_messages(ACCOUNT).body) < 100_000  # a real block fits
+        real = api.sms.list_devices_sms_messages(ACCOUNT).body
+        assert len(real) < 100_000  # a real block fits
+        # The first 100,000 bytes parse as that block; the whole does not.
+        big = real + b" " * (100_000 - len(real)) + b"[not json]" * 5_000
+        assert gate.read_envelope(big[:100_000]).messages
         connections = len(tcp_connects)
         simulator.faults.next_history_raw(big, 202, location)
         simulator.faults.next_history_raw(big, 202, location)
@@ -159,3 +165,67 @@ def test_a_run_whose_answer_trickles_ends_within_its_budget_as_failed(
     assert app.sync_once(settings).exit_code == 0
     with database.connector(db_url)() as conn:
         assert conn.execute("SELECT count(*) FROM sms_history").fetchone() == (len(sent),)
+
+
+def _stored(db_url: str) -> int:
+    with database.connector(db_url)() as conn:
+        row = conn.execute("SELECT count(*) FROM sms_history").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_budget_reached_between_blocks_ends_the_run_as_succeeded_with_more_waiting(
+    simulator: sim_mod.Simulator, db_url: str
+) -> None:
+    """A budget that ends between two blocks after progress ends the run cleanly: succeeded with
+    more_waiting and the budget note (also what status shows), block 2 committed but its next block
+    never asked for (so not acknowledged); the next run resumes at that cursor, storing every message."""
+    sent = backlog(simulator, ACCOUNT, 350)  # blocks of 100, 100, 100, 50
+    deadline = time.monotonic() + 60.0
+
+    def clock() -> float:
+        # The run's clock reaches the budget once block 2 was answered; the client's (real) clock
+        # never does, so no request is cut or refused: only the run's check between blocks ends it.
+        return deadline if simulator.stats.history_requests >= 2 else time.monotonic()
+
+    connect = database.connector(db_url)
+    with test_sync.make_client(simulator) as api:
+        result = sync.sync_account(api, ACCOUNT, connect, deadline=deadline, clock=clock)
+    assert (result.outcome, result.more_waiting, result.blocks, result.received) == (
+        "succeeded",
+        True,
+        2,
+        200,
+    )
+    assert result.error == sync.BUDGET_NOTE and result.error_kind is None and result.ok
+    assert simulator.stats.history_requests == 2
+    assert len(simulator.acknowledged(ACCOUNT)) == 100  # block 1 only
+    with connect() as conn:
+        assert store.get_cursor(conn, ACCOUNT) == simulator.issued_tokens(ACCOUNT)[1]
+        (state,) = [s for s in status.account_status(conn) if s.account_name == ACCOUNT]
+    assert (state.last_run_outcome, state.last_error) == ("succeeded", sync.BUDGET_NOTE)
+    assert _stored(db_url) == 200
+    with test_sync.make_client(simulator) as api:
+        again = sync.sync_account(api, ACCOUNT, connect, deadline=time.monotonic() + 60.0)
+    assert (again.outcome, again.more_waiting, again.error) == ("succeeded", False, None)
+    assert _stored(db_url) == len(sent) and simulator.queued(ACCOUNT) == []
+
+
+def test_a_budget_that_cuts_an_exchange_after_progress_still_fails_the_run(
+    simulator: sim_mod.Simulator, db_url: str
+) -> None:
+    """Progress does not soften a cut: with block 1 stored, a budget (2 s) that ends while block 2's
+    answer trickles in cuts that exchange, and the run is failed (not more_waiting) with the budget
+    named, the pass exiting 1; the next pass stores every message."""
+    sent = backlog(simulator, ACCOUNT, 250)
+    simulator.faults.script("history", [200, TRICKLE])
+    settings = make_settings(simulator, db_url, [ACCOUNT], SYNC_RUN_BUDGET_SECONDS="2")
+    result, _ = timed(lambda: app.sync_once(settings))
+    assert not isinstance(result, BaseException)
+    (run,) = result.accounts
+    assert (run.outcome, run.more_waiting, run.blocks) == ("failed", False, 1)
+    assert run.error is not None and "run budget" in run.error
+    assert run.duration_seconds <= 2.0 + SLACK
+    assert result.exit_code == exitcodes.FAILED
+    assert app.sync_once(settings).exit_code == exitcodes.OK
+    assert _stored(db_url) == len(sent)

@@ -225,6 +225,8 @@ def test_auth_reset_confirms_before_acting(simulator: simulator.Simulator, db_ur
     assert status.returncode == 4
     shown = json.loads(status.stdout)
     assert (shown["failures"], shown["tripped"], shown["ceiling"]) == (3, True, 4)
+    assert shown["counted_as_user"] == simulator.config.username.casefold()
+    assert "whatever the base URL" in cli(env, "auth", "status").stdout
     refused = cli(env, "auth", "reset")
     assert refused.returncode == 2
     assert "--yes" in refused.stderr
@@ -285,11 +287,9 @@ def test_concurrent_replicas_from_zero_stop_at_the_threshold(
 def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url: str) -> None:
     """A lease never finished (a killed process) blocks others until it runs out, then counts as failed."""
     connect = database.connector(db_url)
-    vanished = guard.LoginGuard(connect, base_url="https://x/api", username="u", threshold=3, lease_seconds=1)
+    vanished = guard.LoginGuard(connect, username="u", threshold=3, lease_seconds=1)
     vanished.begin("fp-dead")  # never finished: the process "died"
-    other = guard.LoginGuard(
-        connect, base_url="https://x/api", username="u", threshold=3, max_wait_seconds=30
-    )
+    other = guard.LoginGuard(connect, username="u", threshold=3, max_wait_seconds=30)
     assert other.state().pending_live
     attempt = other.begin("fp-live")  # waits for the lease to run out
     state = other.state()
@@ -302,41 +302,86 @@ def test_a_login_left_pending_by_a_vanished_process_expires_as_a_failure(db_url:
 def test_waiting_for_another_login_is_bounded_by_deadline_and_stop(db_url: str) -> None:
     """A login waiting on another process's login gives up at its deadline, or at once when stopping."""
     connect = database.connector(db_url)
-    holder = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3, lease_seconds=600)
+    holder = guard.LoginGuard(connect, username="w", threshold=3, lease_seconds=600)
     holder.begin("fp")
-    waiter = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3)
+    waiter = guard.LoginGuard(connect, username="w", threshold=3)
     with pytest.raises(errors.TransientError, match="another process"):
         waiter.begin("fp", deadline=0.0)  # a deadline already past: no wait at all
     stop = threading.Event()
     stop.set()
-    stopping = guard.LoginGuard(connect, base_url="https://x/api", username="w", threshold=3, stop_event=stop)
+    stopping = guard.LoginGuard(connect, username="w", threshold=3, stop_event=stop)
     with pytest.raises(errors.TransientError):
         stopping.begin("fp")
 
 
-def test_count_is_per_user_and_platform(db_url: str) -> None:
-    """One user's failures count neither against another user nor against the same name elsewhere."""
+def test_count_is_per_user_whatever_the_platform_address_or_letter_case(db_url: str) -> None:
+    """Guards of one user (any letter case) share one count; another user's count is apart."""
     connect = database.connector(db_url)
-    a = guard.LoginGuard(connect, base_url="https://one/api", username="u", threshold=1)
-    b = guard.LoginGuard(connect, base_url="https://two/api", username="u", threshold=1)
-    c = guard.LoginGuard(connect, base_url="https://one/api", username="v", threshold=1)
+    a = guard.LoginGuard(connect, username="Ops", threshold=1)
+    b = guard.LoginGuard(connect, username="OPS", threshold=1)
+    c = guard.LoginGuard(connect, username="other", threshold=1)
     a.finish(a.begin("fp"), "fp", "refused")
     with pytest.raises(errors.LoginGuardTrippedError):
-        a.begin("fp")
-    b.finish(b.begin("fp"), "fp", "succeeded")
-    c.finish(c.begin("fp"), "fp", "succeeded")
-    assert (a.state().failures, b.state().failures, c.state().failures) == (1, 0, 0)
+        b.begin("fp")  # the same credentials already failed for this user
+    c.finish(c.begin("fp"), "fp", "refused")
+    assert (a.state().failures, b.state().failures, c.state().failures) == (1, 1, 1)
+    b.finish(b.begin("fp-new"), "fp-new", "succeeded")
+    assert (a.state().failures, c.state().failures) == (0, 1)
 
 
-def test_counts_recorded_before_the_upgrade_are_kept(db_url: str, db: psycopg.Connection[Any]) -> None:
-    """A pre-0003 count (no base URL) is adopted by the user's guard, never forgotten."""
+def spelled_base_urls(sim: simulator.Simulator) -> list[str]:
+    """Three spellings of the simulator's one address: what an operator may write in THINGSPACE_BASE_URL."""
+    port = sim.base_url.split(":")[2].split("/")[0]
+    return [f"http://127.0.0.1:{port}/api", f"http://localhost:{port}/api", f"http://LOCALHOST:{port}/api/"]
+
+
+def test_url_spellings_and_username_case_never_lock_the_user(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """Wrong passwords through three base URL spellings and three cases of the username, from separate
+    clients and separate processes: one count, so the simulator (counting per case-folded user, as
+    the vendor does) never sees a fifth failure in a row."""
+    user = simulator.config.username
+    spellings = spelled_base_urls(simulator)
+    codes = []
+    for base_url in spellings:
+        for name in (user, user.upper(), user.capitalize()):
+            settings = wrong_password(
+                simulator, db_url, THINGSPACE_BASE_URL=base_url, THINGSPACE_USERNAME=name
+            )
+            codes.append(app.sync_once(settings).exit_code)
+    for base_url in spellings:
+        env = worker_env(
+            simulator,
+            db_url,
+            THINGSPACE_PASSWORD="not-the-password",
+            THINGSPACE_BASE_URL=base_url,
+            THINGSPACE_USERNAME=user.upper(),
+        )
+        codes.append(cli(env, "once").returncode)
+    assert codes == [4] * 12
+    assert simulator.peak_failed_login_streak() == 4 < LOCKED_AT
+    # Each spelling's fingerprint is new credentials to the soft stop, so the ceiling is what holds.
+    assert simulator.stats.login_attempts == 4
+    assert simulator.peak_failed_login_streak(user.upper()) == 4
+    another_case = wrong_password(simulator, db_url, THINGSPACE_USERNAME=user.title())
+    assert guard_of(another_case, db_url).state().failures == 4
+
+
+def test_a_row_merged_under_another_folding_of_the_name_is_adopted(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """A count 0009 merged under lower(name) joins the guard's casefold key on first read: added, not lost."""
+    # lower('STRAßE') is 'straße' in Postgres, 'STRAßE'.casefold() is 'strasse' in Python.
     db.execute(
-        "INSERT INTO login_guard (base_url, username, consecutive_failures, last_outcome) "
-        "VALUES ('', 'legacy', 3, 'refused')"
+        "INSERT INTO login_guard (username, consecutive_failures, failed_fingerprints, last_outcome) "
+        "VALUES ('straße', 2, '{fp-old}', 'refused'), ('strasse', 1, '{fp-mid}', 'refused')"
     )
-    g = guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="legacy", threshold=3)
-    assert g.state().failures == 3
-    g.finish(g.begin("new-fp"), "new-fp", "refused")
+    g = guard.LoginGuard(database.connector(db_url), username="STRAßE", threshold=3)
+    state = g.state()
+    assert (state.failures, state.failed_fingerprints) == (3, frozenset({"fp-old", "fp-mid"}))
+    assert db.execute("SELECT username FROM login_guard").fetchall() == [("strasse",)]
+    g.finish(g.begin("fp-new"), "fp-new", "refused")
     with pytest.raises(errors.LoginGuardTrippedError):
         g.begin("another-fp")  # 4: the ceiling
 
@@ -345,7 +390,6 @@ def test_unreachable_database_fails_closed() -> None:
     """A guard that cannot read its count refuses to log in."""
     dead = guard.LoginGuard(
         database.connector("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1"),
-        base_url="https://x/api",
         username="u",
         threshold=3,
     )
@@ -356,18 +400,18 @@ def test_unreachable_database_fails_closed() -> None:
 def test_threshold_outside_vendor_margin_is_refused(db_url: str) -> None:
     """A threshold of 5 or more (the vendor's lock-out) is a configuration error."""
     with pytest.raises(errors.ConfigError):
-        guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="u", threshold=5)
+        guard.LoginGuard(database.connector(db_url), username="u", threshold=5)
 
 
 def test_a_login_left_by_a_dead_process_on_this_host_is_not_waited_for(db_url: str) -> None:
     """A lease whose holder process on this host is gone (killed mid-login) is counted failed at once."""
     script = (
         "import sys; from sync_worker import db, guard; "
-        "g = guard.LoginGuard(db.connector(sys.argv[1]), base_url='https://x/api', "
+        "g = guard.LoginGuard(db.connector(sys.argv[1]), "
         "username='d', threshold=3, lease_seconds=600); g.begin('fp-killed')"
     )
     subprocess.run([sys.executable, "-c", script, db_url], check=True, timeout=60)
-    g = guard.LoginGuard(database.connector(db_url), base_url="https://x/api", username="d", threshold=3)
+    g = guard.LoginGuard(database.connector(db_url), username="d", threshold=3)
     attempt = g.begin("fp", deadline=0.0)  # no wait allowed: the dead holder must not block
     state = g.state()
     assert state.failures == 2 and "fp-killed" in state.failed_fingerprints

@@ -382,6 +382,8 @@ def _fill_v1(conn: psycopg.Connection[Any], sim: simulator.Simulator) -> str:
             token = page.next
             assert token is not None
             _v1_commit(conn, RESUME, list(page.messages), run_id=run_id, next_token=token)
+            assert page.ticket is not None
+            page.ticket.acknowledge_unstored()  # stored by the v1 statement, which knows no tickets
     finally:
         api.close()
     assert token is not None

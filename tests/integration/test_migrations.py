@@ -83,9 +83,9 @@ def test_existing_database_at_0001_is_upgraded(make_database: Callable[..., str]
         assert conn.execute("SELECT blocks, quarantined FROM sync_run").fetchall() == [(3, 0)]
         assert conn.execute("SELECT next_token FROM sync_cursor").fetchall() == [("tok",)]
         assert conn.execute("SELECT count(*) FROM sms_quarantine").fetchone() == (0,)
-        assert conn.execute(
-            "SELECT base_url, username, consecutive_failures FROM login_guard"
-        ).fetchall() == [("", "user", 2)]
+        assert conn.execute("SELECT username, consecutive_failures FROM login_guard").fetchall() == [
+            ("user", 2)
+        ]
 
 
 def test_edited_migration_is_refused(make_database: Callable[..., str], tmp_path: Path) -> None:
@@ -163,3 +163,57 @@ def test_concurrent_migrate_applies_each_migration_once(
         assert outcomes == [[], [*shipped, "9002"]]
         assert holder.execute("SELECT count(*) FROM applied_count").fetchone() == (1,)
         assert holder.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(shipped) + 1,)
+
+
+def test_0009_merges_a_users_rows_into_one_that_never_counts_lower(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    """0003-layout rows of one user under several base URL spellings and letter cases become one row per
+    case-folded user: counts added (never below the highest), failed fingerprints united, the longest live
+    lease kept and the other in-flight login's credentials remembered as failed."""
+    url = make_database(migrated=False)
+    before = tmp_path / "before_0009"
+    before.mkdir()
+    for m in migrations.available():
+        if m.version < "0009":
+            shutil.copy(m.path, before)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn, before)
+        conn.execute(
+            """
+            INSERT INTO login_guard (base_url, username, consecutive_failures, failed_fingerprints,
+                                     last_outcome, last_attempt_at, last_failure_at, last_error, tripped_at,
+                                     pending_attempt, pending_fingerprint, pending_until, pending_holder)
+            VALUES ('http://127.0.0.1:1/api', 'ops', 2, '{fp-a}', 'refused',
+                    '2024-01-01T10:00Z', '2024-01-01T10:00Z', 'first', NULL, NULL, NULL, NULL, NULL),
+                   ('http://localhost:1/api', 'Ops', 1, '{fp-b}', 'unknown',
+                    '2024-01-01T11:00Z', '2024-01-01T11:00Z', 'latest', '2024-01-01T11:30Z',
+                    '00000000-0000-0000-0000-000000000001', 'fp-short', now() + interval '10 s', 'h:1'),
+                   ('http://LOCALHOST:1/api', 'OPS', 1, '{fp-a}', 'refused',
+                    '2024-01-01T09:00Z', '2024-01-01T09:00Z', 'old', '2024-01-01T09:30Z',
+                    '00000000-0000-0000-0000-000000000002', 'fp-long', now() + interval '90 s', 'h:2'),
+                   ('', 'ops', 0, '{}', 'refused', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                   ('http://127.0.0.1:1/api', 'someone-else', 3, '{fp-x}', 'refused',
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+            """
+        )
+        assert migrations.migrate(conn) == [m.version for m in migrations.available() if m.version >= "0009"]
+        rows = conn.execute(
+            "SELECT username, consecutive_failures, failed_fingerprints, last_outcome, last_error, "
+            "tripped_at = '2024-01-01T09:30Z', pending_attempt::text, pending_fingerprint, pending_holder "
+            "FROM login_guard ORDER BY username"
+        ).fetchall()
+    assert rows == [
+        (
+            "ops",
+            4,  # 2 + 1 + 1 (+ 0): above the highest single count (2), as the vendor may have counted
+            ["fp-a", "fp-b", "fp-short"],
+            "unknown",
+            "latest",
+            True,
+            "00000000-0000-0000-0000-000000000002",
+            "fp-long",
+            "h:2",
+        ),
+        ("someone-else", 3, ["fp-x"], "refused", None, None, None, None, None),
+    ]

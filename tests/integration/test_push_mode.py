@@ -66,6 +66,8 @@ def running_receiver(
     accounts: tuple[str, ...] = (ACCOUNT,),
     previous: str | None = None,
     allowed: tuple[str, ...] = (),
+    trusted: tuple[str, ...] = (),
+    **tuning: Any,
 ) -> Iterator[receiver.Receiver]:
     import ipaddress  # noqa: PLC0415  # only this helper needs it
 
@@ -77,6 +79,8 @@ def running_receiver(
         credentials=credentials,
         port=port,
         allowed_sources=tuple(ipaddress.ip_network(a) for a in allowed),
+        trusted_proxies=tuple(ipaddress.ip_network(a) for a in trusted),
+        **tuning,
     )
     metrics = callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry())
     with receiver.Receiver(config, connect, metrics) as started:
@@ -376,6 +380,51 @@ def test_source_allowlist_refuses_other_addresses_before_reading(db_url: str) ->
     assert count(db_url, "sms_history") == 0
 
 
+def post_forwarded(port: int, body: bytes, lines: list[str]) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` with one ``X-Forwarded-For`` header line per item of ``lines``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", f"/callbacks/{ACCOUNT}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        for line in lines:
+            conn.putheader("X-Forwarded-For", line)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_every_forwarded_for_line_is_read_so_an_allowed_first_line_does_not_bypass_the_allowlist(
+    db_url: str,
+) -> None:
+    """Behind a trusted proxy that adds its own X-Forwarded-For line, a caller's forged first line
+    naming an allowed address is not believed: the proxy's line names the caller, refused 403."""
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url), allowed=("10.0.0.0/8",), trusted=("127.0.0.1/32",)) as r:
+        assert post_forwarded(r.port, body, ["10.1.2.3", "203.0.113.9"]) == (403, {"status": "refused"})
+        assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason="source_not_allowed") == 1
+        # The same caller really at an allowed address, through the proxy: accepted.
+        assert post_forwarded(r.port, body, ["203.0.113.9", "10.1.2.3"])[0] == 200
+    assert len(history(db_url)) == 1
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [["10.1.2.3, unknown"], ["10.1.2.3", ""], ["10.1.2.3:4711"], ["10.1.2.3,,127.0.0.1"]],
+    ids=["word", "empty-line", "port", "empty-hop"],
+)
+def test_a_forwarded_for_that_cannot_be_read_unambiguously_is_refused(db_url: str, lines: list[str]) -> None:
+    """From a trusted proxy, an X-Forwarded-For hop that is not a plain address where the client is
+    read: 400 forwarded_for_unreadable, nothing stored, even with no allowlist."""
+    with running_receiver(db.connector(db_url), trusted=("127.0.0.1/32",)) as r:
+        assert post_forwarded(r.port, envelope(messages(1)[0]), lines) == (400, {"status": "refused"})
+        reason = "forwarded_for_unreadable"
+        assert sample(r.metrics, "thingspace_sync_callbacks_refused_total", reason=reason) == 1
+    assert count(db_url, "sms_callback") == 0
+
+
 def test_previous_password_is_accepted_during_rotation(db_url: str) -> None:
     """Both the new and the previous password are accepted while the rotation window is open."""
     with running_receiver(db.connector(db_url), previous=PREVIOUS) as r:
@@ -541,3 +590,190 @@ def test_callbacks_kept_lists_unknown_shapes_without_their_body(
     assert (kept["account_name"], kept["problem"]) == (ACCOUNT, "no known message shape (keys: mystery)")
     assert kept["body_size"] == len(body.replace(PASSWORD.encode(), callbacks.REDACTED.encode()))
     assert "body" not in kept
+
+
+# --- nothing authenticated is unstorable ---------------------------------------------
+
+
+def kept_rows(db_url: str) -> list[tuple[Any, ...]]:
+    """(shape, problem, request_id, callback_count, messages) of every kept callback, by id."""
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT shape, problem, request_id, callback_count, messages FROM sms_callback ORDER BY id"
+        ).fetchall()
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"], ids=["nul", "lone-surrogate"])
+def test_a_request_id_postgres_cannot_hold_is_cleaned_noted_and_the_callback_stored(
+    db_url: str, bad: str
+) -> None:
+    """A requestId with NUL or a lone surrogate: 200, the message stored, the id kept with U+FFFD, noted."""
+    body = envelope(messages(1)[0], requestId=f"req{bad}1")
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
+    ((shape, problem, request_id, _, stored),) = kept_rows(db_url)
+    assert (shape, request_id, stored) == ("envelope", "req\ufffd1", 1)
+    assert problem == "requestId had NUL or lone surrogate characters; replaced with U+FFFD"
+
+
+def test_a_callback_count_beyond_an_integer_is_kept_null_with_a_note(db_url: str) -> None:
+    """callbackCount 2^31: 200, the message stored, callback_count NULL and the reason in problem."""
+    body = envelope(messages(1)[0], callbackCount=2**31)
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body)[0] == 200
+    assert len(history(db_url)) == 1
+    ((shape, problem, _, callback_count, _),) = kept_rows(db_url)
+    assert (shape, callback_count) == ("envelope", None)
+    assert problem == "callbackCount (32 bits) is out of range of an integer; kept as NULL"
+
+
+def test_an_unexpected_failure_answers_500_keeps_the_body_and_a_redelivery_stores_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, log_buffer: io.StringIO
+) -> None:
+    """A bug while storing: a deliberate 500, the body kept unread (shape unknown, the failure named);
+    the platform's redelivery of the same body, read fine, stores the message and upgrades the row."""
+    from sync_worker import rows  # noqa: PLC0415  # only this test patches it
+
+    real = rows.build_rows
+
+    def broken(account: str, found: Any) -> list[rows.Row]:
+        found = list(found)
+        if found:
+            raise RuntimeError("a bug the receiver did not foresee")
+        return real(account, found)
+
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url)) as r:
+        monkeypatch.setattr(rows, "build_rows", broken)
+        assert post(r.port, body) == (500, {"status": "error"})
+        assert sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="unexpected") == 1
+        assert count(db_url, "sms_history") == 0
+        ((shape, problem, *_),) = kept_rows(db_url)
+        assert shape == "unknown"
+        assert problem == "the receiver could not store it (unexpected: RuntimeError); answered 500"
+        monkeypatch.setattr(rows, "build_rows", real)
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    assert history(db_url) == [(canonical(messages(1))[0], "push")]
+    assert kept_rows(db_url) == [("envelope", None, "7f1c1a6e-0000-4000-8000-000000000001", 1, 1)]
+    logged = log_buffer.getvalue()
+    assert '"callback_kept_unread"' in logged
+    assert "a bug the receiver did not foresee" not in logged
+
+
+def test_a_nested_upper_case_push_and_the_polled_lower_case_copy_are_one_row(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message pushed in the NIDD nesting with upper-case kinds, then polled with lower-case ones
+    (its 2xx lost, say): one row, source 'push'; the poll counts it as a replay."""
+    (polled,) = messages(1)
+    inner = {**polled, "deviceIds": [{"id": d["id"], "kind": d["kind"].upper()} for d in polled["deviceIds"]]}
+    body = json.dumps(
+        {
+            "username": USER,
+            "password": PASSWORD,
+            "requestId": "595f5c44-c31c-4552-8670-020a1545a84d",
+            "deviceIds": inner["deviceIds"],
+            "niddResponse": {"niddMONotificationResponse": {"accountName": ACCOUNT, **inner}},
+            "callbackCount": 1,
+            "maxCallbackThreshold": 2,
+        }
+    ).encode()
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    push_sim.inject(ACCOUNT, [polled])
+    code, out, _ = run_cli(capsys, env_for(push_sim, db_url, free_port()), "once")
+    assert code == 0, out
+    assert (last_json(out)["received"], last_json(out)["inserted"]) == (1, 0)
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("SELECT device_kind, message, source FROM sms_history").fetchall()
+    assert stored == [("imei", polled["message"], "push")]
+
+
+# --- the HTTP server --------------------------------------------------------------------
+
+
+def test_stalled_half_sent_requests_hold_no_worker_thread_and_callbacks_still_pass(db_url: str) -> None:
+    """200 clients that send half a request and stall: no thread each (the server reads a body before a
+    worker sees it), and a real callback beside them is stored at once."""
+    import threading  # noqa: PLC0415  # only this test counts threads
+
+    body = envelope(messages(1)[0])
+    with running_receiver(db.connector(db_url), threads=4) as r, contextlib.ExitStack() as stack:
+        before = threading.active_count()
+        for _ in range(200):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", r.port), timeout=10))
+            head = f"POST /callbacks/{ACCOUNT} HTTP/1.1\r\nContent-Type: application/json\r\n"
+            sock.sendall((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:20])
+        assert post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+        # No thread per stalled client: at most a helper or two started since (old server: 200 more).
+        assert threading.active_count() <= before + 2
+    assert len(history(db_url)) == 1
+
+
+# --- bounded database use -----------------------------------------------------------------
+
+
+def post_full(port: int, body: bytes) -> tuple[int, dict[str, Any], str | None]:
+    """POST a callback: status, JSON answer and its Retry-After header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", f"/callbacks/{ACCOUNT}", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def sessions(db_url: str, application_name: str) -> int:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("table", ["sms_callback", "sms_message"])
+def test_a_held_lock_gets_503_with_retry_after_never_more_connections_than_the_pool_then_recovers(
+    db_url: str, table: str
+) -> None:
+    """With a lock held on the history or the callback table, 24 concurrent callbacks each get 503 and
+    Retry-After within the timeouts, the receiver never holds more than its 3 connections; after
+    the lock is gone the same 24 callbacks are all stored."""
+    import concurrent.futures  # noqa: PLC0415  # only this test runs callbacks concurrently
+    import threading  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+
+    name = f"receiver-{uuid.uuid4().hex[:12]}"
+    bodies = [envelope(m, requestId=f"r-{i}") for i, m in enumerate(messages(24))]
+    with (
+        running_receiver(db.connector(db_url, application_name=name), pool_size=3) as r,
+        psycopg.connect(db_url) as holder,
+        concurrent.futures.ThreadPoolExecutor(24) as callers,
+    ):
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # fixed names
+        most = 0
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, sessions(db_url, name))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            answers = list(callers.map(lambda b: post_full(r.port, b), bodies))
+        finally:
+            done.set()
+            watcher.join()
+        holder.rollback()
+        assert [(a[0], a[1], a[2]) for a in answers] == [(503, {"status": "unavailable"}, "2")] * 24
+        assert 1 <= most <= 3
+        assert sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="busy") == 24
+        assert count(db_url, "sms_history") == 0
+        again = list(callers.map(lambda b: post_full(r.port, b)[0], bodies))
+        assert again == [200] * 24
+        assert sessions(db_url, name) <= 3
+    assert len(history(db_url)) == 24

@@ -157,6 +157,39 @@ def test_successful_login_resets_failure_count(simulator: sim_mod.Simulator) -> 
     assert api.login().status_code == 200
 
 
+def test_caseless_user_names_share_one_failed_login_count(simulator: sim_mod.Simulator) -> None:
+    """Every case of the user name counts toward one lock-out (one case-folded user), and logs in."""
+    api = Api(simulator)
+    api.bearer = api.token().json()["access_token"]
+    base = simulator.config.username
+    for name in (base.upper(), base.title(), base, base.upper()):
+        body = {"username": name, "password": "wrong-password"}
+        headers = {"Authorization": "Bearer " + api.bearer}
+        api.http.post(api.base + "/m2m/v1/session/login", json=body, headers=headers)
+    assert simulator.failed_login_streak(base.title()) == simulator.failed_login_streak() == 4
+    right = {"username": base.upper(), "password": simulator.config.password.reveal()}
+    ok = api.http.post(
+        api.base + "/m2m/v1/session/login", json=right, headers={"Authorization": "Bearer " + api.bearer}
+    )
+    assert ok.status_code == 200
+    assert (simulator.failed_login_streak(), simulator.peak_failed_login_streak(base.upper())) == (0, 4)
+
+
+def test_a_trickled_history_answer_arrives_whole_in_pieces(api: Api, simulator: sim_mod.Simulator) -> None:
+    """Trickle writes the processed answer a chunk at a time: the body is intact, and it took the gaps."""
+    simulator.seed(ACCOUNT, 150)  # a 202 block: a head GET serves it again, unacknowledged
+    plain = api.history()
+    simulator.faults.script("history", [sim_mod.Trickle(chunk=512, gap=0.02)])
+    started = time.monotonic()
+    trickled = api.history(stream=True)
+    pieces = [chunk for chunk in trickled.raw.stream(65536) if chunk]
+    elapsed = time.monotonic() - started
+    assert b"".join(pieces) == plain.content
+    expected = -(-len(plain.content) // 512)
+    assert elapsed >= 0.02 * expected * 0.9
+    assert simulator.stats.faults["trickle"] == 1
+
+
 def test_expire_session_and_bearer(api: Api, simulator: sim_mod.Simulator) -> None:
     """expire_session() forces SessionToken.Expired, expire_bearer() the 401 fault; re-auth recovers."""
     assert api.history().status_code == 200

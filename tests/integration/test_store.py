@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 from typing import Any
 
 import psycopg
 import pytest
 
-from sync_worker import errors, migrations, models, pgarrays, secret, store
+from sync_worker import errors, migrations, models, pgarrays, retention, secret, store
 from sync_worker import status as status_tables
+from tests.reliability import crash
 
 
 def _wire(i: int, *, device: str | None = None, text: str | None = None) -> dict[str, Any]:
@@ -582,3 +584,95 @@ def test_packed_arrays_are_registered_once_per_connection(
         assert registered == [a.adapters, b.adapters]
         assert _count(a, "sms_history") == 30
         assert store.get_cursor(b, account) == "t3"
+
+
+def _kill_backend(victim: psycopg.Connection[Any], killer: psycopg.Connection[Any]) -> None:
+    """End ``victim``'s server session (as a kill or a restart would) and wait until it is gone."""
+    pid = victim.info.backend_pid
+    killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    crash.wait_until(
+        lambda: killer.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None,
+        timeout=30,
+        what=f"backend {pid} to exit",
+    )
+
+
+def test_begin_run_closes_the_runs_a_dead_worker_left_open(db_url: str) -> None:
+    """The next begin_run of an account closes every run of it left open by a dead worker (abandoned);
+    status and lock_holder then show the live run only, and retention can delete the closed one."""
+    account = "acct-orphans"
+    with (
+        psycopg.connect(db_url, autocommit=True) as dead,
+        psycopg.connect(db_url, autocommit=True) as other,
+        psycopg.connect(db_url, autocommit=True) as next_worker,
+        psycopg.connect(db_url, autocommit=True) as admin,
+    ):
+        older = store.begin_run(dead, account)
+        assert older is not None
+        store.finish_run(dead, older.run_id, "failed", "boom")  # closed: stays as it is
+        killed = store.begin_run(dead, account)
+        assert killed is not None
+        elsewhere = store.begin_run(other, "acct-elsewhere")  # another account's live run
+        assert elsewhere is not None
+        _kill_backend(dead, admin)  # the worker dies mid-run: its lock goes, its run stays open
+
+        begun = store.begin_run(next_worker, account)
+        assert begun is not None and begun.abandoned == 1
+        rows = {
+            r[0]: r[1:]
+            for r in admin.execute(
+                "SELECT id, outcome, finished_at IS NOT NULL, error FROM sync_run ORDER BY id"
+            ).fetchall()
+        }
+        assert rows[older.run_id][:2] == ("failed", True)
+        assert rows[killed.run_id][:2] == ("abandoned", True)
+        assert "closed by the account's next run" in rows[killed.run_id][2]
+        assert rows[begun.run_id][:2] == ("running", False)
+        assert rows[elsewhere.run_id][:2] == ("running", False)
+
+        holder = status_tables.lock_holder(admin, account)
+        started = admin.execute("SELECT started_at FROM sync_run WHERE id = %s", (begun.run_id,)).fetchone()
+        assert holder is not None and started is not None and holder.started_at == started[0]
+        store.finish_run(next_worker, begun.run_id, "succeeded", None)
+        store.release_account_lock(next_worker, account)
+        assert status_tables.lock_holder(admin, account) is None
+        # Retention keeps each account's newest run and deletes closed older ones, the abandoned included.
+        admin.execute("UPDATE sync_run SET started_at = now() - interval '800 days'")
+        plan = retention.plan(admin, 365)
+        assert plan.runs == 2
+        retention.apply(admin, plan)
+        left = {r[0] for r in admin.execute("SELECT id FROM sync_run").fetchall()}
+        assert left == {begun.run_id, elsewhere.run_id}
+
+
+def test_begin_run_with_every_run_closed_closes_nothing(db_url: str) -> None:
+    """A run closed normally is never marked abandoned by the next one."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = store.begin_run(conn, "acct-clean")
+        assert first is not None and first.abandoned == 0
+        store.finish_run(conn, first.run_id, "succeeded", None)
+        store.release_account_lock(conn, "acct-clean")
+        second = store.begin_run(conn, "acct-clean")
+        assert second is not None and second.abandoned == 0
+        assert _run_row(conn, first.run_id)[5] == "succeeded"
+
+
+def test_begin_run_on_a_lost_connection_raises_without_a_driver_warning(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pooled connection whose server session is gone fails begin_run with DatabaseUnavailableError
+    and nothing else: no "error ignored terminating <psycopg.Pipeline [BAD]>" warning from the driver."""
+    with (
+        psycopg.connect(db_url, autocommit=True) as victim,
+        psycopg.connect(db_url, autocommit=True) as killer,
+    ):
+        _kill_backend(victim, killer)
+        with (
+            caplog.at_level(logging.WARNING, logger="psycopg"),
+            pytest.raises(errors.DatabaseUnavailableError),
+        ):
+            store.begin_run(victim, "acct-lost")
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+        assert victim.broken
+        # The connection's pipeline state was cleaned up: psycopg reports it closed, not mid-pipeline.
+        assert victim._pipeline is None

@@ -9,6 +9,9 @@ Sources fed in:
 
 Secret values come from ``secret.known_values()`` (every ``Secret`` built in this process and
 every token passed to ``secret.register``) plus ``add_secret`` for values only a subprocess saw.
+The registry forgets replaced tokens (after its grace list), so ``remember_secrets`` keeps what it
+held at each test report (conftest hook): a token replaced more than ``secret.GRACE`` times within
+one test is not searched for.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ def add_secret(value: str) -> None:
     if len(value) >= 4:
         with _lock:
             _extra_secrets.add(value)
+
+
+def remember_secrets() -> None:
+    """Keep every value the secret registry holds now (it forgets replaced tokens)."""
+    held = secret.known_values()
+    with _lock:
+        _extra_secrets.update(held)
 
 
 def secrets() -> frozenset[str]:

@@ -141,3 +141,57 @@ def test_redact_keeps_every_other_byte_and_falls_back_for_escaped_keys() -> None
     assert not exact
     assert b"current-password" not in kept
     assert json.loads(kept)["password"] == callbacks.REDACTED
+
+
+def nidd(inner: dict[str, Any], **outer: Any) -> dict[str, Any]:
+    """The device-originated NIDD callback of the API notes: a ...Response inside a ...Response."""
+    return body(
+        requestId="595f5c44-c31c-4552-8670-020a1545a84d",
+        deviceIds=[{"id": "990000862471854", "kind": "IMEI"}],
+        niddResponse={"niddMONotificationResponse": inner, **outer},
+        callbackCount=1,
+        maxCallbackThreshold=2,
+    )
+
+
+def test_a_response_nested_in_a_response_is_read_and_upper_case_kinds_match_the_polled_key() -> None:
+    """The NIDD nesting with upper-case kinds (and a timestamp) reads as an envelope whose message has
+    the key the poller gives the same message with lower-case kinds."""
+    inner = {
+        "accountName": ACCOUNT,
+        "message": MESSAGE["message"],
+        "timestamp": MESSAGE["timestamp"],
+        "deviceIds": [{"id": "990000862471854", "kind": "IMEI"}],
+    }
+    read = callbacks.read(nidd(inner), ACCOUNT, CREDS, received_at=WHEN)
+    assert (read.shape, read.problem) == ("envelope", None)
+    polled = rows.build_rows(ACCOUNT, [models.SMSMessage.from_wire(MESSAGE)])
+    pushed = rows.build_rows(ACCOUNT, read.messages)
+    assert [r.message_key for r in pushed] == [r.message_key for r in polled]
+    assert (pushed[0].device_kind, pushed[0].problems) == ("imei", ())
+
+
+def test_a_nested_response_without_timestamp_takes_the_request_id_identity_and_fills_from_outer_levels() -> (
+    None
+):
+    """No timestamp (as in the published NIDD example): read, devices from the envelope, identity from
+    requestId, and a nested accountName naming another account is refused like a top-level one."""
+    read = callbacks.read(nidd({"message": "hello"}), ACCOUNT, CREDS, received_at=WHEN)
+    assert read.shape == "envelope"
+    (message,) = read.messages
+    assert message.device_ids == (models.DeviceId("990000862471854", "imei"),)
+    assert any("requestId" in p for p in message.problems)
+    with pytest.raises(errors.CallbackRefusedError) as refused:
+        callbacks.read(
+            nidd({"message": "x", "accountName": "0252012345-00009"}), ACCOUNT, CREDS, received_at=WHEN
+        )
+    assert refused.value.reason == "account_mismatch"
+
+
+def test_a_response_nested_deeper_than_the_limit_or_without_message_stays_unknown() -> None:
+    """...Response objects without a message, or nested past the limit, are kept as unknown, not guessed."""
+    deep: dict[str, Any] = {"message": "too deep"}
+    for level in range(6):
+        deep = {f"level{level}Response": deep}
+    for shape in (body(aResponse={"bResponse": {"text": "no message"}}), body(**deep)):
+        assert callbacks.read(shape, ACCOUNT, CREDS, received_at=WHEN).shape == "unknown"

@@ -340,6 +340,26 @@ def test_throttled_login_is_not_a_verdict_and_is_retried_after_retry_after(
     assert len(fake.paths("/session/login")) == 2
 
 
+def test_throttled_login_retry_after_date_is_measured_against_the_answers_date(
+    fake: FakeApi, make: Any, clock: Clock
+) -> None:
+    """A login 429 whose Retry-After is an HTTP-date waits its distance from the answer's Date header."""
+    # The server's clock says 2001; ours says today: only the server's Date gives the right 30 s.
+    fake.login.append(
+        reply(
+            429,
+            "slow down",
+            Retry_After="Mon, 01 Jan 2001 00:00:30 GMT",
+            Date="Mon, 01 Jan 2001 00:00:00 GMT",
+        )
+    )
+    guard = Guard()
+    page = make(login_guard=guard).sms.list_devices_sms_messages(ACCOUNT)
+    assert page.status == 200
+    assert guard.events == ["before", "throttled", "before", "succeeded"]
+    assert clock.sleeps == [30.0]
+
+
 def test_token_failure_is_not_a_login_attempt(fake: FakeApi, make: Any) -> None:
     """An OAuth token request that fails never reaches the guard: no session login was tried."""
     fake.token.append(reply(503, "<html>down</html>"))
@@ -587,6 +607,14 @@ _BAD_BODIES = {
     "invalid_utf8_envelope": b"\xff\xfe{}",
     "cut_short": b'{"hasMoreData": true, "messages": [{"message": "hi", "timest',
     "empty": b"",
+    # Well-formed JSON that is still not the block (the acknowledgement gate refuses each).
+    "no_messages": b'{"hasMoreData": true}',
+    "renamed_messages": b'{"hasMoreData": true, "smsMessages": [{"message": "hi"}]}',
+    "empty_object": b"{}",
+    "duplicate_messages": b'{"hasMoreData": true, "messages": [{"message": "hi"}], "messages": []}',
+    "duplicate_has_more": b'{"hasMoreData": true, "messages": [{"message": "hi"}], "hasMoreData": false}',
+    "no_has_more": b'{"messages": [{"message": "hi"}]}',
+    "has_more_null": b'{"hasMoreData": null, "messages": [{"message": "hi"}]}',
 }
 
 
@@ -621,7 +649,7 @@ def test_one_unreadable_answer_is_retried_with_the_same_token(
     fake.api.extend(
         [
             reply(status, _BAD_BODIES[case], Location=f"/sms/{ACCOUNT}/history?next=Bad9"),
-            reply(202, history(), Location=f"/sms/{ACCOUNT}/history?next=Good2"),
+            reply(202, history(1, True), Location=f"/sms/{ACCOUNT}/history?next=Good2"),
         ]
     )
     page = make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
@@ -702,15 +730,58 @@ def test_202_without_location_is_unsafe(fake: FakeApi, make: Any) -> None:
         make().sms.list_devices_sms_messages(ACCOUNT)
 
 
-def test_status_wins_over_has_more_data(fake: FakeApi, make: Any, caplog: Any) -> None:
-    """202 + valid token pages on even if hasMoreData is false; 200 is final even if it is true."""
-    fake.api.extend(
-        [reply(202, history(1, False), Location="/sms/a/history?next=abc"), reply(200, history(1, True))]
-    )
-    c = make()
-    assert c.sms.list_devices_sms_messages(ACCOUNT).next == "abc"
-    final = c.sms.list_devices_sms_messages(ACCOUNT, "abc")
-    assert final.is_final and final.has_more_data is True
+@pytest.mark.parametrize(
+    ("status", "body", "token"),
+    [
+        (202, history(1, False), "Tok2"),
+        (202, history(0, True), "Tok2"),
+        (200, history(1, True), None),
+    ],
+    ids=["202_has_more_false", "202_no_messages", "200_has_more_true"],
+)
+def test_status_has_more_data_disagreement_is_unreadable(
+    fake: FakeApi, make: Any, status: int, body: dict[str, Any], token: str | None
+) -> None:
+    """Status, hasMoreData and message count disagreeing: retried, then a MalformedBlockError; never paged."""
+    fake.api.extend([reply(status, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * _ATTEMPTS)
+    with pytest.raises(errors.MalformedBlockError) as info:
+        make().sms.list_devices_sms_messages(ACCOUNT, "Tok1")
+    assert (info.value.status, info.value.next_token) == (status, token)
+    assert fake.paths("/history") == [f"/api/m2m/v1/sms/{ACCOUNT}/history?next=Tok1"] * _ATTEMPTS
+
+
+def test_unknown_top_level_member_is_read_past_and_counted(fake: FakeApi, make: Any) -> None:
+    """An extra top-level member does not make the block unreadable; the observer counts it by name."""
+    seen: list[str] = []
+
+    class Obs:
+        def on_request(self, operation: str, status: int | None, seconds: float) -> None:
+            pass
+
+        def on_retry(self, operation: str, reason: str, wait: float) -> None:
+            pass
+
+        def on_unknown_member(self, member: str) -> None:
+            seen.append(member)
+
+    body = {**history(2, True), "requestId": "r1"}
+    fake.api.extend([reply(202, body, Location=f"/sms/{ACCOUNT}/history?next=Tok2")] * 2)
+    c = make(observer=Obs())
+    page = c.sms.list_devices_sms_messages(ACCOUNT)
+    c.sms.list_devices_sms_messages(ACCOUNT)
+    assert len(page.messages) == 2 and page.next == "Tok2"
+    assert seen == ["requestId", "requestId"]
+
+
+def test_iterator_sends_no_next_token_for_a_block_not_settled(fake: FakeApi, make: Any) -> None:
+    """Asking for block N+1 before block N was committed or quarantined: refused, nothing acknowledged."""
+    fake.api.extend([reply(202, history(2, True), Location="/sms/a/history?next=t1"), reply(200, history(1))])
+    blocks = make().sms.iter_history_blocks(ACCOUNT)
+    first = next(blocks)
+    with pytest.raises(errors.AcknowledgementRefusedError):
+        next(blocks)
+    assert first.ticket is not None and first.ticket.settled is None
+    assert len(fake.paths("/history")) == 1
 
 
 def test_iterator_is_lazy_and_stops_after_final(fake: FakeApi, make: Any) -> None:
@@ -725,7 +796,13 @@ def test_iterator_is_lazy_and_stops_after_final(fake: FakeApi, make: Any) -> Non
     blocks = make().sms.iter_history_blocks(ACCOUNT)
     first = next(blocks)
     assert first.next == "t1" and len(fake.paths("/history")) == 1
-    rest = list(blocks)
+    assert first.ticket is not None
+    first.ticket.committed(len(first.messages))  # what store.commit_block does once committed
+    rest = []
+    for page in blocks:
+        assert page.ticket is not None
+        page.ticket.committed(len(page.messages))
+        rest.append(page)
     assert [p.request_next for p in rest] == ["t1", "t2"]
     assert rest[-1].is_final
     assert fake.paths("/history")[1:] == [

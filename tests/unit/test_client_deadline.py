@@ -139,5 +139,5 @@ def test_a_body_over_the_cap_from_an_adapter_that_read_it_is_unreadable() -> Non
     )
     with client.ThingSpaceClient(cfg) as api, pytest.raises(errors.MalformedBlockError) as info:
         api.sms.list_devices_sms_messages(ACCOUNT)
-    assert info.value.problem == "response body is larger than 500 bytes"
+    assert info.value.problem == "history body is larger than 500 bytes"
     assert len(info.value.body) == 500 and info.value.next_token is None

@@ -337,3 +337,37 @@ def test_metrics_export_settings_are_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(errors.ConfigError, match=name):
             config.load(env(**{name: value}))
+
+
+@pytest.mark.parametrize(
+    ("name", "highest"),
+    [
+        ("SYNC_INTERVAL_SECONDS", 604_800),
+        ("SYNC_JITTER_SECONDS", 86_400),
+        ("SYNC_CLAIM_LEASE_SECONDS", 3_600),
+    ],
+)
+def test_schedule_durations_have_an_upper_bound(name: str, highest: int) -> None:
+    """Interval, jitter and lease load up to their bound; above it (1e13 included, which once loaded and
+    then failed every claim with "timestamp out of range") the error names the variable and the bound."""
+    field = {
+        "SYNC_INTERVAL_SECONDS": "interval_seconds",
+        "SYNC_JITTER_SECONDS": "jitter_seconds",
+        "SYNC_CLAIM_LEASE_SECONDS": "claim_lease_seconds",
+    }[name]
+    assert getattr(config.load(env(**{name: str(highest)})), field) == highest
+    for too_long in (str(highest + 1), "1e13"):
+        with pytest.raises(errors.ConfigError, match=rf"^{name}='{too_long}' must be at most {highest}$"):
+            config.load(env(**{name: too_long}))
+
+
+def test_per_account_durations_have_the_same_upper_bounds(tmp_path: Path) -> None:
+    """interval_seconds and jitter_seconds of an [accounts."NAME"] table are bounded like their variables."""
+    path = tmp_path / "accounts.toml"
+    path.write_text('[accounts."0252012345-00001"]\ninterval_seconds = 604800\n', encoding="utf-8")
+    (first, _) = config.load(env(), config_file=path).accounts
+    assert first.interval_seconds == 604_800
+    for key, value in (("interval_seconds", "1e13"), ("jitter_seconds", "86401")):
+        path.write_text(f'[accounts."0252012345-00001"]\n{key} = {value}\n', encoding="utf-8")
+        with pytest.raises(errors.ConfigError, match=rf"accounts\.0252012345-00001\.{key} must be a finite"):
+            config.load(env(), config_file=path)

@@ -364,6 +364,7 @@ def exposed_metric_names() -> set[str]:
     obs = m.api_observer()
     obs.on_request("op", 200, 0.1)
     obs.on_retry("op", "http_503", 1.0)
+    m.watch_claim_poll(lambda: 0.0)  # as the daemon does
     return {s.name for family in m.registry.collect() for s in family.samples}
 
 

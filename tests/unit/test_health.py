@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from sync_worker import errors, health, metrics, secret
+from tests.reliability import crash
 
 
 class Flags:
@@ -176,3 +180,101 @@ def test_checks_reports_first_failure() -> None:
     result = health.checks([("a", ok), ("database", db_down), ("c", never)])()
     assert result == (False, "database: connection refused")
     assert calls == ["ok", "ok", "db"]
+
+
+def _idle_connection(srv: health.HealthServer) -> socket.socket:
+    """A client that connects and never sends its request."""
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    """True when the server closed ``conn`` (end of file or reset) within the client's 5 s timeout."""
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_an_idle_connection_is_closed_after_the_request_timeout(flags: Flags) -> None:
+    """A client that connects and sends nothing is disconnected once the request timeout passes."""
+    srv = health.HealthServer(
+        0, metrics.Metrics(), live=flags.is_live, ready=flags.is_ready, host="127.0.0.1", request_timeout=0.5
+    )
+    with srv:
+        with _idle_connection(srv) as idle:
+            started = time.monotonic()
+            assert _closed_by_server(idle)
+            assert time.monotonic() - started >= 0.4  # the timeout closed it, not something at once
+        crash.wait_until(lambda: srv.open_connections == 0, timeout=5, what="the handler to end")
+        assert get(base(srv) + "/healthz")[0] == 200
+
+
+def test_idle_connections_beyond_the_cap_make_room_and_probes_still_answer(flags: Flags) -> None:
+    """With the cap of idle connections reached, each new one closes the oldest idle one at once (long
+    before the request timeout), the server holds no more than the cap, and /healthz still answers."""
+    cap, extra = 4, 6
+    srv = health.HealthServer(
+        0,
+        metrics.Metrics(),
+        live=flags.is_live,
+        ready=flags.is_ready,
+        host="127.0.0.1",
+        request_timeout=60.0,
+        max_connections=cap,
+    )
+    threads_before = threading.active_count()
+    with srv, contextlib.ExitStack() as stack:
+        clients = []
+        for held in [*range(1, cap + 1), *[cap] * extra]:
+            clients.append(stack.enter_context(_idle_connection(srv)))
+
+            def accepted(n: int = held) -> bool:
+                return srv.open_connections == n
+
+            crash.wait_until(accepted, timeout=5, what="the accept")
+        started = time.monotonic()
+        assert all(_closed_by_server(c) for c in clients[:extra])
+        assert time.monotonic() - started < 5
+        assert srv.open_connections == cap
+        # Server thread plus one per held connection, whatever the number of clients that came (the
+        # threads of the closed ones end just after their connection is dropped).
+        crash.wait_until(
+            lambda: threading.active_count() - threads_before == cap + 1, timeout=5, what="cap + 1 threads"
+        )
+        status, _, body = get(base(srv) + "/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+def test_a_connection_beyond_the_cap_of_busy_ones_is_closed_at_once(flags: Flags) -> None:
+    """When every connection is busy answering, a newcomer is closed at once; the busy ones still get
+    their answers."""
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def slow_ready() -> tuple[bool, str]:
+        entered.release()
+        release.wait(10)
+        return True, "ok"
+
+    srv = health.HealthServer(
+        0, metrics.Metrics(), live=flags.is_live, ready=slow_ready, host="127.0.0.1", max_connections=2
+    )
+    answers: list[int] = []
+    with srv:
+        busy = [
+            threading.Thread(target=lambda: answers.append(get(base(srv) + "/readyz")[0])) for _ in range(2)
+        ]
+        for thread in busy:
+            thread.start()
+        for _ in busy:
+            assert entered.acquire(timeout=5)
+        with _idle_connection(srv) as newcomer:
+            started = time.monotonic()
+            assert _closed_by_server(newcomer)
+            assert time.monotonic() - started < 5
+        release.set()
+        for thread in busy:
+            thread.join(timeout=10)
+    assert answers == [200, 200]

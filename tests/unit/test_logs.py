@@ -7,8 +7,10 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import structlog
@@ -156,3 +158,44 @@ def test_import_configures_nothing() -> None:
         "assert not logging.getLogger().handlers\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_concurrent_events_from_structlog_and_stdlib_are_whole_json_lines(tmp_path: Path) -> None:
+    """Threads logging through structlog and psycopg's stdlib logger at once: every line is one JSON event."""
+    threads_per_side, events_per_thread = 4, 300
+    path = tmp_path / "log.jsonl"
+    # Switching threads as often as the interpreter can is what makes a torn line likely if one can happen.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with path.open("w", encoding="utf-8") as stream:
+            logs.configure("json", "INFO", stream)
+            start = threading.Barrier(threads_per_side * 2)
+
+            def structlog_side(n: int) -> None:
+                log = logs.get_logger("sync_worker.sync")
+                start.wait()
+                for i in range(events_per_thread):
+                    # Longer than the text layer's 8 KiB chunk: written through at once, as a traceback is.
+                    log.error("account_run", thread=n, i=i, exception="x" * 9000)
+
+            def stdlib_side(n: int) -> None:
+                driver = logging.getLogger("psycopg")
+                start.wait()
+                for i in range(events_per_thread):
+                    driver.warning("error ignored terminating %s %d: %s", n, i, "y" * 200)
+
+            workers = [threading.Thread(target=structlog_side, args=(n,)) for n in range(threads_per_side)]
+            workers += [threading.Thread(target=stdlib_side, args=(n,)) for n in range(threads_per_side)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    raw = path.read_text(encoding="utf-8").split("\n")
+    assert raw[-1] == ""  # the stream ends with a newline, nothing half-written after it
+    events = [json.loads(line) for line in raw[:-1]]
+    assert len(events) == threads_per_side * 2 * events_per_thread
+    assert sum(e["event"] == "account_run" for e in events) == threads_per_side * events_per_thread
+    assert sum(e.get("logger") == "psycopg" for e in events) == threads_per_side * events_per_thread

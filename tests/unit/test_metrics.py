@@ -253,3 +253,15 @@ def test_render_is_prometheus_text() -> None:
     families = {f.name: f for f in parser.text_string_to_metric_families(m.render().decode())}
     assert "thingspace_sync_build_info" in families
     assert "thingspace_sync_seconds_since_last_success" in families
+
+
+def test_claim_poll_age_is_read_at_scrape_time_and_only_where_watched() -> None:
+    """seconds_since_last_claim_poll is absent until the daemon watches its claim loop, then each
+    scrape reads the current age (a stopped loop shows a growing value, not a frozen one)."""
+    m = metrics.Metrics()
+    assert "seconds_since_last_claim_poll" not in m.render().decode()
+    age = [0.5]
+    m.watch_claim_poll(lambda: age[0])
+    assert value(m, "thingspace_sync_seconds_since_last_claim_poll") == 0.5
+    age[0] = 42.0
+    assert value(m, "thingspace_sync_seconds_since_last_claim_poll") == 42.0

@@ -77,7 +77,7 @@ def test_a_run_past_its_budget_and_margin_fails_healthz_by_name_and_shows_in_the
     """/healthz stays 200 up to the limit, then answers 503 naming the stuck account and how far past
     it is; the metric gives that account its seconds past and the others 0; both clear when it ends."""
     liveness = scheduler.Liveness()
-    liveness.attach(RunningScheduler(), dispatcher.overdue_runs)
+    liveness.attach(RunningScheduler(), overdue=dispatcher.overdue_runs)
     m = metrics.Metrics()
     for account in ACCOUNTS:
         m.account_configured(account)
@@ -117,7 +117,7 @@ def test_a_stopped_scheduler_is_still_reported_as_such() -> None:
     """Without a running scheduler the reason stays "scheduler not running", overdue runs or not."""
     liveness = scheduler.Liveness()
     assert liveness.check() == (False, "scheduler not running")
-    liveness.attach(RunningScheduler(), lambda: {})
+    liveness.attach(RunningScheduler(), overdue=lambda: {})
     assert liveness.check() == (True, "ok")
     liveness.detach()
     assert liveness.check() == (False, "scheduler not running") and liveness.overdue_runs() == {}

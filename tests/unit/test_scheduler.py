@@ -7,12 +7,13 @@ import datetime
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 import structlog
 from apscheduler import events
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import claims, config, scheduler, secret
+from sync_worker import claims, config, errors, scheduler, secret, sync
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -57,19 +58,52 @@ def dispatcher(sets: config.Settings | None = None, **kwargs: Any) -> scheduler.
     )
 
 
-def test_the_scheduler_polls_for_due_accounts_and_renews_claims() -> None:
-    """A one-second claim poll and a renewal three times per lease (with the hourly partitions job), all
-    max_instances=1 and coalesced; account runs go to a pool of SYNC_CONCURRENCY threads."""
+def test_the_claim_poll_renewals_and_guard_run_as_monotonic_loops_not_on_apscheduler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A one-second claim poll, a renewal three times per lease and the guard observer are threads that
+    wait on the stop event (monotonic); APScheduler keeps only the hourly partitions job. Account runs go
+    to a pool of SYNC_CONCURRENCY threads."""
     sets = dataclasses.replace(settings(), claim_lease_seconds=30.0)
-    d = dispatcher(sets)
+    stop = RecordingStop()
+    d = dispatcher(sets, stop=stop)
     sched = scheduler._build_scheduler(sets, d, metrics=None)
-    jobs = {job.id: job for job in sched.get_jobs()}
-    assert set(jobs) == {"sync:claim", "sync:renew", "partitions"}
-    assert jobs["sync:claim"].trigger.interval == datetime.timedelta(seconds=scheduler.CLAIM_POLL_SECONDS)
-    assert jobs["sync:renew"].trigger.interval == datetime.timedelta(seconds=10)
-    assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
+    assert {job.id for job in sched.get_jobs()} == {"partitions"}
+    d.observe_guard = lambda: None
+    polls: list[str] = []
+
+    def poll() -> None:
+        polls.append(threading.current_thread().name)
+        waited = {name for name, _ in list(stop.waits)}
+        if len(polls) >= 3 and {"sync-renew", "sync-guard"} <= waited:
+            stop.set()
+
+    monkeypatch.setattr(d, "poll", poll)
+    loops = scheduler._start_loops(sets, d)
+    for loop in loops:
+        loop.join(timeout=10)
+    assert [loop.name for loop in loops] == ["sync-claim", "sync-renew", "sync-guard"]
+    assert not any(loop.is_alive() for loop in loops)
+    assert len(polls) >= 3 and set(polls) == {"sync-claim"}
+    assert {(name, timeout) for name, timeout in stop.waits} >= {
+        ("sync-claim", scheduler.CLAIM_POLL_SECONDS),
+        ("sync-renew", 10.0),
+        ("sync-guard", scheduler.GUARD_OBSERVE_SECONDS),
+    }
     assert d._pool._max_workers == 3
     d.close(clean=True)
+
+
+class RecordingStop(threading.Event):
+    """A stop event that records each timed wait (by thread name) and returns at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[str, float | None]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append((threading.current_thread().name, timeout))
+        return super().wait(0)
 
 
 def test_next_due_is_one_interval_plus_up_to_the_jitter() -> None:
@@ -108,7 +142,11 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
 
 
 class FakeConnection:
-    closed = False
+    def __init__(self) -> None:
+        self.closed = False
+
+    class info:  # the shape of psycopg's ConnectionInfo that db.usable reads
+        transaction_status = psycopg.pq.TransactionStatus.IDLE
 
     def close(self) -> None:
         self.closed = True
@@ -186,20 +224,86 @@ def one_account_settings(interval: float = 60.0) -> config.Settings:
     )
 
 
-def test_liveness_follows_the_scheduler() -> None:
-    """Liveness is False before the scheduler is attached, True while it runs, False after shutdown."""
-    liveness = scheduler.Liveness()
+def test_liveness_follows_the_scheduler_and_the_claim_loop() -> None:
+    """Liveness is False before the scheduler is attached, True while it and the claim loop run and the
+    loop comes round, False once the loop has not come round for WEDGED_LOOP_SECONDS, and after shutdown;
+    check() names each case with its own reason (what /healthz answers)."""
+    now = [1000.0]
+    liveness = scheduler.Liveness(clock=lambda: now[0])
     assert liveness() is False
+    assert liveness.check() == (False, "scheduler not running")
     sched = BackgroundScheduler(timezone=datetime.UTC)
     sched.start()
+    stop = threading.Event()
+    loop = threading.Thread(target=stop.wait, name="sync-claim", daemon=True)
+    loop.start()
     try:
-        liveness.attach(sched)
+        liveness.attach(sched, (loop,))
         assert liveness() is True
+        now[0] += scheduler.WEDGED_LOOP_SECONDS - 1
+        liveness.round_done()
+        now[0] += scheduler.WEDGED_LOOP_SECONDS - 1
+        assert liveness() is True
+        now[0] += 2
+        assert liveness() is False  # wedged: no round for WEDGED_LOOP_SECONDS
+        idle = scheduler.WEDGED_LOOP_SECONDS + 1
+        assert liveness.check() == (False, f"claim loop wedged: no round for {idle:.0f} s")
+        liveness.round_done()
+        assert liveness() is True
+        assert liveness.check() == (True, "ok")
+        stop.set()
+        loop.join()
+        assert liveness() is False  # the loop thread ended
+        assert liveness.check() == (False, "loop threads ended: sync-claim")
     finally:
         sched.shutdown(wait=True)
-    assert liveness() is False
     liveness.detach()
     assert liveness() is False
+
+
+def test_readiness_needs_a_recent_successful_claim_poll_and_names_the_last_error() -> None:
+    """check_claims passes within STALE_POLL_SECONDS of a successful poll, then fails naming the age and the
+    last poll error; the age is what the metric reports."""
+    now = [50.0]
+    liveness = scheduler.Liveness(clock=lambda: now[0])
+    with pytest.raises(errors.TransientError, match="no claim poll has succeeded yet"):
+        liveness.check_claims()
+    now[0] += 3
+    assert liveness.seconds_since_poll() == 3.0
+    liveness.poll_succeeded()
+    liveness.check_claims()
+    liveness.poll_failed("StoreError: ReadOnlySqlTransaction")
+    now[0] += scheduler.STALE_POLL_SECONDS
+    liveness.check_claims()
+    now[0] += 5
+    with pytest.raises(errors.TransientError) as caught:
+        liveness.check_claims()
+    assert str(caught.value) == (
+        f"no successful claim poll for {scheduler.STALE_POLL_SECONDS + 5:.0f} s "
+        "(last error: StoreError: ReadOnlySqlTransaction)"
+    )
+    assert liveness.seconds_since_poll() == scheduler.STALE_POLL_SECONDS + 5
+    liveness.poll_succeeded()
+    liveness.check_claims()
+
+
+def test_a_loop_keeps_going_after_a_bug_in_its_work() -> None:
+    """An exception from a loop's work is logged and counted as job_error, and the loop calls it again."""
+    metrics = Recorder()
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            stop.set()
+        raise RuntimeError("boom")
+
+    with structlog.testing.capture_logs() as logs:
+        scheduler._every(0.0, work, stop, metrics=metrics, name="claim", at_once=True)
+    assert len(calls) == 2
+    assert [e["event"] for e in logs] == ["job_error", "job_error"]
+    assert ("scheduler_event", ("job_error", None)) in metrics.calls
 
 
 def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
@@ -228,4 +332,93 @@ def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
     assert d.claim_due() == 1
     assert metrics.calls.count(("scheduler_event", ("missed", ACCOUNTS[1]))) == 1
     assert submitted == [(ACCOUNTS[1],), (ACCOUNTS[1],)]
+    d.close(clean=True)
+
+
+def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose first statement failed (begun=False) releases its claim due START_RETRY_SECONDS from
+    now (or its interval, if shorter); a run that began and failed waits for its interval."""
+    released: list[tuple[str, float, bool]] = []
+
+    def release(
+        conn: Any, account: str, *, holder: str, delay_seconds: float, from_now: bool = False
+    ) -> bool:
+        released.append((account, delay_seconds, from_now))
+        return True
+
+    monkeypatch.setattr(claims, "release", release)
+    inflight = scheduler._InFlight()
+    d = dispatcher(connect=FakeConnection, inflight=inflight)
+    for account, begun in ((ACCOUNTS[0], False), (ACCOUNTS[1], False), (ACCOUNTS[0], True)):
+        inflight.enter()
+        d._finished(account, sync.AccountResult(account, "failed", error="x", begun=begun))
+    assert released[0] == (ACCOUNTS[0], scheduler.START_RETRY_SECONDS, True)
+    assert released[1] == (ACCOUNTS[1], min(60.0, scheduler.START_RETRY_SECONDS), True)
+    account, delay, from_now = released[2]
+    assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
+    d.close(clean=True)
+
+
+def test_a_run_the_budget_ended_with_more_waiting_is_due_again_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that ended at its budget between blocks (more_waiting) releases its claim due now, so a
+    backlog is drained run after run; the same outcome without more_waiting waits for its interval."""
+    released: list[tuple[str, float, bool]] = []
+
+    def release(
+        conn: Any, account: str, *, holder: str, delay_seconds: float, from_now: bool = False
+    ) -> bool:
+        released.append((account, delay_seconds, from_now))
+        return True
+
+    monkeypatch.setattr(claims, "release", release)
+    inflight = scheduler._InFlight()
+    d = dispatcher(connect=FakeConnection, inflight=inflight)
+    for more_waiting in (True, False):
+        inflight.enter()
+        d._finished(
+            ACCOUNTS[0],
+            sync.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
+        )
+    assert released[0] == (ACCOUNTS[0], 0.0, True)
+    account, delay, from_now = released[1]
+    assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
+    d.close(clean=True)
+
+
+def test_the_claim_connection_is_replaced_after_any_error_and_the_statement_tried_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error of any kind on the dispatcher's kept connection (a read-only session's refusal too)
+    closes it and the statement runs once more on a new connection; a new connection's error is raised
+    and the next statement gets another new one."""
+    made: list[FakeConnection] = []
+
+    def connect() -> FakeConnection:
+        made.append(FakeConnection())
+        return made[-1]
+
+    refusals: list[errors.StoreError] = []
+
+    def claim(conn: Any, accounts: Any, **kwargs: Any) -> list[Any]:
+        if refusals:
+            raise refusals.pop()
+        return []
+
+    monkeypatch.setattr(claims, "claim", claim)
+    d = dispatcher(connect=connect)
+    assert d.claim_due() == 0
+    assert len(made) == 1
+    refusals.append(errors.StoreError("ReadOnlySqlTransaction"))
+    assert d.claim_due() == 0  # the kept one refused: closed, and the claim ran on a new one
+    assert len(made) == 2 and made[0].closed and not made[1].closed
+    refusals.extend([errors.StoreError("again"), errors.StoreError("again")])
+    with pytest.raises(errors.StoreError):
+        d.claim_due()
+    assert len(made) == 3 and all(conn.closed for conn in made)
+    assert d.claim_due() == 0
+    assert len(made) == 4
     d.close(clean=True)

@@ -14,8 +14,11 @@ EXECUTORS = frozenset({"execute", "executemany", "copy", "stream"})
 # quoted identifier (psycopg.sql.Identifier), never as text.
 ALLOWED_BUILT: set[tuple[str, str]] = {
     ("db.py", 'queries.get("create_database")).format(name=pg_sql.Identifier('),
-    # The partition name is composed the same way, the line before (`ident = sql.Identifier(...)`).
-    ("retention.py", 'queries.get("retention_drop_partition")).format(name=ident)'),
+    # Partition names from the catalog are composed the same way: retention._composed takes a query
+    # name and psycopg.sql.Identifier values only.
+    ("retention.py", '_composed("retention_'),
+    ("retention.py", "cur.execute(paired, params)"),
+    ("retention.py", "cur.execute(query, params)"),
 }
 
 

@@ -1,0 +1,151 @@
+"""The chaos run's Postgres: one server per run, a fresh database per schedule, and its faults.
+
+One embedded server (``sync_worker.embedded``) serves the whole run, or the server
+``SYNC_TEST_DATABASE_URL`` names; each schedule gets its own database copied from a migrated
+template (the way ``tests/fixtures/database.py`` does it for tests), so no schedule sees another's
+state. The faults a schedule can ask for act on that database only: every backend ended at once
+(``pg_terminate_backend``) and a read-only episode (``default_transaction_read_only``, what a
+failover looks like from outside). Cutting connections mid-transaction is the proxy's job
+(``tests/reliability/proxy.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Final
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from sync_worker import embedded, migrations
+from tests.fixtures import database
+
+# The application name of the harness's own connection, which database faults leave alone.
+OBSERVER: Final = "chaos-observer"
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """The admin URL of the run's server: ``SYNC_TEST_DATABASE_URL``, or an embedded one.
+
+    The embedded server is the run's own and is thrown away after it, so it runs without
+    flushing to disk: a schedule kills worker processes, never the server or the machine, so
+    durability on power loss is not what is tested, and every flush would cost the run its
+    budget (creating a database from the template took ~0.5 s with fsync, a commit ~10 ms).
+    """
+    url = os.environ.get("SYNC_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with embedded.server() as admin_url:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for name in ("fsync", "synchronous_commit", "full_page_writes"):
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(name)))
+            conn.execute("SELECT pg_reload_conf()")
+        yield admin_url
+
+
+def make_template(admin_url: str) -> str:
+    """A migrated database the schedules' databases are copied from; returns its name."""
+    srv = database.DatabaseServer(admin_url)
+    url = srv.create_database(suffix="chaos_template")
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn)
+    return dbname(url)
+
+
+def drop_template(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class Databases:
+    """Per-schedule databases on the run's server (one instance per process of the run).
+
+    Creating a database from the template costs ~0.1-0.5 s of server time (hundreds of relation
+    files): a background thread keeps ``ahead`` of them ready, so a schedule rarely waits for one.
+    """
+
+    def __init__(self, admin_url: str, template: str, *, ahead: int = 1) -> None:
+        self.admin_url = admin_url
+        self.template = template
+        self._server = database.DatabaseServer(admin_url)
+        self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=max(1, ahead))
+        self._closed = threading.Event()
+        self._drops: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._fill, name="chaos-databases", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while not self._closed.is_set():
+            try:
+                made: str | BaseException = self._server.create_database(self.template)
+            except psycopg.Error as exc:
+                made = exc
+            while not self._closed.is_set():
+                try:
+                    self._ready.put(made, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                if isinstance(made, str):
+                    self.drop(made)
+
+    def create(self) -> str:
+        """A fresh migrated database of its own (its URL)."""
+        made = self._ready.get()
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def drop(self, url: str) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._server.drop_database(url)
+
+    def drop_later(self, url: str) -> None:
+        """Drop ``url``'s database on a thread of its own: nothing waits for it."""
+        thread = threading.Thread(target=self.drop, args=(url,), name="chaos-drop", daemon=False)
+        thread.start()
+        self._drops.append(thread)
+        self._drops = [t for t in self._drops if t.is_alive()]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=30)
+        for thread in self._drops:
+            thread.join(timeout=30)
+        while not self._ready.empty():
+            made = self._ready.get_nowait()
+            if isinstance(made, str):
+                self.drop(made)
+
+    def terminate_all(self, url: str) -> int:
+        """End every backend connected to ``url``'s database (but the harness's own observer)."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
+                (dbname(url), OBSERVER),
+            ).fetchall()
+        return len(rows)
+
+    def read_only(self, url: str, on: bool) -> None:
+        """Make new sessions of ``url``'s database read-only (``on``) or writable again."""
+        name = sql.Identifier(dbname(url))
+        statement = (
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(name)
+            if on
+            else sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(name)
+        )
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(statement)
+
+
+def dbname(url: str) -> str:
+    return str(conninfo_to_dict(url)["dbname"])

@@ -1,0 +1,75 @@
+"""The chaos machine's pure parts: seeded schedules, their JSON, the envelope grammar, the shrinker."""
+
+from __future__ import annotations
+
+import json
+
+from sync_worker import simulator
+from tests.chaos import envelope, shrink
+from tests.chaos import schedule as sched
+
+
+def test_a_seed_always_gives_the_same_schedule() -> None:
+    """Replaying a seed regenerates its schedule event for event."""
+    for seed in range(1, 60):
+        assert sched.generate(seed) == sched.generate(seed)
+    assert sched.generate(1) != sched.generate(2)
+
+
+def test_a_schedule_survives_its_printed_json() -> None:
+    """The JSON a failing seed prints reads back as the very same schedule."""
+    for seed in range(1, 60):
+        schedule = sched.generate(seed)
+        assert sched.Schedule.from_json(json.loads(schedule.dumps())) == schedule
+
+
+def test_any_200_consecutive_seeds_hold_20_process_schedules() -> None:
+    """The CI mode's share of real processes is fixed by the seeds themselves."""
+    for first in (1, 17, 1000):
+        modes = [sched.generate(s).mode for s in range(first, first + 200)]
+        assert modes.count("process") == 20
+
+
+def test_process_schedules_time_nothing_on_commits() -> None:
+    """Commit crash points exist only in-process: a real process is killed at requests."""
+    for seed in range(9, 2000, 10):
+        assert all(e.trigger[0] != "commit" for e in sched.generate(seed).events)
+
+
+def test_shrinking_keeps_only_the_events_that_break_the_promise() -> None:
+    """Greedy delta debugging ends at the two events whose pair the predicate needs, in one pass."""
+    events = tuple(
+        sched.Event(p, "start", "inject", (("account", "a"), ("count", i)))
+        for p, i in [(0, 1), (1, 2), (2, 3), (2, 4), (3, 5), (3, 6)]
+    )
+    original = sched.Schedule(1, "inproc", "on_delivery", "reusable", 10, ("a",), (0,), 4, events)
+
+    def fails(candidate: sched.Schedule) -> bool:
+        counts = {e.number("count") for e in candidate.events}
+        return {3.0, 6.0} <= counts
+
+    outcome = shrink.shrink(original, fails, seconds=30)
+    assert sorted(e.number("count") for e in outcome.schedule.events) == [3.0, 6.0]
+    assert fails(outcome.schedule)
+    assert outcome.schedule.passes == 2
+
+
+def test_every_envelope_form_changes_a_block_and_keeps_or_hides_its_messages() -> None:
+    """Each grammar form yields other bytes; message bytes survive unless the body stops being JSON."""
+    message = {"message": "m #1", "deviceIds": [{"id": "001", "kind": "imei"}]}
+    body = simulator.wire.dumps({"hasMoreData": True, "messages": [message]})
+    answer = simulator.Answer(202, body, (("Location", "/sms/a/history?next=ABC123"),))
+    needle = simulator.wire.dumps(message)
+    for form in envelope.FORMS:
+        changed = envelope.apply(form, 7, answer)
+        assert (changed.status, changed.body) != (answer.status, answer.body), form
+        if form not in ("truncate", "empty_object", "not_object", "drop_messages"):
+            assert needle in changed.body, form
+
+
+def test_every_location_form_changes_the_header() -> None:
+    """Each Location variant is another header value (or none at all)."""
+    answer = simulator.Answer(202, b"{}", (("Location", "/sms/a/history?next=ABC123"),))
+    for form in envelope.LOCATIONS:
+        changed = envelope.location(form, 3, answer, "http://127.0.0.1:8080")
+        assert changed.headers != answer.headers, form
