@@ -48,13 +48,30 @@ _WIRE_KEYS: Final = ("deviceIds", "message", "timestamp")
 # so the C encoder is safe however deep the calling stack is.
 MAX_NESTING: Final = 100
 _DEVICE_KEYS: Final = ("id", "kind")
+# The timestamp forms a message may carry (ISO-8601 calendar dates, extended or basic, with an
+# optional time and offset); anything else is a problem, whatever datetime.fromisoformat would
+# make of it (its C parser stops at a NUL and takes any character between date and time).
+# Groups 1 and 2: the fraction of a second, as sent.
+_TIMESTAMP_RE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,]([0-9]+))?)?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+    r"|[0-9]{8}"
+    r"(?:T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,]([0-9]+))?)?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+_MICRO_DIGITS: Final = 6
+# Members of a message that do not take part in its identity beyond the core fields: the
+# account (already in the key, and named inside pushed messages only). See _extra_members.
+_CORE_MEMBERS: Final = frozenset({"deviceIds", "message", "timestamp"})
+_NOT_IDENTITY: Final = frozenset({"accountName"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Row:
     """One ``sms_message`` row; devices after the first become ``sms_message_device`` rows.
 
-    ``raw_json`` is the original as received; ``raw_kept`` is what the store keeps of it: None
+    ``devices`` holds each distinct (kind, id) once, in the order first listed (the key and
+    ``raw_json`` keep the list as sent). ``raw_json`` is the original as received; ``raw_kept`` is
+    what the store keeps of it: None
     when the database rebuilds it byte for byte from the row's fields
     (``sms_history_rebuild_raw``, migration 0006), else ``raw_json`` itself.
     """
@@ -157,21 +174,47 @@ def _dumps_iterative(value: Any, *, sort_keys: bool) -> str:
 
 
 def parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None]:
-    """Parse an ISO-8601 timestamp into an aware UTC datetime, plus a problem if any.
+    """Parse an ISO-8601 timestamp into an aware UTC datetime (microseconds), plus a problem if any.
 
-    A timestamp without an offset is read as UTC (the API documents offsets; a
-    missing one is reported rather than guessed silently).
+    Strict: the whole string must be one of the forms ``_TIMESTAMP_RE`` lists (a NUL, trailing
+    text or an odd date-time separator make it unparseable, so such a message never shares a key
+    with the clean one). A timestamp without an offset is read as UTC (the API documents offsets;
+    a missing one is reported rather than guessed silently). Digits beyond the microsecond are
+    dropped from the datetime; the key keeps them (``_instant_json``).
     """
+    parsed, problem, _ = _parse_timestamp(raw)
+    return parsed, problem
+
+
+def _parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None, str | None]:
+    """``parse_timestamp``'s result and the fraction digits as sent (None: no fraction, or unparsed)."""
+    match = _TIMESTAMP_RE.fullmatch(raw)
+    if match is None:
+        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL", None
     try:
         parsed = dt.datetime.fromisoformat(raw)
     except ValueError:
-        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL"
+        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL", None
+    fraction = match.group(1) or match.group(2)
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=_UTC), "timestamp has no UTC offset; read as UTC"
+        return parsed.replace(tzinfo=_UTC), "timestamp has no UTC offset; read as UTC", fraction
     try:
-        return parsed.astimezone(_UTC), None
+        return parsed.astimezone(_UTC), None, fraction
     except OverflowError:
-        return None, f"timestamp {_short(raw)} is out of range; received_at left NULL"
+        return None, f"timestamp {_short(raw)} is out of range; received_at left NULL", None
+
+
+def _instant_json(parsed: dt.datetime, fraction: str | None) -> str:
+    """The key's spelling of a parsed instant: UTC ``isoformat()``, with every significant
+    fraction digit as sent when there are more than six (the datetime keeps six). Six or fewer
+    give exactly ``isoformat()``, the spelling keys had before sub-microsecond digits counted."""
+    iso = parsed.isoformat()
+    if fraction is not None and len(fraction) > _MICRO_DIGITS:
+        digits = fraction.rstrip("0")
+        if len(digits) > _MICRO_DIGITS:
+            # isoformat() of a UTC datetime: "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00".
+            iso = f"{iso[:19]}.{digits}+00:00"
+    return f'"{iso}"'
 
 
 def message_key(account: str, message: models.SMSMessage, occurrence: int) -> str:
@@ -368,11 +411,11 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
     probe = f"{text}{stamp}{ident}{kind}"
     if "\x00" in probe or not (probe.isascii() or _utf8_encodable(probe)):
         return None
-    received_at, problem = parse_timestamp(stamp)
+    received_at, problem, fraction = _parse_timestamp(stamp)
     text_json = _encode_str(text)
     ident_json = _encode_str(ident)
     lower_json = _encode_str(lower)
-    stamp_json = f'"{received_at.isoformat()}"' if received_at is not None else _encode_str(stamp)
+    stamp_json = _instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
     basis = f"{prefix}[[{lower_json},{ident_json}]],{stamp_json},{text_json}"
     occurrence = seen.get(basis, 0)
     seen[basis] = occurrence + 1
@@ -411,15 +454,53 @@ def _key_basis(
         return basis[:-1], parsed_at
     timestamp_json = "null"
     if message.timestamp is not None:
-        parsed_at = parse_timestamp(message.timestamp)
-        timestamp_json = _timestamp_json(message.timestamp, parsed_at[0])
-    devices = sorted([(d.kind.lower(), d.id) for d in message.device_ids])
-    return f"{prefix}{_devices_json(devices)},{timestamp_json},{_json_value(message.message)}", parsed_at
+        parsed, problem, fraction = _parse_timestamp(message.timestamp)
+        parsed_at = (parsed, problem)
+        timestamp_json = _json_value(message.timestamp) if parsed is None else _instant_json(parsed, fraction)
+    devices, extras = _identity_members(message)
+    basis = f"{prefix}{devices},{timestamp_json},{_json_value(message.message)}"
+    # Only a message with members beyond the model's gets the extra element: every other key is
+    # the one earlier versions stored.
+    return basis if extras is None else f"{basis},{extras}", parsed_at
 
 
-def _timestamp_json(raw: Any, parsed: dt.datetime | None) -> str:
-    # isoformat() is digits and "-:+T.", nothing JSON would escape.
-    return _json_value(raw) if parsed is None else f'"{parsed.isoformat()}"'
+def _identity_members(message: models.SMSMessage) -> tuple[str, str | None]:
+    """The key's device list, and the message's other members as canonical JSON (None: none).
+
+    Identity covers every member a message carries (docs/schema.md, "Message identity"): a
+    member the model does not know (a ``messageId`` ThingSpace might add) tells two messages
+    apart. Not counted: members whose value is null (they say nothing), and ``accountName``
+    (the account is in the key already; a pushed message names it, the polled copy does not).
+    A device's own extra members go with that device: ``[kind, id, {...}]``.
+    """
+    raw = message.raw
+    model_devices = message.device_ids
+    device_extras = [""] * len(model_devices)
+    extras = None
+    if type(raw) is dict:
+        found = {
+            k: v
+            for k, v in raw.items()
+            if k not in _CORE_MEMBERS and k not in _NOT_IDENTITY and v is not None
+        }
+        if found:
+            extras = _dumps(found, sort_keys=True)
+        items = raw.get("deviceIds")
+        if type(items) is list and len(items) == len(device_extras):
+            for i, item in enumerate(items):
+                if type(item) is dict and len(item) > len(_DEVICE_KEYS):
+                    more = {k: v for k, v in item.items() if k not in _DEVICE_KEYS and v is not None}
+                    if more:
+                        device_extras[i] = _dumps(more, sort_keys=True)
+    if not any(device_extras):
+        return _devices_json(sorted([(d.kind.lower(), d.id) for d in model_devices])), extras
+    entries = sorted([(d.kind.lower(), d.id, device_extras[i]) for i, d in enumerate(model_devices)])
+    return "[" + ",".join([_device_entry_json(*entry) for entry in entries]) + "]", extras
+
+
+def _device_entry_json(kind: Any, ident: Any, extras: str) -> str:
+    pair = json.dumps([kind, ident], ensure_ascii=True, separators=(",", ":"))
+    return pair if not extras else f"{pair[:-1]},{extras}]"
 
 
 def _devices_json(devices: Sequence[tuple[Any, Any]]) -> str:
@@ -504,8 +585,9 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
     # The database rebuilds exactly this shape from the row's fields: one device, keys in wire
     # order, kind already lower case (the stored kind is lowered).
     rebuildable = wire_order and canonical_devices
-    received_at, problem = parse_timestamp(stamp)
-    basis = f"{prefix}{_devices_json(sorted(devices))},{_timestamp_json(stamp, received_at)},{text_json}"
+    received_at, problem, fraction = _parse_timestamp(stamp)
+    stamp_json = _instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
+    basis = f"{prefix}{_devices_json(sorted(devices))},{stamp_json},{text_json}"
     occurrence = seen.get(basis, 0)
     seen[basis] = occurrence + 1
     first = devices[0] if devices else (None, None)
@@ -515,7 +597,8 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         occurrence=occurrence,
         device_kind=first[0],
         device_id=first[1],
-        devices=tuple(devices),
+        # One entry per distinct device: a message listing a device twice is counted once for it.
+        devices=tuple(dict.fromkeys(devices)),
         message=text,
         received_at=received_at,
         timestamp_raw=stamp,
@@ -534,7 +617,7 @@ def rebuild_raw(device_id: str, device_kind: str, message: str, timestamp_raw: s
     )
 
 
-def _rebuilds(raw_json: str, devices: list[tuple[str, str]], text: Any, stamp: Any) -> bool:
+def _rebuilds(raw_json: str, devices: Sequence[tuple[str, str]], text: Any, stamp: Any) -> bool:
     if len(devices) != 1 or type(text) is not str or type(stamp) is not str:
         return False
     kind, ident = devices[0]
@@ -612,18 +695,19 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
         devices.append((kind, ident))
 
     first = devices[0] if devices else (None, None)
+    distinct = tuple(dict.fromkeys(devices))
     return Row(
         account_name=account,
         message_key=key,
         occurrence=occurrence,
         device_kind=first[0],
         device_id=first[1],
-        devices=tuple(devices),
+        devices=distinct,
         message=text,
         received_at=received_at,
         timestamp_raw=timestamp_raw,
         raw_json=raw_json,
-        raw_kept=None if _rebuilds(raw_json, devices, text, timestamp_raw) else raw_json,
+        raw_kept=None if _rebuilds(raw_json, distinct, text, timestamp_raw) else raw_json,
         raw_is_jsonb=raw_is_jsonb,
         problems=tuple(p.replace(PROBLEM_SEPARATOR, " ") for p in problems),
     )

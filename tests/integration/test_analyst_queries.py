@@ -3,6 +3,8 @@ dataset, and the plans the page shows are the ones this test saw."""
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
 import json
 import os
 import re
@@ -22,6 +24,11 @@ ROWS: Final = int(os.environ.get("SYNC_TEST_ANALYST_ROWS", "200000"))
 BUSY_DEVICE: Final = "990000862471854"
 # A sort of more rows than this (or a sequential scan reading any history row) fails the query.
 MAX_SORTED_ROWS: Final = 1000
+# BI tools and JDBC drivers set the session's TimeZone: every query must answer the same in each. Los
+# Angeles runs a day behind UTC for part of it and changes to DST on 2024-03-10, Berlin on 2024-03-31
+# (both inside the dataset, which starts 2024-03-01).
+ZONES: Final = ("UTC", "America/Los_Angeles", "Europe/Berlin")
+DST_SPAN: Final = ("2024-03-01", "2024-04-15")
 _HISTORY_RE: Final = re.compile(r"^sms_message")
 _SEED_SQL: Final = """
 SELECT sms_history_ensure_partition(timestamptz '2024-03-01 00:00:00+00' + m * interval '1 month')
@@ -59,6 +66,18 @@ def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]
             yield conn
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture(params=ZONES)
+def zoned(
+    seeded: psycopg.Connection[Any], request: pytest.FixtureRequest
+) -> Iterator[psycopg.Connection[Any]]:
+    """The dataset's connection with the session TimeZone set to each of ZONES in turn."""
+    seeded.execute("SELECT set_config('TimeZone', %s, false)", (request.param,))
+    try:
+        yield seeded
+    finally:
+        seeded.execute("SET TimeZone = 'UTC'")
 
 
 def documented() -> list[tuple[str, str, str]]:
@@ -126,13 +145,14 @@ def summary(plan: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in documented()])
-def test_documented_query_is_index_backed(seeded: psycopg.Connection[Any], name: str) -> None:
-    """The documented query reads the history through indexes: no sequential scan reads a history row
-    and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding 20% of the traffic."""
+def test_documented_query_is_index_backed(zoned: psycopg.Connection[Any], name: str) -> None:
+    """The documented query reads the history through indexes in every session zone: no sequential
+    scan reads a history row and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding
+    20% of the traffic."""
     [(_, _, sql)] = [q for q in documented() if q[0] == name]
-    plan = explain(seeded, sql)
+    plan = explain(zoned, sql)
     assert violations(plan) == [], summary(plan)
-    assert seeded.execute(sql).fetchall()  # the dataset answers every query
+    assert zoned.execute(sql).fetchall()  # the dataset answers every query
 
 
 def test_last_messages_of_a_device_are_the_newest(seeded: psycopg.Connection[Any]) -> None:
@@ -148,8 +168,10 @@ def test_last_messages_of_a_device_are_the_newest(seeded: psycopg.Connection[Any
     assert newest is not None and stamps[0] == newest[0]
 
 
-def test_daily_counts_equal_the_views(seeded: psycopg.Connection[Any]) -> None:
-    """The index-backed day-range functions give the same counts as the whole-history views."""
+def test_daily_counts_equal_the_views(zoned: psycopg.Connection[Any]) -> None:
+    """The index-backed day-range functions give the same counts as the whole-history views, in every
+    session zone."""
+    seeded = zoned
     by_function = seeded.execute(
         "SELECT day_utc, messages, malformed FROM sms_account_daily_counts('0252012345-00001', '2024-05-01',"
         " '2024-05-31') ORDER BY 1"
@@ -189,3 +211,45 @@ def test_schema_doc_shows_these_queries_and_plans(seeded: psycopg.Connection[Any
     if stored is None or f"on PostgreSQL {major} with {ROWS:,} messages" not in stored:
         return  # written now, or the page shows another server's or size's plans: the rules above still ran
     assert stored == generated, "docs/schema.md's query plans are stale: run `make schema-doc`"
+
+
+def _utc_days(stamps: list[tuple[Any, ...]]) -> dict[dt.date, int]:
+    """Messages per UTC day, counted in Python from the instants the database returned."""
+    return dict(collections.Counter(r[0].astimezone(dt.UTC).date() for r in stamps))
+
+
+def test_daily_counts_are_per_utc_day_in_every_session_zone(zoned: psycopg.Connection[Any]) -> None:
+    """Across both DST changes, each day_utc label and count is the UTC day's, whatever the session's
+    TimeZone: the account's, its malformed ones' and the busy device's (its two tables together)."""
+    first, last = (dt.date.fromisoformat(d) for d in DST_SPAN)
+    days = [first + dt.timedelta(n) for n in range((last - first).days + 1)]
+    window = (f"{first}T00:00:00Z", f"{last + dt.timedelta(1)}T00:00:00Z")
+    account = "0252012345-00001"
+    stamps = zoned.execute(
+        "SELECT received_at, problems IS NOT NULL FROM sms_message WHERE account_name = %s"
+        " AND received_at >= %s AND received_at < %s",
+        (account, *window),
+    ).fetchall()
+    messages = _utc_days(stamps)
+    malformed = _utc_days([r for r in stamps if r[1]])
+    got = zoned.execute(
+        "SELECT day_utc, messages, malformed FROM sms_account_daily_counts(%s, %s, %s) ORDER BY 1",
+        (account, first, last),
+    ).fetchall()
+    assert got == [(d, messages.get(d, 0), malformed.get(d, 0)) for d in days]
+    device = _utc_days(
+        zoned.execute(
+            "SELECT received_at FROM sms_message WHERE device_kind = 'imei' AND device_id = %s"
+            " AND received_at >= %s AND received_at < %s"
+            " UNION ALL SELECT received_at FROM sms_message_device WHERE device_kind = 'imei'"
+            " AND device_id = %s AND received_at >= %s AND received_at < %s",
+            (BUSY_DEVICE, *window, BUSY_DEVICE, *window),
+        ).fetchall()
+    )
+    got_device = zoned.execute(
+        "SELECT day_utc, messages FROM sms_device_daily_counts('IMEI', %s, %s, %s) ORDER BY 1",
+        (BUSY_DEVICE, first, last),
+    ).fetchall()
+    assert got_device == [(d, device.get(d, 0)) for d in days]
+    # The data has messages every day of the span, and the days around each change are full ones.
+    assert all(n > 0 for _, n, _ in got) and len(got) == len(days)

@@ -777,3 +777,56 @@ def test_a_held_lock_gets_503_with_retry_after_never_more_connections_than_the_p
         assert again == [200] * 24
         assert sessions(db_url, name) <= 3
     assert len(history(db_url)) == 24
+
+
+# --- identity of members the model does not know (issue 27 item 5) ----------------------
+
+
+def with_message_ids(n: int) -> list[dict[str, Any]]:
+    """``n`` messages in pairs that differ only in a ``messageId`` member the model does not know."""
+    return [{**m, "messageId": f"mid-{i}-{j}"} for i, m in enumerate(messages(n // 2)) for j in range(2)]
+
+
+def test_messages_differing_only_in_an_unknown_member_are_two_rows_pushed_and_polled(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pairs of messages that differ only in messageId are all stored when pushed, and polling the
+    same messages again (their 2xx was lost, they went back to the queue) adds no row."""
+    push_sim.config.callback_attempts = 1
+    sent = with_message_ids(10)
+    push_sim.inject(ACCOUNT, sent)
+    push_sim.push.lose_answers(10)
+    with running_receiver(db.connector(db_url)) as r:
+        env = env_for(push_sim, db_url, r.port)
+        assert run_cli(capsys, env, "callbacks", "register", "--account", ACCOUNT)[0] == 0
+        assert run_cli(capsys, env, "start-delivery", "--account", ACCOUNT, "--yes")[0] == 0
+        assert push_sim.push.wait_idle(60)
+    assert len(push_sim.queued(ACCOUNT)) == 10
+    code, out, _ = run_cli(capsys, env, "once")
+    assert code == 0, out
+    assert (last_json(out)["received"], last_json(out)["inserted"]) == (10, 0)
+    assert history(db_url) == sorted((m, "push") for m in canonical(sent))
+
+
+def test_a_pushed_copy_naming_the_account_in_other_case_kinds_matches_its_polled_copy(
+    push_sim: simulator.Simulator, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pushed message carries accountName and upper-case kinds (as real device callbacks do), its
+    polled copy neither: one row (the account is in the key already; kinds are case-folded). The
+    same message with another messageId is another row."""
+    polled = {**messages(1)[0], "messageId": "mid-1"}
+    pushed = {
+        "accountName": ACCOUNT,
+        "messageId": "mid-1",
+        "message": polled["message"],
+        "timestamp": polled["timestamp"],
+        "deviceIds": [{"id": d["id"], "kind": d["kind"].upper()} for d in polled["deviceIds"]],
+    }
+    other = {**polled, "messageId": "mid-2"}
+    with running_receiver(db.connector(db_url)) as r:
+        assert post(r.port, envelope(pushed)) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    push_sim.inject(ACCOUNT, [polled, other])
+    code, out, _ = run_cli(capsys, push_sim.worker_env(accounts=[ACCOUNT], database_url=db_url), "once")
+    assert code == 0, out
+    assert (last_json(out)["received"], last_json(out)["inserted"]) == (2, 1)
+    assert sorted(source for _, source in history(db_url)) == ["poll", "push"]

@@ -676,3 +676,87 @@ def test_begin_run_on_a_lost_connection_raises_without_a_driver_warning(
         assert victim.broken
         # The connection's pipeline state was cleaned up: psycopg reports it closed, not mid-pipeline.
         assert victim._pipeline is None
+
+
+# --- identity at the edges and duplicate devices (issue 27) ------------------------------
+
+
+def test_sub_microsecond_instants_in_four_blocks_are_four_rows(db: psycopg.Connection[Any]) -> None:
+    """Four distinct instants less than 1 µs apart (7 fractional digits), one per block, are four rows
+    (the column keeps microseconds); each block delivered again inserts nothing."""
+    account = "acct-nanos"
+    stamps = [f"2024-05-01T11:00:00.{f}Z" for f in ("1234561", "1234562", "1234571", "1234572")]
+    pages = [_page(account, [dict(_wire(1), timestamp=ts)]) for ts in stamps]
+    run_id = store.start_run(db, account)
+    assert [store.commit_block(db, run_id, p).inserted for p in pages] == [1, 1, 1, 1]
+    assert [store.commit_block(db, run_id, p).inserted for p in pages] == [0, 0, 0, 0]
+    got = db.execute("SELECT timestamp_raw, received_at FROM sms_history ORDER BY timestamp_raw").fetchall()
+    assert [r[0] for r in got] == stamps
+    assert [r[1].microsecond for r in got] == [123456, 123456, 123457, 123457]
+
+
+def test_a_timestamp_with_trailing_garbage_is_malformed_and_not_the_clean_message(
+    db: psycopg.Connection[Any],
+) -> None:
+    """`...Z<NUL>junk` is stored undated, flagged and exactly as sent; the clean message is another row."""
+    account = "acct-junk"
+    junk = dict(_wire(1), timestamp="2024-05-01T11:00:00Z\x00junk")
+    clean = dict(_wire(1), timestamp="2024-05-01T11:00:00Z")
+    run_id = store.start_run(db, account)
+    assert store.commit_block(db, run_id, _page(account, [junk])).inserted == 1
+    assert store.commit_block(db, run_id, _page(account, [clean])).inserted == 1
+    row = db.execute(
+        "SELECT received_at, problems, raw_json FROM sms_history WHERE received_at IS NULL"
+    ).fetchone()
+    assert row is not None and any("not ISO-8601" in p for p in row[1])
+    assert json.loads(row[2]) == junk
+
+
+def test_messages_differing_only_in_an_unknown_member_are_two_rows(db: psycopg.Connection[Any]) -> None:
+    """Two blocks whose messages differ only in a messageId store both; each replay stores nothing."""
+    account = "acct-mid"
+    pages = [_page(account, [dict(_wire(1), messageId=f"m-{i}")]) for i in range(2)]
+    run_id = store.start_run(db, account)
+    assert [store.commit_block(db, run_id, p).inserted for p in pages] == [1, 1]
+    assert [store.commit_block(db, run_id, p).inserted for p in pages] == [0, 0]
+
+
+def test_a_device_listed_twice_counts_once(db: psycopg.Connection[Any]) -> None:
+    """A message listing imei 5 three times (in two letter cases) is one device row for it: the
+    per-device counts, the documented "last messages of a device" query and the kind argument in
+    upper case all see it once; the original keeps the list as sent."""
+    account = "acct-twice"
+    wire = {
+        "deviceIds": [
+            {"id": "5", "kind": "imei"},
+            {"id": "5", "kind": "IMEI"},
+            {"id": "9", "kind": "msisdn"},
+            {"id": "5", "kind": "imei"},
+        ],
+        "message": "twice",
+        "timestamp": "2024-05-01T11:00:00Z",
+    }
+    run_id = store.start_run(db, account)
+    store.commit_block(db, run_id, _page(account, [wire, _wire(2, device="5")]))
+    assert db.execute(
+        "SELECT device_kind, device_id, position FROM sms_by_device WHERE message = 'twice' ORDER BY position"
+    ).fetchall() == [("imei", "5", 0), ("msisdn", "9", 1)]
+    assert db.execute(
+        "SELECT device_count, raw_json FROM sms_history WHERE message = 'twice'"
+    ).fetchone() == (
+        2,
+        json.dumps(wire, separators=(",", ":")),
+    )
+    for kind in ("imei", "IMEI", "Imei"):
+        assert db.execute(
+            "SELECT day_utc, messages FROM sms_device_daily_counts(%s, '5', '2024-05-01', '2024-05-01')",
+            (kind,),
+        ).fetchall() == [(dt.date(2024, 5, 1), 1)]
+    assert db.execute(
+        "SELECT sum(messages) FROM sms_daily_device_counts WHERE device_kind = 'imei' AND device_id = '5'"
+    ).fetchone() == (2,)
+    last = db.execute(
+        "SELECT message FROM sms_by_device WHERE device_kind = 'imei' AND device_id = '5'"
+        " ORDER BY received_at DESC LIMIT 50"
+    ).fetchall()
+    assert sorted(last) == [("reading 2",), ("twice",)]

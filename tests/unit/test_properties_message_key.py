@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_worker import models, rows
+from tests.fixtures import rows_0012
 
 # Small alphabets so that collisions (identical messages) are common, which is where keys go wrong.
 _ids = st.sampled_from(["0001", "001", "1", "00012345678901", "A1"])
@@ -26,14 +28,36 @@ _stamps = st.sampled_from(
         "2016-01-01T20:29:50+00:00",
         "not a time",
         "",
+        # Sub-microsecond digits: distinct instants within one microsecond, and equal ones.
+        "2016-01-01T20:29:49.1234561Z",
+        "2016-01-01T20:29:49.1234562Z",
+        "2016-01-01T12:29:49.12345610-08:00",
+        "2016-01-01T20:29:49.123456Z",
+        "2016-01-01T20:29:49.1234560Z",
+        # Trailing garbage is no time (it used to parse as the clean one).
+        "2016-01-01T20:29:49Z\x00junk",
+        "2016-01-01x20:29:49Z",
     ]
 )
-well_formed = st.fixed_dictionaries(
-    {
-        "deviceIds": st.lists(st.fixed_dictionaries({"id": _ids, "kind": _kinds}), min_size=1, max_size=3),
-        "message": _texts,
-        "timestamp": _stamps,
-    }
+# Members the model does not know (null ones and accountName do not count, see rows._identity_members).
+_extra = st.sampled_from(
+    [{}, {}, {"messageId": "m1"}, {"messageId": "m2"}, {"messageId": None}, {"accountName": "x"}]
+)
+_device_extra = st.sampled_from([{}, {}, {"slot": 1}])
+well_formed = st.builds(
+    lambda core, extra: {**core, **extra},
+    st.fixed_dictionaries(
+        {
+            "deviceIds": st.lists(
+                st.builds(lambda i, k, e: {"id": i, "kind": k, **e}, _ids, _kinds, _device_extra),
+                min_size=1,
+                max_size=3,
+            ),
+            "message": _texts,
+            "timestamp": _stamps,
+        }
+    ),
+    _extra,
 )
 malformed = st.one_of(
     st.fixed_dictionaries({"message": _texts}),
@@ -48,24 +72,47 @@ wire_message = st.one_of(well_formed, well_formed, malformed)
 accounts = st.sampled_from(["0252012345-00001", "0252012345-00002", "acct"])
 
 
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", re.ASCII)
+
+
 def _instant(ts: str) -> str:
-    """The oracle's reading of a timestamp: a UTC instant when it parses, else the text itself."""
-    try:
-        parsed = dt.datetime.fromisoformat(ts)
-    except ValueError:
+    """The oracle's reading of a timestamp: the exact UTC instant (nanoseconds and beyond) when the
+    whole string is an ISO-8601 time, else the text itself."""
+    match = _ISO.fullmatch(ts)
+    if match is None:
         return "raw:" + ts
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return "utc:" + parsed.astimezone(dt.UTC).isoformat()
+    whole = dt.datetime.fromisoformat(ts[:19] + (match.group(2) or "").replace("Z", "+00:00"))
+    if whole.tzinfo is None:
+        whole = whole.replace(tzinfo=dt.UTC)
+    return f"utc:{whole.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%S}.{(match.group(1) or '').ljust(18, '0')}"
 
 
 def _canonical(account: str, obj: Any) -> str:
-    """What identity is documented to depend on, computed independently of rows.py."""
+    """What identity is documented to depend on, computed independently of rows.py: the devices,
+    the exact instant, the text and every other non-null member except accountName."""
     msg = models.SMSMessage.from_wire(obj)
     if msg.problems:
         return json.dumps(["raw", account, json.dumps(obj, sort_keys=True)])
-    devices = sorted((d.kind.lower(), d.id) for d in msg.device_ids)
-    return json.dumps(["ok", account, devices, _instant(msg.timestamp or ""), msg.message])
+    devices = sorted(
+        (
+            d["kind"].lower(),
+            d["id"],
+            json.dumps({k: v for k, v in d.items() if k not in ("id", "kind")}, sort_keys=True),
+        )
+        for d in obj["deviceIds"]
+    )
+    others = {k: v for k, v in obj.items() if k not in ("deviceIds", "message", "timestamp", "accountName")}
+    others = {k: v for k, v in others.items() if v is not None}
+    return json.dumps(
+        [
+            "ok",
+            account,
+            devices,
+            _instant(msg.timestamp or ""),
+            msg.message,
+            json.dumps(others, sort_keys=True),
+        ]
+    )
 
 
 def _keys(account: str, block: list[Any]) -> list[str]:
@@ -121,3 +168,31 @@ def test_same_instant_in_other_offsets_is_the_same_message() -> None:
     a = models.SMSMessage.from_wire({**base, "timestamp": "2016-01-01T12:29:49-08:00"})
     b = models.SMSMessage.from_wire({**base, "timestamp": "2016-01-01T20:29:49.000Z"})
     assert rows.message_key("acct", a, 0) == rows.message_key("acct", b, 0)
+
+
+def _refined(obj: Any) -> bool:
+    """Whether the rules of migration 0013 give this message another key than the code before."""
+    msg = models.SMSMessage.from_wire(obj)
+    if msg.problems:
+        return False
+    stamp = msg.timestamp or ""
+    long_fraction = re.search(r"\.\d{6}0*[1-9]", stamp) is not None
+    junk = "\x00" in stamp or (len(stamp) > 10 and stamp[10] not in "T ")
+    extras = any(
+        v is not None for k, v in obj.items() if k not in ("deviceIds", "message", "timestamp", "accountName")
+    )
+    device_extras = any(len(d) > 2 for d in obj["deviceIds"])
+    return long_fraction or junk or extras or device_extras
+
+
+@settings(max_examples=500)
+@given(accounts, st.lists(wire_message, max_size=8))
+def test_keys_of_messages_the_new_rules_do_not_refine_are_unchanged(account: str, block: list[Any]) -> None:
+    """A message with at most six fractional digits, a strict timestamp and no member beyond the
+    model's gets, bit for bit, the key the code before migration 0013 gave it (a replay of a block
+    stored then is absorbed, and 0013 leaves the row alone)."""
+    plain = [m for m in block if not _refined(m)]
+    messages = [models.SMSMessage.from_wire(m) for m in plain]
+    assert [r.message_key for r in rows.build_rows(account, messages)] == [
+        r.message_key for r in rows_0012.build_rows(account, messages)
+    ]

@@ -139,10 +139,22 @@ def test_original_is_kept_when_the_fields_cannot_rebuild_it(wire: dict[str, Any]
         ("2024-05-06T07:08:09", dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC), "no UTC offset"),
         ("not a time", None, "not ISO-8601"),
         ("", None, "not ISO-8601"),
+        # Strict: datetime.fromisoformat reads all of these as a time.
+        ("2024-05-06T07:08:09Z\x00junk", None, "not ISO-8601"),
+        ("2024-05-06T07:08:09\x00", None, "not ISO-8601"),
+        ("2024-05-06x07:08:09Z", None, "not ISO-8601"),
+        ("2024-05-06\u00e907:08:09Z", None, "not ISO-8601"),
+        ("2024-05-06T07:08:09.Z", None, "not ISO-8601"),
+        ("2024-05-06T07:08:09+05:30:15", None, "not ISO-8601"),
+        # Digits beyond the microsecond are dropped from the column (the key keeps them).
+        ("2024-05-06T07:08:09.123456789Z", dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC), None),
+        ("2024-05-06 07:08:09,5+0100", dt.datetime(2024, 5, 6, 6, 8, 9, 500000, tzinfo=dt.UTC), None),
+        ("20240506T070809Z", dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC), None),
     ],
 )
 def test_parse_timestamp(raw: str, expected: dt.datetime | None, problem: str | None) -> None:
-    """Offsets, Z and milliseconds parse to UTC; no offset reads as UTC with a problem; junk gives NULL."""
+    """Offsets, Z and fractions parse to UTC (to the microsecond); no offset reads as UTC with a problem;
+    anything but a whole ISO-8601 timestamp (a NUL, trailing text, an odd separator) gives NULL."""
     parsed, reported = rows.parse_timestamp(raw)
     assert parsed == expected
     if expected is not None:
@@ -151,6 +163,101 @@ def test_parse_timestamp(raw: str, expected: dt.datetime | None, problem: str | 
         assert reported is None
     else:
         assert reported is not None and problem in reported
+
+
+def test_sub_microsecond_instants_are_distinct_messages() -> None:
+    """Four instants within two microseconds are four keys; the column keeps the microsecond."""
+    stamps = [f"2024-05-01T11:00:00.{f}Z" for f in ("1234561", "1234562", "1234571", "1234572")]
+    built = [rows.build_rows("acct", [_msg(_wire(ts=ts))])[0] for ts in stamps]
+    assert len({r.message_key for r in built}) == 4
+    assert [r.received_at.microsecond for r in built if r.received_at] == [123456, 123456, 123457, 123457]
+
+
+def test_same_instant_spelt_with_more_digits_or_another_offset_is_the_same_key() -> None:
+    """Trailing zeros and offsets do not make another message: the key holds the exact instant."""
+    keys = {
+        rows.message_key("acct", _msg(_wire(ts=ts)), 0)
+        for ts in (
+            "2024-05-01T11:00:00.1234561Z",
+            "2024-05-01T11:00:00.123456100Z",
+            "2024-05-01T04:00:00.1234561-07:00",
+        )
+    }
+    assert len(keys) == 1
+    # Six digits or fewer: the spelling keys always had.
+    six = '["sms-v1","acct",[["imei","0042"]],"2024-05-01T11:00:00.123456+00:00","hi",0]'
+    assert (
+        rows.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.1234560Z")), 0)
+        == hashlib.sha256(six.encode()).hexdigest()
+    )
+    nine = '["sms-v1","acct",[["imei","0042"]],"2024-05-01T11:00:00.123456789+00:00","hi",0]'
+    assert (
+        rows.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.123456789Z")), 0)
+        == hashlib.sha256(nine.encode()).hexdigest()
+    )
+
+
+def test_trailing_garbage_is_a_problem_and_another_key() -> None:
+    """A timestamp with a NUL and text after it is kept raw and flagged, never the clean message."""
+    [junk] = rows.build_rows("acct", [_msg(_wire(ts="2024-05-01T11:00:00Z\x00junk"))])
+    [clean] = rows.build_rows("acct", [_msg(_wire(ts="2024-05-01T11:00:00Z"))])
+    assert junk.received_at is None and junk.malformed
+    assert any("not ISO-8601" in p for p in junk.problems)
+    assert json.loads(junk.raw_json)["timestamp"] == "2024-05-01T11:00:00Z\x00junk"
+    assert junk.message_key != clean.message_key
+
+
+@pytest.mark.parametrize(
+    ("extra", "same"),
+    [
+        ({"messageId": "m-1"}, False),
+        ({"messageId": 7, "nested": {"b": [1, 2.5], "a": None}}, False),
+        ({"messageId": None}, True),
+        ({"accountName": "0252012345-00001"}, True),
+    ],
+)
+def test_members_beyond_the_model_take_part_in_identity(extra: dict[str, Any], same: bool) -> None:
+    """A non-null member the model does not know makes another message; a null one or accountName
+    (already in the key) does not."""
+    base = rows.message_key("acct", _msg(_wire()), 0)
+    assert (rows.message_key("acct", _msg(_wire(**extra)), 0) == base) is same
+
+
+def test_unknown_members_key_ignores_their_order_and_the_kind_case() -> None:
+    """Identity holds the members' values, not their spelling: member order and kind case do not count."""
+    a = {
+        "messageId": "m",
+        "deviceIds": [{"id": "1", "kind": "IMEI", "slot": 2}],
+        "x": {"b": 1, "a": 2},
+        "message": "t",
+        "timestamp": "2024-05-01T11:00:00Z",
+    }
+    b = {
+        "deviceIds": [{"slot": 2, "kind": "imei", "id": "1"}],
+        "message": "t",
+        "timestamp": "2024-05-01T11:00:00Z",
+        "x": {"a": 2, "b": 1},
+        "messageId": "m",
+    }
+    c = {**b, "deviceIds": [{"slot": 3, "kind": "imei", "id": "1"}]}
+    assert rows.message_key("acct", _msg(a), 0) == rows.message_key("acct", _msg(b), 0)
+    assert rows.message_key("acct", _msg(b), 0) != rows.message_key("acct", _msg(c), 0)
+
+
+def test_a_device_listed_twice_is_one_device_of_the_row() -> None:
+    """imei+IMEI+imei of one id is one device (kind case-folded); the original keeps the list as sent."""
+    wire = _wire()
+    wire["deviceIds"] = [
+        {"id": "5", "kind": "imei"},
+        {"id": "5", "kind": "IMEI"},
+        {"id": "9", "kind": "mdn"},
+        {"id": "5", "kind": "imei"},
+    ]
+    [row] = rows.build_rows("acct", [_msg(wire)])
+    assert row.devices == (("imei", "5"), ("mdn", "9"))
+    assert json.loads(row.raw_json) == wire and row.raw_kept == row.raw_json
+    block = rows.Block.from_rows([row])
+    assert block.device_count == (2,) and list(block.dev_kind) == ["mdn"] and list(block.dev_position) == [1]
 
 
 def test_clean_text_replaces_only_bad_characters() -> None:
@@ -256,9 +363,11 @@ _PINNED_KEYS: list[tuple[Any, str, str]] = [
         "ba80207cf0d65b6452b0350659773c07fb2f9919bd1318514037c08db4585af2",
     ),
     (
+        # Re-keyed on purpose by 0013 (a device's extra member now takes part in identity; the
+        # migration moves stored rows to this key): c739bb0a.../d49c113d... before.
         {"deviceIds": [{"id": "7", "kind": "Serial", "extra": 1}], "message": "", "timestamp": "not a time"},
-        "c739bb0aa7763073343c6b2c691d53a5a2c56c4f3a0cb910ec906682aa7601f7",
-        "d49c113d6e3d0df03f59b101d5a45e4bab7dc683b4a655a56751d9d1d9339fda",
+        "51bc9de65bd2ed9222b38dc55207dfb4ae7807fe4e23b9bf5463f0b6179bbe14",
+        "24de5c27886035986af02e6b9e48e42d8766fa67178bb7d491332700e75825d3",
     ),
     (
         {"message": "m", "zz": [1, 2.5, None, True], "aa": {"b": "c"}},
