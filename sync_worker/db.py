@@ -308,10 +308,21 @@ def _close(conn: Connection) -> None:
 def _unlock_and_close(conn: Connection) -> None:
     """Close ``conn``, its session-level advisory locks released first where it still can: the
     server ends a closed session (and frees its locks) a moment after ``close`` returns, and the
-    next run of the account must not find its lock still held."""
+    next run of the account must not find its lock still held.
+
+    A retired connection (an error happened on it) is left inside an open transaction: Postgres
+    rolls it back as the session ends, and a pooler in session mode (PgBouncer) then closes the
+    server session instead of resetting it for its next client. A session opened while the
+    database was read-only stays read-only after it is writable again (``RESET ALL`` keeps the
+    value it started with), so handing it on would fail every later connection the same way.
+    """
     if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock_all()")
+            with _failed_lock:
+                failed = conn in _failed
+            if failed:
+                conn.execute("BEGIN")
     _close(conn)
 
 

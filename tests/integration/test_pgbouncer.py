@@ -145,3 +145,34 @@ def test_the_cli_refuses_transaction_and_statement_pooling_before_any_request(
     assert f"pool_mode = {mode}" in proc.stderr
     assert not simulator.stats.requests
     assert len(simulator.queued(e2e.ACCOUNTS[0])) == 5
+
+
+def test_a_server_session_opened_read_only_is_dropped_after_its_error_not_handed_on(
+    pgbouncers: dict[str, pgbouncer.Bouncer], pg_server: Any, db_url: str
+) -> None:
+    """Behind PgBouncer (session pooling), a server session opened while the database was read-only
+    stays read-only after it is writable again; each worker connection that meets that error takes
+    its server session with it, so writes work again after at most one failure per session opened
+    during the episode (two here: the check's probe and the write), not only after PgBouncer's
+    server_lifetime (the chaos run's seed 8)."""
+    name = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    connect = db.connector(pgbouncers["session"].url(db_url), failure=FAILURE)
+    statement = "CREATE TABLE IF NOT EXISTS pgbouncer_probe (n int)"
+
+    def write() -> bool:
+        try:
+            with db.session(connect) as conn, db.transaction(conn) as cur:
+                cur.execute(statement)
+        except errors.StoreError as exc:
+            assert "read-only transaction" in str(exc)
+            return False
+        return True
+
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        try:
+            assert not write()
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    attempts = [write() for _ in range(6)]
+    assert True in attempts[:3], attempts
