@@ -3,7 +3,10 @@
 Connections are in autocommit mode, so every ``store`` write is exactly the
 transaction it opens and advisory locks are session-level. A connection that
 cannot be made raises ``errors.DatabaseUnavailableError`` naming what failed,
-never the password.
+never the password. Session-level state is why a pooler that hands the server
+session to other clients between transactions (PgBouncer's transaction or
+statement pooling) is refused on a factory's first connection
+(``check_session_pooling``, ``errors.ConfigError``).
 """
 
 from __future__ import annotations

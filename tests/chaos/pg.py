@@ -83,7 +83,9 @@ class Databases:
     files): a background thread keeps ``ahead`` of them ready, so a schedule rarely waits for one.
     """
 
-    def __init__(self, admin_url: str, template: str, *, ahead: int = 1, pooler_port: int | None = None) -> None:
+    def __init__(
+        self, admin_url: str, template: str, *, ahead: int = 1, pooler_port: int | None = None
+    ) -> None:
         self.admin_url = admin_url
         self.template = template
         self.pooler_port = pooler_port

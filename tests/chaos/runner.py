@@ -273,7 +273,9 @@ def _shrink_and_print(
     for v in again.violations:
         print(f"    {v.line()}", file=out)
     print(f"  {outcome.schedule.dumps()}", file=out)
-    print(f"  replay the seed:       {PYTHON} -m tests.chaos --seed {original.seed}{_replay_options}", file=out)
+    print(
+        f"  replay the seed:       {PYTHON} -m tests.chaos --seed {original.seed}{_replay_options}", file=out
+    )
     print(f"  replay the shrunk one: {PYTHON} -m tests.chaos --schedule {path}{_replay_options}", file=out)
     return str(path), again.codes()
 
