@@ -11,7 +11,7 @@ COMPARE_ARGS ?=
 MINUTES ?=
 CHAOS_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
+.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -43,16 +43,21 @@ $(BENCH_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# PgBouncer from Debian's packages, for tests/integration/test_pgbouncer.py and `chaos --pgbouncer`
+# (tests/fixtures/pgbouncer.py starts its own processes; the package's service is not used).
+pgbouncer:
+	@command -v pgbouncer >/dev/null || apt-get install -y pgbouncer
+
 run demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
-test: $(STAMP)
+test: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 # The in-place migration test at the size the issue names; prints (and appends to
@@ -64,7 +69,7 @@ test-migration-1m: $(STAMP)
 
 # The chaos machine (tests/chaos): CI mode by default; MINUTES=60 for a long run; CHAOS_ARGS for
 # anything else (--seed S to replay, --schedule FILE, --jobs N; python -m tests.chaos --help).
-chaos: $(STAMP)
+chaos: $(STAMP) pgbouncer
 	$(BIN)/python -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES)) $(CHAOS_ARGS)
 
 lint: $(STAMP)
