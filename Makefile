@@ -11,7 +11,7 @@ COMPARE_ARGS ?=
 MINUTES ?=
 CHAOS_ARGS ?=
 
-.PHONY: help venv run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
+.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -56,16 +56,21 @@ $(PROMTOOL): | $(STAMP)
 		test -x $@ || echo "promtool unavailable (apt-get download prometheus failed): the alert rule tests will skip"; \
 	fi
 
+# PgBouncer from Debian's packages, for tests/integration/test_pgbouncer.py and `chaos --pgbouncer`
+# (tests/fixtures/pgbouncer.py starts its own processes; the package's service is not used).
+pgbouncer:
+	@command -v pgbouncer >/dev/null || apt-get install -y pgbouncer
+
 run demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
-test: $(STAMP) $(PROMTOOL)
+test: $(STAMP) $(PROMTOOL) pgbouncer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 # The in-place migration test at the size the issue names; prints (and appends to
@@ -77,7 +82,7 @@ test-migration-1m: $(STAMP)
 
 # The chaos machine (tests/chaos): CI mode by default; MINUTES=60 for a long run; CHAOS_ARGS for
 # anything else (--seed S to replay, --schedule FILE, --jobs N; python -m tests.chaos --help).
-chaos: $(STAMP)
+chaos: $(STAMP) pgbouncer
 	$(BIN)/python -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES)) $(CHAOS_ARGS)
 
 lint: $(STAMP)

@@ -72,6 +72,7 @@ def client_config(
         username=settings.username,
         password=settings.password,
         timeout=(settings.http_connect_timeout, settings.http_read_timeout),
+        total_timeout=settings.http_total_timeout,
         retry=retry.RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             max_backoff=settings.retry_max_wait_seconds,
@@ -101,9 +102,10 @@ def login_guard(
         connect,
         username=settings.username,
         threshold=settings.login_guard_threshold,
-        # A login cannot take longer than one connect and one read timeout; the margin
-        # covers a slow database. A process that vanished mid-login holds no longer.
-        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
+        # A login cannot take longer than the total timeout of one exchange (nor than one
+        # connect and one read timeout when nothing arrives); the margin covers a slow
+        # database. A process that vanished mid-login holds no longer.
+        lease_seconds=settings.http_total_timeout + 30.0,
         stop_event=stop_event,
         on_state=on_state,
     )
@@ -237,8 +239,8 @@ def run_daemon(
 ) -> int:
     """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here.
 
-    ``liveness`` (made here when not given) also feeds ``seconds_since_last_claim_poll`` when
-    ``metrics`` is a ``metrics.Metrics``.
+    ``liveness`` (made here when not given) also feeds ``seconds_since_last_claim_poll`` and
+    ``run_overdue_seconds`` when ``metrics`` is a ``metrics.Metrics``.
     """
     from sync_worker import metrics as metrics_mod  # noqa: PLC0415  # see the imports above
     from sync_worker import scheduler  # noqa: PLC0415  # see the imports above
@@ -248,6 +250,7 @@ def run_daemon(
         liveness = scheduler.Liveness()
     if isinstance(metrics, metrics_mod.Metrics):
         metrics.watch_claim_poll(liveness.seconds_since_poll)
+        metrics.watch_overdue_runs(liveness.overdue_runs)
     with contextlib.ExitStack() as stack:
         if connect is None:
             connect = stack.enter_context(pooled(settings))

@@ -42,6 +42,12 @@
   and port. Redirects are never followed either (a request goes straight to the
   session's mounted adapter, which never follows one): a 3xx would carry the bearer
   and session tokens wherever it pointed.
+* Every exchange (token, login, API call) ends within ``total_timeout``, connect,
+  headers and body together, however slowly the answer trickles in (the read timeout
+  only bounds each wait): see "the total deadline of one exchange" below. An API call
+  is also cut at the run's ``deadline`` (and not sent past it); a token request or a
+  login never is. A timed-out exchange is an ``errors.ApiTransientError`` and its
+  connection is closed. A body over ``max_body_bytes`` is unreadable.
 * Every session login goes through the login guard (``cfg.login_guard``, else an
   in-process ``auth.MemoryLoginGuard`` with threshold 1): counted before it is
   sent, then reported as succeeded, refused (a 4xx other than 408/429: raises
@@ -57,6 +63,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import email.utils
@@ -67,6 +74,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -80,10 +88,15 @@ import requests.hooks
 import requests.structures
 import requests.utils
 import structlog
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.poolmanager
 
 from sync_worker import auth, errors, gate, models, retry, secret, urls
 
 USER_AGENT: Final = "thingspace-sms-sync/0.1"
+DEFAULT_TOTAL_TIMEOUT: Final = 120.0
+DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 MAX_TOKEN_LENGTH: Final = 64
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9]+")
 _SESSION_EXPIRED_SUFFIX: Final = "SessionToken.Expired"
@@ -115,7 +128,11 @@ class ClientConfig:
     client_secret: secret.Secret
     username: str
     password: secret.Secret
-    timeout: tuple[float, float] = (5.0, 60.0)  # connect, read
+    timeout: tuple[float, float] = (5.0, 60.0)  # connect, read (each socket read)
+    # One exchange, connect, headers and body together, never takes longer (see _Watchdog).
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT
+    # A larger body is unreadable (history answers hold at most 100 messages).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry: retry.RetryPolicy = dataclasses.field(default_factory=retry.RetryPolicy)
     login_guard: auth.LoginGuard | None = dataclasses.field(default=None, repr=False, compare=False)
     # The current credentials, read at each token fetch and login (the fields above otherwise).
@@ -141,7 +158,7 @@ class ThingSpaceClient:
         self._owns_http = cfg.session is None
         self._http = cfg.session if cfg.session is not None else requests.Session()
         if self._owns_http:
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=cfg.pool_size)
+            adapter = _WatchedAdapter(pool_connections=1, pool_maxsize=cfg.pool_size)
             self._http.mount("https://", adapter)
             self._http.mount("http://", adapter)
             _environment_once(self._http, self._base)
@@ -154,7 +171,8 @@ class ThingSpaceClient:
         settings = self._http.merge_environment_settings(self._base, {}, False, self._verify, None)
         self._header_cache: dict[tuple[Any, ...], requests.structures.CaseInsensitiveDict[Any]] = {}
         self._send_settings: dict[str, Any] = {
-            "stream": False,
+            # The body is read by _read_body, against the exchange's deadline and the size cap.
+            "stream": True,
             "verify": settings["verify"],
             "proxies": settings["proxies"],
             "cert": settings["cert"],
@@ -211,27 +229,49 @@ class ThingSpaceClient:
         data: dict[str, str] | None = None,
         json_body: Any = None,
         auth: tuple[str, str] | None = None,
+        run_deadline: float | None = None,
     ) -> requests.Response:
+        """One request and its whole answer, within ``total_timeout`` and ``run_deadline``.
+
+        ``run_deadline`` is a ``retry.clock()`` value (the run budget's end). Token and login
+        exchanges get none: cutting a login short would only make an unknown outcome the
+        login guard counts, and a login takes at most ``total_timeout`` anyway.
+        """
         started = time.perf_counter()
+        seconds, limit = self._exchange_budget(run_deadline)
+        if seconds <= 0:
+            raise errors.ApiTransientError(
+                f"request to {_host_port(url)} not sent: the run budget has ended", operation=operation
+            )
+        exchange = _Exchange(time.monotonic() + seconds)
+        _WATCHDOG.watch(exchange)
         try:
-            response = self._send(method, url, headers, data=data, json_body=json_body, auth=auth)
-        except requests.Timeout as exc:
-            self._observe(operation, None, started)
-            raise errors.ApiTransientError(
-                f"request to {_host_port(url)} timed out ({type(exc).__name__})", operation=operation
-            ) from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            self._observe(operation, None, started)
-            raise errors.ApiTransientError(
-                f"connection to {_host_port(url)} failed: {network_cause(exc)}", operation=operation
-            ) from exc
+            response = self._send(
+                method, url, headers, data=data, json_body=json_body, auth=auth, exchange=exchange
+            )
         except requests.RequestException as exc:
+            # A socket timeout at the deadline is the deadline too.
+            cut = _WATCHDOG.unwatch(exchange) or time.monotonic() >= exchange.deadline
             self._observe(operation, None, started)
-            raise errors.ApiPermanentError(
-                f"request could not be made ({type(exc).__name__})", operation=operation
-            ) from exc
+            raise _request_error(exc, operation, url, cut=cut, seconds=seconds, limit=limit) from exc
+        except BaseException:
+            _WATCHDOG.unwatch(exchange)
+            raise
+        if _WATCHDOG.unwatch(exchange):
+            # The deadline passed as the answer ended: its end may be the cut, not the server's.
+            _discard(response)
+            self._observe(operation, None, started)
+            raise _deadline_error(operation, url, seconds, limit)
         self._observe(operation, response.status_code, started)
         return response
+
+    def _exchange_budget(self, run_deadline: float | None) -> tuple[float, str]:
+        """Seconds the next exchange may take, and what limits it (for the error message)."""
+        total = self._cfg.total_timeout
+        if run_deadline is None:
+            return total, "total timeout"
+        left = run_deadline - self._cfg.retry.clock()
+        return (left, "run budget") if left < total else (total, "total timeout")
 
     def _send(
         self,
@@ -242,6 +282,7 @@ class ThingSpaceClient:
         data: dict[str, str] | None,
         json_body: Any,
         auth: tuple[str, str] | None,
+        exchange: _Exchange,
     ) -> requests.Response:
         """What ``Session.request`` did, through the session's mounted adapter, minus its per-call merges.
 
@@ -252,7 +293,9 @@ class ThingSpaceClient:
         as before: its headers (ours win), params, auth (the request's wins), cookies (sent, and
         updated from ``Set-Cookie``), response hooks, and the adapter mounted for the URL, which
         raises requests' own exceptions. Redirects are not followed, as before; the body is read
-        here so a connection cut mid-body is the same network error as before.
+        here (``_read_body``) so a connection cut mid-body is the same network error as before.
+        The socket timeouts never exceed what is left of the exchange's deadline, and the
+        connection is known to the watchdog (``_current``) while headers and body arrive.
         """
         http = self._http
         prepared = requests.PreparedRequest()
@@ -265,18 +308,32 @@ class ThingSpaceClient:
         prepared.prepare_body(data or {}, None, json_body)
         prepared.prepare_auth(auth if auth is not None else http.auth, url)
         prepared.prepare_hooks(http.hooks)
-        started = time.perf_counter()
-        response = http.get_adapter(url).send(prepared, timeout=self._cfg.timeout, **self._send_settings)
-        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
-        hooked: requests.Response = requests.hooks.dispatch_hook(  # type: ignore[no-untyped-call]
-            "response", prepared.hooks, response
-        )
-        response = hooked
-        if "Set-Cookie" in response.headers:
-            requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
-                http.cookies, prepared, response.raw
-            )
-        _ = response.content  # read now: a body cut short fails inside _exchange's handlers
+        left = exchange.deadline - time.monotonic()
+        connect, read = self._cfg.timeout
+        timeout = (min(connect, left), min(read, left))
+        _current.exchange = exchange
+        try:
+            started = time.perf_counter()
+            response = http.get_adapter(url).send(prepared, timeout=timeout, **self._send_settings)
+            response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+            if exchange.sock is None:
+                # A caller's session without our adapter: the body phase is still watched.
+                _WATCHDOG.attach(exchange, _socket_of(response))
+            try:
+                hooked: requests.Response = requests.hooks.dispatch_hook(  # type: ignore[no-untyped-call]
+                    "response", prepared.hooks, response
+                )
+                response = hooked
+                if "Set-Cookie" in response.headers:
+                    requests.cookies.extract_cookies_to_jar(  # type: ignore[no-untyped-call]
+                        http.cookies, prepared, response.raw
+                    )
+                _read_body(response, self._cfg.max_body_bytes)
+            except BaseException:
+                _discard(response)  # never back to the pool half-read
+                raise
+        finally:
+            _current.exchange = None
         return response
 
     def _checked_headers(self, headers: dict[str, str]) -> requests.structures.CaseInsensitiveDict[Any]:
@@ -491,6 +548,12 @@ class ThingSpaceClient:
             attempts += 1
             session_replayed = bearer_replayed = False
             while True:
+                if deadline is not None and self._cfg.retry.clock() >= deadline:
+                    # No token request or login is started for a call that could not be sent.
+                    raise errors.ApiTransientError(
+                        f"request to {_host_port(url)} not sent: the run budget has ended",
+                        operation=operation,
+                    )
                 bearer = self._bearer.get()
                 session_token = self._session.get(deadline)
                 response = self._exchange(
@@ -499,6 +562,7 @@ class ThingSpaceClient:
                     url,
                     {"Authorization": f"Bearer {bearer}", "VZ-M2M-Token": session_token},
                     json_body=json_body,
+                    run_deadline=deadline,
                 )
                 if 200 <= response.status_code < 300:
                     return read(response)
@@ -698,6 +762,10 @@ def _read_history(
             paging_error = errors.UnsafeLocationError(str(exc), status=status, operation=operation)
     body = response.content
     try:
+        cap = body_over_cap(response)
+        if cap is not None:
+            # Only the first bytes were kept: whatever they parse as, they are not the block.
+            raise errors.ResponseFormatError(f"history body is larger than {cap} bytes")
         envelope = gate.read_envelope(body)
         if paging_error is not None:
             # A readable body with a bad Location: nothing can be acknowledged safely, and
@@ -936,6 +1004,12 @@ def _json(response: requests.Response, operation: str) -> Any:
     # The stdlib decoder, not response.json(): requests switches to simplejson when it
     # is installed, which refuses NaN and would make one odd message block its queue.
     # RecursionError is how a deeply nested body ends the decoder.
+    cap = body_over_cap(response)
+    if cap is not None:
+        # Only the first bytes were kept: whatever they parse as, it is not the answer.
+        raise errors.ResponseFormatError(
+            f"response body is larger than {cap} bytes", status=response.status_code, operation=operation
+        )
     try:
         return json.loads(response.content)
     except (ValueError, RecursionError) as exc:
@@ -1037,3 +1111,233 @@ def network_cause(exc: BaseException) -> str:
         if isinstance(e, OSError) and e.strerror:
             return str(e.strerror)
     return type(exc).__name__
+
+
+# --- the total deadline of one exchange ------------------------------------------
+#
+# requests' read timeout bounds each socket read, so an answer trickling in a byte at a time
+# never times out: the deadline of an exchange is kept by cutting its connection instead. The
+# exchange registers with one watchdog thread; the connection it uses attaches its socket (our
+# adapter's connections do so as they connect and as each request is sent, headers phase
+# included; a caller's adapter only once the headers are in). At the deadline the watchdog shuts
+# the socket down, which ends whatever read waits on it at once (TLS or not), and the exchange
+# raises a timeout. A cut connection is closed, never handed back to the pool half-read.
+
+
+class _Exchange:
+    """One exchange's deadline (``time.monotonic``) and what the watchdog knows of it."""
+
+    __slots__ = ("cut", "deadline", "owned", "sock")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.cut = False
+        self.sock: socket.socket | None = None
+        # A duplicate of a new connection's socket, closed when the exchange ends: TLS takes
+        # the original over (detaching it) while the handshake, which must be cuttable, runs.
+        self.owned: socket.socket | None = None
+
+
+class _Watchdog:
+    """One thread for the process, started by the first exchange, asleep until the earliest deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._live: set[_Exchange] = set()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def watch(self, exchange: _Exchange) -> None:
+        with self._cond:
+            self._live.add(exchange)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="thingspace-deadlines", daemon=True)
+                self._thread.start()
+            elif exchange.deadline < self._wake_at:
+                self._cond.notify()
+
+    def attach(self, exchange: _Exchange, sock: object, *, owned: bool = False) -> None:
+        """The socket to shut down at ``exchange``'s deadline (at once if it passed already)."""
+        if not isinstance(sock, socket.socket):
+            return
+        with self._cond:
+            if owned:
+                if exchange.owned is not None:
+                    exchange.owned.close()
+                exchange.owned = sock
+            if exchange.sock is None or owned:
+                exchange.sock = sock
+            if exchange.cut:
+                _shut_down(sock)
+
+    def unwatch(self, exchange: _Exchange) -> bool:
+        """Forget ``exchange``; True when its deadline passed (its connection was cut)."""
+        with self._cond:
+            self._live.discard(exchange)
+            owned, exchange.owned, exchange.sock = exchange.owned, None, None
+            cut = exchange.cut
+        if owned is not None:
+            owned.close()
+        return cut
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wake_at = math.inf
+                for exchange in self._live:
+                    if exchange.cut:
+                        continue
+                    if exchange.deadline <= now:
+                        exchange.cut = True
+                        if exchange.sock is not None:
+                            _shut_down(exchange.sock)
+                    else:
+                        wake_at = min(wake_at, exchange.deadline)
+                self._wake_at = wake_at
+                self._cond.wait(None if wake_at == math.inf else wake_at - now)
+
+
+_WATCHDOG: Final = _Watchdog()
+# The exchange the current thread is sending, for the connection classes below.
+_current = threading.local()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's own method even for an SSLSocket: only the file descriptor is touched,
+    # never the TLS state the reading thread is using.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _attach_current(sock: object, *, new: bool) -> None:
+    exchange: _Exchange | None = getattr(_current, "exchange", None)
+    if exchange is None or not isinstance(sock, socket.socket):
+        return
+    if new:
+        _WATCHDOG.attach(exchange, sock.dup(), owned=True)
+    else:
+        _WATCHDOG.attach(exchange, sock)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _attach_current(sock, new=True)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach_current(self.sock, new=False)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _attach_current(sock, new=True)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach_current(self.sock, new=False)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: Final[dict[str, type[urllib3.connectionpool.HTTPConnectionPool]]] = {
+    "http": _WatchedHTTPConnectionPool,
+    "https": _WatchedHTTPSConnectionPool,
+}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections the watchdog can cut from the first byte on."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.poolmanager.ProxyManager:
+        manager: urllib3.poolmanager.ProxyManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+def _socket_of(response: requests.Response) -> object:
+    connection = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
+    return getattr(connection, "sock", None)
+
+
+_READ_CHUNK: Final = 64 * 1024
+_OVER_CAP: Final = "thingspace_body_over_cap"
+
+
+def _read_body(response: requests.Response, cap: int) -> None:
+    """Read the whole body now (requests' own errors for a cut or undecodable one), at most ``cap`` bytes.
+
+    A longer body is not read further: its connection is closed, the first ``cap`` bytes are
+    kept and ``body_over_cap`` says so (every body decoded through ``_json`` is then unreadable).
+    """
+    if response.raw is None:  # an adapter that built the response with its content
+        content = response.content or b""
+        if len(content) > cap:
+            response._content = content[:cap]
+            vars(response)[_OVER_CAP] = cap
+        return
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_READ_CHUNK):
+        if size + len(chunk) > cap:
+            chunks.append(chunk[: cap - size])
+            _discard(response)
+            vars(response)[_OVER_CAP] = cap
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    response._content = b"".join(chunks)
+    response._content_consumed = True  # type: ignore[attr-defined]
+
+
+def body_over_cap(response: requests.Response) -> int | None:
+    """The size cap ``response``'s body went over (only its first bytes were kept); None if within it."""
+    cap = vars(response).get(_OVER_CAP)
+    return cap if isinstance(cap, int) else None
+
+
+def _discard(response: requests.Response) -> None:
+    """Close ``response`` and its connection, unread: the pool gets the connection back closed."""
+    with contextlib.suppress(Exception):
+        if response.raw is not None:
+            response.raw.close()
+        response.close()
+
+
+def _deadline_error(operation: str, url: str, seconds: float, limit: str) -> errors.ApiTransientError:
+    return errors.ApiTransientError(
+        f"request to {_host_port(url)} timed out: no complete answer within {seconds:.3g} s ({limit})",
+        operation=operation,
+    )
+
+
+def _request_error(
+    exc: requests.RequestException, operation: str, url: str, *, cut: bool, seconds: float, limit: str
+) -> errors.ApiError:
+    """requests' exception as ours: the deadline when it was cut, else as before."""
+    if cut:
+        return _deadline_error(operation, url, seconds, limit)
+    if isinstance(exc, requests.Timeout):
+        return errors.ApiTransientError(
+            f"request to {_host_port(url)} timed out ({type(exc).__name__})", operation=operation
+        )
+    if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        return errors.ApiTransientError(
+            f"connection to {_host_port(url)} failed: {network_cause(exc)}", operation=operation
+        )
+    return errors.ApiPermanentError(f"request could not be made ({type(exc).__name__})", operation=operation)

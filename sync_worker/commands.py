@@ -136,7 +136,7 @@ def cmd_run(ctx: Context) -> int:
         server = health.HealthServer(
             settings.metrics_port,
             m,
-            live=liveness,
+            live=liveness.check,
             ready=health.checks(
                 [
                     ("database", database_ready),

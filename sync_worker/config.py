@@ -186,7 +186,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_RUN_BUDGET_SECONDS",
         "(the interval)",
-        "Time budget of one account run; a retry wait beyond it ends the run cleanly.",
+        "Time budget of one account run. Reached between two blocks after the run stored some, the "
+        "run ends cleanly: outcome succeeded with the note 'run budget reached, more waiting' (the "
+        "cursor is committed; the daemon makes the account due again at once). A retry wait beyond "
+        "it ends the run (failed, deferred), and an API call in flight when it ends is cut (the run "
+        "fails); either way the next run resumes at the stored cursor. The daemon's /healthz fails "
+        "while a run is past it by twice THINGSPACE_TOTAL_TIMEOUT + 60 s.",
         ("run_budget_seconds",),
         300.0,
     ),
@@ -285,7 +290,22 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _number(
         "THINGSPACE_CONNECT_TIMEOUT", 5, "HTTP connect timeout, seconds.", "http_connect_timeout", minimum=0.1
     ),
-    _number("THINGSPACE_READ_TIMEOUT", 60, "HTTP read timeout, seconds.", "http_read_timeout", minimum=0.1),
+    _number(
+        "THINGSPACE_READ_TIMEOUT",
+        60,
+        "HTTP read timeout, seconds: the longest wait for each piece of an answer.",
+        "http_read_timeout",
+        minimum=0.1,
+    ),
+    _number(
+        "THINGSPACE_TOTAL_TIMEOUT",
+        120,
+        "The longest one HTTP exchange may take, seconds: connect, headers and body together (an "
+        "answer trickling in slowly is cut here; the read timeout only bounds each wait). An API "
+        "call is also cut where the run budget ends; a token request or login never is.",
+        "http_total_timeout",
+        minimum=1.0,
+    ),
     _number(
         "THINGSPACE_RETRY_MAX_ATTEMPTS",
         retry.DEFAULT_MAX_ATTEMPTS,
@@ -410,15 +430,8 @@ _BY_NAME: Final = {var.name: var for var in VARIABLES}
 # A command is named as typed: "once", "cursor reset". A test checks each command's help against this.
 _LOGS: Final = frozenset({"SYNC_LOG_FORMAT", "SYNC_LOG_LEVEL"})
 _DATABASE: Final = frozenset({"SYNC_DATABASE_URL", "SYNC_DATABASE_URL_FILE"})
-# The login guard (kept in Postgres, per user): its threshold, and a login's lease from the timeouts.
-_GUARD: Final = frozenset(
-    {
-        "THINGSPACE_USERNAME",
-        "SYNC_LOGIN_GUARD_THRESHOLD",
-        "THINGSPACE_CONNECT_TIMEOUT",
-        "THINGSPACE_READ_TIMEOUT",
-    }
-)
+# The login guard (kept in Postgres, per user): its threshold, and a login's lease from the total timeout.
+_GUARD: Final = frozenset({"THINGSPACE_USERNAME", "SYNC_LOGIN_GUARD_THRESHOLD", "THINGSPACE_TOTAL_TIMEOUT"})
 # What a login is made of (the guard tells credentials apart by their fingerprint).
 _CREDENTIALS: Final = _GUARD | {
     "THINGSPACE_BASE_URL",
@@ -430,6 +443,8 @@ _CREDENTIALS: Final = _GUARD | {
     "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
 }
 _API: Final = _CREDENTIALS | {
+    "THINGSPACE_CONNECT_TIMEOUT",
+    "THINGSPACE_READ_TIMEOUT",
     "THINGSPACE_RETRY_MAX_ATTEMPTS",
     "THINGSPACE_RETRY_MAX_WAIT",
     "THINGSPACE_RETRY_MAX_RETRY_AFTER",
@@ -560,6 +575,7 @@ class Settings:
     log_level: str = dataclasses.field(default=_default("SYNC_LOG_LEVEL"))
     http_connect_timeout: float = dataclasses.field(default=_default("THINGSPACE_CONNECT_TIMEOUT"))
     http_read_timeout: float = dataclasses.field(default=_default("THINGSPACE_READ_TIMEOUT"))
+    http_total_timeout: float = dataclasses.field(default=_default("THINGSPACE_TOTAL_TIMEOUT"))
     retry_max_attempts: int = dataclasses.field(default=_default("THINGSPACE_RETRY_MAX_ATTEMPTS"))
     retry_max_wait_seconds: float = dataclasses.field(default=_default("THINGSPACE_RETRY_MAX_WAIT"))
     retry_max_retry_after_seconds: float = dataclasses.field(

@@ -3,7 +3,10 @@
 Connections are in autocommit mode, so every ``store`` write is exactly the
 transaction it opens and advisory locks are session-level. A connection that
 cannot be made raises ``errors.DatabaseUnavailableError`` naming what failed,
-never the password.
+never the password. Session-level state is why a pooler that hands the server
+session to other clients between transactions (PgBouncer's transaction or
+statement pooling) is refused on a factory's first connection
+(``check_session_pooling``, ``errors.ConfigError``).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def connector(
     password, but a password given in a URL is registered as a secret all the same).
     """
 
-    def connect() -> psycopg.Connection[Any]:
+    def open_one() -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(
                 with_liveness(dsn),
@@ -120,10 +123,106 @@ def connector(
                 connect_timeout=connect_timeout,
             )
         except psycopg.Error as exc:
-            reason = secret.scrub(str(exc).strip()) or type(exc).__name__
-            raise errors.DatabaseUnavailableError(f"{failure}: {reason}") from exc
+            raise errors.DatabaseUnavailableError(f"{failure}: {_reason(exc)}") from exc
+
+    # The pooling check runs on the factory's first connection only (once per process and URL);
+    # a refusal is kept, so every later connection is refused the same way.
+    checked = False
+    refusal: errors.ConfigError | None = None
+    check_lock = threading.Lock()
+
+    def connect() -> psycopg.Connection[Any]:
+        nonlocal checked, refusal
+        conn = open_one()
+        if checked and refusal is None:
+            return conn
+        with check_lock:
+            try:
+                if refusal is None and not checked:
+                    check_session_pooling(conn, open_one, failure=failure)
+                    checked = True
+            except errors.ConfigError as exc:
+                refusal = exc
+            except BaseException:
+                _close(conn)
+                raise
+            if refusal is not None:
+                _close(conn)
+                raise refusal
+        return conn
 
     return connect
+
+
+def _reason(exc: psycopg.Error) -> str:
+    return secret.scrub(str(exc).strip()) or type(exc).__name__
+
+
+# How many times the pooling check looks for another client on this connection's server session.
+_POOLING_ROUNDS: Final = 2
+
+
+def check_session_pooling(conn: Connection, open_other: ConnectionFactory, *, failure: str) -> None:
+    """Raise ``errors.ConfigError`` when ``conn`` leads to a pooler that does not keep one server
+    session per client connection (PgBouncer's transaction or statement pooling).
+
+    The worker holds session state across transactions: each account's advisory lock (taken in
+    one transaction, held while the run commits its blocks in others, released at the end), the
+    migrations' and retention's locks, and psycopg's prepared statements. Under transaction
+    pooling another client gets the server session between two transactions: the account lock
+    would silently stop excluding other replicas (two replicas drain one account), and prepared
+    statements collide (``DuplicatePreparedStatement``).
+
+    Postgres itself answers ``pg_backend_pid()`` with the process ID its BackendKeyData announced;
+    PgBouncer (every version) gives each client a random cancel key of its own, so a difference
+    means a pooler sits between, and only then is the mode probed, with a second client: under
+    session pooling this connection's server process never changes and no other client ever runs
+    on it; under transaction pooling, PgBouncer reuses idle server connections most recently used
+    first (or, with ``server_round_robin``, in turn), so within a few statements either this
+    connection moves to another server process or the other client lands on this one. Statement
+    pooling refuses the other client's transaction block outright.
+    """
+    try:
+        own = _server_pid(conn)
+        if own == conn.info.backend_pid:
+            return  # no pooler: the server's own key
+        seen = {own}
+        with contextlib.closing(open_other()) as other:
+            for _ in range(_POOLING_ROUNDS):
+                seen.add(_server_pid(conn))
+                seen.add(_server_pid(conn))
+                if len(seen) > 1:
+                    raise _pooling_refusal(failure, "transaction")
+                with other.transaction():
+                    theirs = _server_pid(other)
+                    if theirs in seen:
+                        raise _pooling_refusal(failure, "transaction")
+                    # While the other client holds its server, this one must still be on its own.
+                    seen.add(_server_pid(conn))
+                if len(seen) > 1:
+                    raise _pooling_refusal(failure, "transaction")
+    except psycopg.Error as exc:
+        if "statement pool" in str(exc):
+            raise _pooling_refusal(failure, "statement") from exc
+        raise errors.DatabaseUnavailableError(
+            f"{failure}: checking the connection pooling failed: {_reason(exc)}"
+        ) from exc
+
+
+def _server_pid(conn: Connection) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _pooling_refusal(failure: str, mode: str) -> errors.ConfigError:
+    # The remedy first: one-line logs and readiness probes may cut a long message short.
+    return errors.ConfigError(
+        f"{failure}: refused: use session pooling (PgBouncer: pool_mode = session) or connect to "
+        f"Postgres directly; this URL leads to a pooler in {mode} pooling mode (PgBouncer's "
+        f"pool_mode = {mode}), which hands this connection's server session to other clients between "
+        "its transactions: the per-account advisory locks would stop excluding other replicas and "
+        'prepared statements would collide (docs/operations.md, "PgBouncer")'
+    )
 
 
 def create_database(dsn: str, *, failure: str, connect_timeout: int = 10) -> str | None:
@@ -242,10 +341,21 @@ def _close(conn: Connection) -> None:
 def _unlock_and_close(conn: Connection) -> None:
     """Close ``conn``, its session-level advisory locks released first where it still can: the
     server ends a closed session (and frees its locks) a moment after ``close`` returns, and the
-    next run of the account must not find its lock still held."""
+    next run of the account must not find its lock still held.
+
+    A retired connection (an error happened on it) is left inside an open transaction: Postgres
+    rolls it back as the session ends, and a pooler in session mode (PgBouncer) then closes the
+    server session instead of resetting it for its next client. A session opened while the
+    database was read-only stays read-only after it is writable again (``RESET ALL`` keeps the
+    value it started with), so handing it on would fail every later connection the same way.
+    """
     if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock_all()")
+            with _failed_lock:
+                failed = conn in _failed
+            if failed:
+                conn.execute("BEGIN")
     _close(conn)
 
 

@@ -1,10 +1,12 @@
 """The operator-facing HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
 
 ``/healthz`` answers "should this process be restarted?" (alive, scheduler
-running); ``/readyz`` answers "is it able to do its job?" (database reachable,
-schema current, login guard not tripped). Kubernetes restarts on the first
-and only stops routing / alerts on the second, so a database outage must
-never make ``/healthz`` fail: restarting would not bring the database back.
+running, no run stuck far past its budget); ``/readyz`` answers "is it able
+to do its job?" (database reachable, schema current, login guard not tripped).
+Kubernetes restarts on the first and only stops routing / alerts on the
+second, so a database outage must never make ``/healthz`` fail: restarting
+would not bring the database back (a run stuck in a hung connection far past
+its budget is another matter: only a restart frees its thread).
 
 The probes are callables supplied by the caller so this module knows nothing
 about the scheduler or the store; ``checks`` builds a readiness callable out
@@ -34,7 +36,8 @@ MAX_CONNECTIONS: Final = 16
 # Probe bodies go to orchestrators and humans; a long reason is a bug somewhere else.
 _MAX_REASON: Final = 300
 
-LiveCheck = Callable[[], bool]
+# True/False, or (alive, reason) when the reason is worth naming (the runs that are stuck).
+LiveCheck = Callable[[], bool | tuple[bool, str]]
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
@@ -164,14 +167,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _probe_live(self) -> None:
         try:
-            alive = bool(self.server.live())
+            answer = self.server.live()
         except Exception as exc:
             self._json(503, {"status": "unavailable", "reason": _reason(type(exc).__name__)})
             return
+        alive, reason = answer if isinstance(answer, tuple) else (bool(answer), "scheduler not running")
         if alive:
             self._json(200, {"status": "ok"})
         else:
-            self._json(503, {"status": "unavailable", "reason": "scheduler not running"})
+            self._json(503, {"status": "unavailable", "reason": _reason(reason)})
 
     def _probe_ready(self) -> None:
         try:

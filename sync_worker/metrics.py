@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Final, TextIO
 
@@ -135,6 +135,30 @@ class _FreshnessCollector(prom_registry.Collector):
         ]
 
 
+class _OverdueRunsCollector(prom_registry.Collector):
+    """Seconds each account's in-flight run is past its budget and margin (0: none is), at scrape time."""
+
+    _NAME: Final = PREFIX + "run_overdue_seconds"
+    _HELP: Final = (
+        "Seconds the account's in-flight run is past SYNC_RUN_BUDGET_SECONDS plus its margin "
+        "(twice THINGSPACE_TOTAL_TIMEOUT + 60 s); 0 when no run of the account is. Above 0 the run is "
+        "stuck and /healthz fails (daemon)."
+    )
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[core.Metric]:
+        family = core.GaugeMetricFamily(self._NAME, self._HELP, labels=["account"])
+        overdue = {_label(account): seconds for account, seconds in self._metrics.overdue_runs().items()}
+        for account in sorted(set(self._metrics.freshness_reference()) | set(overdue)):
+            family.add_metric([account], max(overdue.get(account, 0.0), 0.0))
+        yield family
+
+    def describe(self) -> Iterable[core.Metric]:
+        return [core.GaugeMetricFamily(self._NAME, self._HELP, labels=["account"])]
+
+
 class Metrics:
     """All metrics of one worker process, registered in ``self.registry``."""
 
@@ -157,6 +181,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._last_success: dict[str, float] = {}
         self._known_accounts: set[str] = set()
+        self._overdue_source: Callable[[], Mapping[str, float]] | None = None
         self._claim_poll_gauge: prometheus_client.Gauge | None = None
         r = self.registry
 
@@ -274,6 +299,7 @@ class Metrics:
         self.errors.labels("", "job_error")
         if not one_pass:
             r.register(_FreshnessCollector(self))
+            r.register(_OverdueRunsCollector(self))
             prometheus_client.ProcessCollector(registry=r)
             prometheus_client.PlatformCollector(registry=r)
             prometheus_client.GCCollector(registry=r)
@@ -336,6 +362,14 @@ class Metrics:
 
     def api_observer(self) -> ApiObserver:
         return ApiObserver(self)
+
+    def watch_overdue_runs(self, source: Callable[[], Mapping[str, float]]) -> None:
+        """Where ``run_overdue_seconds`` is read at each scrape (the daemon's ``Liveness.overdue_runs``)."""
+        self._overdue_source = source
+
+    def overdue_runs(self) -> Mapping[str, float]:
+        source = self._overdue_source
+        return source() if source is not None else {}
 
     def watch_claim_poll(self, seconds_since: Callable[[], float]) -> None:
         """Export the daemon's ``seconds_since_last_claim_poll``, read from ``seconds_since`` at each

@@ -49,6 +49,9 @@ _JOB_PREFIX: Final = "sync:"
 CLAIM_POLL_SECONDS: Final = 1.0
 # How often the daemon reads the login guard (how the tripped gauge notices an `auth reset` elsewhere).
 GUARD_OBSERVE_SECONDS: Final = 5.0
+# What a run may take beyond its budget besides a token request and a login (which the budget
+# does not cut, each at most THINGSPACE_TOTAL_TIMEOUT): its last commit and bookkeeping.
+OVERDUE_SLACK_SECONDS: Final = 60.0
 # /readyz fails when the last successful claim poll is older than this: the replica cannot claim
 # (the database is away or refuses writes), so it syncs nothing.
 STALE_POLL_SECONDS: Final = 10 * CLAIM_POLL_SECONDS
@@ -86,13 +89,16 @@ class _InFlight:
 
 
 class Liveness:
-    """What ``/healthz`` and ``/readyz`` learn from the daemon's claim loop, on the monotonic clock.
+    """What ``/healthz`` and ``/readyz`` learn from the daemon, on the monotonic clock.
 
-    ``run_daemon`` attaches its scheduler and claim loop once started and detaches them when shutdown
-    begins; the dispatcher reports each poll. Alive (``__call__``): attached, the scheduler and the
-    loop threads alive, and the loop came round within ``WEDGED_LOOP_SECONDS`` (a wedged loop is
-    exactly when a restart helps). Ready (``check_claims``): a poll succeeded within ``stale_after``
-    seconds (``STALE_POLL_SECONDS``).
+    ``run_daemon`` attaches its scheduler, its loop threads and the dispatcher's ``overdue_runs``
+    once started and detaches them when shutdown begins; the dispatcher reports each claim poll.
+    Alive (``check``, ``__call__``) unless one of these, each with its own reason: not attached, or
+    the scheduler or a loop thread ended; the claim loop has not come round within
+    ``WEDGED_LOOP_SECONDS`` (wedged); a run is far past its budget (``overdue_after``: every wait
+    of a run is bounded, so it is stuck, and only a restart frees its thread; what it committed
+    stays, its claim and lock pass on). Each is exactly when a restart helps. Ready
+    (``check_claims``): a poll succeeded within ``stale_after`` seconds (``STALE_POLL_SECONDS``).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class Liveness:
         self._lock = threading.Lock()
         self._scheduler: Any = None
         self._loops: tuple[threading.Thread, ...] = ()
+        self._overdue: Callable[[], dict[str, float]] | None = None
         self._created = clock()
         self._attached_at: float | None = None
         self._last_round: float | None = None
@@ -110,27 +117,54 @@ class Liveness:
         self._last_error: str | None = None
 
     def __call__(self) -> bool:
+        return self.check()[0]
+
+    def check(self) -> tuple[bool, str]:
+        """(alive, reason): why a restart would help, if it would."""
         with self._lock:
-            sched, loops, since = self._scheduler, self._loops, self._last_round or self._attached_at
+            sched, loops, overdue = self._scheduler, self._loops, self._overdue
+            since = self._last_round or self._attached_at
         if sched is None or not sched.running or since is None:
-            return False
+            return False, "scheduler not running"
         thread = getattr(sched, "_thread", None)
         if thread is not None and not thread.is_alive():
-            return False
-        if not all(loop.is_alive() for loop in loops):
-            return False
-        return self._clock() - since < WEDGED_LOOP_SECONDS
+            return False, "scheduler not running"
+        ended = [loop.name for loop in loops if not loop.is_alive()]
+        if ended:
+            return False, f"loop threads ended: {', '.join(ended)}"
+        idle = self._clock() - since
+        if idle >= WEDGED_LOOP_SECONDS:
+            return False, f"claim loop wedged: no round for {idle:.0f} s"
+        late = overdue() if overdue is not None else {}
+        if late:
+            runs = ", ".join(f"{account} ({seconds:.0f} s)" for account, seconds in sorted(late.items()))
+            return False, f"runs past their budget and margin by: {runs}"
+        return True, "ok"
 
-    def attach(self, sched: Any, loops: tuple[threading.Thread, ...] = ()) -> None:
+    def overdue_runs(self) -> dict[str, float]:
+        """Seconds each in-flight run is past its budget and margin (only those that are)."""
+        with self._lock:
+            overdue = self._overdue
+        return overdue() if overdue is not None else {}
+
+    def attach(
+        self,
+        sched: Any,
+        loops: tuple[threading.Thread, ...] = (),
+        *,
+        overdue: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
         with self._lock:
             self._scheduler = sched
             self._loops = loops
+            self._overdue = overdue
             self._attached_at = self._clock()
 
     def detach(self) -> None:
         with self._lock:
             self._scheduler = None
             self._loops = ()
+            self._overdue = None
 
     # --- reported by the dispatcher -----------------------------------------
 
@@ -169,6 +203,12 @@ class Liveness:
             else f"no successful claim poll for {age:.0f} s"
         )
         raise errors.TransientError(when if error is None else f"{when} (last error: {error})")
+
+
+def overdue_after(settings: config.Settings) -> float:
+    """Seconds after its start from which a run is stuck: its budget, then a token request and a
+    login (never cut by the budget, each up to the total timeout) and a margin."""
+    return settings.run_budget_seconds + 2 * settings.http_total_timeout + OVERDUE_SLACK_SECONDS
 
 
 def run_daemon(
@@ -226,7 +266,7 @@ def run_daemon(
         with signals.stop_on_signals(stop, enabled=install_signal_handlers):
             scheduler.start()
             loops = _start_loops(settings, dispatcher)
-            heartbeat.attach(scheduler, loops)
+            heartbeat.attach(scheduler, loops, overdue=dispatcher.overdue_runs)
             _log.info(
                 "daemon_started",
                 accounts=list(settings.account_names),
@@ -303,6 +343,7 @@ class Dispatcher:
         self.holder = holder
         self.heartbeat = heartbeat if heartbeat is not None else Liveness()
         self._clock = clock
+        self._overdue_after = overdue_after(settings)
         self._settings = settings
         self._accounts = {acct.name: acct for acct in settings.accounts}
         self._names = list(self._accounts)
@@ -321,13 +362,25 @@ class Dispatcher:
         # One claimer at a time: two would both count the same free slots.
         self._claim_lock = threading.Lock()
         self._running_lock = threading.Lock()
-        self._running: set[str] = set()
-        self._started = time.monotonic()
+        # Account -> when its run was claimed (clock()).
+        self._running: dict[str, float] = {}
+        self._started = clock()
         self._closed = False
 
     def running_accounts(self) -> list[str]:
         with self._running_lock:
             return sorted(self._running)
+
+    def overdue_runs(self) -> dict[str, float]:
+        """Seconds each in-flight run is past ``overdue_after`` (only the runs that are)."""
+        now = self._clock()
+        with self._running_lock:
+            started = list(self._running.items())
+        return {
+            account: now - since - self._overdue_after
+            for account, since in started
+            if now - since > self._overdue_after
+        }
 
     def _on_connection(self, work: Callable[[db.Connection], _T]) -> _T:
         with self._conn_lock:
@@ -395,7 +448,7 @@ class Dispatcher:
         interval = self._accounts[item.account].interval_seconds
         # In the first interval after a start everything overdue is late (a restart after
         # downtime, a new deployment): that is catching up, not a shortage of capacity.
-        warmed_up = time.monotonic() - self._started > interval
+        warmed_up = self._clock() - self._started > interval
         if item.late_seconds > interval / 2 and warmed_up:
             # Claimed more than half an interval after it was due: this replica set is
             # short of capacity (or was away); the account is still synced now.
@@ -404,7 +457,7 @@ class Dispatcher:
                 self.metrics.scheduler_event("missed", item.account)
         self._inflight.enter()
         with self._running_lock:
-            self._running.add(item.account)
+            self._running[item.account] = self._clock()
         try:
             self._pool.submit(self._run, item.account)
         except RuntimeError:
@@ -447,6 +500,10 @@ class Dispatcher:
                 # The run could not start (the database refused its first statement): nothing was
                 # synced, so try again soon rather than an interval later.
                 delay, from_now = min(acct.interval_seconds, START_RETRY_SECONDS), True
+            elif result.more_waiting:
+                # The budget ended a run that was making progress, with more queued: go on at
+                # once (the claim order still serves accounts due earlier first).
+                delay, from_now = 0.0, True
             elif result.outcome == "skipped_locked":
                 # Another process (a `once` run, a replica cut off mid-run) runs it: look again
                 # soon, but not in a loop.
@@ -463,7 +520,7 @@ class Dispatcher:
             _log.warning("claim_release_failed", account=account, error=type(exc).__name__)
         finally:
             with self._running_lock:
-                self._running.discard(account)
+                self._running.pop(account, None)
             self._inflight.leave()
 
     def register_and_renew(self) -> None:

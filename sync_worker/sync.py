@@ -16,7 +16,13 @@ acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 Outcomes of an account run (``AccountResult.outcome``):
 
 ``succeeded``
-    drained to the final block, every block stored.
+    drained to the final block, every block stored; or the run budget
+    (``deadline``) ended *between* two blocks after at least one was stored or
+    quarantined: the cursor is committed, the next block was not asked for,
+    ``more_waiting`` is set and ``error`` carries the note ``BUDGET_NOTE`` (the
+    daemon makes the account due again at once). A catch-up of a big backlog
+    is progress, not a failure. A budget that ends *inside* an exchange (an
+    answer still trickling in) cuts it: that run is ``failed``.
 ``quarantined``
     drained, but at least one block was *quarantined*: its exact bytes went to
     ``sms_quarantine``, the cursor moved past it, an error-level
@@ -80,6 +86,8 @@ FAILURE_STREAK_LIMIT: Final = 3
 LOCK_REPORT_INTERVALS: Final = 3
 # Restarts at the head of the queue after a rejected ``next`` token, per run.
 _MAX_CURSOR_RESTARTS: Final = 3
+# The note of a run the budget ended between two blocks (outcome succeeded, more_waiting).
+BUDGET_NOTE: Final = "run budget reached, more waiting: the next run resumes at the stored cursor"
 
 _log = structlog.get_logger(__name__)
 
@@ -137,6 +145,9 @@ class AccountResult:
     # False: the run could not start (no connection, or its first statement failed), so no
     # sync_run row records it; the daemon makes the account due again soon, not an interval later.
     begun: bool = True
+    # The run budget ended between two blocks (progress committed, the next block not asked for):
+    # more messages may wait, so the daemon makes the account due again at once.
+    more_waiting: bool = False
 
     @property
     def ok(self) -> bool:
@@ -191,6 +202,10 @@ class PassResult:
 
 class _Stopped(Exception):
     """Internal: the stop event was seen between blocks."""
+
+
+class _BudgetReached(Exception):
+    """The run budget ended between two blocks, after progress: the run ends cleanly."""
 
 
 class PagingLoopError(errors.ResponseFormatError):
@@ -264,6 +279,7 @@ class _AccountRun:
         self.started = clock()
         self.blocks = self.received = self.inserted = self.replays = self.malformed = 0
         self.quarantined = 0
+        self.more_waiting = False
 
     def run(self) -> AccountResult:
         try:
@@ -318,6 +334,9 @@ class _AccountRun:
             self.drain(conn, run_id, cursor)
         except _Stopped:
             outcome = "interrupted"
+        except _BudgetReached:
+            # Everything asked for is committed and nothing was sent that acknowledges more.
+            self.more_waiting = True
         except errors.LoginGuardTrippedError as exc:
             outcome, failure = "guard_tripped", exc
         except errors.TransientError as exc:
@@ -348,6 +367,8 @@ class _AccountRun:
                     "; the final answer was unreadable, so whether more messages wait is "
                     "unknown until the next run"
                 )
+        if self.more_waiting:
+            error_text = BUDGET_NOTE if error_text is None else f"{error_text}; {BUDGET_NOTE}"
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
         self.record_finish(
@@ -374,7 +395,7 @@ class _AccountRun:
     def drain(self, conn: db.Connection, run_id: int, cursor: str | None) -> None:
         restarts = 0
         while True:
-            self.check_stop()
+            self.between_blocks()
             blocks = self.api.sms.iter_history_blocks(self.account, cursor, deadline=self.deadline)
             first = True
             try:
@@ -387,7 +408,7 @@ class _AccountRun:
                     self.commit(conn, run_id, page)
                     if page.is_final:
                         return
-                    self.check_stop()
+                    self.between_blocks()
                 return
             except errors.MalformedBlockError as exc:
                 # Every attempt came back unreadable (the client retried the same
@@ -517,6 +538,14 @@ class _AccountRun:
         if self.stop_event is not None and self.stop_event.is_set():
             raise _Stopped
 
+    def between_blocks(self) -> None:
+        """Before asking for the next block: stop if asked to, or end cleanly once the budget
+        ended after progress (a request sent now would only be cut, failing a healthy run)."""
+        self.check_stop()
+        progressed = self.blocks > 0 or self.quarantined > 0
+        if progressed and self.deadline is not None and self.clock() >= self.deadline:
+            raise _BudgetReached
+
     def finish(
         self,
         outcome: Outcome,
@@ -541,6 +570,7 @@ class _AccountRun:
             error=error,
             error_kind=None if exc is None else type(exc).__name__,
             begun=begun,
+            more_waiting=self.more_waiting,
         )
         _log_run(result, deferred=deferred)
         if self.metrics is not None:
@@ -605,6 +635,8 @@ def _log_run(result: AccountResult, *, deferred: bool) -> None:
     }
     if deferred:
         fields["deferred"] = True
+    if result.more_waiting:
+        fields["more_waiting"] = True
     if not result.begun:
         fields["begun"] = False
     if result.error is not None:

@@ -8,6 +8,7 @@ from tests.reliability import logbook
 
 pytest_plugins = [
     "tests.fixtures.database",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.simulator",
 ]
 

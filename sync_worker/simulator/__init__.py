@@ -29,7 +29,8 @@ Control and observation (the whole public surface; nothing else is meant to be o
 * ``Simulator.faults`` (``Faults``): latency (every request takes that long at the server, its
   own work included: the answer leaves at arrival + latency), random error/timeout/429/unreadable
   rates, one-shot scripts per request kind (statuses, ``"timeout"``, ``"lost_response"``, expiries, ``Raw``,
-  ``Mangle``, ``Trickle``, ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)``
+  ``Mangle``, ``Trickle`` (processed, then answered ``chunk`` bytes every ``gap`` s; ``endless`` for
+  ever), ``gateway_error_after_processing()``). ``mangle(kind, status, body, headers)``
   makes an answer unreadable (``UNREADABLE_KINDS``) or well-formed JSON that is still not the block
   (``ENVELOPE_KINDS``: ``messages`` missing or renamed, ``{}``, a duplicate ``messages``, ``hasMoreData``
   missing, not a boolean or disagreeing with the status, a 202 with no message), e.g. from a

@@ -119,8 +119,10 @@ class AuthState:
             "access_token": token,
             "scope": "default",
             "token_type": "bearer",
-            # Whole seconds left, rounded down like a countdown: 0 in the token's last second.
-            "expires_in": max(math.floor(expiry - now), 0),
+            # Whole seconds left, rounded down like a countdown: 0 in the token's last second. Rounded
+            # to the microsecond first: (now + ttl) - now in floats is often a hair under ttl, which
+            # floored a fresh token's 3600 to 3599.
+            "expires_in": max(math.floor(round(expiry - now, 6)), 0),
         }
         if fresh:
             self._issued("bearer", token)

@@ -333,9 +333,10 @@ class Simulator:
             status, reply_body, headers = faultmod.mangle(unreadable.kind, status, reply_body, headers)
             after_write = None
         if trickle is not None:
-            h.write_reply(
-                status, reply_body, headers, chunk=trickle.chunk, pause=self._trickle_pause(trickle)
-            )
+            # An endless one is never delivered (write_reply ends only by raising): a final block
+            # it stood for stays queued.
+            h.close_connection = h.close_connection or trickle.endless
+            h.write_reply(status, reply_body, headers, trickle=trickle, pause=self._trickle_pause(trickle))
         else:
             h.write_reply(status, reply_body, headers)
         if after_write is not None:

@@ -39,11 +39,17 @@ class Mangle:
 
 @dataclasses.dataclass(frozen=True)
 class Trickle:
-    """A request processed as usual whose answer's body is then written ``chunk`` bytes at a time,
-    ``gap`` seconds apart: each read comes well within a read timeout, the whole answer is slow."""
+    """The request is processed as usual (a login counts, a ``next`` acknowledges), then its
+    answer is written ``chunk`` bytes at a time, ``gap`` seconds before each piece: each read
+    comes well within a read timeout, the whole answer is slow. The head goes at once, or is
+    trickled too with ``head=True``. ``endless=True``: the answer never ends (``Content-Length``
+    promises a gigabyte more, spaces follow the body for ever) and is never delivered, so a final
+    block it stood for stays queued; it stops when the client goes away or the simulator stops."""
 
     chunk: int = 64
     gap: float = 0.05
+    head: bool = False
+    endless: bool = False
 
 
 UNREADABLE_KINDS = ("cut_short", "not_json", "wrong_envelope", "empty_200", "bare_202")
@@ -137,7 +143,7 @@ class Faults:
     for 502/503 and an M2M error for others), ``"timeout"`` (hold the request past the client's
     read timeout, then drop it unanswered), ``"lost_response"`` (process, then drop the connection),
     ``"expire_session"`` / ``"expire_bearer"`` (expire just before this request is processed), a
-    ``Raw``, a ``Mangle`` or a ``Trickle``.
+    ``Raw``, a ``Mangle`` or a ``Trickle`` (processed, then answered slowly: see ``Trickle``).
     """
 
     # Seconds every request takes at the server, its own work included: the answer leaves at

@@ -13,10 +13,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from sync_worker.simulator import wire
+from sync_worker.simulator import faults, wire
 
 _log = logging.getLogger("sync_worker.simulator")
 _M2M: Final = "/api/m2m/v1"
+# What a trickled answer's Content-Length promises beyond its body: it never ends.
+_TRICKLE_EXTRA: Final = 10**9
 
 Dispatch = Callable[["Handler", str], None]
 
@@ -102,11 +104,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body: bytes,
         headers: Iterable[tuple[str, str]],
         *,
-        chunk: int = 0,
+        trickle: faults.Trickle | None = None,
         pause: Callable[[], None] | None = None,
     ) -> None:
-        """Write the reply at once, or with ``chunk`` > 0 the body ``chunk`` bytes at a time with
-        ``pause()`` before each piece (a trickled answer: every read is quick, the whole is slow)."""
+        """Write the reply at once, or with a ``trickle`` ``trickle.chunk`` bytes at a time with
+        ``pause()`` before each piece (every read is quick, the whole is slow): the body, or the head
+        too with ``trickle.head``. An ``endless`` one promises a gigabyte more than its body and
+        writes spaces after it until ``pause()`` raises or the client goes away (``OSError``)."""
+        endless = trickle is not None and trickle.endless
+        head = self._head(status, len(body) + (_TRICKLE_EXTRA if endless else 0), headers)
+        if trickle is None or pause is None:
+            self.wfile.write(head + body)
+            return
+        if not trickle.head:
+            self.wfile.write(head)
+            self.wfile.flush()
+            head = b""
+        data = head + body
+        step = max(1, trickle.chunk)
+        for start in range(0, len(data), step):
+            pause()
+            self.wfile.write(data[start : start + step])
+            self.wfile.flush()
+        padding = b" " * step
+        while endless:
+            pause()
+            self.wfile.write(padding)
+            self.wfile.flush()
+
+    def _head(self, status: int, length: int, headers: Iterable[tuple[str, str]]) -> bytes:
         head = [b"HTTP/1.1 %d %s\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
         dated = False
         for name, value in headers:
@@ -115,17 +141,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not dated:
             # Like any origin server with a clock (RFC 9110, 6.6.1); a harness may send its own.
             head.append(f"Date: {wire.http_date(0)}\r\n".encode("latin-1"))
-        head.append(b"Content-Length: %d\r\n" % len(body))
+        head.append(b"Content-Length: %d\r\n" % length)
         if self.close_connection:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        if chunk <= 0 or pause is None:
-            self.wfile.write(b"".join(head) + body)
-            return
-        self.wfile.write(b"".join(head))
-        for start in range(0, len(body), chunk):
-            pause()
-            self.wfile.write(body[start : start + chunk])
+        return b"".join(head)
 
 
 def route(method: str, path: str) -> tuple[str, str | None] | None:

@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 import psycopg
@@ -23,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from sync_worker import embedded, migrations
-from tests.fixtures import database
+from tests.fixtures import database, pgbouncer
 
 # The application name of the harness's own connection, which database faults leave alone.
 OBSERVER: Final = "chaos-observer"
@@ -50,6 +51,17 @@ def server() -> Iterator[str]:
         yield admin_url
 
 
+@contextlib.contextmanager
+def pooler(admin_url: str, mode: str | None) -> Iterator[int | None]:
+    """``--pgbouncer MODE``: a PgBouncer in ``mode`` pooling in front of the run's server (its port),
+    which the worker and the operator commands then reach the database through; None: no pooler."""
+    if mode is None:
+        yield None
+        return
+    with pgbouncer.running(admin_url, mode, pool_size=10) as bouncer:
+        yield bouncer.port
+
+
 def make_template(admin_url: str) -> str:
     """A migrated database the schedules' databases are copied from; returns its name."""
     srv = database.DatabaseServer(admin_url)
@@ -71,9 +83,12 @@ class Databases:
     files): a background thread keeps ``ahead`` of them ready, so a schedule rarely waits for one.
     """
 
-    def __init__(self, admin_url: str, template: str, *, ahead: int = 1) -> None:
+    def __init__(
+        self, admin_url: str, template: str, *, ahead: int = 1, pooler_port: int | None = None
+    ) -> None:
         self.admin_url = admin_url
         self.template = template
+        self.pooler_port = pooler_port
         self._server = database.DatabaseServer(admin_url)
         self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=max(1, ahead))
         self._closed = threading.Event()
@@ -124,6 +139,13 @@ class Databases:
             made = self._ready.get_nowait()
             if isinstance(made, str):
                 self.drop(made)
+
+    def worker_url(self, url: str) -> str:
+        """The URL of ``url``'s database the worker and the operators use: through the run's
+        PgBouncer when there is one (``pooler``), else ``url`` itself."""
+        if self.pooler_port is None:
+            return url
+        return pgbouncer.Bouncer("", self.pooler_port, Path()).url(url)
 
     def terminate_all(self, url: str) -> int:
         """End every backend connected to ``url``'s database (but the harness's own observer)."""

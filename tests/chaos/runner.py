@@ -33,15 +33,17 @@ from tests.chaos import execute, inproc, pg, shrink
 from tests.chaos import schedule as sched
 
 _dbs: pg.Databases | None = None
+# What a replay command must repeat of this run's options (``--pgbouncer MODE``).
+_replay_options = ""
 PYTHON = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
 
 
-def _init(admin_url: str, template: str, verbose: bool) -> None:
+def _init(admin_url: str, template: str, verbose: bool, pooler_port: int | None = None) -> None:
     """Set up a process that runs schedules: the crash-point wrappers, logging, its databases."""
     global _dbs  # noqa: PLW0603  # one set of databases per process
     inproc.install()
     inproc.configure_logs(sys.stderr if verbose else None)
-    _dbs = pg.Databases(admin_url, template)
+    _dbs = pg.Databases(admin_url, template, pooler_port=pooler_port)
     # A pool's worker process ends through multiprocessing's exit path, which runs its finalizers
     # (not atexit): the database made ahead and the drops still running are cleaned up there.
     multiprocessing.util.Finalize(None, _done, exitpriority=10)
@@ -62,7 +64,9 @@ def _done() -> None:
 class Pool:
     """Schedules run in ``jobs`` worker processes (or in this one when ``jobs`` is 1)."""
 
-    def __init__(self, admin_url: str, template: str, jobs: int, verbose: bool) -> None:
+    def __init__(
+        self, admin_url: str, template: str, jobs: int, verbose: bool, pooler_port: int | None = None
+    ) -> None:
         self.jobs = jobs
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         if jobs > 1:
@@ -70,10 +74,10 @@ class Pool:
                 max_workers=jobs,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init,
-                initargs=(admin_url, template, verbose),
+                initargs=(admin_url, template, verbose, pooler_port),
             )
         else:
-            _init(admin_url, template, verbose)
+            _init(admin_url, template, verbose, pooler_port)
 
     def submit(self, schedule: sched.Schedule) -> concurrent.futures.Future[execute.Result]:
         if self._executor is not None:
@@ -110,17 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", type=Path, help="also write every schedule's result as JSON lines here")
     p.add_argument("--verbose", action="store_true", help="the in-process worker's logs to stderr")
+    p.add_argument(
+        "--pgbouncer",
+        choices=("session", "transaction", "statement"),
+        help="put a PgBouncer in this pooling mode between the worker (and operators) and the server",
+    )
     return p
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    global _replay_options  # noqa: PLW0603  # set once per run, read by the printers
     args = build_parser().parse_args(argv)
+    _replay_options = f" --pgbouncer {args.pgbouncer}" if args.pgbouncer else ""
     replay = _replays(args)
     started = time.monotonic()
-    with pg.server() as admin_url:
+    with pg.server() as admin_url, pg.pooler(admin_url, args.pgbouncer) as pooler_port:
         template = pg.make_template(admin_url)
         jobs = 1 if replay is not None else max(1, args.jobs)
-        pool = Pool(admin_url, template, jobs, args.verbose)
+        pool = Pool(admin_url, template, jobs, args.verbose, pooler_port)
         try:
             if replay is not None:
                 return _replay(pool, replay, out)
@@ -262,8 +273,10 @@ def _shrink_and_print(
     for v in again.violations:
         print(f"    {v.line()}", file=out)
     print(f"  {outcome.schedule.dumps()}", file=out)
-    print(f"  replay the seed:       {PYTHON} -m tests.chaos --seed {original.seed}", file=out)
-    print(f"  replay the shrunk one: {PYTHON} -m tests.chaos --schedule {path}", file=out)
+    print(
+        f"  replay the seed:       {PYTHON} -m tests.chaos --seed {original.seed}{_replay_options}", file=out
+    )
+    print(f"  replay the shrunk one: {PYTHON} -m tests.chaos --schedule {path}{_replay_options}", file=out)
     return str(path), again.codes()
 
 
@@ -277,7 +290,7 @@ def _print_result(result: execute.Result, out: TextIO) -> None:
         print(f"  {v.line()}", file=out)
     if result.error is not None:
         print("  harness error:\n    " + result.error.strip().replace("\n", "\n    "), file=out)
-    print(f"  replay: {PYTHON} -m tests.chaos --seed {result.seed}", file=out, flush=True)
+    print(f"  replay: {PYTHON} -m tests.chaos --seed {result.seed}{_replay_options}", file=out, flush=True)
 
 
 def _summary(result: execute.Result) -> dict[str, Any]:

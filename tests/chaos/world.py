@@ -129,7 +129,7 @@ class World:
         self.sim.hooks.rewrite = self._rewrite
         self.sim.hooks.final_block = self._final_block
         self.db_url = dbs.create()
-        self.proxy = proxy.PgProxy(self.db_url)
+        self.proxy = proxy.PgProxy(dbs.worker_url(self.db_url))
         self._observer: psycopg.Connection[Any] | None = None
         self.sim.start()
         self.origin = f"http://127.0.0.1:{self.sim.port}"
@@ -214,7 +214,7 @@ class World:
     def operator_env(self) -> dict[str, str]:
         """An operator's shell: canonical settings, straight to the database (no proxy)."""
         env = self.env(None)
-        env["SYNC_DATABASE_URL"] = self.db_url
+        env["SYNC_DATABASE_URL"] = self.dbs.worker_url(self.db_url)
         env["SYNC_LOG_LEVEL"] = "CRITICAL"
         return env
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import metrics
+from sync_worker import config, metrics, scheduler
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 # What a scrape of the daemon adds (deploy/prometheus/prometheus.yml's job).
@@ -159,6 +159,14 @@ def _quarantine_at_10(w: Worker, minute: int) -> None:
         w.run(A, "quarantined", error="malformed_block")
 
 
+def _start_with_a_run_stuck_since_minute_5(w: Worker) -> None:
+    _configure(A, B)(w)
+    # The dispatcher's view: A's run started at minute 5 and never ends (past its budget and margin,
+    # scheduler.overdue_after of the default settings, from minute 15 on).
+    after = scheduler.overdue_after(config.load({}, require_credentials=False, require_accounts=False))
+    w.m.watch_overdue_runs(lambda: {A: w.now - 300.0 - after} if w.now - 300.0 > after else {})
+
+
 def _only_at_start(w: Worker, minute: int) -> None:
     if minute == 0:
         _healthy_step(w, minute)
@@ -258,6 +266,17 @@ CASES: list[tuple[str, Scenario, int, list[tuple[dict[str, str], float | None]]]
         ),
         25,
         [({"account": A}, None)],
+    ),
+    (
+        "ThingSpaceSyncRunOverdue",
+        Scenario(
+            "run_stuck_past_its_budget",
+            20,
+            _healthy_but(_nothing),
+            _start_with_a_run_stuck_since_minute_5,
+        ),
+        20,
+        [({"account": A}, 300.0)],
     ),
     (
         "ThingSpaceSyncBlockQuarantined",

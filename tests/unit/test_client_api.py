@@ -199,7 +199,7 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert api.headers["User-Agent"] == client.USER_AGENT
     assert api_kw["timeout"] == (5.0, 60.0) and tok_kw["timeout"] == (5.0, 60.0)
     assert api_kw["verify"] not in (False, None, "")
-    assert api_kw["cert"] is None and api_kw["stream"] is False
+    assert api_kw["cert"] is None and api_kw["stream"] is True  # read by the client, against its deadline
 
 
 def test_tls_verification_cannot_be_switched_off_by_the_session(fake: FakeApi, make: Any) -> None:

@@ -86,6 +86,7 @@ NUMERIC = [
     "SYNC_METRICS_PORT",
     "THINGSPACE_CONNECT_TIMEOUT",
     "THINGSPACE_READ_TIMEOUT",
+    "THINGSPACE_TOTAL_TIMEOUT",
     "THINGSPACE_RETRY_MAX_ATTEMPTS",
     "THINGSPACE_RETRY_MAX_WAIT",
     "THINGSPACE_RETRY_MAX_RETRY_AFTER",
@@ -111,6 +112,7 @@ def test_bad_number_names_its_variable(name: str, value: str) -> None:
         ("SYNC_METRICS_PORT", "70000"),
         ("SYNC_INTERVAL_SECONDS", "0"),
         ("THINGSPACE_RETRY_MAX_ATTEMPTS", "0"),
+        ("THINGSPACE_TOTAL_TIMEOUT", "0.5"),
         ("SYNC_CONCURRENCY", "2.5"),
         ("SYNC_LOG_FORMAT", "xml"),
         ("SYNC_LOG_LEVEL", "LOUD"),
@@ -271,6 +273,7 @@ def test_client_config_carries_the_settings() -> None:
             THINGSPACE_BASE_URL="http://127.0.0.1:9/api/",
             THINGSPACE_ALLOW_INSECURE_LOOPBACK="1",
             THINGSPACE_READ_TIMEOUT="7",
+            THINGSPACE_TOTAL_TIMEOUT="42",
             THINGSPACE_RETRY_MAX_ATTEMPTS="3",
             THINGSPACE_RETRY_MAX_RETRY_AFTER="11",
         )
@@ -281,7 +284,9 @@ def test_client_config_carries_the_settings() -> None:
     assert isinstance(cfg, client.ClientConfig)
     assert cfg.base_url == "http://127.0.0.1:9/api"
     assert cfg.password.reveal() == "cfg-password-1"
-    assert cfg.timeout == (5.0, 7.0)
+    assert cfg.timeout == (5.0, 7.0) and cfg.total_timeout == 42.0
+    # A login may take up to the total timeout: the guard's lease outlasts it.
+    assert app.login_guard(s, app.connector(s))._lease_seconds > cfg.total_timeout
     assert (cfg.retry.max_attempts, cfg.retry.max_retry_after) == (3, 11.0)
     assert cfg.allow_insecure_loopback is True
 

@@ -226,14 +226,16 @@ def one_account_settings(interval: float = 60.0) -> config.Settings:
 
 def test_liveness_follows_the_scheduler_and_the_claim_loop() -> None:
     """Liveness is False before the scheduler is attached, True while it and the claim loop run and the
-    loop comes round, False once the loop has not come round for WEDGED_LOOP_SECONDS, and after shutdown."""
+    loop comes round, False once the loop has not come round for WEDGED_LOOP_SECONDS, and after shutdown;
+    check() names each case with its own reason (what /healthz answers)."""
     now = [1000.0]
     liveness = scheduler.Liveness(clock=lambda: now[0])
     assert liveness() is False
+    assert liveness.check() == (False, "scheduler not running")
     sched = BackgroundScheduler(timezone=datetime.UTC)
     sched.start()
     stop = threading.Event()
-    loop = threading.Thread(target=stop.wait, daemon=True)
+    loop = threading.Thread(target=stop.wait, name="sync-claim", daemon=True)
     loop.start()
     try:
         liveness.attach(sched, (loop,))
@@ -244,11 +246,15 @@ def test_liveness_follows_the_scheduler_and_the_claim_loop() -> None:
         assert liveness() is True
         now[0] += 2
         assert liveness() is False  # wedged: no round for WEDGED_LOOP_SECONDS
+        idle = scheduler.WEDGED_LOOP_SECONDS + 1
+        assert liveness.check() == (False, f"claim loop wedged: no round for {idle:.0f} s")
         liveness.round_done()
         assert liveness() is True
+        assert liveness.check() == (True, "ok")
         stop.set()
         loop.join()
         assert liveness() is False  # the loop thread ended
+        assert liveness.check() == (False, "loop threads ended: sync-claim")
     finally:
         sched.shutdown(wait=True)
     liveness.detach()
@@ -351,6 +357,34 @@ def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
     assert released[0] == (ACCOUNTS[0], scheduler.START_RETRY_SECONDS, True)
     assert released[1] == (ACCOUNTS[1], min(60.0, scheduler.START_RETRY_SECONDS), True)
     account, delay, from_now = released[2]
+    assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
+    d.close(clean=True)
+
+
+def test_a_run_the_budget_ended_with_more_waiting_is_due_again_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that ended at its budget between blocks (more_waiting) releases its claim due now, so a
+    backlog is drained run after run; the same outcome without more_waiting waits for its interval."""
+    released: list[tuple[str, float, bool]] = []
+
+    def release(
+        conn: Any, account: str, *, holder: str, delay_seconds: float, from_now: bool = False
+    ) -> bool:
+        released.append((account, delay_seconds, from_now))
+        return True
+
+    monkeypatch.setattr(claims, "release", release)
+    inflight = scheduler._InFlight()
+    d = dispatcher(connect=FakeConnection, inflight=inflight)
+    for more_waiting in (True, False):
+        inflight.enter()
+        d._finished(
+            ACCOUNTS[0],
+            sync.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
+        )
+    assert released[0] == (ACCOUNTS[0], 0.0, True)
+    account, delay, from_now = released[1]
     assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
     d.close(clean=True)
 
