@@ -173,14 +173,25 @@ def _proc_status(pid: int) -> tuple[int, int]:
     return threads, rss
 
 
-def _stored(metrics_port: int) -> float:
+def _metric(metrics_port: int, prefix: str) -> float:
+    """The sum of the receiver's samples whose line starts with ``prefix``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:  # noqa: S310
         text = answer.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("thingspace_sync_callbacks_stored_total{")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def _stored(metrics_port: int) -> float:
+    return _metric(metrics_port, "thingspace_sync_callbacks_stored_total{")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (/proc/PID/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Receiver:
@@ -235,21 +246,27 @@ class Sampler(threading.Thread):
         self.dsn = dsn
         self.samples: list[Sample] = []
         self.halt = threading.Event()
+        # The receiver's Postgres backends seen (same machine: their CPU is read from /proc).
+        self.backends: set[int] = set()
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.halt.is_set():
                 threads, rss = _proc_status(self.receiver.proc.pid)
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = %s AND pid <> pg_backend_pid()",
-                    (APP_NAME,),
-                ).fetchone()
+                pids = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = %s AND pid <> pg_backend_pid()",
+                        (APP_NAME,),
+                    )
+                ]
+                self.backends.update(pids)
                 try:
                     stored = _stored(self.receiver.metrics_port)
                 except OSError:
                     stored = self.samples[-1].stored if self.samples else 0.0
-                sessions = int(row[0]) if row else 0
+                sessions = len(pids)
                 self.samples.append(Sample(time.monotonic(), threads, rss, sessions, stored))
                 self.halt.wait(0.1)
 
@@ -337,7 +354,9 @@ def one_run(
 
                 holder = threading.Thread(target=hold, name="lock-holder")
                 holder.start()
+            cpu_before = _cpu_seconds([receiver.proc.pid])
             result = _wrk(receiver.port, script, name, connections, seconds)
+            extra["receiver_cpu_s"] = _cpu_seconds([receiver.proc.pid]) - cpu_before
             if holder is not None:
                 holder.join()
             # The last sample after every answer: the counter and the sessions at rest.
@@ -345,6 +364,12 @@ def one_run(
             sampler.halt.set()
             sampler.join()
             extra["threads_with_stalled"] = _proc_status(receiver.proc.pid)[0]
+            # Whole-life CPU of the backends (they serve nothing but this run).
+            extra["postgres_cpu_s"] = _cpu_seconds(sorted(sampler.backends))
+            batches = _metric(receiver.metrics_port, "thingspace_sync_callback_commit_batch_size_count")
+            batched = _metric(receiver.metrics_port, "thingspace_sync_callback_commit_batch_size_sum")
+            extra["transactions"] = batches
+            extra["callbacks_per_transaction"] = batched / batches if batches else None
     finally:
         receiver.stop()
     rows, kept = _counts(dsn)
@@ -433,15 +458,16 @@ def render(runs: dict[str, Run], header: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| run | 2xx | 503 | other | callbacks/s | p50 | p99 | rows | callbacks kept | threads | RSS | sessions |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | 2xx | 503 | other | callbacks/s | p50 | p99 | rows | callbacks kept | threads | RSS | sessions "
+        "| callbacks per transaction | CPU per callback: receiver / Postgres |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         w = r.wrk
         lines.append(
             f"| {r.name} | {w['ok']:,} | {w['busy']:,} | {w['other'] + w['errors_timeout']:,} | {r.rate:,.0f} | "
             f"{_ms(w['p50_us'])} | {_ms(w['p99_us'])} | {r.rows:,} | {r.callbacks:,} | {r.most('threads')} | "
-            f"{r.most('rss_kib') / 1024:.0f} MiB | {r.most('sessions')} |"
+            f"{r.most('rss_kib') / 1024:.0f} MiB | {r.most('sessions')} | {_per_tx(r)} | {_cpu(r)} |"
         )
     if lock is not None and "lock_taken" in lock.extra:
         taken, released = float(lock.extra["lock_taken"]), float(lock.extra["lock_released"])
@@ -455,6 +481,20 @@ def render(runs: dict[str, Run], header: dict[str, Any]) -> str:
             f"the release to the end ({_ratio(after, before)} of the rate before).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _per_tx(run: Run) -> str:
+    value = run.extra.get("callbacks_per_transaction")
+    return "-" if value is None else f"{value:.1f} ({run.extra['transactions']:,.0f} transactions)"
+
+
+def _cpu(run: Run) -> str:
+    answered = int(run.wrk["ok"]) + int(run.wrk["busy"]) + int(run.wrk["other"])
+    if not answered:
+        return "-"
+    receiver = 1000 * float(run.extra.get("receiver_cpu_s", 0)) / answered
+    postgres = 1000 * float(run.extra.get("postgres_cpu_s", 0)) / answered
+    return f"{receiver:.2f} / {postgres:.2f} ms"
 
 
 def _rate(value: float | None) -> str:
