@@ -175,7 +175,7 @@ def _proc_status(pid: int) -> tuple[int, int]:
 
 def _metric(metrics_port: int, prefix: str) -> float:
     """The sum of the receiver's samples whose line starts with ``prefix``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
@@ -392,9 +392,15 @@ def _load() -> float:
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "sync_worker", "sql"], cwd=ROOT, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--", "sync_worker", "sql"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
@@ -458,15 +464,16 @@ def render(runs: dict[str, Run], header: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| run | 2xx | 503 | other | callbacks/s | p50 | p99 | rows | callbacks kept | threads | RSS | sessions "
-        "| callbacks per transaction | CPU per callback: receiver / Postgres |",
+        "| run | 2xx | 503 | other | callbacks/s | p50 | p99 | rows | callbacks kept | threads | RSS "
+        "| sessions | callbacks per transaction | CPU per callback: receiver / Postgres |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         w = r.wrk
         lines.append(
-            f"| {r.name} | {w['ok']:,} | {w['busy']:,} | {w['other'] + w['errors_timeout']:,} | {r.rate:,.0f} | "
-            f"{_ms(w['p50_us'])} | {_ms(w['p99_us'])} | {r.rows:,} | {r.callbacks:,} | {r.most('threads')} | "
+            f"| {r.name} | {w['ok']:,} | {w['busy']:,} | {w['other'] + w['errors_timeout']:,} "
+            f"| {r.rate:,.0f} | {_ms(w['p50_us'])} | {_ms(w['p99_us'])} | {r.rows:,} | {r.callbacks:,} "
+            f"| {r.most('threads')} | "
             f"{r.most('rss_kib') / 1024:.0f} MiB | {r.most('sessions')} | {_per_tx(r)} | {_cpu(r)} |"
         )
     if lock is not None and "lock_taken" in lock.extra:
@@ -477,8 +484,8 @@ def render(runs: dict[str, Run], header: dict[str, Any]) -> str:
         lines += [
             "",
             f"Lock run: `sms_message` locked from {taken:.1f} s to {released:.1f} s. Callbacks stored/s "
-            f"(receiver's counter): {_rate(before)} before, {_rate(during)} during, {_rate(after)} from 1 s after "
-            f"the release to the end ({_ratio(after, before)} of the rate before).",
+            f"(receiver's counter): {_rate(before)} before, {_rate(during)} during, {_rate(after)} from 1 s "
+            f"after the release to the end ({_ratio(after, before)} of the rate before).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -70,7 +70,8 @@ def outcome(future: concurrent.futures.Future[str]) -> str:
 def test_items_queued_during_a_transaction_share_the_next_one(
     callers: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
-    """While one transaction is open, 10 callers queue; they are then committed together, each getting its own result."""
+    """While one transaction is open, 10 callers queue; they are then committed together, each getting
+    its own result."""
     store = Store(hold_first=True)
     c = committer(store)
     first = callers.submit(c.commit, "a")
