@@ -111,6 +111,7 @@ class Sample:
     rss_kib: int
     sessions: int
     stored: float
+    failed: float  # callbacks answered 503/500 so far
 
 
 @dataclasses.dataclass
@@ -140,6 +141,14 @@ class Run:
         if len(inside) < 2 or inside[-1].at == inside[0].at:
             return None
         return (inside[-1].stored - inside[0].stored) / (inside[-1].at - inside[0].at)
+
+    def last_failure(self) -> float | None:
+        """Seconds into the run of the first sample after which no callback failed any more."""
+        last = None
+        for before, after in zip(self.samples, self.samples[1:], strict=False):
+            if after.failed > before.failed:
+                last = after.at - self.started
+        return last
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -264,10 +273,14 @@ class Sampler(threading.Thread):
                 self.backends.update(pids)
                 try:
                     stored = _stored(self.receiver.metrics_port)
+                    failed = _metric(
+                        self.receiver.metrics_port, "thingspace_sync_callback_store_failures_total{"
+                    )
                 except OSError:
                     stored = self.samples[-1].stored if self.samples else 0.0
+                    failed = self.samples[-1].failed if self.samples else 0.0
                 sessions = len(pids)
-                self.samples.append(Sample(time.monotonic(), threads, rss, sessions, stored))
+                self.samples.append(Sample(time.monotonic(), threads, rss, sessions, stored, failed))
                 self.halt.wait(0.1)
 
 
@@ -485,7 +498,9 @@ def render(runs: dict[str, Run], header: dict[str, Any]) -> str:
             "",
             f"Lock run: `sms_message` locked from {taken:.1f} s to {released:.1f} s. Callbacks stored/s "
             f"(receiver's counter): {_rate(before)} before, {_rate(during)} during, {_rate(after)} from 1 s "
-            f"after the release to the end ({_ratio(after, before)} of the rate before).",
+            f"after the release to the end ({_ratio(after, before)} of the rate before). The last callback "
+            f"answered 503 was counted by the sample at {_seconds(lock.last_failure())} "
+            f"({_seconds(_minus(lock.last_failure(), released))} after the release); none after it.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -502,6 +517,14 @@ def _cpu(run: Run) -> str:
     receiver = 1000 * float(run.extra.get("receiver_cpu_s", 0)) / answered
     postgres = 1000 * float(run.extra.get("postgres_cpu_s", 0)) / answered
     return f"{receiver:.2f} / {postgres:.2f} ms"
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} s"
+
+
+def _minus(a: float | None, b: float) -> float | None:
+    return None if a is None else a - b
 
 
 def _rate(value: float | None) -> str:
