@@ -105,6 +105,8 @@ class GroupCommitter(Generic[Item, Result]):
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        # Callers whose item is queued or being written, not answered yet.
+        self._waiting = 0
 
     def start(self) -> None:
         with self._lock:
@@ -132,6 +134,11 @@ class GroupCommitter(Generic[Item, Result]):
         with self._lock:
             return len(self._queue)
 
+    def waiting(self) -> int:
+        """Items queued or being written, whose callers have not been answered yet."""
+        with self._lock:
+            return self._waiting
+
     def commit(self, item: Item) -> Result:
         """Queue ``item``, wait until its transaction committed, return its result.
 
@@ -144,11 +151,15 @@ class GroupCommitter(Generic[Item, Result]):
             if len(self._queue) >= self._max_queue:
                 raise Saturated("queue_full", f"{self._max_queue} items already wait for a commit")
             self._queue.append(waiter)
+            self._waiting += 1
             self._lock.notify()
         if not waiter.done.wait(self._wait_timeout):
             with self._lock:
                 if not waiter.done.is_set():
                     waiter.abandoned = True
+                    if not waiter.taken:
+                        # Never to be written: it leaves the queue as it is skipped.
+                        self._waiting -= 1
                     raise Saturated("commit_timeout", f"not committed within {self._wait_timeout:g} s")
         if waiter.error is not None:
             raise waiter.error
@@ -200,3 +211,4 @@ class GroupCommitter(Generic[Item, Result]):
         with self._lock:
             waiter.result, waiter.error = result, error
             waiter.done.set()
+            self._waiting -= 1

@@ -343,13 +343,16 @@ def store_callbacks(
                     move_cursor=False,
                     source="push",
                 )
-                written.append(_pipelined(cursors, conn, queries.get("commit_block"), params))
+                cur_rows = _cursor(cursors, conn)
+                cur_rows.execute(queries.get("commit_block"), params)
+                written.append(cur_rows)
         inserted = [0 if c is None else _first(c) for c in written]
         with db.pipeline(conn):
-            kept_rows = [
-                _pipelined(cursors, conn, queries.get("callback_keep"), _callback_params(kept, found, new))
-                for (kept, _), found, new in zip(items, built, inserted, strict=True)
-            ]
+            kept_rows = []
+            for (kept, _), found, new in zip(items, built, inserted, strict=True):
+                cur_kept = _cursor(cursors, conn)
+                cur_kept.execute(queries.get("callback_keep"), _callback_params(kept, found, new))
+                kept_rows.append(cur_kept)
         results = []
         for c, found, new in zip(kept_rows, built, inserted, strict=True):
             row = _row(c)
@@ -357,13 +360,9 @@ def store_callbacks(
         return results
 
 
-def _pipelined(
-    cursors: contextlib.ExitStack, conn: Connection, query: str, params: dict[str, Any]
-) -> db.Cursor:
-    """A statement sent in the open pipeline, on a cursor of its own (read once the pipeline synced)."""
-    cur = cursors.enter_context(conn.cursor(row_factory=psycopg.rows.tuple_row))
-    cur.execute(query, params)
-    return cur
+def _cursor(cursors: contextlib.ExitStack, conn: Connection) -> db.Cursor:
+    """A cursor of its own for a statement sent in the open pipeline (read once the pipeline synced)."""
+    return cursors.enter_context(conn.cursor(row_factory=psycopg.rows.tuple_row))
 
 
 def _row(cur: db.Cursor) -> tuple[Any, ...]:

@@ -64,8 +64,9 @@ def test_concurrent_callbacks_share_transactions_and_each_2xx_follows_its_commit
     ):
         holder.execute("LOCK TABLE sms_callback IN ACCESS EXCLUSIVE MODE")
         with posting(r.port, bodies(24)) as answers:
-            # One callback is being written (waiting on the lock), the 23 others queue behind it.
-            crash.wait_until(lambda: r._committer.queued() == 23, 30, "23 callbacks queued")
+            # The first callbacks are being written (waiting on the lock), the others queue behind.
+            crash.wait_until(lambda: r._committer.waiting() == 24, 30, "24 callbacks with the committer")
+            crash.wait_until(lambda: waiting_somewhere(holder), 30, "a transaction waiting on the lock")
             assert committed_transactions_while_locked(holder) == 0
             holder.rollback()
             got = answers()
@@ -83,7 +84,7 @@ def committed_transactions_while_locked(holder: psycopg.Connection[Any]) -> int:
 
 
 def test_a_transaction_killed_between_its_writes_and_its_commit_answers_no_2xx(db_url: str) -> None:
-    """The receiver's session is terminated at COMMIT, after every row of the batch was written: none of
+    """The receiver's session is terminated at COMMIT, after every row of its batch was written: none of
     its callbacks (nor those queued behind it) is answered 2xx, nothing is stored, and the platform's
     retries afterwards are all stored."""
     name = f"receiver-{uuid.uuid4().hex[:12]}"
@@ -104,7 +105,7 @@ def test_a_transaction_killed_between_its_writes_and_its_commit_answers_no_2xx(d
     ):
         holder.execute("SELECT pg_advisory_lock(424242)")
         with posting(r.port, payloads) as answers:
-            crash.wait_until(lambda: r._committer.queued() == 7, 30, "7 callbacks queued behind the first")
+            crash.wait_until(lambda: r._committer.waiting() == 8, 30, "8 callbacks with the committer")
             waiting = waiting_at_commit(holder, name)
             crash.wait_until(lambda: bool(waiting()), 30, "the receiver's commit waiting on the lock")
             holder.execute("SELECT pg_terminate_backend(%s)", (waiting()[0],))
@@ -189,3 +190,47 @@ def waiting_somewhere(holder: psycopg.Connection[Any]) -> bool:
         "SELECT count(*) FROM pg_locks WHERE relation = 'sms_callback'::regclass AND NOT granted"
     ).fetchone()
     return row is not None and int(row[0]) > 0
+
+
+def test_store_callbacks_writes_a_batch_in_one_transaction_with_a_redelivery_inside_it(
+    db: psycopg.Connection[Any],
+) -> None:
+    """store.store_callbacks with two callbacks and a byte-identical redelivery of the first: one
+    transaction, two sms_callback rows (the redelivery is the first's row, seen twice), each message
+    once, and each result saying what its own callback did."""
+    import datetime as dt  # noqa: PLC0415  # only this test builds callbacks itself
+
+    from sync_worker import callbacks, models, secret, store  # noqa: PLC0415
+
+    credentials = callbacks.ListenerCredentials(push.USER, secret.Secret(push.PASSWORD))
+    at = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
+
+    def item(body: bytes) -> tuple[models.KeptCallback, tuple[models.SMSMessage, ...]]:
+        obj = callbacks.decode(body)
+        read = callbacks.read(obj, push.ACCOUNT, credentials, received_at=at)
+        kept_body, exact = callbacks.redact(body, obj)
+        kept = models.KeptCallback(
+            push.ACCOUNT,
+            read.shape,
+            read.report(),
+            read.request_id,
+            read.callback_count,
+            kept_body,
+            exact,
+            None,
+            at,
+        )
+        return kept, read.messages
+
+    one, two = bodies(2)
+    results = store.store_callbacks(db, [item(one), item(two), item(one)])
+    assert [(r.messages, r.inserted, r.first_seen) for r in results] == [
+        (1, 1, True),
+        (1, 1, True),
+        (1, 0, False),
+    ]
+    assert results[2].callback_id == results[0].callback_id
+    rows = db.execute("SELECT request_id, seen_count, xmin::text FROM sms_callback ORDER BY id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("req-0", 2), ("req-1", 1)]
+    assert len({r[2] for r in rows}) == 1
+    assert len(db.execute("SELECT 1 FROM sms_history").fetchall()) == 2
