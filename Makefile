@@ -11,7 +11,7 @@ COMPARE_ARGS ?=
 MINUTES ?=
 CHAOS_ARGS ?=
 
-.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale schema-doc clean
+.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale bench-receiver schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -30,6 +30,8 @@ help:
 	@echo "make bench-store       history store before (v1) / after (v2): bytes, Postgres CPU, 30M rows"
 	@echo "                       (BENCH_STORE_ARGS=--quick for a short run)"
 	@echo "make bench-scale       replicas sharing 1,000 accounts, one killed halfway (~4 min; SCALE_ARGS=...)"
+	@echo "make bench-receiver    the callback receiver under wrk: plain, beside 1,000 stalled clients, a held"
+	@echo "                       lock (~2 min; results in bench/README.md; RECEIVER_ARGS=..., installs wrk)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -112,6 +114,13 @@ bench-store: $(BENCH_STAMP)
 # SCALE_ARGS="--accounts 10000 --interval 120 ..." scales it (python -m bench.scale --help).
 bench-scale: $(BENCH_STAMP)
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+
+# wrk comes from Debian's packages. SYNC_BENCH_DATABASE_URL=postgresql://... measures against that
+# server (e.g. the PostgreSQL 15 service) instead of the embedded one.
+RECEIVER_ARGS ?= --readme
+bench-receiver: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(BIN)/python -m bench.receiver $(RECEIVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

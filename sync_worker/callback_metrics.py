@@ -55,10 +55,33 @@ class CallbackMetrics:
         )
         self.store_failures = prometheus_client.Counter(
             p + "callback_store_failures",
-            "Callbacks that could not be committed (answered 503/500 so ThingSpace retries), by kind.",
+            "Callbacks that could not be committed, by kind: answered 503 with Retry-After (busy: no "
+            "connection in time, a lock or statement timeout; queue_full, commit_timeout: more "
+            "callbacks than the database takes; database_unavailable) or 500 (store_error, "
+            "unexpected), so ThingSpace retries.",
             ["kind"],
             registry=registry,
         )
+        self.commit_transactions = prometheus_client.Counter(
+            p + "callback_commit_transactions",
+            "Transactions of the receiver's group commit, by outcome: committed, failed (every "
+            "callback in it answered 503/500) or split (failed, then each callback written alone).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.commit_batch_size = prometheus_client.Histogram(
+            p + "callback_commit_batch_size",
+            "Callbacks per committed transaction of the group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.commit_queue = prometheus_client.Gauge(
+            p + "callback_commit_queue",
+            "Callbacks waiting for a transaction of the group commit.",
+            registry=registry,
+        )
+        for outcome in ("committed", "failed", "split"):
+            self.commit_transactions.labels(outcome)
 
     def account_served(self, account: str) -> None:
         """Show an account's series at 0 before its first callback."""

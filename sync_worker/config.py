@@ -31,6 +31,9 @@ DEFAULT_MAX_BLOCKS_PER_RUN: Final = 10_000
 MAX_INTERVAL_SECONDS: Final = 604_800.0
 MAX_JITTER_SECONDS: Final = 86_400.0
 MAX_CLAIM_LEASE_SECONDS: Final = 3_600.0
+# A callback password travels in every callback body: one this short could not be told from
+# ordinary words by the log scrubber, nor resist guessing for long.
+MIN_CALLBACK_PASSWORD_LENGTH: Final = 16
 
 
 Reader = Callable[[Mapping[str, str]], object]
@@ -349,7 +352,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     Variable(
         "SYNC_CALLBACK_PASSWORD",
         "(required for receive/callbacks)",
-        "Password ThingSpace puts in every callback body (1-40 characters). Or SYNC_CALLBACK_PASSWORD_FILE.",
+        "Password ThingSpace puts in every callback body (16-40 characters: a long random one). Or "
+        "SYNC_CALLBACK_PASSWORD_FILE.",
         ("callback_password",),
     ),
     Variable(
@@ -676,7 +680,7 @@ def load(
 
 
 def _callback_settings(env: Mapping[str, str], url: str, username: str) -> dict[str, Any]:
-    """The receiver's secrets, checked against the vendor's 40-character limit."""
+    """The receiver's secrets, checked against the vendor's 40-character limit and our 16-character floor."""
     if url:
         urls.check_base_url(
             url,
@@ -689,10 +693,20 @@ def _callback_settings(env: Mapping[str, str], url: str, username: str) -> dict[
         )
     password = _secret(env, "SYNC_CALLBACK_PASSWORD")
     previous = _secret(env, "SYNC_CALLBACK_PREVIOUS_PASSWORD")
-    for name, value in (("SYNC_CALLBACK_PASSWORD", password), ("SYNC_CALLBACK_PREVIOUS_PASSWORD", previous)):
-        if len(value.reveal()) > models.MAX_CALLBACK_CREDENTIAL_LENGTH:
+    for base, value in (("SYNC_CALLBACK_PASSWORD", password), ("SYNC_CALLBACK_PREVIOUS_PASSWORD", previous)):
+        # The variable the value came from: the file's when that is the one set.
+        name = f"{base}_FILE" if env.get(f"{base}_FILE", "").strip() else base
+        length = len(value.reveal())
+        if length > models.MAX_CALLBACK_CREDENTIAL_LENGTH:
             raise errors.ConfigError(
                 f"{name} is longer than {models.MAX_CALLBACK_CREDENTIAL_LENGTH} characters"
+            )
+        if 0 < length < MIN_CALLBACK_PASSWORD_LENGTH:
+            raise errors.ConfigError(
+                f"{name} is shorter than {MIN_CALLBACK_PASSWORD_LENGTH} characters: a password that short "
+                "cannot be told from ordinary text in logs (so it cannot be scrubbed) and is soon guessed; "
+                "use a random one, e.g. openssl rand -base64 24 (then register it: sync-worker callbacks "
+                "register --replace)"
             )
     return {"callback_password": password, "callback_previous_password": previous or None}
 

@@ -12,10 +12,14 @@ body or a credential) and counted:
 5. the body's username/password are ours (``callbacks.ListenerCredentials``), and an
    ``accountName`` in the body, if any, is the URL's: 403.
 
-An authenticated body is committed (messages with source 'push' and the redacted body, one
-transaction: ``store.store_callback``) before the 2xx is written. A database that cannot be
-reached answers 503 and any other store failure 500, so ThingSpace retries (and, after its last
-attempt, puts the message back in the history queue for polling). A body of unknown shape is
+An authenticated body is committed (messages with source 'push' and the redacted body) before
+the 2xx is written. Callbacks that arrive together share one transaction (``group_commit``:
+``store.store_callbacks``), each answered only once that transaction committed; when a shared
+transaction fails for a reason one callback could cause, each is written again on its own, so a
+callback the database refuses fails alone. A database that cannot be reached, is busy (no
+connection in time, a lock or statement timeout, the commit queue full) answers 503 with
+Retry-After and any other store failure 500, so ThingSpace retries (and, after its last attempt,
+puts the message back in the history queue for polling). A body of unknown shape is
 kept and answered 200: refusing it would only make the platform send it again, then re-queue it.
 """
 
@@ -30,7 +34,7 @@ import json
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, cast
 
 import psycopg
@@ -40,7 +44,7 @@ import structlog
 import waitress.server
 import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, models, queries, store
+from sync_worker import callback_metrics, callbacks, db, errors, group_commit, models, queries, store
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
@@ -80,6 +84,15 @@ class ReceiverConfig:
     connection_limit: int = 2000
     # How long stop() waits for the requests being handled to answer.
     drain_timeout: float = 10.0
+    # Group commit: transactions written at the same time (each holds one of pool_size's
+    # connections; the rest serve the rare callback written alone), callbacks one transaction
+    # takes at most, callbacks waiting for a transaction at most (beyond: 503 at once; waitress's
+    # threads bound it anyway when it serves the receiver), and how long a callback may wait for
+    # its commit before it is answered 503 (under the ~4 s after which the platform delivers again).
+    committers: int = 2
+    max_batch: int = group_commit.DEFAULT_MAX_BATCH
+    max_queue: int = 256
+    commit_timeout: float = 3.5
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +112,14 @@ class _Busy(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pending:
+    """A callback waiting for its transaction."""
+
+    kept: models.KeptCallback
+    messages: tuple[models.SMSMessage, ...]
 
 
 class _DatabasePool:
@@ -198,6 +219,19 @@ class Receiver:
         self.config = config
         self.metrics = metrics
         self._pool = _DatabasePool(connect, config)
+        self._committer: group_commit.GroupCommitter[_Pending, store.CallbackResult] = (
+            group_commit.GroupCommitter(
+                self._write,
+                isolate=_one_could_cause,
+                max_queue=config.max_queue,
+                wait_timeout=config.commit_timeout,
+                max_batch=config.max_batch,
+                threads=config.committers,
+                observe=self._observe,
+                name="callback-commit",
+            )
+        )
+        metrics.commit_queue.set_function(self._committer.queued)
         self._clock = clock
         self._server: waitress.server.TcpWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -242,6 +276,7 @@ class Receiver:
             ) from exc
         assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
         self._pool.open()
+        self._committer.start()
         self._server = server
         self._thread = threading.Thread(target=server.run, name="callback-receiver", daemon=True)
         self._thread.start()
@@ -263,6 +298,7 @@ class Receiver:
             thread.join(timeout=5)
         server.task_dispatcher.shutdown(timeout=5)
         self._server = self._thread = None
+        self._committer.stop()
         self._pool.close()
 
     def live(self) -> bool:
@@ -365,9 +401,9 @@ class Receiver:
         )
         account = callback.account_name
         try:
-            result = self._commit(kept, callback.messages)
-        except (_Busy, errors.DatabaseUnavailableError) as exc:
-            kind = exc.kind if isinstance(exc, _Busy) else "database_unavailable"
+            result = self._committer.commit(_Pending(kept, callback.messages))
+        except (_Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
+            kind = "database_unavailable" if isinstance(exc, errors.DatabaseUnavailableError) else exc.kind
             self.metrics.store_failures.labels(kind).inc()
             _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
             return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after)
@@ -422,13 +458,24 @@ class Receiver:
     def _commit(
         self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
     ) -> store.CallbackResult:
+        """One callback in a transaction of its own, outside the group commit."""
+        return self._write([_Pending(kept, messages)])[0]
+
+    def _write(self, items: Sequence[_Pending]) -> list[store.CallbackResult]:
+        """The committer's transaction: every item, committed together (or an exception)."""
         with self._pool.connection() as conn:
             try:
-                return store.store_callback(conn, kept, messages)
+                return store.store_callbacks(conn, [(p.kept, p.messages) for p in items])
             except errors.DatabaseUnavailableError as exc:
                 if isinstance(exc.__cause__, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
                     raise _Busy("busy", str(exc)) from exc
                 raise
+
+    def _observe(self, batch: group_commit.Batch) -> None:
+        outcome = "committed" if batch.committed else ("split" if batch.isolated else "failed")
+        self.metrics.commit_transactions.labels(outcome).inc()
+        if batch.committed:
+            self.metrics.commit_batch_size.observe(batch.size)
 
     def _check_route(self, request: _Incoming, source: str | None) -> str:
         if not self._source_allowed(source):
@@ -492,6 +539,16 @@ class _Incoming:
     content_type: str | None
     forwarded_for: str | None
     read: Callable[[int], bytes]
+
+
+def _one_could_cause(exc: BaseException) -> bool:
+    """Whether one callback of a failed shared transaction could be why it failed, so that each is
+    worth writing again on its own: not when the database is out of reach or busy (every one would
+    fail the same way, each after its own wait), but a value it refused, a bug on one callback's
+    path, or a deadlock with another transaction writing the same messages in another order."""
+    if isinstance(exc, errors.DatabaseUnavailableError):
+        return isinstance(exc.__cause__, psycopg.errors.DeadlockDetected)
+    return not isinstance(exc, _Busy)
 
 
 def _where(exc: BaseException) -> str | None:

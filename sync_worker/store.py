@@ -10,6 +10,7 @@ its own and refuses to become part of the caller's). SQL lives in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -303,30 +304,94 @@ def store_callback(
     or a run, as a quarantine replay does: same rows, same keys, so a message that is also
     polled (or pushed again) is absorbed by the unique key.
     """
-    built = rows.build_rows(kept.account_name, messages)
-    with db.transaction(conn) as cur:
-        inserted = _rows_only(cur, kept.account_name, built, source="push")
-        row = cur.execute(
-            queries.get("callback_keep"),
-            {
-                "account_name": kept.account_name,
-                "shape": kept.shape,
-                "problem": _error_text(kept.problem),
-                "request_id": kept.request_id,
-                "callback_count": kept.callback_count,
-                "messages": len(built),
-                "inserted": inserted,
-                "message_keys": [r.message_key for r in built],
-                "body": kept.body,
-                "body_size": kept.body_size,
-                "body_sha256": kept.body_sha256,
-                "body_exact": kept.body_exact,
-                "source_address": kept.source_address,
-                "received_at": kept.received_at,
-            },
-        ).fetchone()
-    assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
-    return CallbackResult(int(row[0]), len(built), inserted, bool(row[1]))
+    return store_callbacks(conn, [(kept, messages)])[0]
+
+
+def store_callbacks(
+    conn: Connection, items: Sequence[tuple[models.KeptCallback, Sequence[models.SMSMessage]]]
+) -> list[CallbackResult]:
+    """Store several pushed callbacks as ``store_callback`` does each, all in one transaction
+    (the receiver's group commit: one commit, one WAL flush, for callbacks that arrived together).
+
+    Either every callback lands or none does. Results are in the order of ``items``; a body given
+    twice is one ``sms_callback`` row (the second sees the first, as a redelivery would). The
+    statements go pipelined, in two waves (every callback's rows, then every callback's
+    ``sms_callback`` row, which records how many of its rows were new): a handful of round trips
+    per transaction whatever the number of callbacks.
+    """
+    built = [rows.build_rows(kept.account_name, messages) for kept, messages in items]
+    if conn not in _PACKED_READY:
+        # Before the cursors exist: a cursor copies its connection's adapters when it is made.
+        pgarrays.register(conn.adapters)
+        _PACKED_READY.add(conn)
+    with db.transaction(conn) as cur, contextlib.ExitStack() as cursors:
+        # The partitions come first, once for the whole batch: a failed statement would end the
+        # transaction.
+        _ensure_partitions(cur, (r.received_at for found in built for r in found))
+        written: list[db.Cursor | None] = []
+        with db.pipeline(conn):
+            for (kept, _), found in zip(items, built, strict=True):
+                if not found:
+                    written.append(None)
+                    continue
+                params = _block_params(
+                    conn,
+                    kept.account_name,
+                    rows.Block.from_rows(found),
+                    run_id=None,
+                    next_token=None,
+                    move_cursor=False,
+                    source="push",
+                )
+                cur_rows = _cursor(cursors, conn)
+                cur_rows.execute(queries.get("commit_block"), params)
+                written.append(cur_rows)
+        inserted = [0 if c is None else _first(c) for c in written]
+        with db.pipeline(conn):
+            kept_rows = []
+            for (kept, _), found, new in zip(items, built, inserted, strict=True):
+                cur_kept = _cursor(cursors, conn)
+                cur_kept.execute(queries.get("callback_keep"), _callback_params(kept, found, new))
+                kept_rows.append(cur_kept)
+        results = []
+        for c, found, new in zip(kept_rows, built, inserted, strict=True):
+            row = _row(c)
+            results.append(CallbackResult(int(row[0]), len(found), new, bool(row[1])))
+        return results
+
+
+def _cursor(cursors: contextlib.ExitStack, conn: Connection) -> db.Cursor:
+    """A cursor of its own for a statement sent in the open pipeline (read once the pipeline synced)."""
+    return cursors.enter_context(conn.cursor(row_factory=psycopg.rows.tuple_row))
+
+
+def _row(cur: db.Cursor) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    assert row is not None  # noqa: S101  # for mypy: these statements always yield a row
+    return row
+
+
+def _first(cur: db.Cursor) -> int:
+    return int(_row(cur)[0])
+
+
+def _callback_params(kept: models.KeptCallback, built: list[rows.Row], inserted: int) -> dict[str, Any]:
+    return {
+        "account_name": kept.account_name,
+        "shape": kept.shape,
+        "problem": _error_text(kept.problem),
+        "request_id": kept.request_id,
+        "callback_count": kept.callback_count,
+        "messages": len(built),
+        "inserted": inserted,
+        "message_keys": [r.message_key for r in built],
+        "body": kept.body,
+        "body_size": kept.body_size,
+        "body_sha256": kept.body_sha256,
+        "body_exact": kept.body_exact,
+        "source_address": kept.source_address,
+        "received_at": kept.received_at,
+    }
 
 
 def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: str) -> int:

@@ -371,3 +371,44 @@ def test_per_account_durations_have_the_same_upper_bounds(tmp_path: Path) -> Non
         path.write_text(f'[accounts."0252012345-00001"]\n{key} = {value}\n', encoding="utf-8")
         with pytest.raises(errors.ConfigError, match=rf"accounts\.0252012345-00001\.{key} must be a finite"):
             config.load(env(), config_file=path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "via_file"),
+    [
+        ("SYNC_CALLBACK_PASSWORD", False),
+        ("SYNC_CALLBACK_PASSWORD", True),
+        ("SYNC_CALLBACK_PREVIOUS_PASSWORD", False),
+        ("SYNC_CALLBACK_PREVIOUS_PASSWORD", True),
+    ],
+)
+def test_a_callback_password_under_16_characters_is_refused_naming_its_variable(
+    tmp_path: Path, variable: str, via_file: bool
+) -> None:
+    """A 15-character callback password (or previous password), set directly or in a file, stops the
+    start with the variable it came from named and the value nowhere in the message; 16 is accepted."""
+    short, enough = "short-pass-1234", "long-enough-1234"  # test values: 15 and 16 characters
+    assert (len(short), len(enough)) == (15, 16)
+
+    def settings(value: str) -> config.Settings:
+        overrides: dict[str, str | None] = {"SYNC_CALLBACK_PASSWORD": "current-password-0000"}
+        if via_file:
+            (tmp_path / "pw").write_text(value + "\n", encoding="utf-8")
+            overrides[variable] = None
+            overrides[f"{variable}_FILE"] = str(tmp_path / "pw")
+        else:
+            overrides[variable] = value
+        return config.load(env(**overrides))
+
+    with pytest.raises(errors.ConfigError) as refused:
+        settings(short)
+    named = f"{variable}_FILE" if via_file else variable
+    assert str(refused.value).startswith(f"{named} is shorter than 16 characters")
+    assert short not in str(refused.value)
+    accepted = settings(enough)
+    found = (
+        accepted.callback_password
+        if variable == "SYNC_CALLBACK_PASSWORD"
+        else accepted.callback_previous_password
+    )
+    assert found is not None and found.reveal() == enough

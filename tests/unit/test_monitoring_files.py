@@ -181,3 +181,40 @@ def test_target_down_and_absent_alerts_exist() -> None:
     rules = _rules()
     assert re.search(r"\bup\{job=~?\"thingspace-sms-sync", rules["ThingSpaceSyncTargetDown"]["expr"])
     assert rules["ThingSpaceSyncMetricsAbsent"]["expr"].startswith("absent(")
+
+
+def _exported_series() -> set[str]:
+    """Every series name the daemon and the callback receiver can export (each family's sample names)."""
+    from sync_worker import callback_metrics  # noqa: PLC0415  # only this check needs the receiver's
+
+    m = metrics.Metrics()
+    m.watch_claim_poll(lambda: 0.0)  # what the daemon registers when it starts claiming
+    callback_metrics.CallbackMetrics(m.registry)
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_count", "_sum"),
+        "summary": ("_count", "_sum", ""),
+    }
+    names: set[str] = set()
+    for family in m.registry.collect():
+        names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(_rules()))
+def test_alert_expressions_name_only_exported_series(name: str) -> None:
+    """Every thingspace_sync_* series an alert reads is one the daemon or the receiver exports (a typo
+    or a renamed metric would make the alert silently never fire)."""
+    referenced = set(re.findall(r"\bthingspace_sync_[a-z_]+", _rules()[name]["expr"]))
+    assert referenced <= _exported_series(), sorted(referenced - _exported_series())
+
+
+def test_the_callback_receiver_has_alerts_for_refusals_503s_and_unknown_shapes() -> None:
+    """Refusal spikes, 503 answers and kept unknown shapes of the receiver each have an alert."""
+    exprs = {n: r["expr"] for n, r in _rules().items()}
+    assert "thingspace_sync_callbacks_refused_total" in exprs["ThingSpaceSyncCallbacksRefusedSpike"]
+    answered_503 = exprs["ThingSpaceSyncCallbacksAnswered503"]
+    for kind in ("busy", "queue_full", "commit_timeout", "database_unavailable"):
+        assert kind in answered_503
+    assert "thingspace_sync_callbacks_kept_unknown_total" in exprs["ThingSpaceSyncCallbackUnknownShapeKept"]
