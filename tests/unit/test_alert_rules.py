@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import config, metrics, scheduler
+from sync_worker import callback_metrics, config, metrics, scheduler
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 # What a scrape of the daemon adds (deploy/prometheus/prometheus.yml's job).
@@ -49,6 +49,26 @@ class Worker:
         self.now = 0.0
         self.m = metrics.Metrics(clock=lambda: self.now, one_pass=one_pass)
         self.api = self.m.api_observer()
+        self.cb: callback_metrics.CallbackMetrics | None = None
+
+    def receive(self, answered: str, *, count: int = 1) -> None:
+        """``count`` callbacks as the receiver counts them: "stored", "kept" (an unknown shape, 200),
+        "refused:REASON" or "failed:KIND" (503 or 500)."""
+        assert self.cb is not None, "a receiver scenario sets up the receiver's metrics"
+        what, _, detail = answered.partition(":")
+        for _ in range(count):
+            self.cb.received.inc()
+            if what == "refused":
+                self.cb.refused.labels(detail).inc()
+            elif what == "failed":
+                self.cb.store_failures.labels(detail).inc()
+            else:
+                shape = "unknown" if what == "kept" else "envelope"
+                self.cb.stored.labels(A, shape).inc()
+                if what == "kept":
+                    self.cb.kept.labels(A).inc()
+                else:
+                    self.cb.messages_inserted.labels(A).inc()
 
     def run(self, account: str, outcome: str, *, error: str | None = None) -> None:
         """One finished account run, as sync reports it."""
@@ -114,7 +134,25 @@ def _stuck_claims(w: Worker) -> None:
     w.m.watch_claim_poll(lambda: w.now - min(w.now, 300.0))
 
 
+def _receiver(w: Worker) -> None:
+    # `sync-worker receive`: its own process and Metrics, the receiver's families on its registry,
+    # each served account's series at 0 (receiver.Receiver does account_served).
+    w.cb = callback_metrics.CallbackMetrics(w.m.registry)
+    w.cb.account_served(A)
+
+
+def _receiving(step: Step) -> Step:
+    """Ten callbacks a minute stored, then what ``step`` adds."""
+
+    def both(w: Worker, minute: int) -> None:
+        w.receive("stored", count=10)
+        step(w, minute)
+
+    return both
+
+
 HEALTHY = Scenario("healthy", 60, _healthy_step, _configure(A, B))
+RECEIVER_HEALTHY = Scenario("receiver_healthy", 60, _receiving(lambda w, m: None), _receiver)
 
 
 def _healthy_but(step: Step) -> Step:
@@ -279,6 +317,55 @@ CASES: list[tuple[str, Scenario, int, list[tuple[dict[str, str], float | None]]]
         [({"account": A}, 300.0)],
     ),
     (
+        "ThingSpaceSyncCallbacksRefusedSpike",
+        # Five callbacks a minute with a wrong password from minute 5 (a listener not registered
+        # again after a password change): 50 in the 10 minutes before minute 20.
+        Scenario(
+            "callbacks_with_a_stale_password",
+            20,
+            _receiving(lambda w, m: w.receive("refused:bad_credentials", count=5) if m >= 5 else None),
+            _receiver,
+        ),
+        20,
+        [({"reason": "bad_credentials"}, 50.0)],
+    ),
+    (
+        "ThingSpaceSyncCallbacksAnswered503",
+        # Two more callbacks a minute answered 503 busy (a lock on the history): 2 of 12 received.
+        Scenario(
+            "callbacks_answered_busy",
+            20,
+            _receiving(lambda w, m: w.receive("failed:busy", count=2)),
+            _receiver,
+        ),
+        20,
+        [({}, 2 / 12)],
+    ),
+    (
+        "ThingSpaceSyncCallbackStoreErrors",
+        # The receiver's first failure to store: one callback answered 500 at minute 10.
+        Scenario(
+            "callback_store_error",
+            15,
+            _receiving(lambda w, m: w.receive("failed:store_error") if m == 10 else None),
+            _receiver,
+        ),
+        15,
+        [({"kind": "store_error"}, None)],
+    ),
+    (
+        "ThingSpaceSyncCallbackUnknownShapeKept",
+        # One callback of a shape the receiver does not read, kept at minute 10.
+        Scenario(
+            "callback_of_an_unknown_shape",
+            15,
+            _receiving(lambda w, m: w.receive("kept") if m == 10 else None),
+            _receiver,
+        ),
+        15,
+        [({"account": A}, None)],
+    ),
+    (
         "ThingSpaceSyncBlockQuarantined",
         Scenario(
             "quarantined_block",
@@ -335,7 +422,7 @@ def _humanize_duration(v: float) -> str:
 
 
 def _expand(template: str, labels: dict[str, str], value: float | None) -> str:
-    """The two template forms alerts.yml uses; anything else fails the test (extend this then)."""
+    """The template forms alerts.yml uses; anything else fails the test (extend this then)."""
 
     def one(match: re.Match[str]) -> str:
         expr = match.group(1).strip()
@@ -343,6 +430,10 @@ def _expand(template: str, labels: dict[str, str], value: float | None) -> str:
             return labels[expr.removeprefix("$labels.")]
         if expr == "$value | humanizeDuration" and value is not None:
             return _humanize_duration(value)
+        if expr == "$value | humanize" and value is not None and 1 <= value < 1000:
+            return f"{value:.4g}"  # Prometheus's humanize, without the SI prefix it adds from 1000 on
+        if expr == "$value | humanizePercentage" and value is not None:
+            return f"{value * 100:.4g}%"
         raise AssertionError(f"template form not handled by this test: {{{{ {expr} }}}}")
 
     return re.sub(r"\{\{(.*?)\}\}", one, template)
@@ -399,15 +490,16 @@ def test_alert_fires_in_its_scenario(
     _promtool_test(tmp_path, scenario, [check])
 
 
-def test_every_alert_stays_quiet_while_the_worker_is_healthy(tmp_path: Path) -> None:
-    """Two accounts syncing every 5 minutes, the API answering, claims polled, the target up:
-    no alert fires at any time of the hour."""
+@pytest.mark.parametrize("scenario", [HEALTHY, RECEIVER_HEALTHY], ids=lambda s: s.name)
+def test_every_alert_stays_quiet_while_the_worker_is_healthy(tmp_path: Path, scenario: Scenario) -> None:
+    """Two accounts syncing every 5 minutes, the API answering, claims polled, the target up (or a
+    callback receiver storing ten callbacks a minute): no alert fires at any time of the hour."""
     checks = [
         {"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": []}
         for alert in sorted(_rules())
         for minute in (5, 20, 40, 60)
     ]
-    _promtool_test(tmp_path, HEALTHY, checks)
+    _promtool_test(tmp_path, scenario, checks)
 
 
 def test_a_firing_expectation_can_fail(tmp_path: Path) -> None:
