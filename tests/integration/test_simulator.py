@@ -175,6 +175,7 @@ def test_caseless_user_names_share_one_failed_login_count(simulator: sim_mod.Sim
     assert (simulator.failed_login_streak(), simulator.peak_failed_login_streak(base.upper())) == (0, 4)
 
 
+@pytest.mark.timing
 def test_a_trickled_history_answer_arrives_whole_in_pieces(api: Api, simulator: sim_mod.Simulator) -> None:
     """Trickle writes the processed answer a chunk at a time: the body is intact, and it took the gaps."""
     simulator.seed(ACCOUNT, 150)  # a 202 block: a head GET serves it again, unacknowledged
@@ -413,6 +414,7 @@ def test_timeout_fault_holds_past_client_read_timeout(api: Api, simulator: sim_m
     assert api.history(t1).status_code == 200
 
 
+@pytest.mark.timing
 def test_stop_interrupts_held_timeout() -> None:
     """stop() returns promptly even while a request is held by a 30 s timeout fault."""
     sim = sim_mod.Simulator()
@@ -503,6 +505,7 @@ def test_tampered_headers_foreign_location_and_missing_location(
     assert simulator.stats.faults["tamper"] == 2
 
 
+@pytest.mark.timing
 def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) -> None:
     """Latency delays responses and each delayed request is counted."""
     simulator.faults.latency = 0.05
@@ -512,6 +515,7 @@ def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) 
     assert simulator.stats.faults["latency"] == 1
 
 
+@pytest.mark.timing
 def test_latency_includes_the_servers_own_work(api: Api, simulator: sim_mod.Simulator) -> None:
     """A request takes its latency at the server, work included: slow processing is not added on top."""
     simulator.faults.latency = 0.5
