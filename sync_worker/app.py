@@ -101,9 +101,7 @@ def login_guard(
         connect,
         username=settings.username,
         threshold=settings.login_guard_threshold,
-        # A login cannot take longer than one connect and one read timeout; the margin
-        # covers a slow database. A process that vanished mid-login holds no longer.
-        lease_seconds=settings.http_connect_timeout + settings.http_read_timeout + 30.0,
+        lease_seconds=guard.login_lease(settings.http_connect_timeout, settings.http_read_timeout),
         stop_event=stop_event,
         on_state=on_state,
     )
