@@ -88,6 +88,14 @@ def api(simulator: sim_mod.Simulator) -> Api:
 # --- auth -------------------------------------------------------------------
 
 
+def test_a_fresh_token_has_the_whole_hour_whatever_the_clock_reads() -> None:
+    """expires_in of a fresh token is 3600 also where (now + 3600.0) - now rounds below 3600 in floats."""
+    now = 496.0907
+    assert (now + 3600.0) - now < 3600  # the float arithmetic the countdown must not show
+    with sim_mod.Simulator(sim_mod.SimConfig(clock=lambda: now)) as sim:
+        assert Api(sim).token().json()["expires_in"] == 3600
+
+
 def test_token_endpoint_returns_bearer_for_valid_client(simulator: sim_mod.Simulator) -> None:
     """Client credentials with Basic auth get an access token of type bearer valid for an hour."""
     resp = Api(simulator).token()
