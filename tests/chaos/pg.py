@@ -42,7 +42,7 @@ def server() -> Iterator[str]:
     if url:
         yield url
         return
-    with database.embedded_without_flushes() as admin_url:
+    with database.embedded_without_flushes(asynchronous_commit=True) as admin_url:
         yield admin_url
 
 
