@@ -60,17 +60,15 @@ CEILING: Final = auth.CEILING
 _POLL_SECONDS: Final = 0.25
 # Beyond the login's own HTTP exchange: a slow database while the verdict is recorded.
 LEASE_MARGIN_SECONDS: Final = 30.0
+_MAX_ERROR_TEXT: Final = 1000
+
+_log = structlog.get_logger(__name__)
 
 
 def login_lease(connect_timeout: float, read_timeout: float) -> float:
     """How long a login's reservation holds the user's other logins off: a login cannot take longer
     than one connect and one read timeout, so a process that vanished mid-login holds no longer."""
     return connect_timeout + read_timeout + LEASE_MARGIN_SECONDS
-
-
-_MAX_ERROR_TEXT: Final = 1000
-
-_log = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
