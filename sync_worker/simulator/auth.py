@@ -119,8 +119,9 @@ class AuthState:
             "access_token": token,
             "scope": "default",
             "token_type": "bearer",
-            # Whole seconds left, rounded down like a countdown: 0 in the token's last second.
-            "expires_in": max(math.floor(expiry - now), 0),
+            # Whole seconds left, rounded down like a countdown: 0 in the token's last second. Rounded
+            # to the microsecond first: (now + 3600.0) - now is 3599.99999... for many clock values.
+            "expires_in": max(math.floor(round(expiry - now, 6)), 0),
         }
         if fresh:
             self._issued("bearer", token)
