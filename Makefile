@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
+# Test processes for `make test` (pytest-xdist; `auto`: one per core). Each has its own embedded
+# Postgres and migrated template; the secret-leak check joins every process's logbook at the end.
+TEST_JOBS ?= auto
 BENCH_STORE_ARGS ?=
 COMPARE_ARGS ?=
 MINUTES ?=
@@ -15,7 +18,8 @@ CHAOS_ARGS ?=
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
-	@echo "make test              run the whole test suite (unit + integration, embedded Postgres)"
+	@echo "make test              run the whole test suite (unit + integration, embedded Postgres; TEST_JOBS=auto"
+	@echo "                       processes, TEST_JOBS=0 for one)"
 	@echo "make test-unit         tests without a database"
 	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
 	@echo "make test-migration-1m migration 0006 in place on 1,000,000 v1 rows, timed (JSON line)"
@@ -67,7 +71,7 @@ run demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
 test: $(STAMP) $(PROMTOOL) pgbouncer
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-unit: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

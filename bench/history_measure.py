@@ -32,7 +32,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from bench import in_tree, pg, proc, scenarios
+from bench import in_tree, pg, proc, substitute
 
 BLOCK: Final = 100
 # Every table of either layout that holds history; views (v2's sms_history) are not counted.
@@ -291,7 +291,7 @@ def task_cpu(spec: Spec) -> dict[str, Any]:
             backend_pid = conn.info.backend_pid
             backend_before = _cpu_seconds(backend_pid)
             inserted = 0
-            with scenarios._prebuilt_rows(page_list, built), proc.CpuMeter(os.getpid(), pg_pid) as cpu:
+            with substitute.prebuilt_rows(page_list, built), proc.CpuMeter(os.getpid(), pg_pid) as cpu:
                 for page in page_list:
                     t0 = time.perf_counter()
                     inserted += store.commit_block(conn, run_id, page).inserted
@@ -538,7 +538,7 @@ def _paired_commits(
             label: stack.enter_context(psycopg.connect(dsns[label], autocommit=True)) for label in labels
         }
         runs = {label: store.start_run(conns[label], page_list[0].account_name) for label in labels}
-        stack.enter_context(scenarios._prebuilt_rows(list(page_list), list(built)))
+        stack.enter_context(substitute.prebuilt_rows(list(page_list), list(built)))
         for i, page in enumerate(page_list):
             for label in labels if i % 2 == 0 else labels[::-1]:
                 conn = conns[label]
@@ -630,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     spec: Spec = json.loads(args[0])
     found = in_tree.check(Path(spec["tree"]))
-    scenarios._quiet_production_logging()
+    substitute.quiet_production_logging()
     result = TASKS[spec["task"]](spec)
     result["identity"] = found
     print(json.dumps(result, default=str), flush=True)

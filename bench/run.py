@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import harness, pg, proc, scenarios
+from bench import harness, pg, proc, scenarios, substitute
 
 HERE = Path(__file__).resolve().parent
 # Outside the repository: the server's files survive between runs so the big
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with pg.server(data_dir) as admin_dsn:
         results.environment["postgres_settings"] = pg.settings(admin_dsn)
         pg.ensure_template(admin_dsn)
-        scenarios._quiet_production_logging()
+        substitute.quiet_production_logging()
         with proc.SimHost() as sim:
             ctx = scenarios.Context(
                 admin_dsn=admin_dsn,

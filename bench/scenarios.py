@@ -9,7 +9,6 @@ worker and the dlt peer alike.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import itertools
@@ -19,11 +18,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
-from unittest import mock
 
 import psycopg
 
-from bench import harness, in_tree, pg, proc
+from bench import harness, in_tree, pg, proc, substitute
 
 BLOCK = 100
 
@@ -159,50 +157,7 @@ def _settings(env: Mapping[str, str]) -> Any:
     return config.load(env)
 
 
-def _quiet_production_logging() -> None:
-    """The worker's own JSON logging at INFO, written to a null sink.
-
-    The formatting cost stays in the measurement (production pays it too);
-    only the terminal output is discarded.
-    """
-    from sync_worker import logs
-
-    logs.configure(fmt="json", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115  # logging writes to it until the process exits
-
-
 # --- 1. the limits ----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _prebuilt_rows(pages: list[Any], built: list[list[Any]]) -> Iterator[None]:
-    """Make ``store.commit_block`` reuse rows built earlier, so timing it measures the write alone.
-
-    Substituting ``rows.build_rows`` (bench process only) keeps the measured
-    code exactly ``store.commit_block`` whatever that function does next.
-    """
-    from sync_worker import rows
-
-    ready = {id(p.messages): b for p, b in zip(pages, built, strict=True)}
-    real = rows.build_rows
-
-    def lookup(account: str, messages: Any) -> list[Any]:
-        found = ready.get(id(messages))
-        return found if found is not None else real(account, messages)
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(rows, "build_rows", lookup))
-        # Issue 14 on, commit_block takes the block's columns (rows.build_block): those are
-        # substituted too (the trees compared by bench.history_store may predate it).
-        real_block = getattr(rows, "build_block", None)
-        if real_block is not None:
-            blocks = {id(p.messages): rows.Block.from_rows(b) for p, b in zip(pages, built, strict=True)}
-
-            def lookup_block(account: str, messages: Any) -> Any:
-                found = blocks.get(id(messages))
-                return found if found is not None else real_block(account, messages)
-
-            stack.enter_context(mock.patch.object(rows, "build_block", lookup_block))
-        yield
 
 
 def limits(ctx: Context) -> None:
@@ -245,7 +200,7 @@ def limits(ctx: Context) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             run_id = store.start_run(conn, account)
             inserted = 0
-            with _prebuilt_rows(pages, built), harness.Stopwatch() as sw:
+            with substitute.prebuilt_rows(pages, built), harness.Stopwatch() as sw:
                 for page in pages:
                     inserted += store.commit_block(conn, run_id, page).inserted
         commit_ms.append(sw.elapsed * 1000 / len(pages))
@@ -594,7 +549,7 @@ def growth(ctx: Context) -> None:
     sz = ctx.sizes
     empty_name, empty_dsn = ctx.fresh_db("growth_empty")
     ctx.log(f"  the {sz.big_table:,}-row database ...")
-    # The history-store bench's loader and cache of big databases (it imports this module).
+    # The history-store bench's loader and cache of big databases (loaded only for this step).
     from bench import history_measure
 
     _, big_dsn, provenance = history_measure.big_database(ctx.admin_dsn, sz.big_table)

@@ -102,10 +102,8 @@ def login_guard(
         connect,
         username=settings.username,
         threshold=settings.login_guard_threshold,
-        # A login cannot take longer than the total timeout of one exchange (nor than one
-        # connect and one read timeout when nothing arrives); the margin covers a slow
-        # database. A process that vanished mid-login holds no longer.
-        lease_seconds=settings.http_total_timeout + 30.0,
+        # A login cannot take longer than the total timeout of one exchange: guard.login_lease.
+        lease_seconds=guard.login_lease(settings.http_total_timeout),
         stop_event=stop_event,
         on_state=on_state,
     )

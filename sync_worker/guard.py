@@ -24,7 +24,7 @@ rules (``refusal``):
 A login is counted *before* its request goes out (a reservation with a lease);
 its verdict then keeps, clears or takes back that count. So a process that is
 killed or loses its network mid-login leaves a failure behind, never a gap, and
-its lease runs out after ``lease_seconds``. Only one login per user is in
+its lease runs out after ``lease_seconds`` (``login_lease``). Only one login per user is in
 flight at a time across every process sharing the database: the others wait
 (bounded by the run's deadline, ``max_wait_seconds`` and the stop event), so
 replicas cannot race past the ceiling together.
@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import structlog
 
-from sync_worker import auth, db, errors, queries, secret
+from sync_worker import auth, config, db, errors, queries, secret
 
 Outcome = auth.Outcome
 ConnectionFactory = db.ConnectionFactory
@@ -58,9 +58,18 @@ ConnectionFactory = db.ConnectionFactory
 CEILING: Final = auth.CEILING
 # How often a login waiting for another process's login looks again.
 _POLL_SECONDS: Final = 0.25
+# Beyond the login's own HTTP exchange: a slow database while the verdict is recorded.
+LEASE_MARGIN_SECONDS: Final = 30.0
 _MAX_ERROR_TEXT: Final = 1000
 
 _log = structlog.get_logger(__name__)
+
+
+def login_lease(total_timeout: float) -> float:
+    """How long a login's reservation holds the user's other logins off: a login exchange cannot take
+    longer than its total timeout (THINGSPACE_TOTAL_TIMEOUT, connect, headers and body together), so a
+    process that vanished mid-login holds no longer; the margin covers a slow database."""
+    return total_timeout + LEASE_MARGIN_SECONDS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,7 +168,7 @@ class LoginGuard:
         *,
         username: str,
         threshold: int,
-        lease_seconds: float = 95.0,
+        lease_seconds: float | None = None,
         max_wait_seconds: float = 120.0,
         stop_event: threading.Event | None = None,
         on_state: Callable[[bool], None] | None = None,
@@ -171,6 +180,10 @@ class LoginGuard:
         self._key = {"username": auth.user_key(username), "spelling": username}
         self._username = username
         self._threshold = auth.check_threshold(threshold)
+        if lease_seconds is None:
+            # The lease of a client left at the configured default timeouts.
+            defaults = config.Settings
+            lease_seconds = login_lease(defaults.http_total_timeout)
         self._lease_seconds = max(1.0, lease_seconds)
         self._max_wait = max_wait_seconds
         self._stop = stop_event if stop_event is not None else threading.Event()
@@ -183,6 +196,10 @@ class LoginGuard:
     @property
     def threshold(self) -> int:
         return self._threshold
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease_seconds
 
     # --- reading ---------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Shared fixtures live in tests/fixtures/, one module per real part they start."""
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -16,10 +17,28 @@ pytest_plugins = [
 # --- session-wide log capture for the secret-leak check (tests/reliability/logbook.py) ---
 
 _LEAK_CHECK = "test_no_secret_in_anything_the_suite_logged"
+_WORKER_LOGBOOKS = "sync-worker-logbooks"
 _session_handler = logbook.SessionHandler()
 
 
+class _WorkerLogbooks:
+    """In the xdist controller: every worker's logbook and secrets, taken in as the worker ends."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        exported = getattr(node, "workeroutput", {}).get("logbook")
+        name = str(node.gateway.id)
+        if exported is None:
+            self.lost.append(name)  # a crashed worker: what it logged cannot be searched
+        else:
+            logbook.merge(exported, name)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_WorkerLogbooks(), _WORKER_LOGBOOKS)
     root = logging.getLogger()
     root.addHandler(_session_handler)
     # INFO records are where a leaked token would most likely be; the default WARNING hides them.
@@ -47,11 +66,22 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Output of the leak check itself (and teardown after it) is checked here too.
+    config = session.config
+    if hasattr(config, "workerinput"):
+        # An xdist worker: its logbook and secrets go to the controller (xdist sends workeroutput
+        # after this hook), which searches every worker's output for every worker's secrets.
+        config.workeroutput["logbook"] = logbook.export()  # type: ignore[attr-defined]
+        return
+    # Output of the leak check itself (and teardown after it) is checked here too; under xdist,
+    # here is where every worker's logbook is searched at once.
     leaks = logbook.find_leaks()
-    if leaks:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    collector = config.pluginmanager.get_plugin(_WORKER_LOGBOOKS)
+    lost = collector.lost if isinstance(collector, _WorkerLogbooks) else []
+    if leaks or lost:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for source, prefix, _ in leaks:
                 reporter.write_line(f"SECRET LEAK: a secret ({prefix}) appeared in {source}", red=True)
+            for name in lost:
+                reporter.write_line(f"SECRET LEAK CHECK INCOMPLETE: worker {name} sent no logbook", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

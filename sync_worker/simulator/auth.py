@@ -120,8 +120,7 @@ class AuthState:
             "scope": "default",
             "token_type": "bearer",
             # Whole seconds left, rounded down like a countdown: 0 in the token's last second. Rounded
-            # to the microsecond first: (now + ttl) - now in floats is often a hair under ttl, which
-            # floored a fresh token's 3600 to 3599.
+            # to the microsecond first: (now + 3600.0) - now is 3599.99999... for many clock values.
             "expires_in": max(math.floor(round(expiry - now, 6)), 0),
         }
         if fresh:

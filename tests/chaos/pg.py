@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from sync_worker import embedded, migrations
+from sync_worker import migrations
 from tests.fixtures import database, pgbouncer
 
 # The application name of the harness's own connection, which database faults leave alone.
@@ -43,11 +43,7 @@ def server() -> Iterator[str]:
     if url:
         yield url
         return
-    with embedded.server() as admin_url:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            for name in ("fsync", "synchronous_commit", "full_page_writes"):
-                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(name)))
-            conn.execute("SELECT pg_reload_conf()")
+    with database.embedded_without_flushes(asynchronous_commit=True) as admin_url:
         yield admin_url
 
 

@@ -88,6 +88,14 @@ def api(simulator: sim_mod.Simulator) -> Api:
 # --- auth -------------------------------------------------------------------
 
 
+def test_a_fresh_token_has_the_whole_hour_whatever_the_clock_reads() -> None:
+    """expires_in of a fresh token is 3600 also where (now + 3600.0) - now rounds below 3600 in floats."""
+    now = 496.0907
+    assert (now + 3600.0) - now < 3600  # the float arithmetic the countdown must not show
+    with sim_mod.Simulator(sim_mod.SimConfig(clock=lambda: now)) as sim:
+        assert Api(sim).token().json()["expires_in"] == 3600
+
+
 def test_token_endpoint_returns_bearer_for_valid_client(simulator: sim_mod.Simulator) -> None:
     """Client credentials with Basic auth get an access token of type bearer valid for an hour."""
     resp = Api(simulator).token()
@@ -175,6 +183,7 @@ def test_caseless_user_names_share_one_failed_login_count(simulator: sim_mod.Sim
     assert (simulator.failed_login_streak(), simulator.peak_failed_login_streak(base.upper())) == (0, 4)
 
 
+@pytest.mark.timing
 def test_a_trickled_history_answer_arrives_whole_in_pieces(api: Api, simulator: sim_mod.Simulator) -> None:
     """Trickle writes the processed answer a chunk at a time: the body is intact, and it took the gaps."""
     simulator.seed(ACCOUNT, 150)  # a 202 block: a head GET serves it again, unacknowledged
@@ -413,6 +422,7 @@ def test_timeout_fault_holds_past_client_read_timeout(api: Api, simulator: sim_m
     assert api.history(t1).status_code == 200
 
 
+@pytest.mark.timing
 def test_stop_interrupts_held_timeout() -> None:
     """stop() returns promptly even while a request is held by a 30 s timeout fault."""
     sim = sim_mod.Simulator()
@@ -503,6 +513,7 @@ def test_tampered_headers_foreign_location_and_missing_location(
     assert simulator.stats.faults["tamper"] == 2
 
 
+@pytest.mark.timing
 def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) -> None:
     """Latency delays responses and each delayed request is counted."""
     simulator.faults.latency = 0.05
@@ -512,6 +523,7 @@ def test_latency_is_applied_and_counted(api: Api, simulator: sim_mod.Simulator) 
     assert simulator.stats.faults["latency"] == 1
 
 
+@pytest.mark.timing
 def test_latency_includes_the_servers_own_work(api: Api, simulator: sim_mod.Simulator) -> None:
     """A request takes its latency at the server, work included: slow processing is not added on top."""
     simulator.faults.latency = 0.5

@@ -12,6 +12,10 @@ every token passed to ``secret.register``) plus ``add_secret`` for values only a
 The registry forgets replaced tokens (after its grace list), so ``remember_secrets`` keeps what it
 held at each test report (conftest hook): a token replaced more than ``secret.GRACE`` times within
 one test is not searched for.
+
+Under pytest-xdist every worker is a process with its own logbook and its own secret registry: each
+worker hands both over at its end (``export``), and the controller takes them in (``merge``) and
+searches all of them together, every secret of every worker against every worker's output.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from typing import Any, Final
 
 from sync_worker import secret
 
+# Sources of deliberate probes (tests of the logbook itself): never part of what is judged.
+PROBE: Final = "probe:"
 _lock = threading.Lock()
 _chunks: list[tuple[str, str]] = []
 _extra_secrets: set[str] = set()
@@ -70,11 +77,29 @@ def total_chars() -> int:
         return sum(len(t) for _, t in _chunks)
 
 
-def find_leaks(values: Iterable[str] | None = None) -> list[tuple[str, str, str]]:
-    """Return (source, secret prefix, context) for every occurrence of a secret value."""
+def export() -> dict[str, list[Any]]:
+    """This process's logbook and every secret value it knows, as plain lists (xdist ships them)."""
+    with _lock:
+        chunks_now = [[source, text] for source, text in _chunks]
+    return {"chunks": chunks_now, "secrets": sorted(secrets())}
+
+
+def merge(exported: dict[str, list[Any]], origin: str) -> None:
+    """Take in another process's ``export``: its chunks (sources prefixed ``origin``) and its secrets."""
+    for source, text in exported["chunks"]:
+        record(f"{source} [{origin}]", text)
+    for value in exported["secrets"]:
+        add_secret(value)
+
+
+def find_leaks(values: Iterable[str] | None = None, *, probes: bool = False) -> list[tuple[str, str, str]]:
+    """Return (source, secret prefix, context) for every occurrence of a secret value (default: every
+    one known). Chunks of deliberate probes (sources starting ``PROBE``) are judged only with ``probes``."""
     found: list[tuple[str, str, str]] = []
     wanted = sorted(values if values is not None else secrets())
     for source, text in chunks():
+        if source.startswith(PROBE) and not probes:
+            continue
         for value in wanted:
             at = text.find(value)
             if at >= 0:

@@ -88,6 +88,7 @@ def config(base_url: str, **kw: Any) -> client.ClientConfig:
     return client.ClientConfig(**args)
 
 
+@pytest.mark.timing
 def test_a_trickled_tls_handshake_ends_at_the_total_deadline(tls_trickle: TrickleServer) -> None:
     """A server that sends its TLS handshake a byte at a time (each read well within the connect and
     read timeouts) is cut at the 1 s total deadline: a transient timeout of the token request."""
@@ -101,6 +102,7 @@ def test_a_trickled_tls_handshake_ends_at_the_total_deadline(tls_trickle: Trickl
     assert tls_trickle.accepted == 1
 
 
+@pytest.mark.timing
 def test_a_callers_session_is_cut_in_the_body() -> None:
     """With a caller's own requests session (not the client's adapter), a body trickling for ever
     is still cut at the total deadline once its headers are in."""

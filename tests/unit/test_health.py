@@ -197,6 +197,7 @@ def _closed_by_server(conn: socket.socket) -> bool:
         return False
 
 
+@pytest.mark.timing
 def test_an_idle_connection_is_closed_after_the_request_timeout(flags: Flags) -> None:
     """A client that connects and sends nothing is disconnected once the request timeout passes."""
     srv = health.HealthServer(
@@ -211,6 +212,7 @@ def test_an_idle_connection_is_closed_after_the_request_timeout(flags: Flags) ->
         assert get(base(srv) + "/healthz")[0] == 200
 
 
+@pytest.mark.timing
 def test_idle_connections_beyond_the_cap_make_room_and_probes_still_answer(flags: Flags) -> None:
     """With the cap of idle connections reached, each new one closes the oldest idle one at once (long
     before the request timeout), the server holds no more than the cap, and /healthz still answers."""
@@ -247,6 +249,7 @@ def test_idle_connections_beyond_the_cap_make_room_and_probes_still_answer(flags
         assert (status, json.loads(body)) == (200, {"status": "ok"})
 
 
+@pytest.mark.timing
 def test_a_connection_beyond_the_cap_of_busy_ones_is_closed_at_once(flags: Flags) -> None:
     """When every connection is busy answering, a newcomer is closed at once; the busy ones still get
     their answers."""

@@ -310,6 +310,7 @@ def test_problem_text_never_contains_the_separator() -> None:
     assert row.problems and all(rows.PROBLEM_SEPARATOR not in p for p in row.problems)
 
 
+@pytest.mark.timing
 def test_build_rows_is_fast_enough() -> None:
     """Row building sustains far more than the 1M rows/min per core bar (generous margin for slow CI)."""
     block = [
