@@ -49,6 +49,19 @@ $(BENCH_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
+# promtool (tests/unit/test_alert_rules.py evaluates deploy/prometheus/alerts.yml with it): the one on
+# the PATH, else the binary alone from Debian's `prometheus` package (apt-get download, no root, no
+# Prometheus server installed or started). Best effort: without it that test skips and says so.
+PROMTOOL := $(BIN)/promtool
+$(PROMTOOL): | $(STAMP)
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; else \
+		tmp=$$(mktemp -d) && \
+		(cd $$tmp && apt-get download prometheus >/dev/null 2>&1) && \
+		dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb | tar -x -C $$tmp ./usr/bin/promtool && \
+		cp $$tmp/usr/bin/promtool $@; rm -rf $$tmp; \
+		test -x $@ || echo "promtool unavailable (apt-get download prometheus failed): the alert rule tests will skip"; \
+	fi
+
 # PgBouncer from Debian's packages, for tests/integration/test_pgbouncer.py and `chaos --pgbouncer`
 # (tests/fixtures/pgbouncer.py starts its own processes; the package's service is not used).
 pgbouncer:
@@ -57,10 +70,10 @@ pgbouncer:
 run demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
-test: $(STAMP) pgbouncer
+test: $(STAMP) $(PROMTOOL) pgbouncer
 	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP) pgbouncer

@@ -43,7 +43,7 @@ def connector(settings: config.Settings, *, connect_timeout: int = 10) -> db.Con
     """Connections to ``SYNC_DATABASE_URL``; a failure names the variable, never the password."""
     return db.connector(
         settings.database_url,
-        failure=f"SYNC_DATABASE_URL: cannot connect to {settings.redacted_database_url()}",
+        failure=f"SYNC_DATABASE_URL: cannot connect to {db.describe(settings.database_url)}",
         connect_timeout=connect_timeout,
     )
 

@@ -11,6 +11,9 @@ import prometheus_client
 
 from sync_worker import metrics
 
+# The kinds of callback_store_failures: answered 503 (the first four) or 500 (the last two).
+FAILURE_KINDS = ("busy", "queue_full", "commit_timeout", "database_unavailable", "store_error", "unexpected")
+
 
 class CallbackMetrics:
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
@@ -82,6 +85,10 @@ class CallbackMetrics:
         )
         for outcome in ("committed", "failed", "split"):
             self.commit_transactions.labels(outcome)
+        # Every kind at 0 from the start: increase() (ThingSpaceSyncCallbackStoreErrors) sees no
+        # increase in a series whose first sample is already 1, so a first failure would not alert.
+        for kind in FAILURE_KINDS:
+            self.store_failures.labels(kind)
 
     def account_served(self, account: str) -> None:
         """Show an account's series at 0 before its first callback."""

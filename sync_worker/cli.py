@@ -19,14 +19,26 @@ from typing import Any
 from sync_worker import config, errors, exitcodes, logs, secret
 
 
-def environment_help() -> str:
-    """The ``--help`` epilog: every variable (from ``config.VARIABLES``) and every exit code."""
-    lines = ["environment variables:"]
-    for var in config.VARIABLES:
-        lines.append(f"  {var.name}  [default: {var.default or '-'}]")
-        lines.extend(
-            textwrap.wrap(var.description, width=96, initial_indent="      ", subsequent_indent="      ")
-        )
+def environment_help(command: str | None = None, wrapped: dict[str, list[str]] | None = None) -> str:
+    """The ``--help`` epilog: the variables ``command`` reads (``config.variables_of``; every one
+    for ``sync-worker --help``) and every exit code. ``wrapped`` caches each variable's lines."""
+    variables = config.VARIABLES if command is None else config.variables_of(command)
+    cache = {} if wrapped is None else wrapped
+    if variables:
+        lines = ["environment variables" + ("" if command is None else f" read by {command}") + ":"]
+    else:
+        lines = [f"environment variables: none (`{command}` brings its own settings)"]
+    for var in variables:
+        if var.name not in cache:
+            cache[var.name] = [
+                f"  {var.name}  [default: {var.default or '-'}]",
+                *textwrap.wrap(
+                    var.description, width=96, initial_indent="      ", subsequent_indent="      "
+                ),
+            ]
+        lines.extend(cache[var.name])
+    if command is not None:
+        lines.append("(`sync-worker --help` lists every variable.)")
     lines.append("")
     lines.append('--config FILE: a TOML file with per-account tables, e.g. [accounts."0252012345-00001"]')
     lines.append("  interval_seconds = 600 / jitter_seconds = 60.")
@@ -34,6 +46,27 @@ def environment_help() -> str:
     lines.append("exit codes:")
     lines.extend(f"  {code:<3} {text}" for code, text in exitcodes.TABLE)
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed package's version (what ``sync-worker --version`` prints)."""
+    import importlib.metadata  # noqa: PLC0415  # only --version needs it
+
+    try:
+        return importlib.metadata.version("thingspace-sms-sync")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (``--help`` and commands never pay for it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(f"{parser.prog} {version()}", flush=True)
+        parser.exit()
 
 
 DOCTOR_DESCRIPTION = """\
@@ -58,14 +91,17 @@ stores it (an unreadable final answer is quarantined). A 202 head block stays qu
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list of add_argument calls
-    # Built once, not per command: wrapping every variable's text 24 times cost every start ~25 ms.
-    epilog = environment_help()
+    # Each variable's text is wrapped once, not per command: wrapping all of them for each of 24
+    # commands cost every start ~25 ms.
+    wrapped: dict[str, list[str]] = {}
+    epilog = environment_help(wrapped=wrapped)
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Keeps a Postgres copy of every SMS that IoT devices send through Verizon ThingSpace.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument(
         "--config",
         type=Path,
@@ -76,12 +112,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     def add(name: str, func: str, help_text: str, parent: Any = sub) -> Any:
         p = parent.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        # "sync-worker cursor show" -> "cursor show": the variables this command reads.
+        p.epilog = environment_help(p.prog.removeprefix(parser.prog).strip(), wrapped)
         p.set_defaults(func=func)
         return p
 
@@ -186,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add("show", "cmd_quarantine_show", "one quarantined block", q_sub)
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE")
+    p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE, a new file")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --body: replace FILE if it exists (never writes through a symlink)",
+    )
     p = add(
         "replay",
         "cmd_quarantine_replay",
@@ -266,12 +305,32 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p = add(
         "simulate", "cmd_simulate", "run the ThingSpace simulator (for trying the worker without an account)"
     )
-    # None: the simulator's own defaults (simulator.DEFAULT_*), applied where it is loaded.
-    p.add_argument("--host", help="default: loopback")
-    p.add_argument("--port", type=int, help="default: the simulator's fixed port")
-    p.add_argument("--seed-messages", type=int, metavar="N", help="per account (default: the simulator's)")
-    p.add_argument("--accounts", metavar="A,B,...", help="default: the simulator's two demo accounts")
-    p.add_argument("--block-size", type=int, metavar="N", help="messages per history block (default: 100)")
+    # The simulator's defaults (simulator.DEFAULT_*, a test keeps them equal) spelled out here:
+    # importing the simulator would load its HTTP stack for every `--help`.
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8480, help="port to listen on, 0: any free one (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed-messages",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="messages queued on each account at start (default: %(default)s)",
+    )
+    p.add_argument(
+        "--accounts",
+        default="0252012345-00001,0252012345-00002",
+        metavar="A,B,...",
+        help="the accounts it serves (default: %(default)s)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="messages per history block (default: %(default)s)",
+    )
     p = add(
         "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"
     )
@@ -279,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         "--push", action="store_true", help="the same in push mode: receiver, callbacks, a polling pass"
     )
     return parser
+
+
+def report_failure(ctx: Any, message: str, *, kind: str, code: int) -> None:
+    """The one form of a failed command, whichever it is and wherever it failed.
+
+    People get one line on stderr, always the last: ``sync-worker: error: MESSAGE``. When the logs
+    are JSON (``SYNC_LOG_FORMAT=json``, or ``auto`` off a terminal) the log stream also gets one
+    ``command_failed`` event for machines, also when the command failed before loading its
+    settings; console logs get nothing more (the line says it all).
+    """
+    # One line: libpq's messages carry a tab-indented hint line of their own.
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    if ctx.log_json is None:
+        fmt = ctx.env.get("SYNC_LOG_FORMAT", "").strip().lower()
+        ctx.configure_logs(fmt if fmt in ("json", "console") else "auto", "INFO", ctx.err)
+    if ctx.log_json:
+        logs.get_logger(__name__).error("command_failed", error=message, kind=kind, exit_code=code)
+    print(f"sync-worker: error: {secret.scrub(message)}", file=ctx.err, flush=True)
 
 
 def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None) -> int:
@@ -301,14 +378,18 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
 
     ctx = commands.Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
     try:
-        return int(getattr(commands, args.func)(ctx))
+        code = int(getattr(commands, args.func)(ctx))
+        if code != exitcodes.OK and ctx.failure is not None:
+            message, kind = ctx.failure
+            report_failure(ctx, message, kind=kind, code=code)
+        return code
     except errors.SyncWorkerError as exc:
         code = exitcodes.for_error(exc)
-        if ctx.logging:
-            logs.get_logger(__name__).error(
-                "command_failed", error=str(exc), kind=type(exc).__name__, exit_code=code
-            )
-        print(f"sync-worker: error: {secret.scrub(str(exc))}", file=ctx.err, flush=True)
+        message = str(exc)
+        if isinstance(exc, errors.StoreError) and ctx.database and ctx.database not in message:
+            # "run sync-worker migrate" must not send anyone to migrate the wrong database.
+            message = f"{message} [database: {ctx.database}]"
+        report_failure(ctx, message, kind=type(exc).__name__, code=code)
         return code
     except KeyboardInterrupt:
         print("sync-worker: interrupted", file=ctx.err, flush=True)

@@ -17,8 +17,10 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sync_worker import (
@@ -59,7 +61,15 @@ class Context:
         self.env = env
         self.out = out
         self.err = err
-        self.logging = False
+        # Whether the logs are JSON: None until the command configured them (cli reports a failure
+        # in the log stream only as JSON, for machines; people read the one `error:` line).
+        self.log_json: bool | None = None
+        # Which database the command uses (db.describe), once its settings are loaded: named in
+        # every database error, since libpq's defaults may have chosen an unexpected one.
+        self.database: str | None = None
+        # (message, kind) of a command that fails without raising, after printing its data (doctor's
+        # report): cli reports it in the one form of a failure.
+        self.failure: tuple[str, str] | None = None
 
     def settings(self, *, credentials: bool, accounts: bool, daemon: bool = False) -> config.Settings:
         settings = config.load(
@@ -67,9 +77,12 @@ class Context:
         )
         # A command's stdout is its data (`send ... | jq`, `once | tail -1`), so its logs go to
         # stderr. The daemon has no data: its log stream is stdout, as the deployment docs say.
-        logs.configure(settings.log_format, settings.log_level, self.out if daemon else self.err)
-        self.logging = True
+        self.configure_logs(settings.log_format, settings.log_level, self.out if daemon else self.err)
+        self.database = db.describe(settings.database_url)
         return settings
+
+    def configure_logs(self, fmt: str, level: str, stream: TextIO) -> None:
+        self.log_json = logs.configure(fmt, level, stream) == "json"
 
     def print(self, text: str = "") -> None:
         print(secret.scrub(text), file=self.out, flush=True)
@@ -87,7 +100,7 @@ def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     if ctx.args.create_database:
         created = db.create_database(
-            settings.database_url, failure=f"SYNC_DATABASE_URL: {settings.redacted_database_url()}"
+            settings.database_url, failure=f"SYNC_DATABASE_URL: {db.describe(settings.database_url)}"
         )
         if created is not None:
             logs.get_logger(__name__).info("database_created", database=created)
@@ -436,7 +449,7 @@ def cmd_quarantine_show(ctx: Context) -> int:
     shown = {**report.quarantine_dict(block), **extra}
     if ctx.args.body is not None:
         assert block.body is not None  # noqa: S101  # for mypy: show_quarantine loads the body
-        ctx.args.body.write_bytes(block.body)
+        _write_body(ctx.args.body, block.body, replace=ctx.args.force)
         shown["body_written_to"] = str(ctx.args.body)
     if ctx.args.json:
         ctx.print(json.dumps(report.jsonable(shown), sort_keys=True))
@@ -445,6 +458,35 @@ def cmd_quarantine_show(ctx: Context) -> int:
         for key, value in shown.items():
             ctx.print(f"{key.ljust(width)}  {report.jsonable(value) if value is not None else '-'}")
     return exitcodes.OK
+
+
+def _write_body(path: Path, data: bytes, *, replace: bool) -> None:
+    """``data`` into a new file at ``path``; an existing name only with ``replace``.
+
+    Never through a symlink: the file is created exclusively (O_EXCL refuses any existing name,
+    a dangling symlink included), or, with ``replace``, written beside it and renamed over the
+    name itself. A path that cannot be written is a usage error, not a traceback.
+    """
+    try:
+        if not replace:
+            with open(path, "xb") as new:  # O_CREAT | O_EXCL
+                new.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as new:
+                new.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except FileExistsError:
+        raise errors.ValidationError(
+            f"--body {path}: exists already (nothing written); pass --force to replace it"
+        ) from None
+    except OSError as exc:
+        raise errors.ValidationError(f"--body {path}: {exc.strerror or exc} (nothing written)") from None
 
 
 def cmd_quarantine_replay(ctx: Context) -> int:
@@ -771,6 +813,8 @@ def cmd_doctor(ctx: Context) -> int:
     else:
         found = doctor.examine(settings, ctx.env, ctx.args.config, history=not ctx.args.no_history)
     ctx.print(found.to_json() if ctx.args.json else found.table())
+    if found.exit_code != exitcodes.OK:
+        ctx.failure = (found.failure(), "DoctorCheckFailed")
     return found.exit_code
 
 
@@ -778,13 +822,16 @@ def cmd_simulate(ctx: Context) -> int:
     from sync_worker import simulator  # noqa: PLC0415  # see the imports above
 
     args = ctx.args
-    names = args.accounts.split(",") if args.accounts is not None else simulator.DEFAULT_ACCOUNTS
-    accounts = [config.validate_account_name(a.strip(), "--accounts") for a in names if a.strip()]
-    logs.configure(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
+    accounts = [
+        config.validate_account_name(a.strip(), "--accounts") for a in args.accounts.split(",") if a.strip()
+    ]
+    if not 0 <= args.port <= 65535:
+        raise errors.ValidationError(f"--port {args.port}: a port is 0-65535")
+    ctx.configure_logs(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
     simulator.serve(
-        args.host or simulator.DEFAULT_HOST,
-        simulator.DEFAULT_PORT if args.port is None else args.port,
-        simulator.DEFAULT_SEED_MESSAGES if args.seed_messages is None else args.seed_messages,
+        args.host,
+        args.port,
+        args.seed_messages,
         accounts,
         block_size=args.block_size,
         out=ctx.out,

@@ -429,6 +429,106 @@ VARIABLES: Final[tuple[Variable, ...]] = (
 )
 _BY_NAME: Final = {var.name: var for var in VARIABLES}
 
+# Which commands read each variable (``COMMAND --help`` lists only those; ``sync-worker --help`` all).
+# Every command that loads the settings validates every variable, but only these change what it does.
+# A command is named as typed: "once", "cursor reset". A test checks each command's help against this.
+_LOGS: Final = frozenset({"SYNC_LOG_FORMAT", "SYNC_LOG_LEVEL"})
+_DATABASE: Final = frozenset({"SYNC_DATABASE_URL", "SYNC_DATABASE_URL_FILE"})
+# The login guard (kept in Postgres, per user): its threshold, and a login's lease from the total timeout.
+_GUARD: Final = frozenset({"THINGSPACE_USERNAME", "SYNC_LOGIN_GUARD_THRESHOLD", "THINGSPACE_TOTAL_TIMEOUT"})
+# What a login is made of (the guard tells credentials apart by their fingerprint).
+_CREDENTIALS: Final = _GUARD | {
+    "THINGSPACE_BASE_URL",
+    "THINGSPACE_CLIENT_ID",
+    "THINGSPACE_CLIENT_SECRET",
+    "THINGSPACE_CLIENT_SECRET_FILE",
+    "THINGSPACE_PASSWORD",
+    "THINGSPACE_PASSWORD_FILE",
+    "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
+}
+_API: Final = _CREDENTIALS | {
+    "THINGSPACE_CONNECT_TIMEOUT",
+    "THINGSPACE_READ_TIMEOUT",
+    "THINGSPACE_RETRY_MAX_ATTEMPTS",
+    "THINGSPACE_RETRY_MAX_WAIT",
+    "THINGSPACE_RETRY_MAX_RETRY_AFTER",
+}
+_SYNC: Final = _API | {
+    "SYNC_ACCOUNTS",
+    "SYNC_INTERVAL_SECONDS",
+    "SYNC_CONCURRENCY",
+    "SYNC_RUN_BUDGET_SECONDS",
+    "SYNC_MAX_BLOCKS_PER_RUN",
+}
+_RECEIVER: Final = frozenset(
+    {
+        "SYNC_ACCOUNTS",
+        "SYNC_METRICS_PORT",
+        "SYNC_CALLBACK_USERNAME",
+        "SYNC_CALLBACK_PASSWORD",
+        "SYNC_CALLBACK_PASSWORD_FILE",
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD",
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE",
+        "SYNC_CALLBACK_HOST",
+        "SYNC_CALLBACK_PORT",
+        "SYNC_CALLBACK_MAX_BODY_BYTES",
+        "SYNC_CALLBACK_ALLOWED_SOURCES",
+        "SYNC_CALLBACK_TRUSTED_PROXIES",
+    }
+)
+_CONFIGURED: Final = frozenset({"SYNC_ACCOUNTS"})  # "configured or known to the database"
+COMMAND_VARIABLES: Final[Mapping[str, frozenset[str]]] = {
+    "migrate": _LOGS | _DATABASE,
+    "run": _LOGS
+    | _DATABASE
+    | _SYNC
+    | {
+        "SYNC_JITTER_SECONDS",
+        "SYNC_SHUTDOWN_TIMEOUT_SECONDS",
+        "SYNC_CLAIM_LEASE_SECONDS",
+        "SYNC_RETENTION_DAYS",
+        "SYNC_METRICS_PORT",
+    },
+    "once": _LOGS | _DATABASE | _SYNC | {"SYNC_METRICS_TEXTFILE", "SYNC_METRICS_PUSHGATEWAY"},
+    "status": _LOGS | _DATABASE | _CREDENTIALS | _CONFIGURED,
+    "retention": _LOGS | _DATABASE | {"SYNC_RETENTION_DAYS"},
+    "cursor show": _LOGS | _DATABASE | _CONFIGURED,
+    "cursor reset": _LOGS | _DATABASE | _CONFIGURED,
+    "accounts list": _LOGS | _DATABASE | _CONFIGURED,
+    "accounts forget": _LOGS | _DATABASE | _CONFIGURED,
+    "auth status": _LOGS | _DATABASE | _CREDENTIALS,
+    "auth reset": _LOGS | _DATABASE | _GUARD,
+    "quarantine list": _LOGS | _DATABASE,
+    "quarantine show": _LOGS | _DATABASE,
+    "quarantine replay": _LOGS | _DATABASE,
+    "send": _LOGS | _DATABASE | _API,
+    "start-delivery": _LOGS | _DATABASE | _API,
+    "callbacks list": _LOGS | _DATABASE | _API,
+    "callbacks register": _LOGS
+    | _DATABASE
+    | _API
+    | {
+        "SYNC_CALLBACK_URL",
+        "SYNC_CALLBACK_USERNAME",
+        "SYNC_CALLBACK_PASSWORD",
+        "SYNC_CALLBACK_PASSWORD_FILE",
+    },
+    "callbacks remove": _LOGS | _DATABASE | _API | {"SYNC_CALLBACK_URL"},
+    "callbacks kept": _LOGS | _DATABASE,
+    "receive": _LOGS | _DATABASE | _RECEIVER,
+    # The login and head blocks as `once` makes them (within one run budget), then the callback URL.
+    "doctor": _LOGS | _DATABASE | _API | {"SYNC_ACCOUNTS", "SYNC_RUN_BUDGET_SECONDS", "SYNC_CALLBACK_URL"},
+    # The simulator and the demo bring their own settings; `simulate` only formats its logs.
+    "simulate": frozenset({"SYNC_LOG_FORMAT"}),
+    "demo": frozenset(),
+}
+
+
+def variables_of(command: str) -> tuple[Variable, ...]:
+    """The variables ``command`` reads, in ``VARIABLES`` order (every one for an unlisted command)."""
+    names = COMMAND_VARIABLES.get(command)
+    return tuple(var for var in VARIABLES if names is None or var.name in names)
+
 
 def _default(name: str) -> Any:
     """The typed default of variable ``name``: what the ``Settings`` field starts from."""

@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 import psycopg.errors
 import psycopg.rows
-from psycopg import conninfo
+from psycopg import conninfo, pq
 from psycopg import sql as pg_sql
 
 from sync_worker import errors, queries, secret
@@ -68,6 +68,36 @@ def with_liveness(dsn: str) -> str:
     if "tcp_keepalives_idle" not in options:
         params["options"] = f"{options} {_SERVER_LIVENESS}".strip()
     return conninfo.make_conninfo("", **params)
+
+
+def describe(dsn: str) -> str:
+    """Which database ``dsn`` reaches, as libpq resolves it: ``host=H port=P dbname=D user=U``.
+
+    What ``dsn`` leaves out comes from the PG* variables and libpq's defaults (the local socket,
+    the OS user, a database named like the user), which is how an unset ``SYNC_DATABASE_URL``
+    ends up on an unexpected database: an empty ``dsn`` says so. Never the password.
+    """
+    try:
+        given = {o.keyword: o.val for o in pq.Conninfo.parse(dsn.encode()) if o.val}
+    except psycopg.Error:
+        return "(an unparseable connection string)"
+    defaults = {o.keyword: o.val for o in pq.Conninfo.get_defaults() if o.val}
+
+    def value(key: bytes) -> str | None:
+        found = given.get(key) or defaults.get(key)
+        return found.decode(errors="replace") if found else None
+
+    user = value(b"user")
+    shown = {
+        "host": value(b"host") or value(b"hostaddr") or "(local socket)",
+        "port": value(b"port"),
+        "dbname": value(b"dbname") or user,
+        "user": user,
+    }
+    text = " ".join(f"{k}={v}" for k, v in shown.items() if v)
+    if not dsn.strip():
+        return f"{text} (SYNC_DATABASE_URL is not set: chosen by libpq's PG* variables and defaults)"
+    return text
 
 
 def connector(

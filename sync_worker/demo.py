@@ -68,8 +68,10 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
     started = time.monotonic()
     with simulator.Simulator(simulator.SimConfig()) as sim, embedded.server() as dsn:
         total = 0
+        # Traffic that ends now, so "the last day" questions of docs/schema.md have answers.
+        until = time.time()
         for i, (account, count) in enumerate(accounts.items()):
-            sim.seed(account, count, seed=i + 1)
+            sim.seed(account, count, seed=i + 1, until=until)
             sim.inject(account, list(MALFORMED))
             total += count + len(MALFORMED)
         say(f"- simulator at {sim.base_url}: {total} queued messages on {len(accounts)} accounts")
@@ -93,11 +95,24 @@ def run(out: TextIO | None = None, *, accounts: Mapping[str, int] = ACCOUNTS) ->
             f"{summary['inserted']} stored, {summary['malformed']} flagged malformed "
             f"({time.monotonic() - started:.1f}s in all)"
         )
+        # What each number means, for a first reader: "received > stored" is no loss.
+        say(
+            f"  received: every message the API handed over; stored: rows it added ("
+            f"{summary['received'] - summary['inserted']} received again and already stored, see the "
+            "last lines); flagged malformed: stored as sent, with what is wrong in the column problems "
+            f"(the simulator queues one in {simulator.MALFORMED_EVERY} malformed, plus {len(MALFORMED)} "
+            "odd ones per account)"
+        )
         with connect() as conn:
             stored = {a: _stored(conn, a) for a in accounts}
             say()
             say("sync-worker status:")
             say(report.status_table(report.status_rows(conn)))
+            say(
+                "  (cursor head: no stored next token, the next sync starts at the head of the queue; lag s: "
+                "seconds since the account's last "
+                "successful sync; rows: its messages in sms_history)"
+            )
             say()
             say("analyst query: top devices on the busiest day (view sms_daily_device_counts):")
             columns, rows = status.top_devices_on_busiest_day(conn)
@@ -204,6 +219,10 @@ def run_push(out: TextIO | None = None, *, accounts: Mapping[str, int] = PUSH_AC
             f"- one polling pass (the safety net): {summary['received']} messages received, "
             f"{summary['inserted']} new ({time.monotonic() - started:.1f}s in all)"
         )
+        say(
+            "  (the messages whose callback answer was lost: the receiver had stored them before "
+            "answering, so polling them again adds nothing)"
+        )
         say()
         exact = result.exit_code == 0
         with connect() as conn:
@@ -214,7 +233,8 @@ def run_push(out: TextIO | None = None, *, accounts: Mapping[str, int] = PUSH_AC
                 exact = exact and same
                 distinct = len(set(_canonical(seeded[account])))
                 say(
-                    f"  {account}: {distinct} distinct messages, {len(stored)} rows "
+                    f"  {account}: {len(seeded[account])} queued, {distinct} distinct (an exact repeat "
+                    f"is the same message), {len(stored)} rows "
                     f"({sources.get('push', 0)} pushed, {sources.get('poll', 0)} polled): "
                     f"{'every message stored once' if same else 'MISMATCH'}"
                 )

@@ -126,6 +126,19 @@ class Report:
             "checks": [c.as_dict() for c in self.checks],
         }
 
+    def failure(self) -> str:
+        """One line naming the failed checks, the one deciding the exit code first."""
+        failed = sorted(
+            (c for c in self.checks if c.verdict == "fail"),
+            key=lambda c: (
+                _EXIT_PRECEDENCE.index(c.code) if c.code in _EXIT_PRECEDENCE else len(_EXIT_PRECEDENCE)
+            ),
+        )
+        named = "; ".join(
+            f"{c.name}{'' if c.account is None else ' ' + c.account}: {c.summary}" for c in failed
+        )
+        return f"doctor: {len(failed)} check(s) failed: {named}"
+
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
 
@@ -258,8 +271,8 @@ def _database(
     except errors.SyncWorkerError as exc:
         found.add(Check("database", "fail", str(exc), code=exitcodes.DATABASE))
         return False
-    shown = f"host={where['host']} port={where['port']} dbname={where['dbname']} user={where['user']}"
-    summary = f"{shown} (PostgreSQL {version // 10000}.{version % 10000})"
+    # Named as every database error names it (db.describe); the detail is what the server reports.
+    summary = f"{db.describe(settings.database_url)}, PostgreSQL {version // 10000}.{version % 10000}"
     verdict: Verdict = "ok"
     if not settings.database_url and not env.get("PGDATABASE"):
         # What libpq picked by itself (the database named like the user) is rarely the one meant.

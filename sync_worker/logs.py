@@ -109,8 +109,11 @@ def _resolve_format(fmt: str, stream: TextIO) -> str:
     return fmt
 
 
-def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger; safe to call again (the last call wins)."""
+def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> str:
+    """Configure structlog and the stdlib root logger; safe to call again (the last call wins).
+
+    Returns the format in effect, ``"json"`` or ``"console"`` (``auto`` resolved for ``stream``).
+    """
     global _handler, _writer  # one process-wide logging configuration
     out = sys.stdout if stream is None else stream
     numeric = LEVELS.get(level.upper())
@@ -162,6 +165,7 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = No
         if root.level == logging.NOTSET or root.level > handler.level:
             root.setLevel(handler.level)
         _handler, _writer = handler, writer
+    return rendered
 
 
 def get_logger(name: str | None = None) -> Any:

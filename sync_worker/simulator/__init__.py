@@ -102,6 +102,8 @@ DEFAULT_PORT = standalone.DEFAULT_PORT
 DEFAULT_SEED_MESSAGES = standalone.DEFAULT_SEED_MESSAGES
 DEFAULT_ACCOUNTS = standalone.DEFAULT_ACCOUNTS
 seed_messages = traffic.seed_messages
+MALFORMED_EVERY = traffic.MALFORMED_EVERY
+BUSY_DEVICE = traffic.BUSY_DEVICE
 new_token = wire.new_token
 http_date = wire.http_date
 PATH_KINDS = wire.PATH_KINDS
@@ -115,6 +117,7 @@ CODE_INVALID_REQUEST = wire.CODE_INVALID_REQUEST
 CODE_UNEXPECTED = wire.CODE_UNEXPECTED
 
 __all__ = [
+    "BUSY_DEVICE",
     "CODE_ACCOUNT_NOT_FOUND",
     "CODE_INVALID_CREDENTIALS",
     "CODE_INVALID_NEXT_TOKEN",
@@ -128,6 +131,7 @@ __all__ = [
     "DEFAULT_SEED_MESSAGES",
     "ENVELOPE_KINDS",
     "ERR_PREFIX",
+    "MALFORMED_EVERY",
     "PATH_KINDS",
     "UNREADABLE_KINDS",
     "Answer",

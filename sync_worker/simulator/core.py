@@ -164,9 +164,12 @@ class Simulator:
         # A push that failed for good goes back to the history queue, for polling to find.
         self._queue(account, create=True).add(messages)
 
-    def seed(self, account: str, n: int, seed: int = 1) -> list[dict[str, Any]]:
-        """Queue ``n`` deterministic realistic messages and return them."""
-        messages = traffic.seed_messages(n, seed)
+    def seed(
+        self, account: str, n: int, seed: int = 1, *, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Queue ``n`` deterministic realistic messages and return them (``traffic.seed_messages``:
+        ``until`` a Unix time makes them end just before it, with a busy device and malformed ones)."""
+        messages = traffic.seed_messages(n, seed, until=until)
         self.inject(account, messages)
         return messages
 

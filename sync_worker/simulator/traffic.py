@@ -39,13 +39,54 @@ def _device(rng: random.Random) -> dict[str, str]:
     return {"id": ident, "kind": kind}
 
 
-def seed_messages(n: int, seed: int = 1) -> list[dict[str, Any]]:
-    """``n`` deterministic, realistic history messages (a few exact duplicates included)."""
+# The device and account docs/schema.md's analyst queries name (sql/queries/analyst.sql): realistic
+# traffic gives that device a fifth of the messages, so every documented query has rows to show.
+BUSY_DEVICE: Final = {"id": "990000862471854", "kind": "imei"}
+# Realistic traffic: one message in this many is malformed (stored and flagged, never dropped).
+MALFORMED_EVERY: Final = 150
+_BASE: Final = 1_714_564_800  # 2024-05-01T12:00:00Z
+
+
+def _malformed(rng: random.Random, message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` broken the ways a misbehaving device or platform breaks one."""
+    broken = dict(message)
+    way = rng.randrange(4)
+    if way == 0:
+        broken["message"] = rng.randrange(1000)  # a number instead of text
+    elif way == 1:
+        del broken["timestamp"]
+    elif way == 2:
+        broken["deviceIds"] = []
+    else:
+        broken["deviceIds"] = [{"id": 4711, "kind": "imei"}]  # an id that is not a string
+    return broken
+
+
+def seed_messages(n: int, seed: int = 1, *, until: float | None = None) -> list[dict[str, Any]]:
+    """``n`` deterministic, realistic history messages (a few exact duplicates included).
+
+    ``until`` None: the fixed traffic the tests rely on, from 2024-05-01T12:00:00Z on. A Unix time:
+    what ``sync-worker simulate`` and the demo serve: the same kind of traffic ending just before
+    ``until`` (so "the last day" has messages), the documented busy device holding a fifth of it,
+    and one message in ``MALFORMED_EVERY`` malformed; deterministic for a given ``seed`` and ``until``.
+    """
+    if until is None:
+        return _generate(n, seed, shift=0.0, busy=False)[0]
+    # The same draws twice: once to learn where the traffic ends, once shifted to end at ``until``.
+    _, last = _generate(n, seed, shift=0.0, busy=True)
+    out, _ = _generate(n, seed, shift=float(int(until) - 1) - last, busy=True)
+    mal = random.Random(f"malformed-{seed}")
+    for i in range(MALFORMED_EVERY // 2, len(out), MALFORMED_EVERY):
+        out[i] = _malformed(mal, out[i])
+    return out
+
+
+def _generate(n: int, seed: int, *, shift: float, busy: bool) -> tuple[list[dict[str, Any]], float]:
+    """The messages, and the instant of the last one before ``shift`` (the draws do not depend on it)."""
     rng = random.Random(seed)
     devices = [_device(rng) for _ in range(max(1, n // 10 + 3))]
-    base = 1_714_564_800  # 2024-05-01T12:00:00Z
     out: list[dict[str, Any]] = []
-    t = float(base)
+    t = float(_BASE)
     for i in range(n):
         # Exact repeats arrive back to back (a device or the platform sending twice);
         # one copying a message from far back would be a different instant, not a repeat.
@@ -53,15 +94,18 @@ def seed_messages(n: int, seed: int = 1) -> list[dict[str, Any]]:
             out.append(dict(out[-1]))
             continue
         t += rng.uniform(0.5, 90.0)
+        shifted = t + shift
         if rng.random() < 0.25:
-            ms = int((t % 1) * 1000)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ms:03d}Z"
+            ms = int((shifted % 1) * 1000)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(shifted)) + f".{ms:03d}Z"
         else:
             offset = rng.choice(_OFFSETS)
             sign = -1 if offset[0] == "-" else 1
-            shift = sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t + shift)) + offset
+            zone = sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(shifted + zone)) + offset
         device = rng.choice(devices)
+        if busy and rng.random() < 0.2:
+            device = BUSY_DEVICE
         out.append(
             {
                 "deviceIds": [dict(device)],
@@ -69,4 +113,4 @@ def seed_messages(n: int, seed: int = 1) -> list[dict[str, Any]]:
                 "timestamp": stamp,
             }
         )
-    return out
+    return out, t

@@ -4,34 +4,43 @@ dataset, and the plans the page shows are the ones this test saw."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
 import psycopg
 import pytest
 
-from sync_worker import queries
+from sync_worker import app, config, queries, simulator
 from tests import schema_doc
 
 # One busy device holds a fifth of the traffic and one account 60%, as in the field; the rest is spread
-# thin over 4,000 devices, five months, a few multi-device and undated messages. The issue asks for 1M+
+# thin over 4,000 devices, a message a minute over the months around now, a few multi-device and undated
+# messages. The documented queries' windows end now(); the data runs on for FUTURE_MINUTES past it (device
+# clocks ahead), so no window covers a monthly partition whole whatever day the test runs, and the plans
+# are those of a long history, not of a month that has just begun. The issue asks for 1M+
 # rows; `make test` uses fewer with the same skew (SYNC_TEST_ANALYST_ROWS raises it).
 ROWS: Final = int(os.environ.get("SYNC_TEST_ANALYST_ROWS", "200000"))
 BUSY_DEVICE: Final = "990000862471854"
 # A sort of more rows than this (or a sequential scan reading any history row) fails the query.
 MAX_SORTED_ROWS: Final = 1000
+FUTURE_MINUTES: Final = 31 * 24 * 60
 # BI tools and JDBC drivers set the session's TimeZone: every query must answer the same in each. Los
-# Angeles runs a day behind UTC for part of it and changes to DST on 2024-03-10, Berlin on 2024-03-31
-# (both inside the dataset, which starts 2024-03-01).
+# Angeles runs a day behind UTC for part of it and changes to DST on 2024-03-10, Berlin on 2024-03-31:
+# both inside DST_SPAN, the span of a second dataset fixed to those dates (the one above moves with now(),
+# so which DST changes it holds depends on the day the test runs).
 ZONES: Final = ("UTC", "America/Los_Angeles", "Europe/Berlin")
 DST_SPAN: Final = ("2024-03-01", "2024-04-15")
 _HISTORY_RE: Final = re.compile(r"^sms_message")
+# A message a minute from {start} (an SQL expression for an instant) on, the skew as described above.
 _SEED_SQL: Final = """
-SELECT sms_history_ensure_partition(timestamptz '2024-03-01 00:00:00+00' + m * interval '1 month')
+SELECT sms_history_ensure_partition(date_trunc('month', {start}) + m * interval '1 month')
 FROM generate_series(0, ({rows} / 40000) + 1) AS m;
 INSERT INTO sms_message (received_at, occurrence, device_count, account_name, message_key, device_kind,
                          device_id, message, timestamp_raw, problems)
@@ -43,7 +52,7 @@ SELECT ts, 0, CASE WHEN g % 50 = 0 THEN 2 ELSE 1 END,
        CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END
 FROM generate_series(1, {rows}) AS g,
      LATERAL (SELECT CASE WHEN g % 500 = 7 THEN NULL
-                          ELSE timestamptz '2024-03-01 00:00:00+00' + g * interval '1 minute' END AS ts) AS t;
+                          ELSE {start} + g * interval '1 minute' END AS ts) AS t;
 INSERT INTO sms_message_device (received_at, first_stored_at, position, account_name, message_key,
                                 device_kind, device_id, message, timestamp_raw)
 SELECT received_at, first_stored_at, 1, account_name, message_key, 'msisdn',
@@ -53,14 +62,14 @@ FROM sms_message WHERE device_count = 2;
 """
 
 
-@pytest.fixture(scope="module")
-def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
-    # One dataset for the module: building it is most of the time these tests take.
+def _seeded_database(
+    pg_server: Any, pg_template: str, start: str, rows: int
+) -> Iterator[psycopg.Connection[Any]]:
     url = pg_server.create_database(pg_template)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             # Constants only: a multi-statement script takes no parameters.
-            conn.execute(_SEED_SQL.format(rows=int(ROWS), busy=BUSY_DEVICE))
+            conn.execute(_SEED_SQL.format(start=start, rows=int(rows), busy=BUSY_DEVICE))
             conn.execute("VACUUM ANALYZE sms_message")
             conn.execute("VACUUM ANALYZE sms_message_device")
             yield conn
@@ -68,16 +77,47 @@ def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]
         pg_server.drop_database(url)
 
 
+@pytest.fixture(scope="module")
+def seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
+    # One dataset for the module: building it is most of the time these tests take. It ends
+    # FUTURE_MINUTES after now().
+    start = f"now() - ({int(ROWS)} - {FUTURE_MINUTES}) * interval '1 minute'"
+    yield from _seeded_database(pg_server, pg_template, start, ROWS)
+
+
+@pytest.fixture(scope="module")
+def dst_seeded(pg_server: Any, pg_template: str) -> Iterator[psycopg.Connection[Any]]:
+    # Every minute of DST_SPAN's days (UTC), whatever day the test runs.
+    first, last = (dt.date.fromisoformat(d) for d in DST_SPAN)
+    start = f"timestamptz '{first} 00:00:00+00'"
+    yield from _seeded_database(pg_server, pg_template, start, ((last - first).days + 1) * 24 * 60)
+
+
+@contextlib.contextmanager
+def _in_zone(conn: psycopg.Connection[Any], zone: str) -> Iterator[psycopg.Connection[Any]]:
+    conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+    try:
+        yield conn
+    finally:
+        conn.execute("SET TimeZone = 'UTC'")
+
+
 @pytest.fixture(params=ZONES)
 def zoned(
     seeded: psycopg.Connection[Any], request: pytest.FixtureRequest
 ) -> Iterator[psycopg.Connection[Any]]:
     """The dataset's connection with the session TimeZone set to each of ZONES in turn."""
-    seeded.execute("SELECT set_config('TimeZone', %s, false)", (request.param,))
-    try:
-        yield seeded
-    finally:
-        seeded.execute("SET TimeZone = 'UTC'")
+    with _in_zone(seeded, request.param) as conn:
+        yield conn
+
+
+@pytest.fixture(params=ZONES)
+def dst_zoned(
+    dst_seeded: psycopg.Connection[Any], request: pytest.FixtureRequest
+) -> Iterator[psycopg.Connection[Any]]:
+    """The DST_SPAN dataset's connection with the session TimeZone set to each of ZONES in turn."""
+    with _in_zone(dst_seeded, request.param) as conn:
+        yield conn
 
 
 def documented() -> list[tuple[str, str, str]]:
@@ -121,27 +161,30 @@ def violations(plan: dict[str, Any]) -> list[str]:
 
 
 def summary(plan: dict[str, Any]) -> str:
-    """The plan's shape: node types, relations and indexes, partitions folded (`_p*`), no costs."""
-    lines: list[str] = []
-    for depth, node in _nodes(plan):
-        text = node["Node Type"]
-        if node.get("Scan Direction") == "Backward":
-            text += " Backward"
-        if "Index Name" in node:
-            text += f" using {node['Index Name']}"
-        if "Relation Name" in node:
-            text += f" on {node['Relation Name']}"
-        text = re.sub(r"_p(\d{6}|before_2000|from_2100)", "_p*", text)
-        lines.append("  " * depth + text)
-    folded: list[str] = []
-    counts: list[int] = []
-    for line in lines:
-        if folded and folded[-1] == line:
-            counts[-1] += 1
-        else:
-            folded.append(line)
-            counts.append(1)
-    return "\n".join(line + (f"  (x{n})" if n > 1 else "") for line, n in zip(folded, counts, strict=True))
+    """The plan's shape: node types, relations and indexes, no costs, partitions folded (`_p*`).
+
+    The windows end now(), so which partitions a query touches, and whether each is read whole or in
+    part, depends on the day the test runs: the children of an Append are shown once per distinct
+    shape, sorted, and a partition's scan is marked as such rather than counted.
+    """
+    return "\n".join(_shape(plan, 0))
+
+
+def _shape(node: dict[str, Any], depth: int) -> list[str]:
+    text = node["Node Type"]
+    if node.get("Scan Direction") == "Backward":
+        text += " Backward"
+    if "Index Name" in node:
+        text += f" using {node['Index Name']}"
+    if "Relation Name" in node:
+        text += f" on {node['Relation Name']}"
+    text = re.sub(r"_p(\d{6}|before_2000|from_2100)", "_p*", text)
+    if "_p*" in text:
+        text += "  (per partition)"
+    children = [_shape(child, depth + 1) for child in node.get("Plans", ())]
+    if node["Node Type"] in ("Append", "Merge Append"):
+        children = sorted({"\n".join(c): c for c in children}.values())
+    return ["  " * depth + text] + [line for child in children for line in child]
 
 
 @pytest.mark.parametrize("name", [name for name, _, _ in documented()])
@@ -173,26 +216,27 @@ def test_daily_counts_equal_the_views(zoned: psycopg.Connection[Any]) -> None:
     session zone."""
     seeded = zoned
     by_function = seeded.execute(
-        "SELECT day_utc, messages, malformed FROM sms_account_daily_counts('0252012345-00001', '2024-05-01',"
-        " '2024-05-31') ORDER BY 1"
+        "SELECT day_utc, messages, malformed FROM sms_account_daily_counts('0252012345-00001',"
+        " current_date - 30, current_date - 1) ORDER BY 1"
     ).fetchall()
     by_view = seeded.execute(
         "SELECT day_utc, messages, malformed FROM sms_daily_account_counts WHERE account_name ="
-        " '0252012345-00001' AND day_utc BETWEEN '2024-05-01' AND '2024-05-31' ORDER BY 1"
+        " '0252012345-00001' AND day_utc BETWEEN current_date - 30 AND current_date - 1 ORDER BY 1"
     ).fetchall()
-    assert by_function == by_view and len(by_function) == 31
+    assert by_function == by_view and len(by_function) == 30
     devices = seeded.execute(
-        "SELECT day_utc, messages FROM sms_device_daily_counts('imei', %s, '2024-05-01', '2024-05-31')"
-        " ORDER BY 1",
+        "SELECT day_utc, messages FROM sms_device_daily_counts('imei', %s, current_date - 30,"
+        " current_date - 1) ORDER BY 1",
         (BUSY_DEVICE,),
     ).fetchall()
     device_view = seeded.execute(
         "SELECT day_utc, sum(messages) FROM sms_daily_device_counts"
-        " WHERE device_kind = 'imei' AND device_id = %s AND day_utc BETWEEN '2024-05-01' AND '2024-05-31'"
+        " WHERE device_kind = 'imei' AND device_id = %s"
+        " AND day_utc BETWEEN current_date - 30 AND current_date - 1"
         " GROUP BY 1 ORDER BY 1",
         (BUSY_DEVICE,),
     ).fetchall()
-    assert devices == device_view and len(devices) == 31
+    assert devices == device_view and len(devices) == 30
 
 
 def test_schema_doc_shows_these_queries_and_plans(seeded: psycopg.Connection[Any]) -> None:
@@ -210,7 +254,55 @@ def test_schema_doc_shows_these_queries_and_plans(seeded: psycopg.Connection[Any
     stored = schema_doc.check_or_write("queries", generated)
     if stored is None or f"on PostgreSQL {major} with {ROWS:,} messages" not in stored:
         return  # written now, or the page shows another server's or size's plans: the rules above still ran
-    assert stored == generated, "docs/schema.md's query plans are stale: run `make schema-doc`"
+    assert _canonical(stored) == _canonical(generated), (
+        "docs/schema.md's query plans are stale: run `make schema-doc`"
+    )
+
+
+def _canonical(page: str) -> str:
+    """The page with each partition's access method left out: whether a partition is read by an index
+    scan or a bitmap scan depends on how much of it the window ending now() covers, that is, on the day
+    (the rules of test_documented_query_is_index_backed hold either way). Queries, nodes and relations
+    stay."""
+    out: list[str] = []
+    for raw in page.splitlines():
+        if "Bitmap Index Scan" in raw and "(per partition)" in raw:
+            continue
+        line = re.sub(r"^(\s*)(Bitmap Heap Scan|Index Scan)( using \S+)? on (\S+)", r"\1scan of \4", raw)
+        if not out or out[-1] != line:
+            out.append(line)
+    return "\n".join(out)
+
+
+def test_documented_queries_answer_on_simulator_data(db_url: str) -> None:
+    """Every documented query returns rows on what `sync-worker simulate` serves (its default seeding,
+    synced by one pass): the busy device, the last day and week, malformed messages are all there."""
+    ready, stop = threading.Event(), threading.Event()
+    started: list[simulator.Simulator] = []
+
+    def on_ready(sim: simulator.Simulator) -> None:
+        started.append(sim)
+        ready.set()
+
+    thread = threading.Thread(
+        target=simulator.serve, kwargs={"port": 0, "stop": stop, "out": io.StringIO(), "ready": on_ready}
+    )
+    thread.start()
+    try:
+        assert ready.wait(30)
+        (sim,) = started
+        settings = config.load(sim.worker_env(accounts=simulator.DEFAULT_ACCOUNTS, database_url=db_url))
+        assert app.sync_once(settings).exit_code == 0
+    finally:
+        stop.set()
+        thread.join(10)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for name, _, sql in documented():
+            assert conn.execute(sql).fetchall(), f"{name} returned nothing on simulator data"
+        malformed = conn.execute(
+            "SELECT count(*) FROM sms_history WHERE cardinality(problems) > 0"
+        ).fetchone()
+    assert malformed is not None and malformed[0] > 0
 
 
 def _utc_days(stamps: list[tuple[Any, ...]]) -> dict[dt.date, int]:
@@ -218,27 +310,27 @@ def _utc_days(stamps: list[tuple[Any, ...]]) -> dict[dt.date, int]:
     return dict(collections.Counter(r[0].astimezone(dt.UTC).date() for r in stamps))
 
 
-def test_daily_counts_are_per_utc_day_in_every_session_zone(zoned: psycopg.Connection[Any]) -> None:
+def test_daily_counts_are_per_utc_day_in_every_session_zone(dst_zoned: psycopg.Connection[Any]) -> None:
     """Across both DST changes, each day_utc label and count is the UTC day's, whatever the session's
     TimeZone: the account's, its malformed ones' and the busy device's (its two tables together)."""
     first, last = (dt.date.fromisoformat(d) for d in DST_SPAN)
     days = [first + dt.timedelta(n) for n in range((last - first).days + 1)]
     window = (f"{first}T00:00:00Z", f"{last + dt.timedelta(1)}T00:00:00Z")
     account = "0252012345-00001"
-    stamps = zoned.execute(
+    stamps = dst_zoned.execute(
         "SELECT received_at, problems IS NOT NULL FROM sms_message WHERE account_name = %s"
         " AND received_at >= %s AND received_at < %s",
         (account, *window),
     ).fetchall()
     messages = _utc_days(stamps)
     malformed = _utc_days([r for r in stamps if r[1]])
-    got = zoned.execute(
+    got = dst_zoned.execute(
         "SELECT day_utc, messages, malformed FROM sms_account_daily_counts(%s, %s, %s) ORDER BY 1",
         (account, first, last),
     ).fetchall()
     assert got == [(d, messages.get(d, 0), malformed.get(d, 0)) for d in days]
     device = _utc_days(
-        zoned.execute(
+        dst_zoned.execute(
             "SELECT received_at FROM sms_message WHERE device_kind = 'imei' AND device_id = %s"
             " AND received_at >= %s AND received_at < %s"
             " UNION ALL SELECT received_at FROM sms_message_device WHERE device_kind = 'imei'"
@@ -246,7 +338,7 @@ def test_daily_counts_are_per_utc_day_in_every_session_zone(zoned: psycopg.Conne
             (BUSY_DEVICE, *window, BUSY_DEVICE, *window),
         ).fetchall()
     )
-    got_device = zoned.execute(
+    got_device = dst_zoned.execute(
         "SELECT day_utc, messages FROM sms_device_daily_counts('IMEI', %s, %s, %s) ORDER BY 1",
         (BUSY_DEVICE, first, last),
     ).fetchall()

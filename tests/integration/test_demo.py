@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,21 @@ def test_demo_runs_clean_without_any_configuration() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_demo_explains_its_numbers() -> None:
+    """Each number a newcomer could misread is explained: received minus stored is the count of
+    messages received again (the exact repeats the last lines name), not a loss; what flagged malformed
+    and the status table's lag mean."""
+    out = _demo().stdout
+    counts = re.search(r"(\d+) messages received, (\d+) stored, (\d+) flagged malformed", out)
+    assert counts is not None, out
+    received, stored = int(counts.group(1)), int(counts.group(2))
+    assert f"({received - stored} received again and already stored" in out
+    collapsed = sum(int(n) for n in re.findall(r"\((\d+) exact repeat\(s\) split across two blocks", out))
+    assert collapsed == received - stored
+    assert "flagged malformed: stored as sent, with what is wrong in the column problems" in out
+    assert "lag s: seconds since the account's last successful sync" in out
+
+
 def test_push_demo_runs_clean_and_stores_pushed_and_requeued_messages_once() -> None:
     """`demo --push`: every message pushed, the lost answers' messages polled, each stored once, exit 0."""
     proc = _demo("--push")
@@ -44,5 +60,8 @@ def test_push_demo_runs_clean_and_stores_pushed_and_requeued_messages_once() -> 
     assert out.count("every message stored once") == 2
     assert "7 messages back in the history queue" in out
     assert "7 messages received, 0 new" in out
+    # The queued and distinct counts are explained on each account's line.
+    assert out.count("queued, ") == 2 and "distinct (an exact repeat is the same message)" in out
+    assert "polling them again adds nothing" in out
     assert "MISMATCH" not in out
     assert "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@ first line replaced by a test server's, naming a database that does not exist ye
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -37,28 +38,35 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _script(url: str) -> str:
+    lines = _block()
+    assert lines[0].startswith("export SYNC_DATABASE_URL=postgresql://")
+    return "\n".join(["set -e", f"export SYNC_DATABASE_URL={shlex.quote(url)}", *lines[1:]])
+
+
+def _run(script: str, tmp_path: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
+    env["TMPDIR"] = str(tmp_path)
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_readme_simulator_steps_work_word_for_word(pg_server: DatabaseServer, tmp_path: Path) -> None:
     """The README's steps create the database, migrate, sync every seeded message and show status;
     `simulate`'s output is sourced as shell and the simulator is stopped by the last line."""
     if not _port_free(simulator.DEFAULT_PORT):
         pytest.skip(f"port {simulator.DEFAULT_PORT} (the simulator's default, used by the README) is busy")
-    lines = _block()
-    assert lines[0].startswith("export SYNC_DATABASE_URL=postgresql://")
     name = f"readme_{uuid.uuid4().hex[:10]}"
     url = psycopg.conninfo.make_conninfo(pg_server.admin_url, dbname=name)
-    script = "\n".join(["set -e", f"export SYNC_DATABASE_URL={shlex.quote(url)}", *lines[1:]])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "THINGSPACE_", "PG"))}
-    env["TMPDIR"] = str(tmp_path)
     try:
-        ran = subprocess.run(
-            ["bash", "-c", script],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        ran = _run(_script(url), tmp_path, timeout=300)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
         with psycopg.connect(url) as conn:
             inserted = conn.execute(
@@ -76,3 +84,27 @@ def test_readme_simulator_steps_work_word_for_word(pg_server: DatabaseServer, tm
         with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     assert _port_free(simulator.DEFAULT_PORT)  # `kill $!` stopped the simulator
+
+
+def test_readme_simulator_steps_stop_when_the_simulator_cannot_start(
+    pg_server: DatabaseServer, tmp_path: Path
+) -> None:
+    """With the simulator's port busy, the README's steps end at once (no endless wait) with a
+    non-zero status and `simulate`'s one-line error, and run nothing against the database."""
+    name = f"readme_{uuid.uuid4().hex[:10]}"
+    url = psycopg.conninfo.make_conninfo(pg_server.admin_url, dbname=name)
+    with socket.socket() as holder:
+        with contextlib.suppress(OSError):  # busy already (another simulator): busy either way
+            holder.bind(("127.0.0.1", simulator.DEFAULT_PORT))
+            holder.listen()
+        assert not _port_free(simulator.DEFAULT_PORT)
+        ran = _run(_script(url), tmp_path, timeout=60)
+    assert ran.returncode != 0, ran.stdout + ran.stderr
+    assert (
+        f"sync-worker: error: the simulator cannot listen on 127.0.0.1:{simulator.DEFAULT_PORT}" in ran.stderr
+    )
+    assert "Traceback" not in ran.stderr
+    assert ran.stdout == ""  # neither migrate, once nor status ran
+    with psycopg.connect(pg_server.admin_url) as conn:
+        created = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    assert created == (0,)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import cli, config, metrics, simulator
+from sync_worker import callback_metrics, cli, config, metrics, simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -45,8 +45,8 @@ def load_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def k8s_docs(pattern: str = "kubernetes/**/*.yaml") -> list[dict[str, Any]]:
-    """Every Kubernetes object (the kustomization file is tooling, not an object)."""
+def k8s_docs(pattern: str = "kubernetes*/**/*.yaml") -> list[dict[str, Any]]:
+    """Every Kubernetes object of the base and its overlays (a kustomization is tooling, not an object)."""
     docs = [doc for path in sorted(DEPLOY.glob(pattern)) for doc in load_yaml(path)]
     return [doc for doc in docs if doc["kind"] not in ("Kustomization", "Component")]
 
@@ -355,6 +355,7 @@ def test_kubernetes_workload_policies() -> None:
 
 
 def exposed_metric_names() -> set[str]:
+    """What the daemon and the callback receiver (`receive`, push mode) expose once exercised."""
     m = metrics.Metrics()
     m.block_committed("a", 1, 1, 0, 0)
     m.run_finished("a", "succeeded", 1.0, True)
@@ -365,6 +366,12 @@ def exposed_metric_names() -> set[str]:
     obs.on_request("op", 200, 0.1)
     obs.on_retry("op", "http_503", 1.0)
     m.watch_claim_poll(lambda: 0.0)  # as the daemon does
+    cb = callback_metrics.CallbackMetrics(m.registry)  # as `receive` does, on its own process's Metrics
+    cb.account_served("a")
+    cb.received.inc()
+    cb.refused.labels("bad_credentials").inc()
+    cb.stored.labels("a", "envelope").inc()
+    cb.commit_batch_size.observe(1)
     return {s.name for family in m.registry.collect() for s in family.samples}
 
 

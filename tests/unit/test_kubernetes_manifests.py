@@ -15,6 +15,10 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 BASE = DEPLOY / "kubernetes"
 OPERATOR_OVERLAY = DEPLOY / "kubernetes-prometheus-operator"
+PUSH_OVERLAY = DEPLOY / "kubernetes-push"
+# Every kustomization the docs tell someone to apply (or that an overlay uses). An overlay inside its
+# base fails with "cycle detected", so each overlay lives beside deploy/kubernetes, not in it.
+KUSTOMIZATIONS = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
 # Custom resources: their schemas come with their operator's CRDs, not with Kubernetes.
 CUSTOM_KINDS = {"ServiceMonitor"}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
@@ -26,7 +30,7 @@ def _objects(text: str) -> list[dict[str, Any]]:
 
 
 def _files() -> list[Path]:
-    return sorted([*BASE.rglob("*.yaml"), *OPERATOR_OVERLAY.rglob("*.yaml")])
+    return sorted([*BASE.rglob("*.yaml"), *OPERATOR_OVERLAY.rglob("*.yaml"), *PUSH_OVERLAY.rglob("*.yaml")])
 
 
 def _validate(doc: dict[str, Any]) -> None:
@@ -74,6 +78,7 @@ def test_the_validator_rejects_invalid_objects() -> None:
 def _kustomize(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
+        # The only reason to skip: kubectl is not a Python package, and `make` does not install it.
         pytest.skip("kubectl (its built-in kustomize) is not installed")
     rendered = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
@@ -97,3 +102,38 @@ def test_operator_overlay_adds_the_service_monitor_and_validates() -> None:
     assert {d["kind"] for d in objects} == {"ConfigMap", "Deployment", "Service", "ServiceMonitor"}
     for doc in objects:
         _validate(doc)
+
+
+def test_every_kustomization_under_deploy_is_found() -> None:
+    """The rendering test below covers the base, both overlays and the ServiceMonitor component."""
+    assert set(KUSTOMIZATIONS) == {
+        BASE,
+        BASE / "components" / "servicemonitor",
+        OPERATOR_OVERLAY,
+        PUSH_OVERLAY,
+    }
+    assert not any(p.is_relative_to(BASE) for p in (OPERATOR_OVERLAY, PUSH_OVERLAY))
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_kustomization_renders_and_validates(directory: Path) -> None:
+    """`kubectl kustomize DIR` (what `kubectl apply -k DIR` runs first) succeeds for every
+    kustomization under deploy/ (no "cycle detected"), and every object it renders is valid."""
+    objects = _kustomize(directory)
+    assert objects
+    for doc in objects:
+        _validate(doc)
+
+
+def test_push_overlay_is_the_base_plus_the_receiver() -> None:
+    """`kubectl apply -k deploy/kubernetes-push` applies the base's daemon and the receiver with its
+    Service and Ingress, every object valid."""
+    names = {(d["kind"], d["metadata"]["name"]) for d in _kustomize(PUSH_OVERLAY)}
+    base = {(d["kind"], d["metadata"]["name"]) for d in _kustomize(BASE)}
+    assert base < names
+    assert names - base == {
+        ("ConfigMap", "thingspace-sms-sync-receiver"),
+        ("Deployment", "thingspace-sms-sync-receiver"),
+        ("Service", "thingspace-sms-sync-receiver"),
+        ("Ingress", "thingspace-sms-sync-receiver"),
+    }

@@ -20,7 +20,7 @@ def docs(path: Path) -> list[dict[str, Any]]:
 
 def k8s() -> dict[str, dict[str, Any]]:
     found = {}
-    for path in sorted((DEPLOY / "kubernetes" / "push").glob("*.yaml")):
+    for path in sorted((DEPLOY / "kubernetes-push").glob("*.yaml")):
         for doc in docs(path):
             if doc["kind"] != "Kustomization":
                 found[doc["kind"] + "/" + doc["metadata"]["name"]] = doc
@@ -29,9 +29,9 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 def test_push_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     """The overlay applies the base and every receiver manifest; the example Secret stays out."""
-    kustomization = docs(DEPLOY / "kubernetes" / "push" / "kustomization.yaml")[0]
-    files = {p.name for p in (DEPLOY / "kubernetes" / "push").glob("*.yaml")}
-    assert set(kustomization["resources"]) == {"../"} | files - {
+    kustomization = docs(DEPLOY / "kubernetes-push" / "kustomization.yaml")[0]
+    files = {p.name for p in (DEPLOY / "kubernetes-push").glob("*.yaml")}
+    assert set(kustomization["resources"]) == {"../kubernetes"} | files - {
         "kustomization.yaml",
         "receiver-secret.example.yaml",
     }

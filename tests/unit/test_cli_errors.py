@@ -1,0 +1,139 @@
+"""Every command fails in one form: one `sync-worker: error:` line on stderr, and a `command_failed`
+event only when the logs are JSON; database errors name the database."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from sync_worker import cli, db
+
+API_ENV = {
+    "SYNC_ACCOUNTS": "0252012345-00001",
+    "THINGSPACE_CLIENT_ID": "client-id",
+    "THINGSPACE_CLIENT_SECRET": "errors-client-secret-1",
+    "THINGSPACE_USERNAME": "operator",
+    "THINGSPACE_PASSWORD": "errors-password-1",
+}
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _failures(tmp_path: Path) -> list[tuple[list[str], dict[str, str], int]]:
+    """(argv, env, exit code) of failures of several kinds in several commands."""
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    return [
+        # configuration refused while loading the settings
+        (["once"], {**API_ENV, "SYNC_CONCURRENCY": "many"}, 2),
+        (["send", "--account", "0252012345-00001", "--device", "imei:1", "--message", "x"], {}, 2),
+        # an option refused before any settings are loaded
+        (["cursor", "reset", "--account", "a/b", "--yes"], {}, 2),
+        (["once", "--account", "a/b"], API_ENV, 2),
+        # the database unreachable
+        (["status"], {**API_ENV, "SYNC_DATABASE_URL": unreachable}, 3),
+        (["migrate"], {"SYNC_DATABASE_URL": unreachable}, 3),
+        (["quarantine", "list"], {"SYNC_DATABASE_URL": unreachable}, 3),
+        (["retention", "--days", "0"], {"SYNC_DATABASE_URL": unreachable}, 2),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_a_failure_is_one_error_line_with_console_logs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: int
+) -> None:
+    """With console logs every failing command writes exactly one line to stderr,
+    `sync-worker: error: MESSAGE`, and nothing to stdout; no secret in it."""
+    argv, env, code = _failures(tmp_path)[case]
+    assert cli.main(argv, env={**env, "SYNC_LOG_FORMAT": "console"}) == code
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sync-worker: error: ")
+    assert "errors-db-secret-5" not in err and "errors-password-1" not in err
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_a_failure_is_one_json_event_then_the_error_line_with_json_logs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: int
+) -> None:
+    """With JSON logs (explicit, or `auto` off a terminal) the same failures add exactly one
+    `command_failed` event (message, kind, exit code) before the same last line, whether the
+    command failed before or after loading its settings."""
+    argv, env, code = _failures(tmp_path)[case]
+    for fmt in ("json", "auto"):
+        assert cli.main(argv, env={**env, "SYNC_LOG_FORMAT": fmt}) == code
+        out, err = capsys.readouterr()
+        assert out == ""
+        lines = err.splitlines()
+        assert len(lines) == 2, err
+        event = json.loads(lines[0])
+        assert event["event"] == "command_failed" and event["exit_code"] == code
+        assert lines[1] == f"sync-worker: error: {event['error']}"
+        assert "errors-db-secret-5" not in err and "errors-password-1" not in err
+
+
+def test_describe_names_what_libpq_would_connect_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database description resolves what the URL leaves out from the PG* variables, and
+    never shows the password."""
+    monkeypatch.setenv("PGHOST", "db.example.net")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGUSER", "analyst")
+    monkeypatch.setenv("PGDATABASE", "warehouse")
+    assert db.describe("postgresql://sync:pw-77@pg:5433/sms") == "host=pg port=5433 dbname=sms user=sync"
+    assert db.describe("dbname=sms") == "host=db.example.net port=6543 dbname=sms user=analyst"
+    assert "pw-77" not in db.describe("host=pg password=pw-77")
+
+
+def test_describe_of_an_unset_url_says_libpq_defaults_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SYNC_DATABASE_URL and no PGDATABASE: libpq picks a database named like the user (the
+    trial's `root`); the description names it and says that nothing was configured."""
+    for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE", "PGHOSTADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGUSER", "root")
+    text = db.describe("")
+    assert "dbname=root user=root" in text
+    assert "host=(local socket)" in text
+    assert "SYNC_DATABASE_URL is not set" in text
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_doctor_prints_its_report_then_the_one_error_line(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """A failing doctor keeps its report on stdout and then fails in the one form: the last stderr
+    line names every failed check, the most basic first, and JSON logs get one `command_failed` event
+    with doctor's exit code."""
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {
+        "SYNC_DATABASE_URL": unreachable,
+        "THINGSPACE_PASSWORD": "errors-password-1",
+        "SYNC_LOG_FORMAT": fmt,
+    }
+    assert cli.main(["doctor"], env=env) == 2  # the configuration (no client id) before the database
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("check ") and "exit 2" in out
+    lines = err.splitlines()
+    assert len(lines) == (2 if fmt == "json" else 1), err
+    assert lines[-1].startswith("sync-worker: error: doctor: 2 check(s) failed: configuration: ")
+    assert "; database: SYNC_DATABASE_URL: cannot connect to host=127.0.0.1" in lines[-1]
+    if fmt == "json":
+        event = json.loads(lines[0])
+        assert event["event"] == "command_failed" and event["exit_code"] == 2
+        assert lines[1] == f"sync-worker: error: {event['error']}"
+    assert "errors-db-secret-5" not in out + err and "errors-password-1" not in out + err
