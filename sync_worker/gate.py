@@ -69,7 +69,7 @@ def top_level_members(body: bytes) -> list[tuple[str, Any]]:
     text = body.decode(json.detect_encoding(body), "surrogatepass")
     pos = _skip(text, 0)
     if not text.startswith("{", pos):
-        raise NotAnObjectError(_json_type(json.loads(text)))
+        raise NotAnObjectError(json_type(json.loads(text)))
     members: list[tuple[str, Any]] = []
     pos = _skip(text, pos + 1)
     if text.startswith("}", pos):
@@ -136,14 +136,14 @@ def read_envelope(body: bytes) -> Envelope:
     messages = found["messages"]
     if not isinstance(messages, list):
         raise errors.ResponseFormatError(
-            f"history body 'messages' is a JSON {_json_type(messages)}, not a list"
+            f"history body 'messages' is a JSON {json_type(messages)}, not a list"
         )
     if "hasMoreData" not in found:
         raise errors.ResponseFormatError("history body has no 'hasMoreData' member")
     has_more = found["hasMoreData"]
     if not isinstance(has_more, bool):
         raise errors.ResponseFormatError(
-            f"history body 'hasMoreData' is a JSON {_json_type(has_more)}, not a boolean"
+            f"history body 'hasMoreData' is a JSON {json_type(has_more)}, not a boolean"
         )
     unknown = tuple(k for k in found if k not in KNOWN_MEMBERS) if len(found) > 2 else ()
     return Envelope(messages, has_more, unknown)
@@ -245,7 +245,8 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """A decoded JSON value's type as JSON names it ("array", "object"...), for problem texts."""
     if value is None:
         return "null"
     if isinstance(value, bool):

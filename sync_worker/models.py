@@ -165,13 +165,13 @@ class SMSMessage:
     def _from_wire_checked(cls, obj: Any) -> SMSMessage:
         problems: list[str] = []
         if not isinstance(obj, dict):
-            return cls((), None, None, obj, (f"message is a JSON {_json_type(obj)}, not an object",))
+            return cls((), None, None, obj, (f"message is a JSON {gate.json_type(obj)}, not an object",))
         devices: list[DeviceId] = []
         raw_devices = obj.get("deviceIds")
         if raw_devices is None:
             problems.append("deviceIds missing")
         elif not isinstance(raw_devices, list):
-            problems.append(f"deviceIds is a JSON {_json_type(raw_devices)}, not a list")
+            problems.append(f"deviceIds is a JSON {gate.json_type(raw_devices)}, not a list")
         else:
             for i, item in enumerate(raw_devices):
                 if (
@@ -188,13 +188,13 @@ class SMSMessage:
         if message is None:
             problems.append("message missing")
         elif not isinstance(message, str):
-            problems.append(f"message is a JSON {_json_type(message)}, not a string")
+            problems.append(f"message is a JSON {gate.json_type(message)}, not a string")
             message = None
         timestamp = obj.get("timestamp")
         if timestamp is None:
             problems.append("timestamp missing")
         elif not isinstance(timestamp, str):
-            problems.append(f"timestamp is a JSON {_json_type(timestamp)}, not a string")
+            problems.append(f"timestamp is a JSON {gate.json_type(timestamp)}, not a string")
             timestamp = None
         return cls(tuple(devices), message, timestamp, obj, tuple(problems))
 
@@ -287,14 +287,14 @@ def history_envelope(obj: Any) -> tuple[list[Any], bool]:
     members, a missing ``hasMoreData`` and paging that disagrees with the status.
     """
     if not isinstance(obj, dict):
-        raise errors.ResponseFormatError(f"history body is a JSON {_json_type(obj)}, not an object")
+        raise errors.ResponseFormatError(f"history body is a JSON {gate.json_type(obj)}, not an object")
     if "messages" not in obj:
         # Never an empty block by default: a body without the list does not hold the block.
         raise errors.ResponseFormatError("history body has no top-level 'messages' member")
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
         raise errors.ResponseFormatError(
-            f"history body 'messages' is a JSON {_json_type(raw_messages)}, not a list"
+            f"history body 'messages' is a JSON {gate.json_type(raw_messages)}, not a list"
         )
     has_more = obj.get("hasMoreData", False)
     if not isinstance(has_more, bool):
@@ -350,22 +350,6 @@ class HistoryPage:
     @property
     def is_final(self) -> bool:
         return self.next is None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Sequence):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -425,7 +409,9 @@ class CallbackListener:
     @classmethod
     def from_wire(cls, obj: Any) -> CallbackListener:
         if not isinstance(obj, dict):
-            raise errors.ResponseFormatError(f"callback listener is a JSON {_json_type(obj)}, not an object")
+            raise errors.ResponseFormatError(
+                f"callback listener is a JSON {gate.json_type(obj)}, not an object"
+            )
         fields: dict[str, str | None] = {}
         for key in ("accountName", "serviceName", "url", "username", "password"):
             value = obj.get(key)

@@ -24,7 +24,7 @@ from typing import Any
 import requests
 import requests.adapters
 
-from sync_worker import app, cli, client, commands, config, errors, exitcodes, logs, retry, store, sync
+from sync_worker import app, cli, client, commands, config, errors, exitcodes, logs, store, sync
 from tests.chaos import world as worldmod
 
 CURRENT: worldmod.World | None = None
@@ -114,24 +114,12 @@ def run_pass(world: worldmod.World, env: dict[str, str]) -> Outcome:
     try:
         with app.pooled(settings) as pool:
             guard = app.login_guard(settings, pool)
+            # The production configuration, with the harness's virtual clock and crashing transport.
+            cfg = app.client_config(settings, login_guard=guard, sleep=clock.sleep)
             api = client.ThingSpaceClient(
-                client.ClientConfig(
-                    base_url=settings.base_url,
-                    client_id=settings.client_id,
-                    client_secret=settings.client_secret,
-                    username=settings.username,
-                    password=settings.password,
-                    timeout=(settings.http_connect_timeout, settings.http_read_timeout),
-                    retry=retry.RetryPolicy(
-                        max_attempts=settings.retry_max_attempts,
-                        max_backoff=settings.retry_max_wait_seconds,
-                        max_retry_after=settings.retry_max_retry_after_seconds,
-                        sleep=clock.sleep,
-                        clock=clock.now,
-                    ),
-                    login_guard=guard,
-                    credentials=settings.credentials,
-                    allow_insecure_loopback=settings.allow_insecure_loopback,
+                dataclasses.replace(
+                    cfg,
+                    retry=dataclasses.replace(cfg.retry, clock=clock.now),
                     session=http,
                     clock=clock.now,
                 )
