@@ -106,8 +106,13 @@ def cmd_migrate(ctx: Context) -> int:
             logs.get_logger(__name__).info("database_created", database=created)
     with _connection(settings, check_schema=False) as conn:
         applied = migrations.migrate(conn)
+        word_search = migrations.enable_word_search(conn) if ctx.args.word_search else None
     logs.get_logger(__name__).info("migrated", applied=list(applied))
     ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if word_search is not None:
+        logs.get_logger(__name__).info("word_search_enabled", created=word_search)
+        state = "created" if word_search else "already there"
+        ctx.print(f"word search: index {migrations.WORD_SEARCH_INDEX} {state}")
     return exitcodes.OK
 
 

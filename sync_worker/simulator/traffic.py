@@ -42,6 +42,11 @@ def _device(rng: random.Random) -> dict[str, str]:
 # The device and account docs/schema.md's analyst queries name (sql/queries/analyst.sql): realistic
 # traffic gives that device a fifth of the messages, so every documented query has rows to show.
 BUSY_DEVICE: Final = {"id": "990000862471854", "kind": "imei"}
+# A device that stops talking: in realistic traffic it sends only during the first third of the span
+# (about 4 hours of 12 for the default 1000 messages), so "devices that went silent" (analyst.sql)
+# has one to show.
+SILENT_DEVICE: Final = {"id": "356938035643809", "kind": "imei"}
+_SILENT_SHARE: Final = 0.05
 # Realistic traffic: one message in this many is malformed (stored and flagged, never dropped).
 MALFORMED_EVERY: Final = 150
 _BASE: Final = 1_714_564_800  # 2024-05-01T12:00:00Z
@@ -84,6 +89,8 @@ def seed_messages(n: int, seed: int = 1, *, until: float | None = None) -> list[
 def _generate(n: int, seed: int, *, shift: float, busy: bool) -> tuple[list[dict[str, Any]], float]:
     """The messages, and the instant of the last one before ``shift`` (the draws do not depend on it)."""
     rng = random.Random(seed)
+    # Its own generator: the silent device leaves every other draw as it was.
+    silent = random.Random(f"silent-{seed}")
     devices = [_device(rng) for _ in range(max(1, n // 10 + 3))]
     out: list[dict[str, Any]] = []
     t = float(_BASE)
@@ -106,6 +113,8 @@ def _generate(n: int, seed: int, *, shift: float, busy: bool) -> tuple[list[dict
         device = rng.choice(devices)
         if busy and rng.random() < 0.2:
             device = BUSY_DEVICE
+        elif busy and i < n // 3 and silent.random() < _SILENT_SHARE:
+            device = SILENT_DEVICE
         out.append(
             {
                 "deviceIds": [dict(device)],

@@ -45,3 +45,19 @@ def test_relative_traffic_has_the_busy_device_and_some_malformed_messages() -> N
     assert 0.15 < busy / len(messages) < 0.25
     flagged = [m for m in messages if models.SMSMessage.from_wire(m).problems]
     assert len(flagged) == len(messages) // traffic.MALFORMED_EVERY
+
+
+def test_relative_traffic_has_a_device_that_went_silent() -> None:
+    """The silent device of analyst.sql's "devices that went silent" sends in the first third of the
+    traffic only: with the default 1000 messages its last message is more than 6 hours before `until`."""
+    messages = traffic.seed_messages(1000, seed=1, until=UNTIL)
+    stamps = [
+        _instant(m["timestamp"])
+        for m in messages
+        if m.get("deviceIds") == [traffic.SILENT_DEVICE] and isinstance(m.get("timestamp"), str)
+    ]
+    assert len(stamps) >= 5
+    assert max(stamps) < UNTIL - 6 * 3600
+    assert traffic.SILENT_DEVICE not in [
+        d for m in traffic.seed_messages(500, seed=3) for d in m["deviceIds"]
+    ]
