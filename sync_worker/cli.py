@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         metavar="N",
         help="messages per history block (default: %(default)s)",
     )
+    p.add_argument(
+        "--traffic",
+        metavar="SHAPE",
+        help="seed traffic of this shape instead of the default: one-id, mixed, three-ids, or knobs "
+        "'ids=1,1,2,3;scripts=ascii,latin,cjk,emoji;timestamps=seconds_z,nanos_z,offset;malformed=0.02;"
+        "upper=0.05', alone or after a name (README.md, simulate)",
+    )
     p = add(
         "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"
     )

@@ -832,6 +832,7 @@ def cmd_simulate(ctx: Context) -> int:
     ]
     if not 0 <= args.port <= 65535:
         raise errors.ValidationError(f"--port {args.port}: a port is 0-65535")
+    shape = None if args.traffic is None else simulator.traffic.parse_shape(args.traffic)
     ctx.configure_logs(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
     simulator.serve(
         args.host,
@@ -840,6 +841,7 @@ def cmd_simulate(ctx: Context) -> int:
         accounts,
         block_size=args.block_size,
         out=ctx.out,
+        shape=shape,
     )
     return exitcodes.OK
 
