@@ -228,7 +228,9 @@ def test_cursor_reset_and_forget_are_refused_while_a_run_holds_the_account_lock(
     parking = _ParkAtSecondBlock(api)
     results: list[sync.AccountResult] = []
     run = threading.Thread(
-        target=lambda: results.append(sync.sync_account(parking, account, db.connector(db_url)))
+        target=lambda: results.append(
+            sync.sync_account(parking, account, store.PostgresStore(db.connector(db_url)))
+        )
     )
     run.start()
     try:

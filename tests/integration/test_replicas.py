@@ -161,7 +161,7 @@ def test_a_recent_holder_is_named_but_not_reported(
         result = sync.sync_account(
             object(),  # type: ignore[arg-type]  # never reached: the account is locked
             account,
-            lambda: psycopg.connect(db_url, autocommit=True),
+            store.PostgresStore(lambda: psycopg.connect(db_url, autocommit=True)),
             metrics=m,
             lock_report_after=180.0,
         )
