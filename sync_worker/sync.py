@@ -1,4 +1,4 @@
-"""Sync one account's SMS history queue into Postgres; one pass over all accounts.
+"""Sync one account's SMS history queue into the database (a ``Store``); one pass over all accounts.
 
 The history endpoint is a queue: the request that carries block N's ``next``
 token acknowledges (dequeues) block N. So a block's rows and its token are
@@ -13,7 +13,9 @@ re-sent by a retry after a lost response) clears the stored cursor with a
 warning and restarts at the head of the queue: every block such a token could
 acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 
-What a run ends as: ``outcomes``.
+The database is a ``Store``: ``store.PostgresStore`` in production, an in-memory fake in the unit
+tests (``tests/unit/test_drain_rules.py`` holds these rules as a table). What a run and a pass end
+as, and what each outcome means: ``outcomes``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import app, client, config, errors, exitcodes, metrics, models, retry, simulator, store, sync
+from sync_worker import (
+    app,
+    client,
+    config,
+    errors,
+    exitcodes,
+    metrics,
+    models,
+    outcomes,
+    retry,
+    simulator,
+    store,
+    sync,
+)
 from sync_worker import db as database
 from tests.reliability import crash
 
@@ -487,7 +500,7 @@ def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_u
     assert api.calls == [None, "T2"]
     assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("quarantined", 2, 2, 1)
     assert result.ok and result.error is not None and "quarantined 1" in result.error
-    assert sync.PassResult([result]).exit_code == exitcodes.QUARANTINED
+    assert outcomes.PassResult([result]).exit_code == exitcodes.QUARANTINED
     assert (
         m.registry.get_sample_value(
             "thingspace_sync_errors_total", {"account": account, "kind": "malformed_block"}
