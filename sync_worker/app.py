@@ -27,6 +27,7 @@ from sync_worker import (
     migrations,
     retry,
     status,
+    store,
     sync,
 )
 
@@ -178,7 +179,7 @@ def sync_once(
         results = sync.run_accounts(
             api,
             names,
-            connect,
+            store.PostgresStore(connect),
             concurrency=settings.concurrency,
             budget_seconds=settings.run_budget_seconds,
             stop_event=stop_event,

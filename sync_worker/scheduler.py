@@ -41,7 +41,19 @@ from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped,unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped,unused-ignore]
 
-from sync_worker import claims, config, db, errors, exitcodes, migrations, retention, signals, status, sync
+from sync_worker import (
+    claims,
+    config,
+    db,
+    errors,
+    exitcodes,
+    migrations,
+    retention,
+    signals,
+    status,
+    store,
+    sync,
+)
 
 _log = structlog.get_logger(__name__)
 _JOB_PREFIX: Final = "sync:"
@@ -610,7 +622,7 @@ def _build_scheduler(
     scheduler.add_job(
         sync.partitions_ahead,
         trigger=IntervalTrigger(hours=1),
-        args=(dispatcher.connect,),
+        args=(store.PostgresStore(dispatcher.connect),),
         id="partitions",
         name="history partitions ahead",
         next_run_time=now,
@@ -720,7 +732,7 @@ def _account_job(
     return sync.sync_account(
         api,
         account,
-        connect,
+        store.PostgresStore(connect),
         deadline=time.monotonic() + budget_seconds,
         stop_event=stop,
         metrics=metrics,

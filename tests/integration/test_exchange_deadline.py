@@ -190,7 +190,7 @@ def test_a_budget_reached_between_blocks_ends_the_run_as_succeeded_with_more_wai
 
     connect = database.connector(db_url)
     with test_sync.make_client(simulator) as api:
-        result = sync.sync_account(api, ACCOUNT, connect, deadline=deadline, clock=clock)
+        result = sync.sync_account(api, ACCOUNT, store.PostgresStore(connect), deadline=deadline, clock=clock)
     assert (result.outcome, result.more_waiting, result.blocks, result.received) == (
         "succeeded",
         True,
@@ -206,7 +206,9 @@ def test_a_budget_reached_between_blocks_ends_the_run_as_succeeded_with_more_wai
     assert (state.last_run_outcome, state.last_error) == ("succeeded", sync.BUDGET_NOTE)
     assert _stored(db_url) == 200
     with test_sync.make_client(simulator) as api:
-        again = sync.sync_account(api, ACCOUNT, connect, deadline=time.monotonic() + 60.0)
+        again = sync.sync_account(
+            api, ACCOUNT, store.PostgresStore(connect), deadline=time.monotonic() + 60.0
+        )
     assert (again.outcome, again.more_waiting, again.error) == ("succeeded", False, None)
     assert _stored(db_url) == len(sent) and simulator.queued(ACCOUNT) == []
 

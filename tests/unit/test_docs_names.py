@@ -113,7 +113,7 @@ def test_a_stale_name_is_caught() -> None:
     assert resolve("scheduler.Dispatcher.no_such_method") == "scheduler.Dispatcher has no no_such_method"
     assert resolve("store.finish_run") is None
     assert resolve("simulator.CODE_*") is None
-    assert resolve("sync.AccountResult.quarantined") is None  # a dataclass field
+    assert resolve("outcomes.AccountResult.quarantined") is None  # a dataclass field
 
 
 # --- where the database driver's errors become project errors -------------------------------------

@@ -13,7 +13,7 @@ import structlog
 from apscheduler import events
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import claims, config, errors, scheduler, secret, sync
+from sync_worker import claims, config, errors, outcomes, scheduler, secret
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -353,7 +353,7 @@ def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
     d = dispatcher(connect=FakeConnection, inflight=inflight)
     for account, begun in ((ACCOUNTS[0], False), (ACCOUNTS[1], False), (ACCOUNTS[0], True)):
         inflight.enter()
-        d._finished(account, sync.AccountResult(account, "failed", error="x", begun=begun))
+        d._finished(account, outcomes.AccountResult(account, "failed", error="x", begun=begun))
     assert released[0] == (ACCOUNTS[0], scheduler.START_RETRY_SECONDS, True)
     assert released[1] == (ACCOUNTS[1], min(60.0, scheduler.START_RETRY_SECONDS), True)
     account, delay, from_now = released[2]
@@ -381,7 +381,7 @@ def test_a_run_the_budget_ended_with_more_waiting_is_due_again_at_once(
         inflight.enter()
         d._finished(
             ACCOUNTS[0],
-            sync.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
+            outcomes.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
         )
     assert released[0] == (ACCOUNTS[0], 0.0, True)
     account, delay, from_now = released[1]
