@@ -1,4 +1,4 @@
-"""Pure helpers of the client: Location parsing, Retry-After parsing, error codes."""
+"""Pure helpers of paging and answers: Location parsing, Retry-After parsing, error codes."""
 
 from __future__ import annotations
 
