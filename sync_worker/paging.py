@@ -18,6 +18,10 @@ platform, so these rules decide what the client may send; ``controllers`` only m
   quarantines before moving on. Attempts cut short (deadline, a ``Retry-After`` cap) leave it
   transient: a later run asks again. A bad or missing ``Location`` is never quarantinable
   (nothing could be acknowledged safely): ``errors.UnsafeLocationError`` fails the run.
+* Only what is kept byte for byte is quarantined: a body over the size cap (only its first bytes
+  were read) or over ``errors.MalformedBlockError.MAX_KEPT_BODY`` is asked for again like any
+  unreadable answer, then fails the run (``errors.ResponseFormatError``) and stays queued at the
+  platform: its token would acknowledge messages past the kept bytes.
 * ``Pager`` hands out the token each request carries: the first request's own, then only what
   ``gate.release(page.ticket)`` lets out, i.e. once ``store.commit_block`` committed the block's
   messages or ``store.quarantine_block`` kept it; otherwise ``errors.AcknowledgementRefusedError``
@@ -152,6 +156,12 @@ def decide(
         gate.check_paging(status, envelope, new_next)
     except errors.ResponseFormatError as exc:
         problem = str(exc.args[0]) if exc.args else "history body does not have the documented shape"
+        partial = _kept_in_part(answer)
+        if partial is not None and paging_error is None:
+            # The quarantine would keep only part of the block while its token acknowledged the
+            # whole of it: the messages past the kept bytes would be lost. Asked again, then the
+            # run fails with the block still queued at the platform.
+            paging_error = errors.ResponseFormatError(partial, status=status, operation=OPERATION)
         block = errors.MalformedBlockError(
             f"history block body is unreadable: {problem}",
             body=body,
@@ -249,6 +259,21 @@ class Pager:
     def took(self, page: models.HistoryPage) -> None:
         """``page`` is the answer to the request that carried ``next_token()``."""
         self._last = page
+
+
+def _kept_in_part(answer: Answer) -> str | None:
+    """Why a quarantine could not keep ``answer``'s body byte for byte (None: it could)."""
+    if answer.over_cap is not None:
+        return (
+            f"history body is larger than {answer.over_cap} bytes: only its first bytes were read, "
+            "so it cannot be kept byte for byte in the quarantine; not acknowledged"
+        )
+    if len(answer.body) > errors.MalformedBlockError.MAX_KEPT_BODY:
+        return (
+            f"history body is larger than the quarantine keeps ({errors.MalformedBlockError.MAX_KEPT_BODY} "
+            "bytes), so it cannot be kept byte for byte; not acknowledged"
+        )
+    return None
 
 
 @functools.lru_cache(maxsize=16)

@@ -199,6 +199,30 @@ def test_the_decision_on_one_answer(case: Case) -> None:
         assert block.body == case.body and block.status == case.status
 
 
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (paging.Answer(202, HERE, b"<html/>" * 10, over_cap=50), "larger than 50 bytes"),
+        (paging.Answer(200, None, _body(more=False) + b" " * 20, over_cap=20), "larger than 20 bytes"),
+        (
+            paging.Answer(202, HERE, b"<" * (errors.MalformedBlockError.MAX_KEPT_BODY + 1)),
+            "larger than the quarantine keeps",
+        ),
+    ],
+)
+def test_only_what_is_kept_byte_for_byte_is_quarantined(answer: paging.Answer, why: str) -> None:
+    """An unreadable answer whose bytes could not be kept whole (over the size cap, or over what the
+    quarantine keeps) is asked for again, then fails the run instead of being quarantined: its token
+    would acknowledge messages past the kept bytes."""
+    decision = paging.decide(answer, account_name=ACCOUNT, request_next=None, base_url=BASE)
+    assert decision.kind == "unreadable" and isinstance(decision.error, errors.UnreadableAnswerError)
+    decision.error.attempts = 3
+    final = paging.after_attempts(decision.error, max_attempts=3)
+    assert type(final) is errors.ResponseFormatError and why in str(final) and "byte for byte" in str(final)
+    decision.error.attempts = 1
+    assert paging.after_attempts(decision.error, max_attempts=3) is decision.error
+
+
 def test_read_raises_what_decide_decided() -> None:
     """``read`` is ``decide`` with the error raised: the page for a block, the error otherwise."""
     good = paging.Answer(202, HERE, _body())
