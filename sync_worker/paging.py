@@ -214,8 +214,10 @@ def read(
     decision = decide(
         answer, account_name=account_name, request_next=request_next, base_url=base_url, on_unknown=on_unknown
     )
-    if decision.page is None:
-        raise decision.error or errors.ResponseFormatError("history answer decided as nothing")
+    if decision.error is not None:
+        raise decision.error
+    if decision.page is None:  # decide sets one of the two
+        raise errors.ResponseFormatError("history answer decided as neither a page nor an error")
     return decision.page
 
 
