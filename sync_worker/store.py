@@ -23,7 +23,7 @@ import psycopg
 import psycopg.errors
 import psycopg.rows
 
-from sync_worker import db, errors, gate, models, pgarrays, queries, rows, secret, status
+from sync_worker import db, errors, gate, identity, models, pgarrays, queries, rows, secret, status
 
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
@@ -519,7 +519,7 @@ def _error_text(error: str | None) -> str | None:
     if error is None:
         return None
     # Stored errors are read by operators and dashboards: never a credential, never invalid text.
-    text = rows.clean_text(secret.scrub(error))[0]
+    text = identity.clean_text(secret.scrub(error))[0]
     return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "..."
 
 
