@@ -25,13 +25,14 @@ from sync_worker import (
     errors,
     guard,
     migrations,
+    probes,
     retry,
     status,
     sync,
 )
 
 if TYPE_CHECKING:
-    from sync_worker import callback_metrics, receiver, scheduler
+    from sync_worker import callback_metrics, receiver
 
 # The daemon's scheduler (apscheduler) and the callback receiver are imported where they are
 # built: `once`, which needs neither, starts without their import cost.
@@ -233,7 +234,7 @@ def run_daemon(
     api: sync.HistoryApi | None = None,
     connect: db.ConnectionFactory | None = None,
     install_signal_handlers: bool = True,
-    liveness: scheduler.Liveness | None = None,
+    liveness: probes.Liveness | None = None,
 ) -> int:
     """The daemon (``scheduler.run_daemon``) with its client, guard and connections built here.
 
@@ -245,7 +246,7 @@ def run_daemon(
 
     stop = stop_event if stop_event is not None else threading.Event()
     if liveness is None:
-        liveness = scheduler.Liveness()
+        liveness = probes.Liveness()
     if isinstance(metrics, metrics_mod.Metrics):
         metrics.watch_claim_poll(liveness.seconds_since_poll)
         metrics.watch_overdue_runs(liveness.overdue_runs)

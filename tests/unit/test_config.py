@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import app, client, config, errors, secret
+from sync_worker import app, client, config, errors, secret, variables
 
 BASE_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001,0252012345-00002",
@@ -242,18 +242,18 @@ def test_missing_toml_file_is_refused(tmp_path: Path) -> None:
 
 def test_every_settings_field_is_documented() -> None:
     """VARIABLES (which drives --help and the README) covers every Settings field, each name once."""
-    documented = {f for var in config.VARIABLES for f in var.fields}
+    documented = {f for var in variables.VARIABLES for f in var.fields}
     fields = {f.name for f in dataclasses.fields(config.Settings)}
     assert fields == documented
-    names = [var.name for var in config.VARIABLES]
+    names = [var.name for var in variables.VARIABLES]
     assert len(names) == len(set(names))
-    assert all(var.description for var in config.VARIABLES)
+    assert all(var.description for var in variables.VARIABLES)
 
 
 def test_readme_documents_every_variable() -> None:
     """The README contains the generated variables table verbatim, so the two never drift."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert config.variables_markdown() in readme
+    assert variables.variables_markdown() in readme
 
 
 def test_credential_fingerprint_tracks_credentials_without_revealing_them() -> None:
