@@ -4,21 +4,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from sync_worker import app, commands, config, errors, exitcodes, logs, models, report
-
-
-@contextlib.contextmanager
-def _api_client(settings: config.Settings) -> Iterator[Any]:
-    connect = app.connector(settings)
-    with connect():
-        pass
-    with app.api_client(settings, connect) as (api, _):
-        yield api
 
 
 def _device(text: str) -> Any:
@@ -39,7 +28,7 @@ def cmd_send(ctx: commands.Context) -> int:
     )
     request.validate()
     settings = ctx.settings(credentials=True, accounts=False)
-    with _api_client(settings) as api:
+    with app.command_client(settings) as api:
         result = api.sms.send_sms_to_device(request)
     # The audit trail of who sent what where; the text stays out of logs (it may be a command or a PIN).
     logs.get_logger(__name__).info(
@@ -69,7 +58,7 @@ def cmd_start_delivery(ctx: commands.Context) -> int:
     ):
         ctx.print("cancelled")
         return exitcodes.CONFIG
-    with _api_client(settings) as api:
+    with app.command_client(settings) as api:
         result = api.sms.start_queued_sms_delivery(account)
     logs.get_logger(__name__).warning(
         "queued_delivery_started", audit=True, account=account, success=result.success
@@ -90,7 +79,7 @@ def _listener_url(ctx: commands.Context, settings: config.Settings, account: str
 def cmd_callbacks_list(ctx: commands.Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
     settings = ctx.settings(credentials=True, accounts=False)
-    with _api_client(settings) as api:
+    with app.command_client(settings) as api:
         listeners = api.callbacks.list_registered_callbacks(account)
     # The API returns each listener's password in clear text: only whether one is set is shown.
     rows = [
@@ -125,7 +114,7 @@ def cmd_callbacks_register(ctx: commands.Context) -> int:
         models.SMS_CALLBACK_SERVICE, url, settings.callback_username, settings.callback_password
     )
     request.validate(allow_insecure_loopback=settings.allow_insecure_loopback)
-    with _api_client(settings) as api:
+    with app.command_client(settings) as api:
         existing = [
             item
             for item in api.callbacks.list_registered_callbacks(account)
@@ -163,7 +152,7 @@ def cmd_callbacks_remove(ctx: commands.Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
     settings = ctx.settings(credentials=True, accounts=False)
     ours = ctx.args.url or app.listener_url(settings, account)
-    with _api_client(settings) as api:
+    with app.command_client(settings) as api:
         existing = [
             item
             for item in api.callbacks.list_registered_callbacks(account)

@@ -14,10 +14,7 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
-import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from sync_worker import (
@@ -31,18 +28,14 @@ from sync_worker import (
     migrations,
     report,
     secret,
-    signals,
-    store,
 )
 
 if TYPE_CHECKING:
-    from sync_worker import metrics
+    pass
 
-# The modules only some commands need (the scheduler, Prometheus, the HTTP servers, the simulator)
-# are imported inside those commands: every `once` of a cron job would pay their import otherwise.
-
-# The Pushgateway job of `once` (the daemon is scraped instead); alert rules select on it.
-PUSH_JOB = "thingspace-sms-sync-once"
+# The modules only some commands need (the simulator, the demo, doctor) are imported inside those
+# commands, and `app` imports the scheduler, Prometheus and the HTTP servers where it builds them:
+# every `once` of a cron job would pay their import otherwise.
 
 
 class Context:
@@ -80,14 +73,6 @@ class Context:
         print(secret.scrub(text), file=self.out, flush=True)
 
 
-@contextlib.contextmanager
-def connection(settings: config.Settings, *, check_schema: bool = True) -> Iterator[store.Connection]:
-    with app.connector(settings)() as conn:
-        if check_schema:
-            migrations.check_schema(conn)
-        yield conn
-
-
 def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     if ctx.args.create_database:
@@ -96,7 +81,7 @@ def cmd_migrate(ctx: Context) -> int:
         )
         if created is not None:
             logs.get_logger(__name__).info("database_created", database=created)
-    with connection(settings, check_schema=False) as conn:
+    with app.connection(settings, check_schema=False) as conn:
         applied = migrations.migrate(conn)
     logs.get_logger(__name__).info("migrated", applied=list(applied))
     ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
@@ -104,44 +89,8 @@ def cmd_migrate(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
-    from sync_worker import health, metrics, probes  # noqa: PLC0415  # see the imports above
-
     settings = ctx.settings(credentials=True, accounts=True, daemon=True)
-    with connection(settings):
-        pass
-    m = metrics.Metrics()
-    liveness = probes.Liveness()
-    server = None
-    if settings.metrics_port is not None:
-        # Each readiness probe also refreshes the tripped gauge from the database.
-        login_guard = app.login_guard(settings, app.connector(settings), on_state=m.login_guard)
-
-        def database_ready() -> None:
-            with connection(settings):
-                pass
-
-        def guard_ready() -> None:
-            guard_status = login_guard.observe(app.current_fingerprint(settings))
-            if guard_status.problem is not None:
-                raise errors.LoginGuardTrippedError(guard_status.problem)
-
-        server = health.HealthServer(
-            settings.metrics_port,
-            m,
-            live=liveness.check,
-            ready=health.checks(
-                [
-                    ("database", database_ready),
-                    ("login_guard", guard_ready),
-                    ("claims", liveness.check_claims),
-                ]
-            ),
-        ).start()
-    try:
-        code = app.run_daemon(settings, metrics=m, liveness=liveness)
-    finally:
-        if server is not None:
-            server.stop()
+    code = app.run_daemon(settings)
     if code != exitcodes.OK:
         # Account runs still busy after the shutdown timeout sit in threads that cannot be
         # stopped (and interpreter exit would join them); leaving without joining them is
@@ -168,44 +117,16 @@ def cmd_once(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=not only)
     # No connection of its own first: sync_once checks the connection and the schema before any
     # API call (exit 3), and a second connection here cost every pass a connect and a query.
-    stop = threading.Event()
-    exported = settings.metrics_textfile is not None or settings.metrics_pushgateway is not None
-    pass_metrics: metrics.Metrics | None = None
-    progress = sys.stderr.isatty()
-    if progress or exported:
-        from sync_worker import metrics  # noqa: PLC0415  # see the imports above
-
-        pass_metrics = (
-            metrics.ProgressMetrics(sys.stderr, one_pass=True) if progress else metrics.Metrics(one_pass=True)
-        )
-    with signals.stop_on_signals(stop):
-        result = app.sync_once(settings, accounts=only or None, stop_event=stop, metrics=pass_metrics)
-    if exported and pass_metrics is not None:
-        _export_pass_metrics(settings, pass_metrics)
+    progress = sys.stderr if sys.stderr.isatty() else None
+    result = app.run_pass(settings, accounts=only or None, progress=progress)
     # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
     ctx.print(json.dumps(report.jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
     return int(result.exit_code)
 
 
-def _export_pass_metrics(settings: config.Settings, pass_metrics: metrics.Metrics) -> None:
-    """The pass's metrics to the textfile and/or the Pushgateway. A failure is logged, not fatal:
-    the messages are stored, and the alert on the age of the last pass notices the silence."""
-    log = logs.get_logger(__name__)
-    if settings.metrics_textfile is not None:
-        try:
-            pass_metrics.write_textfile(settings.metrics_textfile)
-        except errors.SyncWorkerError as exc:
-            log.error("metrics_textfile_failed", error=str(exc))
-    if settings.metrics_pushgateway is not None:
-        try:
-            pass_metrics.push(settings.metrics_pushgateway, job=PUSH_JOB, instance=socket.gethostname())
-        except errors.SyncWorkerError as exc:
-            log.error("metrics_push_failed", error=str(exc))
-
-
 def cmd_status(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
-    with connection(settings) as conn:
+    with app.connection(settings) as conn:
         rows = report.status_rows(conn)
     if not ctx.args.check:
         if ctx.args.json:
@@ -214,7 +135,7 @@ def cmd_status(ctx: Context) -> int:
             ctx.print(report.status_table(rows))
         return exitcodes.OK
     problems = report.status_problems(rows, settings.account_names, stale_after=ctx.args.stale_after)
-    guard_problem = _guard_problem(settings)
+    guard_problem = app.guard_problem(settings)
     if guard_problem is not None:
         problems.append({"account": None, "problem": "login_guard", "detail": guard_problem})
     if ctx.args.json:
@@ -230,20 +151,6 @@ def cmd_status(ctx: Context) -> int:
             "quarantined; login guard ok"
         )
     return exitcodes.UNHEALTHY if problems else exitcodes.OK
-
-
-def _guard_problem(settings: config.Settings) -> str | None:
-    """Why the configured user cannot log in now, or None (also when no user is configured)."""
-    if not settings.username:
-        return None
-    login_guard = app.login_guard(settings, app.connector(settings))
-    if settings.client_id and settings.client_secret and settings.password:
-        return login_guard.status(app.current_fingerprint(settings)).problem
-    # No credentials here (a monitoring host): judge by the recorded count alone.
-    state = login_guard.state()
-    if state.failures >= settings.login_guard_threshold:
-        return f"login guard tripped: {state.failures} failed logins in a row recorded"
-    return None
 
 
 def confirm(ctx: Context, statement: str, question: str, command: str) -> bool:
@@ -268,11 +175,7 @@ def can_confirm(ctx: Context, command: str) -> None:
 
 def cmd_auth_status(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=False)
-    with connection(settings):
-        pass
-    guard_status = app.login_guard(settings, app.connector(settings)).status(
-        app.current_fingerprint(settings)
-    )
+    guard_status = app.guard_status(settings)
     if ctx.args.json:
         shown = {"username": settings.username, "counted_as_user": auth.user_key(settings.username)}
         ctx.print(json.dumps({**shown, **guard_status.as_dict()}, sort_keys=True))
@@ -296,8 +199,7 @@ def cmd_auth_reset(ctx: Context) -> int:
     if not settings.username:
         raise errors.ConfigError("THINGSPACE_USERNAME is required: the guard is kept per user")
     login_guard = app.login_guard(settings, app.connector(settings))
-    with connection(settings):
-        pass
+    app.database_ready(settings)
     recorded = login_guard.state().failures
     # Said before acting: a reset is a claim about the vendor's count, and a wrong one
     # hands the next failed logins the headroom that keeps the user from being locked.
@@ -324,36 +226,8 @@ def cmd_auth_reset(ctx: Context) -> int:
 
 
 def cmd_receive(ctx: Context) -> int:
-    from sync_worker import callback_metrics, health, metrics  # noqa: PLC0415  # see the imports above
-
     settings = ctx.settings(credentials=False, accounts=True, daemon=True)
-    with connection(settings):
-        pass
-    m = metrics.Metrics()
-    connect = app.connector(settings)
-    receiver = app.callback_receiver(settings, connect, callback_metrics.CallbackMetrics(m.registry))
-    stop = threading.Event()
-    server = None
-
-    def database_ready() -> None:
-        with connection(settings):
-            pass
-
-    with signals.stop_on_signals(stop), receiver:
-        if settings.metrics_port is not None:
-            server = health.HealthServer(
-                settings.metrics_port,
-                m,
-                live=receiver.live,
-                ready=health.checks([("database", database_ready)]),
-            ).start()
-        try:
-            stop.wait()
-        finally:
-            if server is not None:
-                server.stop()
-    logs.get_logger(__name__).info("callback_receiver_stopped")
-    return exitcodes.OK
+    return app.receive(settings)
 
 
 def cmd_doctor(ctx: Context) -> int:

@@ -31,7 +31,7 @@ WEDGED_LOOP_SECONDS: Final = 120.0
 class Liveness:
     """What ``/healthz`` and ``/readyz`` learn from the daemon, on the monotonic clock.
 
-    ``run_daemon`` attaches its scheduler, its loop threads and the dispatcher's ``overdue_runs``
+    ``scheduler.serve`` attaches its scheduler, its loop threads and the dispatcher's ``overdue_runs``
     once started and detaches them when shutdown begins; the dispatcher reports each claim poll.
     Alive (``check``, ``__call__``) unless one of these, each with its own reason: not attached, or
     the scheduler or a loop thread ended; the claim loop has not come round within

@@ -52,14 +52,13 @@ from sync_worker import (
 )
 
 _log = structlog.get_logger(__name__)
-_JOB_PREFIX: Final = "sync:"
 # How often the daemon reads the login guard (how the tripped gauge notices an `auth reset` elsewhere).
 GUARD_OBSERVE_SECONDS: Final = 5.0
 # How long shutdown waits for each loop thread (one blocked in a statement is left, as a daemon thread).
 _LOOP_JOIN_SECONDS: Final = 5.0
 
 
-def run_daemon(
+def serve(
     settings: config.Settings,
     api: sync.HistoryApi,
     connect: db.ConnectionFactory,
@@ -71,7 +70,7 @@ def run_daemon(
     liveness: probes.Liveness | None = None,
     holder: str | None = None,
 ) -> int:
-    """Run until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
+    """One replica of the daemon until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
 
     Checks the schema first and raises ``errors.SchemaError`` /
     ``errors.DatabaseUnavailableError`` (CLI exit 3) before scheduling anything.
@@ -90,7 +89,7 @@ def run_daemon(
     with db.session(connect) as conn:
         migrations.check_schema(conn)
         if metrics is not None:
-            _announce_accounts(conn, settings, metrics)
+            status.announce(conn, settings.account_names, metrics.account_configured)
         claims.register(
             conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
         )
@@ -149,18 +148,6 @@ def run_daemon(
         return exitcodes.FAILED
     _log.info("daemon_stopped")
     return exitcodes.OK
-
-
-def _announce_accounts(conn: Any, settings: config.Settings, metrics: sync.MetricsSink) -> None:
-    """Every configured account gets its freshness series now, seeded with its
-    last success from the database, so a stale-account alert works from the
-    first scrape and across restarts, before (or without) any successful run."""
-    last: dict[str, float] = {}
-    for account_state in status.account_status(conn):
-        if account_state.last_success_at is not None:
-            last[account_state.account_name] = account_state.last_success_at.timestamp()
-    for name in settings.account_names:
-        metrics.account_configured(name, last.get(name))
 
 
 def _build_scheduler(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sync_worker import (
     accounts,
+    app,
     commands,
     config,
     errors,
@@ -45,7 +46,7 @@ def cmd_cursor_show(ctx: commands.Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     for name in ctx.args.account or ():
         config.validate_account_name(name, "--account")
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         if ctx.args.account:
             names = [_check_known(conn, settings, name, "--account") for name in ctx.args.account]
         else:
@@ -63,7 +64,7 @@ def cmd_cursor_reset(ctx: commands.Context) -> int:
     account = config.validate_account_name(ctx.args.account, "--account")
     commands.can_confirm(ctx, "cursor reset")
     settings = ctx.settings(credentials=False, accounts=False)
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         _check_known(conn, settings, account, "--account")
     if not commands.confirm(
         ctx,
@@ -74,7 +75,7 @@ def cmd_cursor_reset(ctx: commands.Context) -> int:
     ):
         ctx.print("cancelled")
         return exitcodes.CONFIG
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         # Under the account's run lock: a drain running now would write its next token over the reset.
         accounts.reset_cursor(conn, account, "operator: sync-worker cursor reset")
     logs.get_logger(__name__).warning("cursor_reset", account=account)
@@ -90,7 +91,7 @@ def cmd_retention(ctx: commands.Context) -> int:
     if ctx.args.batch < 1:
         raise errors.ValidationError("--batch must be at least 1")
     summary: dict[str, object] = {"dry_run": not ctx.args.apply, "days": days}
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         if not ctx.args.apply:
             summary.update(retention.plan(conn, days).as_dict())
         else:
@@ -110,7 +111,7 @@ def cmd_retention(ctx: commands.Context) -> int:
 
 def cmd_accounts_list(ctx: commands.Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         found = {a.account_name: a for a in accounts.known(conn)}
     rows = []
     for name in sorted(set(found) | set(settings.account_names)):
@@ -145,7 +146,7 @@ def cmd_accounts_forget(ctx: commands.Context) -> int:
             "start it again at the head of the queue. Remove it from the configuration first, or "
             "pass --even-if-configured"
         )
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         _check_known(conn, settings, account, "--account")
         if not ctx.args.even_if_configured:
             # This shell's configuration may lack the account a running daemon serves: ask the
@@ -167,7 +168,7 @@ def cmd_accounts_forget(ctx: commands.Context) -> int:
     ):
         ctx.print("cancelled")
         return exitcodes.CONFIG
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         removed = accounts.forget(conn, account, data=data, even_if_served=bool(ctx.args.even_if_configured))
     logs.get_logger(__name__).warning("account_forgotten", **dataclasses.asdict(removed))
     ctx.print(json.dumps(dataclasses.asdict(removed), sort_keys=True))
@@ -179,7 +180,7 @@ def cmd_quarantine_list(ctx: commands.Context) -> int:
     if account is not None:
         config.validate_account_name(account, "--account")
     settings = ctx.settings(credentials=False, accounts=False)
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         blocks = status.list_quarantine(conn, account, include_resolved=ctx.args.all)
     rows = [report.quarantine_dict(b) for b in blocks]
     if ctx.args.json:
@@ -193,7 +194,7 @@ def cmd_quarantine_list(ctx: commands.Context) -> int:
 
 def cmd_quarantine_show(ctx: commands.Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         found = status.show_quarantine(conn, ctx.args.id)
     if found is None:
         raise errors.ValidationError(f"no quarantined block with id {ctx.args.id}")
@@ -245,7 +246,7 @@ def cmd_quarantine_replay(ctx: commands.Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     log = logs.get_logger(__name__)
     results = []
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         ids = list(ctx.args.id) or status.unresolved_quarantine_ids(conn)
         for quarantine_id in ids:
             result = store.replay_quarantined(conn, quarantine_id, quarantine.read_block)
@@ -277,7 +278,7 @@ def cmd_quarantine_replay(ctx: commands.Context) -> int:
 
 def cmd_callbacks_kept(ctx: commands.Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
-    with commands.connection(settings) as conn:
+    with app.connection(settings) as conn:
         rows = status.unknown_callbacks(conn, ctx.args.account)
     if ctx.args.json:
         ctx.print(json.dumps({"kept": report.jsonable(rows)}, sort_keys=True))

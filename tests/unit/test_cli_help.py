@@ -80,11 +80,14 @@ def test_declared_variables_match_what_the_command_loads(command: str) -> None:
             "THINGSPACE_PASSWORD",
             "THINGSPACE_BASE_URL",
         } <= declared
-    if "_api_client(" in source or "sync_once(" in source or "run_daemon(" in source:
+    if "command_client(" in source or "run_pass(" in source or "run_daemon(" in source:
         assert "THINGSPACE_RETRY_MAX_ATTEMPTS" in declared
+    if "run_pass(" in source:
+        assert {"SYNC_METRICS_TEXTFILE", "SYNC_METRICS_PUSHGATEWAY"} <= declared
     if "accounts=True" in source or "account_names" in source or "_check_known(" in source:
         assert "SYNC_ACCOUNTS" in declared
-    if "metrics_port" in source:
+    # app.run_daemon and app.receive serve /metrics, /healthz and /readyz on SYNC_METRICS_PORT.
+    if "metrics_port" in source or "run_daemon(" in source or "app.receive(" in source:
         assert "SYNC_METRICS_PORT" in declared
-    if "app.login_guard(" in source or "_guard_problem(" in source:
+    if "app.login_guard(" in source or "guard_problem(" in source or "guard_status(" in source:
         assert "SYNC_LOGIN_GUARD_THRESHOLD" in declared
