@@ -37,58 +37,63 @@ class AccountSettings:
 class Settings:
     """Everything the worker is configured with. Build it with ``load()``."""
 
+    # Each field names the variables it is read from (variables.sources; the first one's `read`
+    # fills it) and takes its default from the first (variables.setting): said once, there.
     # repr=False: a URL may embed the database password.
-    database_url: str = dataclasses.field(repr=False)
-    base_url: str
-    client_id: str
-    client_secret: secret.Secret
-    username: str
-    password: secret.Secret
-    accounts: tuple[AccountSettings, ...]
-    interval_seconds: float = dataclasses.field(default=variables.default("SYNC_INTERVAL_SECONDS"))
-    jitter_seconds: float = dataclasses.field(default=variables.default("SYNC_JITTER_SECONDS"))
-    concurrency: int = dataclasses.field(default=variables.default("SYNC_CONCURRENCY"))
-    run_budget_seconds: float = dataclasses.field(default=variables.default("SYNC_RUN_BUDGET_SECONDS"))
-    max_blocks_per_run: int = dataclasses.field(default=variables.default("SYNC_MAX_BLOCKS_PER_RUN"))
-    shutdown_timeout_seconds: float = dataclasses.field(
-        default=variables.default("SYNC_SHUTDOWN_TIMEOUT_SECONDS")
+    database_url: str = dataclasses.field(
+        repr=False, metadata=variables.sources("SYNC_DATABASE_URL", "SYNC_DATABASE_URL_FILE")
     )
-    claim_lease_seconds: float = dataclasses.field(default=variables.default("SYNC_CLAIM_LEASE_SECONDS"))
-    login_guard_threshold: int = dataclasses.field(default=variables.default("SYNC_LOGIN_GUARD_THRESHOLD"))
-    retention_days: int | None = dataclasses.field(default=variables.default("SYNC_RETENTION_DAYS"))
-    metrics_port: int | None = dataclasses.field(default=variables.default("SYNC_METRICS_PORT"))
-    metrics_textfile: str | None = dataclasses.field(default=variables.default("SYNC_METRICS_TEXTFILE"))
-    metrics_pushgateway: str | None = dataclasses.field(default=variables.default("SYNC_METRICS_PUSHGATEWAY"))
-    log_format: LogFormat = dataclasses.field(default=variables.default("SYNC_LOG_FORMAT"))
-    log_level: str = dataclasses.field(default=variables.default("SYNC_LOG_LEVEL"))
-    http_connect_timeout: float = dataclasses.field(default=variables.default("THINGSPACE_CONNECT_TIMEOUT"))
-    http_read_timeout: float = dataclasses.field(default=variables.default("THINGSPACE_READ_TIMEOUT"))
-    http_total_timeout: float = dataclasses.field(default=variables.default("THINGSPACE_TOTAL_TIMEOUT"))
-    retry_max_attempts: int = dataclasses.field(default=variables.default("THINGSPACE_RETRY_MAX_ATTEMPTS"))
-    retry_max_wait_seconds: float = dataclasses.field(default=variables.default("THINGSPACE_RETRY_MAX_WAIT"))
-    retry_max_retry_after_seconds: float = dataclasses.field(
-        default=variables.default("THINGSPACE_RETRY_MAX_RETRY_AFTER")
+    base_url: str = dataclasses.field(metadata=variables.sources("THINGSPACE_BASE_URL"))
+    client_id: str = dataclasses.field(metadata=variables.sources("THINGSPACE_CLIENT_ID"))
+    client_secret: secret.Secret = dataclasses.field(
+        metadata=variables.sources("THINGSPACE_CLIENT_SECRET", "THINGSPACE_CLIENT_SECRET_FILE")
     )
-    allow_insecure_loopback: bool = dataclasses.field(
-        default=variables.default("THINGSPACE_ALLOW_INSECURE_LOOPBACK")
+    username: str = dataclasses.field(metadata=variables.sources("THINGSPACE_USERNAME"))
+    password: secret.Secret = dataclasses.field(
+        metadata=variables.sources("THINGSPACE_PASSWORD", "THINGSPACE_PASSWORD_FILE")
     )
+    accounts: tuple[AccountSettings, ...] = dataclasses.field(metadata=variables.sources("SYNC_ACCOUNTS"))
+    interval_seconds: float = variables.setting("SYNC_INTERVAL_SECONDS")
+    jitter_seconds: float = variables.setting("SYNC_JITTER_SECONDS")
+    concurrency: int = variables.setting("SYNC_CONCURRENCY")
+    run_budget_seconds: float = variables.setting("SYNC_RUN_BUDGET_SECONDS")
+    max_blocks_per_run: int = variables.setting("SYNC_MAX_BLOCKS_PER_RUN")
+    shutdown_timeout_seconds: float = variables.setting("SYNC_SHUTDOWN_TIMEOUT_SECONDS")
+    claim_lease_seconds: float = variables.setting("SYNC_CLAIM_LEASE_SECONDS")
+    login_guard_threshold: int = variables.setting("SYNC_LOGIN_GUARD_THRESHOLD")
+    retention_days: int | None = variables.setting("SYNC_RETENTION_DAYS")
+    metrics_port: int | None = variables.setting("SYNC_METRICS_PORT")
+    metrics_textfile: str | None = variables.setting("SYNC_METRICS_TEXTFILE")
+    metrics_pushgateway: str | None = variables.setting("SYNC_METRICS_PUSHGATEWAY")
+    log_format: LogFormat = variables.setting("SYNC_LOG_FORMAT")
+    log_level: str = variables.setting("SYNC_LOG_LEVEL")
+    http_connect_timeout: float = variables.setting("THINGSPACE_CONNECT_TIMEOUT")
+    http_read_timeout: float = variables.setting("THINGSPACE_READ_TIMEOUT")
+    http_total_timeout: float = variables.setting("THINGSPACE_TOTAL_TIMEOUT")
+    retry_max_attempts: int = variables.setting("THINGSPACE_RETRY_MAX_ATTEMPTS")
+    retry_max_wait_seconds: float = variables.setting("THINGSPACE_RETRY_MAX_WAIT")
+    retry_max_retry_after_seconds: float = variables.setting("THINGSPACE_RETRY_MAX_RETRY_AFTER")
+    allow_insecure_loopback: bool = variables.setting("THINGSPACE_ALLOW_INSECURE_LOOPBACK")
     # Re-read at every login, so a daemon picks up a corrected secret without a restart.
-    client_secret_file: Path | None = None
-    password_file: Path | None = None
-    callback_url: str = dataclasses.field(default=variables.default("SYNC_CALLBACK_URL"))
-    callback_username: str = dataclasses.field(default=variables.default("SYNC_CALLBACK_USERNAME"))
-    callback_password: secret.Secret = dataclasses.field(default_factory=lambda: secret.Secret(""))
-    callback_previous_password: secret.Secret | None = None
-    callback_host: str = dataclasses.field(default=variables.default("SYNC_CALLBACK_HOST"))
-    callback_port: int = dataclasses.field(default=variables.default("SYNC_CALLBACK_PORT"))
-    callback_max_body_bytes: int = dataclasses.field(
-        default=variables.default("SYNC_CALLBACK_MAX_BODY_BYTES")
+    client_secret_file: Path | None = variables.setting("THINGSPACE_CLIENT_SECRET_FILE")
+    password_file: Path | None = variables.setting("THINGSPACE_PASSWORD_FILE")
+    callback_url: str = variables.setting("SYNC_CALLBACK_URL")
+    callback_username: str = variables.setting("SYNC_CALLBACK_USERNAME")
+    callback_password: secret.Secret = dataclasses.field(
+        default_factory=lambda: secret.Secret(""),
+        metadata=variables.sources("SYNC_CALLBACK_PASSWORD", "SYNC_CALLBACK_PASSWORD_FILE"),
     )
-    callback_allowed_sources: tuple[envparse.Network, ...] = dataclasses.field(
-        default=variables.default("SYNC_CALLBACK_ALLOWED_SOURCES")
+    callback_previous_password: secret.Secret | None = variables.setting(
+        "SYNC_CALLBACK_PREVIOUS_PASSWORD", "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE"
     )
-    callback_trusted_proxies: tuple[envparse.Network, ...] = dataclasses.field(
-        default=variables.default("SYNC_CALLBACK_TRUSTED_PROXIES")
+    callback_host: str = variables.setting("SYNC_CALLBACK_HOST")
+    callback_port: int = variables.setting("SYNC_CALLBACK_PORT")
+    callback_max_body_bytes: int = variables.setting("SYNC_CALLBACK_MAX_BODY_BYTES")
+    callback_allowed_sources: tuple[envparse.Network, ...] = variables.setting(
+        "SYNC_CALLBACK_ALLOWED_SOURCES"
+    )
+    callback_trusted_proxies: tuple[envparse.Network, ...] = variables.setting(
+        "SYNC_CALLBACK_TRUSTED_PROXIES"
     )
 
     @property
@@ -129,9 +134,11 @@ def load(
     env = os.environ if env is None else env
     file_accounts = _read_config_file(config_file) if config_file is not None else {}
 
-    # Every variable with a reader of its own, each into its one field.
+    # The connection string first: its parser is here (the one catch of a driver error in config).
     values: dict[str, Any] = {"database_url": _database_url(_database_url_value(env))}
-    values.update({var.fields[0]: var.read(env) for var in variables.VARIABLES if var.read is not None})
+    # Every variable with a reader of its own, in VARIABLES order, into the field that names it first.
+    field_of = {f.metadata[variables.SOURCES][0]: f.name for f in dataclasses.fields(Settings)}
+    values.update({field_of[var.name]: var.read(env) for var in variables.VARIABLES if var.read is not None})
     insecure = bool(values["allow_insecure_loopback"])
     values["base_url"] = urls.check_base_url(
         envparse.stripped(env, "THINGSPACE_BASE_URL") or urls.DEFAULT_BASE_URL,

@@ -33,15 +33,15 @@ _ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104
 class Variable:
     """One documented environment variable: its doc, its typed default, and how it is read.
 
-    ``value`` is the default the ``Settings`` field gets (the dataclass reads it from here);
-    ``default`` is how ``--help`` and the README show it; ``read`` parses the variable for
-    its single field (None: ``load`` reads it with others, e.g. a secret and its file).
+    ``value`` is the default of the ``config.Settings`` field that names this variable first
+    (``setting``); ``default`` is how ``--help`` and the README show it; ``read`` parses the
+    variable for that field (None: ``config.load`` reads it with others, e.g. a secret and its
+    file). Which field a variable feeds is said once, by the field (``sources``).
     """
 
     name: str
     default: str
     description: str
-    fields: tuple[str, ...]
     value: object = None
     read: Reader | None = None
 
@@ -50,7 +50,6 @@ def _number(
     name: str,
     value: float,
     description: str,
-    field: str,
     *,
     minimum: float,
     maximum: int | None = None,
@@ -64,17 +63,16 @@ def _number(
             return envparse.whole(env, name, int(value), int(minimum), maximum)
         return envparse.number(env, name, float(value), minimum=minimum, maximum=at_most)
 
-    return Variable(name, f"{value:g}", description, (field,), value, read)
+    return Variable(name, f"{value:g}", description, value, read)
 
 
 def _choice_variable(
-    name: str, value: str, description: str, field: str, choices: Sequence[str], *, upper: bool
+    name: str, value: str, description: str, choices: Sequence[str], *, upper: bool
 ) -> Variable:
     return Variable(
         name,
         value,
         description,
-        (field,),
         value,
         lambda env: envparse.choice(env, name, value, choices, upper=upper),
     )
@@ -86,7 +84,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(libpq PG* variables)",
         "Postgres connection string (URL or key=value). Empty: libpq's PGHOST, PGUSER, PGPASSWORD, "
         "PGDATABASE... are used. Or SYNC_DATABASE_URL_FILE: a file holding it.",
-        ("database_url",),
         "",
     ),
     Variable(
@@ -94,20 +91,17 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "",
         "Path of a file holding the connection string, password included (one trailing newline is "
         "stripped), e.g. a Kubernetes or Docker secret. Read once at start-up.",
-        ("database_url",),
     ),
     Variable(
         "THINGSPACE_BASE_URL",
         urls.DEFAULT_BASE_URL,
         "ThingSpace API base URL. Must be https:// (http:// only with THINGSPACE_ALLOW_INSECURE_LOOPBACK).",
-        ("base_url",),
         urls.DEFAULT_BASE_URL,
     ),
     Variable(
         "THINGSPACE_CLIENT_ID",
         "(required)",
         "OAuth client id (the API key).",
-        ("client_id",),
         "",
         lambda env: envparse.stripped(env, "THINGSPACE_CLIENT_ID"),
     ),
@@ -115,20 +109,17 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "THINGSPACE_CLIENT_SECRET",
         "(required)",
         "OAuth client secret. Or THINGSPACE_CLIENT_SECRET_FILE: a file holding it.",
-        ("client_secret",),
     ),
     Variable(
         "THINGSPACE_CLIENT_SECRET_FILE",
         "",
         "Path of a file holding the client secret (one trailing newline is stripped). Read again at "
         "each token request, so a daemon uses a corrected file without a restart.",
-        ("client_secret", "client_secret_file"),
     ),
     Variable(
         "THINGSPACE_USERNAME",
         "(required)",
         "ThingSpace user for the M2M session login.",
-        ("username",),
         "",
         lambda env: envparse.stripped(env, "THINGSPACE_USERNAME"),
     ),
@@ -136,28 +127,24 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "THINGSPACE_PASSWORD",
         "(required)",
         "ThingSpace user password. Or THINGSPACE_PASSWORD_FILE: a file holding it.",
-        ("password",),
     ),
     Variable(
         "THINGSPACE_PASSWORD_FILE",
         "",
         "Path of a file holding the password (one trailing newline is stripped). Read again at each "
         "login, so a daemon uses a corrected file without a restart.",
-        ("password", "password_file"),
     ),
     Variable(
         "SYNC_ACCOUNTS",
         "(required for run/once)",
         "Comma-separated ThingSpace account names to sync (3-32 of A-Z a-z 0-9 -). Unset: the "
         '[accounts."NAME"] tables of the --config file.',
-        ("accounts",),
     ),
     _number(
         "SYNC_INTERVAL_SECONDS",
         300,
         "Seconds between syncs of an account (daemon), 1-604800 (a week). Per account: interval_seconds "
         'in [accounts."NAME"].',
-        "interval_seconds",
         minimum=1.0,
         at_most=MAX_INTERVAL_SECONDS,
     ),
@@ -166,7 +153,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         30,
         "Random delay of up to this many seconds added to each scheduled sync (spreads accounts out), "
         "0-86400 (a day).",
-        "jitter_seconds",
         minimum=0.0,
         at_most=MAX_JITTER_SECONDS,
     ),
@@ -174,7 +160,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_CONCURRENCY",
         4,
         "Accounts synced at the same time (1-64).",
-        "concurrency",
         minimum=1,
         maximum=64,
     ),
@@ -187,7 +172,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "it ends the run (failed, deferred), and an API call in flight when it ends is cut (the run "
         "fails); either way the next run resumes at the stored cursor. The daemon's /healthz fails "
         "while a run is past it by twice THINGSPACE_TOTAL_TIMEOUT + 60 s.",
-        ("run_budget_seconds",),
         300.0,
     ),
     _number(
@@ -195,7 +179,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         DEFAULT_MAX_BLOCKS_PER_RUN,
         "Blocks one account run may page through before it ends with an error (a paging loop guard; "
         "the next run resumes at the stored cursor).",
-        "max_blocks_per_run",
         minimum=1,
         maximum=10_000_000,
     ),
@@ -203,7 +186,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_SHUTDOWN_TIMEOUT_SECONDS",
         30,
         "On SIGTERM/SIGINT, how long in-flight blocks may take to commit before the process exits.",
-        "shutdown_timeout_seconds",
         minimum=0.0,
     ),
     _number(
@@ -211,7 +193,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         60,
         "Daemon replicas share the accounts through claims in Postgres; a claim the holder stops "
         "renewing (it died or lost the database) is taken over after this many seconds, 1-3600.",
-        "claim_lease_seconds",
         minimum=1.0,
         at_most=MAX_CLAIM_LEASE_SECONDS,
     ),
@@ -222,7 +203,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "unknown outcomes included) after which the same credentials are not tried again "
         f"(1-{auth.CEILING}). New credentials may go on up to {auth.CEILING}, never to the vendor's "
         f"lock at {auth.VENDOR_LOCKOUT_AT}.",
-        "login_guard_threshold",
         minimum=1,
         maximum=auth.CEILING,
     ),
@@ -234,7 +214,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "timestamp and the time it was stored are older (a message stored today stays this many days, "
         "whatever its timestamp); undated messages by when they were stored. Whole months are dropped, so "
         "up to a month more is kept.",
-        ("retention_days",),
         None,
         lambda env: envparse.optional_whole(env, "SYNC_RETENTION_DAYS", 1, 36_500),
     ),
@@ -242,7 +221,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_METRICS_PORT",
         "(unset: off)",
         "Port of the Prometheus /metrics, /healthz and /readyz server (daemon).",
-        ("metrics_port",),
         None,
         lambda env: envparse.optional_whole(env, "SYNC_METRICS_PORT", 0, 65535),
     ),
@@ -252,7 +230,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "once: after each pass, write its metrics to this file for node_exporter's textfile "
         "collector (atomically; the name must end in .prom), e.g. "
         "/var/lib/node_exporter/textfile/thingspace-sms-sync.prom.",
-        ("metrics_textfile",),
         None,
         lambda env: envparse.textfile(env, "SYNC_METRICS_TEXTFILE"),
     ),
@@ -261,7 +238,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(unset: off)",
         "once: after each pass, push its metrics to this Prometheus Pushgateway (http(s)://host:port; "
         "job thingspace-sms-sync-once, instance = host name), replacing the previous pass's.",
-        ("metrics_pushgateway",),
         None,
         lambda env: envparse.pushgateway(env, "SYNC_METRICS_PUSHGATEWAY"),
     ),
@@ -270,7 +246,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "auto",
         "auto (JSON unless the log stream is a terminal), json or console. Logs go to stderr (a "
         "command's stdout is its data), the daemon's (`run`) to stdout.",
-        "log_format",
         LOG_FORMATS,
         upper=False,
     ),
@@ -278,18 +253,14 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_LOG_LEVEL",
         "INFO",
         "DEBUG, INFO, WARNING, ERROR or CRITICAL.",
-        "log_level",
         LOG_LEVELS,
         upper=True,
     ),
-    _number(
-        "THINGSPACE_CONNECT_TIMEOUT", 5, "HTTP connect timeout, seconds.", "http_connect_timeout", minimum=0.1
-    ),
+    _number("THINGSPACE_CONNECT_TIMEOUT", 5, "HTTP connect timeout, seconds.", minimum=0.1),
     _number(
         "THINGSPACE_READ_TIMEOUT",
         60,
         "HTTP read timeout, seconds: the longest wait for each piece of an answer.",
-        "http_read_timeout",
         minimum=0.1,
     ),
     _number(
@@ -298,14 +269,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "The longest one HTTP exchange may take, seconds: connect, headers and body together (an "
         "answer trickling in slowly is cut here; the read timeout only bounds each wait). An API "
         "call is also cut where the run budget ends; a token request or login never is.",
-        "http_total_timeout",
         minimum=1.0,
     ),
     _number(
         "THINGSPACE_RETRY_MAX_ATTEMPTS",
         retry.DEFAULT_MAX_ATTEMPTS,
         "Attempts per API call for transient errors (GET/PUT only; a send is never retried).",
-        "retry_max_attempts",
         minimum=1,
         maximum=20,
     ),
@@ -313,14 +282,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "THINGSPACE_RETRY_MAX_WAIT",
         retry.DEFAULT_MAX_BACKOFF,
         "Longest backoff between two attempts, seconds.",
-        "retry_max_wait_seconds",
         minimum=0.0,
     ),
     _number(
         "THINGSPACE_RETRY_MAX_RETRY_AFTER",
         retry.DEFAULT_MAX_RETRY_AFTER,
         "Longest Retry-After the worker sleeps through; a longer one ends the run.",
-        "retry_max_retry_after_seconds",
         minimum=0.0,
     ),
     Variable(
@@ -329,7 +296,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "Public https:// address of the callback receiver as ThingSpace reaches it through the TLS "
         "terminator (e.g. https://sms-callbacks.example.com); an account's listener URL is this + "
         "/callbacks/ACCOUNT.",
-        ("callback_url",),
         "",
         lambda env: envparse.stripped(env, "SYNC_CALLBACK_URL").rstrip("/"),
     ),
@@ -337,7 +303,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_CALLBACK_USERNAME",
         "(required for receive/callbacks)",
         "Username ThingSpace puts in every callback body (registered with the listener; 1-40 characters).",
-        ("callback_username",),
         "",
         lambda env: envparse.stripped(env, "SYNC_CALLBACK_USERNAME"),
     ),
@@ -346,32 +311,27 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(required for receive/callbacks)",
         "Password ThingSpace puts in every callback body (16-40 characters: a long random one). Or "
         "SYNC_CALLBACK_PASSWORD_FILE.",
-        ("callback_password",),
     ),
     Variable(
         "SYNC_CALLBACK_PASSWORD_FILE",
         "",
         "Path of a file holding the callback password (one trailing newline is stripped).",
-        ("callback_password",),
     ),
     Variable(
         "SYNC_CALLBACK_PREVIOUS_PASSWORD",
         "",
         "During a password rotation, the old callback password, still accepted by the receiver. Or "
         "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE. Unset it once the new one is registered.",
-        ("callback_previous_password",),
     ),
     Variable(
         "SYNC_CALLBACK_PREVIOUS_PASSWORD_FILE",
         "",
         "Path of a file holding the previous callback password.",
-        ("callback_previous_password",),
     ),
     Variable(
         "SYNC_CALLBACK_HOST",
         _ALL_INTERFACES,
         "Address the callback receiver listens on (plain HTTP: put it behind a TLS terminator).",
-        ("callback_host",),
         _ALL_INTERFACES,
         lambda env: envparse.stripped(env, "SYNC_CALLBACK_HOST") or _ALL_INTERFACES,
     ),
@@ -379,7 +339,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_CALLBACK_PORT",
         9080,
         "Port of the callback receiver (sync-worker receive).",
-        "callback_port",
         minimum=0,
         maximum=65535,
     ),
@@ -388,7 +347,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         65536,
         "Largest callback body accepted; a longer one is refused with 413 (one declared longer than twice "
         "this before it is read).",
-        "callback_max_body_bytes",
         minimum=1024,
         maximum=16 * 1024 * 1024,
     ),
@@ -397,7 +355,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(any)",
         "Comma-separated addresses or CIDR networks callbacks may come from (ThingSpace's published "
         "callback addresses); others get 403. Empty: any source.",
-        ("callback_allowed_sources",),
         (),
         lambda env: envparse.networks(env, "SYNC_CALLBACK_ALLOWED_SOURCES"),
     ),
@@ -406,7 +363,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "(none)",
         "Comma-separated addresses or CIDR networks of the TLS terminator(s): only from them is "
         "X-Forwarded-For believed when checking SYNC_CALLBACK_ALLOWED_SOURCES.",
-        ("callback_trusted_proxies",),
         (),
         lambda env: envparse.networks(env, "SYNC_CALLBACK_TRUSTED_PROXIES"),
     ),
@@ -414,7 +370,6 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "THINGSPACE_ALLOW_INSECURE_LOOPBACK",
         "0",
         "1: allow plain http:// to a loopback host (the simulator). Refused for any other host.",
-        ("allow_insecure_loopback",),
         False,
         lambda env: envparse.flag(env, "THINGSPACE_ALLOW_INSECURE_LOOPBACK"),
     ),
@@ -525,6 +480,25 @@ def variables_of(command: str) -> tuple[Variable, ...]:
 def default(name: str) -> Any:
     """The typed default of variable ``name``: what the ``Settings`` field starts from."""
     return _BY_NAME[name].value
+
+
+# The key of a config.Settings field's metadata naming the variables it is read from.
+SOURCES: Final = "variables"
+
+
+def sources(*names: str) -> dict[str, tuple[str, ...]]:
+    """The metadata of a ``config.Settings`` field read from the variables ``names`` (the first is
+    the one whose ``read`` fills it): the one place that says which variable feeds which field."""
+    unknown = [name for name in names if name not in _BY_NAME]
+    if unknown:
+        raise KeyError(f"no variable {unknown[0]} in VARIABLES")
+    return {SOURCES: names}
+
+
+def setting(name: str, *more: str) -> Any:
+    """A ``config.Settings`` field read from variable ``name`` (and ``more``), its default that of
+    ``name``: the field's type is said by ``Settings``, everything else by ``VARIABLES``."""
+    return dataclasses.field(default=default(name), metadata=sources(name, *more))
 
 
 def variables_markdown() -> str:
