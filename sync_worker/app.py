@@ -78,6 +78,21 @@ def database_ready(settings: config.Settings) -> None:
         pass
 
 
+def migrate(settings: config.Settings, *, create_database: bool = False) -> list[str]:
+    """``migrate``: the database created first with ``create_database`` (needs CREATEDB), then the
+    pending migrations applied (under their advisory lock); the versions applied."""
+    if create_database:
+        created = db.create_database(
+            settings.database_url, failure=f"SYNC_DATABASE_URL: {db.describe(settings.database_url)}"
+        )
+        if created is not None:
+            _log.info("database_created", database=created)
+    with connection(settings, check_schema=False) as conn:
+        applied = migrations.migrate(conn)
+    _log.info("migrated", applied=list(applied))
+    return applied
+
+
 @contextlib.contextmanager
 def pooled(settings: config.Settings) -> Iterator[db.Pool]:
     """``connector`` with the connections of finished account runs kept for the next ones."""

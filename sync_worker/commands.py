@@ -25,7 +25,6 @@ from sync_worker import (
     errors,
     exitcodes,
     logs,
-    migrations,
     report,
     secret,
 )
@@ -75,15 +74,7 @@ class Context:
 
 def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
-    if ctx.args.create_database:
-        created = db.create_database(
-            settings.database_url, failure=f"SYNC_DATABASE_URL: {db.describe(settings.database_url)}"
-        )
-        if created is not None:
-            logs.get_logger(__name__).info("database_created", database=created)
-    with app.connection(settings, check_schema=False) as conn:
-        applied = migrations.migrate(conn)
-    logs.get_logger(__name__).info("migrated", applied=list(applied))
+    applied = app.migrate(settings, create_database=ctx.args.create_database)
     ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     return exitcodes.OK
 
