@@ -33,11 +33,6 @@ import structlog
 
 from sync_worker import config, errors, gate, logs, models, outcomes, status, store
 
-# The wiring still names these through sync (the app and the scheduler); they live in outcomes.
-Outcome = outcomes.Outcome
-AccountResult = outcomes.AccountResult
-PassResult = outcomes.PassResult
-
 # Consecutive runs failing on the same block with the same permanent error before
 # that block is quarantined and the queue moves on.
 FAILURE_STREAK_LIMIT: Final = 3
@@ -551,7 +546,7 @@ def run_accounts(
     clock: Callable[[], float] = time.monotonic,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
     lock_report_after: float | None = None,
-) -> list[AccountResult]:
+) -> list[outcomes.AccountResult]:
     """Sync ``names`` on a bounded pool; results in the order of ``names``."""
 
     def one(name: str) -> outcomes.AccountResult:
