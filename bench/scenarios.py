@@ -671,7 +671,7 @@ def peer(ctx: Context) -> None:
 
 def profile_one_account(ctx: Context) -> None:
     """An extra, untimed pass of scenario 2 under pyinstrument: where a block's time goes."""
-    from sync_worker import app, client, db, sync
+    from sync_worker import app, client, db, store, sync
 
     n = max(ctx.sizes.one_account // 4, 5_000)
     account = ctx.name("prof")
@@ -684,7 +684,7 @@ def profile_one_account(ctx: Context) -> None:
         result = _profiled(
             ctx,
             f"scenario 2 loop (sync.sync_account), one account, {n:,} messages, separate untimed pass",
-            lambda: sync.sync_account(api, account, db.connector(dsn)),
+            lambda: sync.sync_account(api, account, store.PostgresStore(db.connector(dsn))),
         )
     if result.outcome != "succeeded" or result.received != n:
         raise RuntimeError(f"profiled pass: {result.outcome} {result.received} {result.error}")

@@ -41,7 +41,7 @@ def _log(msg: str) -> None:
 
 def _load(admin: str, variant: str, messages: int, seed: int) -> dict[str, Any]:
     """One database of ``variant``: the traffic committed block by block, then VACUUM; CPU and sizes."""
-    from sync_worker import migrations, rows, store
+    from sync_worker import identity, migrations, store
 
     name = "ws_plain" if variant == "plain" else "ws_trgm"
     dsn = pg.fresh_database(admin, name)
@@ -51,7 +51,7 @@ def _load(admin: str, variant: str, messages: int, seed: int) -> dict[str, Any]:
         if variant != "plain":
             migrations.enable_word_search(conn)
         stamps = [m.timestamp for p in pages for m in p.messages if isinstance(m.timestamp, str)]
-        store.ensure_partitions(conn, [rows.parse_timestamp(t)[0] for t in stamps])
+        store.ensure_partitions(conn, [identity.parse_timestamp(t)[0] for t in stamps])
         run_id = store.start_run(conn, "acct-words")
         conn.execute("CHECKPOINT")
         with proc.CpuMeter(os.getpid(), pg_pid) as cpu:

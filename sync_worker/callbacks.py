@@ -13,7 +13,7 @@ field being there. It recognises, in this order (the first that matches wins):
   objects (the NIDD callback nests two); the levels around it, innermost first, then the
   envelope fill in the ``deviceIds`` and ``timestamp`` it lacks. Device kinds arrive upper case
   (``IMEI``) where the history has them lower case: the message key reads kinds case-folded
-  (``rows.message_key``), so a message pushed with a timestamp and polled too is one row;
+  (``identity.message_key``), so a message pushed with a timestamp and polled too is one row;
 * ``messages``: a ``messages`` list of history-shaped messages (the history body's shape);
 * ``flat``: ``message`` (or ``smsMessage``) text at the top level with ``deviceIds`` (the only
   published SMS example, from the old SOAP API: no timestamp, no request id);
@@ -36,7 +36,7 @@ import json
 import re
 from typing import Any, Final
 
-from sync_worker import errors, models, rows, secret
+from sync_worker import errors, identity, models, secret
 
 REDACTED: Final = "**********"
 SHAPES: Final = ("envelope", "messages", "flat", "unknown")
@@ -159,7 +159,7 @@ def _envelope_fields(obj: dict[str, Any]) -> tuple[str | None, int | None, tuple
     raw_id = obj.get("requestId")
     request_id: str | None = None
     if isinstance(raw_id, str):
-        request_id, changed = rows.clean_text(raw_id)
+        request_id, changed = identity.clean_text(raw_id)
         if changed:
             notes.append("requestId had NUL or lone surrogate characters; replaced with U+FFFD")
     count = obj.get("callbackCount")
@@ -274,7 +274,7 @@ def _message(raw: Any, request_id: str | None, received_at: dt.datetime) -> mode
     message = models.SMSMessage.from_wire(raw)
     if not isinstance(raw, dict) or raw.get("timestamp") is not None:
         return message
-    # rows.message_key hashes the whole raw object of a message with problems: adding the
+    # identity.message_key hashes the whole raw object of a message with problems: adding the
     # request id (or the receipt time) to it is what decides which deliveries collapse.
     if request_id is not None:
         marked = {**raw, "requestId": request_id}

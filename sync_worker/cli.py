@@ -1,8 +1,8 @@
 """The ``sync-worker`` command line: the parser, ``--help`` and the exit code of an error.
 
 Kept light on purpose: ``--help`` and usage errors load no HTTP stack, database
-driver or scheduler. The commands themselves live in ``commands``, imported only
-once a command is about to run.
+driver or scheduler. The commands themselves live in ``commands``, ``state_commands`` and
+``api_commands``, imported only once a command is about to run.
 """
 
 from __future__ import annotations
@@ -12,23 +12,23 @@ import gc
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sync_worker import config, errors, exitcodes, logs, secret
+from sync_worker import errors, exitcodes, logs, secret, variables
 
 
 def environment_help(command: str | None = None, wrapped: dict[str, list[str]] | None = None) -> str:
-    """The ``--help`` epilog: the variables ``command`` reads (``config.variables_of``; every one
+    """The ``--help`` epilog: the variables ``command`` reads (``variables.variables_of``; every one
     for ``sync-worker --help``) and every exit code. ``wrapped`` caches each variable's lines."""
-    variables = config.VARIABLES if command is None else config.variables_of(command)
+    listed = variables.VARIABLES if command is None else variables.variables_of(command)
     cache = {} if wrapped is None else wrapped
-    if variables:
+    if listed:
         lines = ["environment variables" + ("" if command is None else f" read by {command}") + ":"]
     else:
         lines = [f"environment variables: none (`{command}` brings its own settings)"]
-    for var in variables:
+    for var in listed:
         if var.name not in cache:
             cache[var.name] = [
                 f"  {var.name}  [default: {var.default or '-'}]",
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     p = add(
         "retention",
-        "cmd_retention",
+        "state_commands.cmd_retention",
         "remove history older than SYNC_RETENTION_DAYS (by timestamp and by when it was stored; "
         "whole months) and old runs; a dry run unless --apply",
     )
@@ -161,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     cursor = sub.add_parser("cursor", help="show or reset the stored history cursors")
     cursor_sub = cursor.add_subparsers(dest="cursor_command", metavar="ACTION", required=True)
-    p = add("show", "cmd_cursor_show", "print the stored cursor of each account", cursor_sub)
+    p = add("show", "state_commands.cmd_cursor_show", "print the stored cursor of each account", cursor_sub)
     p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add(
         "reset",
-        "cmd_cursor_reset",
+        "state_commands.cmd_cursor_reset",
         "forget an account's cursor: the next sync starts at the head (exit 2 while a run of it holds "
         "its lock)",
         cursor_sub,
@@ -176,11 +176,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     acc = sub.add_parser("accounts", help="list the accounts the database knows, or forget one")
     acc_sub = acc.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
-    p = add("list", "cmd_accounts_list", "configured accounts and accounts the database knows", acc_sub)
+    p = add(
+        "list",
+        "state_commands.cmd_accounts_list",
+        "configured accounts and accounts the database knows",
+        acc_sub,
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add(
         "forget",
-        "cmd_accounts_forget",
+        "state_commands.cmd_accounts_forget",
         "remove an account's cursor, runs, failure streak and schedule row (history kept unless "
         "--with-history); exit 2 while a run of it holds its lock, or while it is configured here or "
         "on a daemon replica seen within its lease (SYNC_CLAIM_LEASE_SECONDS)",
@@ -218,11 +223,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
 
     quarantine = sub.add_parser("quarantine", help="list, show and replay quarantined history blocks")
     q_sub = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
-    p = add("list", "cmd_quarantine_list", "quarantined blocks not resolved yet (data on stdout)", q_sub)
+    p = add(
+        "list",
+        "state_commands.cmd_quarantine_list",
+        "quarantined blocks not resolved yet (data on stdout)",
+        q_sub,
+    )
     p.add_argument("--account", metavar="A", help="only this account")
     p.add_argument("--all", action="store_true", help="resolved blocks too")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("show", "cmd_quarantine_show", "one quarantined block", q_sub)
+    p = add("show", "state_commands.cmd_quarantine_show", "one quarantined block", q_sub)
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--body", type=Path, metavar="FILE", help="write the exact kept bytes to FILE, a new file")
@@ -233,14 +243,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     )
     p = add(
         "replay",
-        "cmd_quarantine_replay",
+        "state_commands.cmd_quarantine_replay",
         "re-read kept blocks with the current code and store their messages (exit 5: some still unreadable)",
         q_sub,
     )
     p.add_argument("id", type=int, nargs="*", metavar="ID", help="default: every unresolved block")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add("send", "cmd_send", "send an SMS to devices (never retried: a retry could send it twice)")
+    p = add(
+        "send", "api_commands.cmd_send", "send an SMS to devices (never retried: a retry could send it twice)"
+    )
     p.add_argument("--account", required=True, metavar="A")
     p.add_argument("--device", required=True, action="append", metavar="KIND:ID", help="repeatable")
     p.add_argument("--message", required=True, metavar="TEXT")
@@ -249,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     )
     p = add(
         "start-delivery",
-        "cmd_start_delivery",
+        "api_commands.cmd_start_delivery",
         "ask ThingSpace to push the account's queue to its callback URL (away from this worker)",
     )
     p.add_argument("--account", required=True, metavar="A")
@@ -258,13 +270,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     callbacks = sub.add_parser("callbacks", help="the account's callback listener (push mode)")
     cb_sub = callbacks.add_subparsers(dest="callbacks_command", metavar="ACTION", required=True)
     p = add(
-        "list", "cmd_callbacks_list", "the account's registered listeners (passwords never shown)", cb_sub
+        "list",
+        "api_commands.cmd_callbacks_list",
+        "the account's registered listeners (passwords never shown)",
+        cb_sub,
     )
     p.add_argument("--account", required=True, metavar="A")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add(
         "register",
-        "cmd_callbacks_register",
+        "api_commands.cmd_callbacks_register",
         "register this receiver as the account's SMS listener (refuses to replace another one)",
         cb_sub,
     )
@@ -273,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument("--replace", action="store_true", help="replace a listener that is not this receiver")
     p = add(
         "remove",
-        "cmd_callbacks_remove",
+        "api_commands.cmd_callbacks_remove",
         "remove the account's SMS listener (pushes then fail and go back to the queue for polling)",
         cb_sub,
     )
@@ -282,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     p.add_argument("--force", action="store_true", help="remove a listener that is not this receiver")
     p = add(
         "kept",
-        "cmd_callbacks_kept",
+        "state_commands.cmd_callbacks_kept",
         "callbacks of a shape the receiver does not know, kept in sms_callback (data on stdout)",
         cb_sub,
     )
@@ -370,6 +385,17 @@ def report_failure(ctx: Any, message: str, *, kind: str, code: int) -> None:
     print(f"sync-worker: error: {secret.scrub(message)}", file=ctx.err, flush=True)
 
 
+def command_function(func: str) -> Callable[[Any], int]:
+    """The function of a parser's ``func``: ``cmd_x`` of ``commands``, or ``module.cmd_x``."""
+    # Imported here, not at the top: see the module docstring.
+    from sync_worker import api_commands, commands, state_commands  # noqa: PLC0415
+
+    modules = {"commands": commands, "state_commands": state_commands, "api_commands": api_commands}
+    module, _, name = func.rpartition(".")
+    found: Callable[[Any], int] = getattr(modules[module or "commands"], name)
+    return found
+
+
 def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None) -> int:
     """Run one command; returns the exit code (see ``exitcodes.TABLE``)."""
     parser = build_parser()
@@ -390,7 +416,7 @@ def main(argv: Sequence[str] | None = None, *, env: dict[str, str] | None = None
 
     ctx = commands.Context(args, dict(os.environ) if env is None else env, sys.stdout, sys.stderr)
     try:
-        code = int(getattr(commands, args.func)(ctx))
+        code = int(command_function(args.func)(ctx))
         if code != exitcodes.OK and ctx.failure is not None:
             message, kind = ctx.failure
             report_failure(ctx, message, kind=kind, code=code)

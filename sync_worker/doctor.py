@@ -31,149 +31,42 @@ What it may change, and why nothing else:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import datetime
-import email.utils
 import hashlib
-import json
-import re
 import socket
-import statistics
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any
 
 import requests
 
 from sync_worker import (
     app,
     client,
+    clock_skew,
     config,
     db,
+    doctor_report,
     errors,
     exitcodes,
-    gate,
     guard,
+    head_summary,
     migrations,
     models,
-    report,
-    rows,
     secret,
     status,
     store,
 )
 
-Verdict = Literal["ok", "warn", "fail", "skipped"]
 
-# The documented members of an SMSMessage (vendor SDK); anything else in a message is listed.
-MESSAGE_MEMBERS: Final = frozenset({"deviceIds", "message", "timestamp"})
-# Beyond this the host's clock is off: the Date header has a resolution of 1 s, and a request
-# takes a fraction of one.
-CLOCK_SKEW_WARN_SECONDS: Final = 5.0
-# The order in which a failing check decides the exit code: the most basic cause first (a
-# database that cannot be reached also makes the login fail; the code names the database).
-_EXIT_PRECEDENCE: Final = (exitcodes.CONFIG, exitcodes.DATABASE, exitcodes.AUTH, exitcodes.FAILED)
-_SHOWN: Final = 8  # distinct values listed per summary line before "and N more"
-_STAMP_RE: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?P<seconds>:\d{2}(?P<fraction>[.,]\d+)?)?"
-    r"(?P<zone>[Zz]|[+-]\d{2}:\d{2}|[+-]\d{4}|[+-]\d{2})?"
-)
-
-
-@dataclasses.dataclass
-class Check:
-    """One check's verdict. ``code`` is the exit code it stands for when it fails."""
-
-    name: str
-    verdict: Verdict
-    summary: str
-    account: str | None = None
-    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
-    code: int = exitcodes.FAILED
-
-    def as_dict(self) -> dict[str, Any]:
-        shown: dict[str, Any] = {"name": self.name, "verdict": self.verdict, "summary": self.summary}
-        if self.account is not None:
-            shown["account"] = self.account
-        shown["detail"] = report.jsonable(self.detail)
-        return shown
-
-
-@dataclasses.dataclass
-class Report:
-    checks: list[Check] = dataclasses.field(default_factory=list)
-
-    def add(self, check: Check) -> Check:
-        self.checks.append(check)
-        return check
-
-    @property
-    def exit_code(self) -> int:
-        failed = {c.code for c in self.checks if c.verdict == "fail"}
-        return next((code for code in _EXIT_PRECEDENCE if code in failed), exitcodes.OK)
-
-    def as_dict(self) -> dict[str, Any]:
-        counts = collections.Counter(c.verdict for c in self.checks)
-        return {
-            "ok": self.exit_code == exitcodes.OK,
-            "exit_code": self.exit_code,
-            "verdicts": {v: counts.get(v, 0) for v in ("ok", "warn", "fail", "skipped")},
-            "checks": [c.as_dict() for c in self.checks],
-        }
-
-    def failure(self) -> str:
-        """One line naming the failed checks, the one deciding the exit code first."""
-        failed = sorted(
-            (c for c in self.checks if c.verdict == "fail"),
-            key=lambda c: (
-                _EXIT_PRECEDENCE.index(c.code) if c.code in _EXIT_PRECEDENCE else len(_EXIT_PRECEDENCE)
-            ),
-        )
-        named = "; ".join(
-            f"{c.name}{'' if c.account is None else ' ' + c.account}: {c.summary}" for c in failed
-        )
-        return f"doctor: {len(failed)} check(s) failed: {named}"
-
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), sort_keys=True)
-
-    def table(self) -> str:
-        """The checks as a table, then each head block's summary, then a closing line."""
-        rows_ = [
-            {
-                "check": c.name if c.account is None else f"{c.name} {c.account}",
-                "verdict": c.verdict.upper() if c.verdict == "fail" else c.verdict,
-                "summary": c.summary,
-            }
-            for c in self.checks
-        ]
-        width = max(len(r["check"]) for r in rows_)
-        lines = [f"{'check'.ljust(width)}  verdict  summary"]
-        lines += [f"{r['check'].ljust(width)}  {r['verdict'].ljust(7)}  {r['summary']}" for r in rows_]
-        for c in self.checks:
-            if c.name == "head_block" and c.detail.get("block"):
-                lines.append("")
-                lines.append(f"head block of {c.account}:")
-                lines += [f"  {line}" for line in describe_block(c.detail["block"])]
-        counts = self.as_dict()["verdicts"]
-        lines.append("")
-        tally = f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} failed"
-        lines.append(f"{tally}, {counts['skipped']} skipped; exit {self.exit_code}")
-        return "\n".join(lines)
-
-
-# --- the checks, in order ---------------------------------------------------------
-
-
-def config_failed(exc: errors.SyncWorkerError) -> Report:
+def config_failed(exc: errors.SyncWorkerError) -> doctor_report.Report:
     """The report when the settings cannot be loaded at all: nothing else can be checked."""
-    found = Report()
-    found.add(Check("configuration", "fail", str(exc), code=exitcodes.CONFIG))
+    found = doctor_report.Report()
+    found.add(doctor_report.Check("configuration", "fail", str(exc), code=exitcodes.CONFIG))
     return found
 
 
@@ -183,20 +76,20 @@ def examine(
     config_file: Path | None = None,
     *,
     history: bool = True,
-) -> Report:
+) -> doctor_report.Report:
     """Run every check against ``settings`` (loaded without requiring credentials or accounts)."""
-    found = Report()
+    found = doctor_report.Report()
     credentials = _configuration(found, settings, env, config_file)
     connect = app.connector(settings)
     db_ok = _database(found, settings, env, connect)
     schema_ok = db_ok and _schema(found, connect)
     if not db_ok:
-        found.add(Check("schema", "skipped", "the database cannot be reached"))
-    dates = DateSamples()
+        found.add(doctor_report.Check("schema", "skipped", "the database cannot be reached"))
+    dates = clock_skew.DateSamples()
     if not credentials:
         reason = "no ThingSpace credentials configured"
         for name in ("oauth", "login", "clock"):
-            found.add(Check(name, "skipped", reason))
+            found.add(doctor_report.Check(name, "skipped", reason))
         _skip_accounts(found, settings, reason)
     else:
         with dates.session() as http, _client(settings, connect, http) as (api, the_guard):
@@ -207,7 +100,9 @@ def examine(
                 deadline = time.monotonic() + settings.run_budget_seconds
                 for account in settings.account_names:
                     if not history:
-                        found.add(Check("head_block", "skipped", "--no-history", account=account))
+                        found.add(
+                            doctor_report.Check("head_block", "skipped", "--no-history", account=account)
+                        )
                     else:
                         found.add(_head_block(api, connect, account, deadline))
                 for account in settings.account_names:
@@ -218,7 +113,7 @@ def examine(
 
 
 def _configuration(
-    found: Report, settings: config.Settings, env: Mapping[str, str], config_file: Path | None
+    found: doctor_report.Report, settings: config.Settings, env: Mapping[str, str], config_file: Path | None
 ) -> bool:
     """What the daemon would refuse (``run`` requires credentials and accounts), named; True when
     the credentials are there for the API checks."""
@@ -239,10 +134,14 @@ def _configuration(
         "login_guard_threshold": settings.login_guard_threshold,
     }
     if missing:
-        found.add(Check("configuration", "fail", "; ".join(missing), detail=detail, code=exitcodes.CONFIG))
+        found.add(
+            doctor_report.Check(
+                "configuration", "fail", "; ".join(missing), detail=detail, code=exitcodes.CONFIG
+            )
+        )
     else:
         summary = f"valid: {settings.base_url}, {len(settings.account_names)} account(s), credentials set"
-        found.add(Check("configuration", "ok", summary, detail=detail))
+        found.add(doctor_report.Check("configuration", "ok", summary, detail=detail))
     return credentials
 
 
@@ -255,7 +154,10 @@ def _database_source(env: Mapping[str, str]) -> str:
 
 
 def _database(
-    found: Report, settings: config.Settings, env: Mapping[str, str], connect: db.ConnectionFactory
+    found: doctor_report.Report,
+    settings: config.Settings,
+    env: Mapping[str, str],
+    connect: db.ConnectionFactory,
 ) -> bool:
     try:
         with connect() as conn:
@@ -269,26 +171,26 @@ def _database(
                 "server_version": version,
             }
     except errors.SyncWorkerError as exc:
-        found.add(Check("database", "fail", str(exc), code=exitcodes.DATABASE))
+        found.add(doctor_report.Check("database", "fail", str(exc), code=exitcodes.DATABASE))
         return False
     # Named as every database error names it (db.describe); the detail is what the server reports.
     summary = f"{db.describe(settings.database_url)}, PostgreSQL {version // 10000}.{version % 10000}"
-    verdict: Verdict = "ok"
+    verdict: doctor_report.Verdict = "ok"
     if not settings.database_url and not env.get("PGDATABASE"):
         # What libpq picked by itself (the database named like the user) is rarely the one meant.
         verdict = "warn"
         summary += "; no database configured explicitly (SYNC_DATABASE_URL and PGDATABASE unset)"
     where["configured_by"] = _database_source(env)
-    found.add(Check("database", verdict, summary, detail=where))
+    found.add(doctor_report.Check("database", verdict, summary, detail=where))
     return True
 
 
-def _schema(found: Report, connect: db.ConnectionFactory) -> bool:
+def _schema(found: doctor_report.Report, connect: db.ConnectionFactory) -> bool:
     try:
         with connect() as conn:
             listed = migrations.status(conn)
     except errors.SyncWorkerError as exc:
-        found.add(Check("schema", "fail", str(exc), code=exitcodes.DATABASE))
+        found.add(doctor_report.Check("schema", "fail", str(exc), code=exitcodes.DATABASE))
         return False
     shipped = [m for m in listed if m.checksum_matches is not None or m.applied_at is None]
     applied = [m.version for m in listed if m.applied_at is not None]
@@ -306,29 +208,29 @@ def _schema(found: Report, connect: db.ConnectionFactory) -> bool:
     if edited:
         detail["state"] = "edited"
         summary = f"applied migration(s) {', '.join(edited)} differ from this code's files"
-        found.add(Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
+        found.add(doctor_report.Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
         return False
     if not applied:
         detail["state"] = "missing"
         summary = f"missing: no migration applied; {run_migrate}"
-        found.add(Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
+        found.add(doctor_report.Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
         return False
     if missing:
         detail["state"] = "outdated"
         summary = (
             f"outdated: {len(missing)} migration(s) missing ({', '.join(missing[:3])}...); {run_migrate}"
         )
-        found.add(Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
+        found.add(doctor_report.Check("schema", "fail", summary, detail=detail, code=exitcodes.DATABASE))
         return False
     detail["state"] = "current"
     if unknown:
         summary = (
             f"newer than this code: {', '.join(unknown)} applied by a newer version (readable by this one)"
         )
-        found.add(Check("schema", "warn", summary, detail=detail))
+        found.add(doctor_report.Check("schema", "warn", summary, detail=detail))
         return True
     summary = f"current: {len(applied)} migrations applied (latest {applied[-1]})"
-    found.add(Check("schema", "ok", summary, detail=detail))
+    found.add(doctor_report.Check("schema", "ok", summary, detail=detail))
     return True
 
 
@@ -343,18 +245,22 @@ def _client(
         yield api, the_guard
 
 
-def _oauth(found: Report, api: client.ThingSpaceClient) -> bool:
+def _oauth(found: doctor_report.Report, api: client.ThingSpaceClient) -> bool:
     try:
         api.fetch_bearer()
     except errors.SyncWorkerError as exc:
-        found.add(Check("oauth", "fail", f"no OAuth token: {_error(exc)}", code=exitcodes.for_error(exc)))
+        found.add(
+            doctor_report.Check(
+                "oauth", "fail", f"no OAuth token: {_error(exc)}", code=exitcodes.for_error(exc)
+            )
+        )
         return False
-    found.add(Check("oauth", "ok", "client credentials accepted: OAuth token issued"))
+    found.add(doctor_report.Check("oauth", "ok", "client credentials accepted: OAuth token issued"))
     return True
 
 
 def _login(
-    found: Report,
+    found: doctor_report.Report,
     settings: config.Settings,
     api: client.ThingSpaceClient,
     the_guard: guard.LoginGuard,
@@ -364,7 +270,7 @@ def _login(
     """The session login, only where the login guard allows it, and counted by it."""
     if not usable:
         found.add(
-            Check(
+            doctor_report.Check(
                 "login",
                 "skipped",
                 "not logging in: the login guard keeps its count in the database, which is not usable "
@@ -376,11 +282,11 @@ def _login(
         before = the_guard.status(app.current_fingerprint(settings))
     except errors.SyncWorkerError as exc:
         summary = f"the login guard cannot be read, so no login: {_error(exc)}"
-        found.add(Check("login", "fail", summary, code=exitcodes.for_error(exc)))
+        found.add(doctor_report.Check("login", "fail", summary, code=exitcodes.for_error(exc)))
         return False
     if before.blocked is not None:
         found.add(
-            Check(
+            doctor_report.Check(
                 "login",
                 "fail",
                 f"not logging in: login guard tripped: {before.blocked} (README: The login guard)",
@@ -395,7 +301,7 @@ def _login(
         after = _guard_after(the_guard, settings)
         counted = "" if after is None else f" (login guard: {after.state.failures} failed in a row now)"
         found.add(
-            Check(
+            doctor_report.Check(
                 "login",
                 "fail",
                 f"session login {_login_outcome(exc)}: {_error(exc)}{counted}",
@@ -405,7 +311,7 @@ def _login(
         )
         return False
     found.add(
-        Check(
+        doctor_report.Check(
             "login",
             "ok",
             f"session login as {settings.username} succeeded through the login guard "
@@ -436,14 +342,14 @@ def _guard_after(the_guard: guard.LoginGuard, settings: config.Settings) -> guar
         return None
 
 
-def _skip_accounts(found: Report, settings: config.Settings, reason: str) -> None:
+def _skip_accounts(found: doctor_report.Report, settings: config.Settings, reason: str) -> None:
     for account in settings.account_names:
-        found.add(Check("head_block", "skipped", reason, account=account))
+        found.add(doctor_report.Check("head_block", "skipped", reason, account=account))
     for account in settings.account_names:
-        found.add(Check("callbacks", "skipped", reason, account=account))
+        found.add(doctor_report.Check("callbacks", "skipped", reason, account=account))
 
 
-def _index_after(found: Report, name: str) -> int:
+def _index_after(found: doctor_report.Report, name: str) -> int:
     names = [c.name for c in found.checks]
     return names.index(name) + 1 if name in names else len(names)
 
@@ -453,7 +359,7 @@ def _index_after(found: Report, name: str) -> int:
 
 def _head_block(
     api: client.ThingSpaceClient, connect: db.ConnectionFactory, account: str, deadline: float
-) -> Check:
+) -> doctor_report.Check:
     """Read the head block (no ``next``: nothing acknowledged) under the account's lock, and
     summarise it; a final block handed over is stored (see the module docstring)."""
     try:
@@ -461,7 +367,7 @@ def _head_block(
             if not store.try_account_lock(conn, account):
                 holder = status.lock_holder(conn, account)
                 by = "" if holder is None else f" ({holder.describe()})"
-                return Check(
+                return doctor_report.Check(
                     "head_block",
                     "skipped",
                     f"a sync of this account holds its lock now{by}: not reading its head meanwhile",
@@ -469,17 +375,23 @@ def _head_block(
                 )
             return _read_head(api, conn, account, deadline)
     except errors.SyncWorkerError as exc:
-        return Check("head_block", "fail", _error(exc), account=account, code=exitcodes.for_error(exc))
+        return doctor_report.Check(
+            "head_block", "fail", _error(exc), account=account, code=exitcodes.for_error(exc)
+        )
 
 
-def _read_head(api: client.ThingSpaceClient, conn: db.Connection, account: str, deadline: float) -> Check:
+def _read_head(
+    api: client.ThingSpaceClient, conn: db.Connection, account: str, deadline: float
+) -> doctor_report.Check:
     try:
         # The head of the queue: no `next`, so no block is acknowledged. The page's ticket is
         # never settled nor released.
         page = api.sms.list_devices_sms_messages(account, deadline=deadline)
     except (errors.MalformedBlockError, errors.UnreadableAnswerError) as exc:
         block = exc if isinstance(exc, errors.MalformedBlockError) else exc.block
-        summary = summarise(block.status or 0, block.body, has_token=block.next_token is not None)
+        summary = head_summary.summarise(
+            block.status or 0, block.body, has_token=block.next_token is not None
+        )
         text = f"not readable as a block (it would be quarantined): {block.problem}"
         detail: dict[str, Any] = {"block": summary}
         if block.next_token is None:
@@ -487,10 +399,10 @@ def _read_head(api: client.ThingSpaceClient, conn: db.Connection, account: str, 
             kept = _keep(conn, account, models.KeptBlock.from_error(block))
             detail["quarantine_id"] = kept
             text += f"; a final answer: its bytes are kept in the quarantine (id {kept})"
-        return Check("head_block", "fail", text, account=account, detail=detail)
-    summary = summarise(page.status, page.body, has_token=page.next is not None)
+        return doctor_report.Check("head_block", "fail", text, account=account, detail=detail)
+    summary = head_summary.summarise(page.status, page.body, has_token=page.next is not None)
     detail = {"block": summary}
-    notes = _notes(summary)
+    notes = head_summary.notes(summary)
     text = (
         f"{page.status}: {len(page.messages)} message(s), "
         + ("more waiting" if page.next is not None else "the final block")
@@ -502,7 +414,7 @@ def _read_head(api: client.ThingSpaceClient, conn: db.Connection, account: str, 
             f"; stored now ({detail['stored']['inserted']} new): the platform may dequeue a final block "
             "once it is handed over"
         )
-    return Check("head_block", "warn" if notes else "ok", text, account=account, detail=detail)
+    return doctor_report.Check("head_block", "warn" if notes else "ok", text, account=account, detail=detail)
 
 
 def _store_final(conn: db.Connection, page: models.HistoryPage) -> store.BlockResult:
@@ -535,159 +447,13 @@ def _keep(conn: db.Connection, account: str, block: models.KeptBlock) -> int:
     return kept.quarantine_id
 
 
-def summarise(status_code: int, body: bytes, *, has_token: bool) -> dict[str, Any]:
-    """What a history answer holds, without its texts or device ids: status, members, message
-    count, members of the messages, timestamp forms, device kinds, and whether the gate reads it."""
-    out: dict[str, Any] = {"status": status_code, "next_token": has_token, "body_bytes": len(body)}
-    try:
-        gate.recognise(status_code, body, "token" if has_token else None)
-        out["readable"], out["problem"] = True, None
-    except errors.ResponseFormatError as exc:
-        out["readable"], out["problem"] = False, str(exc)
-    try:
-        members = gate.top_level_members(body)
-    except (ValueError, RecursionError):
-        out["members"] = None
-        return out
-    names = [name for name, _ in members]
-    out["members"] = names
-    out["unknown_members"] = [n for n in dict.fromkeys(names) if n not in gate.KNOWN_MEMBERS]
-    found = dict(members)
-    if isinstance(found.get("hasMoreData"), bool):
-        out["has_more_data"] = found["hasMoreData"]
-    messages = found.get("messages")
-    if not isinstance(messages, list):
-        return out
-    out["messages"] = len(messages)
-    out.update(_messages_summary(messages))
-    return out
-
-
-def _messages_summary(messages: list[Any]) -> dict[str, Any]:
-    message_members: collections.Counter[str] = collections.Counter()
-    forms: collections.Counter[str] = collections.Counter()
-    kinds: collections.Counter[str] = collections.Counter()
-    not_objects = 0
-    for item in messages:
-        if not isinstance(item, dict):
-            not_objects += 1
-            continue
-        message_members.update(item.keys())
-        forms[timestamp_form(item["timestamp"]) if "timestamp" in item else "missing"] += 1
-        devices = item.get("deviceIds")
-        for device in devices if isinstance(devices, list) else ():
-            kind = device.get("kind") if isinstance(device, dict) else None
-            kinds[kind if isinstance(kind, str) else "(not a string)"] += 1
-    try:
-        malformed = rows.build_block("doctor", models.Messages(messages)).malformed
-    except Exception:  # a summary must not fail where the write path would quarantine
-        malformed = ()
-    problems: collections.Counter[str] = collections.Counter(p for _, ps in malformed for p in ps)
-    return {
-        "not_objects": not_objects,
-        "message_members": dict(message_members.most_common()),
-        "unknown_message_members": sorted(m for m in message_members if m not in MESSAGE_MEMBERS),
-        "timestamp_forms": dict(forms.most_common()),
-        "device_kinds": dict(kinds.most_common()),
-        "unknown_device_kinds": sorted(k for k in kinds if k.lower() not in models.DEVICE_KINDS),
-        "malformed": len(malformed),
-        "problems": dict(problems.most_common(_SHOWN)),
-    }
-
-
-def timestamp_form(value: Any) -> str:
-    """How a timestamp is written, e.g. ``±hh:mm offset``, ``Z, 3 fractional digits``, ``no zone``."""
-    if not isinstance(value, str):
-        return "not a string"
-    match = _STAMP_RE.fullmatch(value)
-    if match is None:
-        return "not ISO-8601"
-    zone = match.group("zone")
-    if zone is None:
-        label = "no zone"
-    elif zone in ("Z", "z"):
-        label = "Z"
-    elif len(zone) == 6:
-        label = "±hh:mm offset"
-    else:
-        label = "±hhmm offset" if len(zone) == 5 else "±hh offset"
-    fraction = match.group("fraction")
-    if match.group("seconds") is None:
-        label += ", no seconds"
-    if fraction:
-        label += f", {len(fraction) - 1} fractional digits"
-    return label
-
-
-def _notes(summary: Mapping[str, Any]) -> list[str]:
-    """What in a readable block deserves a look (the worker stores it all the same)."""
-    notes = []
-    if summary.get("unknown_members"):
-        notes.append(f"unknown top-level member(s) {_names(summary['unknown_members'])}")
-    if summary.get("unknown_message_members"):
-        notes.append(f"unknown message member(s) {_names(summary['unknown_message_members'])}")
-    if summary.get("unknown_device_kinds"):
-        notes.append(f"unknown device kind(s) {_names(summary['unknown_device_kinds'])}")
-    odd = [f for f in summary.get("timestamp_forms", {}) if "offset" not in f and not f.startswith("Z")]
-    if odd:
-        notes.append(f"timestamp form(s) {_names(odd)}")
-    if summary.get("malformed"):
-        notes.append(f"{summary['malformed']} malformed message(s) (stored with their problems)")
-    return notes
-
-
-def describe_block(summary: Mapping[str, Any]) -> list[str]:
-    """The head block summary as the lines the table prints under it."""
-    lines = [
-        f"status {summary['status']}, hasMoreData {json.dumps(summary.get('has_more_data'))}, "
-        f"{summary.get('messages', '?')} message(s), {summary['body_bytes']} bytes, "
-        + ("readable as a block" if summary["readable"] else f"NOT readable as a block: {summary['problem']}")
-    ]
-    if summary.get("members") is None:
-        lines.append("top-level members: (not a JSON object)")
-        return lines
-    unknown = summary.get("unknown_members") or []
-    lines.append(
-        f"top-level members: {', '.join(summary['members'])}"
-        + (f" (unknown: {', '.join(unknown)})" if unknown else " (all known)")
-    )
-    for key, title in (
-        ("message_members", "message members"),
-        ("timestamp_forms", "timestamp forms"),
-        ("device_kinds", "device kinds"),
-        ("problems", "problems"),
-    ):
-        counted = summary.get(key)
-        if counted:
-            lines.append(f"{title}: {_counted(counted)}")
-    for key, title in (
-        ("unknown_message_members", "unknown message members"),
-        ("unknown_device_kinds", "unknown device kinds"),
-    ):
-        if summary.get(key):
-            lines.append(f"{title}: {', '.join(summary[key])}")
-    return lines
-
-
-def _counted(counted: Mapping[str, int]) -> str:
-    items = list(counted.items())
-    shown = ", ".join(f"{name} {n}" for name, n in items[:_SHOWN])
-    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
-
-
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(n[:40]) for n in names[:_SHOWN])
-    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-
-
-# --- callbacks ------------------------------------------------------------------------------
-
-
-def _callbacks(api: client.ThingSpaceClient, settings: config.Settings, account: str) -> Check:
+def _callbacks(api: client.ThingSpaceClient, settings: config.Settings, account: str) -> doctor_report.Check:
     try:
         listeners = api.callbacks.list_registered_callbacks(account)
     except errors.SyncWorkerError as exc:
-        return Check("callbacks", "fail", _error(exc), account=account, code=exitcodes.for_error(exc))
+        return doctor_report.Check(
+            "callbacks", "fail", _error(exc), account=account, code=exitcodes.for_error(exc)
+        )
     ours = app.listener_url(settings, account)
     shown = [
         {
@@ -706,11 +472,11 @@ def _callbacks(api: client.ThingSpaceClient, settings: config.Settings, account:
     others = f"; other services: {', '.join(services)}" if services else ""
     if not sms:
         summary = f"no SMS listener ({models.SMS_CALLBACK_SERVICE}): polling only{others}"
-        return Check("callbacks", "ok", summary, account=account, detail=detail)
+        return doctor_report.Check("callbacks", "ok", summary, account=account, detail=detail)
     if sms[0]["this_receiver"]:
         summary = f"SMS listener is this receiver ({sms[0]['url']}){others}"
-        return Check("callbacks", "ok", summary, account=account, detail=detail)
-    return Check(
+        return doctor_report.Check("callbacks", "ok", summary, account=account, detail=detail)
+    return doctor_report.Check(
         "callbacks",
         "warn",
         f"SMS listener at {sms[0]['url']} is not this receiver: after a startCallbacks, messages are "
@@ -720,9 +486,11 @@ def _callbacks(api: client.ThingSpaceClient, settings: config.Settings, account:
     )
 
 
-def callback_url_check(settings: config.Settings) -> Check:
+def callback_url_check(settings: config.Settings) -> doctor_report.Check:
     if not settings.callback_url:
-        return Check("callback_url", "skipped", "SYNC_CALLBACK_URL is not set (push mode not configured)")
+        return doctor_report.Check(
+            "callback_url", "skipped", "SYNC_CALLBACK_URL is not set (push mode not configured)"
+        )
     parts = urllib.parse.urlsplit(settings.callback_url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -730,86 +498,19 @@ def callback_url_check(settings: config.Settings) -> Check:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        return Check(
+        return doctor_report.Check(
             "callback_url",
             "fail",
             f"SYNC_CALLBACK_URL host {host} does not resolve ({reason}): ThingSpace could not reach it",
             detail={"host": host, "port": port},
         )
     addresses = sorted({str(info[4][0]) for info in found})
-    return Check(
+    return doctor_report.Check(
         "callback_url",
         "ok",
         f"{host} resolves to {', '.join(addresses[:4])}" + (" ..." if len(addresses) > 4 else ""),
         detail={"host": host, "port": port, "addresses": addresses},
     )
-
-
-# --- the clock ------------------------------------------------------------------------------
-
-
-class DateSamples:
-    """The API answers' ``Date`` headers against this host's clock, noted by a response hook."""
-
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-        self.samples: list[float] = []
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[requests.Session]:
-        http = requests.Session()
-        http.hooks["response"].append(self.note)
-        try:
-            yield http
-        finally:
-            http.close()
-
-    def note(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-        received = self._now()
-        skew = skew_seconds(response.headers.get("Date"), received, response.elapsed.total_seconds())
-        if skew is not None:
-            with self._lock:
-                self.samples.append(skew)
-        return response
-
-    def check(self) -> Check:
-        with self._lock:
-            samples = list(self.samples)
-        if not samples:
-            return Check("clock", "skipped", "no API answer carried a Date header")
-        skew = statistics.median(samples)
-        detail = {
-            "skew_seconds": round(skew, 1),
-            "answers": len(samples),
-            "warn_above": CLOCK_SKEW_WARN_SECONDS,
-        }
-        if abs(skew) <= CLOCK_SKEW_WARN_SECONDS:
-            summary = (
-                f"this host's clock is within {abs(skew):.0f} s of the API's (Date header, 1 s resolution)"
-            )
-            return Check("clock", "ok", summary, detail=detail)
-        side = "behind" if skew > 0 else "ahead of"
-        return Check(
-            "clock",
-            "warn",
-            f"this host's clock is {abs(skew):.0f} s {side} the API's (Date header): log times and "
-            "ages measured here drift from the platform's; check NTP",
-            detail=detail,
-        )
-
-
-def skew_seconds(date_header: str | None, received: float, elapsed: float) -> float | None:
-    """The server's clock minus ours, from one answer: its ``Date`` (whole seconds, written while
-    the request was at the server) against the middle of the exchange; None without a usable Date."""
-    if not date_header:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    # The header truncates to the second: its middle is half a second later.
-    return when.timestamp() + 0.5 - (received - max(elapsed, 0.0) / 2)
 
 
 # --- small helpers --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ _MAX_LABEL_LENGTH: Final = 64
 
 # Every label value known in advance, so each series exists at 0 from the start: rate() and
 # increase() cannot see a counter's first event when the series only appears with it.
-# Kept equal to sync.Outcome, sync's error kinds and the scheduler's kinds by tests/unit/test_metrics.py.
+# tests/unit/test_metrics.py keeps these equal to outcomes.Outcome, outcomes.ERROR_KINDS, scheduler kinds.
 RUN_OUTCOMES: Final = ("succeeded", "quarantined", "failed", "interrupted", "guard_tripped")
 ERROR_KINDS: Final = (
     "database",

@@ -1,17 +1,12 @@
-"""Message identity and the rows the store writes.
+"""The rows the store writes: a block's messages as ``Row``s and as the write statement's columns.
 
-The API gives messages no id, so ``message_key`` derives one from what the
-message says (see docs/schema.md, "Message identity"). Row building never
-raises on bad data: whatever arrived becomes a row that keeps the exact
-original in ``raw_json`` and says what was wrong in ``problems``.
+Row building never raises on bad data: whatever arrived becomes a row that keeps the exact
+original in ``raw_json`` and says what was wrong in ``problems``. Each row's key is
+``identity.message_key``'s (computed inline on the fast paths, with the same text).
 
-Nothing here recurses on message content: a value the decoder accepted may be
-nested almost a thousand levels deep, and the C encoder and any recursive walk
-would hit the interpreter's recursion limit on it. Values nested deeper than
-``MAX_NESTING`` are serialised by an iterative encoder (same text as
-``json.dumps``), kept in ``raw_json`` only (the jsonb copies are left NULL) and
-flagged in ``problems``; shallower ones take the usual C-implemented path, so
-message keys of ordinary messages never change.
+Nothing here recurses on message content (see ``identity``): values nested deeper than
+``identity.MAX_NESTING`` are kept in ``raw_json`` only (the jsonb copies are left NULL) and
+flagged in ``problems``.
 
 This is the hot path of the write side (the bar is ~1M rows/min per core), so
 it favours a few C-implemented calls per row over generality.
@@ -29,40 +24,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from sync_worker import models
+from sync_worker import identity, models
 
-REPLACEMENT: Final = "\ufffd"
-# NUL is refused by Postgres text and jsonb; lone surrogates cannot be encoded as UTF-8.
-_BAD_CHARS_RE: Final = re.compile("[\x00\ud800-\udfff]")
 # json.dumps(ensure_ascii=True) writes NUL and every surrogate as one of these escapes.
 _SUSPECT_ESCAPE_RE: Final = re.compile(r"\\u(0000|d[89a-f])", re.IGNORECASE)
-_UTC: Final = dt.UTC
-_WELL_FORMED_TAG: Final = "sms-v1"
-_RAW_TAG: Final = "sms-raw-v1"
 PROBLEM_SEPARATOR: Final = "\x1f"
-# The C string encoder json.dumps(ensure_ascii=True) itself uses: the same escapes, without
-# building a JSONEncoder per call (that setup cost more than encoding a whole message).
+# The stdlib's C string encoder, as ``identity`` uses it (the same escapes).
 _encode_str: Final = json.encoder.encode_basestring_ascii
 _WIRE_KEYS: Final = ("deviceIds", "message", "timestamp")
-# Deeper values are encoded iteratively and not offered to jsonb; far below the recursion limit
-# so the C encoder is safe however deep the calling stack is.
-MAX_NESTING: Final = 100
-_DEVICE_KEYS: Final = ("id", "kind")
-# The timestamp forms a message may carry (ISO-8601 calendar dates, extended or basic, with an
-# optional time and offset); anything else is a problem, whatever datetime.fromisoformat would
-# make of it (its C parser stops at a NUL and takes any character between date and time).
-# Groups 1 and 2: the fraction of a second, as sent.
-_TIMESTAMP_RE: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,]([0-9]+))?)?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
-    r"|[0-9]{8}"
-    r"(?:T[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,]([0-9]+))?)?)?(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
-)
-_MICRO_DIGITS: Final = 6
-# Members of a message that do not take part in its identity beyond the core fields: the
-# account (already in the key, and named inside pushed messages only). See _extra_members.
-_CORE_MEMBERS: Final = frozenset({"deviceIds", "message", "timestamp"})
-_NOT_IDENTITY: Final = frozenset({"accountName"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,137 +64,9 @@ class Row:
         return bool(self.problems)
 
 
-def clean_text(value: str) -> tuple[str, bool]:
-    """``value`` with NUL and lone surrogates replaced by U+FFFD, and whether it changed."""
-    if value.isascii():
-        if "\x00" not in value:
-            return value, False
-    else:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return _BAD_CHARS_RE.sub(REPLACEMENT, value), True
-        if "\x00" not in value:
-            return value, False
-    return value.replace("\x00", REPLACEMENT), True
-
-
-def dump_raw(raw: Any) -> str:
-    """The exact original as ASCII JSON text: round-trips NULs, lone surrogates and NaN."""
-    return _dumps(raw)
-
-
-def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
-    """Levels of arrays/objects in ``value`` (a scalar is 0), counted up to ``limit + 1``; iterative."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > limit:
-                return deepest
-        stack.extend((child, depth) for child in children)
-    return deepest
-
-
-def _dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """``json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=...)``, any depth."""
-    if nesting_depth(value) <= MAX_NESTING:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=sort_keys)
-    return _dumps_iterative(value, sort_keys=sort_keys)
-
-
-def _dumps_iterative(value: Any, *, sort_keys: bool) -> str:
-    # The stack holds values to encode and literal text (wrapped in a 1-tuple) to emit.
-    parts: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is tuple and len(item) == 1:
-            parts.append(item[0])
-        elif isinstance(item, dict):
-            pairs = sorted(item.items()) if sort_keys else list(item.items())
-            stack.append(("}",))
-            for i in range(len(pairs) - 1, -1, -1):
-                key, child = pairs[i]
-                stack.append(child)
-                prefix = "{" if i == 0 else ","
-                stack.append((f"{prefix}{_encode_str(str(key))}:",))
-            if not pairs:
-                stack[-1] = ("{}",)
-        elif isinstance(item, (list, tuple)):
-            stack.append(("]",))
-            for i in range(len(item) - 1, -1, -1):
-                stack.append(item[i])
-                stack.append(("[" if i == 0 else ",",))
-            if not item:
-                stack[-1] = ("[]",)
-        else:
-            parts.append(json.dumps(item, ensure_ascii=True))
-    return "".join(parts)
-
-
-def parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None]:
-    """Parse an ISO-8601 timestamp into an aware UTC datetime (microseconds), plus a problem if any.
-
-    Strict: the whole string must be one of the forms ``_TIMESTAMP_RE`` lists (a NUL, trailing
-    text or an odd date-time separator make it unparseable, so such a message never shares a key
-    with the clean one). A timestamp without an offset is read as UTC (the API documents offsets;
-    a missing one is reported rather than guessed silently). Digits beyond the microsecond are
-    dropped from the datetime; the key keeps them (``_instant_json``).
-    """
-    parsed, problem, _ = _parse_timestamp(raw)
-    return parsed, problem
-
-
-def _parse_timestamp(raw: str) -> tuple[dt.datetime | None, str | None, str | None]:
-    """``parse_timestamp``'s result and the fraction digits as sent (None: no fraction, or unparsed)."""
-    match = _TIMESTAMP_RE.fullmatch(raw)
-    if match is None:
-        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL", None
-    try:
-        parsed = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        return None, f"timestamp {_short(raw)} is not ISO-8601; received_at left NULL", None
-    fraction = match.group(1) or match.group(2)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=_UTC), "timestamp has no UTC offset; read as UTC", fraction
-    try:
-        return parsed.astimezone(_UTC), None, fraction
-    except OverflowError:
-        return None, f"timestamp {_short(raw)} is out of range; received_at left NULL", None
-
-
-def _instant_json(parsed: dt.datetime, fraction: str | None) -> str:
-    """The key's spelling of a parsed instant: UTC ``isoformat()``, with every significant
-    fraction digit as sent when there are more than six (the datetime keeps six). Six or fewer
-    give exactly ``isoformat()``, the spelling keys had before sub-microsecond digits counted."""
-    iso = parsed.isoformat()
-    if fraction is not None and len(fraction) > _MICRO_DIGITS:
-        digits = fraction.rstrip("0")
-        if len(digits) > _MICRO_DIGITS:
-            # isoformat() of a UTC datetime: "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00".
-            iso = f"{iso[:19]}.{digits}+00:00"
-    return f'"{iso}"'
-
-
-def message_key(account: str, message: models.SMSMessage, occurrence: int) -> str:
-    """The identity of one message: sha256 hex of its canonical JSON and occurrence number."""
-    basis, _ = _key_basis(account, _basis_prefix(account), message)
-    return _hash(basis, occurrence)
-
-
 def build_rows(account: str, messages: Iterable[models.SMSMessage]) -> list[Row]:
     """Rows for one block, numbering identical messages so each becomes its own row."""
-    prefix = _basis_prefix(account)
+    prefix = identity.basis_prefix(account)
     seen: dict[str, int] = {}
     return [_any_row(account, prefix, message, seen) for message in messages]
 
@@ -233,10 +74,10 @@ def build_rows(account: str, messages: Iterable[models.SMSMessage]) -> list[Row]
 def _any_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[str, int]) -> Row:
     row = None if message.problems else _plain_row(account, prefix, message, seen)
     if row is None:
-        basis, parsed_at = _key_basis(account, prefix, message)
+        basis, parsed_at = identity.key_basis(account, prefix, message)
         occurrence = seen.get(basis, 0)
         seen[basis] = occurrence + 1
-        row = _row(account, message, _hash(basis, occurrence), occurrence, parsed_at)
+        row = _row(account, message, identity.key_hash(basis, occurrence), occurrence, parsed_at)
     return row
 
 
@@ -296,7 +137,7 @@ def build_block(account: str, messages: Sequence[models.SMSMessage]) -> Block:
     ``models.Messages`` (the client's pages) is read from its decoded records: a common one
     needs no ``SMSMessage`` at all, any other is made one here.
     """
-    prefix = _basis_prefix(account)
+    prefix = identity.basis_prefix(account)
     seen: dict[str, int] = {}
     columns: list[_Columns] = []
     others: list[Row] = []
@@ -399,7 +240,7 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
     if type(items) is not list or len(items) != 1 or type(text) is not str or type(stamp) is not str:
         return None
     item = items[0]
-    if type(item) is not dict or tuple(item) != _DEVICE_KEYS:
+    if type(item) is not dict or tuple(item) != identity.DEVICE_KEYS:
         return None
     ident = item["id"]
     kind = item["kind"]
@@ -411,11 +252,13 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
     probe = f"{text}{stamp}{ident}{kind}"
     if "\x00" in probe or not (probe.isascii() or _utf8_encodable(probe)):
         return None
-    received_at, problem, fraction = _parse_timestamp(stamp)
+    received_at, problem, fraction = identity.parse_timestamp_fraction(stamp)
     text_json = _encode_str(text)
     ident_json = _encode_str(ident)
     lower_json = _encode_str(lower)
-    stamp_json = _instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
+    stamp_json = (
+        identity.instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
+    )
     basis = f"{prefix}[[{lower_json},{ident_json}]],{stamp_json},{text_json}"
     occurrence = seen.get(basis, 0)
     seen[basis] = occurrence + 1
@@ -434,92 +277,6 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
         True,
         None if problem is None else problem.replace(PROBLEM_SEPARATOR, " "),
     )
-
-
-# The canonical forms below are built from pieces, but they are exactly the text of
-#   json.dumps([tag, account, devices, timestamp, message], ensure_ascii=True, separators=(",", ":"))
-# without its closing "]" (the hash appends ",occurrence]"): stored keys depend on every byte.
-def _basis_prefix(account: str) -> str:
-    return f'["{_WELL_FORMED_TAG}",{_encode_str(account)},'
-
-
-def _key_basis(
-    account: str, prefix: str, message: models.SMSMessage
-) -> tuple[str, tuple[dt.datetime | None, str | None] | None]:
-    """Canonical JSON without its closing bracket, and the parsed timestamp, if any."""
-    parsed_at: tuple[dt.datetime | None, str | None] | None = None
-    if message.problems:
-        canonical = _dumps(message.raw, sort_keys=True)
-        basis = json.dumps([_RAW_TAG, account, canonical], ensure_ascii=True, separators=(",", ":"))
-        return basis[:-1], parsed_at
-    timestamp_json = "null"
-    if message.timestamp is not None:
-        parsed, problem, fraction = _parse_timestamp(message.timestamp)
-        parsed_at = (parsed, problem)
-        timestamp_json = _json_value(message.timestamp) if parsed is None else _instant_json(parsed, fraction)
-    devices, extras = _identity_members(message)
-    basis = f"{prefix}{devices},{timestamp_json},{_json_value(message.message)}"
-    # Only a message with members beyond the model's gets the extra element: every other key is
-    # the one earlier versions stored.
-    return basis if extras is None else f"{basis},{extras}", parsed_at
-
-
-def _identity_members(message: models.SMSMessage) -> tuple[str, str | None]:
-    """The key's device list, and the message's other members as canonical JSON (None: none).
-
-    Identity covers every member a message carries (docs/schema.md, "Message identity"): a
-    member the model does not know (a ``messageId`` ThingSpace might add) tells two messages
-    apart. Not counted: members whose value is null (they say nothing), and ``accountName``
-    (the account is in the key already; a pushed message names it, the polled copy does not).
-    A device's own extra members go with that device: ``[kind, id, {...}]``.
-    """
-    raw = message.raw
-    model_devices = message.device_ids
-    device_extras = [""] * len(model_devices)
-    extras = None
-    if type(raw) is dict:
-        found = {
-            k: v
-            for k, v in raw.items()
-            if k not in _CORE_MEMBERS and k not in _NOT_IDENTITY and v is not None
-        }
-        if found:
-            extras = _dumps(found, sort_keys=True)
-        items = raw.get("deviceIds")
-        if type(items) is list and len(items) == len(device_extras):
-            for i, item in enumerate(items):
-                if type(item) is dict and len(item) > len(_DEVICE_KEYS):
-                    more = {k: v for k, v in item.items() if k not in _DEVICE_KEYS and v is not None}
-                    if more:
-                        device_extras[i] = _dumps(more, sort_keys=True)
-    if not any(device_extras):
-        return _devices_json(sorted([(d.kind.lower(), d.id) for d in model_devices])), extras
-    entries = sorted([(d.kind.lower(), d.id, device_extras[i]) for i, d in enumerate(model_devices)])
-    return "[" + ",".join([_device_entry_json(*entry) for entry in entries]) + "]", extras
-
-
-def _device_entry_json(kind: Any, ident: Any, extras: str) -> str:
-    pair = json.dumps([kind, ident], ensure_ascii=True, separators=(",", ":"))
-    return pair if not extras else f"{pair[:-1]},{extras}]"
-
-
-def _devices_json(devices: Sequence[tuple[Any, Any]]) -> str:
-    try:
-        return "[" + ",".join([f"[{_encode_str(k)},{_encode_str(i)}]" for k, i in devices]) + "]"
-    except TypeError:
-        # Only a hand-built DeviceId holds non-strings; json.dumps spells those.
-        return json.dumps([list(d) for d in devices], ensure_ascii=True, separators=(",", ":"))
-
-
-def _json_value(value: Any) -> str:
-    if isinstance(value, str):
-        return _encode_str(value)
-    return _dumps(value)
-
-
-def _hash(basis: str, occurrence: int) -> str:
-    # Appending the occurrence inside the JSON array keeps the hashed text canonical JSON.
-    return hashlib.sha256(f"{basis},{occurrence}]".encode("ascii")).hexdigest()
 
 
 def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[str, int]) -> Row | None:
@@ -563,7 +320,7 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         devices.append((lower, ident))
         ident_json = _encode_str(ident)
         kind_json = _encode_str(kind)
-        if tuple(item) == _DEVICE_KEYS:
+        if tuple(item) == identity.DEVICE_KEYS:
             raw_parts.append(f'{{"id":{ident_json},"kind":{kind_json}}}')
             canonical_devices = canonical_devices and lower == kind
         else:
@@ -585,15 +342,17 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
     # The database rebuilds exactly this shape from the row's fields: one device, keys in wire
     # order, kind already lower case (the stored kind is lowered).
     rebuildable = wire_order and canonical_devices
-    received_at, problem, fraction = _parse_timestamp(stamp)
-    stamp_json = _instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
-    basis = f"{prefix}{_devices_json(sorted(devices))},{stamp_json},{text_json}"
+    received_at, problem, fraction = identity.parse_timestamp_fraction(stamp)
+    stamp_json = (
+        identity.instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
+    )
+    basis = f"{prefix}{identity.devices_json(sorted(devices))},{stamp_json},{text_json}"
     occurrence = seen.get(basis, 0)
     seen[basis] = occurrence + 1
     first = devices[0] if devices else (None, None)
     return Row(
         account_name=account,
-        message_key=_hash(basis, occurrence),
+        message_key=identity.key_hash(basis, occurrence),
         occurrence=occurrence,
         device_kind=first[0],
         device_id=first[1],
@@ -641,12 +400,12 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
 ) -> Row:
     problems = list(message.problems)
     raw = message.raw
-    depth = nesting_depth(raw)
-    if depth > MAX_NESTING:
-        raw_json = _dumps_iterative(raw, sort_keys=False)
+    depth = identity.nesting_depth(raw)
+    if depth > identity.MAX_NESTING:
+        raw_json = identity.dumps_iterative(raw, sort_keys=False)
         raw_is_jsonb = False
         problems.append(
-            f"message is nested more than {MAX_NESTING} levels deep; kept verbatim as text in "
+            f"message is nested more than {identity.MAX_NESTING} levels deep; kept verbatim as text in "
             "raw_json, jsonb copies left NULL"
         )
     else:
@@ -654,13 +413,13 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
             raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
             finite = True
         except ValueError:
-            raw_json = dump_raw(raw)
+            raw_json = identity.dump_raw(raw)
             finite = False
         raw_is_jsonb = finite and (
             _SUSPECT_ESCAPE_RE.search(raw_json) is None or _value_representable(json.loads(raw_json))
         )
 
-    if not raw_is_jsonb and depth <= MAX_NESTING:
+    if not raw_is_jsonb and depth <= identity.MAX_NESTING:
         problems.append(
             "raw message holds NUL, a lone surrogate or a non-finite number; "
             "jsonb copy left NULL, raw_json keeps it"
@@ -668,7 +427,7 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
 
     text = message.message
     if text is not None:
-        text, changed = clean_text(text)
+        text, changed = identity.clean_text(text)
         if changed:
             problems.append("message had NUL or lone surrogate characters; replaced with U+FFFD")
 
@@ -676,22 +435,22 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
     received_at: dt.datetime | None = None
     if timestamp_raw is not None:
         if parsed_at is None:
-            parsed_at = parse_timestamp(timestamp_raw)
+            parsed_at = identity.parse_timestamp(timestamp_raw)
         received_at, problem = parsed_at
         if problem is not None:
             problems.append(problem)
-        timestamp_raw, changed = clean_text(timestamp_raw)
+        timestamp_raw, changed = identity.clean_text(timestamp_raw)
         if changed:
             problems.append("timestamp had NUL or lone surrogate characters; replaced with U+FFFD")
 
     devices: list[tuple[str, str]] = []
     for i, device in enumerate(message.device_ids):
-        kind, kind_changed = clean_text(device.kind.lower())
-        ident, id_changed = clean_text(device.id)
+        kind, kind_changed = identity.clean_text(device.kind.lower())
+        ident, id_changed = identity.clean_text(device.id)
         if kind_changed or id_changed:
             problems.append(f"deviceIds[{i}] had NUL or lone surrogate characters; replaced with U+FFFD")
         if kind not in models.DEVICE_KINDS:
-            problems.append(f"deviceIds[{i}].kind {_short(kind)} is not a known kind")
+            problems.append(f"deviceIds[{i}].kind {identity.short(kind)} is not a known kind")
         devices.append((kind, ident))
 
     first = devices[0] if devices else (None, None)
@@ -719,7 +478,7 @@ def _value_representable(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if clean_text(item)[1]:
+            if identity.clean_text(item)[1]:
                 return False
         elif isinstance(item, list):
             stack.extend(item)
@@ -729,10 +488,3 @@ def _value_representable(value: Any) -> bool:
         elif isinstance(item, float) and not math.isfinite(item):
             return False
     return True
-
-
-def _short(value: str, limit: int = 40) -> str:
-    shown = clean_text(value)[0]
-    if len(shown) > limit:
-        shown = shown[:limit] + "..."
-    return repr(shown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sync_worker import db, queries
@@ -133,6 +134,21 @@ def top_devices_on_busiest_day(conn: db.Connection) -> tuple[list[str], list[tup
     with db.transaction(conn) as cur:
         cur.execute(queries.get("demo_top_devices"))
         return [c.name for c in cur.description or ()], cur.fetchall()
+
+
+def announce(
+    conn: db.Connection, names: Sequence[str], configured: Callable[[str, float | None], None]
+) -> None:
+    """``configured(name, last_success)`` for each of ``names``, the last success (epoch seconds) as
+    the database has it: how every account gets its freshness series from the first scrape and
+    across restarts, with its real last success even before (or without) a successful run."""
+    last = {
+        s.account_name: s.last_success_at.timestamp()
+        for s in account_status(conn)
+        if s.last_success_at is not None
+    }
+    for name in names:
+        configured(name, last.get(name))
 
 
 def account_status(conn: db.Connection) -> list[AccountStatus]:

@@ -1,11 +1,9 @@
 """The Postgres write path: rows, cursor and run counters, one transaction per block.
 
-Every function takes a psycopg 3 ``Connection`` (autocommit or not, but not
-inside an open transaction: each write function is exactly one transaction of
-its own and refuses to become part of the caller's). SQL lives in
-``sql/queries/store.sql``. psycopg's connection errors surface as
-``errors.DatabaseUnavailableError``, every other database error as
-``errors.StoreError``.
+Every function takes a psycopg 3 ``Connection`` (autocommit or not, but not inside an open transaction:
+each write function is exactly one transaction of its own and refuses to become part of the caller's);
+``PostgresStore`` is the sync's ``sync.Store`` over them. SQL lives in ``sql/queries/store.sql``.
+Driver connection errors surface as ``errors.DatabaseUnavailableError``, any other as ``errors.StoreError``.
 """
 
 from __future__ import annotations
@@ -13,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import os
 import socket
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import psycopg
 import psycopg.errors
 import psycopg.rows
 
-from sync_worker import db, errors, gate, models, pgarrays, queries, rows, secret
+from sync_worker import db, errors, gate, identity, models, pgarrays, queries, rows, secret, status
 
 # Namespace of pg_advisory_lock(int, int) account locks; migrations use another.
 ACCOUNT_LOCK_NAMESPACE: Final = 0x53_4D_53_41  # "SMSA"
@@ -520,5 +519,81 @@ def _error_text(error: str | None) -> str | None:
     if error is None:
         return None
     # Stored errors are read by operators and dashboards: never a credential, never invalid text.
-    text = rows.clean_text(secret.scrub(error))[0]
+    text = identity.clean_text(secret.scrub(error))[0]
     return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "..."
+
+
+class PostgresStore:
+    """``sync.Store`` over Postgres: one connection per account run, the functions above on it."""
+
+    def __init__(self, connect: db.ConnectionFactory) -> None:
+        self.connect = connect
+
+    @contextlib.contextmanager
+    def begin_run(self, account: str) -> Iterator[PostgresSession]:
+        # On a connection of its own, retried once on a fresh one when a kept one fails (died idle).
+        with db.started(self.connect, functools.partial(begin_run, account=account)) as (conn, start):
+            yield PostgresSession(self.connect, conn, account, start)
+
+    def ensure_partitions(self, times: Sequence[dt.datetime]) -> None:
+        with db.session(self.connect) as conn:
+            ensure_partitions(conn, times)
+
+
+class PostgresSession:
+    """``sync.Session``: one account run on one connection (the lock and the writes go together)."""
+
+    def __init__(
+        self, connect: db.ConnectionFactory, conn: Connection, account: str, start: RunStart | None
+    ) -> None:
+        self._connect, self._conn, self._account, self.start = connect, conn, account, start
+        # The connection met DatabaseUnavailableError: it is gone, finish_run needs another one.
+        self._lost = False
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[Connection]:
+        try:
+            yield self._conn
+        except errors.DatabaseUnavailableError:
+            self._lost = True
+            raise
+
+    def _run_id(self) -> int:
+        if self.start is None:
+            raise errors.StoreError(f"no run of {self._account} was begun: another process holds it")
+        return self.start.run_id
+
+    def lock_holder(self) -> status.LockHolder | None:
+        with self._watched() as conn:
+            return status.lock_holder(conn, self._account)
+
+    def commit_block(self, page: models.HistoryPage) -> BlockResult:
+        with self._watched() as conn:
+            return commit_block(conn, self._run_id(), page)
+
+    def quarantine_block(self, block: models.KeptBlock, ticket: gate.Ticket | None) -> QuarantineResult:
+        with self._watched() as conn:
+            return quarantine_block(conn, self._run_id(), self._account, block, ticket)
+
+    def record_block_failure(
+        self, *, request_token: str | None, body_sha256: str, error_kind: str, error: str
+    ) -> int:
+        with self._watched() as conn:
+            return record_block_failure(
+                conn,
+                self._account,
+                request_token=request_token,
+                body_sha256=body_sha256,
+                error_kind=error_kind,
+                error=error,
+            )
+
+    def clear_cursor(self, reason: str) -> None:
+        with self._watched() as conn:
+            clear_cursor(conn, self._account, reason)
+
+    def finish_run(self, outcome: str, error: str | None, *, clear_failure_streak: bool) -> None:
+        # A lost connection is gone: a fresh one (if the database is back) keeps `status` from showing
+        # the run as still going.
+        with self._connect() if self._lost else contextlib.nullcontext(self._conn) as conn:
+            finish_run(conn, self._run_id(), outcome, error, clear_failure_streak=clear_failure_streak)

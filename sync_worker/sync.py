@@ -1,4 +1,4 @@
-"""Sync one account's SMS history queue into Postgres; one pass over all accounts.
+"""Sync one account's SMS history queue into the database (a ``Store``); one pass over all accounts.
 
 The history endpoint is a queue: the request that carries block N's ``next``
 token acknowledges (dequeues) block N. So a block's rows and its token are
@@ -13,70 +13,25 @@ re-sent by a retry after a lost response) clears the stored cursor with a
 warning and restarts at the head of the queue: every block such a token could
 acknowledge is committed already. At most ``_MAX_CURSOR_RESTARTS`` per run.
 
-Outcomes of an account run (``AccountResult.outcome``):
-
-``succeeded``
-    drained to the final block, every block stored; or the run budget
-    (``deadline``) ended *between* two blocks after at least one was stored or
-    quarantined: the cursor is committed, the next block was not asked for,
-    ``more_waiting`` is set and ``error`` carries the note ``BUDGET_NOTE`` (the
-    daemon makes the account due again at once). A catch-up of a big backlog
-    is progress, not a failure. A budget that ends *inside* an exchange (an
-    answer still trickling in) cuts it: that run is ``failed``.
-``quarantined``
-    drained, but at least one block was *quarantined*: its exact bytes went to
-    ``sms_quarantine``, the cursor moved past it, an error-level
-    ``block_quarantined`` event was logged, and paging continued. That happens
-    to an answer that stayed unreadable through every retry attempt
-    (``errors.MalformedBlockError``: the client re-sends the same request first
-    and never follows the token of an unreadable answer), and to a readable
-    block that failed to be stored with the same permanent error in
-    ``FAILURE_STREAK_LIMIT`` consecutive runs (a bug of ours must not stop the
-    account forever). Not a success: ``once`` exits 5, ``error`` carries a note
-    that ``status`` shows, and ``sync-worker quarantine replay`` stores the
-    block's messages once the code can read them. A final answer that stayed
-    unreadable also means the run cannot tell whether more messages wait.
-``failed``
-    the run ended early with ``error`` set; the cursor stays at the last
-    committed block and the next run resumes there. This includes a
-    ``Retry-After`` longer than the run's remaining time budget: the run ends
-    at once instead of sleeping through the next schedule (the log event and
-    the error text say ``deferred``).
-``skipped_locked``
-    another replica (or an overlapping cron run) holds the account's advisory
-    lock and is syncing it right now. ``error`` names the holder (host:pid and
-    since when, from its ``sync_run`` row); a holder older than
-    ``LOCK_REPORT_INTERVALS`` intervals is logged (``account_lock_held_long``)
-    and counted (``scheduler_events_total{kind="lock_held_long"}``).
-``interrupted``
-    the stop event was set; the block in flight was committed first.
-``guard_tripped``
-    the login guard refused to log in (too many consecutive failed logins).
-
-``PassResult.exit_code``: 0 every account succeeded or was skipped because
-another replica has it; 4 the login guard tripped or the credentials were
-refused; 1 any account failed or was interrupted; 5 otherwise when any
-account quarantined a block.
+The database is a ``Store``: ``store.PostgresStore`` in production, an in-memory fake in the unit
+tests (``tests/unit/test_drain_rules.py`` holds these rules as a table). What a run and a pass end
+as, and what each outcome means: ``outcomes``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
+import contextlib
 import datetime
-import functools
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
-from sync_worker import config, db, errors, exitcodes, gate, logs, models, status, store
-
-Outcome = Literal["succeeded", "quarantined", "failed", "skipped_locked", "interrupted", "guard_tripped"]
-ConnectionFactory = db.ConnectionFactory
+from sync_worker import config, errors, gate, logs, models, outcomes, status, store
 
 # Consecutive runs failing on the same block with the same permanent error before
 # that block is quarantined and the queue moves on.
@@ -127,77 +82,48 @@ class HistoryApi(Protocol):
     def sms(self) -> _Sms: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AccountResult:
-    account: str
-    outcome: Outcome
-    blocks: int = 0
-    received: int = 0
-    inserted: int = 0
-    replays: int = 0
-    malformed: int = 0
-    quarantined: int = 0
-    duration_seconds: float = 0.0
-    error: str | None = None
-    # The errors class name, so the CLI can tell refused credentials (exit 4)
-    # from an outage (exit 1) without parsing text.
-    error_kind: str | None = None
-    # False: the run could not start (no connection, or its first statement failed), so no
-    # sync_run row records it; the daemon makes the account due again soon, not an interval later.
-    begun: bool = True
-    # The run budget ended between two blocks (progress committed, the next block not asked for):
-    # more messages may wait, so the daemon makes the account due again at once.
-    more_waiting: bool = False
+class Session(Protocol):
+    """One account run's hold on the database: the account's lock, then every write of the run.
+
+    Each write is one transaction of its own. ``commit_block`` and ``quarantine_block`` settle
+    the block's ``gate.Ticket`` only once their transaction committed, so no request can
+    acknowledge a block before it is stored (or kept); a write that raises settled nothing.
+    """
 
     @property
-    def ok(self) -> bool:
-        """The queue was drained (or another replica has it); a quarantine still counts as drained."""
-        return self.outcome in ("succeeded", "skipped_locked", "quarantined")
+    def start(self) -> store.RunStart | None:
+        """The run's id and the stored cursor; None when another process holds the account."""
+        ...
 
-    @property
-    def auth_refused(self) -> bool:
-        return self.outcome == "guard_tripped" or self.error_kind in _AUTH_KINDS
+    def lock_holder(self) -> status.LockHolder | None: ...
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def commit_block(self, page: models.HistoryPage) -> store.BlockResult:
+        """The block's rows, the cursor (``page.next``) and the run's counters, all or nothing."""
+        ...
+
+    def quarantine_block(self, block: models.KeptBlock, ticket: gate.Ticket | None) -> store.QuarantineResult:
+        """The block's bytes kept and the cursor moved past it (``block.next_token``), all or nothing."""
+        ...
+
+    def record_block_failure(
+        self, *, request_token: str | None, body_sha256: str, error_kind: str, error: str
+    ) -> int:
+        """One more run failing to store the same block with the same error kind: the streak."""
+        ...
+
+    def clear_cursor(self, reason: str) -> None: ...
+
+    def finish_run(self, outcome: str, error: str | None, *, clear_failure_streak: bool) -> None: ...
 
 
-_AUTH_KINDS: Final = frozenset(
-    {"AuthError", "LoginFailedError", "LoginGuardTrippedError"},
-)
+class Store(Protocol):
+    """What the sync needs of the database (``store.PostgresStore``; the tests' in-memory fake)."""
 
+    def begin_run(self, account: str) -> contextlib.AbstractContextManager[Session]:
+        """Take the account's lock and open its run; the lock is held until the context ends."""
+        ...
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PassResult:
-    accounts: list[AccountResult]
-
-    @property
-    def exit_code(self) -> int:
-        if any(r.auth_refused for r in self.accounts):
-            return exitcodes.AUTH
-        if not all(r.ok for r in self.accounts):
-            return exitcodes.FAILED
-        if any(r.outcome == "quarantined" for r in self.accounts):
-            return exitcodes.QUARANTINED
-        return exitcodes.OK
-
-    def summary(self) -> dict[str, Any]:
-        """Totals for one JSON log line or the CLI's final output."""
-        outcomes: dict[str, int] = {}
-        for r in self.accounts:
-            outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
-        return {
-            "accounts": len(self.accounts),
-            "outcomes": outcomes,
-            "blocks": sum(r.blocks for r in self.accounts),
-            "received": sum(r.received for r in self.accounts),
-            "inserted": sum(r.inserted for r in self.accounts),
-            "replays": sum(r.replays for r in self.accounts),
-            "malformed": sum(r.malformed for r in self.accounts),
-            "quarantined": sum(r.quarantined for r in self.accounts),
-            "failed": sorted(r.account for r in self.accounts if not r.ok),
-            "exit_code": self.exit_code,
-        }
+    def ensure_partitions(self, times: Sequence[datetime.datetime]) -> None: ...
 
 
 class _Stopped(Exception):
@@ -216,7 +142,7 @@ class PagingLoopError(errors.ResponseFormatError):
 def sync_account(
     api: HistoryApi,
     account: str,
-    connect: ConnectionFactory,
+    storage: Store,
     *,
     deadline: float | None = None,
     stop_event: threading.Event | None = None,
@@ -224,21 +150,22 @@ def sync_account(
     clock: Callable[[], float] = time.monotonic,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
     lock_report_after: float | None = None,
-) -> AccountResult:
+) -> outcomes.AccountResult:
     """Drain ``account``'s history queue into the database, block by block.
 
     ``deadline`` is a ``clock()`` value (monotonic): the client does not start
     a retry wait that would end after it. The whole run holds the account's
-    advisory lock on one dedicated connection; the block writes use that same
-    connection, so losing it loses the lock and the writes together and another
-    replica can never write the account while this one still believes it owns it.
+    lock (``storage.begin_run``); the block writes go through that same session
+    (``store.PostgresStore``: one connection), so losing it loses the lock and the
+    writes together and another replica can never write the account while this
+    one still believes it owns it.
 
     Never raises for an account-level problem: the result carries the outcome.
     """
     run = _AccountRun(
         api,
         account,
-        connect,
+        storage,
         deadline=deadline,
         stop_event=stop_event,
         metrics=metrics,
@@ -255,7 +182,7 @@ class _AccountRun:
         self,
         api: HistoryApi,
         account: str,
-        connect: ConnectionFactory,
+        storage: Store,
         *,
         deadline: float | None,
         stop_event: threading.Event | None,
@@ -271,7 +198,7 @@ class _AccountRun:
         # The final answer stayed unreadable: whether more messages wait is unknown.
         self.end_unknown = False
         self.account = account
-        self.connect = connect
+        self.storage = storage
         self.deadline = deadline
         self.stop_event = stop_event
         self.metrics = metrics
@@ -281,32 +208,25 @@ class _AccountRun:
         self.quarantined = 0
         self.more_waiting = False
 
-    def run(self) -> AccountResult:
+    def run(self) -> outcomes.AccountResult:
         try:
-            # The account's advisory lock, the run row and the cursor in one round trip, retried
-            # once on a fresh connection when a kept one fails it (it died while idle: a database
-            # restart). The lock is not released here: the session does it when the run ends (a
-            # pooled connection is given back only after pg_advisory_unlock_all, any other one is
-            # closed), after the run's last statement committed.
-            with db.started(self.connect, functools.partial(store.begin_run, account=self.account)) as (
-                conn,
-                begun,
-            ):
-                if begun is None:
-                    return self.skipped(conn)
-                return self.locked(conn, begun)
+            # The lock is released when the session ends, after the run's last statement committed.
+            with self.storage.begin_run(self.account) as session:
+                if session.start is None:
+                    return self.skipped(session)
+                return self.locked(session, session.start)
         except errors.SyncWorkerError as exc:
             # No connection, or the run's first statement failed on a fresh one: there is no
             # sync_run row to record it in (the database refused the very write that makes one).
             # The log event, the metrics and the result (begun=False) say so instead.
             return self.finish("failed", exc, begun=False)
 
-    def skipped(self, conn: db.Connection) -> AccountResult:
+    def skipped(self, session: Session) -> outcomes.AccountResult:
         """Another process syncs this account now; say who, and loudly when it has for long."""
         if self.metrics is not None:
             self.metrics.scheduler_event("lock_busy", self.account)
         try:
-            holder = status.lock_holder(conn, self.account)
+            holder = session.lock_holder()
         except errors.SyncWorkerError:
             holder = None
         note = None if holder is None else f"another process holds the account: {holder.describe()}"
@@ -323,15 +243,14 @@ class _AccountRun:
                 self.metrics.scheduler_event("lock_held_long", self.account)
         return self.finish("skipped_locked", error=note)
 
-    def locked(self, conn: db.Connection, begun: store.RunStart) -> AccountResult:
-        run_id, cursor = begun.run_id, begun.cursor
+    def locked(self, session: Session, begun: store.RunStart) -> outcomes.AccountResult:
         if begun.abandoned:
             _log.warning("abandoned_runs_closed", runs=begun.abandoned)
-        outcome: Outcome = "succeeded"
+        outcome: outcomes.Outcome = "succeeded"
         failure: BaseException | None = None
         deferred = False
         try:
-            self.drain(conn, run_id, cursor)
+            self.drain(session, begun.cursor)
         except _Stopped:
             outcome = "interrupted"
         except _BudgetReached:
@@ -355,7 +274,7 @@ class _AccountRun:
             _log.exception("account_run_crashed")
             outcome, failure = "failed", exc
 
-        error_text = None if failure is None else _describe(failure)
+        error_text = None if failure is None else outcomes.describe(failure)
         if outcome == "succeeded" and self.quarantined:
             outcome = "quarantined"
             error_text = (
@@ -371,28 +290,14 @@ class _AccountRun:
             error_text = BUDGET_NOTE if error_text is None else f"{error_text}; {BUDGET_NOTE}"
         if deferred:
             error_text = f"deferred: Retry-After exceeds the remaining run budget; {error_text}"
-        self.record_finish(
-            conn, run_id, outcome, error_text, lost=isinstance(failure, errors.DatabaseUnavailableError)
-        )
+        try:
+            # A succeeded run ends the account's failure streak in the same statement.
+            session.finish_run(outcome, error_text, clear_failure_streak=outcome == "succeeded")
+        except errors.SyncWorkerError as exc:
+            _log.warning("finish_run_failed", error=outcomes.describe(exc))
         return self.finish(outcome, failure, error_text, deferred=deferred)
 
-    def record_finish(
-        self, conn: db.Connection, run_id: int, outcome: Outcome, error: str | None, *, lost: bool
-    ) -> None:
-        # A succeeded run ends the account's failure streak in the same statement.
-        clear = outcome == "succeeded"
-        try:
-            if not lost:
-                store.finish_run(conn, run_id, outcome, error, clear_failure_streak=clear)
-                return
-            # The run's own connection is gone; a fresh one (if the database is
-            # back) keeps `status` from showing the run as still going.
-            with self.connect() as fresh:
-                store.finish_run(fresh, run_id, outcome, error, clear_failure_streak=clear)
-        except errors.SyncWorkerError as exc:
-            _log.warning("finish_run_failed", error=_describe(exc))
-
-    def drain(self, conn: db.Connection, run_id: int, cursor: str | None) -> None:
+    def drain(self, session: Session, cursor: str | None) -> None:
         restarts = 0
         while True:
             self.between_blocks()
@@ -405,7 +310,7 @@ class _AccountRun:
                 for page in blocks:
                     first = False
                     self.check_paging(page)
-                    self.commit(conn, run_id, page)
+                    self.commit(session, page)
                     if page.is_final:
                         return
                     self.between_blocks()
@@ -416,7 +321,7 @@ class _AccountRun:
                 # and a platform that keeps serving it would stop the queue forever.
                 # Its bytes are kept and reported; only then does the gate let its token out.
                 ticket = gate.Ticket(exc.next_token, None)
-                self.quarantine(conn, run_id, models.KeptBlock.from_error(exc), ticket)
+                self.quarantine(session, models.KeptBlock.from_error(exc), ticket)
                 if exc.next_token is None:
                     self.end_unknown = True
                     return
@@ -436,7 +341,7 @@ class _AccountRun:
                     token="stored" if first and restarts == 1 and cursor is not None else "in_flight",
                     action="cleared; restarting at the head of the queue",
                 )
-                store.clear_cursor(conn, self.account, "next token rejected by the API")
+                session.clear_cursor("next token rejected by the API")
                 cursor = None
             finally:
                 close = getattr(blocks, "close", None)
@@ -459,15 +364,15 @@ class _AccountRun:
                 operation="list_devices_sms_messages",
             )
 
-    def commit(self, conn: db.Connection, run_id: int, page: models.HistoryPage) -> None:
+    def commit(self, session: Session, page: models.HistoryPage) -> None:
         try:
-            result = store.commit_block(conn, run_id, page)
+            result = session.commit_block(page)
         except (errors.TransientError, _Stopped):
             raise
         except Exception as exc:
-            if not self.failed_again(conn, page, exc):
+            if not self.failed_again(session, page, exc):
                 raise
-            self.quarantine(conn, run_id, _unstorable(page, exc), page.ticket)
+            self.quarantine(session, _unstorable(page, exc), page.ticket)
             return
         malformed = len(result.malformed)
         self.blocks += 1
@@ -489,17 +394,15 @@ class _AccountRun:
                 self.account, result.received, result.inserted, result.replays, malformed
             )
 
-    def failed_again(self, conn: db.Connection, page: models.HistoryPage, exc: Exception) -> bool:
+    def failed_again(self, session: Session, page: models.HistoryPage, exc: Exception) -> bool:
         """Count a permanent failure to store ``page``; True once the streak reaches the limit."""
         digest = hashlib.sha256(page.body).hexdigest()
         try:
-            streak = store.record_block_failure(
-                conn,
-                self.account,
+            streak = session.record_block_failure(
                 request_token=page.request_next,
                 body_sha256=digest,
                 error_kind=type(exc).__name__,
-                error=_describe(exc),
+                error=outcomes.describe(exc),
             )
         except errors.SyncWorkerError:
             _log.warning("failure_streak_not_recorded", account=self.account)
@@ -510,14 +413,12 @@ class _AccountRun:
             streak=streak,
             limit=FAILURE_STREAK_LIMIT,
             sha256=digest,
-            error=_describe(exc),
+            error=outcomes.describe(exc),
         )
         return streak >= FAILURE_STREAK_LIMIT and bool(page.body)
 
-    def quarantine(
-        self, conn: db.Connection, run_id: int, block: models.KeptBlock, ticket: gate.Ticket | None
-    ) -> None:
-        result = store.quarantine_block(conn, run_id, self.account, block, ticket)
+    def quarantine(self, session: Session, block: models.KeptBlock, ticket: gate.Ticket | None) -> None:
+        result = session.quarantine_block(block, ticket)
         self.quarantined += 1
         _log.error(
             "block_quarantined",
@@ -548,16 +449,16 @@ class _AccountRun:
 
     def finish(
         self,
-        outcome: Outcome,
+        outcome: outcomes.Outcome,
         exc: BaseException | None = None,
         error: str | None = None,
         *,
         deferred: bool = False,
         begun: bool = True,
-    ) -> AccountResult:
+    ) -> outcomes.AccountResult:
         if error is None and exc is not None:
-            error = _describe(exc)
-        result = AccountResult(
+            error = outcomes.describe(exc)
+        result = outcomes.AccountResult(
             account=self.account,
             outcome=outcome,
             blocks=self.blocks,
@@ -572,10 +473,10 @@ class _AccountRun:
             begun=begun,
             more_waiting=self.more_waiting,
         )
-        _log_run(result, deferred=deferred)
+        outcomes.log_run(result, deferred=deferred)
         if self.metrics is not None:
             if exc is not None:
-                self.metrics.error(self.account, _error_kind(exc))
+                self.metrics.error(self.account, outcomes.error_kind(exc))
             if outcome == "guard_tripped":
                 self.metrics.login_guard(True)
             if outcome != "skipped_locked":
@@ -592,61 +493,13 @@ def _unstorable(page: models.HistoryPage, exc: BaseException) -> models.KeptBloc
         next_token=page.next,
         problem=(
             f"storing failed in {FAILURE_STREAK_LIMIT} consecutive runs with the same error "
-            f"({_describe(exc)[:300]}); replay once fixed"
+            f"({outcomes.describe(exc)[:300]}); replay once fixed"
         ),
         body=page.body[: errors.MalformedBlockError.MAX_KEPT_BODY],
         body_size=len(page.body),
         body_sha256=hashlib.sha256(page.body).hexdigest(),
         received_at=datetime.datetime.now(datetime.UTC),
     )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-# First match wins: subclasses before their bases.
-_ERROR_KINDS: Final[tuple[tuple[type[BaseException], str], ...]] = (
-    (errors.DatabaseUnavailableError, "database"),
-    (errors.LoginGuardTrippedError, "login_guard"),
-    (errors.AuthError, "auth"),
-    (errors.RateLimitedError, "rate_limited"),
-    (errors.InvalidCursorError, "invalid_cursor"),
-    (errors.TransientError, "transient"),
-    (errors.PermanentError, "permanent"),
-)
-
-
-def _error_kind(exc: BaseException) -> str:
-    return next((kind for cls, kind in _ERROR_KINDS if isinstance(exc, cls)), "internal")
-
-
-def _log_run(result: AccountResult, *, deferred: bool) -> None:
-    fields: dict[str, Any] = {
-        "blocks": result.blocks,
-        "messages": result.received,
-        "inserted": result.inserted,
-        "replays": result.replays,
-        "malformed": result.malformed,
-        "quarantined": result.quarantined,
-        "duration": result.duration_seconds,
-        "outcome": result.outcome,
-    }
-    if deferred:
-        fields["deferred"] = True
-    if result.more_waiting:
-        fields["more_waiting"] = True
-    if not result.begun:
-        fields["begun"] = False
-    if result.error is not None:
-        fields["error"] = result.error
-    if result.outcome in ("succeeded", "skipped_locked", "interrupted"):
-        _log.info("account_run", **fields)
-    elif result.outcome == "quarantined":
-        _log.error("account_run", **fields)
-    else:
-        _log.warning("account_run", **fields)
 
 
 def lock_report_after(interval_seconds: float) -> float:
@@ -668,7 +521,7 @@ def stoppable_sleep(stop_event: threading.Event) -> Callable[[float], None]:
     return sleep
 
 
-def partitions_ahead(connect: ConnectionFactory) -> None:
+def partitions_ahead(storage: Store) -> None:
     """This month's and next month's history partitions, before any block needs them.
 
     Best effort: a block whose partition is missing creates it itself, so a failure here
@@ -676,16 +529,15 @@ def partitions_ahead(connect: ConnectionFactory) -> None:
     """
     now = datetime.datetime.now(datetime.UTC)
     try:
-        with db.session(connect) as conn:
-            store.ensure_partitions(conn, [now, now + datetime.timedelta(days=32)])
+        storage.ensure_partitions([now, now + datetime.timedelta(days=32)])
     except errors.SyncWorkerError as exc:
-        _log.warning("partitions_ahead_failed", error=_describe(exc))
+        _log.warning("partitions_ahead_failed", error=outcomes.describe(exc))
 
 
 def run_accounts(
     api: HistoryApi,
     names: Sequence[str],
-    connect: ConnectionFactory,
+    storage: Store,
     *,
     concurrency: int,
     budget_seconds: float,
@@ -694,10 +546,10 @@ def run_accounts(
     clock: Callable[[], float] = time.monotonic,
     max_blocks: int = config.DEFAULT_MAX_BLOCKS_PER_RUN,
     lock_report_after: float | None = None,
-) -> list[AccountResult]:
+) -> list[outcomes.AccountResult]:
     """Sync ``names`` on a bounded pool; results in the order of ``names``."""
 
-    def one(name: str) -> AccountResult:
+    def one(name: str) -> outcomes.AccountResult:
         # The budget starts when the account does, not when the pass did:
         # accounts waiting for a pool slot must not start with less time.
         deadline = clock() + budget_seconds
@@ -705,7 +557,7 @@ def run_accounts(
             return sync_account(
                 api,
                 name,
-                connect,
+                storage,
                 deadline=deadline,
                 stop_event=stop_event,
                 metrics=metrics,
@@ -715,11 +567,13 @@ def run_accounts(
             )
         except Exception as exc:
             _log.exception("account_run_crashed", account=name)
-            return AccountResult(name, "failed", error=_describe(exc), error_kind=type(exc).__name__)
+            return outcomes.AccountResult(
+                name, "failed", error=outcomes.describe(exc), error_kind=type(exc).__name__
+            )
 
     if not names:
         return []
-    partitions_ahead(connect)
+    partitions_ahead(storage)
     workers = max(1, min(concurrency, len(names)))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sync") as pool:
         return list(pool.map(one, names))

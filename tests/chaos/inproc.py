@@ -148,7 +148,7 @@ def operator(argv: list[str], env: dict[str, str]) -> int:
     sink = io.StringIO()
     ctx = commands.Context(args, env, sink, sink)
     try:
-        return int(getattr(commands, args.func)(ctx))
+        return int(cli.command_function(args.func)(ctx))
     except errors.SyncWorkerError as exc:
         return exitcodes.for_error(exc)
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from prometheus_client import parser
 
-from sync_worker import db, exitcodes, models, simulator, store, sync
+from sync_worker import db, exitcodes, models, outcomes, simulator, store, sync
 from tests.integration.test_cli_e2e import ACCOUNTS, cli, worker_env
 from tests.integration.test_sync import backlog, canonical, make_client, stored_raw
 
@@ -226,9 +226,11 @@ def test_cursor_reset_and_forget_are_refused_while_a_run_holds_the_account_lock(
     backlog(simulator, account, 250, seed=11)
     api = make_client(simulator)
     parking = _ParkAtSecondBlock(api)
-    results: list[sync.AccountResult] = []
+    results: list[outcomes.AccountResult] = []
     run = threading.Thread(
-        target=lambda: results.append(sync.sync_account(parking, account, db.connector(db_url)))
+        target=lambda: results.append(
+            sync.sync_account(parking, account, store.PostgresStore(db.connector(db_url)))
+        )
     )
     run.start()
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from sync_worker import client, errors, models, retry, secret
+from sync_worker import client, errors, models, retry, secret, transport
 from sync_worker import simulator as sim_mod
 from tests.fakes import FakeTime
 
@@ -311,4 +311,4 @@ def test_session_cookies_headers_and_hooks_still_apply(
     assert login.headers["Cookie"] == history.headers["Cookie"] == "lb=node-7"
     for sent in seen:
         assert sent.headers["X-Trace"] == "trace-1"
-        assert sent.headers["User-Agent"] == client.USER_AGENT
+        assert sent.headers["User-Agent"] == transport.USER_AGENT

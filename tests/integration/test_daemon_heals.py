@@ -22,7 +22,7 @@ from apscheduler.schedulers import base as apscheduler_base  # type: ignore[impo
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from sync_worker import app, config, embedded, health, metrics, scheduler
+from sync_worker import app, config, embedded, health, metrics, probes
 from sync_worker import simulator as sim_mod
 from tests.fixtures.database import DatabaseServer
 from tests.integration.test_health_daemon import get, sample, samples
@@ -66,7 +66,7 @@ def running_daemon(settings: config.Settings) -> Iterator[tuple[Runs, str]]:
     """The daemon on a thread with a health server whose /readyz is the claim check; yields the
     metrics and the server's base URL. Stops it and checks it exited cleanly."""
     m = Runs()
-    liveness = scheduler.Liveness(stale_after=STALE_AFTER)
+    liveness = probes.Liveness(stale_after=STALE_AFTER)
     server = health.HealthServer(
         0, m, live=liveness, ready=health.checks([("claims", liveness.check_claims)]), host="127.0.0.1"
     )

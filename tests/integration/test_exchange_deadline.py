@@ -104,8 +104,9 @@ def test_a_body_over_the_cap_is_unreadable_and_its_connection_is_dropped(
     simulator: sim_mod.Simulator, tcp_connects: list[object]
 ) -> None:
     """A 202 whose body is over max_body_bytes is unreadable even when its first bytes are a whole
-    block (a real block, then padding and junk past the cap): retried, then a malformed block keeping
-    its first bytes, each oversized answer's connection closed (never back to the pool half-read)."""
+    block (a real block, then padding and junk past the cap): retried, then a failure that is never
+    quarantined (only its first bytes were read, so its token is not followed), each oversized
+    answer's connection closed (never back to the pool half-read)."""
     simulator.seed(ACCOUNT, 150)  # 202 blocks: nothing leaves the queue unasked
     location = [("Location", f"/sms/{ACCOUNT}/history?next=Tok2"), ("Content-Type", "application/json")]
     fake_time = FakeTime()
@@ -119,10 +120,13 @@ def test_a_body_over_the_cap_is_unreadable_and_its_connection_is_dropped(
         connections = len(tcp_connects)
         simulator.faults.next_history_raw(big, 202, location)
         simulator.faults.next_history_raw(big, 202, location)
-        with pytest.raises(errors.MalformedBlockError) as info:
+        with pytest.raises(errors.ResponseFormatError) as info:
             api.sms.list_devices_sms_messages(ACCOUNT)
-        assert "larger than 100000 bytes" in info.value.problem
-        assert info.value.body == big[:100_000] and info.value.next_token == "Tok2"
+        assert not isinstance(info.value, errors.MalformedBlockError)
+        assert "larger than 100000 bytes" in str(info.value) and "byte for byte" in str(info.value)
+        unreadable = info.value.__cause__
+        assert isinstance(unreadable, errors.UnreadableAnswerError) and unreadable.attempts == 2
+        assert unreadable.block.body == big[:100_000] and unreadable.block.next_token == "Tok2"
         assert len(api.sms.list_devices_sms_messages(ACCOUNT).messages) == 100
         assert len(tcp_connects) == connections + 2
 
@@ -190,7 +194,7 @@ def test_a_budget_reached_between_blocks_ends_the_run_as_succeeded_with_more_wai
 
     connect = database.connector(db_url)
     with test_sync.make_client(simulator) as api:
-        result = sync.sync_account(api, ACCOUNT, connect, deadline=deadline, clock=clock)
+        result = sync.sync_account(api, ACCOUNT, store.PostgresStore(connect), deadline=deadline, clock=clock)
     assert (result.outcome, result.more_waiting, result.blocks, result.received) == (
         "succeeded",
         True,
@@ -206,7 +210,9 @@ def test_a_budget_reached_between_blocks_ends_the_run_as_succeeded_with_more_wai
     assert (state.last_run_outcome, state.last_error) == ("succeeded", sync.BUDGET_NOTE)
     assert _stored(db_url) == 200
     with test_sync.make_client(simulator) as api:
-        again = sync.sync_account(api, ACCOUNT, connect, deadline=time.monotonic() + 60.0)
+        again = sync.sync_account(
+            api, ACCOUNT, store.PostgresStore(connect), deadline=time.monotonic() + 60.0
+        )
     assert (again.outcome, again.more_waiting, again.error) == ("succeeded", False, None)
     assert _stored(db_url) == len(sent) and simulator.queued(ACCOUNT) == []
 

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import client, db, retry, simulator, sync
+from sync_worker import client, db, retry, simulator, store, sync
 from tests import gate_oracle
 from tests.reliability import crash
 
@@ -200,7 +200,7 @@ def test_no_block_is_acknowledged_unless_committed_or_quarantined(stack: _Stack,
     stack.sim.inject(account, messages)
     stack.plan = plan
     try:
-        result = sync.sync_account(stack.api, account, stack.connect)
+        result = sync.sync_account(stack.api, account, store.PostgresStore(stack.connect))
     finally:
         stack.plan = None
     assert stack.watch is not None

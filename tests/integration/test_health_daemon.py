@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import parser
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sync_worker import app, config, health, metrics, migrations, scheduler
+from sync_worker import app, config, health, metrics, migrations, probes
 from sync_worker import simulator as sim_mod
 
 ACCOUNT = "0252012345-00001"
@@ -173,7 +173,7 @@ def running_daemon(
     seeded = simulator.seed(ACCOUNT, 250, seed=7)
     settings = settings_for(simulator, db_url)
     m = RunSignal()
-    liveness = scheduler.Liveness()
+    liveness = probes.Liveness()
     server = health.HealthServer(
         0,
         m,
@@ -298,7 +298,7 @@ def test_healthz_is_the_scheduler_running(simulator: sim_mod.Simulator, db_url: 
     simulator.seed(ACCOUNT, 20, seed=9)
     settings = settings_for(simulator, db_url)
     m = RunSignal()
-    liveness = scheduler.Liveness()
+    liveness = probes.Liveness()
     stop = threading.Event()
     result: list[int] = []
     thread = threading.Thread(

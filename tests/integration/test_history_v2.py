@@ -77,7 +77,13 @@ def test_a_pass_creates_this_and_next_months_partitions(db: psycopg.Connection[A
     ahead = (now.replace(day=1) + dt.timedelta(days=32)).strftime("%Y%m")
     for name in (f"sms_message_p{ahead}", f"sms_message_device_p{ahead}"):
         db.execute(f"DROP TABLE IF EXISTS {name}")  # the template made it at migration time
-    sync.run_accounts(_NoApi(), ["acct-none"], database.connector(db_url), concurrency=1, budget_seconds=1)
+    sync.run_accounts(
+        _NoApi(),
+        ["acct-none"],
+        store.PostgresStore(database.connector(db_url)),
+        concurrency=1,
+        budget_seconds=1,
+    )
     row = db.execute("SELECT to_regclass(%s) IS NOT NULL", (f"sms_message_p{ahead}",)).fetchone()
     assert row == (True,)
 

@@ -16,7 +16,7 @@ from unittest import mock
 
 import psycopg
 
-from sync_worker import migrations, models, rows, store
+from sync_worker import identity, migrations, models, rows, store
 from tests.fixtures import rows_0012
 
 ACCOUNT = "0252012345-00071"
@@ -148,16 +148,16 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
         new_key = {r[0]: r[1] for r in after}
         for plain in PLAIN:
             [key] = _new_keys([plain])
-            raw_json = rows.dump_raw(plain)
+            raw_json = identity.dump_raw(plain)
             assert new_key[raw_json] == old_key[raw_json] == key, plain
         # Re-keyed rows now hold the key the new code gives them.
         for wire in [SUB_MICRO[0], SUB_MICRO[2], MESSAGE_IDS[0], ODD[0], ODD[1], ODD[2]]:
-            assert new_key[rows.dump_raw(wire)] == _new_keys([wire])[0], wire
-            assert new_key[rows.dump_raw(wire)] != old_key[rows.dump_raw(wire)], wire
-        assert [new_key[rows.dump_raw(w)] for w in ONE_BLOCK] == _new_keys(ONE_BLOCK)
+            assert new_key[identity.dump_raw(wire)] == _new_keys([wire])[0], wire
+            assert new_key[identity.dump_raw(wire)] != old_key[identity.dump_raw(wire)], wire
+        assert [new_key[identity.dump_raw(w)] for w in ONE_BLOCK] == _new_keys(ONE_BLOCK)
         junk = conn.execute(
             "SELECT received_at, message_key, problems FROM sms_history WHERE raw_json = %s",
-            (rows.dump_raw(JUNK),),
+            (identity.dump_raw(JUNK),),
         ).fetchone()
         assert junk is not None and junk[0] is None and junk[1] == _new_keys([JUNK])[0]
         assert any("not ISO-8601" in p for p in junk[2])

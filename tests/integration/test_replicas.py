@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker import app, config, metrics, models, simulator, status, store, sync
+from sync_worker import app, config, metrics, models, outcomes, simulator, status, store, sync
 from tests.integration.test_sync import backlog, canonical, make_client, make_settings, stored_raw
 
 ACCOUNTS = ["0252012345-00001", "0252012345-00002", "0252012345-00003"]
@@ -53,7 +53,7 @@ def test_two_concurrent_passes_sync_each_account_once(
     gate = threading.Event()
     # Replica A holds its locks inside the first block until B has skipped.
     api_a, api_b = make_client(simulator), make_client(simulator)
-    results: dict[str, sync.PassResult] = {}
+    results: dict[str, outcomes.PassResult] = {}
     rendezvous = Rendezvous(api_a, gate, len(ACCOUNTS))
 
     def replica_a() -> None:
@@ -161,7 +161,7 @@ def test_a_recent_holder_is_named_but_not_reported(
         result = sync.sync_account(
             object(),  # type: ignore[arg-type]  # never reached: the account is locked
             account,
-            lambda: psycopg.connect(db_url, autocommit=True),
+            store.PostgresStore(lambda: psycopg.connect(db_url, autocommit=True)),
             metrics=m,
             lock_report_after=180.0,
         )

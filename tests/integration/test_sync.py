@@ -11,7 +11,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import app, client, config, errors, exitcodes, metrics, models, retry, simulator, store, sync
+from sync_worker import (
+    app,
+    client,
+    config,
+    errors,
+    exitcodes,
+    metrics,
+    models,
+    outcomes,
+    retry,
+    simulator,
+    store,
+    sync,
+)
 from sync_worker import db as database
 from tests.reliability import crash
 
@@ -150,7 +163,7 @@ def test_backlog_lands_exactly_and_acks_follow_commits(
     api = make_client(simulator)
     checker = CommitBeforeAck(api, db_url)
     try:
-        result = sync.sync_account(checker, ACCOUNT, database.connector(db_url))
+        result = sync.sync_account(checker, ACCOUNT, store.PostgresStore(database.connector(db_url)))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -195,7 +208,7 @@ def test_rejected_stored_token_restarts_at_head(
     store.finish_run(conn, run_id, "failed", "test setup")
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, database.connector(db_url))
+        result = sync.sync_account(api, ACCOUNT, store.PostgresStore(database.connector(db_url)))
     finally:
         api.close()
     assert result.outcome == "succeeded", result.error
@@ -215,10 +228,10 @@ def test_persistent_transient_failure_keeps_cursor_and_next_run_resumes(
     sleep = SleepRecorder()
     api = make_client(simulator, sleep=sleep, max_attempts=3)
     try:
-        failed = sync.sync_account(api, ACCOUNT, database.connector(db_url))
+        failed = sync.sync_account(api, ACCOUNT, store.PostgresStore(database.connector(db_url)))
         issued = simulator.issued_tokens(ACCOUNT)
         cursor_after_failure = store.get_cursor(conn, ACCOUNT)
-        resumed = sync.sync_account(api, ACCOUNT, database.connector(db_url))
+        resumed = sync.sync_account(api, ACCOUNT, store.PostgresStore(database.connector(db_url)))
     finally:
         api.close()
     assert failed.outcome == "failed"
@@ -247,7 +260,9 @@ def test_retry_after_beyond_budget_ends_run_without_sleeping(
     sleep = SleepRecorder()
     api = make_client(simulator, sleep=sleep, max_attempts=5, max_retry_after=3600)
     try:
-        result = sync.sync_account(api, ACCOUNT, database.connector(db_url), deadline=time.monotonic() + 30.0)
+        result = sync.sync_account(
+            api, ACCOUNT, store.PostgresStore(database.connector(db_url)), deadline=time.monotonic() + 30.0
+        )
     finally:
         api.close()
     assert result.outcome == "failed"
@@ -281,7 +296,9 @@ def test_stop_event_mid_drain_leaves_cursor_at_committed_block(
                 yield page
 
     try:
-        result = sync.sync_account(StopAfterTwo(), ACCOUNT, database.connector(db_url), stop_event=stop)
+        result = sync.sync_account(
+            StopAfterTwo(), ACCOUNT, store.PostgresStore(database.connector(db_url)), stop_event=stop
+        )
     finally:
         api.close()
     assert result.outcome == "interrupted"
@@ -302,7 +319,7 @@ def test_account_lock_busy_skips_and_says_so(
     assert store.try_account_lock(conn, ACCOUNT)
     api = make_client(simulator)
     try:
-        result = sync.sync_account(api, ACCOUNT, database.connector(db_url))
+        result = sync.sync_account(api, ACCOUNT, store.PostgresStore(database.connector(db_url)))
     finally:
         api.close()
     assert result.outcome == "skipped_locked"
@@ -319,12 +336,16 @@ def test_account_lock_is_released_when_the_run_ends(
     api = make_client(simulator)
     pool = database.Pool(database.connector(db_url), keep=2)
     try:
-        result = sync.sync_account(api, ACCOUNT, pool if pooled else database.connector(db_url))
+        result = sync.sync_account(
+            api, ACCOUNT, store.PostgresStore(pool if pooled else database.connector(db_url))
+        )
         assert result.outcome == "succeeded", result.error
         _take_lock_once_free(conn, pooled)
         store.release_account_lock(conn, ACCOUNT)
         # The kept connection carries no lock into the next run.
-        again = sync.sync_account(api, ACCOUNT, pool if pooled else database.connector(db_url))
+        again = sync.sync_account(
+            api, ACCOUNT, store.PostgresStore(pool if pooled else database.connector(db_url))
+        )
         assert again.outcome == "succeeded", again.error
         _take_lock_once_free(conn, pooled)
     finally:
@@ -367,7 +388,7 @@ def test_database_gone_mid_run_fails_the_account_only(simulator: simulator.Simul
                 yield page
 
     try:
-        result = sync.sync_account(KillAfterFirst(), ACCOUNT, database.connector(db_url))
+        result = sync.sync_account(KillAfterFirst(), ACCOUNT, store.PostgresStore(database.connector(db_url)))
     finally:
         api.close()
     assert result.outcome == "failed"
@@ -475,11 +496,11 @@ def test_malformed_block_is_quarantined_counted_and_paging_resumes_after_it(db_u
     account = "0252012345-00077"
     api = _QuarantineApi(account)
     m = metrics.Metrics()
-    result = sync.sync_account(api, account, database.connector(db_url), metrics=m)
+    result = sync.sync_account(api, account, store.PostgresStore(database.connector(db_url)), metrics=m)
     assert api.calls == [None, "T2"]
     assert (result.outcome, result.blocks, result.inserted, result.quarantined) == ("quarantined", 2, 2, 1)
     assert result.ok and result.error is not None and "quarantined 1" in result.error
-    assert sync.PassResult([result]).exit_code == exitcodes.QUARANTINED
+    assert outcomes.PassResult([result]).exit_code == exitcodes.QUARANTINED
     assert (
         m.registry.get_sample_value(
             "thingspace_sync_errors_total", {"account": account, "kind": "malformed_block"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from sync_worker import app, client, config, retry, simulator, sync
+from sync_worker import app, client, config, outcomes, retry, simulator
 from tests.reliability import crash
 
 
@@ -33,7 +33,7 @@ def run_pass(
     *,
     max_attempts: int = 8,
     read_timeout: float = 0.3,
-) -> tuple[sync.PassResult, Observer, list[float]]:
+) -> tuple[outcomes.PassResult, Observer, list[float]]:
     """One ``sync_once`` over ``accounts`` (sequentially, so fault order is deterministic)."""
     settings = config.load(crash.worker_env(sim, db_url, accounts, SYNC_CONCURRENCY="1"))
     observer = Observer()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import callback_metrics, config, metrics, scheduler
+from sync_worker import callback_metrics, config, metrics, probes
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 # What a scrape of the daemon adds (deploy/prometheus/prometheus.yml's job).
@@ -200,8 +200,8 @@ def _quarantine_at_10(w: Worker, minute: int) -> None:
 def _start_with_a_run_stuck_since_minute_5(w: Worker) -> None:
     _configure(A, B)(w)
     # The dispatcher's view: A's run started at minute 5 and never ends (past its budget and margin,
-    # scheduler.overdue_after of the default settings, from minute 15 on).
-    after = scheduler.overdue_after(config.load({}, require_credentials=False, require_accounts=False))
+    # probes.overdue_after of the default settings, from minute 15 on).
+    after = probes.overdue_after(config.load({}, require_credentials=False, require_accounts=False))
     w.m.watch_overdue_runs(lambda: {A: w.now - 300.0 - after} if w.now - 300.0 > after else {})
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sync_worker import cli, commands, config, errors, exitcodes, metrics, report
+from sync_worker import cli, commands, errors, exitcodes, metrics, report, variables
 
 API_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001",
@@ -40,10 +40,10 @@ def run(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]
 
 
 def test_help_documents_every_variable_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    """--help lists every environment variable from config.VARIABLES and every exit code."""
+    """--help lists every environment variable from variables.VARIABLES and every exit code."""
     code, out, _ = run(capsys, ["--help"], {})
     assert code == 0
-    for var in config.VARIABLES:
+    for var in variables.VARIABLES:
         assert var.name in out
     for number, _text in exitcodes.TABLE:
         assert f"  {number} " in out

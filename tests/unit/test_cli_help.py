@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import cli, commands, config
+from sync_worker import cli, variables
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = {var.name for var in config.VARIABLES}
+ALL = {var.name for var in variables.VARIABLES}
 
 
 def _leaves(
@@ -45,8 +45,8 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
 
 def test_every_command_says_which_variables_it_reads() -> None:
     """COMMAND_VARIABLES names every command of the parser, and only real variables."""
-    assert set(config.COMMAND_VARIABLES) == set(LEAVES)
-    for names in config.COMMAND_VARIABLES.values():
+    assert set(variables.COMMAND_VARIABLES) == set(LEAVES)
+    for names in variables.COMMAND_VARIABLES.values():
         assert names <= ALL
 
 
@@ -54,12 +54,12 @@ def test_every_command_says_which_variables_it_reads() -> None:
 def test_command_help_lists_exactly_the_variables_it_reads(command: str) -> None:
     """`COMMAND --help` lists the variables the command reads, and no other; `--help` lists all."""
     text = LEAVES[command].format_help()
-    assert _listed(text) == config.COMMAND_VARIABLES[command]
+    assert _listed(text) == variables.COMMAND_VARIABLES[command]
     assert _listed(cli.build_parser().format_help()) == ALL
 
 
 def _source(command: str) -> str:
-    return inspect.getsource(getattr(commands, LEAVES[command].get_default("func")))
+    return inspect.getsource(cli.command_function(LEAVES[command].get_default("func")))
 
 
 @pytest.mark.parametrize("command", sorted(LEAVES))
@@ -68,7 +68,7 @@ def test_declared_variables_match_what_the_command_loads(command: str) -> None:
     a metrics port) is in its declared variables; a command that loads no settings reads none of
     the database's or ThingSpace's."""
     source = _source(command)
-    declared = config.COMMAND_VARIABLES[command]
+    declared = variables.COMMAND_VARIABLES[command]
     if "ctx.settings(" not in source:
         assert declared <= {"SYNC_LOG_FORMAT"}
         return
@@ -80,11 +80,14 @@ def test_declared_variables_match_what_the_command_loads(command: str) -> None:
             "THINGSPACE_PASSWORD",
             "THINGSPACE_BASE_URL",
         } <= declared
-    if "_api_client(" in source or "sync_once(" in source or "run_daemon(" in source:
+    if "command_client(" in source or "run_pass(" in source or "run_daemon(" in source:
         assert "THINGSPACE_RETRY_MAX_ATTEMPTS" in declared
+    if "run_pass(" in source:
+        assert {"SYNC_METRICS_TEXTFILE", "SYNC_METRICS_PUSHGATEWAY"} <= declared
     if "accounts=True" in source or "account_names" in source or "_check_known(" in source:
         assert "SYNC_ACCOUNTS" in declared
-    if "metrics_port" in source:
+    # app.run_daemon and app.receive serve /metrics, /healthz and /readyz on SYNC_METRICS_PORT.
+    if "metrics_port" in source or "run_daemon(" in source or "app.receive(" in source:
         assert "SYNC_METRICS_PORT" in declared
-    if "app.login_guard(" in source or "_guard_problem(" in source:
+    if "app.login_guard(" in source or "guard_problem(" in source or "guard_status(" in source:
         assert "SYNC_LOGIN_GUARD_THRESHOLD" in declared

@@ -20,7 +20,7 @@ import requests
 import requests.adapters
 from requests.structures import CaseInsensitiveDict
 
-from sync_worker import auth, client, errors, models, retry, secret
+from sync_worker import auth, client, errors, models, retry, secret, transport
 
 BASE = "https://ts.example/api"
 ACCOUNT = "0252012345-00001"
@@ -196,7 +196,7 @@ def test_first_call_fetches_bearer_logs_in_and_sends_both_tokens(fake: FakeApi, 
     assert api.method == "GET" and api.path_url == f"/api/m2m/v1/sms/{ACCOUNT}/history"
     assert api.headers["Authorization"] == "Bearer bearer-1-tok"
     assert api.headers["VZ-M2M-Token"] == "sess-2-tok"
-    assert api.headers["User-Agent"] == client.USER_AGENT
+    assert api.headers["User-Agent"] == transport.USER_AGENT
     assert api_kw["timeout"] == (5.0, 60.0) and tok_kw["timeout"] == (5.0, 60.0)
     assert api_kw["verify"] not in (False, None, "")
     assert api_kw["cert"] is None and api_kw["stream"] is True  # read by the client, against its deadline
@@ -923,13 +923,13 @@ def test_environment_proxies_and_ca_bundle_are_read_once(monkeypatch: pytest.Mon
         password=secret.Secret(PASSWORD),
     )
     with client.ThingSpaceClient(cfg) as api:
-        http = api._http
+        http = api._transport.http
         assert http.proxies.get("https") == "http://proxy.internal:3128"
-        assert http.verify == "/etc/ssl/private-ca.pem" and api._verify == "/etc/ssl/private-ca.pem"
+        assert http.verify == "/etc/ssl/private-ca.pem" and api._transport.verify == "/etc/ssl/private-ca.pem"
         assert http.trust_env is False
     monkeypatch.setenv("NO_PROXY", "ts.example")
     with client.ThingSpaceClient(cfg) as api:
-        assert "https" not in api._http.proxies
+        assert "https" not in api._transport.http.proxies
 
 
 def test_headers_follow_the_session_and_tokens_and_bad_ones_are_refused_every_time(

@@ -127,7 +127,8 @@ def test_a_callers_session_is_cut_in_the_body() -> None:
 
 def test_a_body_over_the_cap_from_an_adapter_that_read_it_is_unreadable() -> None:
     """An adapter that hands over its body already read (no stream) still gets the cap: the history
-    answer is unreadable, retried, then a malformed block holding only the first bytes."""
+    answer is unreadable, retried, then a failure that is never quarantined (only the first bytes
+    were kept)."""
     fake = FakeApi()
     big = {"messages": [{"message": "x" * 600}], "hasMoreData": False}
     fake.api.extend([reply(200, big), reply(200, big)])
@@ -139,7 +140,10 @@ def test_a_body_over_the_cap_from_an_adapter_that_read_it_is_unreadable() -> Non
         max_body_bytes=500,
         retry=retry.RetryPolicy(max_attempts=2, sleep=lambda _: None),
     )
-    with client.ThingSpaceClient(cfg) as api, pytest.raises(errors.MalformedBlockError) as info:
+    with client.ThingSpaceClient(cfg) as api, pytest.raises(errors.ResponseFormatError) as info:
         api.sms.list_devices_sms_messages(ACCOUNT)
-    assert info.value.problem == "history body is larger than 500 bytes"
-    assert len(info.value.body) == 500 and info.value.next_token is None
+    assert not isinstance(info.value, errors.MalformedBlockError)
+    unreadable = info.value.__cause__
+    assert isinstance(unreadable, errors.UnreadableAnswerError) and unreadable.attempts == 2
+    assert unreadable.block.problem == "history body is larger than 500 bytes"
+    assert len(unreadable.block.body) == 500 and unreadable.block.next_token is None

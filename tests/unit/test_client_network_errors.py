@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sync_worker import client, errors, models, retry, secret
+from sync_worker import client, errors, models, retry, secret, transport
 
 ACCOUNT = "0252012345-00001"
 
@@ -109,5 +109,5 @@ def test_network_cause_walks_wrapped_exceptions() -> None:
     inner = socket.gaierror(-2, "Name or service not known")
     outer = RuntimeError("wrapper")
     outer.__cause__ = inner
-    assert client.network_cause(outer) == "DNS lookup failed (Name or service not known)"
-    assert client.network_cause(RuntimeError("x")) == "RuntimeError"
+    assert transport.network_cause(outer) == "DNS lookup failed (Name or service not known)"
+    assert transport.network_cause(RuntimeError("x")) == "RuntimeError"

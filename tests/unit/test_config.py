@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import app, client, config, errors, secret
+from sync_worker import app, client, config, errors, secret, variables
 
 BASE_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001,0252012345-00002",
@@ -241,19 +241,33 @@ def test_missing_toml_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_every_settings_field_is_documented() -> None:
-    """VARIABLES (which drives --help and the README) covers every Settings field, each name once."""
-    documented = {f for var in config.VARIABLES for f in var.fields}
-    fields = {f.name for f in dataclasses.fields(config.Settings)}
-    assert fields == documented
-    names = [var.name for var in config.VARIABLES]
+    """Every Settings field names the variables it is read from, all in VARIABLES (which drives
+    --help and the README); every variable feeds a field, each name once, each described."""
+    named = [f.metadata.get(variables.SOURCES) for f in dataclasses.fields(config.Settings)]
+    assert all(named), "a Settings field names no variable"
+    names = [var.name for var in variables.VARIABLES]
     assert len(names) == len(set(names))
-    assert all(var.description for var in config.VARIABLES)
+    assert {name for sources in named if sources for name in sources} == set(names)
+    assert all(var.description for var in variables.VARIABLES)
+
+
+def test_each_variable_is_linked_to_its_field_once() -> None:
+    """A variable with a reader is the first source of exactly one field, and a field with a
+    default starts from its first variable's typed default: the link and the default are said once."""
+    firsts = [f.metadata[variables.SOURCES][0] for f in dataclasses.fields(config.Settings)]
+    readers = [var.name for var in variables.VARIABLES if var.read is not None]
+    assert all(firsts.count(name) == 1 for name in readers)
+    for f in dataclasses.fields(config.Settings):
+        if f.default is not dataclasses.MISSING:
+            assert f.default == variables.default(f.metadata[variables.SOURCES][0]), f.name
+    with pytest.raises(KeyError, match="SYNC_NO_SUCH_VARIABLE"):
+        variables.sources("SYNC_NO_SUCH_VARIABLE")
 
 
 def test_readme_documents_every_variable() -> None:
     """The README contains the generated variables table verbatim, so the two never drift."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert config.variables_markdown() in readme
+    assert variables.variables_markdown() in readme
 
 
 def test_credential_fingerprint_tracks_credentials_without_revealing_them() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync_worker import callback_metrics, cli, config, metrics, simulator
+from sync_worker import callback_metrics, cli, config, metrics, simulator, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,7 +27,7 @@ APP_IMAGE = f"thingspace-sms-sync:{VERSION}"
 EXTERNAL_IMAGES = {"postgres:16-alpine"}
 METRICS_PORT = 9108
 SIM_PORT = 8080
-SETTINGS_VARIABLES = {v.name for v in config.VARIABLES}
+SETTINGS_VARIABLES = {v.name for v in variables.VARIABLES}
 # Interpreter knobs the Dockerfile sets for Python and pip themselves.
 DOCKER_ONLY_VARIABLES = {
     "PYTHONDONTWRITEBYTECODE",

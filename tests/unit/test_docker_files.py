@@ -12,7 +12,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from sync_worker import config
+from sync_worker import variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -72,7 +72,9 @@ def test_dockerfile_builds_with_the_constraints_and_says_buildkit() -> None:
 
 def test_docker_run_examples_stop_slower_than_the_worker_shuts_down() -> None:
     """Every documented `docker run` of the daemon passes --stop-timeout above the shutdown timeout."""
-    shutdown = float(next(v.default for v in config.VARIABLES if v.name == "SYNC_SHUTDOWN_TIMEOUT_SECONDS"))
+    shutdown = float(
+        next(v.default for v in variables.VARIABLES if v.name == "SYNC_SHUTDOWN_TIMEOUT_SECONDS")
+    )
     runs = [
         c
         for c in re.findall(r"^docker run[^\n]*(?:\\\n[^\n]*)*", OPERATIONS, re.MULTILINE)

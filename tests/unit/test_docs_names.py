@@ -110,10 +110,10 @@ def test_a_stale_name_is_caught() -> None:
     found = references(text)
     assert found == {"store.clear_failure_streak", "store.finish_run", "gate.Ticket"}
     assert resolve("store.clear_failure_streak") == "store has no clear_failure_streak"
-    assert resolve("scheduler.Dispatcher.no_such_method") == "scheduler.Dispatcher has no no_such_method"
+    assert resolve("dispatch.Dispatcher.no_such_method") == "dispatch.Dispatcher has no no_such_method"
     assert resolve("store.finish_run") is None
     assert resolve("simulator.CODE_*") is None
-    assert resolve("sync.AccountResult.quarantined") is None  # a dataclass field
+    assert resolve("outcomes.AccountResult.quarantined") is None  # a dataclass field
 
 
 # --- where the database driver's errors become project errors -------------------------------------

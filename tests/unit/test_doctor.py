@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from sync_worker import config, doctor, exitcodes
+from sync_worker import clock_skew, config, doctor, doctor_report, exitcodes, head_summary
 
-SOURCE = Path(doctor.__file__)
+# doctor and the modules that are its alone: none of them may name a forbidden call.
+SOURCES = [Path(str(m.__file__)) for m in (doctor, doctor_report, head_summary, clock_skew)]
 # Every call that could acknowledge a block, text a device, divert the queue, or change the schema.
 FORBIDDEN = {
     "release",
@@ -28,21 +29,24 @@ FORBIDDEN = {
 }
 
 
+def _trees() -> list[ast.Module]:
+    return [ast.parse(source.read_text(encoding="utf-8")) for source in SOURCES]
+
+
 def _calls(name: str) -> list[ast.Call]:
-    tree = ast.parse(SOURCE.read_text(encoding="utf-8"))
     return [
         node
+        for tree in _trees()
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
     ]
 
 
 def test_doctor_never_calls_what_acknowledges_sends_or_migrates() -> None:
-    """doctor.py names none of the calls that acknowledge, send, divert or migrate, and reads history only
-    through list_devices_sms_messages(account) with no `next` (only the keyword `deadline`)."""
-    tree = ast.parse(SOURCE.read_text(encoding="utf-8"))
-    named = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-    named |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    """doctor's modules name none of the calls that acknowledge, send, divert or migrate, and read
+    history only through list_devices_sms_messages(account) with no `next` (only the keyword `deadline`)."""
+    named = {node.attr for tree in _trees() for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    named |= {node.id for tree in _trees() for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert named & FORBIDDEN == set()
     reads = _calls("list_devices_sms_messages")
     assert len(reads) == 1
@@ -67,15 +71,15 @@ def test_doctor_never_calls_what_acknowledges_sends_or_migrates() -> None:
 )
 def test_timestamp_forms_name_zone_seconds_and_fraction(value: object, form: str) -> None:
     """Each way of writing a timestamp gets its own label (zone kind, seconds, fractional digits)."""
-    assert doctor.timestamp_form(value) == form
+    assert head_summary.timestamp_form(value) == form
 
 
 def test_skew_is_the_date_header_against_the_middle_of_the_exchange() -> None:
     """Date 10 s past the receipt: +10.5 s (the header truncates) + half the elapsed time; no Date: None."""
     received = float(calendar.timegm((2001, 1, 1, 0, 0, 0)))
-    assert doctor.skew_seconds("Mon, 01 Jan 2001 00:00:10 GMT", received, 0.2) == pytest.approx(10.6)
-    assert doctor.skew_seconds(None, received, 0.2) is None
-    assert doctor.skew_seconds("not a date", received, 0.2) is None
+    assert clock_skew.skew_seconds("Mon, 01 Jan 2001 00:00:10 GMT", received, 0.2) == pytest.approx(10.6)
+    assert clock_skew.skew_seconds(None, received, 0.2) is None
+    assert clock_skew.skew_seconds("not a date", received, 0.2) is None
 
 
 def _response(date: str | None) -> requests.Response:
@@ -90,7 +94,7 @@ def _response(date: str | None) -> requests.Response:
 def test_clock_check_warns_beyond_five_seconds(offset: int, verdict: str) -> None:
     """Answers whose Date is `offset` s from this host's clock: ok within 5 s, warn beyond it."""
     received = float(calendar.timegm((2030, 6, 1, 12, 0, 0)))
-    samples = doctor.DateSamples(now=lambda: received)
+    samples = clock_skew.DateSamples(now=lambda: received)
     date = datetime.datetime.fromtimestamp(received + offset, datetime.UTC)
     for _ in range(3):
         samples.note(_response(date.strftime("%a, %d %b %Y %H:%M:%S GMT")))
@@ -101,7 +105,7 @@ def test_clock_check_warns_beyond_five_seconds(offset: int, verdict: str) -> Non
 
 def test_clock_check_is_skipped_without_a_date_header() -> None:
     """No answer carried Date: the clock check is skipped, saying so."""
-    samples = doctor.DateSamples()
+    samples = clock_skew.DateSamples()
     samples.note(_response(None))
     check = samples.check()
     assert (check.verdict, check.summary) == ("skipped", "no API answer carried a Date header")
@@ -109,17 +113,17 @@ def test_clock_check_is_skipped_without_a_date_header() -> None:
 
 def test_exit_code_is_the_most_basic_failing_check() -> None:
     """Config before database before auth before the rest; warnings and skips alone exit 0."""
-    found = doctor.Report()
-    found.add(doctor.Check("clock", "warn", "w"))
-    found.add(doctor.Check("callbacks", "skipped", "s"))
+    found = doctor_report.Report()
+    found.add(doctor_report.Check("clock", "warn", "w"))
+    found.add(doctor_report.Check("callbacks", "skipped", "s"))
     assert found.exit_code == exitcodes.OK
-    found.add(doctor.Check("head_block", "fail", "f", code=exitcodes.FAILED))
+    found.add(doctor_report.Check("head_block", "fail", "f", code=exitcodes.FAILED))
     assert found.exit_code == exitcodes.FAILED
-    found.add(doctor.Check("login", "fail", "f", code=exitcodes.AUTH))
+    found.add(doctor_report.Check("login", "fail", "f", code=exitcodes.AUTH))
     assert found.exit_code == exitcodes.AUTH
-    found.add(doctor.Check("schema", "fail", "f", code=exitcodes.DATABASE))
+    found.add(doctor_report.Check("schema", "fail", "f", code=exitcodes.DATABASE))
     assert found.exit_code == exitcodes.DATABASE
-    found.add(doctor.Check("configuration", "fail", "f", code=exitcodes.CONFIG))
+    found.add(doctor_report.Check("configuration", "fail", "f", code=exitcodes.CONFIG))
     assert found.exit_code == exitcodes.CONFIG
     shown = found.as_dict()
     assert shown["verdicts"] == {"ok": 0, "warn": 1, "fail": 4, "skipped": 1}
@@ -134,11 +138,11 @@ def test_summary_of_an_unreadable_head_names_why_and_what_it_holds() -> None:
         b'{"hasMoreData":true,"messages":[{"message":"PIN 4711","deviceIds":[{"id":"00991","kind":"imei"}]}],'
     )
     twice += b'"messages":[]}'
-    summary = doctor.summarise(202, twice, has_token=True)
+    summary = head_summary.summarise(202, twice, has_token=True)
     assert summary["readable"] is False and "more than once" in summary["problem"]
     assert summary["members"] == ["hasMoreData", "messages", "messages"]
     assert "4711" not in str(summary) and "00991" not in str(summary)
-    garbage = doctor.summarise(200, b"<html>busy</html>", has_token=False)
+    garbage = head_summary.summarise(200, b"<html>busy</html>", has_token=False)
     assert (garbage["readable"], garbage["members"]) == (False, None)
 
 
@@ -150,7 +154,7 @@ def test_summary_counts_members_forms_kinds_and_malformed_messages() -> None:
         b'{"deviceIds":[{"id":"2","kind":"imsi"}],"message":"b","timestamp":"yesterday","x":1}],'
         b'"hasMoreData":false}'
     )
-    summary = doctor.summarise(200, body, has_token=False)
+    summary = head_summary.summarise(200, body, has_token=False)
     assert summary["readable"] is True and summary["messages"] == 2
     assert summary["message_members"] == {"deviceIds": 2, "message": 2, "timestamp": 2, "x": 1}
     assert summary["unknown_message_members"] == ["x"]
@@ -158,7 +162,7 @@ def test_summary_counts_members_forms_kinds_and_malformed_messages() -> None:
     assert summary["device_kinds"] == {"IMEI": 1, "imsi": 1}
     assert summary["unknown_device_kinds"] == ["imsi"]
     assert summary["malformed"] == 1
-    lines = doctor.describe_block(summary)
+    lines = head_summary.describe_block(summary)
     assert lines[1] == "top-level members: messages, hasMoreData (all known)"
 
 

@@ -1,4 +1,4 @@
-"""Facts kept in one place: a default the docs repeat next to its variable is the one ``config.VARIABLES``
+"""Facts kept in one place: a default the docs repeat next to its variable is the one ``variables.VARIABLES``
 holds, and the login guard's lease comes from one formula, whoever builds the guard."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from sync_worker import app, config, guard
+from sync_worker import app, config, guard, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "deploy").rglob("*.md")])
@@ -19,7 +19,7 @@ _COPY = re.compile(
     r"`((?:SYNC|THINGSPACE)_[A-Z0-9_]+)` \((?:default )?(\d[\d,]*(?:\.\d+)?)(?: (?:s|seconds|bytes))?"
     r"(?: by default)?\)"
 )
-_DEFAULTS = {v.name: v.default for v in config.VARIABLES}
+_DEFAULTS = {v.name: v.default for v in variables.VARIABLES}
 
 
 def copies(text: str) -> list[tuple[str, str]]:
@@ -45,9 +45,9 @@ def test_the_docs_repeat_defaults_that_are_checked() -> None:
 @pytest.mark.parametrize(("path", "name", "number"), documented_copies())
 def test_a_default_the_docs_repeat_is_the_configured_default(path: str, name: str, number: str) -> None:
     """`VARIABLE` (default N) in README.md, docs/ or deploy/ names a real variable whose default is N."""
-    assert name in _DEFAULTS, f"{path} names {name}, which config.VARIABLES does not have"
+    assert name in _DEFAULTS, f"{path} names {name}, which variables.VARIABLES does not have"
     assert float(number.replace(",", "")) == float(_DEFAULTS[name]), (
-        f"{path} says {name} defaults to {number}; config.VARIABLES says {_DEFAULTS[name]}"
+        f"{path} says {name} defaults to {number}; variables.VARIABLES says {_DEFAULTS[name]}"
     )
 
 

@@ -195,22 +195,23 @@ def test_no_created_series() -> None:
 
 
 def test_known_label_values_match_the_code_that_uses_them() -> None:
-    """RUN_OUTCOMES, ERROR_KINDS and the API operations are exactly the values sync, scheduler and
-    client use (a new one must be pre-created too)."""
+    """RUN_OUTCOMES, ERROR_KINDS and the API operations are exactly the values outcomes, sync, scheduler
+    and the client (its controllers, paging) use (a new one must be pre-created too)."""
     import inspect  # noqa: PLC0415
     import typing  # noqa: PLC0415
 
-    from sync_worker import client, scheduler, sync  # noqa: PLC0415
+    from sync_worker import client, controllers, outcomes, paging, scheduler, sync  # noqa: PLC0415
 
-    outcomes = set(typing.get_args(sync.Outcome)) - {"skipped_locked"}  # a skip is no finished run
-    assert set(metrics.RUN_OUTCOMES) == outcomes
-    kinds = {kind for _, kind in sync._ERROR_KINDS} | {"internal", "malformed_block", "job_error"}
+    finished = set(typing.get_args(outcomes.Outcome)) - {"skipped_locked"}  # a skip is no finished run
+    assert set(metrics.RUN_OUTCOMES) == finished
+    kinds = {kind for _, kind in outcomes.ERROR_KINDS} | {"internal", "malformed_block", "job_error"}
     assert set(metrics.ERROR_KINDS) == kinds
     scheduler_src = inspect.getsource(scheduler) + inspect.getsource(sync)
     for kind in metrics.SCHEDULER_EVENT_KINDS:
         assert f'"{kind}"' in scheduler_src
-    client_src = inspect.getsource(client)
-    for operation in metrics.API_OPERATIONS:
+    client_src = inspect.getsource(client) + inspect.getsource(controllers)
+    assert paging.OPERATION in metrics.API_OPERATIONS and "operation = paging.OPERATION" in client_src
+    for operation in set(metrics.API_OPERATIONS) - {paging.OPERATION}:
         assert f'operation = "{operation}"' in client_src
 
 

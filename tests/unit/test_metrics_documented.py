@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from sync_worker import client, errors, metrics, retry
+from sync_worker import answers, errors, metrics, retry
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -67,7 +67,7 @@ def test_known_retry_reasons_are_what_retried_errors_report() -> None:
     transient error), so the zero series are the ones a retry increments."""
     reasons = set()
     for status in (408, 429, 500, 502, 503, 504):
-        error = client.error_from_response(_response(status), "list_devices_sms_messages")
+        error = answers.error_from_response(_response(status), "list_devices_sms_messages")
         assert isinstance(error, errors.ApiTransientError)
         reasons.add(retry.describe(error))
     reasons.add(retry.describe(errors.ApiTransientError("no answer", operation="oauth_token")))

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker import models, rows
+from sync_worker import identity, models, rows
 from tests.fixtures import rows_0012
 
 # Small alphabets so that collisions (identical messages) are common, which is where keys go wrong.
@@ -39,7 +39,7 @@ _stamps = st.sampled_from(
         "2016-01-01x20:29:49Z",
     ]
 )
-# Members the model does not know (null ones and accountName do not count, see rows._identity_members).
+# Members the model does not know (null ones and accountName do not count, see identity._identity_members).
 _extra = st.sampled_from(
     [{}, {}, {"messageId": "m1"}, {"messageId": "m2"}, {"messageId": None}, {"accountName": "x"}]
 )
@@ -140,8 +140,8 @@ def test_every_message_of_a_block_gets_its_own_key(account: str, block: list[Any
 @given(accounts, accounts, wire_message, wire_message)
 def test_distinct_messages_have_distinct_keys(acc_a: str, acc_b: str, a: Any, b: Any) -> None:
     """Two messages get the same key exactly when account, devices, instant and text agree."""
-    key_a = rows.message_key(acc_a, models.SMSMessage.from_wire(a), 0)
-    key_b = rows.message_key(acc_b, models.SMSMessage.from_wire(b), 0)
+    key_a = identity.message_key(acc_a, models.SMSMessage.from_wire(a), 0)
+    key_b = identity.message_key(acc_b, models.SMSMessage.from_wire(b), 0)
     assert (key_a == key_b) == (_canonical(acc_a, a) == _canonical(acc_b, b))
 
 
@@ -150,7 +150,7 @@ def test_distinct_messages_have_distinct_keys(acc_a: str, acc_b: str, a: Any, b:
 def test_occurrence_numbers_give_distinct_keys(account: str, obj: Any) -> None:
     """The occurrence number is part of the key: copies 0, 1 and 2 of one message are three keys."""
     msg = models.SMSMessage.from_wire(obj)
-    assert len({rows.message_key(account, msg, n) for n in range(3)}) == 3
+    assert len({identity.message_key(account, msg, n) for n in range(3)}) == 3
 
 
 @settings(max_examples=200)
@@ -167,7 +167,7 @@ def test_same_instant_in_other_offsets_is_the_same_message() -> None:
     base = {"deviceIds": [{"id": "1", "kind": "imei"}], "message": "x"}
     a = models.SMSMessage.from_wire({**base, "timestamp": "2016-01-01T12:29:49-08:00"})
     b = models.SMSMessage.from_wire({**base, "timestamp": "2016-01-01T20:29:49.000Z"})
-    assert rows.message_key("acct", a, 0) == rows.message_key("acct", b, 0)
+    assert identity.message_key("acct", a, 0) == identity.message_key("acct", b, 0)
 
 
 def _refined(obj: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import models, rows
+from sync_worker import identity, models, rows
 
 _DEVICE = '{"id":"0012","kind":"imei"}'
 _TS = '"timestamp":"2024-05-01T10:00:00Z"'
@@ -76,8 +76,8 @@ def test_rows_never_raise_on_any_depth_the_decoder_accepts(
     [row] = built
     assert len(row.message_key) == 64
     # raw_json is the exact original, in the worker's compact spelling.
-    assert row.raw_json == rows.dump_raw(wire["messages"][0])
-    if rows.nesting_depth(wire["messages"][0]) > rows.MAX_NESTING:
+    assert row.raw_json == identity.dump_raw(wire["messages"][0])
+    if identity.nesting_depth(wire["messages"][0]) > identity.MAX_NESTING:
         assert not row.raw_is_jsonb and row.raw_kept == row.raw_json
         assert any("nested more than" in p for p in row.problems)
     # The same message twice in a block gets the same key basis (occurrences 0 and 1), never an error.

@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from sync_worker import cli, config, receiver
+from sync_worker import cli, receiver, variables
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-VARIABLES = {v.name for v in config.VARIABLES}
+VARIABLES = {v.name for v in variables.VARIABLES}
 
 
 def docs(path: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import models, rows
+from sync_worker import identity, models, rows
 
 
 def _msg(obj: Any) -> models.SMSMessage:
@@ -27,16 +27,16 @@ def _wire(text: str = "hi", ts: str = "2016-01-01T12:29:49-08:00", **extra: Any)
 
 def test_key_is_stable_hex_sha256() -> None:
     """The key is a 64-character hex digest and the same input always gives the same key."""
-    key = rows.message_key("acct", _msg(_wire()), 0)
+    key = identity.message_key("acct", _msg(_wire()), 0)
     assert len(key) == 64 and int(key, 16) >= 0
-    assert key == rows.message_key("acct", _msg(_wire()), 0)
+    assert key == identity.message_key("acct", _msg(_wire()), 0)
 
 
 def test_key_pins_the_canonical_form() -> None:
     """The documented canonical JSON is what gets hashed (changing it would re-key every stored row)."""
 
     canonical = '["sms-v1","acct",[["imei","0042"]],"2016-01-01T20:29:49+00:00","hi",0]'
-    assert rows.message_key("acct", _msg(_wire()), 0) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert identity.message_key("acct", _msg(_wire()), 0) == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_key_normalises_offsets_kinds_and_device_order() -> None:
@@ -55,7 +55,7 @@ def test_key_normalises_offsets_kinds_and_device_order() -> None:
             "timestamp": "2016-01-01T20:29:49.000Z",
         }
     )
-    assert rows.message_key("acct", a, 0) == rows.message_key("acct", b, 0)
+    assert identity.message_key("acct", a, 0) == identity.message_key("acct", b, 0)
 
 
 @pytest.mark.parametrize(
@@ -69,24 +69,24 @@ def test_key_normalises_offsets_kinds_and_device_order() -> None:
 )
 def test_key_changes_with_content(change: dict[str, Any]) -> None:
     """Any difference in text, instant or device (leading zeros included) gives another key."""
-    assert rows.message_key("acct", _msg(_wire()), 0) != rows.message_key(
+    assert identity.message_key("acct", _msg(_wire()), 0) != identity.message_key(
         "acct", _msg({**_wire(), **change}), 0
     )
 
 
 def test_key_depends_on_account_and_occurrence() -> None:
     """The same message under another account or as a later occurrence has another key."""
-    base = rows.message_key("acct", _msg(_wire()), 0)
-    assert base != rows.message_key("acct2", _msg(_wire()), 0)
-    assert base != rows.message_key("acct", _msg(_wire()), 1)
+    base = identity.message_key("acct", _msg(_wire()), 0)
+    assert base != identity.message_key("acct2", _msg(_wire()), 0)
+    assert base != identity.message_key("acct", _msg(_wire()), 1)
 
 
 def test_malformed_message_key_uses_whole_raw_message() -> None:
     """Malformed messages that differ only in a field the model drops still get different keys."""
     a = _msg({"deviceIds": [{"id": 1, "kind": "imei"}], "message": "m"})
     b = _msg({"deviceIds": [{"id": 2, "kind": "imei"}], "message": "m"})
-    assert rows.message_key("acct", a, 0) != rows.message_key("acct", b, 0)
-    assert rows.message_key("acct", _msg("text"), 0) != rows.message_key("acct", _msg(["text"]), 0)
+    assert identity.message_key("acct", a, 0) != identity.message_key("acct", b, 0)
+    assert identity.message_key("acct", _msg("text"), 0) != identity.message_key("acct", _msg(["text"]), 0)
 
 
 def test_build_rows_numbers_identical_messages() -> None:
@@ -94,7 +94,7 @@ def test_build_rows_numbers_identical_messages() -> None:
     built = rows.build_rows("acct", [_msg(_wire()), _msg(_wire("b")), _msg(_wire()), _msg(_wire())])
     assert [r.occurrence for r in built] == [0, 0, 1, 2]
     assert len({r.message_key for r in built}) == 4
-    assert built[2].message_key == rows.message_key("acct", _msg(_wire()), 1)
+    assert built[2].message_key == identity.message_key("acct", _msg(_wire()), 1)
 
 
 def test_well_formed_row_fields() -> None:
@@ -155,7 +155,7 @@ def test_original_is_kept_when_the_fields_cannot_rebuild_it(wire: dict[str, Any]
 def test_parse_timestamp(raw: str, expected: dt.datetime | None, problem: str | None) -> None:
     """Offsets, Z and fractions parse to UTC (to the microsecond); no offset reads as UTC with a problem;
     anything but a whole ISO-8601 timestamp (a NUL, trailing text, an odd separator) gives NULL."""
-    parsed, reported = rows.parse_timestamp(raw)
+    parsed, reported = identity.parse_timestamp(raw)
     assert parsed == expected
     if expected is not None:
         assert parsed is not None and parsed.utcoffset() == dt.timedelta(0)
@@ -176,7 +176,7 @@ def test_sub_microsecond_instants_are_distinct_messages() -> None:
 def test_same_instant_spelt_with_more_digits_or_another_offset_is_the_same_key() -> None:
     """Trailing zeros and offsets do not make another message: the key holds the exact instant."""
     keys = {
-        rows.message_key("acct", _msg(_wire(ts=ts)), 0)
+        identity.message_key("acct", _msg(_wire(ts=ts)), 0)
         for ts in (
             "2024-05-01T11:00:00.1234561Z",
             "2024-05-01T11:00:00.123456100Z",
@@ -187,12 +187,12 @@ def test_same_instant_spelt_with_more_digits_or_another_offset_is_the_same_key()
     # Six digits or fewer: the spelling keys always had.
     six = '["sms-v1","acct",[["imei","0042"]],"2024-05-01T11:00:00.123456+00:00","hi",0]'
     assert (
-        rows.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.1234560Z")), 0)
+        identity.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.1234560Z")), 0)
         == hashlib.sha256(six.encode()).hexdigest()
     )
     nine = '["sms-v1","acct",[["imei","0042"]],"2024-05-01T11:00:00.123456789+00:00","hi",0]'
     assert (
-        rows.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.123456789Z")), 0)
+        identity.message_key("acct", _msg(_wire(ts="2024-05-01T11:00:00.123456789Z")), 0)
         == hashlib.sha256(nine.encode()).hexdigest()
     )
 
@@ -219,8 +219,8 @@ def test_trailing_garbage_is_a_problem_and_another_key() -> None:
 def test_members_beyond_the_model_take_part_in_identity(extra: dict[str, Any], same: bool) -> None:
     """A non-null member the model does not know makes another message; a null one or accountName
     (already in the key) does not."""
-    base = rows.message_key("acct", _msg(_wire()), 0)
-    assert (rows.message_key("acct", _msg(_wire(**extra)), 0) == base) is same
+    base = identity.message_key("acct", _msg(_wire()), 0)
+    assert (identity.message_key("acct", _msg(_wire(**extra)), 0) == base) is same
 
 
 def test_unknown_members_key_ignores_their_order_and_the_kind_case() -> None:
@@ -240,8 +240,8 @@ def test_unknown_members_key_ignores_their_order_and_the_kind_case() -> None:
         "messageId": "m",
     }
     c = {**b, "deviceIds": [{"slot": 3, "kind": "imei", "id": "1"}]}
-    assert rows.message_key("acct", _msg(a), 0) == rows.message_key("acct", _msg(b), 0)
-    assert rows.message_key("acct", _msg(b), 0) != rows.message_key("acct", _msg(c), 0)
+    assert identity.message_key("acct", _msg(a), 0) == identity.message_key("acct", _msg(b), 0)
+    assert identity.message_key("acct", _msg(b), 0) != identity.message_key("acct", _msg(c), 0)
 
 
 def test_a_device_listed_twice_is_one_device_of_the_row() -> None:
@@ -262,10 +262,10 @@ def test_a_device_listed_twice_is_one_device_of_the_row() -> None:
 
 def test_clean_text_replaces_only_bad_characters() -> None:
     """NUL and lone surrogates become U+FFFD; valid text, including astral characters, is untouched."""
-    assert rows.clean_text("plain") == ("plain", False)
-    assert rows.clean_text("snow \u2603 \U0001f600") == ("snow \u2603 \U0001f600", False)
-    assert rows.clean_text("a\x00b") == ("a\ufffdb", True)
-    assert rows.clean_text("\ud800x\udfff\x00") == ("\ufffdx\ufffd\ufffd", True)
+    assert identity.clean_text("plain") == ("plain", False)
+    assert identity.clean_text("snow \u2603 \U0001f600") == ("snow \u2603 \U0001f600", False)
+    assert identity.clean_text("a\x00b") == ("a\ufffdb", True)
+    assert identity.clean_text("\ud800x\udfff\x00") == ("\ufffdx\ufffd\ufffd", True)
 
 
 @pytest.mark.parametrize(
@@ -391,10 +391,14 @@ _PINNED_KEYS: list[tuple[Any, str, str]] = [
 @pytest.mark.parametrize(("wire", "key0", "key2"), _PINNED_KEYS)
 def test_keys_match_those_already_stored(wire: Any, key0: str, key2: str) -> None:
     """message_key and build_rows give, bit for bit, the keys earlier versions stored."""
-    assert rows.message_key(_PINNED_ACCOUNT, _msg(wire), 0) == key0
-    assert rows.message_key(_PINNED_ACCOUNT, _msg(wire), 2) == key2
+    assert identity.message_key(_PINNED_ACCOUNT, _msg(wire), 0) == key0
+    assert identity.message_key(_PINNED_ACCOUNT, _msg(wire), 2) == key2
     built = rows.build_rows(_PINNED_ACCOUNT, [_msg(wire), _msg(wire), _msg(wire)])
-    assert [r.message_key for r in built] == [key0, rows.message_key(_PINNED_ACCOUNT, _msg(wire), 1), key2]
+    assert [r.message_key for r in built] == [
+        key0,
+        identity.message_key(_PINNED_ACCOUNT, _msg(wire), 1),
+        key2,
+    ]
 
 
 _texts = st.sampled_from(["hi", "", "caf\u00e9", "\U0001f600", "a\x00b", "x\ud800", "\\u0000", 'q"\\'])
@@ -443,7 +447,7 @@ def test_fast_path_rows_equal_the_general_path(block: list[dict[str, Any]]) -> N
 
 def test_clean_messages_take_the_fast_path_and_dirty_ones_do_not() -> None:
     """The equivalence test above compares something: clean messages (ASCII or not) use the fast path."""
-    prefix = rows._basis_prefix(_PINNED_ACCOUNT)
+    prefix = identity.basis_prefix(_PINNED_ACCOUNT)
     for clean in (_wire(), _wire("caf\u00e9 \U0001f600"), _wire(ts="2016-01-01T12:29:49")):
         assert rows._plain_row(_PINNED_ACCOUNT, prefix, _msg(clean), {}) is not None
     for dirty in (_wire("a\x00b"), _wire("x\ud800"), {**_wire(), "extra": 1}):
@@ -494,7 +498,7 @@ def test_client_pages_build_no_message_objects_for_common_messages() -> None:
 
 def test_common_messages_skip_the_row_objects() -> None:
     """The equivalence above compares something: one-device messages in wire order take the column path."""
-    prefix = rows._basis_prefix(_PINNED_ACCOUNT)
+    prefix = identity.basis_prefix(_PINNED_ACCOUNT)
     for common in (
         _wire(),
         _wire("caf\u00e9 \U0001f600"),

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from sync_worker import claims, health, metrics, scheduler
+from sync_worker import claims, dispatch, health, metrics, probes
 from tests.unit import test_monitoring_files
 from tests.unit.test_health import get
 from tests.unit.test_scheduler import ACCOUNTS, FakeConnection, settings
 
 BUDGET, TOTAL = 300.0, 120.0
 # The budget, a token request and a login the budget does not cut, and the slack.
-LIMIT = BUDGET + 2 * TOTAL + scheduler.OVERDUE_SLACK_SECONDS
+LIMIT = BUDGET + 2 * TOTAL + probes.OVERDUE_SLACK_SECONDS
 
 
 class Clock:
@@ -40,15 +40,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def dispatcher(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[scheduler.Dispatcher]:
+def dispatcher(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[dispatch.Dispatcher]:
     sets = dataclasses.replace(settings(), run_budget_seconds=BUDGET, http_total_timeout=TOTAL)
-    d = scheduler.Dispatcher(
+    d = dispatch.Dispatcher(
         sets,
         api=None,  # type: ignore[arg-type]
         connect=FakeConnection,  # type: ignore[arg-type]
         stop=threading.Event(),
         metrics=None,
-        inflight=scheduler._InFlight(),
+        inflight=dispatch._InFlight(),
         observe_guard=None,
         holder="test-holder",
         clock=clock,
@@ -59,7 +59,7 @@ def dispatcher(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[schedu
     d.close(clean=True)
 
 
-def _claim(monkeypatch: pytest.MonkeyPatch, d: scheduler.Dispatcher, account: str) -> None:
+def _claim(monkeypatch: pytest.MonkeyPatch, d: dispatch.Dispatcher, account: str) -> None:
     monkeypatch.setattr(claims, "claim", lambda *a, **k: [claims.Claimed(account, late_seconds=0.0)])
     assert d.claim_due() == 1
 
@@ -68,15 +68,15 @@ def test_overdue_after_is_the_budget_two_total_timeouts_and_the_slack() -> None:
     """A run counts as stuck only past its budget plus a token request and a login (each up to the
     total timeout, never cut by the budget) plus the slack."""
     sets = dataclasses.replace(settings(), run_budget_seconds=BUDGET, http_total_timeout=TOTAL)
-    assert scheduler.overdue_after(sets) == LIMIT == 600.0
+    assert probes.overdue_after(sets) == LIMIT == 600.0
 
 
 def test_a_run_past_its_budget_and_margin_fails_healthz_by_name_and_shows_in_the_metric(
-    monkeypatch: pytest.MonkeyPatch, dispatcher: scheduler.Dispatcher, clock: Clock
+    monkeypatch: pytest.MonkeyPatch, dispatcher: dispatch.Dispatcher, clock: Clock
 ) -> None:
     """/healthz stays 200 up to the limit, then answers 503 naming the stuck account and how far past
     it is; the metric gives that account its seconds past and the others 0; both clear when it ends."""
-    liveness = scheduler.Liveness()
+    liveness = probes.Liveness()
     liveness.attach(RunningScheduler(), overdue=dispatcher.overdue_runs)
     m = metrics.Metrics()
     for account in ACCOUNTS:
@@ -115,7 +115,7 @@ def test_a_one_pass_registry_has_no_overdue_series() -> None:
 
 def test_a_stopped_scheduler_is_still_reported_as_such() -> None:
     """Without a running scheduler the reason stays "scheduler not running", overdue runs or not."""
-    liveness = scheduler.Liveness()
+    liveness = probes.Liveness()
     assert liveness.check() == (False, "scheduler not running")
     liveness.attach(RunningScheduler(), overdue=lambda: {})
     assert liveness.check() == (True, "ok")

@@ -13,7 +13,7 @@ import structlog
 from apscheduler import events
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sync_worker import claims, config, errors, scheduler, secret, sync
+from sync_worker import claims, config, dispatch, errors, outcomes, probes, scheduler, secret
 
 ACCOUNTS = ("0252012345-00001", "0252012345-00002")
 
@@ -45,14 +45,14 @@ def settings() -> config.Settings:
     )
 
 
-def dispatcher(sets: config.Settings | None = None, **kwargs: Any) -> scheduler.Dispatcher:
-    return scheduler.Dispatcher(
+def dispatcher(sets: config.Settings | None = None, **kwargs: Any) -> dispatch.Dispatcher:
+    return dispatch.Dispatcher(
         sets or settings(),
         api=None,  # type: ignore[arg-type]
         connect=kwargs.pop("connect", None),
         stop=kwargs.pop("stop", threading.Event()),
         metrics=None,
-        inflight=kwargs.pop("inflight", scheduler._InFlight()),
+        inflight=kwargs.pop("inflight", dispatch._InFlight()),
         observe_guard=None,
         holder="test-holder",
     )
@@ -86,7 +86,7 @@ def test_the_claim_poll_renewals_and_guard_run_as_monotonic_loops_not_on_apsched
     assert not any(loop.is_alive() for loop in loops)
     assert len(polls) >= 3 and set(polls) == {"sync-claim"}
     assert {(name, timeout) for name, timeout in stop.waits} >= {
-        ("sync-claim", scheduler.CLAIM_POLL_SECONDS),
+        ("sync-claim", probes.CLAIM_POLL_SECONDS),
         ("sync-renew", 10.0),
         ("sync-guard", scheduler.GUARD_OBSERVE_SECONDS),
     }
@@ -109,9 +109,9 @@ class RecordingStop(threading.Event):
 def test_next_due_is_one_interval_plus_up_to_the_jitter() -> None:
     """A run's account is next due its interval plus a random share of its jitter after the claim."""
     acct = config.AccountSettings(ACCOUNTS[0], 300.0, 30.0)
-    assert scheduler.next_delay(acct, rand=lambda: 0.0) == 300.0
-    assert scheduler.next_delay(acct, rand=lambda: 0.5) == 315.0
-    assert scheduler.next_delay(config.AccountSettings(ACCOUNTS[1], 60.0, 0.0)) == 60.0
+    assert dispatch.next_delay(acct, rand=lambda: 0.0) == 300.0
+    assert dispatch.next_delay(acct, rand=lambda: 0.5) == 315.0
+    assert dispatch.next_delay(config.AccountSettings(ACCOUNTS[1], 60.0, 0.0)) == 60.0
 
 
 def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
@@ -125,7 +125,7 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
         return []
 
     monkeypatch.setattr(claims, "claim", fake_claim)
-    inflight, stop = scheduler._InFlight(), threading.Event()
+    inflight, stop = dispatch._InFlight(), threading.Event()
     d = dispatcher(connect=FakeConnection, inflight=inflight, stop=stop)
     assert d.claim_due() == 0
     inflight.enter()
@@ -197,7 +197,7 @@ def test_listener_reports_missed_busy_and_failed_jobs() -> None:
 
 def test_inflight_wait_times_out_while_a_run_is_busy() -> None:
     """Shutdown waits for running account jobs but gives up after the timeout."""
-    inflight = scheduler._InFlight()
+    inflight = dispatch._InFlight()
     inflight.enter()
     assert inflight.wait_idle(0.01) is False
     inflight.leave()
@@ -229,7 +229,7 @@ def test_liveness_follows_the_scheduler_and_the_claim_loop() -> None:
     loop comes round, False once the loop has not come round for WEDGED_LOOP_SECONDS, and after shutdown;
     check() names each case with its own reason (what /healthz answers)."""
     now = [1000.0]
-    liveness = scheduler.Liveness(clock=lambda: now[0])
+    liveness = probes.Liveness(clock=lambda: now[0])
     assert liveness() is False
     assert liveness.check() == (False, "scheduler not running")
     sched = BackgroundScheduler(timezone=datetime.UTC)
@@ -240,13 +240,13 @@ def test_liveness_follows_the_scheduler_and_the_claim_loop() -> None:
     try:
         liveness.attach(sched, (loop,))
         assert liveness() is True
-        now[0] += scheduler.WEDGED_LOOP_SECONDS - 1
+        now[0] += probes.WEDGED_LOOP_SECONDS - 1
         liveness.round_done()
-        now[0] += scheduler.WEDGED_LOOP_SECONDS - 1
+        now[0] += probes.WEDGED_LOOP_SECONDS - 1
         assert liveness() is True
         now[0] += 2
         assert liveness() is False  # wedged: no round for WEDGED_LOOP_SECONDS
-        idle = scheduler.WEDGED_LOOP_SECONDS + 1
+        idle = probes.WEDGED_LOOP_SECONDS + 1
         assert liveness.check() == (False, f"claim loop wedged: no round for {idle:.0f} s")
         liveness.round_done()
         assert liveness() is True
@@ -265,7 +265,7 @@ def test_readiness_needs_a_recent_successful_claim_poll_and_names_the_last_error
     """check_claims passes within STALE_POLL_SECONDS of a successful poll, then fails naming the age and the
     last poll error; the age is what the metric reports."""
     now = [50.0]
-    liveness = scheduler.Liveness(clock=lambda: now[0])
+    liveness = probes.Liveness(clock=lambda: now[0])
     with pytest.raises(errors.TransientError, match="no claim poll has succeeded yet"):
         liveness.check_claims()
     now[0] += 3
@@ -273,16 +273,16 @@ def test_readiness_needs_a_recent_successful_claim_poll_and_names_the_last_error
     liveness.poll_succeeded()
     liveness.check_claims()
     liveness.poll_failed("StoreError: ReadOnlySqlTransaction")
-    now[0] += scheduler.STALE_POLL_SECONDS
+    now[0] += probes.STALE_POLL_SECONDS
     liveness.check_claims()
     now[0] += 5
     with pytest.raises(errors.TransientError) as caught:
         liveness.check_claims()
     assert str(caught.value) == (
-        f"no successful claim poll for {scheduler.STALE_POLL_SECONDS + 5:.0f} s "
+        f"no successful claim poll for {probes.STALE_POLL_SECONDS + 5:.0f} s "
         "(last error: StoreError: ReadOnlySqlTransaction)"
     )
-    assert liveness.seconds_since_poll() == scheduler.STALE_POLL_SECONDS + 5
+    assert liveness.seconds_since_poll() == probes.STALE_POLL_SECONDS + 5
     liveness.poll_succeeded()
     liveness.check_claims()
 
@@ -314,13 +314,13 @@ def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
     late = [claims.Claimed(ACCOUNTS[1], late_seconds=45.0)]  # interval 60 s
     monkeypatch.setattr(claims, "claim", lambda *a, **k: list(late))
     metrics = Recorder()
-    d = scheduler.Dispatcher(
+    d = dispatch.Dispatcher(
         settings(),
         api=None,  # type: ignore[arg-type]
         connect=FakeConnection,  # type: ignore[arg-type]
         stop=threading.Event(),
         metrics=metrics,
-        inflight=scheduler._InFlight(),
+        inflight=dispatch._InFlight(),
         observe_guard=None,
         holder="test-holder",
     )
@@ -349,13 +349,13 @@ def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
         return True
 
     monkeypatch.setattr(claims, "release", release)
-    inflight = scheduler._InFlight()
+    inflight = dispatch._InFlight()
     d = dispatcher(connect=FakeConnection, inflight=inflight)
     for account, begun in ((ACCOUNTS[0], False), (ACCOUNTS[1], False), (ACCOUNTS[0], True)):
         inflight.enter()
-        d._finished(account, sync.AccountResult(account, "failed", error="x", begun=begun))
-    assert released[0] == (ACCOUNTS[0], scheduler.START_RETRY_SECONDS, True)
-    assert released[1] == (ACCOUNTS[1], min(60.0, scheduler.START_RETRY_SECONDS), True)
+        d._finished(account, outcomes.AccountResult(account, "failed", error="x", begun=begun))
+    assert released[0] == (ACCOUNTS[0], dispatch.START_RETRY_SECONDS, True)
+    assert released[1] == (ACCOUNTS[1], min(60.0, dispatch.START_RETRY_SECONDS), True)
     account, delay, from_now = released[2]
     assert (account, from_now) == (ACCOUNTS[0], False) and 300.0 <= delay <= 330.0
     d.close(clean=True)
@@ -375,13 +375,13 @@ def test_a_run_the_budget_ended_with_more_waiting_is_due_again_at_once(
         return True
 
     monkeypatch.setattr(claims, "release", release)
-    inflight = scheduler._InFlight()
+    inflight = dispatch._InFlight()
     d = dispatcher(connect=FakeConnection, inflight=inflight)
     for more_waiting in (True, False):
         inflight.enter()
         d._finished(
             ACCOUNTS[0],
-            sync.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
+            outcomes.AccountResult(ACCOUNTS[0], "succeeded", blocks=3, more_waiting=more_waiting),
         )
     assert released[0] == (ACCOUNTS[0], 0.0, True)
     account, delay, from_now = released[1]

@@ -8,7 +8,7 @@ import datetime
 
 import pytest
 
-from sync_worker import errors, models, rows
+from sync_worker import errors, identity, models
 from sync_worker.simulator import traffic
 
 UNTIL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -90,8 +90,8 @@ def test_shaped_traffic_follows_its_knobs() -> None:
     assert all(m["message"].rsplit(" #", 1)[0] in traffic.SCRIPTS["cjk"] for m in good)
     stamps = [m["timestamp"] for m in good]
     assert {len(s) for s in stamps} == {len("2024-05-01T12:00:00.123456789Z"), len("20240501T120000Z")}
-    assert all(rows.parse_timestamp(s)[1] is None for s in stamps)
-    parsed = [rows.parse_timestamp(s)[0] for s in stamps]
+    assert all(identity.parse_timestamp(s)[1] is None for s in stamps)
+    parsed = [identity.parse_timestamp(s)[0] for s in stamps]
     assert max(p.timestamp() for p in parsed if p is not None) == UNTIL - 1
 
 
