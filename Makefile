@@ -14,7 +14,7 @@ COMPARE_ARGS ?=
 MINUTES ?=
 CHAOS_ARGS ?=
 
-.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-scale bench-receiver schema-doc clean
+.PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-word-search bench-scale bench-receiver schema-doc clean
 
 help:
 	@echo "make run               run the demo: simulator + embedded Postgres, one sync pass"
@@ -33,6 +33,7 @@ help:
 	@echo "make schema-doc        regenerate docs/schema.md's tables and query plans from a migrated database"
 	@echo "make bench-store       history store before (v1) / after (v2): bytes, Postgres CPU, 30M rows"
 	@echo "                       (BENCH_STORE_ARGS=--quick for a short run)"
+	@echo "make bench-word-search the opt-in word-search index: bytes/message, insert CPU (~5 min; WORD_SEARCH_ARGS=...)"
 	@echo "make bench-scale       replicas sharing 1,000 accounts, one killed halfway (~4 min; SCALE_ARGS=...)"
 	@echo "make bench-receiver    the callback receiver under wrk: plain, beside 1,000 stalled clients, a held"
 	@echo "                       lock (~2 min; results in bench/README.md; RECEIVER_ARGS=..., installs wrk)"
@@ -114,6 +115,9 @@ bench-compare: $(BENCH_STAMP)
 
 bench-store: $(BENCH_STAMP)
 	$(BIN)/python -m bench.history_store $(BENCH_STORE_ARGS)
+
+bench-word-search: $(BENCH_STAMP)
+	$(BIN)/python -m bench.word_search $(WORD_SEARCH_ARGS)
 
 # SCALE_ARGS="--accounts 10000 --interval 120 ..." scales it (python -m bench.scale --help).
 bench-scale: $(BENCH_STAMP)

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -54,11 +54,15 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def pages(account: str, n: int, seed: int) -> Iterator[Any]:
-    """The simulator's default traffic for ``account`` as ``HistoryPage`` blocks of 100."""
+def pages(account: str, n: int, seed: int, shape: str | None = None) -> Iterator[Any]:
+    """The simulator's default traffic (or traffic of the named ``shape``, ``traffic.SHAPES``) for
+    ``account`` as ``HistoryPage`` blocks of 100."""
     from sync_worker import models, simulator
 
-    raw = simulator.seed_messages(n, seed=seed)
+    if shape is None:
+        raw = simulator.seed_messages(n, seed=seed)
+    else:
+        raw = simulator.seed_messages(n, seed=seed, shape=simulator.traffic.SHAPES[shape])
     blocks = math.ceil(n / BLOCK)
     for b in range(blocks):
         last = b == blocks - 1
@@ -623,7 +627,88 @@ def task_growth(spec: Spec) -> dict[str, Any]:
     }
 
 
-TASKS: Final = {"bytes": task_bytes, "cpu": task_cpu, "growth": task_growth}
+# --- traffic shapes (issue 27's targets): bytes, Postgres CPU per block, raw_json read cost -------------
+
+
+def _read_seconds(conn: psycopg.Connection[Any], expression: LiteralString, reps: int = 3) -> float:
+    """The fastest of ``reps`` server-side executions of ``SELECT sum(length(<expression>))`` over
+    sms_history (EXPLAIN ANALYZE's execution time, without the client's share)."""
+    best = math.inf
+    for _ in range(reps):
+        plan = conn.execute(
+            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT sum(length("
+            + expression
+            + ")) FROM sms_history"
+        ).fetchone()
+        assert plan is not None
+        document = plan[0] if isinstance(plan[0], list) else json.loads(plan[0])
+        best = min(best, float(document[0]["Execution Time"]) / 1000)
+    return best
+
+
+def task_shape(spec: Spec) -> dict[str, Any]:
+    """One traffic shape: ``messages`` through ``store.commit_block`` (bytes per message after
+    VACUUM, the share of originals kept, raw_json and raw read cost per row), then ``blocks``
+    prebuilt blocks into an empty database (Postgres CPU per block, as ``task_cpu``)."""
+    from sync_worker import store
+
+    name, n, n_blocks = str(spec["shape"]), int(spec["messages"]), int(spec["blocks"])
+    with pg.server(None) as admin:
+        pg.ensure_template(admin)
+        pg_pid = proc.postmaster_pid(admin)
+        dsn = pg.fresh_database(admin, "hs_shape")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            run_id = store.start_run(conn, "acct-shape")
+            received = 0
+            for page in pages("acct-shape", n, seed=3100, shape=name):
+                received += store.commit_block(conn, run_id, page).received
+            conn.execute("VACUUM (ANALYZE)")
+            conn.execute("CHECKPOINT")
+            measured = sizes(conn)
+            row = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE raw_kept IS NOT NULL),"
+                " count(*) FILTER (WHERE device_count > 1) FROM sms_message"
+            ).fetchone()
+            assert row is not None
+            stored, kept, multi = (int(v) for v in row)
+            columns = _read_seconds(conn, "message")
+            raw_json = _read_seconds(conn, "raw_json")
+            raw = _read_seconds(conn, "raw::text")
+            widths = {t: column_widths(conn, t) for t in _history_tables(conn)}
+        pg.drop_database(admin, "hs_shape")
+
+        account = "acct-shape-cpu"
+        page_list = list(pages(account, n_blocks * BLOCK, seed=3200, shape=name))
+        built = _built(page_list)
+        dsn = pg.fresh_database(admin, "hs_shape_cpu")
+        _ensure_partitions(dsn, built)
+        pg.checkpoint(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cpu_run = store.start_run(conn, account)
+            with substitute.prebuilt_rows(page_list, built), proc.CpuMeter(os.getpid(), pg_pid) as cpu:
+                for page in page_list:
+                    store.commit_block(conn, cpu_run, page)
+        pg.drop_database(admin, "hs_shape_cpu")
+    per_row = 1e6 / max(1, stored)
+    return {
+        "shape": name,
+        "received": received,
+        "rows_stored": stored,
+        "kept_share": kept / max(1, stored),
+        "multi_device_share": multi / max(1, stored),
+        "bytes_per_message": measured["total"] / max(1, stored),
+        "sizes": measured,
+        "column_widths": widths,
+        "read_message_us_per_row": columns * per_row,
+        "read_raw_json_us_per_row": (raw_json - columns) * per_row,
+        "read_raw_us_per_row": (raw - columns) * per_row,
+        "blocks": n_blocks,
+        "pg_cpu_ms_per_block": cpu.spent.get("postgres", float("nan")) / n_blocks * 1000,
+        "wall_ms_per_block": cpu.wall / n_blocks * 1000,
+    }
+
+
+TASKS: Final = {"bytes": task_bytes, "cpu": task_cpu, "growth": task_growth, "shape": task_shape}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,12 @@ README_END: Final = "<!-- bench:history-store:end -->"
 TARGET_BYTES: Final = 400.0
 TARGET_CPU_MS: Final = 1.5
 TARGET_GROWTH: Final = 1.1
-STEPS: Final = ("bytes", "cpu", "growth")
+STEPS: Final = ("bytes", "cpu", "growth", "shapes")
+SHAPES_BEGIN: Final = "<!-- bench:history-store-shapes:begin -->"
+SHAPES_END: Final = "<!-- bench:history-store-shapes:end -->"
+# Issue 27's targets per traffic shape (sync_worker.simulator.traffic.SHAPES): bytes per message.
+SHAPE_BYTES: Final = {"one-id": 400.0, "mixed": 400.0, "three-ids": 450.0}
+TARGET_READ_US: Final = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +65,23 @@ class Sizes:
     reps: int  # 2 and 3
     growth_rows: int  # 3. rows already stored
     growth_blocks: int  # 3. blocks timed per repetition and database
+    shape_messages: int = 200_000  # 4. messages loaded per traffic shape
+    shape_blocks: int = 1_000  # 4. blocks timed per traffic shape
 
 
 FULL: Final = Sizes(
     messages=1_000_000, accounts=4, blocks=1_000, reps=3, growth_rows=30_000_000, growth_blocks=300
 )
-QUICK: Final = Sizes(messages=20_000, accounts=2, blocks=100, reps=3, growth_rows=300_000, growth_blocks=50)
+QUICK: Final = Sizes(
+    messages=20_000,
+    accounts=2,
+    blocks=100,
+    reps=3,
+    growth_rows=300_000,
+    growth_blocks=50,
+    shape_messages=20_000,
+    shape_blocks=100,
+)
 
 
 def _log(msg: str) -> None:
@@ -236,11 +252,71 @@ def step_growth(run: Run) -> None:
     )
 
 
+def step_shapes(run: Run) -> None:
+    sz = run.sizes
+    for name in SHAPE_BYTES:
+        spec = {"task": "shape", "shape": name, "messages": sz.shape_messages, "blocks": sz.shape_blocks}
+        out = run_child(run.trees["after"], spec)
+        run.raw.setdefault("shapes", {})[name] = out
+        _log(
+            f"  {name}: {out['bytes_per_message']:.0f} bytes/message, {out['pg_cpu_ms_per_block']:.2f} ms "
+            f"Postgres CPU/block, raw_json {out['read_raw_json_us_per_row']:.2f} us/row"
+        )
+        note = (
+            f"{out['rows_stored']:,} rows, {out['multi_device_share']:.0%} with several devices, "
+            f"{out['kept_share']:.0%} keep their original"
+        )
+        for key, label, unit in (
+            ("bytes_per_message", "bytes per stored message", "bytes"),
+            ("pg_cpu_ms_per_block", "Postgres CPU per block of 100", "ms"),
+            ("read_raw_json_us_per_row", "raw_json read cost per row (beyond reading message)", "us"),
+            ("read_raw_us_per_row", "raw read cost per row (beyond reading message)", "us"),
+        ):
+            run.results.add(
+                harness.Figure(
+                    f"shape_{key}_{name}", f"4. {label}, {name}", unit, (float(out[key]),), False, note=note
+                )
+            )
+
+
 STEP_FUNCTIONS: Final[dict[str, Callable[[Run], None]]] = {
     "bytes": step_bytes,
     "cpu": step_cpu,
     "growth": step_growth,
+    "shapes": step_shapes,
 }
+
+
+def shape_table(raw: dict[str, Any], load: str) -> str:
+    """Issue 27's targets table, one row per measure and shape, from one run's shapes step."""
+    shapes = raw.get("shapes", {})
+    lines = [
+        f"One run of the shapes step ({load}); each shape on an embedded PostgreSQL 18 of its own.",
+        "",
+        "| measure | shape | result | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for name, out in shapes.items():
+        target = SHAPE_BYTES[name]
+        got = float(out["bytes_per_message"])
+        lines.append(
+            f"| bytes/message ({out['multi_device_share']:.0%} multi-device, "
+            f"{out['kept_share']:.0%} originals kept) | {name} | {got:.0f} | <= {target:.0f} "
+            f"| {'yes' if got <= target else '**no**'} |"
+        )
+    for name, out in shapes.items():
+        got = float(out["pg_cpu_ms_per_block"])
+        lines.append(
+            f"| Postgres CPU per block of 100 | {name} | {got:.2f} ms | <= {TARGET_CPU_MS} ms "
+            f"| {'yes' if got <= TARGET_CPU_MS else '**no**'} |"
+        )
+    for name, out in shapes.items():
+        got = float(out["read_raw_json_us_per_row"])
+        lines.append(
+            f"| raw_json read cost per row (raw: {float(out['read_raw_us_per_row']):.1f} us) | {name} "
+            f"| {got:.1f} us | <= {TARGET_READ_US:.0f} us | {'yes' if got <= TARGET_READ_US else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def verdicts(results: harness.Results) -> list[harness.Verdict]:
@@ -401,6 +477,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, help="steps 2 and 3: repetitions")
     parser.add_argument("--growth-rows", type=int, help="step 3: rows already stored")
     parser.add_argument("--growth-blocks", type=int, help="step 3: blocks timed per repetition")
+    parser.add_argument("--shape-messages", type=int, help="step 4: messages loaded per traffic shape")
+    parser.add_argument("--shape-blocks", type=int, help="step 4: blocks timed per traffic shape")
     parser.add_argument("--baseline", default=BASELINE, help="the 'before' commit (default %(default)s)")
     harness.add_readme_option(parser)
     return parser
@@ -432,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reps": args.reps,
         "growth_rows": args.growth_rows,
         "growth_blocks": args.growth_blocks,
+        "shape_messages": args.shape_messages,
+        "shape_blocks": args.shape_blocks,
     }
     sizes = dataclasses.replace(
         QUICK if args.quick else FULL, **{k: max(1, v) for k, v in overrides.items() if v is not None}
@@ -462,6 +542,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "growth" not in steps:
         results.skipped.append("3. growth: not selected (--skip-30m / --only)")
     results.verdicts = verdicts(results)
+    if run.raw.get("shapes"):
+        loads = ", ".join(f"{k} {v}" for k, v in results.load_by_step.items())
+        table = shape_table(
+            run.raw, f"started {results.started_at}, `{command}`, 1-minute load average {loads}"
+        )
+        print(table)
+        if args.readme is not False:
+            harness.write_readme_section(HERE / "README.md", table, SHAPES_BEGIN, SHAPES_END)
     results.notes.append(
         "1-minute load average after each step (2 CPUs shared with other work): "
         + ", ".join(f"{k} {v}" for k, v in results.load_by_step.items())

@@ -95,6 +95,14 @@ def migrate(settings: config.Settings, *, create_database: bool = False) -> list
     return applied
 
 
+def enable_word_search(settings: config.Settings) -> bool:
+    """``migrate --word-search``: the opt-in word-search index created if missing (True: now)."""
+    with connection(settings, check_schema=False) as conn:
+        created = migrations.enable_word_search(conn)
+    _log.info("word_search_enabled", created=created)
+    return created
+
+
 @contextlib.contextmanager
 def pooled(settings: config.Settings) -> Iterator[db.Pool]:
     """``connector`` with the connections of finished account runs kept for the next ones."""

@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         action="store_true",
         help="first create the database SYNC_DATABASE_URL names if it does not exist (needs CREATEDB)",
     )
+    p.add_argument(
+        "--word-search",
+        action="store_true",
+        help="also create the opt-in word-search index (pg_trgm, docs/schema.md: Finding messages by a word)",
+    )
     add("run", "cmd_run", "run the daemon: sync every account on its interval until SIGTERM/SIGINT")
     p = add("once", "cmd_once", "one pass over the accounts (each drained to its final block), then exit")
     p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
@@ -345,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
         default=100,
         metavar="N",
         help="messages per history block (default: %(default)s)",
+    )
+    p.add_argument(
+        "--traffic",
+        metavar="SHAPE",
+        help="seed traffic of this shape instead of the default: one-id, mixed, three-ids, or knobs "
+        "'ids=1,1,2,3;scripts=ascii,latin,cjk,emoji;timestamps=seconds_z,nanos_z,offset;malformed=0.02;"
+        "upper=0.05', alone or after a name (README.md, simulate)",
     )
     p = add(
         "demo", "cmd_demo", "what `make run` does: simulator + embedded Postgres, one pass, status, a query"

@@ -25,6 +25,7 @@ from sync_worker import (
     errors,
     exitcodes,
     logs,
+    migrations,
     report,
     secret,
 )
@@ -75,7 +76,11 @@ class Context:
 def cmd_migrate(ctx: Context) -> int:
     settings = ctx.settings(credentials=False, accounts=False)
     applied = app.migrate(settings, create_database=ctx.args.create_database)
+    word_search = app.enable_word_search(settings) if ctx.args.word_search else None
     ctx.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if word_search is not None:
+        state = "created" if word_search else "already there"
+        ctx.print(f"word search: index {migrations.WORD_SEARCH_INDEX} {state}")
     return exitcodes.OK
 
 
@@ -245,6 +250,7 @@ def cmd_simulate(ctx: Context) -> int:
     ]
     if not 0 <= args.port <= 65535:
         raise errors.ValidationError(f"--port {args.port}: a port is 0-65535")
+    shape = None if args.traffic is None else simulator.traffic.parse_shape(args.traffic)
     ctx.configure_logs(ctx.env.get("SYNC_LOG_FORMAT", "auto") or "auto", "INFO", ctx.err)
     simulator.serve(
         args.host,
@@ -253,6 +259,7 @@ def cmd_simulate(ctx: Context) -> int:
         accounts,
         block_size=args.block_size,
         out=ctx.out,
+        shape=shape,
     )
     return exitcodes.OK
 

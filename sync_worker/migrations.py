@@ -104,6 +104,43 @@ def migrate(conn: psycopg.Connection[Any], directory: Path | None = None) -> lis
     return applied_now
 
 
+WORD_SEARCH_INDEX: Final = "sms_message_text_trgm_idx"
+
+
+def enable_word_search(conn: psycopg.Connection[Any]) -> bool:
+    """Create the opt-in word-search index (pg_trgm GIN on ``sms_message.message``) if missing.
+
+    True when it was created now, False when it was there already. Run after ``migrate`` (the
+    table must exist); under the migration lock, so concurrent calls build it once. A server
+    without pg_trgm (the contrib module), or a user that may not create it, is an
+    ``errors.MigrationError`` that says which. The build blocks writers of the history while it
+    runs (docs/schema.md "Finding messages by a word").
+    """
+    with _wrapped(), _autocommit(conn), _migration_lock(conn):
+        cur = _cursor(conn)
+        present = cur.execute(queries.get("word_search_enabled")).fetchone()
+        if present is not None and present[0]:
+            return False
+        available = cur.execute(queries.get("word_search_available")).fetchone()
+        if available is None or not available[0]:
+            raise errors.MigrationError(
+                "word search needs the pg_trgm extension, which this PostgreSQL server does not have "
+                "installed (the contrib module: Debian/Ubuntu postgresql-contrib, the official images "
+                "have it); the rest of the schema works without it"
+            )
+        try:
+            with conn.transaction():
+                conn.execute(queries.get("enable_word_search"))
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise errors.MigrationError(
+                f"word search could not be enabled (CREATE EXTENSION pg_trgm needs the database "
+                f"owner or a superuser): {exc}"
+            ) from exc
+    return True
+
+
 def check_schema(conn: psycopg.Connection[Any], directory: Path | None = None) -> None:
     """Raise ``errors.SchemaError`` unless every shipped migration is applied unchanged."""
     shipped = available(directory)

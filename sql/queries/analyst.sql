@@ -56,3 +56,18 @@ FROM sms_history
 WHERE account_name = '0252012345-00001'
   AND received_at >= now() - interval '1 day' AND received_at < now()
 GROUP BY 1;
+
+-- name: silent_devices
+-- Devices that went silent: a message in the last 30 days but none in the last 6 hours, with when each was last heard, for which account and what it said (one row per device, in device order).
+SELECT device_kind, device_id, last_received_at, now() - last_received_at AS silent_for, account_name, message
+FROM sms_device_last_seen(now() - interval '30 days')
+WHERE last_received_at < now() - interval '6 hours';
+
+-- name: messages_containing_a_word
+-- The newest 50 messages of the last 30 days containing a word (in any letter case), over every account. Index-backed only with the opt-in word-search index (`sync-worker migrate --word-search`, see "Finding messages by a word"); without it this reads every row of the window.
+SELECT received_at, account_name, device_kind, device_id, message
+FROM sms_history
+WHERE message ILIKE '%watchdog%'
+  AND received_at >= now() - interval '30 days' AND received_at < now()
+ORDER BY received_at DESC
+LIMIT 50;

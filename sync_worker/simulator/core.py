@@ -165,11 +165,18 @@ class Simulator:
         self._queue(account, create=True).add(messages)
 
     def seed(
-        self, account: str, n: int, seed: int = 1, *, until: float | None = None
+        self,
+        account: str,
+        n: int,
+        seed: int = 1,
+        *,
+        until: float | None = None,
+        shape: traffic.Shape | None = None,
     ) -> list[dict[str, Any]]:
         """Queue ``n`` deterministic realistic messages and return them (``traffic.seed_messages``:
-        ``until`` a Unix time makes them end just before it, with a busy device and malformed ones)."""
-        messages = traffic.seed_messages(n, seed, until=until)
+        ``until`` a Unix time makes them end just before it, with a busy device and malformed ones;
+        ``shape`` makes them traffic of that shape instead)."""
+        messages = traffic.seed_messages(n, seed, until=until, shape=shape)
         self.inject(account, messages)
         return messages
 

@@ -32,12 +32,14 @@ def serve(
     out: TextIO | None = None,
     ready: Callable[[core.Simulator], None] | None = None,
     start: float | None = None,
+    shape: traffic.Shape | None = None,
 ) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, printing the exports that reach it.
 
     Account ``i`` gets ``seed_messages`` messages from ``seed_messages(n, seed + i, until=start)``:
     traffic that ends just before ``start`` (default: now), the documented busy device and a few
-    malformed messages included, so the analyst queries of docs/schema.md have rows to show. ``port=0``
+    malformed messages included, so the analyst queries of docs/schema.md have rows to show; with
+    ``shape``, traffic of that shape instead (``traffic.shaped_messages``, ``simulate --traffic``). ``port=0``
     picks a free port (the printed URL names it). ``ready(sim)`` runs once it listens and is seeded.
     Signals are handled as by every long-running command (``signals.stop_on_signals``: a second
     Ctrl-C aborts) when called on the main thread. An address it cannot listen on (a busy port, an
@@ -63,7 +65,7 @@ def serve(
         with signals.stop_on_signals(stop_event):
             if seed_messages:
                 for i, account in enumerate(cfg.accounts):
-                    sim.seed(account, seed_messages, seed=seed + i, until=until)
+                    sim.seed(account, seed_messages, seed=seed + i, until=until, shape=shape)
             # The simulator's credentials are fixed, public test values: printing them is the point.
             # Every line is shell (comments and exports), so the output can be sourced or eval-ed:
             # `sync-worker simulate > sim.env &` then `. ./sim.env`.
@@ -71,7 +73,10 @@ def serve(
                 f"# ThingSpace simulator listening on {sim.base_url}",
                 f"# seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)} "
                 f"(up to {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}, one in "
-                f"{traffic.MALFORMED_EVERY} malformed)",
+                f"{traffic.MALFORMED_EVERY} malformed)"
+                if shape is None
+                else f"# seeded {seed_messages} messages on each of: {', '.join(cfg.accounts)} "
+                f"(up to {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}, shape {shape})",
                 "# the variables that point the worker at it:",
                 *(f"export {k}={shlex.quote(v)}" for k, v in sim.worker_env(accounts=cfg.accounts).items()),
                 "# Ctrl-C (or SIGTERM) stops it.",

@@ -10,6 +10,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, Final
@@ -17,7 +19,7 @@ from typing import Any, Final
 import psycopg
 import pytest
 
-from sync_worker import app, config, queries, simulator
+from sync_worker import app, config, migrations, queries, simulator
 from tests import schema_doc
 
 # One busy device holds a fifth of the traffic and one account 60%, as in the field; the rest is spread
@@ -28,6 +30,8 @@ from tests import schema_doc
 # rows; `make test` uses fewer with the same skew (SYNC_TEST_ANALYST_ROWS raises it).
 ROWS: Final = int(os.environ.get("SYNC_TEST_ANALYST_ROWS", "200000"))
 BUSY_DEVICE: Final = "990000862471854"
+# The word the documented word search looks for: one message in 1,000 of the dataset has it.
+WORD: Final = "watchdog"
 # A sort of more rows than this (or a sequential scan reading any history row) fails the query.
 MAX_SORTED_ROWS: Final = 1000
 FUTURE_MINUTES: Final = 31 * 24 * 60
@@ -48,7 +52,8 @@ SELECT ts, 0, CASE WHEN g % 50 = 0 THEN 2 ELSE 1 END,
        CASE WHEN g % 5 < 3 THEN '0252012345-00001' ELSE '0252012345-00002' END,
        sha256(g::text::bytea), 'imei',
        CASE WHEN g % 5 = 0 THEN '{busy}' ELSE lpad((g % 4000)::text, 15, '0') END,
-       'm' || g, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       CASE WHEN g % 1000 = 3 THEN 'reboot reason=watchdog #' || g ELSE 'm' || g END,
+       to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
        CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END
 FROM generate_series(1, {rows}) AS g,
      LATERAL (SELECT CASE WHEN g % 500 = 7 THEN NULL
@@ -70,11 +75,20 @@ def _seeded_database(
         with psycopg.connect(url, autocommit=True) as conn:
             # Constants only: a multi-statement script takes no parameters.
             conn.execute(_SEED_SQL.format(start=start, rows=int(rows), busy=BUSY_DEVICE))
+            if word_search_available(conn):
+                # The opt-in, exactly as `sync-worker migrate --word-search` creates it.
+                migrations.enable_word_search(conn)
             conn.execute("VACUUM ANALYZE sms_message")
             conn.execute("VACUUM ANALYZE sms_message_device")
             yield conn
     finally:
         pg_server.drop_database(url)
+
+
+def word_search_available(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has pg_trgm (the opt-in word search's extension)."""
+    row = conn.execute(queries.get("word_search_available")).fetchone()
+    return bool(row and row[0])
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +207,8 @@ def test_documented_query_is_index_backed(zoned: psycopg.Connection[Any], name: 
     scan reads a history row and nothing sorts more than MAX_SORTED_ROWS rows, with one device holding
     20% of the traffic."""
     [(_, _, sql)] = [q for q in documented() if q[0] == name]
+    if name == "messages_containing_a_word" and not word_search_available(zoned):
+        pytest.skip("this server has no pg_trgm: the opt-in word search cannot be enabled on it")
     plan = explain(zoned, sql)
     assert violations(plan) == [], summary(plan)
     assert zoned.execute(sql).fetchall()  # the dataset answers every query
@@ -345,3 +361,95 @@ def test_daily_counts_are_per_utc_day_in_every_session_zone(dst_zoned: psycopg.C
     assert got_device == [(d, device.get(d, 0)) for d in days]
     # The data has messages every day of the span, and the days around each change are full ones.
     assert all(n > 0 for _, n, _ in got) and len(got) == len(days)
+
+
+def test_silent_devices_are_the_devices_quiet_since_the_cutoff(seeded: psycopg.Connection[Any]) -> None:
+    """sms_device_last_seen gives each device of the window once with its last message (both tables,
+    every account), the same as grouping every row; filtered at 6 hours it is the silent ones."""
+    row = seeded.execute("SELECT now(), now() - interval '30 days', now() - interval '6 hours'").fetchone()
+    assert row is not None
+    until, since, cutoff = row
+    got = seeded.execute(
+        "SELECT device_kind, device_id, last_received_at, account_name, message_key, message"
+        " FROM sms_device_last_seen(%s, %s)",
+        (since, until),
+    ).fetchall()
+    expected = seeded.execute(
+        "SELECT DISTINCT ON (device_kind, device_id) device_kind, device_id, received_at, account_name,"
+        " message_key, message FROM sms_by_device"
+        " WHERE device_id IS NOT NULL AND received_at >= %s AND received_at < %s"
+        " ORDER BY device_kind, device_id, received_at DESC",
+        (since, until),
+    ).fetchall()
+    # Equal instants of one device (the dataset has none) would make the message a tie.
+    assert got == expected and len(got) > 1000
+    silent = {(r[0], r[1]) for r in got if r[2] < cutoff}
+    assert ("imei", BUSY_DEVICE) not in silent and len(silent) > 100
+    row = seeded.execute(
+        "SELECT count(*) FROM sms_device_last_seen(%s, %s) WHERE last_received_at < %s",
+        (since, until, cutoff),
+    ).fetchone()
+    assert row is not None and row[0] == len(silent)
+
+
+def _index_roots(conn: psycopg.Connection[Any], plan: dict[str, Any]) -> set[str]:
+    """The partitioned index each index scan of ``plan`` belongs to."""
+    names = sorted({node["Index Name"] for _, node in _nodes(plan) if "Index Name" in node})
+    found = conn.execute(
+        "SELECT DISTINCT coalesce(pg_partition_root(i), i)::text FROM unnest(%s::regclass[]) AS i", (names,)
+    ).fetchall()
+    return {str(r[0]) for r in found}
+
+
+def test_word_search_uses_the_opt_in_index(seeded: psycopg.Connection[Any]) -> None:
+    """Once enabled (as `migrate --word-search` does), the documented word query reads the trigram
+    index of each partition of its window and finds exactly the messages holding the word."""
+    if not word_search_available(seeded):
+        pytest.skip("this server has no pg_trgm: the opt-in word search cannot be enabled on it")
+    [(_, _, sql)] = [q for q in documented() if q[0] == "messages_containing_a_word"]
+    plan = explain(seeded, sql)
+    assert migrations.WORD_SEARCH_INDEX in _index_roots(seeded, plan), summary(plan)
+    assert violations(plan) == [], summary(plan)
+    got = seeded.execute(sql).fetchall()
+    row = seeded.execute(
+        "SELECT count(*) FROM sms_message WHERE position(%s IN message) > 0"
+        " AND received_at >= now() - interval '30 days' AND received_at < now()",
+        (WORD,),
+    ).fetchone()
+    assert row is not None and len(got) == min(50, row[0]) and len(got) > 0
+    assert all(WORD in r[4] for r in got)
+
+
+def test_enabling_word_search_is_idempotent_and_covers_new_partitions(db: psycopg.Connection[Any]) -> None:
+    """enable_word_search creates the index once (a second call finds it), and a partition created
+    later (a new month) has it too, so word queries stay index-backed as the history grows."""
+    if not word_search_available(db):
+        pytest.skip("this server has no pg_trgm: the opt-in word search cannot be enabled on it")
+    assert migrations.enable_word_search(db) is True
+    assert migrations.enable_word_search(db) is False
+    db.execute("SELECT sms_history_ensure_partition(timestamptz '2031-07-04 00:00:00+00')")
+    indexes = db.execute(
+        "SELECT i.indexrelid::regclass::text FROM pg_index i"
+        " WHERE i.indrelid = 'sms_message_p203107'::regclass"
+        " AND pg_partition_root(i.indexrelid)::text = %s",
+        (migrations.WORD_SEARCH_INDEX,),
+    ).fetchall()
+    assert len(indexes) == 1
+
+
+def test_migrate_word_search_flag_enables_it(db_url: str) -> None:
+    """`sync-worker migrate --word-search` migrates and creates the index, and says so; run again it
+    finds the index there (exit 0 both times)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        if not word_search_available(conn):
+            pytest.skip("this server has no pg_trgm: the opt-in word search cannot be enabled on it")
+    env = {**os.environ, "SYNC_DATABASE_URL": db_url, "SYNC_LOG_FORMAT": "json"}
+    argv = [sys.executable, "-m", "sync_worker", "migrate", "--word-search"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert f"word search: index {migrations.WORD_SEARCH_INDEX} created" in first.stdout
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "already there" in again.stdout, again.stderr
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (migrations.WORD_SEARCH_INDEX,)).fetchone()
+    assert row is not None and row[0]

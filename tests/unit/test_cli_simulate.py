@@ -62,3 +62,12 @@ def test_simulate_on_a_busy_port_exits_2_with_one_line() -> None:
     assert len(lines) == 1, ran.stderr
     assert lines[0].startswith("sync-worker: error: ")
     assert f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0]
+
+
+def test_simulate_refuses_an_unknown_traffic_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    """`simulate --traffic` with a shape it does not know is a usage error (exit 2) naming the known
+    shapes, before anything listens or is printed on stdout."""
+    assert cli.main(["simulate", "--port", "0", "--traffic", "weekend"], env={}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "unknown traffic shape 'weekend'" in captured.err and "mixed" in captured.err
