@@ -1,9 +1,11 @@
 """Shared fixtures live in tests/fixtures/, one module per real part they start."""
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.reliability import logbook
 
@@ -48,6 +50,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     logging.getLogger().removeHandler(_session_handler)
+
+
+@pytest.fixture(autouse=True)
+def _logging_ends_with_its_test() -> Iterator[None]:
+    # A test that runs a command (cli.main) points logging at pytest's captured stderr, which is
+    # closed once the test ends: a later test in the same process would log into a closed file.
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 def pytest_collection_modifyitems(
