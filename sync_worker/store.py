@@ -10,7 +10,6 @@ its own and refuses to become part of the caller's). SQL lives in
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -313,84 +312,115 @@ def store_callbacks(
     """Store several pushed callbacks as ``store_callback`` does each, all in one transaction
     (the receiver's group commit: one commit, one WAL flush, for callbacks that arrived together).
 
-    Either every callback lands or none does. Results are in the order of ``items``; a body given
-    twice is one ``sms_callback`` row (the second sees the first, as a redelivery would). The
-    statements go pipelined, in two waves (every callback's rows, then every callback's
-    ``sms_callback`` row, which records how many of its rows were new): a handful of round trips
-    per transaction whatever the number of callbacks.
+    Either every callback lands or none does. Results are in the order of ``items``, each as if
+    the callbacks had been written one after the other: a message in two of them is new to the
+    first only, and a body given twice is one ``sms_callback`` row (the second sees the first, as
+    a redelivery would). A handful of statements whatever the number of callbacks: the rows of
+    each account's callbacks as one block (``commit_block``, which then names the new rows' keys),
+    then every ``sms_callback`` row in one statement (a second for bodies given twice).
     """
-    built = [rows.build_rows(kept.account_name, messages) for kept, messages in items]
     if conn not in _PACKED_READY:
         # Before the cursors exist: a cursor copies its connection's adapters when it is made.
         pgarrays.register(conn.adapters)
         _PACKED_READY.add(conn)
-    with db.transaction(conn) as cur, contextlib.ExitStack() as cursors:
+    built = [rows.build_rows(kept.account_name, messages) for kept, messages in items]
+    results: list[CallbackResult | None] = [None] * len(items)
+    with db.transaction(conn) as cur:
         # The partitions come first, once for the whole batch: a failed statement would end the
         # transaction.
         _ensure_partitions(cur, (r.received_at for found in built for r in found))
-        written: list[db.Cursor | None] = []
-        with db.pipeline(conn):
-            for (kept, _), found in zip(items, built, strict=True):
-                if not found:
-                    written.append(None)
-                    continue
-                params = _block_params(
-                    conn,
-                    kept.account_name,
-                    rows.Block.from_rows(found),
-                    run_id=None,
-                    next_token=None,
-                    move_cursor=False,
-                    source="push",
-                )
-                cur_rows = _cursor(cursors, conn)
-                cur_rows.execute(queries.get("commit_block"), params)
-                written.append(cur_rows)
-        inserted = [0 if c is None else _first(c) for c in written]
-        with db.pipeline(conn):
-            kept_rows = []
-            for (kept, _), found, new in zip(items, built, inserted, strict=True):
-                cur_kept = _cursor(cursors, conn)
-                cur_kept.execute(queries.get("callback_keep"), _callback_params(kept, found, new))
-                kept_rows.append(cur_kept)
-        results = []
-        for c, found, new in zip(kept_rows, built, inserted, strict=True):
-            row = _row(c)
-            results.append(CallbackResult(int(row[0]), len(found), new, bool(row[1])))
-        return results
+        inserted = _callback_rows(cur, items, built)
+        for wave in _waves(items):
+            at = {(items[i][0].account_name, items[i][0].body_sha256): i for i in wave}
+            params = _callback_params(conn, [(items[i][0], built[i], inserted[i]) for i in wave])
+            for account, sha, callback_id, first in cur.execute(queries.get("callback_keep"), params):
+                i = at[(account, sha)]
+                results[i] = CallbackResult(int(callback_id), len(built[i]), inserted[i], bool(first))
+    if None in results:
+        raise errors.StoreError("the database returned no sms_callback row for a callback")
+    return results  # type: ignore[return-value]  # no None left
 
 
-def _cursor(cursors: contextlib.ExitStack, conn: Connection) -> db.Cursor:
-    """A cursor of its own for a statement sent in the open pipeline (read once the pipeline synced)."""
-    return cursors.enter_context(conn.cursor(row_factory=psycopg.rows.tuple_row))
+def _waves(items: Sequence[tuple[models.KeptCallback, object]]) -> list[list[int]]:
+    """Indexes of ``items`` in statements that each hold a body at most once: a body's first copy
+    in the first, its second in the second, ... (one statement cannot update a row twice)."""
+    waves: list[list[int]] = []
+    copies: dict[tuple[str, str], int] = {}
+    for i, (kept, _) in enumerate(items):
+        key = (kept.account_name, kept.body_sha256)
+        n = copies.get(key, 0)
+        copies[key] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(i)
+    return waves
 
 
-def _row(cur: db.Cursor) -> tuple[Any, ...]:
-    row = cur.fetchone()
-    assert row is not None  # noqa: S101  # for mypy: these statements always yield a row
-    return row
+def _callback_rows(
+    cur: db.Cursor,
+    items: Sequence[tuple[models.KeptCallback, Sequence[models.SMSMessage]]],
+    built: list[list[rows.Row]],
+) -> list[int]:
+    """Every callback's rows, one ``commit_block`` per account; how many rows each made new.
+
+    A row that an earlier callback of the batch holds too is sent once and counted for the first
+    (as if they had been written one after the other: the later one meets it in the history).
+    """
+    accounts: dict[str, list[int]] = {}
+    for i, (kept, _) in enumerate(items):
+        accounts.setdefault(kept.account_name, []).append(i)
+    mine: list[list[tuple[dt.datetime | None, str]]] = [[] for _ in items]
+    for account, indexes in accounts.items():
+        seen: set[tuple[dt.datetime | None, str]] = set()
+        block: list[rows.Row] = []
+        for i in indexes:
+            for r in built[i]:
+                identity = (r.received_at, r.message_key)
+                if identity not in seen:
+                    seen.add(identity)
+                    block.append(r)
+                    mine[i].append(identity)
+        if not block:
+            continue
+        params = _block_params(
+            cur.connection,
+            account,
+            rows.Block.from_rows(block),
+            run_id=None,
+            next_token=None,
+            move_cursor=False,
+            source="push",
+            inserted_keys=True,
+        )
+        row = cur.execute(queries.get("commit_block"), params).fetchone()
+        assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+        new_keys = {bytes(k).hex() for k in row[3] or ()}
+        for i in indexes:
+            mine[i] = [identity for identity in mine[i] if identity[1] in new_keys]
+    return [len(m) for m in mine]
 
 
-def _first(cur: db.Cursor) -> int:
-    return int(_row(cur)[0])
-
-
-def _callback_params(kept: models.KeptCallback, built: list[rows.Row], inserted: int) -> dict[str, Any]:
+def _callback_params(
+    conn: Connection, found: Sequence[tuple[models.KeptCallback, list[rows.Row], int]]
+) -> dict[str, Any]:
+    """``callback_keep``'s columns for ``found``: (callback, its rows, how many were new)."""
+    encoding = conn.info.encoding
+    kept = [k for k, _, _ in found]
     return {
-        "account_name": kept.account_name,
-        "shape": kept.shape,
-        "problem": _error_text(kept.problem),
-        "request_id": kept.request_id,
-        "callback_count": kept.callback_count,
-        "messages": len(built),
-        "inserted": inserted,
-        "message_keys": [r.message_key for r in built],
-        "body": kept.body,
-        "body_size": kept.body_size,
-        "body_sha256": kept.body_sha256,
-        "body_exact": kept.body_exact,
-        "source_address": kept.source_address,
-        "received_at": kept.received_at,
+        "account_name": pgarrays.text([k.account_name for k in kept], encoding),
+        "shape": pgarrays.text([k.shape for k in kept], encoding),
+        "problem": pgarrays.text([_error_text(k.problem) for k in kept], encoding),
+        "request_id": pgarrays.text([k.request_id for k in kept], encoding),
+        "callback_count": pgarrays.int4([k.callback_count for k in kept]),
+        "messages": pgarrays.int4([len(b) for _, b, _ in found]),
+        "inserted": pgarrays.int4([new for _, _, new in found]),
+        # Keys are hex: a comma cannot be in one.
+        "message_keys": pgarrays.text([",".join(r.message_key for r in b) for _, b, _ in found], encoding),
+        "body": pgarrays.bytea([k.body for k in kept]),
+        "body_sha256": pgarrays.text([k.body_sha256 for k in kept], encoding),
+        "body_exact": pgarrays.boolean([k.body_exact for k in kept]),
+        "source_address": pgarrays.text([k.source_address for k in kept], encoding),
+        "received_at": pgarrays.timestamptz([k.received_at for k in kept]),
     }
 
 
@@ -484,6 +514,7 @@ def _block_params(
     next_token: str | None,
     move_cursor: bool = True,
     source: str = "poll",
+    inserted_keys: bool = False,
 ) -> dict[str, Any]:
     if source not in _SOURCES:
         raise errors.StoreError(f"a history row's source is 'poll' or 'push', not {source!r}")
@@ -496,6 +527,7 @@ def _block_params(
         "next_token": next_token,
         "move_cursor": move_cursor,
         "source": source,
+        "inserted_keys": inserted_keys,
         "received": len(block),
         "malformed": len(block.problems) - block.problems.count(None),
         "message_key": pgarrays.bytea(block.message_key),

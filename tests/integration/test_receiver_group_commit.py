@@ -17,8 +17,15 @@ from sync_worker import db, receiver
 from tests.integration import test_push_mode as push
 from tests.reliability import crash
 
-# Long enough that a lock the test holds on purpose is waited for, not timed out.
-PATIENT: dict[str, Any] = {"lock_timeout": 30.0, "statement_timeout": 60.0, "commit_timeout": 60.0}
+# Long enough that a lock the test holds on purpose is waited for, not timed out; and that the
+# pool's first connection, opened in the background at start, is waited for (on a loaded machine
+# it took more than the 1 s default: the first batch was answered 503, a flake).
+PATIENT: dict[str, Any] = {
+    "lock_timeout": 30.0,
+    "statement_timeout": 60.0,
+    "commit_timeout": 60.0,
+    "acquire_timeout": 30.0,
+}
 
 
 def bodies(n: int, **extra: Any) -> list[bytes]:
