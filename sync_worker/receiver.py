@@ -35,17 +35,16 @@ import logging
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import psycopg
 import psycopg.errors
-import psycopg_pool
 import structlog
 import waitress.server
 import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, group_commit, models, queries, store
+from sync_worker import callback_metrics, callback_pool, callbacks, db, errors, group_commit, models, store
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
@@ -105,107 +104,12 @@ class Answer:
     retry_after: int | None = None
 
 
-class _Busy(Exception):
-    """No connection, or the database waited on a lock or ran too long: answer 503 + Retry-After.
-
-    ``kind`` labels ``callback_store_failures``: ``busy`` (every connection in use, a lock or the
-    statement timeout) or ``database_unavailable`` (no connection can be made).
-    """
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Pending:
     """A callback waiting for its transaction."""
 
     kept: models.KeptCallback
     messages: tuple[models.SMSMessage, ...]
-
-
-class _DatabasePool:
-    """The receiver's connections: psycopg_pool with a hard maximum and a short acquire timeout.
-
-    A push burst must never take more than ``size`` of the server's connections (the daemons' runs,
-    claims and login guard share ``max_connections``), nor wait long: the platform sends a second,
-    concurrent delivery when an answer takes more than about 4 s, so a callback that gets no
-    connection within ``acquire_timeout`` is answered 503 at once. Every session has
-    ``lock_timeout`` and ``statement_timeout`` set (a maintenance lock or a retention drop on the
-    history makes the callback statement fail fast instead of piling up behind it). A connection
-    an error happened on (``db.retire``) is closed, not given back.
-    """
-
-    def __init__(self, connect: db.ConnectionFactory, config: ReceiverConfig) -> None:
-        self._acquire_timeout = config.acquire_timeout
-        timeouts = {
-            "lock_timeout": f"{int(config.lock_timeout * 1000)}ms",
-            "statement_timeout": f"{int(config.statement_timeout * 1000)}ms",
-        }
-
-        def configure(conn: db.Connection) -> None:
-            conn.execute(queries.get("callback_session_timeouts"), timeouts)
-
-        # Whether the latest attempt to open a connection failed: tells a database that cannot
-        # be reached from one whose connections are all in use.
-        self.connect_failing = False
-
-        def connect_noting() -> db.Connection:
-            try:
-                conn = connect()
-            except Exception:
-                self.connect_failing = True
-                raise
-            self.connect_failing = False
-            return conn
-
-        self._pool = psycopg_pool.ConnectionPool(
-            connection_class=_made_by(connect_noting),
-            min_size=1,
-            max_size=config.pool_size,
-            open=False,
-            configure=configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
-            name="callback-receiver",
-            timeout=config.acquire_timeout,
-            max_lifetime=db.MAX_CONNECTION_AGE_SECONDS,
-            num_workers=2,
-        )
-
-    def open(self) -> None:
-        # Not waiting: a receiver whose database is down starts and answers 503 until it is back.
-        self._pool.open(wait=False)
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[db.Connection]:
-        try:
-            conn = self._pool.getconn(timeout=self._acquire_timeout)
-        except psycopg_pool.PoolTimeout:
-            kind = "database_unavailable" if self.connect_failing else "busy"
-            raise _Busy(kind, f"no database connection within {self._acquire_timeout:g} s") from None
-        try:
-            yield conn
-        finally:
-            if not db.usable(conn):
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._pool.putconn(conn)
-
-    def close(self) -> None:
-        self._pool.close(timeout=5)
-
-
-def _made_by(connect: db.ConnectionFactory) -> type[db.Connection]:
-    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``db.connector``'s
-    liveness settings and secret-free errors, the caller's application name)."""
-
-    class _Made(psycopg.Connection[Any]):
-        @classmethod
-        def connect(cls, *args: Any, **kwargs: Any) -> Any:
-            return connect()
-
-    return _Made
 
 
 class Receiver:
@@ -221,7 +125,13 @@ class Receiver:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._pool = _DatabasePool(connect, config)
+        self._pool = callback_pool.CallbackPool(
+            connect,
+            size=config.pool_size,
+            acquire_timeout=config.acquire_timeout,
+            lock_timeout=config.lock_timeout,
+            statement_timeout=config.statement_timeout,
+        )
         self._committer: group_commit.GroupCommitter[_Pending, store.CallbackResult] = (
             group_commit.GroupCommitter(
                 self._write,
@@ -409,7 +319,7 @@ class Receiver:
         account = callback.account_name
         try:
             result = self._committer.commit(_Pending(kept, callback.messages))
-        except (_Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
+        except (callback_pool.Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
             kind = "database_unavailable" if isinstance(exc, errors.DatabaseUnavailableError) else exc.kind
             self.metrics.store_failures.labels(kind).inc()
             _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
@@ -477,7 +387,7 @@ class Receiver:
                 return store.store_callbacks(conn, [(p.kept, p.messages) for p in items])
             except errors.DatabaseUnavailableError as exc:
                 if isinstance(exc.__cause__, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
-                    raise _Busy("busy", str(exc)) from exc
+                    raise callback_pool.Busy("busy", str(exc)) from exc
                 raise
 
     def _observe(self, batch: group_commit.Batch) -> None:
@@ -557,7 +467,7 @@ def _one_could_cause(exc: BaseException) -> bool:
     path, or a deadlock with another transaction writing the same messages in another order."""
     if isinstance(exc, errors.DatabaseUnavailableError):
         return isinstance(exc.__cause__, psycopg.errors.DeadlockDetected)
-    return not isinstance(exc, _Busy)
+    return not isinstance(exc, callback_pool.Busy)
 
 
 def _where(exc: BaseException) -> str | None:
