@@ -310,24 +310,9 @@ def stalled_clients(port: int, count: int) -> Iterator[None]:
 
 
 def _wrk(port: int, script: Path, prefix: str, connections: int, seconds: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}",
-            "--",
-            prefix,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+    url = f"http://127.0.0.1:{port}"
+    out = subprocess.run([*argv, url, "--", prefix], capture_output=True, text=True, check=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith('{"wrk"'):
             found: dict[str, Any] = json.loads(line)
@@ -418,13 +403,8 @@ def _commit() -> str:
     out = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "sync_worker", "sql"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    status = ["git", "status", "--porcelain", "--", "sync_worker", "sql"]
+    dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, check=False)
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
