@@ -382,18 +382,7 @@ def _callback_rows(
                     mine[i].append(identity)
         if not block:
             continue
-        params = _block_params(
-            cur.connection,
-            account,
-            rows.Block.from_rows(block),
-            run_id=None,
-            next_token=None,
-            move_cursor=False,
-            source="push",
-            inserted_keys=True,
-        )
-        row = cur.execute(queries.get("commit_block"), params).fetchone()
-        assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+        row = _rows_statement(cur, account, block, source="push", inserted_keys=True)
         new_keys = {bytes(k).hex() for k in row[3] or ()}
         for i in indexes:
             mine[i] = [identity for identity in mine[i] if identity[1] in new_keys]
@@ -431,19 +420,28 @@ def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: s
         return 0
     # The partitions come first: a failed statement would end the caller's transaction.
     _ensure_partitions(cur, (r.received_at for r in built))
+    pgarrays.register(cur.adapters)
+    return int(_rows_statement(cur, account, built, source=source)[0])
+
+
+def _rows_statement(
+    cur: db.Cursor, account: str, built: list[rows.Row], *, source: str, inserted_keys: bool = False
+) -> tuple[Any, ...]:
+    """``commit_block``'s one row for ``built``, without a cursor move or a run."""
+    block = rows.Block.from_rows(built)
     params = _block_params(
         cur.connection,
         account,
-        rows.Block.from_rows(built),
+        block,
         run_id=None,
         next_token=None,
         move_cursor=False,
         source=source,
+        inserted_keys=inserted_keys,
     )
-    pgarrays.register(cur.adapters)
-    counted = cur.execute(queries.get("commit_block"), params).fetchone()
-    assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
-    return int(counted[0])
+    row = cur.execute(queries.get("commit_block"), params).fetchone()
+    assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+    return tuple(row)
 
 
 def finish_run(
