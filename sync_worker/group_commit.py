@@ -204,18 +204,18 @@ class GroupCommitter(Generic[Item, Result]):
                 behind = [w for w in self._queue if not w.abandoned]
                 self._queue.clear()
             self._observe(Batch(len(batch), committed=False, isolated=False))
-            for waiter in [*batch, *behind]:
-                self._settle(waiter, None, exc)
+            self._settle([(waiter, None, exc) for waiter in [*batch, *behind]])
             return
         self._observe(Batch(len(batch), committed=True, isolated=False))
-        for waiter, result in zip(batch, results, strict=True):
-            self._settle(waiter, result, None)
+        self._settle([(waiter, result, None) for waiter, result in zip(batch, results, strict=True)])
 
     def _settle(
-        self, waiter: _Waiter[Item, Result], result: Result | None, error: BaseException | None
+        self, answers: list[tuple[_Waiter[Item, Result], Result | None, BaseException | None]]
     ) -> None:
+        """Answer every waiter of ``answers`` (waiter, result, error), under one take of the lock."""
         with self._lock:
-            waiter.result, waiter.error = result, error
-            waiter.settled = True
-            waiter.done.release()
-            self._waiting -= 1
+            for waiter, result, error in answers:
+                waiter.result, waiter.error = result, error
+                waiter.settled = True
+                waiter.done.release()
+            self._waiting -= len(answers)

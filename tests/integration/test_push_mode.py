@@ -750,7 +750,10 @@ def test_a_held_lock_gets_503_with_retry_after_never_more_connections_than_the_p
     name = f"receiver-{uuid.uuid4().hex[:12]}"
     bodies = [envelope(m, requestId=f"r-{i}") for i, m in enumerate(messages(24))]
     with (
-        running_receiver(db.connector(db_url, application_name=name), pool_size=3) as r,
+        # No commit wait bound: the lock is to be the only cause of the 503s. On a loaded machine a
+        # batch (a new connection after each failed one, then the 1.5 s lock wait) could outlast the
+        # default 3.5 s, and a callback was counted commit_timeout instead of busy (a flake).
+        running_receiver(db.connector(db_url, application_name=name), pool_size=3, commit_timeout=60.0) as r,
         psycopg.connect(db_url) as holder,
         concurrent.futures.ThreadPoolExecutor(24) as callers,
     ):
