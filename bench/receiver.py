@@ -11,7 +11,7 @@ unique authenticated callbacks in the ``...Response`` envelope shape from a Lua 
    statement or a partition drop would) for 5 s from the 5th second: 503s and their Retry-After,
    sessions never above the pool, and the rate after the lock against the rate before it.
 
-A sampler reads, every 100 ms, the receiver's thread count and RSS (``/proc``), its database
+A sampler reads, every 250 ms, the receiver's thread count and RSS (``/proc``), its database
 sessions (``pg_stat_activity``) and its ``callbacks_stored`` counter (``/metrics``).
 "Every 2xx is a row": wrk counts the 2xx answers; each callback carries one new message, so the
 history must hold at least that many rows (it may hold up to one more per connection: callbacks
@@ -55,8 +55,10 @@ PASSWORD = "bench-listener-password-0123456789"  # a benchmark value
 APP_NAME = "sync-worker"
 README_BEGIN = "<!-- bench-receiver:begin -->"
 README_END = "<!-- bench-receiver:end -->"
-DATABASE = "bench_receiver"
-TEMPLATE = "bench_receiver_template"
+SAMPLE_SECONDS = 0.25
+# Of this run alone: another checkout's benchmark may use the same server at the same time.
+DATABASE = f"bench_receiver_{os.getpid()}"
+TEMPLATE = f"bench_receiver_template_{os.getpid()}"
 
 # Unique callbacks, one message each, in the envelope shape with upper-case device kinds (as pushed).
 # wrk's Lua: setup() runs per thread in the main state, init/request/response/done in each thread's.
@@ -182,15 +184,20 @@ def _proc_status(pid: int) -> tuple[int, int]:
     return threads, rss
 
 
-def _metric(metrics_port: int, prefix: str) -> float:
-    """The sum of the receiver's samples whose line starts with ``prefix``."""
+def _metrics(metrics_port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
+        return str(answer.read().decode())
+
+
+def _metric(metrics_port: int, prefix: str, text: str | None = None) -> float:
+    """The sum of the receiver's samples whose line starts with ``prefix`` (in ``text``, if given)."""
+    if text is None:
+        text = _metrics(metrics_port)
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
-def _stored(metrics_port: int) -> float:
-    return _metric(metrics_port, "thingspace_sync_callbacks_stored_total{")
+def _stored(metrics_port: int, text: str | None = None) -> float:
+    return _metric(metrics_port, "thingspace_sync_callbacks_stored_total{", text)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -272,16 +279,19 @@ class Sampler(threading.Thread):
                 ]
                 self.backends.update(pids)
                 try:
-                    stored = _stored(self.receiver.metrics_port)
+                    # One scrape a sample: rendering every metric is the receiver's CPU, taken
+                    # from the load measured.
+                    text = _metrics(self.receiver.metrics_port)
+                    stored = _stored(self.receiver.metrics_port, text)
                     failed = _metric(
-                        self.receiver.metrics_port, "thingspace_sync_callback_store_failures_total{"
+                        self.receiver.metrics_port, "thingspace_sync_callback_store_failures_total{", text
                     )
                 except OSError:
                     stored = self.samples[-1].stored if self.samples else 0.0
                     failed = self.samples[-1].failed if self.samples else 0.0
                 sessions = len(pids)
                 self.samples.append(Sample(time.monotonic(), threads, rss, sessions, stored, failed))
-                self.halt.wait(0.1)
+                self.halt.wait(SAMPLE_SECONDS)
 
 
 @contextlib.contextmanager
@@ -300,24 +310,9 @@ def stalled_clients(port: int, count: int) -> Iterator[None]:
 
 
 def _wrk(port: int, script: Path, prefix: str, connections: int, seconds: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}",
-            "--",
-            prefix,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+    url = f"http://127.0.0.1:{port}"
+    out = subprocess.run([*argv, url, "--", prefix], capture_output=True, text=True, check=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith('{"wrk"'):
             found: dict[str, Any] = json.loads(line)
@@ -408,13 +403,8 @@ def _commit() -> str:
     out = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "sync_worker", "sql"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    status = ["git", "status", "--porcelain", "--", "sync_worker", "sql"]
+    dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, check=False)
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 

@@ -3,7 +3,7 @@ only after its own item is committed.
 
 A durable commit costs a WAL flush, and the flush, not the insert, bounds how many single-item
 transactions a database takes per second. Here the callers (the receiver's request threads) put
-their item in a bounded queue and wait on an event of their own; a committer thread takes
+their item in a bounded queue and wait on a lock of their own; a committer thread takes
 everything queued (up to ``max_batch``), hands it to ``write`` (one transaction), and wakes each
 caller with its own result once ``write`` has returned, i.e. once the commit is done. Whatever
 arrives meanwhile queues up for the next transaction, so the batches grow with the load and a
@@ -53,12 +53,18 @@ class Saturated(Exception):
 @dataclasses.dataclass(eq=False)
 class _Waiter(Generic[Item, Result]):
     item: Item
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # Held until the item is settled; its caller waits by acquiring it (a bare lock: an Event's
+    # condition costs a lock, a waiter list and a notify per item, for one waiter).
+    done: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     result: Result | None = None
     error: BaseException | None = None
-    # Set under the committer's lock: taken into a batch / given up by its caller.
+    # Set under the committer's lock: taken into a batch / given up by its caller / answered.
     taken: bool = False
     abandoned: bool = False
+    settled: bool = False
+
+    def __post_init__(self) -> None:
+        self.done.acquire()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,9 +159,9 @@ class GroupCommitter(Generic[Item, Result]):
             self._queue.append(waiter)
             self._waiting += 1
             self._lock.notify()
-        if not waiter.done.wait(self._wait_timeout):
+        if not waiter.done.acquire(timeout=self._wait_timeout):
             with self._lock:
-                if not waiter.done.is_set():
+                if not waiter.settled:
                     waiter.abandoned = True
                     if not waiter.taken:
                         # Never to be written: it leaves the queue as it is skipped.
@@ -198,17 +204,18 @@ class GroupCommitter(Generic[Item, Result]):
                 behind = [w for w in self._queue if not w.abandoned]
                 self._queue.clear()
             self._observe(Batch(len(batch), committed=False, isolated=False))
-            for waiter in [*batch, *behind]:
-                self._settle(waiter, None, exc)
+            self._settle([(waiter, None, exc) for waiter in [*batch, *behind]])
             return
         self._observe(Batch(len(batch), committed=True, isolated=False))
-        for waiter, result in zip(batch, results, strict=True):
-            self._settle(waiter, result, None)
+        self._settle([(waiter, result, None) for waiter, result in zip(batch, results, strict=True)])
 
     def _settle(
-        self, waiter: _Waiter[Item, Result], result: Result | None, error: BaseException | None
+        self, answers: list[tuple[_Waiter[Item, Result], Result | None, BaseException | None]]
     ) -> None:
+        """Answer every waiter of ``answers`` (waiter, result, error), under one take of the lock."""
         with self._lock:
-            waiter.result, waiter.error = result, error
-            waiter.done.set()
-            self._waiting -= 1
+            for waiter, result, error in answers:
+                waiter.result, waiter.error = result, error
+                waiter.settled = True
+                waiter.done.release()
+            self._waiting -= len(answers)

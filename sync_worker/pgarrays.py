@@ -25,6 +25,7 @@ from psycopg import adapt, pq
 _HEADER: Final = struct.Struct(">iiIii")  # ndim, has-null flag, element oid, length, lower bound
 _EMPTY: Final = struct.Struct(">iiI")  # ndim 0: no dimension follows
 _LENGTH: Final = struct.Struct(">i").pack
+_INT4: Final = _LENGTH
 _NULL: Final = _LENGTH(-1)
 _LEN8: Final = _LENGTH(8)
 _TRUE: Final = _LENGTH(1) + b"\x01"
@@ -108,11 +109,14 @@ def bytea(values: Sequence[bytes | None]) -> PackedBytea:
     return PackedBytea(_head(BYTEA_OID, len(values), has_null) + body)
 
 
-def int4(values: Sequence[int]) -> PackedInt4:
-    """``integer[]`` without NULLs; a value outside int4 raises ``struct.error``."""
+def int4(values: Sequence[int | None]) -> PackedInt4:
+    """``integer[]`` (None: NULL); a value outside int4 raises ``struct.error``."""
     count = len(values)
-    body = struct.pack(f">{count * 2}i", *itertools.chain.from_iterable(zip(itertools.repeat(4), values)))
-    return PackedInt4(_head(INT4_OID, count, False) + body)
+    if None not in values:
+        body = struct.pack(f">{count * 2}i", *itertools.chain.from_iterable(zip(itertools.repeat(4), values)))
+        return PackedInt4(_head(INT4_OID, count, False) + body)
+    framed, _ = _framed([None if v is None else _INT4(v) for v in values])
+    return PackedInt4(_head(INT4_OID, count, True) + framed)
 
 
 def boolean(values: Sequence[bool]) -> PackedBool:

@@ -14,7 +14,7 @@ body or a credential) and counted:
 
 An authenticated body is committed (messages with source 'push' and the redacted body) before
 the 2xx is written. Callbacks that arrive together share one transaction (``group_commit``:
-``store.store_callbacks``), each answered only once that transaction committed; when a shared
+``callback_store.store_callbacks``), each answered only once that transaction committed; when a shared
 transaction fails for a reason one callback could cause, each is written again on its own, so a
 callback the database refuses fails alone. A database that cannot be reached, is busy (no
 connection in time, a lock or statement timeout, the commit queue full) answers 503 with
@@ -28,23 +28,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import http
 import ipaddress
 import json
+import logging
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import psycopg
 import psycopg.errors
-import psycopg_pool
 import structlog
 import waitress.server
 import waitress.wasyncore
 
-from sync_worker import callback_metrics, callbacks, db, errors, group_commit, models, queries, store
+from sync_worker import (
+    callback_metrics,
+    callback_pool,
+    callback_store,
+    callbacks,
+    db,
+    errors,
+    group_commit,
+    models,
+)
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
@@ -77,8 +87,10 @@ class ReceiverConfig:
     statement_timeout: float = 2.5
     # Seconds the 503's Retry-After asks for (the platform was seen retrying after 1.2-1.7 s).
     retry_after: int = 2
-    # Worker threads: each handles one request at a time, from a whole body to the answer.
-    threads: int = 32
+    # Worker threads: each handles one request at a time, from a whole body to the answer (most of
+    # it waiting for its commit). More threads make bigger shared transactions (cheaper per
+    # callback); the process stays under 64 threads with its 8 others.
+    threads: int = 48
     # Open connections at most; beyond it waitress stops accepting until some close. Well above
     # the platform's concurrency, so a crowd of stalled clients does not lock it out at once.
     connection_limit: int = 2000
@@ -102,107 +114,12 @@ class Answer:
     retry_after: int | None = None
 
 
-class _Busy(Exception):
-    """No connection, or the database waited on a lock or ran too long: answer 503 + Retry-After.
-
-    ``kind`` labels ``callback_store_failures``: ``busy`` (every connection in use, a lock or the
-    statement timeout) or ``database_unavailable`` (no connection can be made).
-    """
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Pending:
     """A callback waiting for its transaction."""
 
     kept: models.KeptCallback
     messages: tuple[models.SMSMessage, ...]
-
-
-class _DatabasePool:
-    """The receiver's connections: psycopg_pool with a hard maximum and a short acquire timeout.
-
-    A push burst must never take more than ``size`` of the server's connections (the daemons' runs,
-    claims and login guard share ``max_connections``), nor wait long: the platform sends a second,
-    concurrent delivery when an answer takes more than about 4 s, so a callback that gets no
-    connection within ``acquire_timeout`` is answered 503 at once. Every session has
-    ``lock_timeout`` and ``statement_timeout`` set (a maintenance lock or a retention drop on the
-    history makes the callback statement fail fast instead of piling up behind it). A connection
-    an error happened on (``db.retire``) is closed, not given back.
-    """
-
-    def __init__(self, connect: db.ConnectionFactory, config: ReceiverConfig) -> None:
-        self._acquire_timeout = config.acquire_timeout
-        timeouts = {
-            "lock_timeout": f"{int(config.lock_timeout * 1000)}ms",
-            "statement_timeout": f"{int(config.statement_timeout * 1000)}ms",
-        }
-
-        def configure(conn: db.Connection) -> None:
-            conn.execute(queries.get("callback_session_timeouts"), timeouts)
-
-        # Whether the latest attempt to open a connection failed: tells a database that cannot
-        # be reached from one whose connections are all in use.
-        self.connect_failing = False
-
-        def connect_noting() -> db.Connection:
-            try:
-                conn = connect()
-            except Exception:
-                self.connect_failing = True
-                raise
-            self.connect_failing = False
-            return conn
-
-        self._pool = psycopg_pool.ConnectionPool(
-            connection_class=_made_by(connect_noting),
-            min_size=1,
-            max_size=config.pool_size,
-            open=False,
-            configure=configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
-            name="callback-receiver",
-            timeout=config.acquire_timeout,
-            max_lifetime=db.MAX_CONNECTION_AGE_SECONDS,
-            num_workers=2,
-        )
-
-    def open(self) -> None:
-        # Not waiting: a receiver whose database is down starts and answers 503 until it is back.
-        self._pool.open(wait=False)
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[db.Connection]:
-        try:
-            conn = self._pool.getconn(timeout=self._acquire_timeout)
-        except psycopg_pool.PoolTimeout:
-            kind = "database_unavailable" if self.connect_failing else "busy"
-            raise _Busy(kind, f"no database connection within {self._acquire_timeout:g} s") from None
-        try:
-            yield conn
-        finally:
-            if not db.usable(conn):
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._pool.putconn(conn)
-
-    def close(self) -> None:
-        self._pool.close(timeout=5)
-
-
-def _made_by(connect: db.ConnectionFactory) -> type[db.Connection]:
-    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``db.connector``'s
-    liveness settings and secret-free errors, the caller's application name)."""
-
-    class _Made(psycopg.Connection[Any]):
-        @classmethod
-        def connect(cls, *args: Any, **kwargs: Any) -> Any:
-            return connect()
-
-    return _Made
 
 
 class Receiver:
@@ -218,8 +135,14 @@ class Receiver:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._pool = _DatabasePool(connect, config)
-        self._committer: group_commit.GroupCommitter[_Pending, store.CallbackResult] = (
+        self._pool = callback_pool.CallbackPool(
+            connect,
+            size=config.pool_size,
+            acquire_timeout=config.acquire_timeout,
+            lock_timeout=config.lock_timeout,
+            statement_timeout=config.statement_timeout,
+        )
+        self._committer: group_commit.GroupCommitter[_Pending, callback_store.CallbackResult] = (
             group_commit.GroupCommitter(
                 self._write,
                 isolate=_one_could_cause,
@@ -275,6 +198,10 @@ class Receiver:
                 f"{exc.strerror or exc}"
             ) from exc
         assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
+        # waitress warns on every request that waits for a free thread, from its I/O loop: under
+        # load that is a log line per callback, written by the one thread that does all the I/O.
+        # The commit queue and the answers' latency are in the metrics.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._pool.open()
         self._committer.start()
         self._server = server
@@ -402,7 +329,7 @@ class Receiver:
         account = callback.account_name
         try:
             result = self._committer.commit(_Pending(kept, callback.messages))
-        except (_Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
+        except (callback_pool.Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
             kind = "database_unavailable" if isinstance(exc, errors.DatabaseUnavailableError) else exc.kind
             self.metrics.store_failures.labels(kind).inc()
             _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
@@ -434,7 +361,9 @@ class Receiver:
             self.metrics.kept.labels(account).inc()
             _log.warning("callback_kept_unknown_shape", problem=callback.problem, **fields)
             return Answer(200, {"status": "kept", "callbackId": result.callback_id})
-        _log.info("callback_stored", **fields)
+        # Debug: at hundreds of callbacks a second a line each was a fifth of the receiver's CPU;
+        # sms_callback keeps every callback, and the metrics count them.
+        _log.debug("callback_stored", **fields)
         return Answer(200, {"status": "stored", "messages": result.messages, "inserted": result.inserted})
 
     def _keep_unread(self, kept: models.KeptCallback, why: str) -> None:
@@ -457,18 +386,18 @@ class Receiver:
 
     def _commit(
         self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
-    ) -> store.CallbackResult:
+    ) -> callback_store.CallbackResult:
         """One callback in a transaction of its own, outside the group commit."""
         return self._write([_Pending(kept, messages)])[0]
 
-    def _write(self, items: Sequence[_Pending]) -> list[store.CallbackResult]:
+    def _write(self, items: Sequence[_Pending]) -> list[callback_store.CallbackResult]:
         """The committer's transaction: every item, committed together (or an exception)."""
         with self._pool.connection() as conn:
             try:
-                return store.store_callbacks(conn, [(p.kept, p.messages) for p in items])
+                return callback_store.store_callbacks(conn, [(p.kept, p.messages) for p in items])
             except errors.DatabaseUnavailableError as exc:
                 if isinstance(exc.__cause__, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):
-                    raise _Busy("busy", str(exc)) from exc
+                    raise callback_pool.Busy("busy", str(exc)) from exc
                 raise
 
     def _observe(self, batch: group_commit.Batch) -> None:
@@ -548,7 +477,7 @@ def _one_could_cause(exc: BaseException) -> bool:
     path, or a deadlock with another transaction writing the same messages in another order."""
     if isinstance(exc, errors.DatabaseUnavailableError):
         return isinstance(exc.__cause__, psycopg.errors.DeadlockDetected)
-    return not isinstance(exc, _Busy)
+    return not isinstance(exc, callback_pool.Busy)
 
 
 def _where(exc: BaseException) -> str | None:
@@ -564,6 +493,9 @@ def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str 
     return None if address is None else str(address)
 
 
+# Every request reads its peer (twice) and the hops of its X-Forwarded-For: parsing the same few
+# strings again cost about a tenth of the handler.
+@functools.lru_cache(maxsize=1024)
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not text:
         return None

@@ -40,6 +40,14 @@ Connection = psycopg.Connection[Any]
 _PACKED_READY: Final[weakref.WeakSet[Connection]] = weakref.WeakSet()
 
 
+def packed_arrays(conn: Connection) -> None:
+    """Make ``conn`` send pgarrays' packed arrays, once per connection (before its cursors exist:
+    a cursor copies its connection's adapters when it is made)."""
+    if conn not in _PACKED_READY:
+        pgarrays.register(conn.adapters)
+        _PACKED_READY.add(conn)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BlockResult:
     received: int
@@ -150,10 +158,7 @@ def commit_block(
 
 
 def _write_block(conn: Connection, params: dict[str, Any]) -> int:
-    if conn not in _PACKED_READY:
-        # Before the cursor exists: a cursor copies its connection's adapters when it is made.
-        pgarrays.register(conn.adapters)
-        _PACKED_READY.add(conn)
+    packed_arrays(conn)
     with db.transaction(conn, single_statement=True) as cur:
         row = cur.execute(queries.get("commit_block"), params, prepare=True).fetchone()
     assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
@@ -172,10 +177,10 @@ def ensure_partitions(conn: Connection, times: Iterable[dt.datetime | None]) -> 
     missing partition only for messages dated elsewhere (a device clock off, a late backlog).
     """
     with db.transaction(conn) as cur:
-        _ensure_partitions(cur, times)
+        ensure_partitions_in(cur, times)
 
 
-def _ensure_partitions(cur: db.Cursor, times: Iterable[dt.datetime | None]) -> None:
+def ensure_partitions_in(cur: db.Cursor, times: Iterable[dt.datetime | None]) -> None:
     # One call per UTC month: the function itself takes any instant of the month.
     months = sorted({t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times if t})
     if months:
@@ -203,7 +208,7 @@ def quarantine_block(
         "http_status": block.http_status,
         "request_token": block.request_token,
         "next_token": block.next_token,
-        "problem": _error_text(block.problem),
+        "problem": error_text(block.problem),
         "body": block.body,
         "body_size": block.body_size,
         "body_sha256": block.body_sha256,
@@ -245,7 +250,7 @@ def record_block_failure(
                 "request_token": request_token,
                 "body_sha256": body_sha256,
                 "error_kind": error_kind,
-                "error": _error_text(error),
+                "error": error_text(error),
             },
         ).fetchone()
     assert row is not None  # noqa: S101  # for mypy: RETURNING always yields a row
@@ -279,118 +284,11 @@ def replay_quarantined(
                 "id": quarantine_id,
                 "messages": len(built),
                 "inserted": inserted,
-                "problem": _error_text(problem),
+                "problem": error_text(problem),
                 "resolved": resolved,
             },
         )
     return ReplayResult(quarantine_id, account, len(built), inserted, resolved, problem)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallbackResult:
-    callback_id: int
-    messages: int  # messages read from the callback
-    inserted: int  # of those, rows new to sms_history (the rest were stored already)
-    first_seen: bool  # False: the same body was accepted before (a redelivery)
-
-
-def store_callback(
-    conn: Connection, kept: models.KeptCallback, messages: Sequence[models.SMSMessage]
-) -> CallbackResult:
-    """Store a pushed callback's messages (source 'push') and its body, in one transaction.
-
-    The messages go through the sync's own ``commit_block`` statement without a cursor move
-    or a run, as a quarantine replay does: same rows, same keys, so a message that is also
-    polled (or pushed again) is absorbed by the unique key.
-    """
-    return store_callbacks(conn, [(kept, messages)])[0]
-
-
-def store_callbacks(
-    conn: Connection, items: Sequence[tuple[models.KeptCallback, Sequence[models.SMSMessage]]]
-) -> list[CallbackResult]:
-    """Store several pushed callbacks as ``store_callback`` does each, all in one transaction
-    (the receiver's group commit: one commit, one WAL flush, for callbacks that arrived together).
-
-    Either every callback lands or none does. Results are in the order of ``items``; a body given
-    twice is one ``sms_callback`` row (the second sees the first, as a redelivery would). The
-    statements go pipelined, in two waves (every callback's rows, then every callback's
-    ``sms_callback`` row, which records how many of its rows were new): a handful of round trips
-    per transaction whatever the number of callbacks.
-    """
-    built = [rows.build_rows(kept.account_name, messages) for kept, messages in items]
-    if conn not in _PACKED_READY:
-        # Before the cursors exist: a cursor copies its connection's adapters when it is made.
-        pgarrays.register(conn.adapters)
-        _PACKED_READY.add(conn)
-    with db.transaction(conn) as cur, contextlib.ExitStack() as cursors:
-        # The partitions come first, once for the whole batch: a failed statement would end the
-        # transaction.
-        _ensure_partitions(cur, (r.received_at for found in built for r in found))
-        written: list[db.Cursor | None] = []
-        with db.pipeline(conn):
-            for (kept, _), found in zip(items, built, strict=True):
-                if not found:
-                    written.append(None)
-                    continue
-                params = _block_params(
-                    conn,
-                    kept.account_name,
-                    rows.Block.from_rows(found),
-                    run_id=None,
-                    next_token=None,
-                    move_cursor=False,
-                    source="push",
-                )
-                cur_rows = _cursor(cursors, conn)
-                cur_rows.execute(queries.get("commit_block"), params)
-                written.append(cur_rows)
-        inserted = [0 if c is None else _first(c) for c in written]
-        with db.pipeline(conn):
-            kept_rows = []
-            for (kept, _), found, new in zip(items, built, inserted, strict=True):
-                cur_kept = _cursor(cursors, conn)
-                cur_kept.execute(queries.get("callback_keep"), _callback_params(kept, found, new))
-                kept_rows.append(cur_kept)
-        results = []
-        for c, found, new in zip(kept_rows, built, inserted, strict=True):
-            row = _row(c)
-            results.append(CallbackResult(int(row[0]), len(found), new, bool(row[1])))
-        return results
-
-
-def _cursor(cursors: contextlib.ExitStack, conn: Connection) -> db.Cursor:
-    """A cursor of its own for a statement sent in the open pipeline (read once the pipeline synced)."""
-    return cursors.enter_context(conn.cursor(row_factory=psycopg.rows.tuple_row))
-
-
-def _row(cur: db.Cursor) -> tuple[Any, ...]:
-    row = cur.fetchone()
-    assert row is not None  # noqa: S101  # for mypy: these statements always yield a row
-    return row
-
-
-def _first(cur: db.Cursor) -> int:
-    return int(_row(cur)[0])
-
-
-def _callback_params(kept: models.KeptCallback, built: list[rows.Row], inserted: int) -> dict[str, Any]:
-    return {
-        "account_name": kept.account_name,
-        "shape": kept.shape,
-        "problem": _error_text(kept.problem),
-        "request_id": kept.request_id,
-        "callback_count": kept.callback_count,
-        "messages": len(built),
-        "inserted": inserted,
-        "message_keys": [r.message_key for r in built],
-        "body": kept.body,
-        "body_size": kept.body_size,
-        "body_sha256": kept.body_sha256,
-        "body_exact": kept.body_exact,
-        "source_address": kept.source_address,
-        "received_at": kept.received_at,
-    }
 
 
 def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: str) -> int:
@@ -399,20 +297,29 @@ def _rows_only(cur: db.Cursor, account: str, built: list[rows.Row], *, source: s
     if not built:
         return 0
     # The partitions come first: a failed statement would end the caller's transaction.
-    _ensure_partitions(cur, (r.received_at for r in built))
+    ensure_partitions_in(cur, (r.received_at for r in built))
+    pgarrays.register(cur.adapters)
+    return int(rows_statement(cur, account, built, source=source)[0])
+
+
+def rows_statement(
+    cur: db.Cursor, account: str, built: list[rows.Row], *, source: str, inserted_keys: bool = False
+) -> tuple[Any, ...]:
+    """``commit_block``'s one row for ``built``, without a cursor move or a run."""
+    block = rows.Block.from_rows(built)
     params = _block_params(
         cur.connection,
         account,
-        rows.Block.from_rows(built),
+        block,
         run_id=None,
         next_token=None,
         move_cursor=False,
         source=source,
+        inserted_keys=inserted_keys,
     )
-    pgarrays.register(cur.adapters)
-    counted = cur.execute(queries.get("commit_block"), params).fetchone()
-    assert counted is not None  # noqa: S101  # for mypy: an aggregate always yields a row
-    return int(counted[0])
+    row = cur.execute(queries.get("commit_block"), params).fetchone()
+    assert row is not None  # noqa: S101  # for mypy: an aggregate always yields a row
+    return tuple(row)
 
 
 def finish_run(
@@ -436,7 +343,7 @@ def finish_run(
             {
                 "run_id": run_id,
                 "outcome": outcome,
-                "error": _error_text(error),
+                "error": error_text(error),
                 "succeeded": outcome == "succeeded",
                 "clear_failure_streak": clear_failure_streak,
             },
@@ -448,7 +355,7 @@ def finish_run(
 def clear_cursor(conn: Connection, account: str, reason: str) -> None:
     """Forget the stored token: the next run starts at the head of the queue."""
     with db.transaction(conn, single_statement=True) as cur:
-        cur.execute(queries.get("clear_cursor"), {"account_name": account, "reason": _error_text(reason)})
+        cur.execute(queries.get("clear_cursor"), {"account_name": account, "reason": error_text(reason)})
 
 
 def account_lock_key(account: str) -> int:
@@ -483,6 +390,7 @@ def _block_params(
     next_token: str | None,
     move_cursor: bool = True,
     source: str = "poll",
+    inserted_keys: bool = False,
 ) -> dict[str, Any]:
     if source not in _SOURCES:
         raise errors.StoreError(f"a history row's source is 'poll' or 'push', not {source!r}")
@@ -495,6 +403,7 @@ def _block_params(
         "next_token": next_token,
         "move_cursor": move_cursor,
         "source": source,
+        "inserted_keys": inserted_keys,
         "received": len(block),
         "malformed": len(block.problems) - block.problems.count(None),
         "message_key": pgarrays.bytea(block.message_key),
@@ -515,7 +424,7 @@ def _block_params(
     }
 
 
-def _error_text(error: str | None) -> str | None:
+def error_text(error: str | None) -> str | None:
     if error is None:
         return None
     # Stored errors are read by operators and dashboards: never a credential, never invalid text.

@@ -1,17 +1,28 @@
 -- Named queries of push mode (sync_worker.store.store_callback, sync_worker.status). One block per "-- name:" line.
 
 -- name: callback_keep
--- The accepted body and what it produced; a byte-identical redelivery updates the row (the
--- history rows it would produce are absorbed by their unique keys in the same transaction).
--- A body kept unread (an unknown shape, or a receiver failure answered 500) and read now takes
--- what this reading produced: its messages are in the history from this transaction on.
+-- The accepted bodies of a group commit and what each produced, one row per callback, in one
+-- statement; a byte-identical redelivery updates the row (the history rows it would produce are
+-- absorbed by their unique keys in the same transaction). A body kept unread (an unknown shape,
+-- or a receiver failure answered 500) and read now takes what this reading produced: its messages
+-- are in the history from this transaction on. One statement cannot update a row twice, so a body
+-- given twice in one batch goes in a second run of it (store.store_callbacks). Columns travel as
+-- packed binary arrays (pgarrays); a callback's message keys as one comma-joined text (text[][]
+-- cannot be ragged). RETURNING's order is not promised: rows are matched by body_sha256.
 INSERT INTO sms_callback AS c (
     account_name, shape, problem, request_id, callback_count, messages, inserted, message_keys,
     body, body_size, body_sha256, body_exact, source_address, received_at
 )
-VALUES (%(account_name)s, %(shape)s, %(problem)s, %(request_id)s, %(callback_count)s, %(messages)s,
-        %(inserted)s, %(message_keys)s, %(body)b, %(body_size)s, %(body_sha256)s, %(body_exact)s,
-        %(source_address)s, %(received_at)s)
+SELECT t.account_name, t.shape, t.problem, t.request_id, t.callback_count, t.messages, t.inserted,
+       string_to_array(t.message_keys, ','), t.body, octet_length(t.body), t.body_sha256,
+       t.body_exact, t.source_address, t.received_at
+FROM unnest(
+    %(account_name)b::text[], %(shape)b::text[], %(problem)b::text[], %(request_id)b::text[],
+    %(callback_count)b::integer[], %(messages)b::integer[], %(inserted)b::integer[],
+    %(message_keys)b::text[], %(body)b::bytea[], %(body_sha256)b::text[], %(body_exact)b::boolean[],
+    %(source_address)b::text[], %(received_at)b::timestamptz[]
+) AS t(account_name, shape, problem, request_id, callback_count, messages, inserted, message_keys,
+       body, body_sha256, body_exact, source_address, received_at)
 ON CONFLICT ON CONSTRAINT sms_callback_body DO UPDATE
     SET seen_count = c.seen_count + 1, last_seen_at = now(),
         shape = CASE WHEN c.shape = 'unknown' THEN EXCLUDED.shape ELSE c.shape END,
@@ -20,7 +31,7 @@ ON CONFLICT ON CONSTRAINT sms_callback_body DO UPDATE
         inserted = CASE WHEN c.shape = 'unknown' THEN EXCLUDED.inserted ELSE c.inserted END,
         message_keys = CASE WHEN c.shape = 'unknown' THEN EXCLUDED.message_keys ELSE c.message_keys END
 -- xmax is 0 only on a freshly inserted row version.
-RETURNING c.id, c.xmax = 0 AS inserted;
+RETURNING c.account_name, c.body_sha256, c.id, c.xmax = 0 AS inserted;
 
 -- name: callback_unknown_list
 SELECT id, account_name, problem, request_id, body_size, body_sha256, first_stored_at, seen_count

@@ -66,7 +66,10 @@ run_counted AS (
 )
 SELECT c.inserted,
        (SELECT count(*) FROM cursor_moved) AS cursor_rows,
-       (SELECT count(*) FROM run_counted) AS run_rows
+       (SELECT count(*) FROM run_counted) AS run_rows,
+       -- The new rows' keys, only when asked (several callbacks written as one block: each
+       -- callback's share of the new rows); the subquery runs only then.
+       CASE WHEN %(inserted_keys)b THEN (SELECT array_agg(message_key) FROM inserted) END AS inserted_keys
 FROM counted c;
 
 -- name: quarantine_block

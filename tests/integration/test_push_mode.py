@@ -518,8 +518,8 @@ def test_register_refuses_a_foreign_listener_list_hides_passwords_remove_guards_
 
 
 def test_receive_command_serves_callbacks_health_and_metrics_and_stops_on_sigterm(db_url: str) -> None:
-    """`sync-worker receive`: /healthz and /readyz 200, a callback stored and counted in /metrics,
-    SIGTERM exits 0; no secret in its output."""
+    """`sync-worker receive`: /healthz and /readyz 200, a callback stored, counted in /metrics and logged
+    at debug, SIGTERM exits 0; no secret in its output, debug lines included."""
     callback_port, metrics_port = free_port(), free_port()
     env = simulator.worker_env(
         "http://127.0.0.1:1/api",
@@ -532,6 +532,8 @@ def test_receive_command_serves_callbacks_health_and_metrics_and_stops_on_sigter
         SYNC_CALLBACK_PORT=str(callback_port),
         SYNC_METRICS_PORT=str(metrics_port),
         SYNC_LOG_FORMAT="json",
+        # Each stored callback is a debug line (a line per callback cost a fifth of the CPU).
+        SYNC_LOG_LEVEL="DEBUG",
     )
     worker = crash.Worker(["receive"], env, "receiver")
     try:
@@ -748,7 +750,10 @@ def test_a_held_lock_gets_503_with_retry_after_never_more_connections_than_the_p
     name = f"receiver-{uuid.uuid4().hex[:12]}"
     bodies = [envelope(m, requestId=f"r-{i}") for i, m in enumerate(messages(24))]
     with (
-        running_receiver(db.connector(db_url, application_name=name), pool_size=3) as r,
+        # No commit wait bound: the lock is to be the only cause of the 503s. On a loaded machine a
+        # batch (a new connection after each failed one, then the 1.5 s lock wait) could outlast the
+        # default 3.5 s, and a callback was counted commit_timeout instead of busy (a flake).
+        running_receiver(db.connector(db_url, application_name=name), pool_size=3, commit_timeout=60.0) as r,
         psycopg.connect(db_url) as holder,
         concurrent.futures.ThreadPoolExecutor(24) as callers,
     ):

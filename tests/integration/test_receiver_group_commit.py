@@ -13,12 +13,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker import db, receiver
+from sync_worker import callback_store, db, receiver
 from tests.integration import test_push_mode as push
 from tests.reliability import crash
 
-# Long enough that a lock the test holds on purpose is waited for, not timed out.
-PATIENT: dict[str, Any] = {"lock_timeout": 30.0, "statement_timeout": 60.0, "commit_timeout": 60.0}
+# Long enough that a lock the test holds on purpose is waited for, not timed out; and that the
+# pool's first connection, opened in the background at start, is waited for (on a loaded machine
+# it took more than the 1 s default: the first batch was answered 503, a flake).
+PATIENT: dict[str, Any] = {
+    "lock_timeout": 30.0,
+    "statement_timeout": 60.0,
+    "commit_timeout": 60.0,
+    "acquire_timeout": 30.0,
+}
 
 
 def bodies(n: int, **extra: Any) -> list[bytes]:
@@ -192,38 +199,32 @@ def waiting_somewhere(holder: psycopg.Connection[Any]) -> bool:
     return row is not None and int(row[0]) > 0
 
 
-def test_store_callbacks_writes_a_batch_in_one_transaction_with_a_redelivery_inside_it(
-    db: psycopg.Connection[Any],
-) -> None:
-    """store.store_callbacks with two callbacks and a byte-identical redelivery of the first: one
-    transaction, two sms_callback rows (the redelivery is the first's row, seen twice), each message
-    once, and each result saying what its own callback did."""
-    import datetime as dt  # noqa: PLC0415  # only this test builds callbacks itself
+def item(body: bytes, account: str = push.ACCOUNT) -> tuple[Any, Any]:
+    """(models.KeptCallback, messages) of ``body`` as the receiver makes them, for store_callbacks."""
+    import datetime as dt  # noqa: PLC0415  # only the tests that build callbacks themselves
 
-    from sync_worker import callbacks, models, secret, store  # noqa: PLC0415
+    from sync_worker import callbacks, models, secret  # noqa: PLC0415
 
     credentials = callbacks.ListenerCredentials(push.USER, secret.Secret(push.PASSWORD))
     at = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
+    obj = callbacks.decode(body)
+    read = callbacks.read(obj, account, credentials, received_at=at)
+    kept_body, exact = callbacks.redact(body, obj)
+    kept = models.KeptCallback(
+        account, read.shape, read.report(), read.request_id, read.callback_count, kept_body, exact, None, at
+    )
+    return kept, read.messages
 
-    def item(body: bytes) -> tuple[models.KeptCallback, tuple[models.SMSMessage, ...]]:
-        obj = callbacks.decode(body)
-        read = callbacks.read(obj, push.ACCOUNT, credentials, received_at=at)
-        kept_body, exact = callbacks.redact(body, obj)
-        kept = models.KeptCallback(
-            push.ACCOUNT,
-            read.shape,
-            read.report(),
-            read.request_id,
-            read.callback_count,
-            kept_body,
-            exact,
-            None,
-            at,
-        )
-        return kept, read.messages
+
+def test_store_callbacks_writes_a_batch_in_one_transaction_with_a_redelivery_inside_it(
+    db: psycopg.Connection[Any],
+) -> None:
+    """callback_store.store_callbacks with two callbacks and a byte-identical redelivery of the first: one
+    transaction, two sms_callback rows (the redelivery is the first's row, seen twice), each message
+    once, and each result saying what its own callback did."""
 
     one, two = bodies(2)
-    results = store.store_callbacks(db, [item(one), item(two), item(one)])
+    results = callback_store.store_callbacks(db, [item(one), item(two), item(one)])
     assert [(r.messages, r.inserted, r.first_seen) for r in results] == [
         (1, 1, True),
         (1, 1, True),
@@ -234,3 +235,46 @@ def test_store_callbacks_writes_a_batch_in_one_transaction_with_a_redelivery_ins
     assert [(r[0], r[1]) for r in rows] == [("req-0", 2), ("req-1", 1)]
     assert len({r[2] for r in rows}) == 1
     assert len(db.execute("SELECT 1 FROM sms_history").fetchall()) == 2
+
+
+def test_store_callbacks_counts_a_message_shared_by_two_callbacks_for_the_first_only(
+    db: psycopg.Connection[Any],
+) -> None:
+    """One batch: a two-device message in two different bodies, a message stored before, and a callback
+    of a second account with the same message: each new row is counted for the first callback that
+    holds it (as if written one after the other), every row and device row is there once, and the
+    second account gets its own row."""
+
+    other = "0252012345-00092"
+    shared = {
+        "deviceIds": [{"id": "350000000000777", "kind": "imei"}, {"id": "350000000000778", "kind": "imei"}],
+        "message": "two devices",
+        "timestamp": "2026-02-01T11:00:00Z",
+    }
+    old, new = push.messages(2, start=40)
+    callback_store.store_callbacks(db, [item(push.envelope(old, requestId="before"))])
+    results = callback_store.store_callbacks(
+        db,
+        [
+            item(push.envelope(shared, requestId="a")),
+            item(push.envelope(shared, requestId="b")),
+            item(push.envelope(old, requestId="c")),
+            item(push.envelope(new, requestId="d")),
+            item(push.envelope(shared, requestId="e"), other),
+        ],
+    )
+    assert [(r.messages, r.inserted, r.first_seen) for r in results] == [
+        (1, 1, True),
+        (1, 0, True),
+        (1, 0, True),
+        (1, 1, True),
+        (1, 1, True),
+    ]
+    kept = db.execute("SELECT request_id, inserted, cardinality(message_keys) FROM sms_callback").fetchall()
+    assert sorted(kept) == [("a", 1, 1), ("b", 0, 1), ("before", 1, 1), ("c", 0, 1), ("d", 1, 1), ("e", 1, 1)]
+    per_account = db.execute(
+        "SELECT account_name, count(*) FROM sms_history GROUP BY account_name ORDER BY account_name"
+    ).fetchall()
+    assert per_account == [(push.ACCOUNT, 3), (other, 1)]
+    devices = db.execute("SELECT account_name, device_id FROM sms_message_device ORDER BY 1").fetchall()
+    assert devices == [(push.ACCOUNT, "350000000000778"), (other, "350000000000778")]

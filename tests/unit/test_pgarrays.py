@@ -54,6 +54,16 @@ def test_int4_equals_psycopg(values: list[int]) -> None:
     assert bytes(pgarrays.int4(values)) == _psycopg([Int4(v) for v in values])
 
 
+@given(
+    st.lists(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=30).filter(
+        lambda v: None in v and v.count(None) < len(v)
+    )
+)
+def test_int4_with_nulls_equals_psycopg(values: list[int | None]) -> None:
+    """NULLs in an integer column are flagged in the header and sent as length -1."""
+    assert bytes(pgarrays.int4(values)) == _psycopg([None if v is None else Int4(v) for v in values])
+
+
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=40)), min_size=1, max_size=30))
 def test_bytea_equals_psycopg(values: list[bytes | None]) -> None:
     """A bytea column (with or without NULLs) packs as psycopg dumps it."""
