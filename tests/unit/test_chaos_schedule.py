@@ -73,3 +73,33 @@ def test_every_location_form_changes_the_header() -> None:
     for form in envelope.LOCATIONS:
         changed = envelope.location(form, 3, answer, "http://127.0.0.1:8080")
         assert changed.headers != answer.headers, form
+
+
+def test_any_200_consecutive_seeds_hold_20_daemon_schedules_half_of_them_real_processes() -> None:
+    """The CI mode drives the daemon in 20 of its 200 schedules: 10 `sync-worker run` processes, 10 in-process."""
+    for first in (1, 17, 1000):
+        modes = [sched.mode_of(s) for s in range(first, first + 200)]
+        assert modes.count("daemon") == 10
+        assert modes.count("daemon_inproc") == 10
+
+
+def test_daemon_schedules_replay_from_their_seed_and_json() -> None:
+    """A daemon schedule is regenerated from its seed and read back from its JSON exactly."""
+    for seed in range(4, 400, 10):
+        schedule = sched.generate(seed)
+        assert schedule.mode in sched.DAEMON_MODES
+        assert schedule == sched.generate(seed)
+        assert sched.Schedule.from_json(json.loads(schedule.dumps())) == schedule
+
+
+def test_daemon_schedules_cover_every_daemon_fault_and_steps_clocks_only_in_process() -> None:
+    """Over the daemon seeds every kind of daemon event occurs; a wall-clock step only where the clock
+    is injectable (in-process)."""
+    seen: set[str] = set()
+    for seed in range(4, 4000, 10):
+        schedule = sched.generate(seed)
+        seen |= {e.action for e in schedule.events}
+        if schedule.mode == "daemon":
+            assert all(e.action != "clock_step" for e in schedule.events)
+    wanted = {"db_readonly", "db_fail", "db_terminate", "db_restart", "clock_step", "sigterm"}
+    assert wanted | {"replica_join", "replica_leave", "rotate", "inject"} <= seen
