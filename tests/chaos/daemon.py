@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Final
 
-from sync_worker import errors, exitcodes, secret
+from sync_worker import auth, errors, exitcodes, secret
 from tests.chaos import daemon_schedule, execute, inproc, invariants, pg, procs, replicas, wallclock
 from tests.chaos import schedule as sched
 from tests.chaos import world as worldmod
@@ -42,9 +42,11 @@ DAEMON_ENV: Final = {
     "SYNC_RUN_BUDGET_SECONDS": "10",
 }
 SAMPLE_SECONDS: Final = 0.2
-# Once faults stop, everything queued is stored within this long (a retry after a failed start is
-# due after at most the interval; a SIGKILLed replica's claims expire after the lease).
-DRAIN_SECONDS: Final = 25.0
+# Once faults stop, everything queued is stored within this long: a retry after a failed start is
+# due after at most the interval, a SIGKILLed replica's claims expire after the lease, and after a
+# token request refused with a stale client secret the client asks again only once its window of
+# token requests has passed (``auth.TOKEN_REQUEST_WINDOW``, 30 s: the bound that dominates).
+DRAIN_SECONDS: Final = auth.TOKEN_REQUEST_WINDOW + 10.0
 # After healing, /readyz is 200 again within this long (a poll a second, then the probe).
 READY_SECONDS: Final = 5.0
 # SIGTERM: the shutdown timeout, then the process's exit.

@@ -206,6 +206,8 @@ class Databases:
         error, which any session sees at once) or succeed again."""
         name = sql.Identifier(table)
         with psycopg.connect(url, autocommit=True, application_name=OBSERVER) as conn:
+            # The harness's DDL must go through a read-only episode of the schedule's own.
+            conn.execute("SET default_transaction_read_only = off")
             if on:
                 conn.execute(_FAIL_FUNCTION)
                 conn.execute(

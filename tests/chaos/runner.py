@@ -219,11 +219,13 @@ def _report(
     pool: Pool, results: list[execute.Result], args: argparse.Namespace, started: float, out: TextIO
 ) -> int:
     ran = time.monotonic() - started
-    processes = sum(1 for r in results if r.schedule["mode"] == "process")
+    processes = sum(1 for r in results if r.schedule["mode"] in ("process", "daemon"))
+    daemons = sum(1 for r in results if r.schedule["mode"] in sched.DAEMON_MODES)
     failing = sorted((r for r in results if r.failed), key=lambda r: r.seed)
     print(
         f"chaos: {len(results)} schedules ({len(results) - processes} in-process, {processes} with real "
-        f"processes) in {ran:.0f} s; {len(failing)} failing; {sum(r.injected for r in results)} messages, "
+        f"processes; {daemons} driving the daemon) in {ran:.0f} s; {len(failing)} failing; "
+        f"{sum(r.injected for r in results)} messages, "
         f"{sum(r.acknowledged for r in results)} acknowledged, {sum(r.platform_lost for r in results)} lost "
         "by the platform's final-block rule (not a promise: docs/testing.md)",
         file=out,
