@@ -76,7 +76,7 @@ def test_every_location_form_changes_the_header() -> None:
 
 
 def test_any_200_consecutive_seeds_hold_20_daemon_schedules_half_of_them_real_processes() -> None:
-    """The CI mode drives the daemon in 20 of its 200 schedules: 10 `sync-worker run` processes, 10 in-process."""
+    """The CI mode drives the daemon in 20 of its 200 schedules: 10 real `run` processes, 10 in-process."""
     for first in (1, 17, 1000):
         modes = [sched.mode_of(s) for s in range(first, first + 200)]
         assert modes.count("daemon") == 10
