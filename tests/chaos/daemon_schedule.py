@@ -51,8 +51,10 @@ API_ACTIONS: Final = (
 )
 
 
-def generate(seed: int, rng: random.Random, mode: sched.Mode) -> sched.Schedule:  # noqa: PLR0912  # one branch per event
-    """The daemon schedule of ``seed`` (``mode``: ``daemon`` or ``daemon_inproc``)."""
+def generate(seed: int) -> sched.Schedule:  # noqa: PLR0912  # one branch per event
+    """The daemon schedule of ``seed`` (its mode ``daemon`` or ``daemon_inproc``: ``schedule.mode_of``)."""
+    rng = random.Random(seed)
+    mode = sched.mode_of(seed)
     inproc = mode == "daemon_inproc"
     accounts = tuple(rng.sample(sched.ACCOUNT_POOL, rng.choice((1, 2, 3))))
     block = rng.choice((5, 10, 20))

@@ -64,10 +64,6 @@ class Result:
 
 
 def run(schedule: sched.Schedule, dbs: pg.Databases) -> Result:
-    if schedule.mode in sched.DAEMON_MODES:
-        from tests.chaos import daemon  # noqa: PLC0415  # it builds on this module
-
-        return daemon.run(schedule, dbs)
     started = time.monotonic()
     process = schedule.mode == "process"
     run_pass = procs.run_pass if process else inproc.run_pass

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from tests.chaos import execute, inproc, pg, shrink
+from tests.chaos import daemon, execute, inproc, pg, shrink
 from tests.chaos import schedule as sched
+from tests.chaos import seeds as seeded
 
 _dbs: pg.Databases | None = None
 # What a replay command must repeat of this run's options (``--pgbouncer MODE``).
@@ -51,7 +52,10 @@ def _init(admin_url: str, template: str, verbose: bool, pooler_port: int | None 
 
 def _run(schedule_json: dict[str, Any]) -> execute.Result:
     assert _dbs is not None  # _init ran
-    return execute.run(sched.Schedule.from_json(schedule_json), _dbs)
+    schedule = sched.Schedule.from_json(schedule_json)
+    if schedule.mode in sched.DAEMON_MODES:
+        return daemon.run(schedule, _dbs)
+    return execute.run(schedule, _dbs)
 
 
 def _done() -> None:
@@ -147,7 +151,7 @@ def _replays(args: argparse.Namespace) -> list[sched.Schedule] | None:
         text = args.schedule if args.schedule.lstrip().startswith("{") else Path(args.schedule).read_text()
         return [sched.Schedule.from_json(json.loads(text))]
     if args.seed:
-        return [sched.generate(s) for s in args.seed]
+        return [seeded.generate(s) for s in args.seed]
     return None
 
 
@@ -192,7 +196,7 @@ def _campaign(pool: Pool, args: argparse.Namespace, started: float, out: TextIO)
                 if seed is None:
                     exhausted = True
                     break
-                running.add(pool.submit(sched.generate(seed)))
+                running.add(pool.submit(seeded.generate(seed)))
             if not running:
                 break
             done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
