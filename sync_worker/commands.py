@@ -112,9 +112,23 @@ def cmd_migrate(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
+    settings = ctx.settings(credentials=True, accounts=True, daemon=True)
+    # SIGTERM stops the daemon cleanly from here on, also while it starts (its probes answer before
+    # its loops run): the signal sets the stop event instead of ending the process.
+    stop = threading.Event()
+    with signals.stop_on_signals(stop):
+        code = _serve_daemon(settings, stop)
+    if code != exitcodes.OK:
+        # Account runs still busy after the shutdown timeout sit in threads that cannot be
+        # stopped (and interpreter exit would join them); leaving without joining them is
+        # how the timeout is honoured.
+        _flush_and_exit(code, ctx.out, ctx.err)
+    return code
+
+
+def _serve_daemon(settings: config.Settings, stop: threading.Event) -> int:
     from sync_worker import health, metrics, scheduler  # noqa: PLC0415  # see the imports above
 
-    settings = ctx.settings(credentials=True, accounts=True, daemon=True)
     with _connection(settings):
         pass
     m = metrics.Metrics()
@@ -146,16 +160,12 @@ def cmd_run(ctx: Context) -> int:
             ),
         ).start()
     try:
-        code = app.run_daemon(settings, metrics=m, liveness=liveness)
+        return app.run_daemon(
+            settings, metrics=m, liveness=liveness, stop_event=stop, install_signal_handlers=False
+        )
     finally:
         if server is not None:
             server.stop()
-    if code != exitcodes.OK:
-        # Account runs still busy after the shutdown timeout sit in threads that cannot be
-        # stopped (and interpreter exit would join them); leaving without joining them is
-        # how the timeout is honoured.
-        _flush_and_exit(code, ctx.out, ctx.err)
-    return code
 
 
 def _flush_and_exit(code: int, *streams: TextIO) -> None:
