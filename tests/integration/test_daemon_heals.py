@@ -314,7 +314,9 @@ def test_a_daemon_started_while_the_database_is_read_only_waits_for_it_instead_o
                 lambda: "read-only transaction" in readyz(base)[1], 30, "/readyz naming the read-only error"
             )
             assert readyz(base)[0] == 503
-            assert get(base + "/healthz")[0] == 200
+            # Alive all along (the claim loop's first round can come before the daemon reports its
+            # loops attached, on a loaded machine: so waited for, not sampled once).
+            wait_until(lambda: get(base + "/healthz")[0] == 200, 10, "/healthz 200")
             with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database)
