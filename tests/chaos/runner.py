@@ -3,7 +3,8 @@
 Modes:
 
 * CI (the default): ``--schedules 200`` seeds from ``--first-seed 1``; every tenth seed runs as real
-  processes (``schedule.mode_of``), so 20 of the 200.
+  ``once`` processes and every tenth drives the daemon (``schedule.mode_of``: ``daemon``), so 20 of
+  each in the 200.
 * long: ``--minutes N``: seeds one after another until N minutes are up.
 * replay: ``--seed S`` (the schedule of S, regenerated) or ``--schedule FILE_OR_JSON`` (a printed or
   shrunk schedule), with what happened pass by pass.
