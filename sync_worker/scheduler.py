@@ -74,7 +74,8 @@ def serve(
     """One replica of the daemon until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
 
     Checks the schema first and raises ``errors.SchemaError`` /
-    ``errors.DatabaseUnavailableError`` (CLI exit 3) before scheduling anything.
+    ``errors.DatabaseUnavailableError`` (CLI exit 3) before scheduling anything; a database that
+    is there but refuses writes (read-only) does not stop the start: the daemon waits for it.
     Returns 0 after a clean shutdown, 1 when account runs were still busy after
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
@@ -91,9 +92,16 @@ def serve(
         migrations.check_schema(conn)
         if metrics is not None:
             status.announce(conn, settings.account_names, metrics.account_configured)
-        claims.register(
-            conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
-        )
+    try:
+        with db.session(connect) as conn:
+            claims.register(
+                conn, settings.account_names, holder=holder, lease_seconds=settings.claim_lease_seconds
+            )
+    except errors.SyncWorkerError as exc:
+        # The database is there and its schema right, but refuses the write (read-only during a
+        # failover, a failing statement): the daemon starts anyway, as it goes on when this happens
+        # later. The renew loop registers again; until then claims fail and /readyz says why.
+        _log.warning("register_failed", error=f"{type(exc).__name__}: {exc}")
 
     inflight = dispatch._InFlight()
     dispatcher = dispatch.Dispatcher(

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from sync_worker import migrations
+from sync_worker import embedded, migrations
 from tests.fixtures import database, pgbouncer
 
 # The application name of the harness's own connection, which database faults leave alone.
@@ -91,6 +91,11 @@ class Databases:
         self._drops: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._fill, name="chaos-databases", daemon=True)
         self._thread.start()
+        # A server of this process's own, started for the first schedule that restarts its server.
+        self._own: contextlib.ExitStack | None = None
+        self._own_admin: str | None = None
+        self._own_server: database.DatabaseServer | None = None
+        self._admins: dict[str, str] = {}
 
     def _fill(self) -> None:
         while not self._closed.is_set():
@@ -116,8 +121,10 @@ class Databases:
         return made
 
     def drop(self, url: str) -> None:
+        server = self._own_server if self._admins.pop(url, None) is not None else self._server
+        assert server is not None
         with contextlib.suppress(psycopg.Error):
-            self._server.drop_database(url)
+            server.drop_database(url)
 
     def drop_later(self, url: str) -> None:
         """Drop ``url``'s database on a thread of its own: nothing waits for it."""
@@ -125,6 +132,33 @@ class Databases:
         thread.start()
         self._drops.append(thread)
         self._drops = [t for t in self._drops if t.is_alive()]
+
+    def create_on_own_server(self) -> str:
+        """A fresh migrated database on a server only this process uses (its URL), for a schedule that
+        restarts its server: the run's server also serves the other job's schedules."""
+        if self._own_admin is None:
+            self._own = contextlib.ExitStack()
+            self._own_admin = self._own.enter_context(
+                database.embedded_without_flushes(asynchronous_commit=True)
+            )
+            self._own_server = database.DatabaseServer(self._own_admin)
+        assert self._own_server is not None  # made with the server
+        url = self._own_server.create_database()
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrations.migrate(conn)
+        self._admins[url] = self._own_admin
+        return url
+
+    def admin_for(self, url: str) -> str:
+        """The admin URL of the server ``url``'s database is on."""
+        return self._admins.get(url, self.admin_url)
+
+    def restart(self, url: str) -> None:
+        """Restart the server of ``url`` (its own server: ``create_on_own_server``)."""
+        admin = self._admins.get(url)
+        if admin is None:
+            raise ValueError("only a database on this process's own server may have its server restarted")
+        embedded.restart(admin)
 
     def close(self) -> None:
         self._closed.set()
@@ -135,17 +169,20 @@ class Databases:
             made = self._ready.get_nowait()
             if isinstance(made, str):
                 self.drop(made)
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
     def worker_url(self, url: str) -> str:
         """The URL of ``url``'s database the worker and the operators use: through the run's
         PgBouncer when there is one (``pooler``), else ``url`` itself."""
-        if self.pooler_port is None:
+        if self.pooler_port is None or url in self._admins:
             return url
         return pgbouncer.Bouncer("", self.pooler_port, Path()).url(url)
 
     def terminate_all(self, url: str) -> int:
         """End every backend connected to ``url``'s database (but the harness's own observer)."""
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.admin_for(url), autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = %s AND pid <> pg_backend_pid() AND application_name <> %s",
@@ -161,8 +198,33 @@ class Databases:
             if on
             else sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(name)
         )
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.admin_for(url), autocommit=True) as conn:
             conn.execute(statement)
+
+    def failing(self, url: str, table: str, on: bool) -> None:
+        """Make every write to ``table`` of ``url``'s database fail (``on``: a trigger that raises an
+        error, which any session sees at once) or succeed again."""
+        name = sql.Identifier(table)
+        with psycopg.connect(url, autocommit=True, application_name=OBSERVER) as conn:
+            # The harness's DDL must go through a read-only episode of the schedule's own.
+            conn.execute("SET default_transaction_read_only = off")
+            if on:
+                conn.execute(_FAIL_FUNCTION)
+                conn.execute(
+                    sql.SQL(
+                        "CREATE OR REPLACE TRIGGER chaos_fail BEFORE INSERT OR UPDATE OR DELETE ON {}"
+                        " FOR EACH STATEMENT EXECUTE FUNCTION chaos_fail()"
+                    ).format(name)
+                )
+            else:
+                conn.execute(sql.SQL("DROP TRIGGER IF EXISTS chaos_fail ON {}").format(name))
+
+
+# The failing statement: raised by a trigger, a plain error (not a lost connection) on a live session.
+_FAIL_FUNCTION: Final = (
+    "CREATE OR REPLACE FUNCTION chaos_fail() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION 'chaos: a failing statement on %', TG_TABLE_NAME; END $$"
+)
 
 
 def dbname(url: str) -> str:

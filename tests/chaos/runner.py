@@ -3,7 +3,8 @@
 Modes:
 
 * CI (the default): ``--schedules 200`` seeds from ``--first-seed 1``; every tenth seed runs as real
-  processes (``schedule.mode_of``), so 20 of the 200.
+  ``once`` processes and every tenth drives the daemon (``schedule.mode_of``: ``daemon``), so 20 of
+  each in the 200.
 * long: ``--minutes N``: seeds one after another until N minutes are up.
 * replay: ``--seed S`` (the schedule of S, regenerated) or ``--schedule FILE_OR_JSON`` (a printed or
   shrunk schedule), with what happened pass by pass.
@@ -29,8 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from tests.chaos import execute, inproc, pg, shrink
+from tests.chaos import daemon, execute, inproc, pg, shrink
 from tests.chaos import schedule as sched
+from tests.chaos import seeds as seeded
 
 _dbs: pg.Databases | None = None
 # What a replay command must repeat of this run's options (``--pgbouncer MODE``).
@@ -51,7 +53,10 @@ def _init(admin_url: str, template: str, verbose: bool, pooler_port: int | None 
 
 def _run(schedule_json: dict[str, Any]) -> execute.Result:
     assert _dbs is not None  # _init ran
-    return execute.run(sched.Schedule.from_json(schedule_json), _dbs)
+    schedule = sched.Schedule.from_json(schedule_json)
+    if schedule.mode in sched.DAEMON_MODES:
+        return daemon.run(schedule, _dbs)
+    return execute.run(schedule, _dbs)
 
 
 def _done() -> None:
@@ -147,7 +152,7 @@ def _replays(args: argparse.Namespace) -> list[sched.Schedule] | None:
         text = args.schedule if args.schedule.lstrip().startswith("{") else Path(args.schedule).read_text()
         return [sched.Schedule.from_json(json.loads(text))]
     if args.seed:
-        return [sched.generate(s) for s in args.seed]
+        return [seeded.generate(s) for s in args.seed]
     return None
 
 
@@ -192,7 +197,7 @@ def _campaign(pool: Pool, args: argparse.Namespace, started: float, out: TextIO)
                 if seed is None:
                     exhausted = True
                     break
-                running.add(pool.submit(sched.generate(seed)))
+                running.add(pool.submit(seeded.generate(seed)))
             if not running:
                 break
             done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -219,11 +224,13 @@ def _report(
     pool: Pool, results: list[execute.Result], args: argparse.Namespace, started: float, out: TextIO
 ) -> int:
     ran = time.monotonic() - started
-    processes = sum(1 for r in results if r.schedule["mode"] == "process")
+    processes = sum(1 for r in results if r.schedule["mode"] in ("process", "daemon"))
+    daemons = sum(1 for r in results if r.schedule["mode"] in sched.DAEMON_MODES)
     failing = sorted((r for r in results if r.failed), key=lambda r: r.seed)
     print(
         f"chaos: {len(results)} schedules ({len(results) - processes} in-process, {processes} with real "
-        f"processes) in {ran:.0f} s; {len(failing)} failing; {sum(r.injected for r in results)} messages, "
+        f"processes; {daemons} driving the daemon) in {ran:.0f} s; {len(failing)} failing; "
+        f"{sum(r.injected for r in results)} messages, "
         f"{sum(r.acknowledged for r in results)} acknowledged, {sum(r.platform_lost for r in results)} lost "
         "by the platform's final-block rule (not a promise: docs/testing.md)",
         file=out,

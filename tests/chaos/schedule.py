@@ -6,8 +6,10 @@ of a fault pass (``at="start"``) or when the pass's n-th request of a kind reach
 (``"history:3"``, ``"login:1"``, ``"token:1"``) or, in-process only, at its n-th block commit
 (``"commit:2"``). Logical time is what makes a replay hit the same block, login or commit again.
 
-Every ``seed % 10 == 9`` schedule runs as real ``sync-worker once`` processes, the others
-in-process, so any 200 consecutive seeds hold exactly 20 of the process kind.
+Every ``seed % 10 == 9`` schedule runs as real ``sync-worker once`` processes; every
+``seed % 10 == 4`` drives the daemon (``daemon_schedule``): ``seed % 20 == 4`` as real
+``sync-worker run`` processes, ``seed % 20 == 14`` in-process; the others run ``once`` in-process. So
+any 200 consecutive seeds hold exactly 20 of the process kind and 20 daemon schedules (10 of each).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any, Final, Literal
 
 from tests.chaos import envelope
 
-Mode = Literal["inproc", "process"]
+Mode = Literal["inproc", "process", "daemon", "daemon_inproc"]
+MODES: Final = ("inproc", "process", "daemon", "daemon_inproc")
+DAEMON_MODES: Final = ("daemon", "daemon_inproc")
 Param = str | int | float | bool | None
 
 ACCOUNT_POOL: Final = ("0252012345-00001", "0000000007-00002", "4200000000-00003")
@@ -88,9 +92,11 @@ class Event:
 
     @property
     def trigger(self) -> tuple[str, int]:
-        """(``"start"``, 0) or (request kind or ``"commit"``, n)."""
+        """(``"start"``, 0), (``"t"``, 0) for a daemon's timed event, or (request kind or ``"commit"``, n)."""
         if self.at == "start":
             return "start", 0
+        if self.at.startswith("t:"):
+            return "t", 0
         kind, _, n = self.at.partition(":")
         return kind, int(n)
 
@@ -151,7 +157,7 @@ class Schedule:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Schedule:
         mode = obj["mode"]
-        if mode not in ("inproc", "process"):
+        if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         return cls(
             seed=int(obj["seed"]),
@@ -167,13 +173,21 @@ class Schedule:
 
 
 def mode_of(seed: int) -> Mode:
-    return "process" if seed % 10 == 9 else "inproc"
+    if seed % 10 == 9:
+        return "process"
+    if seed % 20 == 4:
+        return "daemon"
+    if seed % 20 == 14:
+        return "daemon_inproc"
+    return "inproc"
 
 
 def generate(seed: int) -> Schedule:
-    """The schedule of ``seed`` (pure: the same seed always gives the same schedule)."""
+    """The ``once`` schedule of ``seed`` (pure: the same seed always gives the same schedule)."""
     rng = random.Random(seed)
     mode = mode_of(seed)
+    if mode in DAEMON_MODES:
+        raise ValueError(f"seed {seed} drives the daemon: seeds.generate, daemon_schedule.generate")
     process = mode == "process"
     accounts = tuple(rng.sample(ACCOUNT_POOL, rng.choice((1, 2) if process else (1, 2, 2, 3))))
     block = rng.choice((5, 10, 20, 50))
@@ -236,7 +250,7 @@ def _random_event(  # one branch per kind of event
         n = rng.randint(1, per_pass) if kind == "history" else rng.randint(1, 2)
         at = f"{kind}:{n}"
         action = rng.choice(API_ACTIONS if kind == "history" else API_ACTIONS[:9])
-        return Event(p, at, action, _api_params(rng, action))
+        return Event(p, at, action, api_params(rng, action))
     if roll < 0.68:
         if mode == "inproc" and rng.random() < 0.4:
             point = rng.choice(("before_commit", "after_commit"))
@@ -267,7 +281,7 @@ def _history_or_start(rng: random.Random, per_pass: int) -> str:
     return "start" if rng.random() < 0.5 else f"history:{rng.randint(1, per_pass)}"
 
 
-def _api_params(rng: random.Random, action: str) -> tuple[tuple[str, Param], ...]:
+def api_params(rng: random.Random, action: str) -> tuple[tuple[str, Param], ...]:
     if action == "status":
         return (("status", rng.choice(STATUSES)), ("retry_after", rng.choice(RETRY_AFTER_FORMS)))
     if action == "slow":

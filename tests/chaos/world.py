@@ -107,6 +107,7 @@ class World:
         *,
         timeout_seconds: float,
         operator: Operator,
+        own_server: bool = False,
     ) -> None:
         self.schedule = schedule
         self.dbs = dbs
@@ -128,7 +129,8 @@ class World:
         self.sim.hooks.drop = self._drop
         self.sim.hooks.rewrite = self._rewrite
         self.sim.hooks.final_block = self._final_block
-        self.db_url = dbs.create()
+        # A schedule that restarts its server gets one its job does not share (``pg``).
+        self.db_url = dbs.create_on_own_server() if own_server else dbs.create()
         self.proxy = proxy.PgProxy(dbs.worker_url(self.db_url))
         self._observer: psycopg.Connection[Any] | None = None
         self.sim.start()

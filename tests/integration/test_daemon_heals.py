@@ -282,3 +282,52 @@ def test_every_account_is_synced_within_its_interval_after_a_postgres_restart(
     if os.environ.get("SYNC_TEST_DATABASE_URL") or os.environ.get("SYNC_TEST_DATABASE"):
         pytest.skip("restarts only the session's own embedded server, never a shared one")
     _synced_within_the_interval_after("restart", simulator, db_url, pg_server)
+
+
+def test_a_daemon_started_while_the_database_is_read_only_waits_for_it_instead_of_exiting(
+    simulator: sim_mod.Simulator, db_url: str, pg_server: DatabaseServer
+) -> None:
+    """Started during a read-only episode (a failover, when orchestrators restart pods), the daemon
+    keeps running with /readyz 503 naming the read-only error instead of exiting 1 at its first
+    write; once the database is writable it registers its accounts and syncs them by itself."""
+    accounts = ACCOUNTS[:2]
+    for account in accounts:
+        simulator.add_account(account)
+    settings = make_settings(
+        simulator,
+        db_url,
+        accounts,
+        SYNC_INTERVAL_SECONDS="2",
+        SYNC_JITTER_SECONDS="0",
+        SYNC_CLAIM_LEASE_SECONDS="3",
+        SYNC_SHUTDOWN_TIMEOUT_SECONDS="10",
+    )
+    queued = {
+        account: len(backlog(simulator, account, 15, seed=90 + i)) for i, account in enumerate(accounts)
+    }
+    database = sql.Identifier(dbname(db_url))
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(database))
+    try:
+        with running_daemon(settings) as (_, base):
+            wait_until(
+                lambda: "read-only transaction" in readyz(base)[1], 30, "/readyz naming the read-only error"
+            )
+            assert readyz(base)[0] == 503
+            # Alive all along (the claim loop's first round can come before the daemon reports its
+            # loops attached, on a loaded machine: so waited for, not sampled once).
+            wait_until(lambda: get(base + "/healthz")[0] == 200, 10, "/healthz 200")
+            with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database)
+                )
+            wait_until(
+                lambda: all(stored(db_url, a) >= queued[a] for a in accounts),
+                30,
+                "the queued messages stored",
+            )
+            wait_until(lambda: readyz(base)[0] == 200, 10, "/readyz 200")
+    finally:
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database))
+    assert all(len(simulator.acknowledged(a)) == stored(db_url, a) for a in accounts)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import psycopg
 import pytest
@@ -130,3 +133,47 @@ def test_second_ctrl_c_aborts_with_a_request_in_flight(
     assert code == 130, rest
     assert any("second Ctrl-C" in line for line in rest)
     assert simulator.stats.history_requests == 1
+
+
+def test_sigterm_while_the_daemon_starts_is_a_clean_stop(simulator: simulator.Simulator, db_url: str) -> None:
+    """SIGTERM after the health server answers but before the daemon's loops run (its start-up writes
+    wait on a lock here) stops it cleanly: exit 0 once the start-up finishes, not death by the signal."""
+    port = _free_port()
+    env = worker_env(simulator, db_url, SYNC_ACCOUNTS=ACCOUNT, SYNC_METRICS_PORT=str(port))
+    with psycopg.connect(db_url) as blocker:
+        # The daemon's first registration of its accounts waits for this lock: start-up is held open.
+        blocker.execute("LOCK TABLE sync_schedule IN ACCESS EXCLUSIVE MODE")
+        proc, _ = start_daemon(env)
+        try:
+            _wait_for_probe(port, proc)
+            proc.send_signal(signal.SIGTERM)
+            blocker.rollback()
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_probe(port: int, proc: subprocess.Popen[str]) -> None:
+    """Until the health server answers /healthz at all (any status)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the daemon ended before its health server answered"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return
+        except OSError:
+            threading.Event().wait(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the daemon's health server never answered")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psycopg
@@ -35,3 +36,31 @@ def test_temporary_embedded_server_is_removed_on_exit() -> None:
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     assert not socket_dir.exists()
+
+
+def _postmaster_pid(dsn: str) -> int:
+    """The pid of the server process now running behind ``dsn`` (first line of its postmaster.pid)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    return int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_server_restarted_by_restart_is_stopped_on_exit() -> None:
+    """``embedded.restart`` gives the server a new postmaster; leaving ``server()`` stops that one too,
+    instead of deleting the data directory under a server that goes on running."""
+    with embedded.server() as dsn:
+        before = _postmaster_pid(dsn)
+        embedded.restart(dsn)
+        after = _postmaster_pid(dsn)
+        assert after != before
+        assert _running(after)
+    assert not _running(after)
