@@ -362,8 +362,7 @@ def _unlock_and_close(conn: Connection) -> None:
     _close(conn)
 
 
-# How long a checkout waits for a connection when every one is in use (none is in normal work: the
-# daemon's pool is sized for its runs plus everything that uses a connection beside them).
+# How long a checkout waits while every connection is lent (the daemon's pool is sized never to).
 POOL_TIMEOUT_SECONDS: Final = 30.0
 # While waiting, how often a checkout looks whether an attempt to connect failed meanwhile (psycopg_pool
 # connects on its own threads and tells a waiting client nothing but a timeout).
@@ -371,23 +370,19 @@ _WAIT_SLICE_SECONDS: Final = 0.1
 
 
 class Pool(psycopg_pool.ConnectionPool[Connection]):
-    """psycopg_pool's pool of ``connect``'s connections, configured for the worker; ``session`` and
-    ``started`` borrow from it. Calling the pool itself gives a new connection the caller closes.
+    """psycopg_pool's pool of ``connect``'s connections, configured for the worker (the one place);
+    ``session`` and ``started`` borrow from it; calling it gives a new connection the caller closes.
 
-    A new server session costs more than the work of a short account run (a backend process and
-    cold catalog caches: ~8 ms of server CPU measured, against ~4 ms for a block commit), so runs
-    reuse them. Never more than ``max_size`` connections at once, opened when needed (``min_size``
-    kept open), closed after ``max_idle`` seconds unused. A connection goes back to the pool only
-    when it is healthy and idle (``usable``: no error happened on it, whatever the error) and after
-    ``pg_advisory_unlock_all()``, done before the borrower goes on: a lock left behind on an idle
-    connection would keep its account from ever being synced (psycopg_pool's ``reset`` callback would
-    run later, on the pool's own thread). Any other connection is closed (``_unlock_and_close``:
-    inside a transaction when retired, so PgBouncer drops its server session), and the pool opens
-    another in its place. A kept connection is handed out again only while it is younger than
-    ``max_age`` seconds (by ``clock``) and still usable (the ``check`` callback; local state only, no
-    round trip: a connection that died while idle fails its first statement, and ``started`` retries
-    that once on a new one, with no back-off, where psycopg_pool's round-trip check would wait 1, 2,
-    4... s between the dead connections of a restarted server).
+    A new server session costs more server CPU than a short account run (~8 ms measured, against ~4 ms
+    for a block commit), so runs reuse them. At most ``max_size`` connections, opened when needed,
+    closed after ``max_idle`` s unused. A connection goes back only healthy and idle (``usable``: no
+    error of any kind happened on it) and after ``pg_advisory_unlock_all()``, before the borrower goes
+    on (psycopg_pool's ``reset`` runs later, on its own thread): a lock left on an idle connection
+    would keep its account from ever being synced. Any other is closed (``_unlock_and_close``) and the
+    pool opens another. A kept one is lent again only while younger than ``max_age`` s (by ``clock``)
+    and usable (the ``check``: local state, no round trip; one that died while idle fails its first
+    statement and ``started`` retries once on a new one, where psycopg_pool's round-trip check backs off
+    1, 2, 4... s between the dead connections of a restarted server).
     """
 
     def __init__(
@@ -408,9 +403,9 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
         self._configure_each = configure
         self._max_age = max_age
         self._clock = clock
-        self._born: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
-        # Connections given back at least once: a checkout that gets one of them reuses it.
-        self._served: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # When each connection was made: by ``clock`` (its age) and by the monotonic clock (whether
+        # it was made before a checkout began, so it may have died while idle in the pool).
+        self._born: weakref.WeakKeyDictionary[Connection, tuple[float, float]] = weakref.WeakKeyDictionary()
         self._state = threading.Lock()
         self._failures = 0
         self._failure: Exception | None = None
@@ -445,13 +440,14 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
 
     @contextlib.contextmanager
     def checkout(self, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
-        """A connection and whether it was kept from an earlier borrower (``fresh``: a new one: the
-        kept ones are closed first, as whatever failed a kept one may have failed them all)."""
+        """A connection and whether it was kept idle before (``fresh``: a new one: the kept ones are
+        closed first, as whatever failed a kept one may have failed them all)."""
         if fresh:
             self.drain()
+        began = time.monotonic()
         conn = self._lend()
         with self._state:
-            reused = conn in self._served
+            reused = self._born.get(conn, (0.0, 0.0))[1] < began
         ok = False
         try:
             yield conn, reused
@@ -491,11 +487,8 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
             try:
                 conn.execute("SELECT pg_advisory_unlock_all()")
             except psycopg.Error:
-                _unlock_and_close(conn)
-            else:
-                with self._state:
-                    self._served.add(conn)
-        else:
+                retire(conn)
+        if not (reusable and usable(conn)):
             _unlock_and_close(conn)
         # A closed connection is discarded by the pool, which opens another in its place.
         self.putconn(conn)
@@ -514,14 +507,14 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
 
     def _configure_new(self, conn: Connection) -> None:
         with self._state:
-            self._born[conn] = self._clock()
+            self._born[conn] = (self._clock(), time.monotonic())
         if self._configure_each is not None:
             self._configure_each(conn)
 
     def _still_good(self, conn: Connection) -> None:
         with self._state:
             born = self._born.get(conn)
-        if born is not None and self._clock() - born < self._max_age and usable(conn):
+        if born is not None and self._clock() - born[0] < self._max_age and usable(conn):
             return
         # Idle in the pool: no transaction, no lock. Closed, it is replaced by the pool.
         _close(conn)
@@ -529,8 +522,7 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
 
 
 def _made_by(connect: ConnectionFactory) -> type[Connection]:
-    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``connector``'s autocommit,
-    liveness settings, pooling check and secret-free errors)."""
+    """A connection class whose ``connect`` is ``connect`` (``connector``'s settings, check, errors)."""
 
     class _Made(psycopg.Connection[Any]):
         @classmethod
