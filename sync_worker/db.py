@@ -364,8 +364,8 @@ def _unlock_and_close(conn: Connection) -> None:
 
 # How long a checkout waits while every connection is lent (the daemon's pool is sized never to).
 POOL_TIMEOUT_SECONDS: Final = 30.0
-# While waiting, how often a checkout looks whether an attempt to connect failed meanwhile (psycopg_pool
-# connects on its own threads and tells a waiting client nothing but a timeout).
+# How often a waiting checkout looks whether an attempt to connect failed (psycopg_pool connects on
+# its own threads and tells a waiting client nothing but a timeout).
 _WAIT_SLICE_SECONDS: Final = 0.1
 
 
@@ -403,12 +403,12 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
         self._configure_each = configure
         self._max_age = max_age
         self._clock = clock
-        # When each connection was made: by ``clock`` (its age) and by the monotonic clock (whether
-        # it was made before a checkout began, so it may have died while idle in the pool).
+        # When each was made: by ``clock`` (its age), and monotonic (made before a checkout: kept idle).
         self._born: weakref.WeakKeyDictionary[Connection, tuple[float, float]] = weakref.WeakKeyDictionary()
         self._state = threading.Lock()
         self._failures = 0
-        self._failure: Exception | None = None
+        self._failure: errors.SyncWorkerError | None = None
+        self._connected = False
         logging.getLogger("psycopg.pool").addFilter(_POOL_LOG_FILTER)
         super().__init__(
             connection_class=_made_by(self._open_new),
@@ -460,7 +460,12 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
             failures = self._failures
         deadline = time.monotonic() + self.timeout
         while True:
-            wait = min(_WAIT_SLICE_SECONDS, deadline - time.monotonic())
+            wait = deadline - time.monotonic()
+            with self._state:
+                if self._failure is not None or not self._connected:
+                    # Connecting is in doubt: look at the attempts often. Otherwise wait in one go,
+                    # keeping this checkout's place in psycopg_pool's queue of waiting clients.
+                    wait = min(_WAIT_SLICE_SECONDS, wait)
             try:
                 return self.getconn(timeout=max(wait, 0.001))
             except psycopg_pool.PoolTimeout:
@@ -469,13 +474,9 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
                 raise errors.DatabaseUnavailableError(f"the {self.name} connection pool is closed") from exc
             with self._state:
                 failure = self._failure if self._failures != failures else None
-            if isinstance(failure, errors.SyncWorkerError):
+            if failure is not None:
                 # What the attempt made for this checkout said (the URL, the reason, a refused pooler).
                 raise copy.copy(failure) from failure
-            if failure is not None:
-                raise errors.DatabaseUnavailableError(
-                    f"cannot connect ({type(failure).__name__})"
-                ) from failure
             if time.monotonic() >= deadline:
                 raise errors.DatabaseUnavailableError(
                     f"no database connection free within {self.timeout:g} s "
@@ -496,13 +497,13 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
     def _open_new(self) -> Connection:
         try:
             conn = self._connect_new()
-        except Exception as exc:
+        except errors.SyncWorkerError as exc:  # the connector raises nothing else
             with self._state:
                 self._failures += 1
                 self._failure = exc
             raise
         with self._state:
-            self._failure = None
+            self._failure, self._connected = None, True
         return conn
 
     def _configure_new(self, conn: Connection) -> None:
@@ -516,8 +517,7 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
             born = self._born.get(conn)
         if born is not None and self._clock() - born[0] < self._max_age and usable(conn):
             return
-        # Idle in the pool: no transaction, no lock. Closed, it is replaced by the pool.
-        _close(conn)
+        _close(conn)  # idle in the pool (no transaction, no lock); the pool replaces it
         raise errors.DatabaseUnavailableError("a kept connection reached its maximum age or failed")
 
 
@@ -534,8 +534,7 @@ def _made_by(connect: ConnectionFactory) -> type[Connection]:
 
 class _PoolLogFilter(logging.Filter):
     """Drops psycopg_pool's warnings about what ``Pool`` does on purpose: closing a retired connection
-    before giving it back (its error was reported where it happened), and giving up on connecting
-    after one attempt (``reconnect_timeout=0``; the attempt's own failure is logged)."""
+    (its error is reported where it happened), giving up after one attempt (whose failure is logged)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(("discarding closed connection", "reconnection attempt"))
