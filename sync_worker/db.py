@@ -408,7 +408,6 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
         self._state = threading.Lock()
         self._failures = 0
         self._failure: errors.SyncWorkerError | None = None
-        self._connected = False
         logging.getLogger("psycopg.pool").addFilter(_POOL_LOG_FILTER)
         super().__init__(
             connection_class=_made_by(self._open_new),
@@ -460,12 +459,7 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
             failures = self._failures
         deadline = time.monotonic() + self.timeout
         while True:
-            wait = deadline - time.monotonic()
-            with self._state:
-                if self._failure is not None or not self._connected:
-                    # Connecting is in doubt: look at the attempts often. Otherwise wait in one go,
-                    # keeping this checkout's place in psycopg_pool's queue of waiting clients.
-                    wait = min(_WAIT_SLICE_SECONDS, wait)
+            wait = min(_WAIT_SLICE_SECONDS, deadline - time.monotonic())
             try:
                 return self.getconn(timeout=max(wait, 0.001))
             except psycopg_pool.PoolTimeout:
@@ -503,7 +497,7 @@ class Pool(psycopg_pool.ConnectionPool[Connection]):
                 self._failure = exc
             raise
         with self._state:
-            self._failure, self._connected = None, True
+            self._failure = None
         return conn
 
     def _configure_new(self, conn: Connection) -> None:

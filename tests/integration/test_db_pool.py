@@ -12,7 +12,7 @@ import pytest
 
 from sync_worker import db as database
 from sync_worker import errors
-from tests.reliability import crash
+from tests.reliability import crash, proxy
 
 
 def backend_pid(conn: database.Connection) -> int:
@@ -172,3 +172,30 @@ def test_a_connection_that_cannot_be_made_is_reported_at_once_with_its_reason() 
         assert pool.connect_failing
     finally:
         pool.close()
+
+
+def test_an_outage_after_connections_were_kept_fails_a_start_at_once_with_its_reason_then_heals(
+    db_url: str,
+) -> None:
+    """The database cut off after the pool kept a connection: the first statement fails on the kept one,
+    the retry's connect is refused, and that reason is raised within seconds, not after the pool's
+    timeout; with the database back, the next start works without a new pool."""
+    with proxy.PgProxy(db_url) as pg:
+        connect = database.connector(pg.conninfo(), failure="cannot connect to the test database")
+        pool = database.Pool(connect, max_size=2, timeout=30.0)
+        try:
+            with database.session(pool) as conn:
+                backend_pid(conn)
+            pg.cut()
+            began = time.monotonic()
+            with (
+                pytest.raises(errors.DatabaseUnavailableError, match="cannot connect to the test database"),
+                database.started(pool, backend_pid),
+            ):
+                pass
+            assert time.monotonic() - began < 10
+            pg.restore()
+            with database.started(pool, backend_pid) as (_, pid):
+                assert pid > 0
+        finally:
+            pool.close()
