@@ -163,7 +163,9 @@ class _DatabasePool:
     def connection(self) -> Iterator[db.Connection]:
         stack = contextlib.ExitStack()
         try:
-            conn, _ = stack.enter_context(self._pool.checkout())
+            # One round trip proves the connection works: a kept one that died while idle (a database
+            # restart) is replaced and the ping tried once more on a new one, before any write.
+            conn, _ = stack.enter_context(db.started(self._pool, db.ping))
         except errors.SyncWorkerError:
             # Tells a database that cannot be reached from one whose connections are all in use.
             kind = "database_unavailable" if self._pool.connect_failing else "busy"
