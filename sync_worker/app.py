@@ -63,6 +63,11 @@ def connector(settings: config.Settings, *, connect_timeout: int = 10) -> db.Con
     )
 
 
+# Pooled connections beside the account runs: the login guard, its observer, and the two
+# housekeeping jobs (partitions, retention), which may all be busy while every run is.
+SHARED_CONNECTIONS = 4
+
+
 @contextlib.contextmanager
 def connection(settings: config.Settings, *, check_schema: bool = True) -> Iterator[db.Connection]:
     """A connection to ``SYNC_DATABASE_URL``, closed on exit; the schema checked first unless
@@ -105,12 +110,12 @@ def enable_word_search(settings: config.Settings) -> bool:
 
 @contextlib.contextmanager
 def pooled(settings: config.Settings) -> Iterator[db.Pool]:
-    """``connector`` with the connections of finished account runs kept for the next ones."""
-    pool = db.Pool(connector(settings), keep=settings.concurrency)
-    try:
+    """``connector`` with connections kept for reuse (psycopg_pool, as ``db.Pool`` configures it):
+    at most one per account run plus ``SHARED_CONNECTIONS``, so nothing ever waits for one."""
+    with db.Pool(
+        connector(settings), name="sync-worker", max_size=settings.concurrency + SHARED_CONNECTIONS
+    ) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 def client_config(

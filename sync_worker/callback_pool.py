@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
-import psycopg
-import psycopg_pool
-
-from sync_worker import db, queries
+from sync_worker import db, errors, queries
 
 
 class Busy(Exception):
@@ -55,30 +51,16 @@ class CallbackPool:
         def configure(conn: db.Connection) -> None:
             conn.execute(queries.get("callback_session_timeouts"), timeouts)
 
-        # Whether the latest attempt to open a connection failed: tells a database that cannot
-        # be reached from one whose connections are all in use.
-        self.connect_failing = False
-
-        def connect_noting() -> db.Connection:
-            try:
-                conn = connect()
-            except Exception:
-                self.connect_failing = True
-                raise
-            self.connect_failing = False
-            return conn
-
-        self._pool = psycopg_pool.ConnectionPool(
-            connection_class=_made_by(connect_noting),
+        # db.Pool: psycopg_pool configured as every pool of the worker is (errors retire a
+        # connection, maximum age, locks released before reuse), sized and timed for pushes.
+        self._pool = db.Pool(
+            connect,
+            name="callback-receiver",
             min_size=1,
             max_size=size,
-            open=False,
-            configure=configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
-            name="callback-receiver",
             timeout=acquire_timeout,
-            max_lifetime=db.MAX_CONNECTION_AGE_SECONDS,
-            num_workers=2,
+            configure=configure,
+            open=False,
         )
 
     def open(self) -> None:
@@ -87,30 +69,17 @@ class CallbackPool:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[db.Connection]:
+        stack = contextlib.ExitStack()
         try:
-            conn = self._pool.getconn(timeout=self._acquire_timeout)
-        except psycopg_pool.PoolTimeout:
-            kind = "database_unavailable" if self.connect_failing else "busy"
+            # One round trip proves the connection works: a kept one that died while idle (a database
+            # restart) is replaced and the ping tried once more on a new one, before any write.
+            conn, _ = stack.enter_context(db.started(self._pool, db.ping))
+        except errors.SyncWorkerError:
+            # Tells a database that cannot be reached from one whose connections are all in use.
+            kind = "database_unavailable" if self._pool.connect_failing else "busy"
             raise Busy(kind, f"no database connection within {self._acquire_timeout:g} s") from None
-        try:
+        with stack:
             yield conn
-        finally:
-            if not db.usable(conn):
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._pool.putconn(conn)
 
     def close(self) -> None:
         self._pool.close(timeout=5)
-
-
-def _made_by(connect: db.ConnectionFactory) -> type[db.Connection]:
-    """A connection class for psycopg_pool whose ``connect`` is ``connect`` (``db.connector``'s
-    liveness settings and secret-free errors, the caller's application name)."""
-
-    class _Made(psycopg.Connection[Any]):
-        @classmethod
-        def connect(cls, *args: Any, **kwargs: Any) -> Any:
-            return connect()
-
-    return _Made

@@ -12,6 +12,8 @@ statement pooling) is refused on a factory's first connection
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 import psycopg.errors
 import psycopg.rows
+import psycopg_pool
 from psycopg import conninfo, pq
 from psycopg import sql as pg_sql
 
@@ -359,52 +362,91 @@ def _unlock_and_close(conn: Connection) -> None:
     _close(conn)
 
 
-class Pool:
-    """Keeps up to ``keep`` idle connections of ``connect`` for ``session`` to reuse.
+# How long a checkout waits while every connection is lent (the daemon's pool is sized never to).
+POOL_TIMEOUT_SECONDS: Final = 30.0
+# How often a waiting checkout looks whether an attempt to connect failed (psycopg_pool connects on
+# its own threads and tells a waiting client nothing but a timeout).
+_WAIT_SLICE_SECONDS: Final = 0.1
 
-    A new server session costs more than the work of a short account run (a backend process
-    and cold catalog caches: ~8 ms of server CPU measured, against ~4 ms for a block commit),
-    so runs reuse them. Calling the pool itself still gives a fresh connection the caller
-    closes. A connection is given back only when it is healthy and idle (``reusable``: no error
-    happened on it, whatever the error), younger than ``max_age`` seconds, and with every
-    session-level advisory lock released: a lock left behind on an idle connection would keep
-    its account from ever being synced.
+
+class Pool(psycopg_pool.ConnectionPool[Connection]):
+    """psycopg_pool's pool of ``connect``'s connections, configured for the worker (the one place);
+    ``session`` and ``started`` borrow from it; calling it gives a new connection the caller closes.
+
+    A new server session costs more server CPU than a short account run (~8 ms measured, against ~4 ms
+    for a block commit), so runs reuse them. At most ``max_size`` connections, opened when needed,
+    closed after ``max_idle`` s unused. A connection goes back only healthy and idle (``usable``: no
+    error of any kind happened on it) and after ``pg_advisory_unlock_all()``, before the borrower goes
+    on (psycopg_pool's ``reset`` runs later, on its own thread): a lock left on an idle connection
+    would keep its account from ever being synced. Any other is closed (``_unlock_and_close``) and the
+    pool opens another. A kept one is lent again only while younger than ``max_age`` s (by ``clock``)
+    and usable (the ``check``: local state, no round trip; one that died while idle fails its first
+    statement and ``started`` retries once on a new one, where psycopg_pool's round-trip check backs off
+    1, 2, 4... s between the dead connections of a restarted server).
     """
 
     def __init__(
         self,
         connect: ConnectionFactory,
-        keep: int,
         *,
+        max_size: int,
+        min_size: int = 0,
+        name: str = "sync-worker",
+        timeout: float = POOL_TIMEOUT_SECONDS,
         max_age: float = MAX_CONNECTION_AGE_SECONDS,
+        max_idle: float = MAX_CONNECTION_AGE_SECONDS,
+        configure: Callable[[Connection], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        open: bool = True,
     ) -> None:
-        self._connect = connect
-        self._keep = keep
+        self._connect_new = connect
+        self._configure_each = configure
         self._max_age = max_age
         self._clock = clock
-        self._idle: list[Connection] = []
-        self._born: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        self._closed = False
+        # When each was made: by ``clock`` (its age), and monotonic (made before a checkout: kept idle).
+        self._born: weakref.WeakKeyDictionary[Connection, tuple[float, float]] = weakref.WeakKeyDictionary()
+        self._state = threading.Lock()
+        self._failures = 0
+        self._failure: errors.SyncWorkerError | None = None
+        logging.getLogger("psycopg.pool").addFilter(_POOL_LOG_FILTER)
+        super().__init__(
+            connection_class=_made_by(self._open_new),
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            configure=self._configure_new,
+            check=self._still_good,
+            name=name,
+            timeout=timeout,
+            max_lifetime=max_age,
+            max_idle=max_idle,
+            # One attempt (and psycopg_pool's one immediate retry) per need: a checkout waiting for a
+            # connection gets the failure at once (``_lend``), and the next one tries again.
+            reconnect_timeout=0.0,
+            num_workers=2,
+        )
+        if open:
+            self.open()
 
     def __call__(self) -> Connection:
-        return self._connect()
+        return self._connect_new()
 
-    @contextlib.contextmanager
-    def session(self) -> Iterator[Connection]:
-        with self.checkout() as (conn, _):
-            yield conn
+    @property
+    def connect_failing(self) -> bool:
+        """Whether the latest attempt to open a connection failed (the database cannot be reached)."""
+        with self._state:
+            return self._failure is not None
 
     @contextlib.contextmanager
     def checkout(self, *, fresh: bool = False) -> Iterator[tuple[Connection, bool]]:
-        """A connection and whether it was kept from an earlier session (``fresh``: a new one)."""
-        conn = None if fresh else self._take_idle()
-        reused = conn is not None
-        if conn is None:
-            conn = self._connect()
-            with self._lock:
-                self._born[conn] = self._clock()
+        """A connection and whether it was kept idle before (``fresh``: a new one: the kept ones are
+        closed first, as whatever failed a kept one may have failed them all)."""
+        if fresh:
+            self.drain()
+        began = time.monotonic()
+        conn = self._lend()
+        with self._state:
+            reused = self._born.get(conn, (0.0, 0.0))[1] < began
         ok = False
         try:
             yield conn, reused
@@ -412,44 +454,87 @@ class Pool:
         finally:
             self._give_back(conn, reusable=ok)
 
-    def _take_idle(self) -> Connection | None:
+    def _lend(self) -> Connection:
+        with self._state:
+            failures = self._failures
+        deadline = time.monotonic() + self.timeout
         while True:
-            with self._lock:
-                if not self._idle:
-                    return None
-                conn = self._idle.pop()
-            if not self._too_old(conn):
-                return conn
-            _close(conn)
-
-    def _too_old(self, conn: Connection) -> bool:
-        with self._lock:
-            born = self._born.get(conn)
-        return born is None or self._clock() - born >= self._max_age
+            wait = min(_WAIT_SLICE_SECONDS, deadline - time.monotonic())
+            try:
+                return self.getconn(timeout=max(wait, 0.001))
+            except psycopg_pool.PoolTimeout:
+                pass
+            except psycopg_pool.PoolClosed as exc:
+                raise errors.DatabaseUnavailableError(f"the {self.name} connection pool is closed") from exc
+            with self._state:
+                failure = self._failure if self._failures != failures else None
+            if failure is not None:
+                # What the attempt made for this checkout said (the URL, the reason, a refused pooler).
+                raise copy.copy(failure) from failure
+            if time.monotonic() >= deadline:
+                raise errors.DatabaseUnavailableError(
+                    f"no database connection free within {self.timeout:g} s "
+                    f"(the {self.name} pool holds at most {self.max_size})"
+                )
 
     def _give_back(self, conn: Connection, *, reusable: bool) -> None:
-        reusable = reusable and usable(conn) and not self._too_old(conn)
-        if reusable:
+        if reusable and usable(conn):
             try:
                 conn.execute("SELECT pg_advisory_unlock_all()")
             except psycopg.Error:
-                reusable = False
-        if reusable:
-            with self._lock:
-                if not self._closed and len(self._idle) < self._keep:
-                    self._idle.append(conn)
-                    return
-            _close(conn)  # its locks were released just above
-            return
-        _unlock_and_close(conn)
+                retire(conn)
+        if not (reusable and usable(conn)):
+            _unlock_and_close(conn)
+        # A closed connection is discarded by the pool, which opens another in its place.
+        self.putconn(conn)
 
-    def close(self) -> None:
-        """Close the idle connections; connections in use are closed when given back."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            _close(conn)
+    def _open_new(self) -> Connection:
+        try:
+            conn = self._connect_new()
+        except errors.SyncWorkerError as exc:  # the connector raises nothing else
+            with self._state:
+                self._failures += 1
+                self._failure = exc
+            raise
+        with self._state:
+            self._failure = None
+        return conn
+
+    def _configure_new(self, conn: Connection) -> None:
+        with self._state:
+            self._born[conn] = (self._clock(), time.monotonic())
+        if self._configure_each is not None:
+            self._configure_each(conn)
+
+    def _still_good(self, conn: Connection) -> None:
+        with self._state:
+            born = self._born.get(conn)
+        if born is not None and self._clock() - born[0] < self._max_age and usable(conn):
+            return
+        _close(conn)  # idle in the pool (no transaction, no lock); the pool replaces it
+        raise errors.DatabaseUnavailableError("a kept connection reached its maximum age or failed")
+
+
+def _made_by(connect: ConnectionFactory) -> type[Connection]:
+    """A connection class whose ``connect`` is ``connect`` (``connector``'s settings, check, errors)."""
+
+    class _Made(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            return connect()
+
+    return _Made
+
+
+class _PoolLogFilter(logging.Filter):
+    """Drops psycopg_pool's warnings about what ``Pool`` does on purpose: closing a retired connection
+    (its error is reported where it happened), giving up after one attempt (whose failure is logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("discarding closed connection", "reconnection attempt"))
+
+
+_POOL_LOG_FILTER: Final = _PoolLogFilter()
 
 
 @contextlib.contextmanager

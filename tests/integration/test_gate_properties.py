@@ -67,7 +67,7 @@ class _Stack:
         self.sim.hooks.drop = self._watch
         self.db_url = db_url
         # The daemon's pooled connections: one server session serves every example's run.
-        self.connect = db.Pool(db.connector(db_url), keep=1)
+        self.connect = db.Pool(db.connector(db_url), max_size=1)
         self.lock = threading.Lock()
         self.plan: _Plan | None = None
         self.names = itertools.count()

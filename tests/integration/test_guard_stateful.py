@@ -196,7 +196,7 @@ def test_the_guard_never_lets_the_vendor_lock_the_user(db_url: str) -> None:
     class Machine(GuardMachine):
         pass
 
-    Machine.pool = database.Pool(database.connector(db_url), keep=2)
+    Machine.pool = database.Pool(database.connector(db_url), max_size=2)
     with psycopg.connect(db_url, autocommit=True) as conn:
         Machine.conn = conn
         try:

@@ -835,3 +835,25 @@ def test_a_pushed_copy_naming_the_account_in_other_case_kinds_matches_its_polled
     assert code == 0, out
     assert (last_json(out)["received"], last_json(out)["inserted"]) == (2, 1)
     assert sorted(source for _, source in history(db_url)) == ["poll", "push"]
+
+
+def test_callbacks_after_every_receiver_connection_was_ended_are_stored_not_refused(db_url: str) -> None:
+    """Every kept receiver connection ended by the server (a restart, a failover): the next callbacks
+    are stored (200), each on a connection proved by a ping and replaced when dead, not answered 503."""
+    import uuid  # noqa: PLC0415  # only this test names its sessions
+
+    name = f"receiver-{uuid.uuid4().hex[:12]}"
+    bodies = [envelope(m, requestId=f"t-{i}") for i, m in enumerate(messages(6))]
+    with running_receiver(db.connector(db_url, application_name=name)) as r, psycopg.connect(db_url) as admin:
+        assert post(r.port, bodies[0])[0] == 200
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        ).fetchone()
+        assert ended is not None and ended[0] >= 1
+        assert [post(r.port, b)[0] for b in bodies[1:]] == [200] * 5
+        assert (
+            sample(r.metrics, "thingspace_sync_callback_store_failures_total", kind="database_unavailable")
+            == 0
+        )
+    assert len(history(db_url)) == 6

@@ -334,7 +334,7 @@ def test_account_lock_is_released_when_the_run_ends(
     """After a run, pooled or not, the account's lock is free and its run row is closed."""
     backlog(simulator, ACCOUNT, 150, seed=3)
     api = make_client(simulator)
-    pool = database.Pool(database.connector(db_url), keep=2)
+    pool = database.Pool(database.connector(db_url), max_size=2)
     try:
         result = sync.sync_account(
             api, ACCOUNT, store.PostgresStore(pool if pooled else database.connector(db_url))
