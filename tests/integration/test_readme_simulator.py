@@ -108,3 +108,25 @@ def test_readme_simulator_steps_stop_when_the_simulator_cannot_start(
     with psycopg.connect(pg_server.admin_url) as conn:
         created = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
     assert created == (0,)
+
+
+def test_readme_wait_line_is_quiet_before_the_simulator_writes_its_file(tmp_path: Path) -> None:
+    """The README's wait loop may look for the simulator's file before the shell has created it
+    (the redirection happens in the background job): that look prints nothing on stderr, and the
+    loop ends once the exports are there."""
+    (wait,) = [line for line in _block() if line.startswith("until ")]
+    env_file = tmp_path / "thingspace-sim.env"
+    # A running stand-in for `simulate`, and the loop's own `sleep` writing the exports: so the
+    # loop's first look surely finds no file, and its second finds them.
+    script = "\n".join(
+        [
+            "command sleep 60 &",
+            f"sleep() {{ echo 'export SYNC_ACCOUNTS=x' > {shlex.quote(str(env_file))}; }}",
+            wait,
+            "kill $!",
+        ]
+    )
+    ran = _run(script, tmp_path, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""
+    assert env_file.read_text() == "export SYNC_ACCOUNTS=x\n"
