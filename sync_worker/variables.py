@@ -245,7 +245,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_LOG_FORMAT",
         "auto",
         "auto (JSON unless the log stream is a terminal), json or console. Logs go to stderr (a "
-        "command's stdout is its data), the daemon's (`run`) to stdout.",
+        "command's stdout is its data), those of the daemons (`run`, `receive`) to stdout.",
         LOG_FORMATS,
         upper=False,
     ),

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sync_worker import cli, db
+from sync_worker import cli, db, variables
+
+ROOT = Path(__file__).resolve().parents[2]
 
 API_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001",
@@ -137,3 +139,43 @@ def test_doctor_prints_its_report_then_the_one_error_line(
         assert event["event"] == "command_failed" and event["exit_code"] == 2
         assert lines[1] == f"sync-worker: error: {event['error']}"
     assert "errors-db-secret-5" not in out + err and "errors-password-1" not in out + err
+
+
+# The commands with no data of their own: their log stream is stdout (README "Logs", the
+# SYNC_LOG_FORMAT variable, docs/operations.md "stdout is data, stderr is logs").
+DAEMONS = ("run", "receive")
+DAEMON_ENV = {
+    **API_ENV,
+    "SYNC_CALLBACK_USERNAME": "errors-callback-user",
+    "SYNC_CALLBACK_PASSWORD": "errors-callback-secret-1234",
+}
+
+
+@pytest.mark.parametrize("command", DAEMONS)
+def test_a_daemon_logs_its_failure_on_stdout_and_the_error_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`run` and `receive` log to stdout (where Docker, Kubernetes and the journal collect them): their
+    `command_failed` event goes there, and stderr still ends with the one `sync-worker: error:` line."""
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {**DAEMON_ENV, "SYNC_DATABASE_URL": unreachable, "SYNC_LOG_FORMAT": "json"}
+    assert cli.main([command], env=env) == 3
+    out, err = capsys.readouterr()
+    (event,) = [json.loads(line) for line in out.splitlines() if '"command_failed"' in line]
+    assert event["exit_code"] == 3
+    assert err.splitlines() == [f"sync-worker: error: {event['error']}"]
+    assert "errors-db-secret-5" not in out + err
+
+
+def test_the_docs_name_the_daemons_as_the_commands_logging_to_stdout() -> None:
+    """Every place that says where the logs go names both daemons, and says that the other
+    commands log to stderr."""
+    readme = (ROOT / "README.md").read_text()
+    logs_section = readme.split("\n## Logs\n", 1)[1].split("\n## ", 1)[0]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    ground_rule = operations.split("**stdout is data, stderr is logs.**", 1)[1].split("\n- **", 1)[0]
+    (log_format,) = [v.description for v in variables.VARIABLES if v.name == "SYNC_LOG_FORMAT"]
+    for text in (logs_section, ground_rule, log_format):
+        flat = " ".join(text.split())
+        assert "daemons (`run`, `receive`)" in flat, flat
+        assert "stderr" in flat
