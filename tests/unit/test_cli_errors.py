@@ -179,3 +179,21 @@ def test_the_docs_name_the_daemons_as_the_commands_logging_to_stdout() -> None:
         flat = " ".join(text.split())
         assert "daemons (`run`, `receive`)" in flat, flat
         assert "stderr" in flat
+
+
+def test_the_readme_shows_the_form_an_unreachable_database_is_named_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unreachable database is named as the README says, `SYNC_DATABASE_URL: cannot connect to
+    host=H port=P dbname=D user=U: ...` (the `[database: ...]` suffix is for the other errors, see
+    tests/integration/test_database_named.py)."""
+    port = _closed_port()
+    env = {**API_ENV, "SYNC_DATABASE_URL": f"postgresql://sync:errors-db-secret-5@127.0.0.1:{port}/sms"}
+    assert cli.main(["status"], env={**env, "SYNC_LOG_FORMAT": "console"}) == 3
+    _, err = capsys.readouterr()
+    named = f"host=127.0.0.1 port={port} dbname=sms user=sync"
+    shown = f"sync-worker: error: SYNC_DATABASE_URL: cannot connect to {named}: "
+    assert err.startswith(shown), err
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`SYNC_DATABASE_URL: cannot connect to host=H port=P dbname=D user=U: ...`" in readme
+    assert "`[database: host=H port=P dbname=D user=U]`" in readme
