@@ -1,9 +1,11 @@
-"""The `make` commands the docs give are the Makefile's targets, and the README's benchmark list
-names every benchmark target."""
+"""The `make` commands the docs give are the Makefile's targets, the README's benchmark list names
+every benchmark target, and `make test` needs nothing a fresh clone lacks."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +38,28 @@ def test_the_readme_names_every_benchmark_target() -> None:
     benchmarks = {t for t in targets() if t.startswith("bench")}
     assert len(benchmarks) >= 7
     assert named == benchmarks
+
+
+def test_make_test_needs_no_pgbouncer_package(tmp_path: Path) -> None:
+    """The README promises a fresh clone needs only Python and make: where PgBouncer is not installed
+    and cannot be (no apt-get rights), the step `make test` runs first says so and does not fail."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    apt_get = stubs / "apt-get"
+    apt_get.write_text("#!/bin/sh\necho 'E: Could not open lock file (are you root?)' >&2\nexit 100\n")
+    apt_get.chmod(0o755)
+    make = shutil.which("make")
+    assert make is not None
+    # Only the stubs on the PATH: no pgbouncer, and an apt-get that refuses like a non-root user's.
+    ran = subprocess.run(
+        [make, "--no-print-directory", "pgbouncer"],
+        cwd=ROOT,
+        env={"PATH": str(stubs)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "the PgBouncer tests will skip" in ran.stdout
+    assert "are you root?" in ran.stderr  # the stub was asked, so pgbouncer was looked for and missing
