@@ -136,9 +136,10 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         "SYNC_ACCOUNTS",
-        "(required for run/once)",
+        "(required for run/receive/once)",
         "Comma-separated ThingSpace account names to sync (3-32 of A-Z a-z 0-9 -). Unset: the "
-        '[accounts."NAME"] tables of the --config file.',
+        '[accounts."NAME"] tables of the --config file. `once --account A` needs neither: it syncs the '
+        "accounts it names.",
     ),
     _number(
         "SYNC_INTERVAL_SECONDS",

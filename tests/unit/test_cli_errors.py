@@ -4,6 +4,7 @@ event only when the logs are JSON; database errors name the database."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,34 @@ def test_the_readme_shows_the_form_an_unreachable_database_is_named_in(
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "`SYNC_DATABASE_URL: cannot connect to host=H port=P dbname=D user=U: ...`" in readme
     assert "`[database: host=H port=P dbname=D user=U]`" in readme
+
+
+def test_the_commands_that_require_sync_accounts_are_those_its_doc_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SYNC_ACCOUNTS's documented "(required for ...)" names exactly the commands that refuse to start
+    without it, and `once --account A` (which its description exempts) gets past the configuration."""
+    (documented,) = [v.default for v in variables.VARIABLES if v.name == "SYNC_ACCOUNTS"]
+    match = re.fullmatch(r"\(required for ([a-z/]+)\)", documented)
+    assert match is not None, documented
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {k: v for k, v in DAEMON_ENV.items() if k != "SYNC_ACCOUNTS"}
+    env.update(SYNC_DATABASE_URL=unreachable, SYNC_LOG_FORMAT="console")
+    documented_commands = match.group(1).split("/")
+    refusing = set()
+    for command in ("run", "receive", "once", "status", "migrate", "retention", "accounts"):
+        argv = [command, "list"] if command == "accounts" else [command]
+        code = cli.main(argv, env=env)
+        _, err = capsys.readouterr()
+        if "SYNC_ACCOUNTS is required" in err:
+            assert code == 2
+            refusing.add(command)
+    assert refusing == set(documented_commands)
+    # doctor reports it as its configuration check, naming the same commands.
+    assert cli.main(["doctor", "--no-history"], env=env) == 2
+    out, _ = capsys.readouterr()
+    (line,) = [line for line in out.splitlines() if line.startswith("configuration")]
+    named = f"{', '.join(documented_commands[:-1])} and {documented_commands[-1]}"
+    assert f"SYNC_ACCOUNTS is required by {named}" in line
+    assert cli.main(["once", "--account", "0252012345-00001"], env=env) == 3  # the database, not the config
+    assert "SYNC_ACCOUNTS" not in capsys.readouterr().err
