@@ -302,14 +302,14 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         "SYNC_CALLBACK_USERNAME",
-        "(required for receive/callbacks)",
+        "(required for receive/callbacks register)",
         "Username ThingSpace puts in every callback body (registered with the listener; 1-40 characters).",
         "",
         lambda env: envparse.stripped(env, "SYNC_CALLBACK_USERNAME"),
     ),
     Variable(
         "SYNC_CALLBACK_PASSWORD",
-        "(required for receive/callbacks)",
+        "(required for receive/callbacks register)",
         "Password ThingSpace puts in every callback body (16-40 characters: a long random one). Or "
         "SYNC_CALLBACK_PASSWORD_FILE.",
     ),

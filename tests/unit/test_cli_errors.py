@@ -9,10 +9,11 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import prometheus_client
 import pytest
 import structlog
 
-from sync_worker import cli, db, variables
+from sync_worker import app, callback_metrics, cli, config, db, errors, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,3 +230,39 @@ def test_the_commands_that_require_sync_accounts_are_those_its_doc_names(
     assert f"SYNC_ACCOUNTS is required by {named}" in line
     assert cli.main(["once", "--account", "0252012345-00001"], env=env) == 3  # the database, not the config
     assert "SYNC_ACCOUNTS" not in capsys.readouterr().err
+
+
+def test_the_commands_that_require_the_callback_credentials_are_those_their_doc_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SYNC_CALLBACK_USERNAME / _PASSWORD's "(required for ...)" names exactly the commands refusing
+    without them: `receive` (its receiver is not built) and `callbacks register`; `callbacks list` and
+    `remove` go on to the database (unreachable here: exit 3)."""
+    for name in ("SYNC_CALLBACK_USERNAME", "SYNC_CALLBACK_PASSWORD"):
+        (documented,) = [v.default for v in variables.VARIABLES if v.name == name]
+        assert documented == "(required for receive/callbacks register)"
+    account = "0252012345-00001"
+    env = {
+        **API_ENV,
+        "SYNC_DATABASE_URL": f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms",
+        "SYNC_CALLBACK_URL": "https://sms-callbacks.example.com",
+        "SYNC_LOG_FORMAT": "console",
+    }
+    # `receive` checks the database first, then builds its receiver: the part that needs them.
+    settings = config.load(env, None, require_credentials=False, require_accounts=True)
+    with pytest.raises(errors.ConfigError, match="SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD"):
+        app.callback_receiver(
+            settings,
+            app.connector(settings),
+            callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry()),
+        )
+    refusing = {"receive"}
+    for command in ("register", "list", "remove"):
+        code = cli.main(["callbacks", command, "--account", account], env=env)
+        _, err = capsys.readouterr()
+        if "SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD" in err:
+            assert code == 2
+            refusing.add(f"callbacks {command}")
+        else:
+            assert code == 3, err  # the database, not the configuration
+    assert refusing == {"receive", "callbacks register"}
