@@ -104,6 +104,16 @@ def test_readme_simulator_steps_stop_when_the_simulator_cannot_start(
         f"sync-worker: error: the simulator cannot listen on 127.0.0.1:{simulator.DEFAULT_PORT}" in ran.stderr
     )
     assert "Traceback" not in ran.stderr
+    # Besides simulate's failure (its `command_failed` log event, then the error line), only what the
+    # README says bash adds: one "No such process" per `kill` of the ended job (wait, guard, stop).
+    others = [
+        line
+        for line in ran.stderr.splitlines()
+        if not line.startswith("sync-worker: error: ") and '"command_failed"' not in line
+    ]
+    assert len(others) == 3 and all(line.endswith("No such process") for line in others), ran.stderr
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "bash says `kill: ... No such process` for each `kill` of the ended job" in readme
     assert ran.stdout == ""  # neither migrate, once nor status ran
     with psycopg.connect(pg_server.admin_url) as conn:
         created = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
