@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915  # one flat list
     )
     add("run", "cmd_run", "run the daemon: sync every account on its interval until SIGTERM/SIGINT")
     p = add("once", "cmd_once", "one pass over the accounts (each drained to its final block), then exit")
-    p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
+    p.add_argument(
+        "--account",
+        action="append",
+        metavar="A",
+        help="only this account (repeatable); with accounts configured, one of them or known to the database",
+    )
     p = add("status", "cmd_status", "per account: cursor, last success, lag, rows, last error")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(

@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, TextIO
 
 from sync_worker import (
+    accounts,
     app,
     auth,
     config,
@@ -119,11 +120,29 @@ def cmd_once(ctx: Context) -> int:
     settings = ctx.settings(credentials=True, accounts=not only)
     # No connection of its own first: sync_once checks the connection and the schema before any
     # API call (exit 3), and a second connection here cost every pass a connect and a query.
+    _refuse_strangers(settings, only)
     progress = sys.stderr if sys.stderr.isatty() else None
     result = app.run_pass(settings, accounts=only or None, progress=progress)
     # The summary is the last stdout line so cron wrappers can `tail -1 | jq`.
     ctx.print(json.dumps(report.jsonable(result.summary()), separators=(",", ":"), sort_keys=True))
     return int(result.exit_code)
+
+
+def _refuse_strangers(settings: config.Settings, names: list[str]) -> None:
+    """With accounts configured, each name ``once --account`` gives is one of them or known to the
+    database: a typo would fail at the API and leave a failed run that ``status --check`` reports
+    until ``accounts forget`` (as for ``cursor``). Without a configuration the names are the list."""
+    strangers = [name for name in names if name not in settings.account_names]
+    if not settings.account_names or not strangers:
+        return
+    # Only here a connection of its own: a pass over configured accounts opens none before sync_once.
+    with app.connection(settings) as conn:
+        for name in strangers:
+            if not accounts.is_known(conn, name):
+                raise errors.ValidationError(
+                    f"--account: account {name} is neither configured (SYNC_ACCOUNTS / --config) nor "
+                    "known to the database; `sync-worker accounts list` shows the known ones"
+                )
 
 
 def cmd_status(ctx: Context) -> int:

@@ -125,7 +125,9 @@ def _configuration(
         missing.append(str(exc))
         credentials = False
     if not settings.account_names:
-        missing.append('SYNC_ACCOUNTS is required by run and once (or [accounts."NAME"] tables in --config)')
+        missing.append(
+            'SYNC_ACCOUNTS is required by run, receive and once (or [accounts."NAME"] tables in --config)'
+        )
     detail = {
         "base_url": settings.base_url,
         "accounts": list(settings.account_names),

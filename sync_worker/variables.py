@@ -136,9 +136,10 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         "SYNC_ACCOUNTS",
-        "(required for run/once)",
+        "(required for run/receive/once)",
         "Comma-separated ThingSpace account names to sync (3-32 of A-Z a-z 0-9 -). Unset: the "
-        '[accounts."NAME"] tables of the --config file.',
+        '[accounts."NAME"] tables of the --config file. `once --account A` needs neither: it syncs the '
+        "accounts it names.",
     ),
     _number(
         "SYNC_INTERVAL_SECONDS",
@@ -245,7 +246,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "SYNC_LOG_FORMAT",
         "auto",
         "auto (JSON unless the log stream is a terminal), json or console. Logs go to stderr (a "
-        "command's stdout is its data), the daemon's (`run`) to stdout.",
+        "command's stdout is its data), those of the daemons (`run`, `receive`) to stdout.",
         LOG_FORMATS,
         upper=False,
     ),
@@ -301,14 +302,14 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     ),
     Variable(
         "SYNC_CALLBACK_USERNAME",
-        "(required for receive/callbacks)",
+        "(required for receive/callbacks register)",
         "Username ThingSpace puts in every callback body (registered with the listener; 1-40 characters).",
         "",
         lambda env: envparse.stripped(env, "SYNC_CALLBACK_USERNAME"),
     ),
     Variable(
         "SYNC_CALLBACK_PASSWORD",
-        "(required for receive/callbacks)",
+        "(required for receive/callbacks register)",
         "Password ThingSpace puts in every callback body (16-40 characters: a long random one). Or "
         "SYNC_CALLBACK_PASSWORD_FILE.",
     ),

@@ -5,10 +5,10 @@
 -- large sort; docs/schema.md shows each block with the plan that test saw.
 
 -- name: last_messages_of_a_device
--- The last 50 messages of one device (also for messages that name several devices).
+-- The last 50 messages of one device (also for messages that name several devices); undated ones (received_at NULL) are left out, they would sort first.
 SELECT received_at, account_name, message
 FROM sms_by_device
-WHERE device_kind = 'imei' AND device_id = '990000862471854'
+WHERE device_kind = 'imei' AND device_id = '990000862471854' AND received_at IS NOT NULL
 ORDER BY received_at DESC
 LIMIT 50;
 

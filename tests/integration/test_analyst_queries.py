@@ -313,12 +313,26 @@ def test_documented_queries_answer_on_simulator_data(db_url: str) -> None:
         stop.set()
         thread.join(10)
     with psycopg.connect(db_url, autocommit=True) as conn:
+        answers = {}
         for name, _, sql in documented():
-            assert conn.execute(sql).fetchall(), f"{name} returned nothing on simulator data"
+            answers[name] = conn.execute(sql).fetchall()
+            assert answers[name], f"{name} returned nothing on simulator data"
         malformed = conn.execute(
             "SELECT count(*) FROM sms_history WHERE cardinality(problems) > 0"
         ).fetchone()
+        undated = conn.execute(
+            "SELECT count(*) FROM sms_by_device WHERE device_id = %s AND received_at IS NULL", (BUSY_DEVICE,)
+        ).fetchone()
+        newest = conn.execute(
+            "SELECT max(received_at) FROM sms_by_device WHERE device_id = %s", (BUSY_DEVICE,)
+        ).fetchone()
     assert malformed is not None and malformed[0] > 0
+    # The busy device sent undated messages too (a NULL received_at sorts first in DESC order): the
+    # last messages are still its newest dated ones.
+    assert undated is not None and undated[0] > 0
+    last = [row[0] for row in answers["last_messages_of_a_device"]]
+    assert newest is not None and last[0] == newest[0]
+    assert None not in last and last == sorted(last, reverse=True)
 
 
 def _utc_days(stamps: list[tuple[Any, ...]]) -> dict[dt.date, int]:

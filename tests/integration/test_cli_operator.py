@@ -339,3 +339,40 @@ def test_once_writes_the_textfile_and_pushes_to_the_pushgateway(
     assert path == f"/metrics/job/thingspace-sms-sync-once/instance/{socket.gethostname()}"
     pushed = {s.name for f in parser.text_string_to_metric_families(body) for s in f.samples}
     assert pushed == set(written)
+
+
+def test_once_refuses_an_account_neither_configured_nor_known(
+    simulator: simulator.Simulator, db_url: str
+) -> None:
+    """With accounts configured, `once --account` with a mistyped name is a usage error (exit 2) before
+    any login, and leaves no row for `status` to show; an account only the database knows is synced, and
+    without a configuration the names given are the list."""
+    simulator.add_account(STRANGER)
+    simulator.seed(STRANGER, 30, seed=5)
+    unconfigured = _env(simulator, db_url)
+    del unconfigured["SYNC_ACCOUNTS"]
+    first = cli(unconfigured, "once", "--account", STRANGER)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["inserted"] == 30
+
+    configured = _env(simulator, db_url, SYNC_ACCOUNTS=ACCOUNTS[0])
+    known = cli(configured, "once", "--account", STRANGER)
+    assert known.returncode == 0, known.stderr
+
+    logins = simulator.stats.login_attempts
+    typo = "0252012345-0001"
+    refused = cli(configured, "once", "--account", typo)
+    assert refused.returncode == exitcodes.CONFIG
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"sync-worker: error: --account: account {typo} is neither configured (SYNC_ACCOUNTS / --config) "
+        "nor known to the database"
+    )
+    assert simulator.stats.login_attempts == logins
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT (SELECT count(*) FROM sync_run WHERE account_name = %(a)s)"
+            " + (SELECT count(*) FROM sync_cursor WHERE account_name = %(a)s)",
+            {"a": typo},
+        ).fetchone()
+    assert rows == (0,)

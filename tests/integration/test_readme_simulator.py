@@ -104,7 +104,39 @@ def test_readme_simulator_steps_stop_when_the_simulator_cannot_start(
         f"sync-worker: error: the simulator cannot listen on 127.0.0.1:{simulator.DEFAULT_PORT}" in ran.stderr
     )
     assert "Traceback" not in ran.stderr
+    # Besides simulate's failure (its `command_failed` log event, then the error line), only what the
+    # README says bash adds: one "No such process" per `kill` of the ended job (wait, guard, stop).
+    others = [
+        line
+        for line in ran.stderr.splitlines()
+        if not line.startswith("sync-worker: error: ") and '"command_failed"' not in line
+    ]
+    assert len(others) == 3 and all(line.endswith("No such process") for line in others), ran.stderr
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "bash says `kill: ... No such process` for each `kill` of the ended job" in readme
     assert ran.stdout == ""  # neither migrate, once nor status ran
     with psycopg.connect(pg_server.admin_url) as conn:
         created = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
     assert created == (0,)
+
+
+def test_readme_wait_line_is_quiet_before_the_simulator_writes_its_file(tmp_path: Path) -> None:
+    """The README's wait loop may look for the simulator's file before the shell has created it
+    (the redirection happens in the background job): that look prints nothing on stderr, and the
+    loop ends once the exports are there."""
+    (wait,) = [line for line in _block() if line.startswith("until ")]
+    env_file = tmp_path / "thingspace-sim.env"
+    # A running stand-in for `simulate`, and the loop's own `sleep` writing the exports: so the
+    # loop's first look surely finds no file, and its second finds them.
+    script = "\n".join(
+        [
+            "command sleep 60 &",
+            f"sleep() {{ echo 'export SYNC_ACCOUNTS=x' > {shlex.quote(str(env_file))}; }}",
+            wait,
+            "kill $!",
+        ]
+    )
+    ran = _run(script, tmp_path, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""
+    assert env_file.read_text() == "export SYNC_ACCOUNTS=x\n"

@@ -4,14 +4,18 @@ event only when the logs are JSON; database errors name the database."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import prometheus_client
 import pytest
 import structlog
 
-from sync_worker import cli, db
+from sync_worker import app, callback_metrics, cli, config, db, errors, variables
+
+ROOT = Path(__file__).resolve().parents[2]
 
 API_ENV = {
     "SYNC_ACCOUNTS": "0252012345-00001",
@@ -137,3 +141,128 @@ def test_doctor_prints_its_report_then_the_one_error_line(
         assert event["event"] == "command_failed" and event["exit_code"] == 2
         assert lines[1] == f"sync-worker: error: {event['error']}"
     assert "errors-db-secret-5" not in out + err and "errors-password-1" not in out + err
+
+
+# The commands with no data of their own: their log stream is stdout (README "Logs", the
+# SYNC_LOG_FORMAT variable, docs/operations.md "stdout is data, stderr is logs").
+DAEMONS = ("run", "receive")
+DAEMON_ENV = {
+    **API_ENV,
+    "SYNC_CALLBACK_USERNAME": "errors-callback-user",
+    "SYNC_CALLBACK_PASSWORD": "errors-callback-secret-1234",
+}
+
+
+@pytest.mark.parametrize("command", DAEMONS)
+def test_a_daemon_logs_its_failure_on_stdout_and_the_error_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`run` and `receive` log to stdout (where Docker, Kubernetes and the journal collect them): their
+    `command_failed` event goes there, and stderr still ends with the one `sync-worker: error:` line."""
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {**DAEMON_ENV, "SYNC_DATABASE_URL": unreachable, "SYNC_LOG_FORMAT": "json"}
+    assert cli.main([command], env=env) == 3
+    out, err = capsys.readouterr()
+    (event,) = [json.loads(line) for line in out.splitlines() if '"command_failed"' in line]
+    assert event["exit_code"] == 3
+    assert err.splitlines() == [f"sync-worker: error: {event['error']}"]
+    assert "errors-db-secret-5" not in out + err
+
+
+def test_the_docs_name_the_daemons_as_the_commands_logging_to_stdout() -> None:
+    """Every place that says where the logs go names both daemons, and says that the other
+    commands log to stderr."""
+    readme = (ROOT / "README.md").read_text()
+    logs_section = readme.split("\n## Logs\n", 1)[1].split("\n## ", 1)[0]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    ground_rule = operations.split("**stdout is data, stderr is logs.**", 1)[1].split("\n- **", 1)[0]
+    (log_format,) = [v.description for v in variables.VARIABLES if v.name == "SYNC_LOG_FORMAT"]
+    for text in (logs_section, ground_rule, log_format):
+        flat = " ".join(text.split())
+        assert "daemons (`run`, `receive`)" in flat, flat
+        assert "stderr" in flat
+
+
+def test_the_readme_shows_the_form_an_unreachable_database_is_named_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unreachable database is named as the README says, `SYNC_DATABASE_URL: cannot connect to
+    host=H port=P dbname=D user=U: ...` (the `[database: ...]` suffix is for the other errors, see
+    tests/integration/test_database_named.py)."""
+    port = _closed_port()
+    env = {**API_ENV, "SYNC_DATABASE_URL": f"postgresql://sync:errors-db-secret-5@127.0.0.1:{port}/sms"}
+    assert cli.main(["status"], env={**env, "SYNC_LOG_FORMAT": "console"}) == 3
+    _, err = capsys.readouterr()
+    named = f"host=127.0.0.1 port={port} dbname=sms user=sync"
+    shown = f"sync-worker: error: SYNC_DATABASE_URL: cannot connect to {named}: "
+    assert err.startswith(shown), err
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`SYNC_DATABASE_URL: cannot connect to host=H port=P dbname=D user=U: ...`" in readme
+    assert "`[database: host=H port=P dbname=D user=U]`" in readme
+
+
+def test_the_commands_that_require_sync_accounts_are_those_its_doc_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SYNC_ACCOUNTS's documented "(required for ...)" names exactly the commands that refuse to start
+    without it, and `once --account A` (which its description exempts) gets past the configuration."""
+    (documented,) = [v.default for v in variables.VARIABLES if v.name == "SYNC_ACCOUNTS"]
+    match = re.fullmatch(r"\(required for ([a-z/]+)\)", documented)
+    assert match is not None, documented
+    unreachable = f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms"
+    env = {k: v for k, v in DAEMON_ENV.items() if k != "SYNC_ACCOUNTS"}
+    env.update(SYNC_DATABASE_URL=unreachable, SYNC_LOG_FORMAT="console")
+    documented_commands = match.group(1).split("/")
+    refusing = set()
+    for command in ("run", "receive", "once", "status", "migrate", "retention", "accounts"):
+        argv = [command, "list"] if command == "accounts" else [command]
+        code = cli.main(argv, env=env)
+        _, err = capsys.readouterr()
+        if "SYNC_ACCOUNTS is required" in err:
+            assert code == 2
+            refusing.add(command)
+    assert refusing == set(documented_commands)
+    # doctor reports it as its configuration check, naming the same commands.
+    assert cli.main(["doctor", "--no-history"], env=env) == 2
+    out, _ = capsys.readouterr()
+    (line,) = [line for line in out.splitlines() if line.startswith("configuration")]
+    named = f"{', '.join(documented_commands[:-1])} and {documented_commands[-1]}"
+    assert f"SYNC_ACCOUNTS is required by {named}" in line
+    assert cli.main(["once", "--account", "0252012345-00001"], env=env) == 3  # the database, not the config
+    assert "SYNC_ACCOUNTS" not in capsys.readouterr().err
+
+
+def test_the_commands_that_require_the_callback_credentials_are_those_their_doc_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SYNC_CALLBACK_USERNAME / _PASSWORD's "(required for ...)" names exactly the commands refusing
+    without them: `receive` (its receiver is not built) and `callbacks register`; `callbacks list` and
+    `remove` go on to the database (unreachable here: exit 3)."""
+    for name in ("SYNC_CALLBACK_USERNAME", "SYNC_CALLBACK_PASSWORD"):
+        (documented,) = [v.default for v in variables.VARIABLES if v.name == name]
+        assert documented == "(required for receive/callbacks register)"
+    account = "0252012345-00001"
+    env = {
+        **API_ENV,
+        "SYNC_DATABASE_URL": f"postgresql://sync:errors-db-secret-5@127.0.0.1:{_closed_port()}/sms",
+        "SYNC_CALLBACK_URL": "https://sms-callbacks.example.com",
+        "SYNC_LOG_FORMAT": "console",
+    }
+    # `receive` checks the database first, then builds its receiver: the part that needs them.
+    settings = config.load(env, None, require_credentials=False, require_accounts=True)
+    with pytest.raises(errors.ConfigError, match="SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD"):
+        app.callback_receiver(
+            settings,
+            app.connector(settings),
+            callback_metrics.CallbackMetrics(prometheus_client.CollectorRegistry()),
+        )
+    refusing = {"receive"}
+    for command in ("register", "list", "remove"):
+        code = cli.main(["callbacks", command, "--account", account], env=env)
+        _, err = capsys.readouterr()
+        if "SYNC_CALLBACK_USERNAME and SYNC_CALLBACK_PASSWORD" in err:
+            assert code == 2
+            refusing.add(f"callbacks {command}")
+        else:
+            assert code == 3, err  # the database, not the configuration
+    assert refusing == {"receive", "callbacks register"}

@@ -1,5 +1,6 @@
 """docs/architecture.md names only what exists: every backticked ``module.name`` resolves in the package,
-and the modules it says translate the database driver's errors are the ones that catch them."""
+the ``app`` signatures it shows are the functions' own, and the modules it says translate the database
+driver's errors are the ones that catch them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import inspect
 import re
 import types
 from pathlib import Path
@@ -147,3 +149,27 @@ def test_the_doc_lists_every_module_that_catches_driver_errors() -> None:
     """The modules docs/architecture.md says translate psycopg's errors are exactly those that catch them."""
     assert "db" in modules_catching_driver_errors()
     assert documented_translators() == modules_catching_driver_errors()
+
+
+def _documented_app_signatures() -> dict[str, list[str]]:
+    """``app.NAME(a, *, b=...)`` of the doc's "config, db, app" block: NAME -> parameter names."""
+    section = DOC.read_text().split("### config, db, app", 1)[1]
+    (block,) = re.findall(r"```python\n(.*?)```", section.split("\n### ", 1)[0], re.DOTALL)
+    joined = re.sub(r"\n\s+(?=\S)", " ", block)  # continuation lines onto their call
+    found: dict[str, list[str]] = {}
+    for statement in re.split(r";|\n", joined):
+        match = re.match(r"\s*app\.(\w+)\(([^)]*)\)", statement)
+        if match:
+            params = [p.split("=")[0].strip() for p in match.group(2).split(",")]
+            found[match.group(1)] = [p for p in params if p and p != "*"]
+    return found
+
+
+def test_the_app_signatures_the_doc_shows_are_the_functions_parameters() -> None:
+    """Each ``app.*`` signature in docs/architecture.md lists the function's parameters, in order."""
+    documented = _documented_app_signatures()
+    assert len(documented) >= 15
+    app = importlib.import_module("sync_worker.app")
+    for name, params in documented.items():
+        actual = list(inspect.signature(getattr(app, name)).parameters)
+        assert params == actual, (name, params, actual)

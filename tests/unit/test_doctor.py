@@ -6,12 +6,15 @@ from __future__ import annotations
 import ast
 import calendar
 import datetime
+import json
 from pathlib import Path
 
 import pytest
 import requests
 
 from sync_worker import clock_skew, config, doctor, doctor_report, exitcodes, head_summary
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # doctor and the modules that are its alone: none of them may name a forbidden call.
 SOURCES = [Path(str(m.__file__)) for m in (doctor, doctor_report, head_summary, clock_skew)]
@@ -129,6 +132,26 @@ def test_exit_code_is_the_most_basic_failing_check() -> None:
     assert shown["verdicts"] == {"ok": 0, "warn": 1, "fail": 4, "skipped": 1}
     assert shown["ok"] is False and shown["exit_code"] == exitcodes.CONFIG
     assert found.table().splitlines()[-1] == "0 ok, 1 warn, 4 failed, 1 skipped; exit 2"
+
+
+def test_the_json_report_has_the_members_docs_operations_names() -> None:
+    """`doctor --json` is one object of `ok`, `exit_code`, `verdicts` and `checks`; a check has `name`,
+    `verdict`, `summary`, `detail`, and `account` only when it is about one account, as
+    docs/operations.md "First contact" says."""
+    found = doctor_report.Report()
+    found.add(doctor_report.Check("clock", "ok", "c"))
+    found.add(doctor_report.Check("head_block", "ok", "h", account="0252012345-00001"))
+    shown = json.loads(found.to_json())
+    assert sorted(shown) == ["checks", "exit_code", "ok", "verdicts"]
+    assert [sorted(c) for c in shown["checks"]] == [
+        ["detail", "name", "summary", "verdict"],
+        ["account", "detail", "name", "summary", "verdict"],
+    ]
+    doc = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    assert (
+        "`--json`: `ok`, `exit_code`, `verdicts`, and a `checks` list of `name`, `verdict`, `summary`, "
+        "`detail`, plus `account` for the per-account checks" in doc
+    )
 
 
 def test_summary_of_an_unreadable_head_names_why_and_what_it_holds() -> None:
