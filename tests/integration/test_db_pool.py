@@ -154,6 +154,7 @@ def test_a_session_level_lock_is_released_before_its_connection_is_lent_again(
         pool.close()
 
 
+@pytest.mark.timing
 def test_a_connection_that_cannot_be_made_is_reported_at_once_with_its_reason() -> None:
     """A database out of reach fails a checkout with the connector's own error (naming what failed)
     as soon as the pool's attempt fails, not after the pool's timeout."""
@@ -174,6 +175,7 @@ def test_a_connection_that_cannot_be_made_is_reported_at_once_with_its_reason() 
         pool.close()
 
 
+@pytest.mark.timing
 def test_an_outage_after_connections_were_kept_fails_a_start_at_once_with_its_reason_then_heals(
     db_url: str,
 ) -> None:

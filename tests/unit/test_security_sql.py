@@ -54,6 +54,8 @@ def _executions() -> list[tuple[str, int, ast.Call, str]]:
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr in EXECUTORS
                 and node.args
+                # The standard library's copy.copy is no COPY statement.
+                and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "copy")
             ):
                 segment = ast.get_source_segment(source, node) or ""
                 found.append((path.name, node.lineno, node, segment))
