@@ -4,7 +4,10 @@ Modes:
 
 * CI (the default): ``--schedules 200`` seeds from ``--first-seed 1``; every tenth seed runs as real
   processes (``schedule.mode_of``), so 20 of the 200.
-* long: ``--minutes N``: seeds one after another until N minutes are up.
+* long: ``--minutes N``: seeds one after another until N minutes are up, and beside them one
+  long-lived daemon and receiver (``long``) for I5.
+* soak: ``--soak N``: only the daemon and the receiver, N minutes under a slow schedule (``soak``):
+  resource figures as CSV, a markdown summary and a PNG chart in ``--soak-out``.
 * replay: ``--seed S`` (the schedule of S, regenerated) or ``--schedule FILE_OR_JSON`` (a printed or
   shrunk schedule), with what happened pass by pass.
 
@@ -25,11 +28,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from tests.chaos import execute, inproc, pg, shrink
+from tests.chaos import execute, inproc, long, pg, shrink, soak
 from tests.chaos import schedule as sched
 
 _dbs: pg.Databases | None = None
@@ -103,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--schedules", type=int, default=200, help="CI mode: this many seeds (default 200)")
     p.add_argument("--minutes", type=float, help="long mode: new seeds until this many minutes are up")
+    p.add_argument("--soak", type=float, help="soak mode: daemon + receiver for this many minutes")
+    p.add_argument(
+        "--soak-out",
+        type=Path,
+        default=Path("docs/images"),
+        help="soak mode: where its CSV, summary and chart go",
+    )
+    p.add_argument("--soak-seed", type=int, default=1, help="soak mode: the seed of its slow schedule")
+    p.add_argument("--sample-seconds", type=float, default=10.0, help="soak mode: seconds between samples")
     p.add_argument("--first-seed", type=int, default=1, help="the first seed of a CI or long run (default 1)")
     p.add_argument("--seed", type=int, action="append", help="replay this seed (repeatable)")
     p.add_argument("--schedule", help="replay this schedule: a JSON file or a JSON string")
@@ -130,16 +142,49 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     started = time.monotonic()
     with pg.server() as admin_url, pg.pooler(admin_url, args.pgbouncer) as pooler_port:
         template = pg.make_template(admin_url)
+        if args.soak is not None:
+            try:
+                return _soak(admin_url, template, args, out)
+            finally:
+                pg.drop_template(admin_url, template)
         jobs = 1 if replay is not None else max(1, args.jobs)
         pool = Pool(admin_url, template, jobs, args.verbose, pooler_port)
         try:
             if replay is not None:
                 return _replay(pool, replay, out)
+            beside = _beside(admin_url, template, args, out)
             results = _campaign(pool, args, started, out)
-            return _report(pool, results, args, started, out)
+            code = _report(pool, results, args, started, out)
+            if beside is not None and not beside.finish():
+                code = 1
+            return code
         finally:
             pool.close()
             pg.drop_template(admin_url, template)
+
+
+def _say(out: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    return say
+
+
+def _soak(admin_url: str, template: str, args: argparse.Namespace, out: TextIO) -> int:
+    config = soak.SoakConfig(
+        minutes=args.soak, seed=args.soak_seed, sample_seconds=args.sample_seconds, out_dir=args.soak_out
+    )
+    result = soak.run(admin_url, template, config, _say(out))
+    return 1 if result.failed else 0
+
+
+def _beside(admin_url: str, template: str, args: argparse.Namespace, out: TextIO) -> long.Beside | None:
+    """Long mode: the daemon and receiver that run beside the schedules for I5 (``long``)."""
+    if args.minutes is None:
+        return None
+    beside = long.Beside(admin_url, template, args.minutes, args.out, _say(out))
+    beside.start()
+    return beside
 
 
 def _replays(args: argparse.Namespace) -> list[sched.Schedule] | None:
