@@ -21,9 +21,11 @@ At the end every fault stops and the traffic with it; then within ``DRAIN_SECOND
 callback must be settled and every queued message stored (I3, without a restart); then:
 
 * I1: every message the platform counts as acknowledged (polled) or pushed with a 2xx is in
-  ``sms_history`` exactly once (or kept with its bytes in ``sms_quarantine``). A final block the
-  platform dequeued on delivery within ``FINAL_BLOCK_WINDOW`` seconds of a database fault, and then
-  not stored, is counted apart (the platform's final-block rule, docs/testing.md), never silently;
+  ``sms_history`` exactly once (or kept with its bytes in ``sms_quarantine``). Counted apart, never
+  silently: a final block the platform dequeued on delivery within ``FINAL_BLOCK_WINDOW`` seconds of
+  a database fault, and then not stored (the platform's final-block rule, docs/testing.md); and a
+  message without a timestamp that arrived both ways (stored by the receiver and polled, e.g. its 2xx
+  was lost): two rows, one per way, as docs/schema.md ("Pushed messages") says (``split_doubles``);
 * I2: the vendor's failed logins in a row stayed below 5;
 * I5: ``resources.judge`` for the daemon and the receiver.
 
@@ -122,6 +124,7 @@ class SoakResult:
     push_counters: dict[str, int]
     violations: list[str]
     platform_lost: int
+    both_ways: int  # timestamp-less messages stored pushed and polled: two rows by design (docs/schema.md)
     drain_seconds: float | None
     peak_failed_logins: int
     daemon_exit: int | None
@@ -147,6 +150,8 @@ class SoakResult:
             else f"NOT drained within {DRAIN_SECONDS:.0f} s",
             f"peak failed logins in a row: {self.peak_failed_logins}; daemon exit on SIGTERM: "
             f"{self.daemon_exit}; {self.platform_lost} lost by the platform's final-block rule; "
+            f"{self.both_ways} timestamp-less message(s) arrived both ways, two rows each by design "
+            "(docs/schema.md, Pushed messages); "
             f"load average {self.loadavg[0]} at the start, {self.loadavg[1]} at the end",
         ]
         out += [f"VIOLATION {v}" for v in self.violations]
@@ -351,7 +356,7 @@ class Soak:
         polled = self._keys(self.sim.acknowledged)
         pushed = self._keys(self.sim.pushed)
         expected = set(polled) | set(pushed)
-        doubled = {k for k, n in stored.items() if n > 1}
+        doubled, both_ways = split_doubles(stored, self.untimed())
         missing = {k for k in expected if stored[k] == 0 and not worldmod.in_quarantine(k, kept)}
         at_risk = self._at_risk()
         lost = missing - at_risk
@@ -386,6 +391,7 @@ class Soak:
             push_counters=dataclasses.asdict(push),
             violations=violations,
             platform_lost=len(missing & at_risk),
+            both_ways=len(both_ways),
             drain_seconds=drain_seconds,
             peak_failed_logins=peak,
             daemon_exit=daemon_exit,
@@ -486,51 +492,11 @@ class Soak:
 
     # --- the platform side ---------------------------------------------------------------
 
-    def _portal(self) -> tuple[requests.Session, dict[str, str]]:
-        """An HTTP session of the platform's other clients (the portal): bearer and session token."""
-        http = requests.Session()
-        http.trust_env = False
-        origin = f"http://127.0.0.1:{self.sim.port}"
-        token = http.post(
-            f"{origin}/api/ts/v1/oauth2/token",
-            auth=(worldmod.CLIENT_ID, worldmod.CLIENT_SECRET),
-            data={"grant_type": "client_credentials"},
-            timeout=10,
-        ).json()["access_token"]
-        session = http.post(
-            f"{origin}/api/m2m/v1/session/login",
-            headers={"Authorization": f"Bearer {token}"},
-            json={"username": worldmod.USERNAME, "password": worldmod.PASSWORD},
-            timeout=10,
-        ).json()["sessionToken"]
-        return http, {"Authorization": f"Bearer {token}", "VZ-M2M-Token": session}
-
     def _register(self, account: str, password: str) -> None:
-        """Register (replace) ``account``'s SMS listener straight in the simulator (no login counted)."""
-        body = json.dumps(
-            {
-                "name": SMS_SERVICE,
-                "url": f"http://127.0.0.1:{self.callback_port}/callbacks/{account}",
-                "username": LISTENER_USER,
-                "password": password,
-            }
-        ).encode()
-        reply = self.sim.push.register(account, body)
-        if reply[0] != 200:  # the platform's success
-            raise RuntimeError(f"registering the listener of {account} failed: {reply[0]}")
+        register_listener(self.sim, account, self.callback_port, password)
 
     def _start_callbacks(self) -> None:
-        http, headers = self._portal()
-        try:
-            for account in PUSHED:
-                answer = http.put(
-                    f"http://127.0.0.1:{self.sim.port}/api/m2m/v1/sms/{account}/startCallbacks",
-                    headers=headers,
-                    timeout=10,
-                )
-                answer.raise_for_status()
-        finally:
-            http.close()
+        start_callbacks(self.sim, PUSHED)
 
     def _wait_listening(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -617,6 +583,77 @@ class Soak:
 
     def quarantined(self) -> list[tuple[str, bytes]]:
         return [(str(a), bytes(b)) for a, b in self._query("SELECT account_name, body FROM sms_quarantine")]
+
+    def untimed(self) -> dict[worldmod.Key, list[str]]:
+        return untimed_sources(self._query("SELECT account_name, raw_json, source FROM sms_history"))
+
+
+def untimed_sources(rows: list[tuple[Any, ...]]) -> dict[worldmod.Key, list[str]]:
+    """The ``source`` of each stored row of a message without a timestamp, by message
+    (``(account, raw_json, source)`` rows)."""
+    out: dict[worldmod.Key, list[str]] = collections.defaultdict(list)
+    for account, raw, source in rows:
+        with contextlib.suppress(ValueError, AttributeError):
+            obj = json.loads(raw)
+            if obj.get("timestamp") is None:
+                out[(str(account), str(obj.get("message")))].append(str(source))
+    return out
+
+
+def split_doubles(
+    stored: collections.Counter[worldmod.Key], untimed: dict[worldmod.Key, list[str]]
+) -> tuple[set[worldmod.Key], set[worldmod.Key]]:
+    """(stored more than once: broken I1; stored twice by design: a message without a timestamp that
+    arrived both ways, one row pushed and one polled, which docs/schema.md "Pushed messages" says
+    cannot be matched: its callback's 2xx was lost, or it went back to the queue after an attempt
+    that had stored it)."""
+    doubled = {k for k, n in stored.items() if n > 1}
+    both_ways = {k for k in doubled if sorted(untimed.get(k, ())) == ["poll", "push"]}
+    return doubled - both_ways, both_ways
+
+
+def register_listener(sim: simulator.Simulator, account: str, port: int, password: str) -> None:
+    """Register (replace) ``account``'s SMS listener, the receiver on ``port``, straight in the
+    simulator (as the operator's ``callbacks register`` would; no login counted)."""
+    body = json.dumps(
+        {
+            "name": SMS_SERVICE,
+            "url": f"http://127.0.0.1:{port}/callbacks/{account}",
+            "username": LISTENER_USER,
+            "password": password,
+        }
+    ).encode()
+    reply = sim.push.register(account, body)
+    if reply[0] != 200:  # the platform's success
+        raise RuntimeError(f"registering the listener of {account} failed: {reply[0]}")
+
+
+def start_callbacks(sim: simulator.Simulator, accounts: tuple[str, ...]) -> None:
+    """``startCallbacks`` for ``accounts`` over HTTP, as ``start-delivery`` does (one portal login)."""
+    http = requests.Session()
+    http.trust_env = False
+    origin = f"http://127.0.0.1:{sim.port}"
+    try:
+        token = http.post(
+            f"{origin}/api/ts/v1/oauth2/token",
+            auth=(worldmod.CLIENT_ID, worldmod.CLIENT_SECRET),
+            data={"grant_type": "client_credentials"},
+            timeout=10,
+        ).json()["access_token"]
+        session = http.post(
+            f"{origin}/api/m2m/v1/session/login",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"username": worldmod.USERNAME, "password": worldmod.PASSWORD},
+            timeout=10,
+        ).json()["sessionToken"]
+        headers = {"Authorization": f"Bearer {token}", "VZ-M2M-Token": session}
+        for account in accounts:
+            answer = http.put(
+                f"{origin}/api/m2m/v1/sms/{account}/startCallbacks", headers=headers, timeout=10
+            )
+            answer.raise_for_status()
+    finally:
+        http.close()
 
 
 def resources_lockout() -> int:
