@@ -24,7 +24,7 @@ help:
 	@echo "make test-unit         tests without a database"
 	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
 	@echo "make test-migration-1m migration 0006 in place on 1,000,000 v1 rows, timed (JSON line)"
-	@echo "make chaos             seeded fault schedules against the worker, invariants I1-I4 (CI mode:"
+	@echo "make chaos             seeded fault schedules against the worker, invariants I1-I5 (CI mode:"
 	@echo "                       200 schedules, <= 4 min; MINUTES=N: long mode, I5; SOAK=N: soak mode, daemon +"
 	@echo "                       receiver for N minutes, figures and chart in docs/images; docs/testing.md)"
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"

@@ -116,7 +116,7 @@ class Pool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.chaos",
-        description="Seeded fault schedules against the real worker; invariants I1-I4 (docs/testing.md).",
+        description="Seeded fault schedules against the real worker; invariants I1-I5 (docs/testing.md).",
     )
     p.add_argument("--schedules", type=int, default=200, help="CI mode: this many seeds (default 200)")
     p.add_argument("--minutes", type=float, help="long mode: new seeds until this many minutes are up")
