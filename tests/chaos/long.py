@@ -67,7 +67,13 @@ class Beside:
         for path in self.result.files:
             self._say(f"long: wrote {path}")
         flat = all(v.flat for v in self.result.verdicts)
-        self._say(f"long: I5 {'kept: every figure flat' if flat else 'BROKEN'}")
+        judged = all(v.judged for v in self.result.verdicts)
+        verdict = (
+            "kept: every figure flat"
+            if flat
+            else ("BROKEN" if judged else "not judged: the run was too short")
+        )
+        self._say(f"long: I5 {verdict}")
         return not self.result.failed
 
     def stop(self) -> None:
