@@ -12,6 +12,7 @@ TEST_JOBS ?= auto
 BENCH_STORE_ARGS ?=
 COMPARE_ARGS ?=
 MINUTES ?=
+SOAK ?=
 CHAOS_ARGS ?=
 
 .PHONY: help venv pgbouncer run demo test test-unit test-integration test-migration-1m chaos lint fmt bench bench-quick bench-compare bench-store bench-word-search bench-scale bench-receiver schema-doc clean
@@ -23,8 +24,9 @@ help:
 	@echo "make test-unit         tests without a database"
 	@echo "make test-integration  database tests (SYNC_TEST_DATABASE_URL=... for another server)"
 	@echo "make test-migration-1m migration 0006 in place on 1,000,000 v1 rows, timed (JSON line)"
-	@echo "make chaos             seeded fault schedules against the worker, invariants I1-I4 (CI mode:"
-	@echo "                       200 schedules, <= 4 min; MINUTES=N: long mode; docs/testing.md)"
+	@echo "make chaos             seeded fault schedules against the worker, invariants I1-I5 (CI mode:"
+	@echo "                       200 schedules, <= 4 min; MINUTES=N: long mode, I5; SOAK=N: soak mode, daemon +"
+	@echo "                       receiver for N minutes, figures and chart in docs/images; docs/testing.md)"
 	@echo "make lint              ruff + mypy --strict on sync_worker/, tests/ and bench/"
 	@echo "make bench             full benchmark run, results in bench/README.md"
 	@echo "make bench-quick       a short benchmark run for development"
@@ -90,10 +92,12 @@ test-migration-1m: $(STAMP)
 	SYNC_TEST_MIGRATION_ROWS=1000000 SYNC_TEST_MIGRATION_REPORT=$(MIGRATION_REPORT) \
 		$(BIN)/python -m pytest tests/integration/test_migration_v2.py -s -k resumes --timeout=3600 $(PYTEST_ARGS)
 
-# The chaos machine (tests/chaos): CI mode by default; MINUTES=60 for a long run; CHAOS_ARGS for
-# anything else (--seed S to replay, --schedule FILE, --jobs N; python -m tests.chaos --help).
-chaos: $(STAMP) pgbouncer
-	$(BIN)/python -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES)) $(CHAOS_ARGS)
+# The chaos machine (tests/chaos): CI mode by default; MINUTES=60 for a long run (with a daemon and a
+# receiver beside the schedules for I5); SOAK=60 for the soak mode (daemon + receiver under a slow
+# schedule; its chart needs matplotlib, from the bench extra); CHAOS_ARGS for anything else (--seed S
+# to replay, --schedule FILE, --jobs N; python -m tests.chaos --help).
+chaos: $(STAMP) pgbouncer $(if $(SOAK),$(BENCH_STAMP))
+	$(BIN)/python -m tests.chaos $(if $(MINUTES),--minutes $(MINUTES)) $(if $(SOAK),--soak $(SOAK)) $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sync_worker tests bench

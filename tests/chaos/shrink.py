@@ -12,20 +12,36 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from typing import Generic, Protocol, Self, TypeVar
 
-from tests.chaos import schedule as sched
+
+class Shrinkable(Protocol):
+    """A schedule of events in fault passes (``schedule.Schedule``, ``push.PushSchedule``)."""
+
+    @property
+    def events(self) -> Sized: ...
+
+    @property
+    def passes(self) -> int: ...
+
+    def without(self, drop: range) -> Self: ...
+
+    def without_pass(self, number: int) -> Self: ...
+
+
+S = TypeVar("S", bound=Shrinkable)
 
 
 @dataclasses.dataclass(frozen=True)
-class Shrunk:
-    schedule: sched.Schedule
+class Shrunk(Generic[S]):
+    schedule: S
     runs: int
     seconds: float
     timed_out: bool
 
 
-def shrink(original: sched.Schedule, fails: Callable[[sched.Schedule], bool], *, seconds: float) -> Shrunk:
+def shrink(original: S, fails: Callable[[S], bool], *, seconds: float) -> Shrunk[S]:
     """``original`` with as many events dropped as possible while ``fails`` stays true."""
     started = time.monotonic()
     runs = 0
@@ -33,7 +49,7 @@ def shrink(original: sched.Schedule, fails: Callable[[sched.Schedule], bool], *,
     def out_of_time() -> bool:
         return time.monotonic() - started > seconds
 
-    def still_fails(candidate: sched.Schedule) -> bool:
+    def still_fails(candidate: S) -> bool:
         nonlocal runs
         runs += 1
         return fails(candidate)

@@ -12,8 +12,8 @@ MUTANTS = sorted((REPO / "tests" / "chaos" / "mutants").glob("*.patch"))
 
 
 def test_every_defect_of_the_teeth_table_has_a_patch() -> None:
-    """(a), (b), (c) and the daemon's (d) are each a patch; docs/testing.md names every one."""
-    assert [p.name[:2] for p in MUTANTS] == ["a-", "b-", "c-", "d-"]
+    """(a)-(c), the daemon's (d) and the receiver's (e) are each a patch; docs/testing.md names each."""
+    assert [p.name[:2] for p in MUTANTS] == ["a-", "b-", "c-", "d-", "e-"]
     table = (REPO / "docs" / "testing.md").read_text(encoding="utf-8")
     assert all(f"tests/chaos/mutants/{p.name}" in table for p in MUTANTS)
 
