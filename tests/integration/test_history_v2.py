@@ -35,9 +35,41 @@ def test_sql_rebuild_is_the_workers_encoding(
     )
 
 
+# A device item as a device may spell it: id first or kind first, now and then an extra member.
+_DEVICE = st.one_of(
+    st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}),
+    st.fixed_dictionaries({"kind": _KINDS, "id": _TEXT}),
+    st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS, "slot": st.integers(0, 3)}),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st.tuples(_TEXT, _KINDS, _TEXT, _TEXT), others=st.lists(_DEVICE, min_size=1, max_size=3))
+def test_sql_rebuild_of_several_devices_is_the_workers_encoding(
+    db: psycopg.Connection[Any], fields: tuple[str, str, str, str], others: list[Any]
+) -> None:
+    """sms_history_rebuild_raw with raw_devices (the items after the first, as the worker encodes them)
+    gives the whole multi-device original exactly as the worker's JSON encoder spells it."""
+    ident, kind, text, stamp = fields
+    rest = "".join("," + json.dumps(o, ensure_ascii=True, separators=(",", ":")) for o in others)
+    row = db.execute(
+        "SELECT sms_history_rebuild_raw(%s, %s, %s, %s, %s)", (ident, kind, text, stamp, rest)
+    ).fetchone()
+    assert row is not None
+    assert row[0] == rows.rebuild_raw(ident, kind, text, stamp, rest)
+    assert row[0] == json.dumps(
+        {"deviceIds": [{"id": ident, "kind": kind}, *others], "message": text, "timestamp": stamp},
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+
+
 _WIRE = st.fixed_dictionaries(
     {
-        "deviceIds": st.lists(st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}), min_size=0, max_size=2),
+        "deviceIds": st.one_of(
+            st.lists(st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}), min_size=0, max_size=3),
+            st.lists(_DEVICE, min_size=1, max_size=4),
+        ),
         "message": _TEXT,
         "timestamp": st.one_of(_TEXT, st.just("2024-05-01T12:00:00-08:00"), st.just("2031-02-03T04:05:06Z")),
     }
@@ -49,8 +81,9 @@ _WIRE = st.fixed_dictionaries(
 def test_every_stored_original_reads_back_byte_for_byte(
     db: psycopg.Connection[Any], block: list[Any]
 ) -> None:
-    """Whatever a block holds, sms_history.raw_json gives back each message's original exactly, whether
-    the row kept it or the database rebuilt it from the fields."""
+    """Whatever a block holds (one device or several, in any spelling), sms_history.raw_json gives back
+    each message's original exactly, whether the row kept it or the database rebuilt it from the fields
+    and raw_devices."""
     account = "acct-raw"
     db.execute("DELETE FROM sms_message")
     db.execute("DELETE FROM sms_message_device")
@@ -69,6 +102,15 @@ def test_every_stored_original_reads_back_byte_for_byte(
     assert stored == {r.message_key: r.raw_json for r in built}
     rebuilt = db.execute("SELECT count(*) FROM sms_message WHERE raw_kept IS NULL").fetchone()
     assert rebuilt is not None and rebuilt[0] == sum(1 for r in built if r.raw_kept is None)
+    # raw_kept stays NULL only where the rebuild gives back exactly what was received.
+    for r in built:
+        if r.raw_kept is None:
+            assert r.device_id is not None and r.device_kind is not None
+            assert r.message is not None and r.timestamp_raw is not None
+            assert (
+                rows.rebuild_raw(r.device_id, r.device_kind, r.message, r.timestamp_raw, r.raw_devices)
+                == r.raw_json
+            )
 
 
 def test_a_pass_creates_this_and_next_months_partitions(db: psycopg.Connection[Any], db_url: str) -> None:
