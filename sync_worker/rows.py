@@ -44,7 +44,9 @@ class Row:
     fields and ``raw_devices`` (``sms_history_rebuild_raw``, migrations 0006 and 0017), else
     ``raw_json`` itself. ``raw_devices`` is the original's text of the deviceIds items after the
     first (from the comma that precedes the second), for a rebuilt original that lists several;
-    None otherwise.
+    None otherwise. ``message_json`` is the text's JSON string literal as the original spells it,
+    for a rebuilt original whose text is not plain printable ASCII (the database then reads it
+    instead of escaping the text per read); None otherwise.
     """
 
     account_name: str
@@ -61,6 +63,7 @@ class Row:
     raw_is_jsonb: bool
     problems: tuple[str, ...]
     raw_devices: str | None = None
+    message_json: str | None = None
 
     @property
     def malformed(self) -> bool:
@@ -87,7 +90,7 @@ def _any_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[s
 # One row of a Block before the columns are split: the write statement's per-row arrays, in order.
 _Columns = tuple[
     bytes, int, "str | None", "str | None", int, "str | None", "dt.datetime | None", "str | None",
-    "str | None", bool, "str | None", "str | None",
+    "str | None", bool, "str | None", "str | None", "str | None",
 ]  # fmt: skip
 
 
@@ -113,6 +116,7 @@ class Block:
     raw_is_jsonb: Sequence[bool]
     problems: Sequence[str | None]
     raw_devices: Sequence[str | None]
+    message_json: Sequence[str | None]
     dev_message_key: Sequence[bytes] = ()
     dev_position: Sequence[int] = ()
     dev_kind: Sequence[str] = ()
@@ -184,10 +188,10 @@ def _block(columns: list[_Columns], rows_with_devices: Iterable[Row]) -> Block:
             dev_kind.append(kind)
             dev_id.append(ident)
     if not columns:
-        return Block((), (), (), (), (), (), (), (), (), (), (), ())
+        return Block((), (), (), (), (), (), (), (), (), (), (), (), ())
     c = list(zip(*columns, strict=True))
     return Block(
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11],
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
         dev_key, dev_position, dev_kind, dev_id,
     )  # fmt: skip
 
@@ -206,6 +210,7 @@ def _columns_of(r: Row) -> _Columns:
         r.raw_is_jsonb,
         PROBLEM_SEPARATOR.join(r.problems) if r.problems else None,
         r.raw_devices,
+        r.message_json,
     )
 
 
@@ -282,6 +287,7 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
         True,
         None if problem is None else problem.replace(PROBLEM_SEPARATOR, " "),
         None,
+        None if kept is not None else _escaped(text_json, text),
     )
 
 
@@ -375,6 +381,7 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         raw_is_jsonb=True,
         problems=() if problem is None else (problem.replace(PROBLEM_SEPARATOR, " "),),
         raw_devices=raw_devices,
+        message_json=_escaped(text_json, text) if rebuildable else None,
     )
 
 
@@ -384,12 +391,19 @@ def rebuild_raw(
     """The original of a message from its stored fields; SQL ``sms_history_rebuild_raw``.
 
     ``raw_devices`` (None: one device) is the text of the deviceIds items after the first, as
-    sent, from the comma before the second.
+    sent, from the comma before the second. (The stored ``message_json``, when there is one, is
+    this function's spelling of ``message``: the result is the same.)
     """
     return (
         f'{{"deviceIds":[{{"id":{_encode_str(device_id)},"kind":{_encode_str(device_kind)}}}'
         f'{raw_devices or ""}],"message":{_encode_str(message)},"timestamp":{_encode_str(timestamp_raw)}}}'
     )
+
+
+def _escaped(text_json: str, text: str) -> str | None:
+    """``text_json`` (the encoding of ``text``) when it escapes something, None for plain printable
+    ASCII: escaping only ever lengthens, so equal lengths mean the literal is the text in quotes."""
+    return None if len(text_json) == len(text) + 2 else text_json
 
 
 def _rebuilt_devices(raw_json: str, devices: Sequence[tuple[str, str]], text: Any, stamp: Any) -> str | None:
@@ -498,6 +512,7 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
         raw_is_jsonb=raw_is_jsonb,
         problems=tuple(p.replace(PROBLEM_SEPARATOR, " ") for p in problems),
         raw_devices=rest or None,
+        message_json=_escaped(_encode_str(text), text) if rest is not None and type(text) is str else None,
     )
 
 

@@ -49,19 +49,22 @@ def test_sql_rebuild_of_several_devices_is_the_workers_encoding(
     db: psycopg.Connection[Any], fields: tuple[str, str, str, str], others: list[Any]
 ) -> None:
     """sms_history_rebuild_raw with raw_devices (the items after the first, as the worker encodes them)
-    gives the whole multi-device original exactly as the worker's JSON encoder spells it."""
+    and message_json (the text already as a JSON literal) or without it gives the whole multi-device
+    original exactly as the worker's JSON encoder spells it."""
     ident, kind, text, stamp = fields
     rest = "".join("," + json.dumps(o, ensure_ascii=True, separators=(",", ":")) for o in others)
-    row = db.execute(
-        "SELECT sms_history_rebuild_raw(%s, %s, %s, %s, %s)", (ident, kind, text, stamp, rest)
-    ).fetchone()
-    assert row is not None
-    assert row[0] == rows.rebuild_raw(ident, kind, text, stamp, rest)
-    assert row[0] == json.dumps(
+    original = json.dumps(
         {"deviceIds": [{"id": ident, "kind": kind}, *others], "message": text, "timestamp": stamp},
         ensure_ascii=True,
         separators=(",", ":"),
     )
+    assert rows.rebuild_raw(ident, kind, text, stamp, rest) == original
+    for message_json in (None, json.dumps(text, ensure_ascii=True)):
+        row = db.execute(
+            "SELECT sms_history_rebuild_raw(%s, %s, %s, %s, %s, %s)",
+            (ident, kind, text, stamp, rest, message_json),
+        ).fetchone()
+        assert row == (original,)
 
 
 _WIRE = st.fixed_dictionaries(
@@ -111,6 +114,13 @@ def test_every_stored_original_reads_back_byte_for_byte(
                 rows.rebuild_raw(r.device_id, r.device_kind, r.message, r.timestamp_raw, r.raw_devices)
                 == r.raw_json
             )
+            # message_json only where the text is not plain printable ASCII, and then its JSON literal.
+            plain = json.dumps(r.message, ensure_ascii=True) == f'"{r.message}"'
+            assert r.message_json == (None if plain else json.dumps(r.message, ensure_ascii=True))
+        else:
+            assert r.message_json is None and r.raw_devices is None
+    stored_json = db.execute("SELECT count(*) FROM sms_message WHERE message_json IS NOT NULL").fetchone()
+    assert stored_json == (sum(1 for r in built if r.message_json is not None),)
 
 
 def test_a_pass_creates_this_and_next_months_partitions(db: psycopg.Connection[Any], db_url: str) -> None:

@@ -94,8 +94,9 @@ def test_0017_rebuilds_multi_device_originals_in_place_and_reads_every_row_back_
     make_database: Callable[..., str], tmp_path: Path
 ) -> None:
     """Rows stored by the code before 0017 (every multi-device original kept whole) read back exactly
-    after it, with their keys and device rows; the originals it stops keeping are exactly those today's
-    writer rebuilds; and every block delivered again inserts nothing (no message lost or doubled)."""
+    after it, with their keys and device rows; the originals it stops keeping, and the texts it stores
+    as JSON literals, are exactly those today's writer would; and every block delivered again inserts
+    nothing (no message lost or doubled)."""
     blocks = _blocks()
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -129,6 +130,14 @@ def test_0017_rebuilds_multi_device_originals_in_place_and_reads_every_row_back_
         ]
         assert rebuilt == {r.message_key for r in built if r.raw_devices is not None}
         assert kept == {r.message_key for r in built if r.raw_kept is not None}
+        escaped = {
+            r[0]
+            for r in conn.execute(
+                "SELECT encode(message_key, 'hex') FROM sms_message WHERE message_json IS NOT NULL"
+            )
+        }
+        assert escaped == {r.message_key for r in built if r.message_json is not None}
+        assert len(escaped) > 300
         assert kept_before is not None and kept_before[0] - len(kept) == len(rebuilt) > 300
 
         assert sum(store.commit_block(conn, run_id, _page(b)).inserted for b in blocks) == 0

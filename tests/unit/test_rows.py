@@ -108,6 +108,8 @@ def test_well_formed_row_fields() -> None:
     assert row.raw_is_jsonb
     # One device, wire key order, lower-case kind: the database rebuilds the original from the fields.
     assert row.raw_kept is None
+    # Plain printable ASCII text: no JSON literal stored, the database quotes it.
+    assert row.message_json is None and row.message == "hi"
 
 
 @pytest.mark.parametrize(
@@ -151,6 +153,8 @@ def test_several_devices_are_rebuilt_from_the_first_and_the_others_as_sent(devic
         row.device_id, row.device_kind, row.message, row.timestamp_raw, row.raw_devices
     )
     assert rebuilt == row.raw_json and json.loads(rebuilt) == wire
+    # The text is not plain ASCII: the database reads its JSON literal instead of escaping it.
+    assert row.message_json == json.dumps(wire["message"])
 
 
 @pytest.mark.parametrize(
