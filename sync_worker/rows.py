@@ -40,9 +40,13 @@ class Row:
 
     ``devices`` holds each distinct (kind, id) once, in the order first listed (the key and
     ``raw_json`` keep the list as sent). ``raw_json`` is the original as received; ``raw_kept`` is
-    what the store keeps of it: None
-    when the database rebuilds it byte for byte from the row's fields
-    (``sms_history_rebuild_raw``, migration 0006), else ``raw_json`` itself.
+    what the store keeps of it: None when the database rebuilds it byte for byte from the row's
+    fields and ``raw_devices`` (``sms_history_rebuild_raw``, migrations 0006 and 0017), else
+    ``raw_json`` itself. ``raw_devices`` is the original's text of the deviceIds items after the
+    first (from the comma that precedes the second), for a rebuilt original that lists several;
+    None otherwise. ``message_json`` is the text's JSON string literal as the original spells it,
+    for a rebuilt original whose text is not plain printable ASCII (the database then reads it
+    instead of escaping the text per read); None otherwise.
     """
 
     account_name: str
@@ -58,6 +62,8 @@ class Row:
     raw_kept: str | None
     raw_is_jsonb: bool
     problems: tuple[str, ...]
+    raw_devices: str | None = None
+    message_json: str | None = None
 
     @property
     def malformed(self) -> bool:
@@ -84,7 +90,7 @@ def _any_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[s
 # One row of a Block before the columns are split: the write statement's per-row arrays, in order.
 _Columns = tuple[
     bytes, int, "str | None", "str | None", int, "str | None", "dt.datetime | None", "str | None",
-    "str | None", bool, "str | None",
+    "str | None", bool, "str | None", "str | None", "str | None",
 ]  # fmt: skip
 
 
@@ -109,6 +115,8 @@ class Block:
     raw_kept: Sequence[str | None]
     raw_is_jsonb: Sequence[bool]
     problems: Sequence[str | None]
+    raw_devices: Sequence[str | None]
+    message_json: Sequence[str | None]
     dev_message_key: Sequence[bytes] = ()
     dev_position: Sequence[int] = ()
     dev_kind: Sequence[str] = ()
@@ -180,10 +188,10 @@ def _block(columns: list[_Columns], rows_with_devices: Iterable[Row]) -> Block:
             dev_kind.append(kind)
             dev_id.append(ident)
     if not columns:
-        return Block((), (), (), (), (), (), (), (), (), (), ())
+        return Block((), (), (), (), (), (), (), (), (), (), (), (), ())
     c = list(zip(*columns, strict=True))
     return Block(
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10],
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
         dev_key, dev_position, dev_kind, dev_id,
     )  # fmt: skip
 
@@ -201,6 +209,8 @@ def _columns_of(r: Row) -> _Columns:
         r.raw_kept,
         r.raw_is_jsonb,
         PROBLEM_SEPARATOR.join(r.problems) if r.problems else None,
+        r.raw_devices,
+        r.message_json,
     )
 
 
@@ -276,6 +286,8 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
         kept,
         True,
         None if problem is None else problem.replace(PROBLEM_SEPARATOR, " "),
+        None,
+        None if kept is not None else _escaped(text_json, text),
     )
 
 
@@ -303,8 +315,9 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
     probe = [text, stamp]
     devices: list[tuple[str, str]] = []
     raw_parts: list[str] = []
-    # Whether the database can rebuild raw from the stored (lowered) fields, as far as devices go.
-    canonical_devices = len(items) == 1
+    # Whether the database can rebuild raw from the stored (lowered) fields, as far as the first
+    # device goes (the others are kept as sent in raw_devices).
+    canonical_devices = len(items) >= 1
     for item, device in zip(items, model_devices, strict=True):
         if type(item) is not dict or len(item) != 2:
             return None
@@ -322,10 +335,10 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         kind_json = _encode_str(kind)
         if tuple(item) == identity.DEVICE_KEYS:
             raw_parts.append(f'{{"id":{ident_json},"kind":{kind_json}}}')
-            canonical_devices = canonical_devices and lower == kind
+            canonical_devices = canonical_devices and (lower == kind or len(raw_parts) > 1)
         else:
             raw_parts.append(f'{{"kind":{kind_json},"id":{ident_json}}}')
-            canonical_devices = False
+            canonical_devices = canonical_devices and len(raw_parts) > 1
     # Every string of raw is in the probe (the keys are fixed ASCII), so a clean
     # probe also means raw is valid jsonb and needs no clean-up anywhere.
     joined = "".join(probe)
@@ -339,9 +352,11 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         raw_json = f'{{"deviceIds":{devices_raw},"message":{text_json},"timestamp":{_encode_str(stamp)}}}'
     else:
         raw_json = json.dumps(raw, ensure_ascii=True, separators=(",", ":"))
-    # The database rebuilds exactly this shape from the row's fields: one device, keys in wire
-    # order, kind already lower case (the stored kind is lowered).
+    # The database rebuilds exactly this shape from the row's fields: keys in wire order, the first
+    # device's keys too and its kind already lower case (the stored kind is lowered); the devices
+    # after the first are raw_devices, their text as sent.
     rebuildable = wire_order and canonical_devices
+    raw_devices = "," + ",".join(raw_parts[1:]) if rebuildable and len(raw_parts) > 1 else None
     received_at, problem, fraction = identity.parse_timestamp_fraction(stamp)
     stamp_json = (
         identity.instant_json(received_at, fraction) if received_at is not None else _encode_str(stamp)
@@ -365,22 +380,48 @@ def _plain_row(account: str, prefix: str, message: models.SMSMessage, seen: dict
         raw_kept=None if rebuildable else raw_json,
         raw_is_jsonb=True,
         problems=() if problem is None else (problem.replace(PROBLEM_SEPARATOR, " "),),
+        raw_devices=raw_devices,
+        message_json=_escaped(text_json, text) if rebuildable else None,
     )
 
 
-def rebuild_raw(device_id: str, device_kind: str, message: str, timestamp_raw: str) -> str:
-    """The original of a one-device message from its stored fields; SQL ``sms_history_rebuild_raw``."""
+def rebuild_raw(
+    device_id: str, device_kind: str, message: str, timestamp_raw: str, raw_devices: str | None = None
+) -> str:
+    """The original of a message from its stored fields; SQL ``sms_history_rebuild_raw``.
+
+    ``raw_devices`` (None: one device) is the text of the deviceIds items after the first, as
+    sent, from the comma before the second. (The stored ``message_json``, when there is one, is
+    this function's spelling of ``message``: the result is the same.)
+    """
     return (
-        f'{{"deviceIds":[{{"id":{_encode_str(device_id)},"kind":{_encode_str(device_kind)}}}],'
-        f'"message":{_encode_str(message)},"timestamp":{_encode_str(timestamp_raw)}}}'
+        f'{{"deviceIds":[{{"id":{_encode_str(device_id)},"kind":{_encode_str(device_kind)}}}'
+        f'{raw_devices or ""}],"message":{_encode_str(message)},"timestamp":{_encode_str(timestamp_raw)}}}'
     )
 
 
-def _rebuilds(raw_json: str, devices: Sequence[tuple[str, str]], text: Any, stamp: Any) -> bool:
-    if len(devices) != 1 or type(text) is not str or type(stamp) is not str:
-        return False
+def _escaped(text_json: str, text: str) -> str | None:
+    """``text_json`` (the encoding of ``text``) when it escapes something, None for plain printable
+    ASCII: escaping only ever lengthens, so equal lengths mean the literal is the text in quotes."""
+    return None if len(text_json) == len(text) + 2 else text_json
+
+
+def _rebuilt_devices(raw_json: str, devices: Sequence[tuple[str, str]], text: Any, stamp: Any) -> str | None:
+    """What ``raw_devices`` must hold for the rebuild to give back ``raw_json`` exactly: "" for one
+    device, the items after the first as sent for several; None when no value rebuilds it."""
+    if not devices or type(text) is not str or type(stamp) is not str:
+        return None
     kind, ident = devices[0]
-    return rebuild_raw(ident, kind, text, stamp) == raw_json
+    head = f'{{"deviceIds":[{{"id":{_encode_str(ident)},"kind":{_encode_str(kind)}}}'
+    tail = f'],"message":{_encode_str(text)},"timestamp":{_encode_str(stamp)}}}'
+    if len(raw_json) < len(head) + len(tail) or not raw_json.startswith(head) or not raw_json.endswith(tail):
+        return None
+    rest = raw_json[len(head) : len(raw_json) - len(tail)]
+    # Whatever lies between is raw_json's own text, so head + rest + tail is raw_json: the rebuild
+    # is exact by construction. A rest must begin with the comma before the second item.
+    if rest and not rest.startswith(","):
+        return None
+    return rest
 
 
 def _utf8_encodable(value: str) -> bool:
@@ -455,6 +496,7 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
 
     first = devices[0] if devices else (None, None)
     distinct = tuple(dict.fromkeys(devices))
+    rest = _rebuilt_devices(raw_json, distinct, text, timestamp_raw)
     return Row(
         account_name=account,
         message_key=key,
@@ -466,9 +508,11 @@ def _row(  # noqa: PLR0912  # one flat pass over a message's fields, each with i
         received_at=received_at,
         timestamp_raw=timestamp_raw,
         raw_json=raw_json,
-        raw_kept=None if _rebuilds(raw_json, distinct, text, timestamp_raw) else raw_json,
+        raw_kept=None if rest is not None else raw_json,
         raw_is_jsonb=raw_is_jsonb,
         problems=tuple(p.replace(PROBLEM_SEPARATOR, " ") for p in problems),
+        raw_devices=rest or None,
+        message_json=_escaped(_encode_str(text), text) if rest is not None and type(text) is str else None,
     )
 
 

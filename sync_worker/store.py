@@ -415,6 +415,8 @@ def _block_params(
         "received_at": pgarrays.timestamptz(block.received_at),
         "timestamp_raw": pgarrays.text(block.timestamp_raw, encoding),
         "raw_kept": pgarrays.text(block.raw_kept, encoding),
+        "raw_devices": pgarrays.text(block.raw_devices, encoding),
+        "message_json": pgarrays.text(block.message_json, encoding),
         "raw_is_jsonb": pgarrays.boolean(block.raw_is_jsonb),
         "problems": pgarrays.text(block.problems, encoding),
         "dev_message_key": pgarrays.bytea(block.dev_message_key),

@@ -12,19 +12,21 @@
 WITH inserted AS (
     INSERT INTO sms_message (
         received_at, run_id, occurrence, device_count, raw_is_jsonb, account_name, message_key,
-        device_kind, device_id, message, timestamp_raw, raw_kept, problems, pushed
+        device_kind, device_id, message, timestamp_raw, raw_kept, problems, pushed, raw_devices,
+        message_json
     )
     SELECT t.received_at, %(run_id)b, t.occurrence, t.device_count, t.raw_is_jsonb, %(account_name)b,
            t.message_key, t.device_kind, t.device_id, t.message, t.timestamp_raw, t.raw_kept,
            -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
-           string_to_array(t.problems, E'\x1f'), %(source)b = 'push'
+           string_to_array(t.problems, E'\x1f'), %(source)b = 'push', t.raw_devices,
+           t.message_json
     FROM unnest(
         %(received_at)b::timestamptz[], %(occurrence)b::integer[], %(device_count)b::integer[],
         %(raw_is_jsonb)b::boolean[], %(message_key)b::bytea[], %(device_kind)b::text[],
         %(device_id)b::text[], %(message)b::text[], %(timestamp_raw)b::text[], %(raw_kept)b::text[],
-        %(problems)b::text[]
+        %(problems)b::text[], %(raw_devices)b::text[], %(message_json)b::text[]
     ) AS t(received_at, occurrence, device_count, raw_is_jsonb, message_key, device_kind, device_id,
-           message, timestamp_raw, raw_kept, problems)
+           message, timestamp_raw, raw_kept, problems, raw_devices, message_json)
     ON CONFLICT (account_name, received_at, message_key) DO NOTHING
     RETURNING received_at, first_stored_at, message_key, message, timestamp_raw, problems
 ),

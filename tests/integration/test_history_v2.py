@@ -35,9 +35,44 @@ def test_sql_rebuild_is_the_workers_encoding(
     )
 
 
+# A device item as a device may spell it: id first or kind first, now and then an extra member.
+_DEVICE = st.one_of(
+    st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}),
+    st.fixed_dictionaries({"kind": _KINDS, "id": _TEXT}),
+    st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS, "slot": st.integers(0, 3)}),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st.tuples(_TEXT, _KINDS, _TEXT, _TEXT), others=st.lists(_DEVICE, min_size=1, max_size=3))
+def test_sql_rebuild_of_several_devices_is_the_workers_encoding(
+    db: psycopg.Connection[Any], fields: tuple[str, str, str, str], others: list[Any]
+) -> None:
+    """sms_history_rebuild_raw with raw_devices (the items after the first, as the worker encodes them)
+    and message_json (the text already as a JSON literal) or without it gives the whole multi-device
+    original exactly as the worker's JSON encoder spells it."""
+    ident, kind, text, stamp = fields
+    rest = "".join("," + json.dumps(o, ensure_ascii=True, separators=(",", ":")) for o in others)
+    original = json.dumps(
+        {"deviceIds": [{"id": ident, "kind": kind}, *others], "message": text, "timestamp": stamp},
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    assert rows.rebuild_raw(ident, kind, text, stamp, rest) == original
+    for message_json in (None, json.dumps(text, ensure_ascii=True)):
+        row = db.execute(
+            "SELECT sms_history_rebuild_raw(%s, %s, %s, %s, %s, %s)",
+            (ident, kind, text, stamp, rest, message_json),
+        ).fetchone()
+        assert row == (original,)
+
+
 _WIRE = st.fixed_dictionaries(
     {
-        "deviceIds": st.lists(st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}), min_size=0, max_size=2),
+        "deviceIds": st.one_of(
+            st.lists(st.fixed_dictionaries({"id": _TEXT, "kind": _KINDS}), min_size=0, max_size=3),
+            st.lists(_DEVICE, min_size=1, max_size=4),
+        ),
         "message": _TEXT,
         "timestamp": st.one_of(_TEXT, st.just("2024-05-01T12:00:00-08:00"), st.just("2031-02-03T04:05:06Z")),
     }
@@ -49,8 +84,9 @@ _WIRE = st.fixed_dictionaries(
 def test_every_stored_original_reads_back_byte_for_byte(
     db: psycopg.Connection[Any], block: list[Any]
 ) -> None:
-    """Whatever a block holds, sms_history.raw_json gives back each message's original exactly, whether
-    the row kept it or the database rebuilt it from the fields."""
+    """Whatever a block holds (one device or several, in any spelling), sms_history.raw_json gives back
+    each message's original exactly, whether the row kept it or the database rebuilt it from the fields
+    and raw_devices."""
     account = "acct-raw"
     db.execute("DELETE FROM sms_message")
     db.execute("DELETE FROM sms_message_device")
@@ -69,6 +105,22 @@ def test_every_stored_original_reads_back_byte_for_byte(
     assert stored == {r.message_key: r.raw_json for r in built}
     rebuilt = db.execute("SELECT count(*) FROM sms_message WHERE raw_kept IS NULL").fetchone()
     assert rebuilt is not None and rebuilt[0] == sum(1 for r in built if r.raw_kept is None)
+    # raw_kept stays NULL only where the rebuild gives back exactly what was received.
+    for r in built:
+        if r.raw_kept is None:
+            assert r.device_id is not None and r.device_kind is not None
+            assert r.message is not None and r.timestamp_raw is not None
+            assert (
+                rows.rebuild_raw(r.device_id, r.device_kind, r.message, r.timestamp_raw, r.raw_devices)
+                == r.raw_json
+            )
+            # message_json only where the text is not plain printable ASCII, and then its JSON literal.
+            plain = json.dumps(r.message, ensure_ascii=True) == f'"{r.message}"'
+            assert r.message_json == (None if plain else json.dumps(r.message, ensure_ascii=True))
+        else:
+            assert r.message_json is None and r.raw_devices is None
+    stored_json = db.execute("SELECT count(*) FROM sms_message WHERE message_json IS NOT NULL").fetchone()
+    assert stored_json == (sum(1 for r in built if r.message_json is not None),)
 
 
 def test_a_pass_creates_this_and_next_months_partitions(db: psycopg.Connection[Any], db_url: str) -> None:

@@ -12,12 +12,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import psycopg
 
 from sync_worker import identity, migrations, models, rows, store
-from tests.fixtures import rows_0012
+from tests.fixtures import rows_0012, store_0016
 
 ACCOUNT = "0252012345-00071"
 _DEV = [{"id": "00351756051523999", "kind": "imei"}]
@@ -132,7 +131,7 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
         migrations.migrate(conn, _before_0013(tmp_path))
-        with mock.patch.object(rows, "build_block", rows_0012.build_block):
+        with store_0016.writing(rows_0012.build_block):
             old_inserted = [_store(conn, block) for block in BLOCKS]
         # What the old rules lost: 2 sub-microsecond instants, 2 messageIds, the clean message.
         assert old_inserted == [len(PLAIN), 1, 0, 1, 0, 1, 0, 0, 3, 1, 0, len(ODD)]
@@ -196,7 +195,7 @@ def test_0013_keeps_a_row_whose_new_key_another_row_holds(
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
         migrations.migrate(conn, _before_0013(tmp_path))
-        with mock.patch.object(rows, "build_block", rows_0012.build_block):
+        with store_0016.writing(rows_0012.build_block):
             # x took the first copy's key (absorbed); y and the plain copy are occurrences 1 and 2.
             assert [_store(conn, first), _store(conn, second)] == [1, 2]
         before = _rows(conn)

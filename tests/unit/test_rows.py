@@ -108,6 +108,8 @@ def test_well_formed_row_fields() -> None:
     assert row.raw_is_jsonb
     # One device, wire key order, lower-case kind: the database rebuilds the original from the fields.
     assert row.raw_kept is None
+    # Plain printable ASCII text: no JSON literal stored, the database quotes it.
+    assert row.message_json is None and row.message == "hi"
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,7 @@ def test_well_formed_row_fields() -> None:
         {"deviceIds": [{"kind": "imei", "id": "0042"}], "message": "m", "timestamp": "2016-01-01T00:00:00Z"},
         {"message": "m", "deviceIds": [{"id": "0042", "kind": "imei"}], "timestamp": "2016-01-01T00:00:00Z"},
         {
-            "deviceIds": [{"id": "0042", "kind": "imei"}, {"id": "7", "kind": "mdn"}],
+            "deviceIds": [{"id": "0042", "kind": "IMEI"}, {"id": "7", "kind": "mdn"}],
             "message": "m",
             "timestamp": "2016-01-01T00:00:00Z",
         },
@@ -125,9 +127,34 @@ def test_well_formed_row_fields() -> None:
     ],
 )
 def test_original_is_kept_when_the_fields_cannot_rebuild_it(wire: dict[str, Any]) -> None:
-    """An upper-case kind, another key order or not exactly one device keeps raw_json in raw_kept."""
+    """An upper-case first kind, another key order or no device keeps raw_json in raw_kept."""
     [row] = rows.build_rows("acct", [_msg(wire)])
     assert row.raw_kept == row.raw_json
+    assert row.raw_devices is None
+
+
+@pytest.mark.parametrize(
+    "devices",
+    [
+        [{"id": "0042", "kind": "imei"}, {"id": "7", "kind": "mdn"}],
+        [{"id": "0042", "kind": "imei"}, {"kind": "MDN", "id": "7"}, {"id": "0042", "kind": "IMEI"}],
+        [{"id": "0042", "kind": "imei"}, {"id": "0042", "kind": "imei"}],
+    ],
+)
+def test_several_devices_are_rebuilt_from_the_first_and_the_others_as_sent(devices: list[Any]) -> None:
+    """A message listing several devices keeps only the items after the first (as sent, whatever their
+    spelling) in raw_devices: the rebuild from the fields and raw_devices is the original exactly."""
+    wire = {"deviceIds": devices, "message": 'Grüße "m"', "timestamp": "2016-01-01T00:00:00Z"}
+    [row] = rows.build_rows("acct", [_msg(wire)])
+    assert row.raw_kept is None and row.raw_devices is not None and row.raw_devices.startswith(",")
+    assert row.device_kind is not None and row.device_id is not None and row.message is not None
+    assert row.timestamp_raw is not None
+    rebuilt = rows.rebuild_raw(
+        row.device_id, row.device_kind, row.message, row.timestamp_raw, row.raw_devices
+    )
+    assert rebuilt == row.raw_json and json.loads(rebuilt) == wire
+    # The text is not plain ASCII: the database reads its JSON literal instead of escaping it.
+    assert row.message_json == json.dumps(wire["message"])
 
 
 @pytest.mark.parametrize(
@@ -255,7 +282,8 @@ def test_a_device_listed_twice_is_one_device_of_the_row() -> None:
     ]
     [row] = rows.build_rows("acct", [_msg(wire)])
     assert row.devices == (("imei", "5"), ("mdn", "9"))
-    assert json.loads(row.raw_json) == wire and row.raw_kept == row.raw_json
+    assert json.loads(row.raw_json) == wire and row.raw_kept is None
+    assert row.raw_devices == ',{"id":"5","kind":"IMEI"},{"id":"9","kind":"mdn"},{"id":"5","kind":"imei"}'
     block = rows.Block.from_rows([row])
     assert block.device_count == (2,) and list(block.dev_kind) == ["mdn"] and list(block.dev_position) == [1]
 
