@@ -23,7 +23,7 @@ MODULES: Final = (
     "apscheduler.schedulers.base",
     "sync_worker.scheduler",
     "sync_worker.sync",
-    "sync_worker.client",
+    "sync_worker.answers",
 )
 
 _lock = threading.Lock()
