@@ -160,6 +160,10 @@ class LoginGuard:
     ``begin`` fail closed (``errors.DatabaseUnavailableError``): not knowing the
     count must not risk a lock-out. ``finish`` never raises: the count already
     holds the attempt as failed, which is the safe side if its verdict is lost.
+    A verdict the database could not take (it restarted mid-login) is kept and
+    recorded by this guard's next reading of the row (``begin``, ``state``), while
+    the reservation is still the pending login: the lease is for a login whose
+    outcome nobody knows, not for one this process knows and could not write down.
     """
 
     def __init__(
@@ -192,6 +196,9 @@ class LoginGuard:
         self._on_state = on_state
         self._clock = clock
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        # Verdicts ``finish`` could not record: attempt -> (fingerprint, outcome, error text).
+        self._unrecorded: dict[str, tuple[str, Outcome, str | None]] = {}
+        self._unrecorded_lock = threading.Lock()
 
     @property
     def threshold(self) -> int:
@@ -204,6 +211,7 @@ class LoginGuard:
     # --- reading ---------------------------------------------------------
 
     def state(self) -> GuardState:
+        self._record_late()
         with self._transaction() as cur:
             self._adopt_spelling(cur)
             row = cur.execute(queries.get("guard_state"), self._key).fetchone()
@@ -261,19 +269,19 @@ class LoginGuard:
     def finish(
         self, attempt: str, fingerprint: str, outcome: Outcome, error: BaseException | None = None
     ) -> None:
-        params = {**self._key, "attempt": attempt, "fingerprint": fingerprint, "error": _error_text(error)}
+        text = _error_text(error)
         try:
             with self._transaction() as cur:
-                if outcome == "succeeded":
-                    cur.execute(queries.get("guard_succeeded"), params)
-                elif outcome == "throttled":
-                    cur.execute(queries.get("guard_not_judged"), params)
-                else:
-                    cur.execute(queries.get("guard_failed"), {**params, "outcome": outcome})
+                _record(
+                    cur, outcome, {**self._key, "attempt": attempt, "fingerprint": fingerprint, "error": text}
+                )
                 row = cur.execute(queries.get("guard_state"), self._key).fetchone()
         except errors.SyncWorkerError as exc:
-            # The attempt stays counted as failed (its lease runs out): the safe side.
-            _log.warning("login_verdict_not_recorded", outcome=outcome, error=type(exc).__name__)
+            # The attempt stays counted as failed meanwhile (the safe side); the next reading of
+            # the row records the verdict, so this process does not wait out its own lease.
+            with self._unrecorded_lock:
+                self._unrecorded[attempt] = (fingerprint, outcome, text)
+            _log.warning("login_verdict_not_recorded", outcome=outcome, error=type(exc).__name__, kept=True)
             return
         state = _state(row)
         status = GuardStatus(
@@ -295,7 +303,40 @@ class LoginGuard:
 
     # --- internals -------------------------------------------------------
 
+    def _record_late(self) -> None:
+        """Record the verdicts ``finish`` could not, each only while its reservation is still the
+        pending login; one whose lease ran out meanwhile was counted as failed by whoever found it
+        expired, and a late success must not zero failures recorded since. A database still
+        unusable keeps them for the next reading (and the reading itself then decides)."""
+        with self._unrecorded_lock:
+            kept, self._unrecorded = self._unrecorded, {}
+        if not kept:
+            return
+        done: list[tuple[str, Outcome, bool]] = []
+        try:
+            with self._transaction() as cur:
+                self._adopt_spelling(cur)
+                for attempt, (fingerprint, outcome, text) in kept.items():
+                    state = _state(cur.execute(queries.get("guard_state"), self._key).fetchone())
+                    ours = state.pending_attempt == attempt
+                    if ours:
+                        params = {**self._key, "attempt": attempt, "fingerprint": fingerprint, "error": text}
+                        _record(cur, outcome, params)
+                    done.append((attempt, outcome, ours))
+        except errors.SyncWorkerError as exc:
+            with self._unrecorded_lock:
+                self._unrecorded = {**kept, **self._unrecorded}
+            _log.info("login_verdict_still_not_recorded", error=type(exc).__name__, kept=len(kept))
+            return
+        for _, outcome, ours in done:
+            _log.warning(
+                "login_verdict_recorded_late" if ours else "login_verdict_dropped_lease_ended",
+                username=self._username,
+                outcome=outcome,
+            )
+
     def _try_begin(self, fingerprint: str) -> tuple[str | None, GuardState | None]:
+        self._record_late()
         with self._transaction() as cur:
             self._adopt_spelling(cur)
             cur.execute(queries.get("guard_ensure_row"), self._key)
@@ -343,6 +384,16 @@ class LoginGuard:
     def _report(self, blocked: bool) -> None:
         if self._on_state is not None:
             self._on_state(blocked)
+
+
+def _record(cur: db.Cursor, outcome: Outcome, params: dict[str, Any]) -> None:
+    """The statement that records ``outcome`` for the attempt of ``params``."""
+    if outcome == "succeeded":
+        cur.execute(queries.get("guard_succeeded"), params)
+    elif outcome == "throttled":
+        cur.execute(queries.get("guard_not_judged"), params)
+    else:
+        cur.execute(queries.get("guard_failed"), {**params, "outcome": outcome})
 
 
 def _holder_is_gone(holder: str | None) -> bool:

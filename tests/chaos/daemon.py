@@ -382,7 +382,7 @@ def _phases(  # noqa: PLR0912  # the three phases in order, read top to bottom
                 "I3-daemon",
                 1,
                 f"{waiting} queued message(s) not stored {DRAIN_SECONDS:.0f} s after the faults stopped "
-                f"(replicas running: {', '.join(daemons.running()) or 'none'})",
+                f"(replicas running: {', '.join(daemons.running()) or 'none'}); {_evidence(world)}",
             )
         )
     else:
@@ -404,6 +404,28 @@ def _phases(  # noqa: PLR0912  # the three phases in order, read top to bottom
     out += checker.after_pass(last)
     out += checker.final(True, last)
     return out
+
+
+def _evidence(world: worldmod.World) -> str:
+    """What the database says about why nothing drained: the login guard's row and each account's
+    last runs (the JSON report keeps no worker log)."""
+    parts: list[str] = []
+    with contextlib.suppress(Exception):
+        for row in world.query(
+            "SELECT username, consecutive_failures, last_outcome, pending_holder, "
+            "round(EXTRACT(EPOCH FROM (pending_until - now()))::numeric, 1), last_error FROM login_guard"
+        ):
+            parts.append(
+                f"guard {row[0]}: {row[1]} failure(s), last {row[2]}, pending {row[3]} "
+                f"(lease left {row[4]} s), last error {str(row[5])[:200]!r}"
+            )
+        for row in world.query(
+            "SELECT account_name, outcome, left(error, 200) FROM ("
+            "SELECT *, row_number() OVER (PARTITION BY account_name ORDER BY id DESC) AS n FROM sync_run"
+            ") r WHERE n <= 2 ORDER BY account_name, id DESC"
+        ):
+            parts.append(f"run {row[0]}: {row[1]} {row[2] or ''}".rstrip())
+    return "; ".join(parts) or "no guard row, no run"
 
 
 def _readyz_honest(daemons: Daemons, faults: _Faults) -> list[invariants.Violation]:

@@ -22,6 +22,7 @@ from sync_worker.simulator import faults as sim_faults
 from tests.integration.test_cli_e2e import EventReader, cli, free_port, http_get
 from tests.integration.test_scheduler import GuardGauge
 from tests.integration.test_sync import ACCOUNT, backlog, make_settings, stored_raw
+from tests.reliability import proxy
 
 LOCKED_AT = 5
 
@@ -417,3 +418,43 @@ def test_a_login_left_by_a_dead_process_on_this_host_is_not_waited_for(db_url: s
     assert state.failures == 2 and "fp-killed" in state.failed_fingerprints
     g.finish(attempt, "fp", "refused")
     assert g.state().failures == 2
+
+
+def test_a_verdict_the_database_missed_is_recorded_when_it_is_back_not_waited_out(db_url: str) -> None:
+    """A good login whose verdict the database could not take (it went away mid-login) does not hold
+    this process's next login off for its lease: the verdict is recorded once the database is back."""
+    with proxy.PgProxy(db_url) as pg_proxy:
+        g = guard.LoginGuard(
+            database.connector(pg_proxy.conninfo()), username="r", threshold=3, lease_seconds=600
+        )
+        attempt = g.begin("fp")
+        pg_proxy.cut()
+        g.finish(attempt, "fp", "succeeded")  # the database is gone: not recorded
+        observer = guard.LoginGuard(database.connector(db_url), username="r", threshold=3)
+        held = observer.state()
+        assert held.pending_attempt == attempt and held.failures == 1  # counted until it is recorded
+        with pytest.raises(errors.DatabaseUnavailableError):
+            g.begin("fp")  # still gone: fails closed, and the verdict is kept
+        pg_proxy.restore()
+        again = g.begin("fp", deadline=0.0)  # no wait allowed: its own lease must not block it
+    state = observer.state()
+    assert (state.pending_attempt, state.failures, state.last_outcome) == (again, 1, "succeeded")
+    assert state.last_success_at is not None
+
+
+def test_a_late_verdict_whose_lease_ran_out_changes_nothing(db_url: str) -> None:
+    """A verdict recorded late, after its lease ran out and another login failed, is dropped: the
+    expiry counted it as failed, and a late success must not zero the failure recorded since."""
+    with proxy.PgProxy(db_url) as pg_proxy:
+        g = guard.LoginGuard(
+            database.connector(pg_proxy.conninfo()), username="s", threshold=3, lease_seconds=1
+        )
+        attempt = g.begin("fp")
+        pg_proxy.cut()
+        g.finish(attempt, "fp", "succeeded")
+        other = guard.LoginGuard(database.connector(db_url), username="s", threshold=3, max_wait_seconds=30)
+        other.finish(other.begin("fp-other"), "fp-other", "refused")  # waits out the lease, then fails
+        pg_proxy.restore()
+        state = g.state()  # records what it kept: nothing, the reservation is gone
+    assert (state.failures, state.last_outcome, state.pending_attempt) == (2, "refused", None)
+    assert state.failed_fingerprints == frozenset({"fp", "fp-other"})

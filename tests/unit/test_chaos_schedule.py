@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import importlib
 import json
 
 from sync_worker import simulator
-from tests.chaos import envelope, seeds, shrink
+from tests.chaos import envelope, seeds, shrink, wallclock
 from tests.chaos import schedule as sched
 
 
@@ -103,3 +105,15 @@ def test_daemon_schedules_cover_every_daemon_fault_and_steps_clocks_only_in_proc
             assert all(e.action != "clock_step" for e in schedule.events)
     wanted = {"db_readonly", "db_fail", "db_terminate", "db_restart", "clock_step", "sigterm"}
     assert wanted | {"replica_join", "replica_leave", "rotate", "inject"} <= seen
+
+
+def test_every_module_whose_wall_clock_is_stepped_still_reads_it() -> None:
+    """Each module ``wallclock`` steps still has a ``datetime`` name to replace (a module split that
+    moves the wall-clock read elsewhere must move it here too, or every in-process daemon schedule errs)."""
+    for name in wallclock.MODULES:
+        module = importlib.import_module(name)
+        assert hasattr(module, "datetime"), name
+    with wallclock.injected():
+        wallclock.step(3600)
+        stepped = importlib.import_module("sync_worker.answers").datetime.datetime.now(datetime.UTC)
+        assert stepped - datetime.datetime.now(datetime.UTC) > datetime.timedelta(minutes=59)
