@@ -39,7 +39,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from bench import harness, history_store, in_tree, pg, proc, scenarios
+from bench import harness, history_store, in_tree, pg, proc, scenario_context, scenarios, standalone_scenarios
 
 HERE: Final = Path(__file__).resolve().parent
 BASELINE: Final = "9cc31ed"
@@ -56,21 +56,21 @@ def _log(msg: str) -> None:
 
 @dataclasses.dataclass
 class Run:
-    sides: dict[str, scenarios.Context]
+    sides: dict[str, scenario_context.Context]
     # dlt's figures: measured once per repetition, compared with both sides.
     peer: harness.Results
-    sizes: scenarios.Sizes
+    sizes: scenario_context.Sizes
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
     load_by_step: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def order(self, rep: int) -> list[tuple[str, scenarios.Context]]:
+    def order(self, rep: int) -> list[tuple[str, scenario_context.Context]]:
         """Both sides, the first one alternating per repetition (drift on a shared machine hits both)."""
         pairs = list(self.sides.items())
         return pairs if rep % 2 == 0 else pairs[::-1]
 
     @property
-    def any(self) -> scenarios.Context:
+    def any(self) -> scenario_context.Context:
         return next(iter(self.sides.values()))
 
 
@@ -91,7 +91,9 @@ def build_template(admin_dsn: str, tree: Path, name: str) -> None:
         raise RuntimeError(f"migrate in {tree} exited {done.returncode}: {done.stderr[-2000:]}")
 
 
-def drain(ctx: scenarios.Context, accounts: list[str], each: int, concurrency: int, seed: int) -> Sample:
+def drain(
+    ctx: scenario_context.Context, accounts: list[str], each: int, concurrency: int, seed: int
+) -> Sample:
     """Seed, then one ``once`` process of ctx's tree; checks that every message got stored."""
     for i, account in enumerate(accounts):
         ctx.sim.seed(account, each, seed=seed + i)
@@ -164,7 +166,7 @@ def _zero_latency(run: Run, key: str, prefix: str, samples: dict[str, list[Sampl
         fixed = ctx.results.get("startup_cpu")
         if fixed is not None:
             net = tuple(
-                (spent["worker"] * 1000 - fixed.median) / (n / scenarios.BLOCK)
+                (spent["worker"] * 1000 - fixed.median) / (n / scenario_context.BLOCK)
                 for _, n, spent in samples[side]
             )
             ctx.results.add(
@@ -270,13 +272,14 @@ def step_latency_wide(run: Run) -> None:
 
 
 def step_memory(run: Run) -> None:
-    # scenarios.memory runs its repetitions side by side (peak RSS is per process), one size at a time.
+    # standalone_scenarios.memory runs its repetitions side by side (peak RSS is per process), one size
+    # at a time.
     for side, ctx in run.order(0):
         _log(f"  memory, {side} ...")
-        scenarios.memory(ctx)
+        standalone_scenarios.memory(ctx)
 
 
-def peer_drain(ctx: scenarios.Context, n: int, seed: int, csv: bool) -> dict[str, Any]:
+def peer_drain(ctx: scenario_context.Context, n: int, seed: int, csv: bool) -> dict[str, Any]:
     """``python -m bench.peer_dlt`` draining ``n`` messages into a fresh empty database, timed whole."""
     account = ctx.name("peer")
     ctx.sim.seed(account, n, seed=seed)
@@ -313,7 +316,7 @@ def step_peer(run: Run) -> None:
     dlt = harness._version("dlt")
     for key, label, _ in variants:
         o = outs[key]
-        blocks = n / scenarios.BLOCK
+        blocks = n / scenario_context.BLOCK
         figures = (
             (key, f"7. dlt {dlt}, {label}, backlog {n:,}", "rows/s", [n / x["wall"] for x in o], True),
             (
@@ -362,7 +365,7 @@ def _m(results: harness.Results, key: str) -> float | None:
 
 
 def targets(
-    side: harness.Results, peer: harness.Results, sizes: scenarios.Sizes
+    side: harness.Results, peer: harness.Results, sizes: scenario_context.Sizes
 ) -> list[tuple[str, str, str, bool | None]]:
     """(measure, target, result, met) for one side, issue 14's targets (at this run's sizes)."""
     out: list[tuple[str, str, str, bool | None]] = []
@@ -480,7 +483,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def measure(
-    baseline: str, sizes: scenarios.Sizes, steps: Sequence[str], results: Callable[[], harness.Results]
+    baseline: str, sizes: scenario_context.Sizes, steps: Sequence[str], results: Callable[[], harness.Results]
 ) -> Run:
     """Export the baseline, start a server and the simulator, build both templates, run ``steps``."""
     env = results().environment
@@ -499,18 +502,18 @@ def measure(
         }
         env["postgres_settings"] = pg.settings(admin_dsn)
         env["workload"] = {
-            "block_size": scenarios.BLOCK,
+            "block_size": scenario_context.BLOCK,
             "repetitions": sizes.reps,
             "server": "embedded PostgreSQL, one throwaway server for the run (fsync on)",
             "simulator": "bench.simhost in its own process over loopback HTTP",
             "worker_logging": "JSON at INFO to the child's stderr (a file)",
         }
         with proc.SimHost() as sim:
-            sides: dict[str, scenarios.Context] = {}
+            sides: dict[str, scenario_context.Context] = {}
             for side in SIDES:
                 template = f"cmp_template_{side}"
                 build_template(admin_dsn, trees[side], template)
-                sides[side] = scenarios.Context(
+                sides[side] = scenario_context.Context(
                     admin_dsn=admin_dsn,
                     sim=sim,
                     sizes=sizes,
@@ -531,7 +534,7 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    sizes = scenario_context.QUICK if args.quick else scenario_context.FULL
     if args.reps is not None:
         sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
     steps = [s for s in STEPS if not args.only or s in args.only]

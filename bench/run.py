@@ -17,21 +17,21 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import harness, pg, proc, scenarios, substitute
+from bench import harness, pg, proc, scenario_context, scenarios, standalone_scenarios, substitute
 
 HERE = Path(__file__).resolve().parent
 # Outside the repository: the server's files survive between runs so the big
 # table of scenario 6 is loaded once ($SYNC_BENCH_PGDATA overrides).
 DEFAULT_PGDATA = "/var/tmp/thingspace-sms-sync-bench/pgdata"
-ORDER: tuple[tuple[str, Callable[[scenarios.Context], None]], ...] = (
+ORDER: tuple[tuple[str, Callable[[scenario_context.Context], None]], ...] = (
     ("limits", scenarios.limits),
     ("one_account", scenarios.one_account),
     ("many_accounts", scenarios.many_accounts),
     ("latency", scenarios.latency),
     ("latency_wide", scenarios.latency_wide),
-    ("memory", scenarios.memory),
-    ("growth", scenarios.growth),
-    ("peer", scenarios.peer),
+    ("memory", standalone_scenarios.memory),
+    ("growth", standalone_scenarios.growth),
+    ("peer", standalone_scenarios.peer),
     ("profile", scenarios.profile_one_account),
 )
 
@@ -40,7 +40,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def verdicts(results: harness.Results, sizes: scenarios.Sizes) -> list[harness.Verdict]:
+def verdicts(results: harness.Results, sizes: scenario_context.Sizes) -> list[harness.Verdict]:
     f = results.get
     out: list[harness.Verdict] = []
 
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the pyinstrument pass")
     args = parser.parse_args(argv)
 
-    sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    sizes = scenario_context.QUICK if args.quick else scenario_context.FULL
     if args.reps is not None:
         sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
     selected = [(n, fn) for n, fn in ORDER if (not args.only or n in args.only)]
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started_at=harness.now_utc(), quick=args.quick, environment=harness.environment()
     )
     results.environment["workload"] = {
-        "block_size": scenarios.BLOCK,
+        "block_size": scenario_context.BLOCK,
         "repetitions": sizes.reps,
         "simulator": "sync_worker.simulator in its own process over loopback HTTP",
         "worker_logging": "JSON at INFO to a null sink (formatting cost included)",
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pg.ensure_template(admin_dsn)
         substitute.quiet_production_logging()
         with proc.SimHost() as sim:
-            ctx = scenarios.Context(
+            ctx = scenario_context.Context(
                 admin_dsn=admin_dsn,
                 sim=sim,
                 sizes=sizes,

@@ -5,26 +5,23 @@ worker acknowledged). The simulator's seed repeats ~2% of messages back to
 back; a repeat that straddles a block boundary maps onto the same key (the
 documented blind spot), so a few fewer rows than messages are stored, by the
 worker and the dlt peer alike.
+
+Here scenarios 1-4b, which drain the simulator through the worker's own code in this process, and the
+profile of scenario 2; their sizes and ``Context`` are ``bench.scenario_context``, scenarios 5-7
+``bench.standalone_scenarios``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import itertools
 import math
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, Final, Literal
+from collections.abc import Callable
+from typing import Any, Final
 
 import psycopg
 
-from bench import harness, in_tree, pg, proc, substitute
-
-BLOCK = 100
-
+from bench import harness, pg, proc, scenario_context, substitute
 
 # Round trips every pass makes before its first history request and no client can avoid: the
 # OAuth token and the M2M session login. The ideals count them.
@@ -38,7 +35,7 @@ def latency_ideal(accounts: int, each: int, concurrency: int, latency: float) ->
     request); ``concurrency`` accounts run at once, so ``ceil(accounts / concurrency)`` rounds;
     the login's round trips come first.
     """
-    blocks = max(1, math.ceil(each / BLOCK))
+    blocks = max(1, math.ceil(each / scenario_context.BLOCK))
     rounds = math.ceil(accounts / concurrency)
     bare = blocks * latency * rounds
     ideal = bare + LOGIN_ROUND_TRIPS * latency
@@ -49,118 +46,10 @@ def latency_ideal(accounts: int, each: int, concurrency: int, latency: float) ->
     return ideal, bare, how
 
 
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    reps: int
-    limit_backlog: int  # scenario 1: messages fetched / built / committed per repetition
-    one_account: int  # scenario 2
-    many_accounts: int  # scenario 3: number of accounts
-    many_each: int  # scenario 3: messages per account
-    many_concurrency: int
-    latency: float  # scenario 4
-    latency_accounts: int
-    latency_each: int
-    latency_concurrency: int
-    wide_accounts: int  # scenario 4b: many small accounts at high concurrency (issue 14)
-    wide_each: int
-    wide_concurrency: int
-    memory_small: int  # scenario 5
-    memory_large: int
-    big_table: int  # scenario 6: rows already present
-    growth_blocks: int  # scenario 6: blocks timed per repetition
-    peer_backlog: int  # scenario 7
-
-
-FULL = Sizes(
-    reps=3,
-    limit_backlog=50_000,
-    one_account=200_000,
-    many_accounts=8,
-    many_each=25_000,
-    many_concurrency=8,
-    latency=0.1,
-    latency_accounts=50,
-    latency_each=2_000,
-    latency_concurrency=10,
-    wide_accounts=500,
-    wide_each=200,
-    wide_concurrency=64,
-    memory_small=10_000,
-    memory_large=1_000_000,
-    big_table=10_000_000,
-    growth_blocks=300,
-    peer_backlog=200_000,
-)
-QUICK = Sizes(
-    reps=3,
-    limit_backlog=5_000,
-    one_account=10_000,
-    many_accounts=4,
-    many_each=2_500,
-    many_concurrency=4,
-    latency=0.1,
-    latency_accounts=10,
-    latency_each=500,
-    latency_concurrency=5,
-    wide_accounts=64,
-    wide_each=100,
-    wide_concurrency=32,
-    memory_small=2_000,
-    memory_large=20_000,
-    big_table=200_000,
-    growth_blocks=50,
-    peer_backlog=10_000,
-)
-
-
-@dataclasses.dataclass
-class Context:
-    admin_dsn: str
-    sim: proc.SimHost
-    sizes: Sizes
-    results: harness.Results
-    log: Callable[[str], None]
-    profile: bool = False
-    pg_pid: int | None = None
-    # The tree whose worker runs as a process, and the database its schema is cloned from
-    # (bench.compare sets an older tree and a template that tree's own migrations built).
-    tree: Path = in_tree.ROOT
-    template: str = pg.TEMPLATE
-    # next() on a count is atomic under the GIL: names stay unique across threads.
-    _serial: Iterator[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
-
-    def name(self, prefix: str) -> str:
-        """A fresh account / database name, so no repetition sees another's data."""
-        return f"{prefix}-{os.getpid() % 10000:04d}-{next(self._serial):04d}"
-
-    def worker_env(self, dsn: str, accounts: list[str], concurrency: int = 4) -> dict[str, str]:
-        return {
-            **self.sim.env,
-            "SYNC_DATABASE_URL": dsn,
-            "SYNC_ACCOUNTS": ",".join(accounts),
-            "SYNC_CONCURRENCY": str(concurrency),
-            # The bench drains whole backlogs; the run budget must never cut a run short.
-            "SYNC_RUN_BUDGET_SECONDS": "86400",
-            "SYNC_INTERVAL_SECONDS": "86400",
-            "SYNC_LOG_FORMAT": "json",
-            "SYNC_LOG_LEVEL": "INFO",
-        }
-
-    def fresh_db(self, prefix: str = "bench") -> tuple[str, str]:
-        name = self.name(prefix).replace("-", "_")
-        return name, pg.fresh_database(self.admin_dsn, name, self.template)
-
-
-def _settings(env: Mapping[str, str]) -> Any:
-    from sync_worker import config
-
-    return config.load(env)
-
-
 # --- 1. the limits ----------------------------------------------------------
 
 
-def limits(ctx: Context) -> None:
+def limits(ctx: scenario_context.Context) -> None:
     from sync_worker import app, client, rows, store
 
     sz = ctx.sizes
@@ -172,7 +61,7 @@ def limits(ctx: Context) -> None:
         account = ctx.name("limit")
         ctx.sim.seed(account, sz.limit_backlog, seed=100 + rep)
         _, dsn = ctx.fresh_db("limit")
-        settings = _settings(ctx.worker_env(dsn, [account]))
+        settings = scenario_context.settings(ctx.worker_env(dsn, [account]))
         with client.ThingSpaceClient(app.client_config(settings)) as api:
             # Log in outside the timed region: one login per process, not per block.
             warm = ctx.name("warm")
@@ -240,7 +129,7 @@ def limits(ctx: Context) -> None:
 
 
 def _sync_pass(
-    ctx: Context, accounts: list[str], each: int, concurrency: int, seed: int
+    ctx: scenario_context.Context, accounts: list[str], each: int, concurrency: int, seed: int
 ) -> tuple[float, int, dict[str, float]]:
     """Seed, then one timed ``app.sync_once``; returns (seconds, received, CPU seconds by process)."""
     from sync_worker import app
@@ -248,7 +137,7 @@ def _sync_pass(
     for i, account in enumerate(accounts):
         ctx.sim.seed(account, each, seed=seed + i)
     _, dsn = ctx.fresh_db("e2e")
-    settings = _settings(ctx.worker_env(dsn, accounts, concurrency))
+    settings = scenario_context.settings(ctx.worker_env(dsn, accounts, concurrency))
     pg.checkpoint(dsn)
     with proc.CpuMeter(ctx.sim.pid(), ctx.pg_pid) as cpu, harness.Stopwatch() as sw:
         result = app.sync_once(settings)
@@ -266,13 +155,13 @@ def _sync_pass(
 
 
 def _cpu_figures(
-    ctx: Context, prefix: str, label: str, samples: list[tuple[float, int, dict[str, float]]]
+    ctx: scenario_context.Context, prefix: str, label: str, samples: list[tuple[float, int, dict[str, float]]]
 ) -> None:
     """CPU per block of each process, and how busy the machine's cores were: where the time went."""
     cores = os.cpu_count() or 1
     parts = sorted({k for _, _, spent in samples for k in spent})
     for part in parts:
-        values = tuple(spent.get(part, 0.0) / (n / BLOCK) * 1000 for _, n, spent in samples)
+        values = tuple(spent.get(part, 0.0) / (n / scenario_context.BLOCK) * 1000 for _, n, spent in samples)
         ctx.results.add(
             harness.Figure(f"{prefix}_cpu_{part}", f"{label}: {part} CPU per block", "ms", values, False)
         )
@@ -288,7 +177,7 @@ def _cpu_figures(
     )
 
 
-def one_account(ctx: Context) -> None:
+def one_account(ctx: scenario_context.Context) -> None:
     sz = ctx.sizes
     rates: list[float] = []
     samples = []
@@ -306,7 +195,7 @@ def one_account(ctx: Context) -> None:
     _cpu_figures(ctx, "one", "2. one account", samples)
 
 
-def many_accounts(ctx: Context) -> None:
+def many_accounts(ctx: scenario_context.Context) -> None:
     sz = ctx.sizes
     rates: list[float] = []
     samples = []
@@ -333,9 +222,9 @@ def many_accounts(ctx: Context) -> None:
 # --- 4. realistic latency -----------------------------------------------------
 
 
-def latency(ctx: Context) -> None:
+def latency(ctx: scenario_context.Context) -> None:
     sz = ctx.sizes
-    blocks = math.ceil(sz.latency_each / BLOCK)
+    blocks = math.ceil(sz.latency_each / scenario_context.BLOCK)
     rounds = math.ceil(sz.latency_accounts / sz.latency_concurrency)
     # The bench's first ideal counted only the blocks; the protocol also forces the login.
     ideal, bare, note = latency_ideal(
@@ -393,7 +282,7 @@ def latency(ctx: Context) -> None:
     ctx.results.environment.setdefault("workload", {})["latency_ideal_blocks_only_s"] = round(bare, 3)
 
 
-def latency_wide(ctx: Context) -> None:
+def latency_wide(ctx: scenario_context.Context) -> None:
     """4b: many small accounts (a daemon's steady state) at high concurrency, 100 ms per request.
 
     The per-account costs (connection, lock, run row, cursor, finish) weigh here as much as the
@@ -457,219 +346,10 @@ def latency_wide(ctx: Context) -> None:
     _cpu_figures(ctx, "wide", label, samples)
 
 
-# --- 5. memory ------------------------------------------------------------------
-
-
-def _memory_run(ctx: Context, n: int, seed: int) -> tuple[float, float]:
-    """One worker process draining ``n`` messages from its own simulator: (peak RSS MiB, seconds)."""
-    # A simulator per run: its delivered list would otherwise pile up millions of messages.
-    with proc.SimHost() as sim:
-        account = ctx.name("mem")
-        sim.seed(account, n, seed=seed)
-        name, dsn = ctx.fresh_db("mem")
-        env = in_tree.env_for(ctx.tree)
-        env.update(ctx.worker_env(dsn, [account], 1))
-        env["THINGSPACE_BASE_URL"] = sim.base_url
-        run = proc.run_measured(in_tree.argv(ctx.tree, "once"), env=env, timeout=3600, cwd=ctx.tree)
-        if run.returncode != 0:
-            raise RuntimeError(f"worker exited {run.returncode}: {run.stderr[-2000:]}")
-        summary = run.last_json()
-        if sim.queued(account) != 0 or sim.acknowledged(account) != n:
-            raise RuntimeError(f"worker did not drain {n} messages; summary {summary}")
-    pg.drop_database(ctx.admin_dsn, name)
-    return run.peak_rss_mib, run.wall_seconds
-
-
-def memory(ctx: Context) -> None:
-    import concurrent.futures
-
-    sz = ctx.sizes
-    for label, n in (("small", sz.memory_small), ("large", sz.memory_large)):
-        # The repetitions run side by side: peak RSS is per process and does not
-        # depend on the others, and three sequential million-message drains
-        # would take most of the run's time budget. Their wall times are shown
-        # for information only.
-        with concurrent.futures.ThreadPoolExecutor(sz.reps) as pool:
-            futures = [pool.submit(_memory_run, ctx, n, 500 + rep) for rep in range(sz.reps)]
-            runs = [f.result() for f in futures]
-        for rep, (peak, seconds) in enumerate(runs):
-            ctx.log(f"  memory {n:,} rep {rep + 1}: peak RSS {peak:.1f} MiB, drained in {seconds:.1f} s")
-        ctx.results.add(
-            harness.Figure(
-                f"memory_{label}",
-                f"5. worker process peak RSS draining {n:,}",
-                "MiB",
-                tuple(peak for peak, _ in runs),
-                False,
-                note=f"`python -m sync_worker once`, the child's VmHWM; {sz.reps} runs side by side",
-            )
-        )
-
-
-# --- 6. cost as the table grows ------------------------------------------------
-
-
-def _synthetic_pages(account: str, blocks: int, seed: int) -> list[Any]:
-    from sync_worker import models, simulator
-
-    raw = simulator.seed_messages(blocks * BLOCK, seed=seed)
-    pages = []
-    for b in range(blocks):
-        chunk = raw[b * BLOCK : (b + 1) * BLOCK]
-        pages.append(
-            models.HistoryPage(
-                account_name=account,
-                messages=tuple(models.SMSMessage.from_wire(m) for m in chunk),
-                has_more_data=b < blocks - 1,
-                status=202 if b < blocks - 1 else 200,
-                next=f"tok{b:06d}" if b < blocks - 1 else None,
-            )
-        )
-    return pages
-
-
-def _timed_commits(dsn: str, account: str, pages: list[Any]) -> float:
-    """Median per-block write time (ms) of ``store.commit_block`` over ``pages``."""
-    import statistics
-
-    from sync_worker import store
-
-    pg.checkpoint(dsn)
-    per_block: list[float] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        run_id = store.start_run(conn, account)
-        for page in pages:
-            t0 = time.perf_counter()
-            store.commit_block(conn, run_id, page)
-            per_block.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(per_block)
-
-
-def growth(ctx: Context) -> None:
-    sz = ctx.sizes
-    empty_name, empty_dsn = ctx.fresh_db("growth_empty")
-    ctx.log(f"  the {sz.big_table:,}-row database ...")
-    # The history-store bench's loader and cache of big databases (loaded only for this step).
-    from bench import history_measure
-
-    _, big_dsn, provenance = history_measure.big_database(ctx.admin_dsn, sz.big_table)
-    present = pg.count_rows(big_dsn)
-    ctx.log(f"  {present:,} rows present: {provenance}")
-    empty: list[float] = []
-    big: list[float] = []
-    for rep in range(sz.reps):
-        # The same messages in both databases, under accounts neither has seen.
-        account = ctx.name("grow")
-        pages = _synthetic_pages(account, sz.growth_blocks, seed=600 + rep)
-        # Alternate which database goes first so drift on a shared machine hits both alike.
-        if rep % 2 == 0:
-            empty.append(_timed_commits(empty_dsn, account, pages))
-            big.append(_timed_commits(big_dsn, account, pages))
-        else:
-            big.append(_timed_commits(big_dsn, account, pages))
-            empty.append(_timed_commits(empty_dsn, account, pages))
-        ctx.log(
-            f"  growth rep {rep + 1}: empty {empty[-1]:.3f} ms, {present:,} rows {big[-1]:.3f} ms per block"
-        )
-    r = ctx.results
-    r.add(
-        harness.Figure(
-            "growth_empty",
-            "6. per-block write (commit_block) into an empty sms_history",
-            "ms",
-            tuple(empty),
-            False,
-            note=f"median of {sz.growth_blocks} blocks per repetition",
-        )
-    )
-    r.add(
-        harness.Figure(
-            "growth_big",
-            f"6. per-block write with {present:,} rows already present",
-            "ms",
-            tuple(big),
-            False,
-            note=provenance,
-        )
-    )
-    pg.drop_database(ctx.admin_dsn, empty_name)
-
-
-# --- 7. the dlt peer ------------------------------------------------------------
-
-
-def peer(ctx: Context) -> None:
-    from bench import peer_dlt
-
-    sz = ctx.sizes
-    env = ctx.sim.env
-    headers = peer_dlt.login(
-        ctx.sim.base_url,
-        env["THINGSPACE_CLIENT_ID"],
-        env["THINGSPACE_CLIENT_SECRET"],
-        env["THINGSPACE_USERNAME"],
-        env["THINGSPACE_PASSWORD"],
-    )
-    # (figure key, label, dlt loader file format): its default loader and its CSV (COPY) loader.
-    variants: tuple[tuple[str, str, Literal["csv"] | None], ...] = (
-        ("peer", "default loader (insert_values)", None),
-        ("peer_csv", "CSV loader (COPY)", "csv"),
-    )
-    rates: dict[str, list[float]] = {key: [] for key, _, _ in variants}
-    extract: dict[str, list[float]] = {key: [] for key, _, _ in variants}
-    for rep in range(sz.reps):
-        # Interleaved, so drift on a shared machine hits both loaders alike.
-        for key, label, file_format in variants:
-            account = ctx.name("peer")
-            ctx.sim.seed(account, sz.peer_backlog, seed=200 + rep)
-            name, dsn = ctx.fresh_db("peer")
-            pg.checkpoint(dsn)
-            result = peer_dlt.run_peer(
-                base_url=ctx.sim.base_url,
-                account=account,
-                database_url=dsn,
-                headers=headers,
-                key_fn=peer_dlt.worker_keys,
-                loader_file_format=file_format,
-            )
-            if ctx.sim.queued(account) != 0:
-                raise RuntimeError(f"dlt left {ctx.sim.queued(account)} messages queued")
-            # Throughput counts messages received, as for the worker (repeats dedupe to fewer rows).
-            rates[key].append(sz.peer_backlog / result.seconds)
-            extract[key].append(result.extract_seconds / result.seconds * 100)
-            ctx.log(
-                f"  dlt {label} rep {rep + 1}: {sz.peer_backlog} messages ({result.rows} rows) in "
-                f"{result.seconds:.2f} s = {rates[key][-1]:,.0f} rows/s "
-                f"(extract {result.extract_seconds:.1f} s, normalize+load {result.load_seconds:.1f} s)"
-            )
-            pg.drop_database(ctx.admin_dsn, name)
-    r = ctx.results
-    for key, label, _ in variants:
-        r.add(
-            harness.Figure(
-                key,
-                f"7. dlt {harness._version('dlt')} REST client + postgres merge, {label}, "
-                f"backlog {sz.peer_backlog:,}",
-                "rows/s",
-                tuple(rates[key]),
-                note="extracts everything before loading: acknowledges blocks before they are durable",
-            )
-        )
-        r.add(
-            harness.Figure(
-                f"{key}_extract_share",
-                f"7. dlt {label}: share of its time spent extracting (HTTP)",
-                "%",
-                tuple(extract[key]),
-                False,
-            )
-        )
-
-
 # --- profiling ------------------------------------------------------------------
 
 
-def profile_one_account(ctx: Context) -> None:
+def profile_one_account(ctx: scenario_context.Context) -> None:
     """An extra, untimed pass of scenario 2 under pyinstrument: where a block's time goes."""
     from sync_worker import app, client, db, store, sync
 
@@ -677,7 +357,7 @@ def profile_one_account(ctx: Context) -> None:
     account = ctx.name("prof")
     ctx.sim.seed(account, n, seed=900)
     _, dsn = ctx.fresh_db("prof")
-    settings = _settings(ctx.worker_env(dsn, [account]))
+    settings = scenario_context.settings(ctx.worker_env(dsn, [account]))
     # sync_once runs accounts on a thread pool and pyinstrument samples only the
     # thread it started on, so the same per-account loop runs here on this thread.
     with client.ThingSpaceClient(app.client_config(settings)) as api:
@@ -690,7 +370,7 @@ def profile_one_account(ctx: Context) -> None:
         raise RuntimeError(f"profiled pass: {result.outcome} {result.received} {result.error}")
 
 
-def _profiled(ctx: Context, name: str, fn: Callable[[], Any]) -> Any:
+def _profiled(ctx: scenario_context.Context, name: str, fn: Callable[[], Any]) -> Any:
     try:
         from pyinstrument import Profiler
     except ImportError:

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import psycopg
 
-from bench import harness, history_measure, pg, proc
+from bench import harness, history_blocks, history_sizes, pg, proc
 
 README_BEGIN: Final = "<!-- bench:word-search:begin -->"
 README_END: Final = "<!-- bench:word-search:end -->"
@@ -46,7 +46,7 @@ def _load(admin: str, variant: str, messages: int, seed: int) -> dict[str, Any]:
     name = "ws_plain" if variant == "plain" else "ws_trgm"
     dsn = pg.fresh_database(admin, name)
     pg_pid = proc.postmaster_pid(admin)
-    pages = list(history_measure.pages("acct-words", messages, seed=seed))
+    pages = list(history_blocks.pages("acct-words", messages, seed=seed))
     with psycopg.connect(dsn, autocommit=True) as conn:
         if variant != "plain":
             migrations.enable_word_search(conn)
@@ -67,7 +67,7 @@ def _load(admin: str, variant: str, messages: int, seed: int) -> dict[str, Any]:
                 (migrations.WORD_SEARCH_INDEX,),
             ).fetchone()[0]  # type: ignore[index]
         )
-        total = history_measure.sizes(conn)["total"]
+        total = history_sizes.sizes(conn)["total"]
     pg.drop_database(admin, name)
     blocks = math.ceil(messages / BLOCK)
     return {
