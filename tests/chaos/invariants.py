@@ -16,7 +16,10 @@ account before committing it.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import json
 from typing import Any, Final
 
 from sync_worker import auth
@@ -157,3 +160,27 @@ DRAIN_PASSES: Final = 4
 def _examples(keys: set[worldmod.Key]) -> str:
     shown = sorted(keys)[:_EXAMPLES]
     return ", ".join(repr(text) for _, text in shown) + (" ..." if len(keys) > _EXAMPLES else "")
+
+
+def untimed_sources(rows: list[tuple[Any, ...]]) -> dict[worldmod.Key, list[str]]:
+    """The ``source`` of each stored row of a message without a timestamp, by message
+    (``(account, raw_json, source)`` rows)."""
+    out: dict[worldmod.Key, list[str]] = collections.defaultdict(list)
+    for account, raw, source in rows:
+        with contextlib.suppress(ValueError, AttributeError):
+            obj = json.loads(raw)
+            if obj.get("timestamp") is None:
+                out[(str(account), str(obj.get("message")))].append(str(source))
+    return out
+
+
+def split_doubles(
+    stored: collections.Counter[worldmod.Key], untimed: dict[worldmod.Key, list[str]]
+) -> tuple[set[worldmod.Key], set[worldmod.Key]]:
+    """(stored more than once: broken I1; stored twice by design: a message without a timestamp that
+    arrived both ways, one row pushed and one polled, which docs/schema.md "Pushed messages" says
+    cannot be matched: its callback's 2xx was lost, or it went back to the queue after an attempt
+    that had stored it)."""
+    doubled = {k for k, n in stored.items() if n > 1}
+    both_ways = {k for k in doubled if sorted(untimed.get(k, ())) == ["poll", "push"]}
+    return doubled - both_ways, both_ways

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.chaos import soak
+from tests.chaos import soak, soak_report
 
 
 class Beside:
@@ -31,7 +31,7 @@ class Beside:
         self._admin_url = admin_url
         self._template = template
         self._say = say
-        self.result: soak.SoakResult | None = None
+        self.result: soak_report.SoakResult | None = None
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-long-beside", daemon=True)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from sync_worker import exitcodes
 from tests.chaos import inproc
@@ -92,3 +92,49 @@ def operator(argv: list[str], env: dict[str, str]) -> int:
     except subprocess.TimeoutExpired:
         return HUNG
     return done.returncode
+
+
+class Process:
+    """One long-lived ``sync-worker`` process, its output in a file."""
+
+    def __init__(self, role: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.role = role
+        self.argv = argv
+        self.env = env
+        self.log = logdir / f"{role}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        self.exits: list[int] = []
+
+    def start(self) -> None:
+        self._out = self.log.open("ab")
+        self.proc = subprocess.Popen(  # our own interpreter and module
+            _command(self.argv),  # the one way chaos starts a worker
+            env=_environ(self.env),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None or self.proc.poll() is not None else self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.exits.append(code)
+        self.proc = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        return code

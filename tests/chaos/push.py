@@ -40,7 +40,7 @@ import psycopg
 
 from sync_worker import app, callback_metrics, config, errors, exitcodes, receiver, secret, simulator
 from tests.chaos import execute as executemod
-from tests.chaos import invariants, pg, soak
+from tests.chaos import invariants, listener, pg
 from tests.chaos import schedule as sched
 from tests.chaos import world as worldmod
 from tests.reliability import proxy
@@ -182,14 +182,14 @@ class PushWorld:
         self.db_url = dbs.create()
         self.proxy = proxy.PgProxy(dbs.worker_url(self.db_url))
         self.sim.start()
-        self.port = soak.free_port()
+        self.port = listener.free_port()
         self.env = {
             **self.sim.worker_env(accounts=schedule.accounts, database_url=self.proxy.conninfo()),
             **POLL_ENV,
             "SYNC_CALLBACK_HOST": "127.0.0.1",
             "SYNC_CALLBACK_PORT": str(self.port),
-            "SYNC_CALLBACK_USERNAME": soak.LISTENER_USER,
-            "SYNC_CALLBACK_PASSWORD": soak.LISTENER_PASSWORD,
+            "SYNC_CALLBACK_USERNAME": listener.LISTENER_USER,
+            "SYNC_CALLBACK_PASSWORD": listener.LISTENER_PASSWORD,
         }
         self.settings = config.load(self.env)
         self.receiver: receiver.Receiver | None = None
@@ -220,7 +220,7 @@ class PushWorld:
 
     def register(self, password: str) -> None:
         for account in self.schedule.accounts:
-            soak.register_listener(self.sim, account, self.port, password)
+            listener.register_listener(self.sim, account, self.port, password)
 
     def inject(self, account: str, n: int) -> None:
         start = self.serial[account]
@@ -269,8 +269,8 @@ def run(schedule: PushSchedule, dbs: pg.Databases) -> executemod.Result:
         for account, n in zip(schedule.accounts, schedule.initial, strict=True):
             world.inject(account, n)
         world.start_receiver()
-        world.register(soak.LISTENER_PASSWORD)
-        soak.start_callbacks(world.sim, schedule.accounts)
+        world.register(listener.LISTENER_PASSWORD)
+        listener.start_callbacks(world.sim, schedule.accounts)
         for number in range(schedule.passes):
             violations += _fault_pass(world, number)
         drained, last = False, None
@@ -335,7 +335,7 @@ def _fault_pass(world: PushWorld, number: int) -> list[invariants.Violation]:
     # The pass's state undone: callbacks in flight settle first, so a refused one goes back to the queue.
     world.settle()
     world.start_receiver()
-    world.register(soak.LISTENER_PASSWORD)
+    world.register(listener.LISTENER_PASSWORD)
     return violations
 
 
@@ -365,7 +365,7 @@ def _final(world: PushWorld, drained: bool, last: int | None) -> list[invariants
     stored = world.stored()
     polled = world.keys(world.sim.acknowledged)
     pushed = world.keys(world.sim.pushed)
-    doubled, both_ways = soak.split_doubles(stored, soak.untimed_sources(world.rows()))
+    doubled, both_ways = invariants.split_doubles(stored, invariants.untimed_sources(world.rows()))
     if both_ways:
         world.notes.append(
             f"{len(both_ways)} timestamp-less message(s) arrived both ways (stored pushed and polled): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import json
 
-from tests.chaos import push, shrink, soak
+from tests.chaos import invariants, push, shrink
 
 
 def test_a_push_seed_always_gives_the_same_schedule_and_survives_its_json() -> None:
@@ -50,6 +50,6 @@ def test_only_a_timestamp_less_message_stored_once_per_way_is_two_rows_by_design
         ("acct", json.dumps({"message": "c", "timestamp": "2024-01-01T00:00:00Z"}), "poll"),
         ("acct", json.dumps({"message": "d"}), "poll"),
     ]
-    doubled, both_ways = soak.split_doubles(stored, soak.untimed_sources(rows))
+    doubled, both_ways = invariants.split_doubles(stored, invariants.untimed_sources(rows))
     assert both_ways == {a}
     assert doubled == {b, c}
