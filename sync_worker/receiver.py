@@ -216,11 +216,10 @@ class Receiver:
         if server is None:
             return
         # waitress's typing stubs miss these attributes (trigger, effective_port, the map).
-        loop = cast(Any, server)
-        loop.trigger.pull_trigger(lambda: _close_listener(server))
+        _in_loop(server, lambda: _close_listener(server))
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.config.drain_timeout)
-        loop.trigger.pull_trigger(lambda: _close_channels(server))
+        _in_loop(server, lambda: _close_channels(server))
         if thread is not None:
             thread.join(timeout=5)
         server.task_dispatcher.shutdown(timeout=5)
@@ -534,6 +533,13 @@ def _incoming(environ: dict[str, Any]) -> _Incoming:
         forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") or None,
         read=stream.read,
     )
+
+
+def _in_loop(server: waitress.server.TcpWSGIServer, thunk: Callable[[], None]) -> None:
+    """Run ``thunk`` in the server's loop thread. A loop that has ended already took its trigger
+    with it (writing to it is EBADF): there is nothing left to ask it, and the stop goes on."""
+    with contextlib.suppress(OSError):
+        cast(Any, server).trigger.pull_trigger(thunk)
 
 
 def _close_listener(server: waitress.server.TcpWSGIServer) -> None:
