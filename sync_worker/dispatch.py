@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 
 @dataclasses.dataclass
-class _InFlight:
+class InFlight:
     """Counts running account jobs so shutdown can wait for them with a timeout."""
 
     cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
@@ -65,7 +65,7 @@ class Dispatcher:
         *,
         stop: threading.Event,
         metrics: sync.MetricsSink | None,
-        inflight: _InFlight,
+        inflight: InFlight,
         observe_guard: Callable[[], object] | None,
         holder: str,
         heartbeat: probes.Liveness | None = None,

@@ -43,7 +43,6 @@ from sync_worker import (
     dispatch,
     errors,
     exitcodes,
-    migrations,
     probes,
     retention,
     signals,
@@ -73,9 +72,9 @@ def serve(
 ) -> int:
     """One replica of the daemon until ``stop_event`` is set (or SIGTERM/SIGINT); return the exit code.
 
-    Checks the schema first and raises ``errors.SchemaError`` /
-    ``errors.DatabaseUnavailableError`` (CLI exit 3) before scheduling anything; a database that
-    is there but refuses writes (read-only) does not stop the start: the daemon waits for it.
+    The caller (``app.run_daemon``) has checked the schema (``errors.SchemaError`` /
+    ``errors.DatabaseUnavailableError``, CLI exit 3) before anything is served; a database that is
+    there but refuses writes (read-only) does not stop the start: the daemon waits for it.
     Returns 0 after a clean shutdown, 1 when account runs were still busy after
     ``settings.shutdown_timeout_seconds``: their worker threads cannot be
     killed, so the caller should then leave with ``os._exit`` to honour the
@@ -88,9 +87,8 @@ def serve(
     stop = stop_event if stop_event is not None else threading.Event()
     holder = holder or claims.holder_id()
     heartbeat = liveness if liveness is not None else probes.Liveness()
-    with db.session(connect) as conn:
-        migrations.check_schema(conn)
-        if metrics is not None:
+    if metrics is not None:
+        with db.session(connect) as conn:
             status.announce(conn, settings.account_names, metrics.account_configured)
     try:
         with db.session(connect) as conn:
@@ -103,7 +101,7 @@ def serve(
         # later. The renew loop registers again; until then claims fail and /readyz says why.
         _log.warning("register_failed", error=f"{type(exc).__name__}: {exc}")
 
-    inflight = dispatch._InFlight()
+    inflight = dispatch.InFlight()
     dispatcher = dispatch.Dispatcher(
         settings,
         api,

@@ -48,7 +48,7 @@ def dispatcher(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[dispat
         connect=FakeConnection,  # type: ignore[arg-type]
         stop=threading.Event(),
         metrics=None,
-        inflight=dispatch._InFlight(),
+        inflight=dispatch.InFlight(),
         observe_guard=None,
         holder="test-holder",
         clock=clock,

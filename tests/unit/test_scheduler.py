@@ -52,7 +52,7 @@ def dispatcher(sets: config.Settings | None = None, **kwargs: Any) -> dispatch.D
         connect=kwargs.pop("connect", None),
         stop=kwargs.pop("stop", threading.Event()),
         metrics=None,
-        inflight=kwargs.pop("inflight", dispatch._InFlight()),
+        inflight=kwargs.pop("inflight", dispatch.InFlight()),
         observe_guard=None,
         holder="test-holder",
     )
@@ -125,7 +125,7 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
         return []
 
     monkeypatch.setattr(claims, "claim", fake_claim)
-    inflight, stop = dispatch._InFlight(), threading.Event()
+    inflight, stop = dispatch.InFlight(), threading.Event()
     d = dispatcher(connect=FakeConnection, inflight=inflight, stop=stop)
     assert d.claim_due() == 0
     inflight.enter()
@@ -197,7 +197,7 @@ def test_listener_reports_missed_busy_and_failed_jobs() -> None:
 
 def test_inflight_wait_times_out_while_a_run_is_busy() -> None:
     """Shutdown waits for running account jobs but gives up after the timeout."""
-    inflight = dispatch._InFlight()
+    inflight = dispatch.InFlight()
     inflight.enter()
     assert inflight.wait_idle(0.01) is False
     inflight.leave()
@@ -320,7 +320,7 @@ def test_an_account_claimed_late_counts_as_missed_only_after_the_first_interval(
         connect=FakeConnection,  # type: ignore[arg-type]
         stop=threading.Event(),
         metrics=metrics,
-        inflight=dispatch._InFlight(),
+        inflight=dispatch.InFlight(),
         observe_guard=None,
         holder="test-holder",
     )
@@ -349,7 +349,7 @@ def test_a_run_that_could_not_start_is_due_again_soon_not_an_interval_later(
         return True
 
     monkeypatch.setattr(claims, "release", release)
-    inflight = dispatch._InFlight()
+    inflight = dispatch.InFlight()
     d = dispatcher(connect=FakeConnection, inflight=inflight)
     for account, begun in ((ACCOUNTS[0], False), (ACCOUNTS[1], False), (ACCOUNTS[0], True)):
         inflight.enter()
@@ -375,7 +375,7 @@ def test_a_run_the_budget_ended_with_more_waiting_is_due_again_at_once(
         return True
 
     monkeypatch.setattr(claims, "release", release)
-    inflight = dispatch._InFlight()
+    inflight = dispatch.InFlight()
     d = dispatcher(connect=FakeConnection, inflight=inflight)
     for more_waiting in (True, False):
         inflight.enter()
