@@ -321,13 +321,11 @@ def run(schedule: sched.Schedule, dbs: pg.Databases) -> execute.Result:
         finally:
             daemons.close()
             world.close()
-    return execute.Result(
-        schedule=schedule.as_json(),
+    return execute.result(
+        schedule.as_json(),
+        world,
+        started,
         violations=violations,
-        passes=[dataclasses.asdict(r) for r in world.records],
-        notes=world.notes,
-        seconds=round(time.monotonic() - started, 3),
-        injected=world.injected,
         acknowledged=acknowledged,
         platform_lost=platform_lost,
         error=error,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sync_worker import exitcodes
 from tests.chaos import inproc, invariants, pg, procs
@@ -63,6 +63,38 @@ class Result:
         return found | ({"error"} if self.error is not None else set())
 
 
+class Recorded(Protocol):
+    """What a schedule's world keeps of what happened: its passes, notes and messages injected."""
+
+    records: list[worldmod.PassRecord]
+    notes: list[str]
+    injected: int
+
+
+def result(
+    schedule: dict[str, Any],
+    world: Recorded,
+    started: float,
+    *,
+    violations: list[invariants.Violation],
+    acknowledged: int,
+    platform_lost: int,
+    error: str | None,
+) -> Result:
+    """The ``Result`` of a schedule that began at ``started`` (monotonic) in ``world``."""
+    return Result(
+        schedule=schedule,
+        violations=violations,
+        passes=[dataclasses.asdict(r) for r in world.records],
+        notes=world.notes,
+        seconds=round(time.monotonic() - started, 3),
+        injected=world.injected,
+        acknowledged=acknowledged,
+        platform_lost=platform_lost,
+        error=error,
+    )
+
+
 def run(schedule: sched.Schedule, dbs: pg.Databases) -> Result:
     started = time.monotonic()
     process = schedule.mode == "process"
@@ -102,13 +134,11 @@ def run(schedule: sched.Schedule, dbs: pg.Databases) -> Result:
         platform_lost = acknowledged = 0
     finally:
         world.close()
-    return Result(
-        schedule=schedule.as_json(),
+    return result(
+        schedule.as_json(),
+        world,
+        started,
         violations=violations,
-        passes=[dataclasses.asdict(r) for r in world.records],
-        notes=world.notes,
-        seconds=round(time.monotonic() - started, 3),
-        injected=world.injected,
         acknowledged=acknowledged,
         platform_lost=platform_lost,
         error=error,

@@ -75,16 +75,12 @@ class PushSchedule:
     mode: Literal["push"] = "push"
 
     def without(self, drop: Sequence[int]) -> PushSchedule:
-        gone = set(drop)
-        return dataclasses.replace(self, events=tuple(e for i, e in enumerate(self.events) if i not in gone))
+        return dataclasses.replace(self, events=sched.events_without(self.events, drop))
 
     def without_pass(self, number: int) -> PushSchedule:
-        kept = tuple(
-            dataclasses.replace(e, pass_no=e.pass_no - (e.pass_no > number))
-            for e in self.events
-            if e.pass_no != number
+        return dataclasses.replace(
+            self, passes=self.passes - 1, events=sched.events_without_pass(self.events, number)
         )
-        return dataclasses.replace(self, passes=self.passes - 1, events=kept)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -293,13 +289,11 @@ def run(schedule: PushSchedule, dbs: pg.Databases) -> executemod.Result:
         error = traceback.format_exc(limit=8)
     finally:
         world.close()
-    return executemod.Result(
-        schedule=schedule.as_json(),
+    return executemod.result(
+        schedule.as_json(),
+        world,
+        started,
         violations=violations,
-        passes=[dataclasses.asdict(r) for r in world.records],
-        notes=world.notes,
-        seconds=round(time.monotonic() - started, 3),
-        injected=world.injected,
         acknowledged=acknowledged,
         platform_lost=0,
         error=error,

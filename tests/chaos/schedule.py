@@ -109,6 +109,21 @@ class Event:
         return cls(int(obj["pass"]), str(obj["at"]), str(obj["do"]), params)
 
 
+def events_without(events: tuple[Event, ...], drop: Sequence[int]) -> tuple[Event, ...]:
+    """``events`` minus those at the indexes in ``drop`` (how a shrink tries a smaller schedule)."""
+    gone = set(drop)
+    return tuple(e for i, e in enumerate(events) if i not in gone)
+
+
+def events_without_pass(events: tuple[Event, ...], number: int) -> tuple[Event, ...]:
+    """``events`` minus those of fault pass ``number``; the later passes' events move up one."""
+    return tuple(
+        dataclasses.replace(e, pass_no=e.pass_no - (e.pass_no > number))
+        for e in events
+        if e.pass_no != number
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Schedule:
     """The whole world of one run: simulator behaviour, traffic, fault passes and their events."""
@@ -125,18 +140,13 @@ class Schedule:
 
     def without(self, drop: Sequence[int]) -> Schedule:
         """This schedule minus the events at the indexes in ``drop``."""
-        gone = set(drop)
-        kept = tuple(e for i, e in enumerate(self.events) if i not in gone)
-        return dataclasses.replace(self, events=kept)
+        return dataclasses.replace(self, events=events_without(self.events, drop))
 
     def without_pass(self, number: int) -> Schedule:
         """This schedule minus fault pass ``number`` and its events (later passes move up one)."""
-        kept = tuple(
-            dataclasses.replace(e, pass_no=e.pass_no - (e.pass_no > number))
-            for e in self.events
-            if e.pass_no != number
+        return dataclasses.replace(
+            self, passes=self.passes - 1, events=events_without_pass(self.events, number)
         )
-        return dataclasses.replace(self, passes=self.passes - 1, events=kept)
 
     def as_json(self) -> dict[str, Any]:
         return {
