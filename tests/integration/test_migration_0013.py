@@ -8,7 +8,6 @@ the upgrade would: what the old rules had absorbed arrives, and nothing stored i
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import psycopg
 
 from sync_worker import identity, migrations, models, rows, store
-from tests.fixtures import rows_0012, store_0016
+from tests.fixtures import database, rows_0012, store_0016
 
 ACCOUNT = "0252012345-00071"
 _DEV = [{"id": "00351756051523999", "kind": "imei"}]
@@ -109,15 +108,6 @@ def _rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
-def _before_0013(tmp_path: Path) -> Path:
-    directory = tmp_path / "before_0013"
-    directory.mkdir()
-    for m in migrations.available():
-        if m.version < "0013":
-            shutil.copy(m.path, directory)
-    return directory
-
-
 def _new_keys(wires: list[dict[str, Any]]) -> list[str]:
     return [r.message_key for r in rows.build_rows(ACCOUNT, [models.SMSMessage.from_wire(w) for w in wires])]
 
@@ -130,7 +120,7 @@ def test_0013_rekeys_in_place_so_replays_across_the_upgrade_lose_and_double_noth
     messages the old rules had absorbed, and the store ends up holding one row per message identity."""
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrations.migrate(conn, _before_0013(tmp_path))
+        migrations.migrate(conn, database.migrations_before(tmp_path, "0013"))
         with store_0016.writing(rows_0012.build_block):
             old_inserted = [_store(conn, block) for block in BLOCKS]
         # What the old rules lost: 2 sub-microsecond instants, 2 messageIds, the clean message.
@@ -194,7 +184,7 @@ def test_0013_keeps_a_row_whose_new_key_another_row_holds(
     ]
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrations.migrate(conn, _before_0013(tmp_path))
+        migrations.migrate(conn, database.migrations_before(tmp_path, "0013"))
         with store_0016.writing(rows_0012.build_block):
             # x took the first copy's key (absorbed); y and the plain copy are occurrences 1 and 2.
             assert [_store(conn, first), _store(conn, second)] == [1, 2]

@@ -3,7 +3,6 @@ before it reads back exactly as before, with its key."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import psycopg
 
 from sync_worker import migrations, models, simulator, store
-from tests.fixtures import store_0016
+from tests.fixtures import database, store_0016
 from tests.integration import test_migration_0013
 
 ACCOUNT = "0252012345-00016"
@@ -40,15 +39,6 @@ ODD = [
 ]
 
 
-def _before_0016(tmp_path: Path) -> Path:
-    directory = tmp_path / "before_0016"
-    directory.mkdir()
-    for m in migrations.available():
-        if m.version < "0016":
-            shutil.copy(m.path, directory)
-    return directory
-
-
 def _page(wires: list[dict[str, Any]]) -> models.HistoryPage:
     return models.HistoryPage(
         account_name=ACCOUNT,
@@ -73,7 +63,7 @@ def test_rows_stored_before_0016_read_back_exactly_and_keep_their_keys(
     of the rebuild) are the same before and after 0016, and so are the keys: nothing stored moved."""
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrations.migrate(conn, _before_0016(tmp_path))
+        migrations.migrate(conn, database.migrations_before(tmp_path, "0016"))
         run_id = store.start_run(conn, ACCOUNT)
         with store_0016.writing():
             store.commit_block(conn, run_id, _page(ODD))

@@ -3,7 +3,6 @@ stored before it reads back exactly, keeps its key, and a replay of its block st
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import psycopg
 
 from sync_worker import migrations, models, rows, store
 from sync_worker.simulator import traffic
-from tests.fixtures import store_0016
+from tests.fixtures import database, store_0016
 from tests.integration import test_migration_0013, test_migration_0016
 
 ACCOUNT = "0252012345-00017"
@@ -46,15 +45,6 @@ MULTI = [
     _m([_A, _B], "nul \x00", 10),
     _m([_A, _B], "not a time", 11, "yesterday"),
 ]
-
-
-def _before_0017(tmp_path: Path) -> Path:
-    directory = tmp_path / "before_0017"
-    directory.mkdir()
-    for m in migrations.available():
-        if m.version < "0017":
-            shutil.copy(m.path, directory)
-    return directory
 
 
 def _page(wires: list[dict[str, Any]]) -> models.HistoryPage:
@@ -100,7 +90,7 @@ def test_0017_rebuilds_multi_device_originals_in_place_and_reads_every_row_back_
     blocks = _blocks()
     url = make_database(migrated=False)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrations.migrate(conn, _before_0017(tmp_path))
+        migrations.migrate(conn, database.migrations_before(tmp_path, "0017"))
         run_id = store.start_run(conn, ACCOUNT)
         with store_0016.writing():
             inserted = sum(store.commit_block(conn, run_id, _page(b)).inserted for b in blocks)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from sync_worker import client, migrations, models, retry, rows, simulator
+from tests.fixtures import database
 from tests.reliability import crash, inproc
 
 ROWS = int(os.environ.get("SYNC_TEST_MIGRATION_ROWS", "20000"))
@@ -326,11 +326,7 @@ def _v1_run(conn: psycopg.Connection[Any], account: str, outcome: str = "succeed
 
 def _database_at_0005(make_database: Callable[..., str], tmp_path: Path) -> str:
     url = make_database(migrated=False)
-    v1 = tmp_path / "v1_migrations"
-    v1.mkdir()
-    for migration in migrations.available():
-        if migration.version <= "0005":
-            shutil.copy(migration.path, v1)
+    v1 = database.migrations_before(tmp_path, "0006")
     with psycopg.connect(url, autocommit=True) as conn:
         assert migrations.migrate(conn, v1) == ["0001", "0002", "0003", "0004", "0005"]
         conn.execute(

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from sync_worker import errors, migrations, queries
+from tests.fixtures import database
 
 
 def _copy_migrations(tmp_path: Path) -> Path:
@@ -172,11 +173,7 @@ def test_0009_merges_a_users_rows_into_one_that_never_counts_lower(
     case-folded user: counts added (never below the highest), failed fingerprints united, the longest live
     lease kept and the other in-flight login's credentials remembered as failed."""
     url = make_database(migrated=False)
-    before = tmp_path / "before_0009"
-    before.mkdir()
-    for m in migrations.available():
-        if m.version < "0009":
-            shutil.copy(m.path, before)
+    before = database.migrations_before(tmp_path, "0009")
     with psycopg.connect(url, autocommit=True) as conn:
         migrations.migrate(conn, before)
         conn.execute(
