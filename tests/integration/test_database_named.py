@@ -3,11 +3,10 @@ password), and says so when no database was configured and libpq's defaults chos
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
-import structlog
 
 from sync_worker import cli
 
@@ -31,12 +30,6 @@ COMMANDS = [
     ["retention", "--days", "30"],
     ["callbacks", "kept"],
 ]
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 def _named(url: str) -> list[str]:

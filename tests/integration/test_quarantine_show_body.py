@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import structlog
 
 from sync_worker import cli, models, store
 
 ACCOUNT = "0252012345-00082"
 BODY = b'{"messages": [{"message": "kept \\u00e9"}], "hasMoreData": tru'
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from psycopg import sql
 
 from sync_worker import cli, models, queries, retention, scheduler, store
@@ -20,13 +18,6 @@ ACCOUNT = "0252012345-00001"
 NOW = dt.datetime.now(dt.UTC)
 OLD = [dt.datetime(2023, 1, 15, tzinfo=dt.UTC), dt.datetime(2023, 2, 3, tzinfo=dt.UTC)]
 LONG_AGO = "800 days"
-
-
-@pytest.fixture(autouse=True)
-def _logging_back() -> Iterator[None]:
-    # cli.main points logging at this test's captured stderr, which pytest closes afterwards.
-    yield
-    structlog.reset_defaults()
 
 
 def _wire(text: str, at: dt.datetime | None, devices: int = 1) -> dict[str, Any]:

@@ -9,11 +9,9 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from sync_worker import cli, commands, errors, exitcodes, metrics, report, variables
 
@@ -25,12 +23,6 @@ API_ENV = {
     "THINGSPACE_PASSWORD": "cli-password-1",
     "SYNC_LOG_FORMAT": "json",
 }
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 def run(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import prometheus_client
 import pytest
-import structlog
 
 from sync_worker import app, callback_metrics, cli, config, db, errors, variables
 
@@ -24,12 +22,6 @@ API_ENV = {
     "THINGSPACE_USERNAME": "operator",
     "THINGSPACE_PASSWORD": "errors-password-1",
 }
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
 
 
 def _closed_port() -> int:
