@@ -9,6 +9,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from sync_worker import db
 from tests.integration import test_push_mode as push
 
@@ -28,6 +30,7 @@ def answer(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.timing
 def test_a_body_that_stops_coming_is_answered_408_and_its_connection_closed(db_url: str) -> None:
     """Half a body, then nothing: after read_timeout the answer is 408 refused (body_timeout) and the
     server closes the connection; nothing is stored."""
@@ -76,6 +79,7 @@ def test_a_chunked_body_over_the_limit_is_refused_413(db_url: str) -> None:
     assert len(push.history(db_url)) == 1
 
 
+@pytest.mark.timing
 def test_stop_answers_the_clients_still_sending_a_body_and_does_not_wait_for_them(db_url: str) -> None:
     """50 clients stalled mid-body when the receiver stops: each gets 503 with Retry-After and its
     connection closed, and stop returns well before their read_timeout."""
