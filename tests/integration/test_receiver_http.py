@@ -99,3 +99,13 @@ def test_stop_answers_the_clients_still_sending_a_body_and_does_not_wait_for_the
             reply = answer(sock)
             assert reply.startswith(b"HTTP/1.1 503 ")
             assert b"\r\nretry-after: 2\r\n" in reply.lower()
+
+
+def test_a_body_under_the_limit_larger_than_the_head_buffer_is_read_whole_and_stored(db_url: str) -> None:
+    """A 60 KiB callback (the head buffer is 16 KiB; the limit 64 KiB) arrives whole and is stored."""
+    message = {**push.messages(1)[0], "message": "x" * 60_000}
+    body = push.envelope(message)
+    assert 60_000 < len(body) <= 65536
+    with push.running_receiver(db.connector(db_url)) as r:
+        assert push.post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
+    assert len(push.history(db_url)) == 1
