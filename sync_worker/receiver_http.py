@@ -144,25 +144,34 @@ class Limits:
 
 
 class _EmbeddedServer(granian.server.embed.Server):
-    """granian's embedded server, listening on a socket it binds once, here: on Linux it binds in
-    each worker instead (SO_REUSEPORT), so with port 0 the port asked for is not the port served,
-    and nothing would tell which one that is."""
+    """granian's embedded server on a socket bound here (``listen``), not by granian: on Linux granian
+    binds in each worker with SO_REUSEPORT, so a second receiver on the same port would share it
+    silently instead of failing, and with port 0 nothing would tell which port is served."""
+
+    def listen(self) -> None:
+        """Bind and listen on the caller's thread; ``OSError`` when the address cannot be had."""
+        family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.bind_addr, self.bind_port))
+            sock.listen(self.backlog)
+        except OSError:
+            sock.close()
+            raise
+        self._port = int(sock.getsockname()[1])
+        # The holder owns the descriptor from here on (granian's workers serve it).
+        holder = granian._granian.SocketHolder(sock.detach(), False, self.backlog)  # type: ignore[call-arg]
+        self._shd = holder  # type: ignore[assignment]  # granian's attributes are untyped
+        self._sfd = holder.get_fd()
+        self._ssp = None
 
     def _init_shared_socket(self) -> None:
-        # Bound by Server.start, on the caller's thread (a port in use fails there); granian asks again.
-        if self._shd is None:
-            holder = granian._granian.ListenerSpec(self.bind_addr, self.bind_port, self.backlog).build()
-            self._shd = holder  # type: ignore[assignment]  # granian's attributes are untyped
-            fd = self._sfd = holder.get_fd()
-            self._ssp = None
-            # Listening from here on (granian's holder is only bound): a connection made as soon as
-            # start() returned waits in the backlog for the loop instead of being refused.
-            with socket.socket(fileno=socket.dup(fd)) as sock:
-                sock.listen(self.backlog)
+        # Done by listen() before serve() (which calls this).
+        pass
 
     def bound_port(self) -> int:
-        with socket.socket(fileno=socket.dup(cast(int, self._sfd))) as sock:
-            return int(sock.getsockname()[1])
+        return self._port
 
 
 class Server:
@@ -205,7 +214,12 @@ class Server:
 
     def start(self) -> None:
         """Listen (raises ``OSError`` when the address cannot be bound), then serve."""
-        self._granian._init_shared_socket()
+        try:
+            self._granian.listen()
+        except OSError:
+            self._loop.close()
+            self._blocking.shutdown(wait=False)
+            raise
         self._thread = threading.Thread(target=self._run, name="callback-receiver", daemon=True)
         self._thread.start()
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sync_worker import db
+from sync_worker import db, errors
 from tests.integration import test_push_mode as push
 
 
@@ -109,3 +109,14 @@ def test_a_body_under_the_limit_larger_than_the_head_buffer_is_read_whole_and_st
     with push.running_receiver(db.connector(db_url)) as r:
         assert push.post(r.port, body) == (200, {"status": "stored", "messages": 1, "inserted": 1})
     assert len(push.history(db_url)) == 1
+
+
+def test_a_second_receiver_on_a_port_in_use_fails_to_start_naming_the_variable(db_url: str) -> None:
+    """The port is bound without SO_REUSEPORT: a second receiver on it fails (ConfigError naming
+    SYNC_CALLBACK_PORT) instead of sharing it, and the first one still answers."""
+    body = push.envelope(push.messages(1)[0])
+    with push.running_receiver(db.connector(db_url)) as first:
+        second = push.running_receiver(db.connector(db_url), port=first.port)
+        with pytest.raises(errors.ConfigError, match="SYNC_CALLBACK_PORT"), second:
+            pass
+        assert push.post(first.port, body)[0] == 200
