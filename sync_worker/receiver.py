@@ -7,7 +7,8 @@ body or a credential) and counted:
 
 1. source address in ``allowed_sources`` (X-Forwarded-For believed only from ``trusted_proxies``): 403;
 2. the account in the URL is one we serve: 403 (the same answer as bad credentials);
-3. a ``Content-Length`` (411) of at most ``max_body_bytes`` (413, the body is not read);
+3. a ``Content-Length`` (411; or a chunked body) of at most ``max_body_bytes`` (413, the body is not
+   read; a chunked one is refused once past it), the body whole within ``read_timeout`` (408);
 4. a JSON media type: 415; a JSON object: 400;
 5. the body's username/password are ours (``callbacks.ListenerCredentials``), and an
    ``accountName`` in the body, if any, is the URL's: 403.
@@ -21,6 +22,10 @@ connection in time, a lock or statement timeout, the commit queue full) answers 
 Retry-After and any other store failure 500, so ThingSpace retries (and, after its last attempt,
 puts the message back in the history queue for polling). A body of unknown shape is
 kept and answered 200: refusing it would only make the platform send it again, then re-queue it.
+
+The HTTP server is granian, embedded (``receiver_http``: it serves ``receiver_http.Endpoint``, which
+asks this module for every check and answer); ``Receiver.wsgi`` is the same receiver as a plain WSGI
+application, for in-process callers.
 """
 
 from __future__ import annotations
