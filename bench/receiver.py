@@ -87,7 +87,8 @@ function response(status, headers, body)
   if status >= 200 and status < 300 then ok = ok + 1
   elseif status == 503 then
     busy = busy + 1
-    if headers["Retry-After"] then busy_retry = busy_retry + 1 end
+    -- Header names are case-insensitive (RFC 9110); granian (hyper) sends them lower case.
+    if headers["Retry-After"] or headers["retry-after"] then busy_retry = busy_retry + 1 end
   else other = other + 1 end
 end
 function done(summary, latency, requests)

@@ -62,9 +62,20 @@ class _Waiter(Generic[Item, Result]):
     taken: bool = False
     abandoned: bool = False
     settled: bool = False
+    # For callers that do not block (``submit``): called from the committer thread once settled.
+    notify: Callable[[list[_Waiter[Item, Result]]], None] | None = None
 
     def __post_init__(self) -> None:
         self.done.acquire()
+
+    def outcome(self) -> Result:
+        """The settled item's result, or what writing it raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # set whenever error is not
+
+
+Ticket = _Waiter
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,7 +161,31 @@ class GroupCommitter(Generic[Item, Result]):
 
         Raises what writing it raised, or ``Saturated`` (queue full, or no commit in time).
         """
-        waiter: _Waiter[Item, Result] = _Waiter(item)
+        waiter = self._enqueue(_Waiter(item))
+        if not waiter.done.acquire(timeout=self._wait_timeout) and self.abandon(waiter):
+            raise Saturated("commit_timeout", f"not committed within {self._wait_timeout:g} s")
+        return waiter.outcome()
+
+    def submit(
+        self, item: Item, notify: Callable[[list[Ticket[Item, Result]]], None]
+    ) -> Ticket[Item, Result]:
+        """Queue ``item`` without waiting: ``notify`` gets the settled tickets of a transaction at
+        once (one call per batch, from a committer thread, so it must not block). A caller that stops
+        waiting calls ``abandon``. Raises ``Saturated`` (queue full) at once."""
+        return self._enqueue(_Waiter(item, notify=notify))
+
+    def abandon(self, ticket: Ticket[Item, Result]) -> bool:
+        """Give up waiting for ``ticket``: False if it was settled already (its outcome stands)."""
+        with self._lock:
+            if ticket.settled:
+                return False
+            ticket.abandoned = True
+            if not ticket.taken:
+                # Never to be written: it leaves the queue as it is skipped.
+                self._waiting -= 1
+            return True
+
+    def _enqueue(self, waiter: _Waiter[Item, Result]) -> _Waiter[Item, Result]:
         with self._lock:
             if not self._threads or self._stopping:
                 raise Saturated("queue_full", "the committer is not running")
@@ -159,17 +194,7 @@ class GroupCommitter(Generic[Item, Result]):
             self._queue.append(waiter)
             self._waiting += 1
             self._lock.notify()
-        if not waiter.done.acquire(timeout=self._wait_timeout):
-            with self._lock:
-                if not waiter.settled:
-                    waiter.abandoned = True
-                    if not waiter.taken:
-                        # Never to be written: it leaves the queue as it is skipped.
-                        self._waiting -= 1
-                    raise Saturated("commit_timeout", f"not committed within {self._wait_timeout:g} s")
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result  # type: ignore[return-value]  # set whenever error is not
+        return waiter
 
     def _run(self) -> None:
         while True:
@@ -212,10 +237,16 @@ class GroupCommitter(Generic[Item, Result]):
     def _settle(
         self, answers: list[tuple[_Waiter[Item, Result], Result | None, BaseException | None]]
     ) -> None:
-        """Answer every waiter of ``answers`` (waiter, result, error), under one take of the lock."""
+        """Answer every waiter of ``answers`` (waiter, result, error), under one take of the lock;
+        then the non-blocking callers, one ``notify`` call for all of a batch's that share it."""
+        notices: dict[Callable[[list[_Waiter[Item, Result]]], None], list[_Waiter[Item, Result]]] = {}
         with self._lock:
             for waiter, result, error in answers:
                 waiter.result, waiter.error = result, error
                 waiter.settled = True
                 waiter.done.release()
+                if waiter.notify is not None:
+                    notices.setdefault(waiter.notify, []).append(waiter)
             self._waiting -= len(answers)
+        for notify, waiters in notices.items():
+            notify(waiters)

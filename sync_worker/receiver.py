@@ -7,7 +7,8 @@ body or a credential) and counted:
 
 1. source address in ``allowed_sources`` (X-Forwarded-For believed only from ``trusted_proxies``): 403;
 2. the account in the URL is one we serve: 403 (the same answer as bad credentials);
-3. a ``Content-Length`` (411) of at most ``max_body_bytes`` (413, the body is not read);
+3. a ``Content-Length`` (411; or a chunked body) of at most ``max_body_bytes`` (413, the body is not
+   read; a chunked one is refused once past it), the body whole within ``read_timeout`` (408);
 4. a JSON media type: 415; a JSON object: 400;
 5. the body's username/password are ours (``callbacks.ListenerCredentials``), and an
    ``accountName`` in the body, if any, is the URL's: 403.
@@ -21,29 +22,29 @@ connection in time, a lock or statement timeout, the commit queue full) answers 
 Retry-After and any other store failure 500, so ThingSpace retries (and, after its last attempt,
 puts the message back in the history queue for polling). A body of unknown shape is
 kept and answered 200: refusing it would only make the platform send it again, then re-queue it.
+
+The HTTP server is granian, embedded (``receiver_http``: it serves ``receiver_http.Endpoint``, which
+asks this module for every check and answer); ``Receiver.wsgi`` is the same receiver as a plain WSGI
+application, for in-process callers.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import http
 import ipaddress
-import json
-import logging
 import threading
 import traceback
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import psycopg
 import psycopg.errors
 import structlog
-import waitress.server
-import waitress.wasyncore
 
 from sync_worker import (
     callback_metrics,
@@ -54,7 +55,14 @@ from sync_worker import (
     errors,
     group_commit,
     models,
+    receiver_http,
 )
+
+# The request and its answer are the HTTP side's (receiver_http serves them).
+Answer = receiver_http.Answer
+Incoming = receiver_http.Incoming
+Pending = receiver_http.Pending
+Step = receiver_http.Step
 
 PATH_PREFIX: Final = "/callbacks/"
 _JSON_TYPES: Final = ("application/json",)
@@ -73,9 +81,9 @@ class ReceiverConfig:
     max_body_bytes: int = 65536
     allowed_sources: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
-    # A connection that sends nothing for this long is closed (waitress's channel_timeout): a
-    # client that stops mid-request holds no worker (the body is read before the handler runs),
-    # only one of connection_limit's slots, and not for long.
+    # Headers not complete, or a body not complete, this long after it began: the connection is
+    # closed (408 for a body). A client that stops mid-request holds no thread (bodies are awaited
+    # on the event loop), only one of connection_limit's slots, and not for long.
     read_timeout: float = 30.0
     # Database connections at most, whatever the load.
     pool_size: int = 4
@@ -87,43 +95,32 @@ class ReceiverConfig:
     statement_timeout: float = 2.5
     # Seconds the 503's Retry-After asks for (the platform was seen retrying after 1.2-1.7 s).
     retry_after: int = 2
-    # Worker threads: each handles one request at a time, from a whole body to the answer (most of
-    # it waiting for its commit). More threads make bigger shared transactions (cheaper per
-    # callback); the process stays under 64 threads with its 8 others.
-    threads: int = 48
-    # Open connections at most; beyond it waitress stops accepting until some close. Well above
-    # the platform's concurrency, so a crowd of stalled clients does not lock it out at once.
+    # Threads for the rare blocking step of a request (keeping the body of a callback whose store
+    # failed); every other step runs on the server's event loop or the committers.
+    threads: int = 2
+    # Open connections at most (granian's backpressure); beyond it granian stops accepting until
+    # some close. Well above the platform's concurrency, so a crowd of stalled clients does not
+    # lock it out at once.
     connection_limit: int = 2000
     # How long stop() waits for the requests being handled to answer.
     drain_timeout: float = 10.0
     # Group commit: transactions written at the same time (each holds one of pool_size's
     # connections; the rest serve the rare callback written alone), callbacks one transaction
-    # takes at most, callbacks waiting for a transaction at most (beyond: 503 at once; waitress's
-    # threads bound it anyway when it serves the receiver), and how long a callback may wait for
-    # its commit before it is answered 503 (under the ~4 s after which the platform delivers again).
+    # takes at most, callbacks waiting for a transaction at most (beyond: 503 at once), and how
+    # long a callback may wait for its commit before it is answered 503 (under the ~4 s after
+    # which the platform delivers again).
     committers: int = 2
     max_batch: int = group_commit.DEFAULT_MAX_BATCH
     max_queue: int = 256
     commit_timeout: float = 3.5
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: dict[str, Any]
-    retry_after: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Pending:
-    """A callback waiting for its transaction."""
-
-    kept: models.KeptCallback
-    messages: tuple[models.SMSMessage, ...]
-
-
 class Receiver:
-    """The callback endpoint on its own thread; ``port=0`` picks a free port."""
+    """The callback endpoint, served by granian on a thread of its own; ``port=0`` picks a free port.
+
+    ``wsgi`` is the same endpoint as a plain WSGI application (tests call it in-process); the
+    server runs ``receiver_http.Endpoint``, its asynchronous twin, which shares every check below.
+    """
 
     def __init__(
         self,
@@ -142,7 +139,7 @@ class Receiver:
             lock_timeout=config.lock_timeout,
             statement_timeout=config.statement_timeout,
         )
-        self._committer: group_commit.GroupCommitter[_Pending, callback_store.CallbackResult] = (
+        self._committer: group_commit.GroupCommitter[Pending, callback_store.CallbackResult] = (
             group_commit.GroupCommitter(
                 self._write,
                 isolate=_one_could_cause,
@@ -156,12 +153,15 @@ class Receiver:
         )
         metrics.commit_queue.set_function(self._committer.queued)
         self._clock = clock
-        self._server: waitress.server.TcpWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: receiver_http.Server | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
         for account in sorted(config.accounts):
             metrics.account_served(account)
+
+    @property
+    def committer(self) -> group_commit.GroupCommitter[Pending, callback_store.CallbackResult]:
+        return self._committer
 
     # -- lifecycle --
 
@@ -169,72 +169,52 @@ class Receiver:
         if self._server is not None:
             return self
         cfg = self.config
+        server = receiver_http.Server(
+            receiver_http.Endpoint(self),
+            host=cfg.host,
+            port=cfg.port,
+            connection_limit=cfg.connection_limit,
+            read_timeout=cfg.read_timeout,
+            max_header_bytes=_MAX_HEADER_BYTES,
+            threads=cfg.threads,
+        )
+        self._pool.open()
+        self._committer.start()
         try:
-            server = waitress.server.create_server(
-                self.wsgi,
-                host=cfg.host,
-                port=cfg.port,
-                threads=cfg.threads,
-                connection_limit=cfg.connection_limit,
-                channel_timeout=cfg.read_timeout,
-                # waitress reads a body whole before the application runs; one declared longer
-                # than this is refused by waitress itself (413) without reading it. Up to twice
-                # our own limit it is read, so the refusal is the receiver's (logged, counted).
-                max_request_body_size=2 * cfg.max_body_bytes,
-                max_request_header_size=_MAX_HEADER_BYTES,
-                # select() stops at 1,024 descriptors; connection_limit is above it.
-                asyncore_use_poll=True,
-                # How often idle channels are checked against channel_timeout.
-                cleanup_interval=max(1, int(cfg.read_timeout // 2)),
-                ident="thingspace-sms-sync",
-                # X-Forwarded-For is read by the receiver itself (_source), not removed.
-                clear_untrusted_proxy_headers=False,
-                expose_tracebacks=False,
-                log_socket_errors=False,
-            )
+            server.start()
         except OSError as exc:
+            self._committer.stop()
+            self._pool.close()
             raise errors.ConfigError(
                 f"cannot listen on {cfg.host}:{cfg.port} for callbacks (SYNC_CALLBACK_PORT): "
                 f"{exc.strerror or exc}"
             ) from exc
-        assert isinstance(server, waitress.server.TcpWSGIServer)  # noqa: S101  # one host, one socket
-        # waitress warns on every request that waits for a free thread, from its I/O loop: under
-        # load that is a log line per callback, written by the one thread that does all the I/O.
-        # The commit queue and the answers' latency are in the metrics.
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        self._pool.open()
-        self._committer.start()
         self._server = server
-        self._thread = threading.Thread(target=server.run, name="callback-receiver", daemon=True)
-        self._thread.start()
         _log.info("callback_receiver_started", host=cfg.host, port=self.port)
         return self
 
     def stop(self) -> None:
         """Stop accepting, let the requests being handled answer, then close every connection."""
-        server, thread = self._server, self._thread
+        server = self._server
         if server is None:
             return
-        # waitress's typing stubs miss these attributes (trigger, effective_port, the map).
-        _in_loop(server, lambda: _close_listener(server))
-        with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.config.drain_timeout)
-        _in_loop(server, lambda: _close_channels(server))
-        if thread is not None:
-            thread.join(timeout=5)
-        server.task_dispatcher.shutdown(timeout=5)
-        self._server = self._thread = None
+        server.stop(drain=self._drain)
+        self._server = None
         self._committer.stop()
         self._pool.close()
 
+    def _drain(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.config.drain_timeout)
+
     def live(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._server is not None and self._server.live()
 
     @property
     def port(self) -> int:
         if self._server is None:
             return self.config.port
-        return int(cast(Any, self._server).effective_port)
+        return self._server.port
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -242,77 +222,100 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def limits(self) -> receiver_http.Limits:
+        cfg = self.config
+        return receiver_http.Limits(cfg.read_timeout, cfg.max_body_bytes, cfg.commit_timeout)
+
+    def entered(self) -> None:
+        """A request is being handled (``stop`` waits for it)."""
+        with self._idle:
+            self._in_flight += 1
+
+    def left(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
     # -- the WSGI application --
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        """The receiver as a plain WSGI application (waitress serves it; tests may call it directly).
-
-        The server has read the whole body (within its size limit) before this runs.
-        """
-        with self._idle:
-            self._in_flight += 1
+        """The receiver as a plain WSGI application, every step on the calling thread."""
+        self.entered()
         try:
             answer = self.handle(_incoming(environ))
         finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
-        payload = json.dumps(answer.body).encode() + b"\n"
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(payload))),
-            ("Cache-Control", "no-store"),
-        ]
-        if answer.retry_after is not None:
-            headers.append(("Retry-After", str(answer.retry_after)))
+            self.left()
+        payload, headers = answer.http()
         start_response(f"{answer.status} {http.HTTPStatus(answer.status).phrase}", headers)
         return [payload]
 
     # -- one request --
 
-    def handle(self, request: _Incoming) -> Answer:
+    def handle(self, request: Incoming) -> Answer:
         """Check, read and store one request; every outcome is an ``Answer``, a failure of this
         code too (a deliberate 500, never a dropped connection)."""
         self.metrics.received.inc()
         try:
-            return self._handle(request)
+            first = self.admit(request)
+            if isinstance(first, Answer):
+                return first
+            source, account = first
+            body = request.read(request.length or 0)
+            if len(body) != request.length:
+                return self.refused(
+                    errors.CallbackRefusedError(400, "body_cut_short"), request, source, account
+                )
+            step = self.accept(request, body, source, account)
+            if isinstance(step, Answer):
+                return step
+            try:
+                result = self._committer.commit(step.pending)
+            except Exception as exc:
+                answer, unread = self.failed(step, exc)
+                if unread:
+                    self.keep_unread(step.pending.kept, unread)
+                return answer
+            return self.stored(step, result)
         except Exception as exc:
-            self.metrics.store_failures.labels("unexpected").inc()
-            _log.error("callback_receiver_failed", kind=type(exc).__name__, where=_where(exc))
-            return Answer(500, {"status": "error"})
+            return self.crashed(exc)
 
-    def _handle(self, request: _Incoming) -> Answer:
+    def unavailable(self) -> Answer:
+        """The server is stopping: try again (another replica, or this one once restarted)."""
+        return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after)
+
+    def crashed(self, exc: BaseException) -> Answer:
+        self.metrics.store_failures.labels("unexpected").inc()
+        _log.error("callback_receiver_failed", kind=type(exc).__name__, where=_where(exc))
+        return Answer(500, {"status": "error"})
+
+    def admit(self, request: Incoming) -> tuple[str | None, str] | Answer:
+        """The checks made before the body is read: (source, account), or the refusal."""
         source = _text(_address(request.peer))
         account: str | None = None
         try:
             source = self._source(request)
             account = self._check_route(request, source)
-            body = self._read_body(request)
+            self._check_head(request)
+        except errors.CallbackRefusedError as exc:
+            return self.refused(exc, request, source, account)
+        return source, account
+
+    def accept(
+        self,
+        request: Incoming,
+        body: bytes,
+        source: str | None,
+        account: str,
+        *,
+        future: asyncio.Future[None] | None = None,
+    ) -> Step | Answer:
+        """The whole body read: authenticated and ready to store, or the refusal."""
+        try:
             obj = callbacks.decode(body)
             received_at = self._clock()
             callback = callbacks.read(obj, account, self.config.credentials, received_at=received_at)
         except errors.CallbackRefusedError as exc:
-            self.metrics.refused.labels(exc.reason).inc()
-            _log.warning(
-                "callback_refused",
-                reason=exc.reason,
-                status=exc.status,
-                source=source,
-                # Only a served account is named: a made-up one is the caller's text.
-                account=account,
-                body_size=request.length,
-            )
-            return Answer(exc.status, {"status": "refused"})
-        return self._store(callback, obj, body, source, received_at)
-
-    def _store(
-        self,
-        callback: callbacks.Callback,
-        obj: dict[str, Any],
-        body: bytes,
-        source: str | None,
-        received_at: dt.datetime,
-    ) -> Answer:
+            return self.refused(exc, request, source, account)
         kept_body, exact = callbacks.redact(body, obj)
         kept = models.KeptCallback(
             account_name=callback.account_name,
@@ -325,24 +328,45 @@ class Receiver:
             source_address=source,
             received_at=received_at,
         )
-        account = callback.account_name
-        try:
-            result = self._committer.commit(_Pending(kept, callback.messages))
-        except (callback_pool.Busy, group_commit.Saturated, errors.DatabaseUnavailableError) as exc:
+        return Step(callback, Pending(kept, callback.messages, future))
+
+    def refused(
+        self, exc: errors.CallbackRefusedError, request: Incoming, source: str | None, account: str | None
+    ) -> Answer:
+        self.metrics.refused.labels(exc.reason).inc()
+        _log.warning(
+            "callback_refused",
+            reason=exc.reason,
+            status=exc.status,
+            source=source,
+            # Only a served account is named: a made-up one is the caller's text.
+            account=account,
+            body_size=request.length,
+        )
+        return Answer(exc.status, {"status": "refused"})
+
+    def failed(self, step: Step, exc: BaseException) -> tuple[Answer, str | None]:
+        """The answer to a callback whose store failed, and why its body is to be kept unread (or None)."""
+        account = step.callback.account_name
+        if isinstance(exc, callback_pool.Busy | group_commit.Saturated | errors.DatabaseUnavailableError):
             kind = "database_unavailable" if isinstance(exc, errors.DatabaseUnavailableError) else exc.kind
             self.metrics.store_failures.labels(kind).inc()
             _log.error("callback_store_failed", account=account, kind=kind, error=str(exc))
-            return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after)
-        except Exception as exc:
-            # Whatever else went wrong (a database error, a bug): the body is kept, unread, so
-            # nothing authenticated is lost, and the 500 makes the platform retry (then re-queue
-            # the message for polling).
-            kind = "store_error" if isinstance(exc, errors.StoreError) else "unexpected"
-            self.metrics.store_failures.labels(kind).inc()
-            error = str(exc) if kind == "store_error" else type(exc).__name__
-            _log.error("callback_store_failed", account=account, kind=kind, error=error, where=_where(exc))
-            self._keep_unread(kept, f"the receiver could not store it ({kind}: {type(exc).__name__})")
-            return Answer(500, {"status": "error"})
+            return Answer(503, {"status": "unavailable"}, retry_after=self.config.retry_after), None
+        # Whatever else went wrong (a database error, a bug): the body is kept, unread, so
+        # nothing authenticated is lost, and the 500 makes the platform retry (then re-queue
+        # the message for polling).
+        kind = "store_error" if isinstance(exc, errors.StoreError) else "unexpected"
+        self.metrics.store_failures.labels(kind).inc()
+        error = str(exc) if kind == "store_error" else type(exc).__name__
+        _log.error("callback_store_failed", account=account, kind=kind, error=error, where=_where(exc))
+        return Answer(
+            500, {"status": "error"}
+        ), f"the receiver could not store it ({kind}: {type(exc).__name__})"
+
+    def stored(self, step: Step, result: callback_store.CallbackResult) -> Answer:
+        callback = step.callback
+        account = callback.account_name
         self.metrics.stored.labels(account, callback.shape).inc()
         self.metrics.messages_inserted.labels(account).inc(result.inserted)
         self.metrics.messages_replayed.labels(account).inc(result.messages - result.inserted)
@@ -365,12 +389,13 @@ class Receiver:
         _log.debug("callback_stored", **fields)
         return Answer(200, {"status": "stored", "messages": result.messages, "inserted": result.inserted})
 
-    def _keep_unread(self, kept: models.KeptCallback, why: str) -> None:
-        """Keep the body as an unknown shape (no messages) after storing it failed; log either way."""
+    def keep_unread(self, kept: models.KeptCallback, why: str) -> None:
+        """Keep the body as an unknown shape (no messages) after storing it failed; log either way.
+        Blocks (a transaction of its own)."""
         problem = "; ".join(p for p in (why + "; answered 500", kept.problem) if p)
         unread = dataclasses.replace(kept, shape="unknown", problem=problem)
         try:
-            result = self._commit(unread, ())
+            result = self._write([Pending(unread, ())])[0]
         except Exception as exc:
             _log.error(
                 "callback_not_kept",
@@ -383,13 +408,7 @@ class Receiver:
             return
         _log.warning("callback_kept_unread", account=kept.account_name, callback_id=result.callback_id)
 
-    def _commit(
-        self, kept: models.KeptCallback, messages: tuple[models.SMSMessage, ...]
-    ) -> callback_store.CallbackResult:
-        """One callback in a transaction of its own, outside the group commit."""
-        return self._write([_Pending(kept, messages)])[0]
-
-    def _write(self, items: Sequence[_Pending]) -> list[callback_store.CallbackResult]:
+    def _write(self, items: Sequence[Pending]) -> list[callback_store.CallbackResult]:
         """The committer's transaction: every item, committed together (or an exception)."""
         with self._pool.connection() as conn:
             try:
@@ -405,7 +424,7 @@ class Receiver:
         if batch.committed:
             self.metrics.commit_batch_size.observe(batch.size)
 
-    def _check_route(self, request: _Incoming, source: str | None) -> str:
+    def _check_route(self, request: Incoming, source: str | None) -> str:
         if not self._source_allowed(source):
             raise errors.CallbackRefusedError(403, "source_not_allowed")
         path = urllib.parse.urlsplit(request.path).path
@@ -416,20 +435,16 @@ class Receiver:
             raise errors.CallbackRefusedError(403, "account_not_served")
         return account
 
-    def _read_body(self, request: _Incoming) -> bytes:
-        if request.length is None:
+    def _check_head(self, request: Incoming) -> None:
+        if request.length is None and not request.chunked:
             raise errors.CallbackRefusedError(411, "length_required")
-        if request.length > self.config.max_body_bytes:
+        if request.length is not None and request.length > self.config.max_body_bytes:
             raise errors.CallbackRefusedError(413, "body_too_large")
         media = (request.content_type or "").split(";", 1)[0].strip().lower()
         if media not in _JSON_TYPES and not media.endswith("+json"):
             raise errors.CallbackRefusedError(415, "not_json_media_type")
-        body = request.read(request.length)
-        if len(body) != request.length:
-            raise errors.CallbackRefusedError(400, "body_cut_short")
-        return body
 
-    def _source(self, request: _Incoming) -> str | None:
+    def _source(self, request: Incoming) -> str | None:
         """The caller's address: the peer, or from a trusted proxy its ``X-Forwarded-For``.
 
         ``forwarded_for`` is every header line joined in order (what RFC 9110 makes of repeated
@@ -456,17 +471,6 @@ class Receiver:
             return True
         address = _address(source)
         return address is not None and _in(address, self.config.allowed_sources)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Incoming:
-    method: str
-    path: str
-    peer: str | None
-    length: int | None
-    content_type: str | None
-    forwarded_for: str | None
-    read: Callable[[int], bytes]
 
 
 def _one_could_cause(exc: BaseException) -> bool:
@@ -511,7 +515,7 @@ def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[
     return any(address.version == n.version and address in n for n in networks)
 
 
-def _incoming(environ: dict[str, Any]) -> _Incoming:
+def _incoming(environ: dict[str, Any]) -> Incoming:
     raw_length = environ.get("CONTENT_LENGTH")
     length: int | None
     try:
@@ -523,40 +527,12 @@ def _incoming(environ: dict[str, Any]) -> _Incoming:
     stream = environ["wsgi.input"]
     # WSGI hands the path as latin-1 decoded bytes; account names are ASCII either way.
     path = str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "replace")
-    return _Incoming(
+    return Incoming(
         method=str(environ.get("REQUEST_METHOD") or "GET"),
         path=path,
         peer=environ.get("REMOTE_ADDR"),
         length=length,
         content_type=environ.get("CONTENT_TYPE"),
-        # waitress joins repeated header lines with ", " in order (RFC 9110's reading).
         forwarded_for=environ.get("HTTP_X_FORWARDED_FOR") or None,
         read=stream.read,
     )
-
-
-def _in_loop(server: waitress.server.TcpWSGIServer, thunk: Callable[[], None]) -> None:
-    """Run ``thunk`` in the server's loop thread. A loop that has ended already took its trigger
-    with it (writing to it is EBADF): there is nothing left to ask it, and the stop goes on."""
-    with contextlib.suppress(OSError):
-        cast(Any, server).trigger.pull_trigger(thunk)
-
-
-def _close_listener(server: waitress.server.TcpWSGIServer) -> None:
-    """In the server's loop: stop accepting (the trigger stays, to deliver ``_close_channels``)."""
-    server.accepting = False
-    waitress.wasyncore.dispatcher.close(server)
-
-
-def _close_channels(server: waitress.server.TcpWSGIServer) -> None:
-    """In the server's loop: flush what is ready to go and close every connection, the trigger
-    last; the loop ends once nothing is left in its map."""
-    loop = cast(Any, server)
-    for channel in list(loop._map.values()):
-        if channel is loop.trigger:
-            continue
-        with contextlib.suppress(OSError):
-            if channel.writable():
-                channel.handle_write()
-        channel.handle_close()
-    loop.trigger.handle_close()

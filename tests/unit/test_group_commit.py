@@ -157,3 +157,50 @@ def test_a_caller_not_committed_in_time_gives_up_and_its_item_is_never_written(
     assert c.commit("next") == "stored next"
     assert store.transactions == [["a"], ["next"]]
     c.stop()
+
+
+def test_submitted_items_are_notified_once_per_transaction_after_it_committed() -> None:
+    """Callers that do not block: 5 items queued behind an open transaction are committed together,
+    and their notify is called once, with the 5 tickets, each holding its own result."""
+    store = Store(hold_first=True)
+    c = committer(store)
+    calls: list[list[str]] = []
+    done = threading.Event()
+
+    def notify(tickets: list[group_commit.Ticket[str, str]]) -> None:
+        # Called after the commit: the transaction is in the store already.
+        assert [t.item for t in tickets] in store.transactions
+        calls.append([t.outcome() for t in tickets])
+        if len(calls) == 2:
+            done.set()
+
+    c.submit("a", notify)
+    assert store.entered.wait(30)
+    tickets = [c.submit(f"b{i}", notify) for i in range(5)]
+    crash.wait_until(lambda: c.queued() == 5, 30, "5 queued")
+    store.gate.set()
+    assert done.wait(30)
+    assert calls == [["stored a"], [f"stored b{i}" for i in range(5)]]
+    assert [t.outcome() for t in tickets] == [f"stored b{i}" for i in range(5)]
+    assert c.waiting() == 0
+    c.stop()
+
+
+def test_an_abandoned_ticket_not_taken_yet_is_never_written_and_a_settled_one_keeps_its_outcome() -> None:
+    """abandon() before a transaction took the item: True, the item is skipped; after it was
+    settled: False, and its result stands."""
+    store = Store(hold_first=True)
+    c = committer(store)
+    settled = threading.Event()
+    first = c.submit("a", lambda tickets: settled.set())
+    assert store.entered.wait(30)
+    late = c.submit("late", lambda tickets: None)
+    assert c.abandon(late) is True
+    store.gate.set()
+    assert settled.wait(30)
+    assert c.abandon(first) is False
+    assert first.outcome() == "stored a"
+    assert c.commit("next") == "stored next"
+    assert store.transactions == [["a"], ["next"]]
+    assert c.waiting() == 0
+    c.stop()
