@@ -29,8 +29,11 @@
 -- Stored rows move in place: device rows at positions 1 and 2 go into the columns of their message
 -- (found by account, key and received_at) and are deleted; raw_devices is dropped where the rebuild
 -- from the columns equals it. Keys, first_stored_at, positions and every original are unchanged
--- (tests/integration/test_migration_0018.py). The UPDATE rewrites the multi-device rows (a VACUUM
--- afterwards returns their old space).
+-- (tests/integration/test_migration_0018.py). The UPDATE rewrites the multi-device rows: a VACUUM
+-- afterwards lets later inserts reuse their old versions' space, VACUUM FULL (or pg_repack) returns it
+-- to the system. Measured on the PostgreSQL 15 service with 100,000 three-ids messages stored by the
+-- 0017 code: the migration took 2.2 s; 989 bytes per message before, 1125 after it and VACUUM, 535
+-- after VACUUM FULL of the history partitions.
 
 ALTER TABLE sms_message
     ADD COLUMN device2_kind text,
