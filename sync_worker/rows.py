@@ -32,11 +32,15 @@ PROBLEM_SEPARATOR: Final = "\x1f"
 # The stdlib's C string encoder, as ``identity`` uses it (the same escapes).
 _encode_str: Final = json.encoder.encode_basestring_ascii
 _WIRE_KEYS: Final = ("deviceIds", "message", "timestamp")
+# Devices a message row holds (the first, device2_*, device3_*; migration 0018); the others get
+# sms_message_device rows.
+ROW_DEVICES: Final = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Row:
-    """One ``sms_message`` row; devices after the first become ``sms_message_device`` rows.
+    """One ``sms_message`` row; its second and third devices are columns of it (``device2_*``,
+    ``device3_*``), a 4th and later become ``sms_message_device`` rows.
 
     ``devices`` holds each distinct (kind, id) once, in the order first listed (the key and
     ``raw_json`` keep the list as sent). ``raw_json`` is the original as received; ``raw_kept`` is
@@ -44,7 +48,8 @@ class Row:
     fields and ``raw_devices`` (``sms_history_rebuild_raw``, migrations 0006 and 0017), else
     ``raw_json`` itself. ``raw_devices`` is the original's text of the deviceIds items after the
     first (from the comma that precedes the second), for a rebuilt original that lists several;
-    None otherwise. ``message_json`` is the text's JSON string literal as the original spells it,
+    None otherwise (the stored column is None also where ``devices_rebuilt`` gives the same text).
+    ``message_json`` is the text's JSON string literal as the original spells it,
     for a rebuilt original whose text is not plain printable ASCII (the database then reads it
     instead of escaping the text per read); None otherwise.
     """
@@ -91,6 +96,7 @@ def _any_row(account: str, prefix: str, message: models.SMSMessage, seen: dict[s
 _Columns = tuple[
     bytes, int, "str | None", "str | None", int, "str | None", "dt.datetime | None", "str | None",
     "str | None", bool, "str | None", "str | None", "str | None",
+    "str | None", "str | None", "str | None", "str | None",
 ]  # fmt: skip
 
 
@@ -100,7 +106,9 @@ class Block:
 
     Row ``i`` of the block is element ``i`` of every per-row column; ``problems`` holds a row's
     problems joined by ``PROBLEM_SEPARATOR`` (None: well formed). Devices after a row's first are
-    the ``dev_*`` columns, tied to their row by ``dev_message_key``. Equal, column for column, to
+    ``raw_devices`` is None where the rebuild writes the items after the first from ``device2_*`` and
+    ``device3_*`` (``devices_rebuilt``); the 4th and later devices are the ``dev_*`` columns, tied to
+    their row by ``dev_message_key``. Equal, column for column, to
     ``from_rows(build_rows(...))``.
     """
 
@@ -117,6 +125,10 @@ class Block:
     problems: Sequence[str | None]
     raw_devices: Sequence[str | None]
     message_json: Sequence[str | None]
+    device2_kind: Sequence[str | None]
+    device2_id: Sequence[str | None]
+    device3_kind: Sequence[str | None]
+    device3_id: Sequence[str | None]
     dev_message_key: Sequence[bytes] = ()
     dev_position: Sequence[int] = ()
     dev_kind: Sequence[str] = ()
@@ -179,24 +191,29 @@ def _block(columns: list[_Columns], rows_with_devices: Iterable[Row]) -> Block:
     dev_kind: list[str] = []
     dev_id: list[str] = []
     for r in rows_with_devices:
-        # The first device lives in the message row; only the rare others need rows of their own.
+        # The first three devices live in the message row; only a 4th and later need rows of their own.
         key = bytes.fromhex(r.message_key)
-        for position in range(1, len(r.devices)):
+        for position in range(ROW_DEVICES, len(r.devices)):
             kind, ident = r.devices[position]
             dev_key.append(key)
             dev_position.append(position)
             dev_kind.append(kind)
             dev_id.append(ident)
     if not columns:
-        return Block((), (), (), (), (), (), (), (), (), (), (), (), ())
+        return Block((), (), (), (), (), (), (), (), (), (), (), (), (), (), (), (), ())
     c = list(zip(*columns, strict=True))
     return Block(
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
-        dev_key, dev_position, dev_kind, dev_id,
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13], c[14],
+        c[15], c[16], dev_key, dev_position, dev_kind, dev_id,
     )  # fmt: skip
 
 
 def _columns_of(r: Row) -> _Columns:
+    second = r.devices[1] if len(r.devices) > 1 else (None, None)
+    third = r.devices[ROW_DEVICES - 1] if len(r.devices) >= ROW_DEVICES else (None, None)
+    raw_devices = r.raw_devices
+    if raw_devices is not None and raw_devices == devices_rebuilt(r.devices):
+        raw_devices = None
     return (
         bytes.fromhex(r.message_key),
         r.occurrence,
@@ -209,8 +226,12 @@ def _columns_of(r: Row) -> _Columns:
         r.raw_kept,
         r.raw_is_jsonb,
         PROBLEM_SEPARATOR.join(r.problems) if r.problems else None,
-        r.raw_devices,
+        raw_devices,
         r.message_json,
+        second[0],
+        second[1],
+        third[0],
+        third[1],
     )
 
 
@@ -288,6 +309,10 @@ def _record_columns(prefix: str, raw: Any, seen: dict[str, int]) -> _Columns | N
         None if problem is None else problem.replace(PROBLEM_SEPARATOR, " "),
         None,
         None if kept is not None else _escaped(text_json, text),
+        None,
+        None,
+        None,
+        None,
     )
 
 
@@ -397,6 +422,14 @@ def rebuild_raw(
     return (
         f'{{"deviceIds":[{{"id":{_encode_str(device_id)},"kind":{_encode_str(device_kind)}}}'
         f'{raw_devices or ""}],"message":{_encode_str(message)},"timestamp":{_encode_str(timestamp_raw)}}}'
+    )
+
+
+def devices_rebuilt(devices: Sequence[tuple[str, str]]) -> str:
+    """What the database's rebuild writes after the first device when ``raw_devices`` is NULL: the
+    second and third of ``devices`` (kind, id) from their columns, in the decoder's spelling."""
+    return "".join(
+        f',{{"id":{_encode_str(ident)},"kind":{_encode_str(kind)}}}' for kind, ident in devices[1:ROW_DEVICES]
     )
 
 

@@ -1,8 +1,8 @@
 -- Named queries of sync_worker.store. One block per "-- name:" line.
 
 -- name: commit_block
--- The whole block in one statement (one round trip, one transaction): rows,
--- extra-device rows, the cursor and the run counters land together or not at all.
+-- The whole block in one statement (one round trip, one transaction): rows (with
+-- their first three devices), rows of 4th and later devices, the cursor and the run counters land together or not at all.
 -- Parameters travel in binary format: dumping text arrays as text costs more
 -- client CPU than the server spends on the whole statement. A quarantine replay
 -- runs the same statement with move_cursor false and no run: rows only; so does a
@@ -13,20 +13,22 @@ WITH inserted AS (
     INSERT INTO sms_message (
         received_at, run_id, occurrence, device_count, raw_is_jsonb, account_name, message_key,
         device_kind, device_id, message, timestamp_raw, raw_kept, problems, pushed, raw_devices,
-        message_json
+        message_json, device2_kind, device2_id, device3_kind, device3_id
     )
     SELECT t.received_at, %(run_id)b, t.occurrence, t.device_count, t.raw_is_jsonb, %(account_name)b,
            t.message_key, t.device_kind, t.device_id, t.message, t.timestamp_raw, t.raw_kept,
            -- problems travel as one unit-separator-joined string per row: text[][] cannot be ragged.
            string_to_array(t.problems, E'\x1f'), %(source)b = 'push', t.raw_devices,
-           t.message_json
+           t.message_json, t.device2_kind, t.device2_id, t.device3_kind, t.device3_id
     FROM unnest(
         %(received_at)b::timestamptz[], %(occurrence)b::integer[], %(device_count)b::integer[],
         %(raw_is_jsonb)b::boolean[], %(message_key)b::bytea[], %(device_kind)b::text[],
         %(device_id)b::text[], %(message)b::text[], %(timestamp_raw)b::text[], %(raw_kept)b::text[],
-        %(problems)b::text[], %(raw_devices)b::text[], %(message_json)b::text[]
+        %(problems)b::text[], %(raw_devices)b::text[], %(message_json)b::text[],
+        %(device2_kind)b::text[], %(device2_id)b::text[], %(device3_kind)b::text[], %(device3_id)b::text[]
     ) AS t(received_at, occurrence, device_count, raw_is_jsonb, message_key, device_kind, device_id,
-           message, timestamp_raw, raw_kept, problems, raw_devices, message_json)
+           message, timestamp_raw, raw_kept, problems, raw_devices, message_json, device2_kind, device2_id,
+           device3_kind, device3_id)
     ON CONFLICT (account_name, received_at, message_key) DO NOTHING
     RETURNING received_at, first_stored_at, message_key, message, timestamp_raw, problems
 ),

@@ -47,23 +47,29 @@ _SEED_SQL: Final = """
 SELECT sms_history_ensure_partition(date_trunc('month', {start}) + m * interval '1 month')
 FROM generate_series(0, ({rows} / 40000) + 1) AS m;
 INSERT INTO sms_message (received_at, occurrence, device_count, account_name, message_key, device_kind,
-                         device_id, message, timestamp_raw, problems)
-SELECT ts, 0, CASE WHEN g % 50 = 0 THEN 2 ELSE 1 END,
+                         device_id, message, timestamp_raw, problems, device2_kind, device2_id, device3_kind,
+                         device3_id)
+SELECT ts, 0, CASE WHEN g % 100 = 0 THEN 4 WHEN g % 50 = 0 THEN 2 ELSE 1 END,
        CASE WHEN g % 5 < 3 THEN '0252012345-00001' ELSE '0252012345-00002' END,
-       sha256(g::text::bytea), 'imei',
-       CASE WHEN g % 5 = 0 THEN '{busy}' ELSE lpad((g % 4000)::text, 15, '0') END,
+       sha256(g::text::bytea), 'imei', d.id,
        CASE WHEN g % 1000 = 3 THEN 'reboot reason=watchdog #' || g ELSE 'm' || g END,
        to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-       CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END
+       CASE WHEN g % 97 = 0 THEN ARRAY['deviceIds[0].kind ''x'' is not a known kind'] END,
+       -- Devices 2 and 3 are columns of the row (migration 0018); a 4th has a device row.
+       CASE WHEN g % 50 = 0 THEN 'msisdn' END,
+       CASE WHEN g % 50 = 0
+            THEN CASE WHEN right(d.id, 1) = '0' THEN '{busy}' ELSE '1' || right(d.id, 10) END END,
+       CASE WHEN g % 100 = 0 THEN 'iccid' END,
+       CASE WHEN g % 100 = 0 THEN '8914' || d.id END
 FROM generate_series(1, {rows}) AS g,
      LATERAL (SELECT CASE WHEN g % 500 = 7 THEN NULL
-                          ELSE {start} + g * interval '1 minute' END AS ts) AS t;
+                          ELSE {start} + g * interval '1 minute' END AS ts) AS t,
+     LATERAL (SELECT CASE WHEN g % 5 = 0 THEN '{busy}' ELSE lpad((g % 4000)::text, 15, '0') END AS id) AS d;
 INSERT INTO sms_message_device (received_at, first_stored_at, position, account_name, message_key,
                                 device_kind, device_id, message, timestamp_raw)
-SELECT received_at, first_stored_at, 1, account_name, message_key, 'msisdn',
-       CASE WHEN right(device_id, 1) = '0' THEN '{busy}' ELSE '1' || right(device_id, 10) END,
+SELECT received_at, first_stored_at, 3, account_name, message_key, 'eid', 'E' || right(device_id, 10),
        message, timestamp_raw
-FROM sms_message WHERE device_count = 2;
+FROM sms_message WHERE device_count = 4;
 """
 
 

@@ -21,9 +21,17 @@ LONG_AGO = "800 days"
 
 
 def _wire(text: str, at: dt.datetime | None, devices: int = 1) -> dict[str, Any]:
+    """A message; devices=2 gives it four distinct devices, so that its fourth has an
+    sms_message_device row (the second and third are columns of its row since migration 0018)."""
     n = sum(map(ord, text))
+    listed = [
+        {"id": f"{n:015d}", "kind": "imei"},
+        {"id": f"{n}7", "kind": "mdn"},
+        {"id": f"{n}8", "kind": "msisdn"},
+        {"id": f"{n}9", "kind": "iccid"},
+    ]
     return {
-        "deviceIds": [{"id": f"{n:015d}", "kind": "imei"}, {"id": f"{n}7", "kind": "mdn"}][:devices],
+        "deviceIds": listed[:1] if devices == 1 else listed,
         "message": text,
         "timestamp": at.isoformat() if at else "not a time",
     }

@@ -285,7 +285,11 @@ def test_a_device_listed_twice_is_one_device_of_the_row() -> None:
     assert json.loads(row.raw_json) == wire and row.raw_kept is None
     assert row.raw_devices == ',{"id":"5","kind":"IMEI"},{"id":"9","kind":"mdn"},{"id":"5","kind":"imei"}'
     block = rows.Block.from_rows([row])
-    assert block.device_count == (2,) and list(block.dev_kind) == ["mdn"] and list(block.dev_position) == [1]
+    assert block.device_count == (2,)
+    assert list(block.device2_kind) == ["mdn"] and list(block.device2_id) == ["9"]
+    assert list(block.device3_id) == [None] and list(block.dev_kind) == [] and list(block.dev_position) == []
+    # Not what the columns rebuild (IMEI, listed twice): the items are kept as sent.
+    assert list(block.raw_devices) == [row.raw_devices]
 
 
 def test_clean_text_replaces_only_bad_characters() -> None:
