@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
-# Test processes for `make test` (pytest-xdist; `auto`: one per core). Each has its own embedded
-# Postgres and migrated template; the secret-leak check joins every process's logbook at the end.
+# Test processes for `make test` (pytest-xdist; `auto`: two per core, tests/conftest.py). Each has its
+# own embedded Postgres and migrated template; the secret-leak check joins every process's logbook at the end.
 TEST_JOBS ?= auto
 BENCH_STORE_ARGS ?=
 COMPARE_ARGS ?=
@@ -76,8 +76,12 @@ pgbouncer:
 run demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
+# Bytecode caches on even where the shell turns them off: the suite starts many Python processes
+# (xdist workers, `python -m sync_worker` subprocesses), and without caches each one compiles the
+# package and rewrites every test module's asserts again. worksteal: an idle process takes queued
+# tests from a busy one, so a long test near the end leaves no tail.
 test: $(STAMP) $(PROMTOOL) pgbouncer
-	$(BIN)/python -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 test-unit: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

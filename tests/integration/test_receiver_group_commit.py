@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from sync_worker import callback_store, db, receiver
-from tests.integration import test_push_mode as push
+from tests.integration import push
 from tests.reliability import crash
 
 # Long enough that a lock the test holds on purpose is waited for, not timed out; and that the

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from sync_worker import client, errors, retry, secret
-from tests.unit.test_client_api import ACCOUNT, FakeApi, reply
+from tests.unit import client_fake
 
 SLACK = 0.75
 pytestmark = pytest.mark.timeout(60)
@@ -95,7 +95,7 @@ def test_a_trickled_tls_handshake_ends_at_the_total_deadline(tls_trickle: Trickl
     started = time.monotonic()
     api = client.ThingSpaceClient(config(f"https://127.0.0.1:{tls_trickle.port}/api"))
     with api, pytest.raises(errors.ApiTransientError) as info:
-        api.sms.list_devices_sms_messages(ACCOUNT)
+        api.sms.list_devices_sms_messages(client_fake.ACCOUNT)
     elapsed = time.monotonic() - started
     assert info.value.operation == "oauth_token" and "timed out" in str(info.value)
     assert 1.0 <= elapsed <= 1.0 + SLACK
@@ -117,7 +117,7 @@ def test_a_callers_session_is_cut_in_the_body() -> None:
         )
         started = time.monotonic()
         with client.ThingSpaceClient(cfg) as api, pytest.raises(errors.ApiTransientError) as info:
-            api.sms.list_devices_sms_messages(ACCOUNT)
+            api.sms.list_devices_sms_messages(client_fake.ACCOUNT)
         elapsed = time.monotonic() - started
     finally:
         body_server.close()
@@ -129,9 +129,9 @@ def test_a_body_over_the_cap_from_an_adapter_that_read_it_is_unreadable() -> Non
     """An adapter that hands over its body already read (no stream) still gets the cap: the history
     answer is unreadable, retried, then a failure that is never quarantined (only the first bytes
     were kept)."""
-    fake = FakeApi()
+    fake = client_fake.FakeApi()
     big = {"messages": [{"message": "x" * 600}], "hasMoreData": False}
-    fake.api.extend([reply(200, big), reply(200, big)])
+    fake.api.extend([client_fake.reply(200, big), client_fake.reply(200, big)])
     session = requests.Session()
     session.mount("https://", fake)
     cfg = config(
@@ -141,7 +141,7 @@ def test_a_body_over_the_cap_from_an_adapter_that_read_it_is_unreadable() -> Non
         retry=retry.RetryPolicy(max_attempts=2, sleep=lambda _: None),
     )
     with client.ThingSpaceClient(cfg) as api, pytest.raises(errors.ResponseFormatError) as info:
-        api.sms.list_devices_sms_messages(ACCOUNT)
+        api.sms.list_devices_sms_messages(client_fake.ACCOUNT)
     assert not isinstance(info.value, errors.MalformedBlockError)
     unreadable = info.value.__cause__
     assert isinstance(unreadable, errors.UnreadableAnswerError) and unreadable.attempts == 2
