@@ -78,15 +78,32 @@ def served_by(conn: db.Connection, account: str) -> list[Serving]:
 
 
 def claim(
-    conn: db.Connection, accounts: Sequence[str], *, holder: str, limit: int, lease_seconds: float
+    conn: db.Connection,
+    accounts: Sequence[str],
+    *,
+    holder: str,
+    limit: int,
+    lease_seconds: float,
+    running: Sequence[str] = (),
 ) -> list[Claimed]:
-    """Claim up to ``limit`` of ``accounts`` that are due and not held by a live claim."""
+    """Claim up to ``limit`` of ``accounts`` that are due and not held by a live claim.
+
+    ``running`` are the accounts ``holder`` is running now: any other claim ``holder`` still has
+    is one it could not release (the database was away when the run ended), so it is taken back
+    at once rather than after its lease. The caller must not start runs between reading
+    ``running`` and this call."""
     if limit <= 0 or not accounts:
         return []
     with db.transaction(conn, single_statement=True) as cur:
         rows = cur.execute(
             queries.get("schedule_claim"),
-            {"accounts": list(accounts), "holder": holder, "limit": limit, "lease": float(lease_seconds)},
+            {
+                "accounts": list(accounts),
+                "holder": holder,
+                "limit": limit,
+                "lease": float(lease_seconds),
+                "running": list(running),
+            },
         ).fetchall()
     return [Claimed(str(r[0]), max(0.0, float(r[1]))) for r in rows]
 

@@ -159,10 +159,18 @@ class Dispatcher:
                 # Nothing to claim with: the poll is fine, the replica is busy.
                 self.heartbeat.poll_succeeded()
                 return 0
+            # Read under the claim lock, which every start takes: no run begins between this and
+            # the claim, and a run leaves the set only after its release was tried.
+            running = self.running_accounts()
             try:
                 claimed = self._on_connection(
                     lambda conn: claims.claim(
-                        conn, self._names, holder=self.holder, limit=free, lease_seconds=self._lease
+                        conn,
+                        self._names,
+                        holder=self.holder,
+                        limit=free,
+                        lease_seconds=self._lease,
+                        running=running,
                     )
                 )
             except errors.SyncWorkerError as exc:

@@ -27,13 +27,20 @@ SELECT (SELECT count(*) FROM registered) AS registered;
 -- name: schedule_claim
 -- The earliest due accounts of this replica's configuration that nobody holds (or whose
 -- holder's lease ran out), claimed in one statement. SKIP LOCKED: replicas claiming at the
--- same moment take different rows instead of waiting for each other.
+-- same moment take different rows instead of waiting for each other. A claim this very holder
+-- still has on an account it is not running (%(running)s: its release failed, the database was
+-- away when the run ended) is stale by the holder's own knowledge: it is taken back at once
+-- instead of waiting out its own lease.
 WITH due AS (
     SELECT account_name
     FROM sync_schedule
     WHERE account_name = ANY(%(accounts)s::text[])
       AND due_at <= now()
-      AND (claimed_by IS NULL OR claim_expires_at <= now())
+      AND (
+          claimed_by IS NULL
+          OR claim_expires_at <= now()
+          OR (claimed_by = %(holder)s AND NOT account_name = ANY(%(running)s::text[]))
+      )
     ORDER BY due_at, account_name
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

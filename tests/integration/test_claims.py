@@ -57,6 +57,31 @@ def test_claim_skips_live_claims_and_takes_expired_ones(db: psycopg.Connection[A
     assert _rows(db)[first[1].account].claimed_by == "c"
 
 
+def test_a_holder_takes_back_at_once_a_claim_it_still_has_but_is_not_running(
+    db: psycopg.Connection[Any],
+) -> None:
+    """A claim whose release failed is taken back by its own holder at once (not after its lease),
+    never while that holder says it runs the account, and never by another holder before the lease ends."""
+    account, other = ACCOUNTS[:2]
+    claims.register(db, [account, other], holder="a", lease_seconds=3600)
+    assert sorted(
+        c.account for c in claims.claim(db, [account, other], holder="a", limit=2, lease_seconds=3600)
+    ) == [
+        account,
+        other,
+    ]
+    # Both runs ended while the database was away: neither release reached it.
+    assert claims.claim(db, [account, other], holder="b", limit=2, lease_seconds=3600) == []
+    # "a" still runs `other`; `account` it holds only on paper.
+    again = claims.claim(db, [account, other], holder="a", limit=2, lease_seconds=3600, running=[other])
+    assert [c.account for c in again] == [account]
+    assert (
+        claims.claim(db, [account, other], holder="a", limit=2, lease_seconds=3600, running=[account, other])
+        == []
+    )
+    assert {r.account_name: r.claimed_by for r in claims.rows(db)} == {account: "a", other: "a"}
+
+
 def test_renewal_extends_only_the_renewing_holders_claims(db: psycopg.Connection[Any]) -> None:
     """A stale replica whose claim expired and was taken over cannot extend the new holder's lease
     (which would delay the next takeover): renewal touches only the renewer's own claims."""

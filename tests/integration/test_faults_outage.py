@@ -55,9 +55,10 @@ def test_daemon_survives_postgres_outage_mid_drain(db_url: str) -> None:
             SYNC_INTERVAL_SECONDS="1",
             SYNC_JITTER_SECONDS="0",
             SYNC_SHUTDOWN_TIMEOUT_SECONDS="15",
-            # The claims the cut kept the daemon from releasing are its again once their lease ran
-            # out: 5 s instead of the default 60 s, which the test would otherwise spend waiting.
-            SYNC_CLAIM_LEASE_SECONDS="5",
+            # The claims the cut kept the daemon from releasing are still its own when the database
+            # is back: it must take them back at once, not wait out a lease far longer than the
+            # 90 s the drain is given below.
+            SYNC_CLAIM_LEASE_SECONDS="600",
         )
         daemon = crash.Worker(["run"], env, "outage-daemon")
         try:

@@ -120,7 +120,9 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
     """claim_due asks for exactly the free slots, and not at all when none is free or after the stop."""
     asked: list[int] = []
 
-    def fake_claim(conn: Any, accounts: Any, *, holder: str, limit: int, lease_seconds: float) -> list[Any]:
+    def fake_claim(
+        conn: Any, accounts: Any, *, holder: str, limit: int, lease_seconds: float, running: Any
+    ) -> list[Any]:
         asked.append(limit)
         return []
 
@@ -138,6 +140,35 @@ def test_a_full_replica_claims_nothing_and_a_stopping_one_claims_nothing(
         inflight.leave()
     assert d.claim_due() == 0
     assert asked == [3, 2]
+    d.close(clean=True)
+
+
+def test_the_claim_is_told_which_accounts_run_so_a_claim_whose_release_failed_is_taken_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """claim_due passes the accounts this replica runs; a run whose release failed (the database was
+    away) leaves them, so its claim, still this replica's, is no longer protected from its own holder."""
+    told: list[list[str]] = []
+
+    def fake_claim(
+        conn: Any, accounts: Any, *, holder: str, limit: int, lease_seconds: float, running: Any
+    ) -> list[Any]:
+        told.append(list(running))
+        return []
+
+    def failing_release(*args: Any, **kwargs: Any) -> bool:
+        raise errors.DatabaseUnavailableError("the database is away")
+
+    monkeypatch.setattr(claims, "claim", fake_claim)
+    monkeypatch.setattr(claims, "release", failing_release)
+    inflight = dispatch.InFlight()
+    d = dispatcher(connect=FakeConnection, inflight=inflight)
+    inflight.enter()
+    d._running[ACCOUNTS[0]] = 0.0  # as _start records a claimed run
+    d.claim_due()
+    d._finished(ACCOUNTS[0], None)
+    d.claim_due()
+    assert told == [[ACCOUNTS[0]], []]
     d.close(clean=True)
 
 
