@@ -12,7 +12,7 @@ import time
 import pytest
 
 from sync_worker import db, errors
-from tests.integration import test_push_mode as push
+from tests.integration import push
 
 
 def head(length: int) -> bytes:
