@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,39 +85,18 @@ class Databases:
         self.template = template
         self.pooler_port = pooler_port
         self._server = database.DatabaseServer(admin_url)
-        self._ready: queue.Queue[str | BaseException] = queue.Queue(maxsize=max(1, ahead))
-        self._closed = threading.Event()
+        # The copies made ahead and dropped behind are the test suite's (one mechanism for both).
+        self._prepared = database.Prepared(self._server, template, ahead=max(1, ahead))
         self._drops: list[threading.Thread] = []
-        self._thread = threading.Thread(target=self._fill, name="chaos-databases", daemon=True)
-        self._thread.start()
         # A server of this process's own, started for the first schedule that restarts its server.
         self._own: contextlib.ExitStack | None = None
         self._own_admin: str | None = None
         self._own_server: database.DatabaseServer | None = None
         self._admins: dict[str, str] = {}
 
-    def _fill(self) -> None:
-        while not self._closed.is_set():
-            try:
-                made: str | BaseException = self._server.create_database(self.template)
-            except psycopg.Error as exc:
-                made = exc
-            while not self._closed.is_set():
-                try:
-                    self._ready.put(made, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                if isinstance(made, str):
-                    self.drop(made)
-
     def create(self) -> str:
         """A fresh migrated database of its own (its URL)."""
-        made = self._ready.get()
-        if isinstance(made, BaseException):
-            raise made
-        return made
+        return self._prepared.take()
 
     def drop(self, url: str) -> None:
         server = self._own_server if self._admins.pop(url, None) is not None else self._server
@@ -127,7 +105,10 @@ class Databases:
             server.drop_database(url)
 
     def drop_later(self, url: str) -> None:
-        """Drop ``url``'s database on a thread of its own: nothing waits for it."""
+        """Drop ``url``'s database on another thread: nothing waits for it."""
+        if url not in self._admins:
+            self._prepared.drop_later(url)
+            return
         thread = threading.Thread(target=self.drop, args=(url,), name="chaos-drop", daemon=False)
         thread.start()
         self._drops.append(thread)
@@ -161,14 +142,9 @@ class Databases:
         embedded.restart(admin)
 
     def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=30)
+        self._prepared.close()
         for thread in self._drops:
             thread.join(timeout=30)
-        while not self._ready.empty():
-            made = self._ready.get_nowait()
-            if isinstance(made, str):
-                self.drop(made)
         if self._own is not None:
             self._own.close()
             self._own = None
