@@ -182,6 +182,11 @@ class Faults:
         with self._lock:
             self._scripts.setdefault(kind, collections.deque()).extend(steps)
 
+    def pending(self, kind: str) -> int:
+        """How many queued one-shot outcomes of ``kind`` no request has taken yet."""
+        with self._lock:
+            return len(self._scripts.get(kind, ()))
+
     def next_history_raw(
         self, body: bytes | None, status: int | None = 200, headers: Sequence[tuple[str, str]] = ()
     ) -> None:

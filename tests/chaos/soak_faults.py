@@ -66,8 +66,13 @@ class SlowFaults:
 
     def fire(self, kind: str) -> None:  # one branch per kind of fault
         """Fire one fault of the slow schedule."""
-        self.counts[kind] += 1
         faults, rng = self.sim.faults, self.rng
+        if kind == "login_refused" and (faults.pending("login") or faults.pending("token")):
+            # Logins are rare (sessions last): refusals queued while none happens would all meet the
+            # next burst of logins (a session expiry, every account at once), and three unknown
+            # outcomes in a row trip the login guard, as they must. One refusal waits at a time.
+            return
+        self.counts[kind] += 1
         if kind == "status":
             status = rng.choice((500, 502, 503, 504, 429, 408))
             retry_after = rng.choice((None, "1", "0", "3", "garbage", "86400", "-5"))

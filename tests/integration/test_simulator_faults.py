@@ -34,6 +34,17 @@ def test_scripted_503_acks_nothing_and_is_counted(api: sim_http.Api, simulator: 
     assert simulator.stats.faults["502"] == 1
 
 
+def test_pending_counts_the_scripted_outcomes_no_request_has_taken(
+    api: sim_http.Api, simulator: sim_mod.Simulator
+) -> None:
+    """Faults.pending says how many scripted outcomes of a kind still wait (the soak queues one login
+    refusal at a time with it)."""
+    simulator.faults.script("history", [503, 503])
+    assert simulator.faults.pending("history") == 2 and simulator.faults.pending("login") == 0
+    assert simulator.faults.decide("history") == 503
+    assert simulator.faults.pending("history") == 1
+
+
 def test_429_carries_retry_after_seconds_or_date(api: sim_http.Api, simulator: sim_mod.Simulator) -> None:
     """A 429 carries the configured Retry-After, in seconds or as an HTTP date."""
     simulator.faults.retry_after = "2"
