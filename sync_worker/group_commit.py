@@ -162,9 +162,20 @@ class GroupCommitter(Generic[Item, Result]):
         Raises what writing it raised, or ``Saturated`` (queue full, or no commit in time).
         """
         waiter = self._enqueue(_Waiter(item))
-        if not waiter.done.acquire(timeout=self._wait_timeout) and self.abandon(waiter):
-            raise Saturated("commit_timeout", f"not committed within {self._wait_timeout:g} s")
+        if not waiter.done.acquire(timeout=self._wait_timeout):
+            self.give_up(waiter)
         return waiter.outcome()
+
+    @property
+    def wait_timeout(self) -> float:
+        """How long a caller waits for its commit before it gives up (``give_up``)."""
+        return self._wait_timeout
+
+    def give_up(self, ticket: Ticket[Item, Result]) -> None:
+        """The caller waited ``wait_timeout`` for ``ticket``: raises ``Saturated`` (commit_timeout)
+        unless it was settled meanwhile (its outcome then stands)."""
+        if self.abandon(ticket):
+            raise Saturated("commit_timeout", f"not committed within {self._wait_timeout:g} s")
 
     def submit(
         self, item: Item, notify: Callable[[list[Ticket[Item, Result]]], None]

@@ -224,7 +224,7 @@ class Receiver:
 
     def limits(self) -> receiver_http.Limits:
         cfg = self.config
-        return receiver_http.Limits(cfg.read_timeout, cfg.max_body_bytes, cfg.commit_timeout)
+        return receiver_http.Limits(cfg.read_timeout, cfg.max_body_bytes)
 
     def entered(self) -> None:
         """A request is being handled (``stop`` waits for it)."""
@@ -516,14 +516,7 @@ def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[
 
 
 def _incoming(environ: dict[str, Any]) -> Incoming:
-    raw_length = environ.get("CONTENT_LENGTH")
-    length: int | None
-    try:
-        length = int(raw_length) if raw_length else None
-    except ValueError:
-        length = None
-    if length is not None and length < 0:
-        length = None
+    length = receiver_http.content_length(environ.get("CONTENT_LENGTH"))
     stream = environ["wsgi.input"]
     # WSGI hands the path as latin-1 decoded bytes; account names are ASCII either way.
     path = str(environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "replace")

@@ -140,7 +140,6 @@ class Handling(Protocol):
 class Limits:
     read_timeout: float
     max_body_bytes: int
-    commit_timeout: float
 
 
 class _EmbeddedServer(granian.server.embed.Server):
@@ -335,20 +334,16 @@ class Endpoint:
 
     async def _commit(self, step: Step) -> callback_store.CallbackResult:
         """Hand the callback to the group commit and wait, without blocking the loop, until its
-        transaction is settled (or ``commit_timeout``)."""
+        transaction is settled (or the committer's ``wait_timeout``)."""
         r = self._receiver
         future = step.pending.future
         assert future is not None and self._loop is not None  # noqa: S101  # made by _handle
-        timeout = r.limits().commit_timeout
         ticket = r.committer.submit(step.pending, self._wake)
-        timer = self._loop.call_later(timeout, _expire, future)
+        timer = self._loop.call_later(r.committer.wait_timeout, _expire, future)
         try:
             await future
         except TimeoutError:
-            if r.committer.abandon(ticket):
-                raise group_commit.Saturated(
-                    "commit_timeout", f"not committed within {timeout:g} s"
-                ) from None
+            r.committer.give_up(ticket)
         finally:
             timer.cancel()
         return ticket.outcome()
@@ -396,14 +391,7 @@ async def _read(proto: granian._granian.RSGIHTTPProtocol, length: int | None, li
 
 def _incoming(scope: granian.rsgi.Scope) -> Incoming:
     headers = scope.headers
-    raw_length = headers.get("content-length")
-    length: int | None
-    try:
-        length = int(raw_length) if raw_length else None
-    except ValueError:
-        length = None
-    if length is not None and length < 0:
-        length = None
+    length = content_length(headers.get("content-length"))
     # Every line (get would give the first only; its stub misses get_all).
     forwarded = cast(Any, headers).get_all("x-forwarded-for")
     return Incoming(
@@ -415,6 +403,15 @@ def _incoming(scope: granian.rsgi.Scope) -> Incoming:
         forwarded_for=", ".join(forwarded) if forwarded else None,
         chunked=length is None and "chunked" in (headers.get("transfer-encoding") or "").lower(),
     )
+
+
+def content_length(raw: str | None) -> int | None:
+    """A declared body length, or None when absent or not a non-negative integer."""
+    try:
+        length = int(raw) if raw else None
+    except ValueError:
+        return None
+    return None if length is None or length < 0 else length
 
 
 def _host(client: str) -> str:
