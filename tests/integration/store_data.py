@@ -36,6 +36,19 @@ def count(db: psycopg.Connection[Any], table: str) -> int:
     return int(row[0])
 
 
+def fail_cursor_updates(db: psycopg.Connection[Any]) -> None:
+    """Make every later update of sync_cursor fail ('injected cursor failure'), after the rows of the
+    same statement were written."""
+    db.execute(
+        """
+        CREATE FUNCTION fail_cursor() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'injected cursor failure'; END $$;
+        CREATE TRIGGER fail_cursor BEFORE UPDATE ON sync_cursor
+            FOR EACH ROW EXECUTE FUNCTION fail_cursor();
+        """
+    )
+
+
 def run_row(db: psycopg.Connection[Any], run_id: int) -> tuple[Any, ...]:
     row = db.execute(
         "SELECT blocks, messages_received, rows_inserted, replays, malformed, outcome, error"

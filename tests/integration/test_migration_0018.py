@@ -13,7 +13,7 @@ import psycopg
 from sync_worker import migrations, models, rows, store
 from sync_worker.simulator import traffic
 from tests.fixtures import database, store_0017
-from tests.integration import test_migration_0013, test_migration_0016, test_migration_0017
+from tests.integration import store_data, test_migration_0013, test_migration_0016, test_migration_0017
 
 ACCOUNT = "0252012345-00018"
 _A = {"id": "00351756051523001", "kind": "imei"}
@@ -50,13 +50,7 @@ def _blocks() -> list[list[dict[str, Any]]]:
 
 
 def _page(wires: list[dict[str, Any]]) -> models.HistoryPage:
-    return models.HistoryPage(
-        account_name=ACCOUNT,
-        messages=tuple(models.SMSMessage.from_wire(w) for w in wires),
-        has_more_data=True,
-        status=202,
-        next="tok",
-    )
+    return store_data.page(ACCOUNT, wires, next_token="tok")
 
 
 def _devices(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import models, rows, store
+from tests.integration import store_data
 
 # Every code point Postgres text can hold (no NUL, no lone surrogate).
 _TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=30)
@@ -67,14 +68,7 @@ def test_sql_rebuild_from_the_device_columns_is_the_workers_encoding(
 
 
 def _store(db: psycopg.Connection[Any], wires: list[dict[str, Any]]) -> None:
-    page = models.HistoryPage(
-        account_name=ACCOUNT,
-        messages=tuple(models.SMSMessage.from_wire(w) for w in wires),
-        has_more_data=False,
-        status=200,
-        next=None,
-    )
-    store.commit_block(db, store.start_run(db, ACCOUNT), page)
+    store.commit_block(db, store.start_run(db, ACCOUNT), store_data.page(ACCOUNT, wires, next_token=None))
 
 
 _FIVE = [

@@ -45,14 +45,7 @@ def test_failure_between_upsert_and_cursor_update_moves_nothing(db: psycopg.Conn
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="before"))
     # A trigger on sync_cursor fires after the rows were inserted in the same statement.
-    db.execute(
-        """
-        CREATE FUNCTION fail_cursor() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'injected cursor failure'; END $$;
-        CREATE TRIGGER fail_cursor BEFORE UPDATE ON sync_cursor
-            FOR EACH ROW EXECUTE FUNCTION fail_cursor();
-        """
-    )
+    store_data.fail_cursor_updates(db)
     with pytest.raises(errors.StoreError, match="injected cursor failure"):
         store.commit_block(db, run_id, _page(account, [_wire(i) for i in range(2, 50)], next_token="after"))
     assert _count(db, "sms_history") == 1

@@ -105,14 +105,7 @@ def test_failure_between_quarantine_insert_and_cursor_move_lands_nothing(
     account = "acct-q-atomic"
     run_id = store.start_run(db, account)
     store.commit_block(db, run_id, _page(account, [_wire(1)], next_token="before-bad"))
-    db.execute(
-        """
-        CREATE FUNCTION fail_cursor() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'injected cursor failure'; END $$;
-        CREATE TRIGGER fail_cursor BEFORE UPDATE ON sync_cursor
-            FOR EACH ROW EXECUTE FUNCTION fail_cursor();
-        """
-    )
+    store_data.fail_cursor_updates(db)
     with pytest.raises(errors.StoreError, match="injected cursor failure"):
         store.quarantine_block(db, run_id, account, _kept(b"not json"))
     assert _count(db, "sms_quarantine") == 0
